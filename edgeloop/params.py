@@ -1,0 +1,116 @@
+"""The schema of params.yaml, shared by the Prefect flow and the DVC stages.
+
+One validated object means a typo in params.yaml fails before any work starts, with the key named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeloop.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Strict):
+    loader: str = "sklearn-digits"
+    loader_args: dict[str, Any] = Field(default_factory=dict)
+    splits: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.6, "val": 0.15, "test": 0.15, "field": 0.10}
+    )
+    min_class_share: float = Field(0.5, gt=0, le=1, description="of a uniform share")
+    max_class_share: float = Field(2.0, ge=1, description="of a uniform share")
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> DataParams:
+        required = {"train", "val", "test", "field"}
+        if set(self.splits) != required:
+            raise ValueError(f"data.splits must name exactly {sorted(required)}")
+        if any(v <= 0 for v in self.splits.values()):
+            raise ValueError("data.splits fractions must be positive")
+        if abs(sum(self.splits.values()) - 1.0) > 1e-6:
+            raise ValueError("data.splits fractions must sum to 1")
+        return self
+
+
+class TrainingParams(_Strict):
+    builder: str = "mlp"
+    builder_args: dict[str, Any] = Field(default_factory=dict)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class CompressParams(_Strict):
+    opset: int = Field(18, ge=13)
+    calibration_samples: int = Field(256, ge=8)
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    warmup_runs: int = Field(50, ge=0)
+    latency_runs: int = Field(500, ge=10)
+
+
+class GateParams(_Strict):
+    min_test_accuracy: float = Field(0.9, ge=0, le=1)
+    profiles: list[str] = Field(default_factory=lambda: ["host-cpu"], min_length=1)
+
+
+class CardParams(_Strict):
+    intended_use: str = (
+        "Classify 8x8 grey-level images of single handwritten digits on edge devices. "
+        "A demonstration model: not for decisions about people."
+    )
+    limitations: list[str] = Field(
+        default_factory=lambda: [
+            "Trained on 8x8 images of one writer population; other resolutions or styles need retraining.",
+            "Accuracy is measured on held-out splits of the same collection, not on field data.",
+        ]
+    )
+
+
+class Params(_Strict):
+    model_name: str = Field("digits-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 42
+    data: DataParams = Field(default_factory=DataParams)
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    compress: CompressParams = Field(default_factory=CompressParams)
+    gates: GateParams = Field(default_factory=GateParams)
+    card: CardParams = Field(default_factory=CardParams)
+
+    def digest(self) -> str:
+        """A stable hash of every parameter, recorded as lineage."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate params.yaml, turning every failure into one ConfigError line."""
+    if not path.is_file():
+        raise ConfigError(
+            f"params file {path} not found", hint="run from the repository root or set EDGELOOP_PARAMS_FILE"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            hint="fix the syntax and run again",
+        ) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings", hint="see the README's params.yaml")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path} is invalid: {problems}", hint="fix these keys and run again") from exc

@@ -1,0 +1,135 @@
+"""Dataset loaders and the split into train / val / test / field.
+
+A loader returns a :class:`Dataset`: a feature matrix with its schema (names, value range, classes).
+The ``field`` split is held out for the fleet: it never trains, validates or tests a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgeloop.errors import PluginError
+from flows.plugins import resolve
+
+LABEL = "label"
+SPLITS = ("train", "val", "test", "field")
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """What the data checks enforce and what a model's input and output must match."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    value_range: tuple[float, float]
+    classes: tuple[int, ...]
+    description: str = ""
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> DatasetSchema:
+        raw = json.loads(path.read_text())
+        return cls(
+            name=raw["name"],
+            feature_names=tuple(raw["feature_names"]),
+            value_range=(float(raw["value_range"][0]), float(raw["value_range"][1])),
+            classes=tuple(int(c) for c in raw["classes"]),
+            description=raw.get("description", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features and labels with their schema."""
+
+    schema: DatasetSchema
+    features: np.ndarray  # float32, shape (n, d)
+    labels: np.ndarray  # int64, shape (n,)
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.features, columns=list(self.schema.feature_names))
+        df[LABEL] = self.labels
+        return df
+
+
+def sklearn_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    schema = DatasetSchema(
+        name="sklearn-digits",
+        feature_names=tuple(f"px_{i}" for i in range(bunch.data.shape[1])),
+        value_range=(0.0, 16.0),
+        classes=tuple(range(10)),
+        description="8x8 grey-level images of handwritten digits 0-9, pixel values 0-16 (UCI).",
+    )
+    return Dataset(schema, bunch.data.astype(np.float32), bunch.target.astype(np.int64))
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {"sklearn-digits": sklearn_digits}
+
+
+def load_dataset(name: str, **kwargs: Any) -> Dataset:
+    loader = resolve("dataset loader", name, LOADERS)
+    dataset = loader(**kwargs)
+    if not isinstance(dataset, Dataset):
+        raise PluginError(
+            f"dataset loader {name!r} returned {type(dataset).__name__}, not a Dataset",
+            hint="return flows.datasets.Dataset from your loader",
+        )
+    return dataset
+
+
+def split_dataset(dataset: Dataset, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
+    """Drop exact duplicate rows, then split stratified by class so no row lands in two splits."""
+    from sklearn.model_selection import train_test_split
+
+    df = dataset.frame()
+    df = df.drop_duplicates(subset=list(dataset.schema.feature_names)).reset_index(drop=True)
+    remaining = df
+    remaining_share = 1.0
+    out: dict[str, pd.DataFrame] = {}
+    for name in SPLITS[:-1]:
+        share = fractions[name] / remaining_share
+        taken, remaining = train_test_split(
+            remaining, train_size=share, random_state=seed, stratify=remaining[LABEL]
+        )
+        out[name] = taken.reset_index(drop=True)
+        remaining_share -= fractions[name]
+    out[SPLITS[-1]] = remaining.reset_index(drop=True)
+    return out
+
+
+def write_splits(schema: DatasetSchema, splits: dict[str, pd.DataFrame], directory: Path) -> None:
+    """Replace the folder's content with the splits and ``schema.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.parquet"):
+        stale.unlink()
+    for name, frame in splits.items():
+        frame.to_parquet(directory / f"{name}.parquet", index=False)
+    schema.save(directory / "schema.json")
+
+
+def read_splits(directory: Path) -> tuple[DatasetSchema, dict[str, pd.DataFrame]]:
+    schema = DatasetSchema.load(directory / "schema.json")
+    return schema, {name: pd.read_parquet(directory / f"{name}.parquet") for name in SPLITS}
+
+
+def xy(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Features as float32 and labels as int64, in column order."""
+    features = frame.drop(columns=[LABEL]).to_numpy(dtype=np.float32, copy=True)
+    return features, frame[LABEL].to_numpy(dtype=np.int64, copy=True)

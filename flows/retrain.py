@@ -1,0 +1,226 @@
+"""The Prefect driver: the retrain flow and the register flow, thin wrappers over plain functions.
+
+Each task wraps one stage of :mod:`flows.stages` or :mod:`flows.release`, retries only transient
+failures (network, timeouts), and reports progress through :mod:`flows.progress`. Everything the
+run learns goes to one MLflow run; the flow returns a JSON-ready summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from edgeloop.errors import DataCheckError
+from edgeloop.params import Params, load_params
+from edgeloop.settings import Settings
+from flows import release, stages
+from flows.datasets import read_splits, xy
+from flows.onnxfile import check_model_file
+from flows.plots import confusion_matrix, loss_curve
+from flows.progress import stage
+from flows.workspace import Workspace
+from registry.tracking import connect, ensure_experiment
+
+TRANSIENT = (ConnectionError, TimeoutError, httpx.TransportError)
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    return isinstance(state.result(raise_on_failure=False), TRANSIENT)
+
+
+def _task(name: str) -> Any:
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=2,
+        retry_condition_fn=_transient,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+
+
+@_task("ingest")
+def ingest_task(params: Params, ws: Workspace) -> dict[str, int]:
+    with stage("ingest") as note:
+        rows = stages.ingest(params, ws)
+        note.detail = ", ".join(f"{k} {v}" for k, v in rows.items())
+    return rows
+
+
+@_task("validate")
+def validate_task(params: Params, ws: Workspace) -> dict[str, Any]:
+    with stage("validate") as note:
+        try:
+            report = stages.validate(params, ws)
+        finally:
+            if ws.data_report.exists():
+                mlflow.log_artifact(str(ws.data_report), artifact_path="data")
+        note.detail = f"{report['expectations_evaluated']} expectations passed"
+    return report
+
+
+@_task("train")
+def train_task(params: Params, ws: Workspace) -> list[dict[str, float]]:
+    with stage("train") as note:
+        history = stages.train_model(params, ws)
+        for row in history:
+            step = int(row["epoch"])
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+        mlflow.log_artifact(str(loss_curve(history, ws.work_dir / "loss.png")), artifact_path="plots")
+        schema, splits = read_splits(ws.splits_dir)
+        model = stages.load_trained(params, ws)
+        x_test, y_test = xy(splits["test"])
+        import torch
+
+        with torch.no_grad():
+            pred = model(torch.from_numpy(x_test)).argmax(dim=1).numpy()
+        path = confusion_matrix(y_test, pred, list(schema.classes), ws.work_dir / "confusion.png")
+        mlflow.log_artifact(str(path), artifact_path="plots")
+        note.detail = f"{len(history)} epochs, val accuracy {history[-1]['val_accuracy']:.4f}"
+    return history
+
+
+@_task("compress")
+def compress_task(params: Params, ws: Workspace, fp32: Path | None = None) -> dict[str, str]:
+    with stage("compress") as note:
+        if fp32 is None:
+            paths = stages.compress(params, ws)
+        else:
+            if ws.variants_dir.exists():
+                shutil.rmtree(ws.variants_dir)
+            ws.variants_dir.mkdir(parents=True)
+            shutil.copyfile(fp32, ws.fp32)
+            paths = stages.quantise_variants(params, ws)
+        note.detail = ", ".join(paths)
+    return paths
+
+
+@_task("evaluate")
+def evaluate_task(params: Params, ws: Workspace) -> dict[str, Any]:
+    with stage("evaluate") as note:
+        evaluation = stages.evaluate(params, ws)
+        release.log_evaluation(evaluation, ws)
+        note.detail = f"chose {evaluation['chosen']}"
+    return evaluation
+
+
+@_task("hardware")
+def hardware_task(
+    settings: Settings, params: Params, ws: Workspace, evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    with stage("hardware") as note:
+        results = release.hardware_check(settings, params, ws, evaluation)
+        release.log_hardware(results)
+        note.detail = ", ".join(f"{p} {r.status}" for p, r in results.items())
+    return results
+
+
+@_task("register")
+def register_task(**kwargs: Any) -> Any:
+    with stage("register") as note:
+        published = release.register(**kwargs)
+        aliases = ", ".join(published.aliases) or "no alias (a gate failed)"
+        note.detail = f"{published.model_name} v{published.version}: {aliases}"
+    return published
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, list) else value}
+
+
+def _loop(
+    settings: Settings, params: Params, ws: Workspace, *, model_name: str, imported: Path | None
+) -> dict[str, Any]:
+    """Run every stage inside one MLflow run; data-check failures mark the run and register nothing."""
+    client = connect(settings.tracking_uri)
+    artifacts = settings.artifacts_dir if settings.uses_embedded_mlflow() else None
+    experiment = ensure_experiment(client, model_name, artifacts)
+    started = datetime.now(UTC)
+    source = "imported" if imported else "trained"
+    with mlflow.start_run(
+        experiment_id=experiment, run_name=f"{source}-{started:%Y%m%d-%H%M%S}"
+    ) as run:
+        mlflow.log_params(_flatten("", params.model_dump(mode="json")))
+        mlflow.set_tag("edgeloop.source", source)
+        ingest_task(params, ws)
+        try:
+            validate_task(params, ws)
+        except DataCheckError:
+            mlflow.set_tag("edgeloop.data_check", "failed")
+            raise
+        if imported is None:
+            train_task(params, ws)
+        else:
+            schema, _ = read_splits(ws.splits_dir)
+            with stage("import"):
+                check_model_file(imported, schema)
+            mlflow.log_artifact(str(imported), artifact_path="imported")
+        compress_task(params, ws, imported)
+        evaluation = evaluate_task(params, ws)
+        hardware = hardware_task(settings, params, ws, evaluation)
+        gate_results = release.gates(params, evaluation, hardware)
+        published = register_task(
+            client=client,
+            settings=settings,
+            params=params,
+            ws=ws,
+            model_name=model_name,
+            run_id=run.info.run_id,
+            evaluation=evaluation,
+            hardware=hardware,
+            gate_results=gate_results,
+            source=source,
+        )
+    return {
+        "model": published.model_name,
+        "version": published.version,
+        "aliases": published.aliases,
+        "mlflow_run_id": run.info.run_id,
+        "tracking_uri": settings.tracking_uri,
+        "chosen_variant": evaluation["chosen"],
+        "variants": [
+            {**r, "signature": published.signatures[r["name"]]} for r in evaluation["variants"]
+        ],
+        "split_accuracy": evaluation["split_accuracy"],
+        "gates": [g.__dict__ for g in gate_results],
+        "hardware": {p: {"status": r.status, **r.metrics} for p, r in hardware.items()},
+        "model_card": {"markdown": str(published.card_markdown), "json": str(published.card_json)},
+        "started": started.isoformat(timespec="seconds"),
+    }
+
+
+@flow(name="retrain", log_prints=False, validate_parameters=False)
+def retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
+    """Data checks → train → compress → evaluate → hardware → register."""
+    settings = settings or Settings()
+    params = load_params(settings.params_file)
+    ws = Workspace(settings.splits_dir, settings.work_dir)
+    return _loop(settings, params, ws, model_name=params.model_name, imported=None)
+
+
+@flow(name="register-model", log_prints=False, validate_parameters=False)
+def register_flow(
+    model_path: Path, model_name: str, dataset: str, settings: Settings | None = None
+) -> dict[str, Any]:
+    """A model trained elsewhere, through the same checks, compression, hardware and registration."""
+    settings = settings or Settings()
+    base = load_params(settings.params_file)
+    params = base.model_copy(
+        update={"model_name": model_name, "data": base.data.model_copy(update={"loader": dataset})}
+    )
+    root = settings.work_dir / "import" / model_name
+    ws = Workspace(root / "splits", root)
+    return _loop(settings, params, ws, model_name=model_name, imported=model_path)

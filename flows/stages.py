@@ -1,0 +1,135 @@
+"""The stages of the offline loop as plain functions over a :class:`Workspace`.
+
+Both drivers call these: ``dvc repro`` through :mod:`flows.dvc_stage` and the Prefect flow through
+:mod:`flows.retrain`. Each stage reads its inputs from files and writes its outputs to files, so a
+retried or re-run stage is idempotent and DVC can cache it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeloop.params import Params
+from fleet.agent.runtime import open_session, predict, session_latency
+from flows.compress import VARIANTS, describe, export_onnx, quantise
+from flows.datacheck import check_splits
+from flows.datasets import load_dataset, read_splits, split_dataset, write_splits, xy
+from flows.hardware import write_golden
+from flows.models import Classifier, build_model
+from flows.train import train
+from flows.workspace import Workspace
+
+
+def ingest(params: Params, ws: Workspace) -> dict[str, int]:
+    """Load the dataset by name, drop duplicate rows and write the four splits."""
+    dataset = load_dataset(params.data.loader, **params.data.loader_args)
+    splits = split_dataset(dataset, params.data.splits, params.seed)
+    write_splits(dataset.schema, splits, ws.splits_dir)
+    return {name: len(frame) for name, frame in splits.items()}
+
+
+def validate(params: Params, ws: Workspace) -> dict[str, Any]:
+    """Run the data checks; the report is written whether they pass or fail."""
+    from edgeloop.errors import DataCheckError
+
+    schema, splits = read_splits(ws.splits_dir)
+    ws.work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = check_splits(schema, splits, params.data)
+    except DataCheckError as exc:
+        ws.data_report.write_text(json.dumps(exc.report, indent=2))
+        raise
+    ws.data_report.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _model(params: Params, n_features: int, n_classes: int, value_range: tuple[float, float]) -> Classifier:
+    return build_model(
+        params.training.builder, n_features, n_classes, value_range, **params.training.builder_args
+    )
+
+
+def train_model(params: Params, ws: Workspace) -> list[dict[str, float]]:
+    schema, splits = read_splits(ws.splits_dir)
+    model = _model(params, schema.n_features, len(schema.classes), schema.value_range)
+    result = train(model, xy(splits["train"]), xy(splits["val"]), params.training, params.seed)
+    ws.work_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), ws.model_state)
+    ws.history.write_text(json.dumps(result.history, indent=2))
+    return result.history
+
+
+def load_trained(params: Params, ws: Workspace) -> Classifier:
+    schema, _ = read_splits(ws.splits_dir)
+    model = _model(params, schema.n_features, len(schema.classes), schema.value_range)
+    model.load_state_dict(torch.load(ws.model_state, weights_only=True))
+    return model.eval()
+
+
+def compress(params: Params, ws: Workspace) -> dict[str, str]:
+    """Export the trained model to ONNX fp32, then build the int8 variants from it."""
+    schema, _ = read_splits(ws.splits_dir)
+    if ws.variants_dir.exists():
+        shutil.rmtree(ws.variants_dir)
+    export_onnx(load_trained(params, ws), schema.n_features, ws.fp32, params.compress.opset)
+    return quantise_variants(params, ws)
+
+
+def quantise_variants(params: Params, ws: Workspace) -> dict[str, str]:
+    """Build the int8 variants from ``ws.fp32``, calibrated on training rows."""
+    _, splits = read_splits(ws.splits_dir)
+    x_train, _ = xy(splits["train"])
+    rng = np.random.default_rng(params.seed)
+    rows = x_train[rng.permutation(len(x_train))[: params.compress.calibration_samples]]
+    paths = quantise(ws.fp32, ws.variants_dir, rows)
+    return {name: str(path) for name, path in paths.items()}
+
+
+def choose_variant(records: list[dict[str, Any]], max_drop: float) -> str:
+    """The smallest variant within ``max_drop`` test accuracy of fp32, then the fastest."""
+    baseline = next(r for r in records if r["name"] == "fp32")["accuracy"]
+    eligible = [r for r in records if baseline - r["accuracy"] <= max_drop]
+    return str(min(eligible, key=lambda r: (r["size_bytes"], r["p50_ms"]))["name"])
+
+
+def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
+    """Size, test accuracy and single-thread batch-1 latency of every variant; pick one."""
+    _, splits = read_splits(ws.splits_dir)
+    x_test, y_test = xy(splits["test"])
+    records = []
+    for name in VARIANTS:
+        variant = describe(name, ws.variants_dir / f"{name}.onnx")
+        session = open_session(str(variant.path), threads=1)
+        stats = session_latency(
+            session, x_test, warmup=params.compress.warmup_runs, runs=params.compress.latency_runs
+        )
+        records.append(
+            {
+                "name": name,
+                "sha256": variant.sha256,
+                "size_bytes": variant.size_bytes,
+                "accuracy": float((predict(session, x_test).argmax(axis=1) == y_test).mean()),
+                "p50_ms": stats.p50_ms,
+                "p95_ms": stats.p95_ms,
+            }
+        )
+    fp32 = open_session(str(ws.fp32), threads=1)
+    split_accuracy = {
+        split: float((predict(fp32, x).argmax(axis=1) == y).mean())
+        for split, (x, y) in ((s, xy(splits[s])) for s in ("train", "val", "test"))
+    }
+    evaluation = {
+        "split_accuracy": split_accuracy,
+        "variants": records,
+        "chosen": choose_variant(records, params.compress.max_accuracy_drop),
+        "max_accuracy_drop": params.compress.max_accuracy_drop,
+    }
+    ws.evaluation.write_text(json.dumps(evaluation, indent=2))
+    write_golden(x_test, y_test, ws.golden)
+    return evaluation
+

@@ -1,0 +1,67 @@
+"""Model cards: one JSON document per registered version, rendered to Markdown for people.
+
+The JSON is the source of truth (tools read it); the Markdown is generated from it, never edited.
+Cards live in ``model-cards/<model>/v<version>.md|.json`` and are logged with the version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "—" if value is None else str(value)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    lines = [f"# Model card: {card['model']} v{card['version']}", ""]
+    lines += [f"Registered {card['created']}. Aliases: {', '.join(card['aliases']) or 'none'}.", ""]
+    lines += ["## Intended use", "", card["intended_use"], ""]
+    data = card["data"]
+    lines += ["## Data", "", f"Dataset `{data['dataset']}`: {data['description']}", ""]
+    lines += [f"DVC data hash `{data['hash']}`. Rows per split:", ""]
+    lines += _table(["split", "rows"], [[k, v] for k, v in data["rows"].items()])
+    lines += ["", "## Metrics per split (fp32)", ""]
+    lines += _table(["split", "accuracy"], [[k, v] for k, v in card["metrics"].items()])
+    lines += ["", "## Variants", ""]
+    lines += _table(
+        ["variant", "size (KB)", "test accuracy", "p50 (ms)", "p95 (ms)", "sha256"],
+        [
+            [v["name"], v["size_bytes"] / 1024, v["accuracy"], v["p50_ms"], v["p95_ms"], v["sha256"][:16]]
+            for v in card["variants"]
+        ],
+    )
+    lines += ["", f"Chosen variant: `{card['chosen_variant']}`. Latency: single thread, batch 1.", ""]
+    lines += ["## Compression", ""] + [f"- `{k}`: {v}" for k, v in card["compression"].items()]
+    lines += ["", "## Hardware profiles", ""]
+    lines += _table(
+        ["profile", "status", "p95 (ms)", "accuracy"],
+        [[p, r["status"], r.get("p95_ms"), r.get("accuracy")] for p, r in card["hardware"].items()],
+    )
+    lines += ["", "## Gates", ""]
+    lines += _table(
+        ["gate", "passed", "measured", "threshold"],
+        [[g["name"], g["passed"], g["measured"], g["threshold"]] for g in card["gates"]],
+    )
+    lines += ["", "## Limitations", ""] + [f"- {item}" for item in card["limitations"]]
+    lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in card["lineage"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(card: dict[str, Any], cards_dir: Path) -> tuple[Path, Path]:
+    folder = cards_dir / card["model"]
+    folder.mkdir(parents=True, exist_ok=True)
+    md_path = folder / f"v{card['version']}.md"
+    json_path = folder / f"v{card['version']}.json"
+    json_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    md_path.write_text(render_markdown(card))
+    return md_path, json_path

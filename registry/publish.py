@@ -1,0 +1,221 @@
+"""Registration, all or nothing: a version with its lineage, signed variants and model card.
+
+Order matters. Everything that can fail on its own (signing, logging artifacts, logging the model)
+happens before the version exists. Once ``create_model_version`` has returned, any later failure
+deletes the version and its card again, so the registry never shows a half-registered version.
+``candidate`` moves last, and only when every gate passed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import onnx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from edgeloop.errors import RegistryError
+from registry.modelcard import write_card
+from registry.signing import load_or_create_key, public_pem, sign_variant
+
+CANDIDATE = "candidate"
+PRODUCTION = "production"
+TAG = "edgeloop."
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate a candidate must pass, with what was measured and the threshold."""
+
+    name: str
+    passed: bool
+    measured: float | str | None
+    threshold: float | str | None
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    name: str
+    path: Path
+    sha256: str
+    size_bytes: int
+    accuracy: float
+    p50_ms: float
+    p95_ms: float
+
+
+@dataclass
+class Release:
+    """Everything a version is registered with."""
+
+    model_name: str
+    run_id: str
+    variants: list[VariantRecord]
+    chosen: str
+    example_input: np.ndarray
+    tags: dict[str, str]
+    gates: list[GateResult]
+    card: dict[str, Any]
+    hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def all_gates_passed(self) -> bool:
+        return bool(self.gates) and all(g.passed for g in self.gates)
+
+    def variant(self, name: str) -> VariantRecord:
+        return next(v for v in self.variants if v.name == name)
+
+
+@dataclass(frozen=True)
+class Published:
+    model_name: str
+    version: str
+    aliases: list[str]
+    card_markdown: Path
+    card_json: Path
+    signatures: dict[str, str]
+
+
+def _log_variants(release: Release, keys_dir: Path) -> dict[str, str]:
+    """Sign every variant and log it with its sha256, signature and a manifest."""
+    key = load_or_create_key(keys_dir)
+    signatures = {v.name: sign_variant(key, v.name, v.sha256) for v in release.variants}
+    manifest = {
+        "model": release.model_name,
+        "signature_scheme": "ed25519 over 'edgeloop-variant-v1\\n<variant>\\n<sha256>'",
+        "public_key": public_pem(key).decode(),
+        "variants": [
+            {"name": v.name, "file": f"{v.name}.onnx", "sha256": v.sha256, "size_bytes": v.size_bytes,
+             "signature": signatures[v.name]}
+            for v in release.variants
+        ],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for v in release.variants:
+            (folder / f"{v.name}.onnx.sha256").write_text(f"{v.sha256}  {v.name}.onnx\n")
+            (folder / f"{v.name}.onnx.sig").write_text(signatures[v.name] + "\n")
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (folder / "public-key.pem").write_bytes(public_pem(key))
+        mlflow.log_artifacts(tmp, artifact_path="variants")
+    for v in release.variants:
+        mlflow.log_artifact(str(v.path), artifact_path="variants")
+    return signatures
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(
+            name, description="Registered by edgeloop; see each version's model card."
+        )
+
+
+def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str]:
+    tags = dict(release.tags)
+    tags[f"{TAG}variant"] = release.chosen
+    tags[f"{TAG}gates"] = "passed" if release.all_gates_passed else "failed"
+    for gate in release.gates:
+        tags[f"{TAG}gate.{gate.name}"] = "passed" if gate.passed else "failed"
+    for v in release.variants:
+        tags[f"{TAG}variant.{v.name}.sha256"] = v.sha256
+        tags[f"{TAG}variant.{v.name}.signature"] = signatures[v.name]
+    for profile, result in release.hardware.items():
+        tags[f"{TAG}hw.{profile}.status"] = str(result["status"])
+        for key in ("p95_ms", "accuracy"):
+            if result.get(key) is not None:
+                tags[f"{TAG}hw.{profile}.{key}"] = f"{result[key]:.4g}"
+    return tags
+
+
+def publish(client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir: Path) -> Published:
+    """Register ``release`` inside its MLflow run; undo the version on any later failure."""
+    active = mlflow.active_run()
+    in_run = active is not None and active.info.run_id == release.run_id
+    with nullcontext() if in_run else mlflow.start_run(run_id=release.run_id):
+        try:
+            signatures = _log_variants(release, keys_dir)
+            chosen = release.variant(release.chosen)
+            example = release.example_input[:1].astype(np.float32)
+            from fleet.agent.runtime import open_session, predict
+
+            output = predict(open_session(str(chosen.path)), example)
+            info = mlflow.onnx.log_model(
+                onnx.load(str(chosen.path)),
+                name="model",
+                signature=infer_signature(example, output),
+                input_example=example,
+                pip_requirements=["onnxruntime", "onnx", "numpy"],
+                save_as_external_data=False,
+            )
+            _ensure_registered_model(client, release.model_name)
+        except (MlflowException, OSError, ValueError) as exc:
+            raise RegistryError(
+                f"could not log the model for {release.model_name}: {exc}",
+                hint="no version was created; check the tracking server and run again",
+            ) from exc
+        version = client.create_model_version(
+            release.model_name,
+            source=info.model_uri,
+            run_id=release.run_id,
+            tags=_version_tags(release, signatures),
+            model_id=info.model_id,
+            description=f"chosen variant {release.chosen}; gates "
+            f"{'passed' if release.all_gates_passed else 'failed'}",
+        )
+        written: list[Path] = []
+        try:
+            aliases = [CANDIDATE] if release.all_gates_passed else []
+            card = dict(release.card)
+            card.update(
+                model=release.model_name,
+                version=version.version,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                aliases=aliases,
+                chosen_variant=release.chosen,
+                variants=[
+                    {**{k: v for k, v in asdict(rec).items() if k != "path"},
+                     "signature": signatures[rec.name]}
+                    for rec in release.variants
+                ],
+                gates=[asdict(g) for g in release.gates],
+                hardware=release.hardware,
+            )
+            card["lineage"] = {**card.get("lineage", {}), "mlflow_run_id": release.run_id}
+            md_path, json_path = write_card(card, cards_dir)
+            written = [md_path, json_path]
+            mlflow.log_artifact(str(md_path), artifact_path="model-card")
+            mlflow.log_artifact(str(json_path), artifact_path="model-card")
+            client.set_model_version_tag(
+                release.model_name, version.version, f"{TAG}model_card", str(md_path)
+            )
+            for alias in aliases:
+                client.set_registered_model_alias(release.model_name, alias, version.version)
+        except Exception as exc:
+            client.delete_model_version(release.model_name, version.version)
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise RegistryError(
+                f"registration of {release.model_name} v{version.version} failed and was undone: {exc}",
+                hint="fix the cause and run again",
+            ) from exc
+    return Published(
+        model_name=release.model_name,
+        version=str(version.version),
+        aliases=aliases,
+        card_markdown=md_path,
+        card_json=json_path,
+        signatures=signatures,
+    )
