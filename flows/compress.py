@@ -51,7 +51,7 @@ def export_onnx(model: Classifier, n_features: int, path: Path, opset: int) -> P
     wrapper = Probabilities(model).eval()
     batch = torch.export.Dim("batch", min=1)
     # The exporter reports its progress with print() and INFO logs; keep the CLI's display clean.
-    logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     program = torch.onnx.export(
         wrapper,
         (torch.zeros(2, n_features),),

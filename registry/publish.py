@@ -158,6 +158,7 @@ def publish(client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir
                 signature=infer_signature(example, output),
                 input_example=example,
                 pip_requirements=["onnxruntime", "onnx", "numpy"],
+                onnx_execution_providers=["CPUExecutionProvider"],
                 save_as_external_data=False,
             )
             _ensure_registered_model(client, release.model_name)
