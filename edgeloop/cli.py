@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeloop.errors import EdgeloopError
@@ -38,7 +39,9 @@ class _State:
 
 @app.callback()
 def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and library logs.")
+    ] = False,
 ) -> None:
     _State.debug = debug
 
@@ -63,7 +66,7 @@ def _guard(action: Callable[[], T]) -> T:
     except EdgeloopError as exc:
         if _State.debug:
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -73,7 +76,8 @@ def _guard(action: Callable[[], T]) -> T:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         err_console.print(
-            f"[red]error:[/] unexpected {type(exc).__name__}: {first} (run with --debug for the traceback)",
+            f"[red]error:[/] unexpected {type(exc).__name__}: {escape(first)} "
+            "(run with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )
@@ -93,7 +97,8 @@ def _run_flow(settings: Settings, start: Callable[[], dict[str, Any]]) -> dict[s
         remove_listener(display)
         console.print(display.stage_table())
     summary["stages"] = [
-        {"stage": s, "ok": ok, "seconds": round(sec, 2), "detail": d} for s, ok, sec, d in display.rows
+        {"stage": s, "ok": ok, "seconds": round(sec, 2), "detail": d}
+        for s, ok, sec, d in display.rows
     ]
     summary["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     settings.last_run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -145,25 +150,29 @@ def run() -> None:
 def register(
     path: Annotated[Path, typer.Argument(help="An ONNX model trained elsewhere.")],
     name: Annotated[str, typer.Option("--name", help="Registered model name.")],
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset loader name it was trained on.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Dataset loader name it was trained on.")
+    ],
 ) -> None:
     """Take a model trained elsewhere through the same checks, compression and registration."""
 
     def go() -> None:
         settings = Settings()
         _prepare(settings)
-        from flows.datasets import LOADERS
-        from flows.plugins import resolve
+        from flows.datasets import load_dataset
+        from flows.onnxfile import check_model_file
         from registry.tracking import preflight
 
         _check_name(name)
-        resolve("dataset loader", dataset, LOADERS)
-        _preflight_file(path)
+        check_model_file(path, load_dataset(dataset).schema)
         preflight(settings.tracking_uri)
         from flows.retrain import register_flow
 
         summary = _run_flow(
-            settings, lambda: register_flow(model_path=path, model_name=name, dataset=dataset, settings=settings)
+            settings,
+            lambda: register_flow(
+                model_path=path, model_name=name, dataset=dataset, settings=settings
+            ),
         )
         if "candidate" not in summary["aliases"]:
             raise typer.Exit(3)
@@ -183,13 +192,6 @@ def _check_name(name: str) -> None:
         )
 
 
-def _preflight_file(path: Path) -> None:
-    from edgeloop.errors import ModelFileError
-
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist", hint="check the path")
-
-
 @app.command()
 def models(
     name: Annotated[str | None, typer.Option("--name", help="Only this registered model.")] = None,
@@ -204,14 +206,27 @@ def models(
 
         rows = list_versions(connect(settings.tracking_uri), name)
         table = Table(title=f"registered versions ({settings.tracking_uri})")
-        for column in ("model", "version", "aliases", "variant", "gates", "git commit", "data hash", "created"):
+        for column in (
+            "model",
+            "version",
+            "aliases",
+            "variant",
+            "gates",
+            "git commit",
+            "data hash",
+            "created",
+        ):
             table.add_column(column)
         for r in rows:
             created = datetime.fromtimestamp(r.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
             table.add_row(
-                r.model, r.version, ", ".join(r.aliases) or "-",
-                r.tags.get("edgeloop.variant", "-"), r.tags.get("edgeloop.gates", "-"),
-                r.tags.get("edgeloop.git_commit", "-")[:10], r.tags.get("edgeloop.data.hash", "-")[:12],
+                r.model,
+                r.version,
+                ", ".join(r.aliases) or "-",
+                r.tags.get("edgeloop.variant", "-"),
+                r.tags.get("edgeloop.gates", "-"),
+                r.tags.get("edgeloop.git_commit", "-")[:10],
+                r.tags.get("edgeloop.data.hash", "-")[:12],
                 created,
             )
         console.print(table if rows else "no registered versions yet: run `edgeloop run`")

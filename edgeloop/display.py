@@ -56,8 +56,12 @@ def variants_table(summary: dict[str, Any]) -> Table:
     for v in summary["variants"]:
         chosen = "chosen" if v["name"] == summary["chosen_variant"] else ""
         table.add_row(
-            v["name"], f"{v['size_bytes'] / 1024:.0f}", f"{v['accuracy']:.4f}",
-            f"{v['p50_ms']:.4f}", f"{v['p95_ms']:.4f}", chosen,
+            v["name"],
+            f"{v['size_bytes'] / 1024:.0f}",
+            f"{v['accuracy']:.4f}",
+            f"{v['p50_ms']:.4f}",
+            f"{v['p95_ms']:.4f}",
+            chosen,
         )
     return table
 

@@ -94,7 +94,8 @@ def load_params(path: Path) -> Params:
     """Read and validate params.yaml, turning every failure into one ConfigError line."""
     if not path.is_file():
         raise ConfigError(
-            f"params file {path} not found", hint="run from the repository root or set EDGELOOP_PARAMS_FILE"
+            f"params file {path} not found",
+            hint="run from the repository root or set EDGELOOP_PARAMS_FILE",
         )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -106,11 +107,16 @@ def load_params(path: Path) -> Params:
             hint="fix the syntax and run again",
         ) from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings", hint="see the README's params.yaml")
+        raise ConfigError(
+            f"{path} must hold a mapping of settings", hint="see the README's params.yaml"
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
         )
-        raise ConfigError(f"{path} is invalid: {problems}", hint="fix these keys and run again") from exc
+        raise ConfigError(
+            f"{path} is invalid: {problems}", hint="fix these keys and run again"
+        ) from exc

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from edgeloop.errors import DataCheckError
@@ -35,17 +36,23 @@ class _View:
 
 
 def row_hashes(frame: pd.DataFrame, feature_names: tuple[str, ...]) -> pd.Series:
-    values = frame[list(feature_names)].to_numpy()
-    return pd.Series([hashlib.sha1(row.tobytes()).hexdigest()[:16] for row in values], index=frame.index)
+    values = frame[list(feature_names)].to_numpy(dtype=np.float64)
+    return pd.Series(
+        [hashlib.sha1(row.tobytes()).hexdigest()[:16] for row in values], index=frame.index
+    )
 
 
-def _views(schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataParams) -> list[_View]:
+def _views(
+    schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataParams
+) -> list[_View]:
     import great_expectations.expectations as gxe
 
     low, high = schema.value_range
     features = list(schema.feature_names)
     hashes = {
-        name: row_hashes(frame, schema.feature_names) if set(features) <= set(frame.columns) else None
+        name: row_hashes(frame, schema.feature_names)
+        if set(features) <= set(frame.columns)
+        else None
         for name, frame in splits.items()
     }
     uniform = 1.0 / len(schema.classes)
@@ -67,7 +74,9 @@ def _views(schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataP
             )
         )
         present = [c for c in features if c in table.columns]
-        long = table.melt(id_vars=["row"], value_vars=present, var_name="feature", value_name="value")
+        long = table.melt(
+            id_vars=["row"], value_vars=present, var_name="feature", value_name="value"
+        )
         views.append(
             _View(
                 name,
@@ -75,14 +84,20 @@ def _views(schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataP
                 long,
                 [
                     gxe.ExpectColumnValuesToNotBeNull(column="value"),
-                    gxe.ExpectColumnValuesToBeBetween(column="value", min_value=low, max_value=high),
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column="value", min_value=low, max_value=high
+                    ),
                 ],
                 ["row", "feature"],
             )
         )
         counts = table[LABEL].value_counts().reindex(list(schema.classes), fill_value=0)
         balance = pd.DataFrame(
-            {"class": counts.index, "count": counts.values, "share_of_uniform": counts.values / max(len(table), 1) / uniform}
+            {
+                "class": counts.index,
+                "count": counts.values,
+                "share_of_uniform": counts.values / max(len(table), 1) / uniform,
+            }
         )
         views.append(
             _View(
@@ -107,7 +122,11 @@ def _views(schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataP
                     name,
                     "leakage",
                     pd.DataFrame({"row": table["row"], "row_hash": own.values}),
-                    [gxe.ExpectColumnValuesToNotBeInSet(column="row_hash", value_set=sorted(others))],
+                    [
+                        gxe.ExpectColumnValuesToNotBeInSet(
+                            column="row_hash", value_set=sorted(others)
+                        )
+                    ],
                     ["row"],
                 )
             )
@@ -126,7 +145,9 @@ def _plain(value: Any) -> Any:
 def _failure(view: _View, result: Any) -> dict[str, Any]:
     config = result.expectation_config
     details = result.result or {}
-    examples = details.get("partial_unexpected_index_list") or details.get("partial_unexpected_list") or []
+    examples = (
+        details.get("partial_unexpected_index_list") or details.get("partial_unexpected_list") or []
+    )
     if not examples and "observed_value" in details:
         examples = [{"observed_value": details["observed_value"]}]
     if result.exception_info and result.exception_info.get("raised_exception"):
@@ -142,7 +163,9 @@ def _failure(view: _View, result: Any) -> dict[str, Any]:
     }
 
 
-def check_splits(schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataParams) -> dict[str, Any]:
+def check_splits(
+    schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataParams
+) -> dict[str, Any]:
     """Run the suite; return the report, or raise DataCheckError carrying it when anything failed."""
     import great_expectations as gx
 
@@ -159,7 +182,9 @@ def check_splits(schema: DatasetSchema, splits: dict[str, pd.DataFrame], params:
         batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
             batch_parameters={"dataframe": view.frame}
         )
-        suite = gx.ExpectationSuite(name=f"{schema.name}-{view.split}-{view.view}", expectations=view.expectations)
+        suite = gx.ExpectationSuite(
+            name=f"{schema.name}-{view.split}-{view.view}", expectations=view.expectations
+        )
         outcome = batch.validate(
             suite,
             result_format={

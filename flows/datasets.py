@@ -6,8 +6,8 @@ The ``field`` split is held out for the fleet: it never trains, validates or tes
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,9 @@ def load_dataset(name: str, **kwargs: Any) -> Dataset:
     return dataset
 
 
-def split_dataset(dataset: Dataset, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
+def split_dataset(
+    dataset: Dataset, fractions: dict[str, float], seed: int
+) -> dict[str, pd.DataFrame]:
     """Drop exact duplicate rows, then split stratified by class so no row lands in two splits."""
     from sklearn.model_selection import train_test_split
 

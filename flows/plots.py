@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def loss_curve(history: list[dict[str, float]], path: Path) -> Path:
@@ -29,7 +29,9 @@ def loss_curve(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: list[int], path: Path) -> Path:
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[int], path: Path
+) -> Path:
     matrix = np.zeros((len(classes), len(classes)), dtype=int)
     index = {c: i for i, c in enumerate(classes)}
     for t, p in zip(y_true, y_pred, strict=True):

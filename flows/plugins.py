@@ -23,9 +23,14 @@ def resolve(kind: str, name: str, builtins: Mapping[str, Callable[..., Any]]) ->
             hint=f"use one of {sorted(builtins)} or 'package.module:function'",
         )
     module_name, _, attr = name.partition(":")
+    if not module_name or module_name.startswith(".") or not attr:
+        raise PluginError(
+            f"{kind} {name!r} is not of the form 'package.module:function'",
+            hint="name an absolute module and a callable in it",
+        )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:
         raise PluginError(
             f"{kind} {name!r}: cannot import module {module_name!r} ({exc})",
             hint="check the name in params.yaml and that the module is installed",

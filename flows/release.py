@@ -168,7 +168,10 @@ def register(
         gates=gate_results,
         card=card,
         hardware={
-            p: {"status": o.status, **{k: o.metrics.get(k) for k in ("p95_ms", "accuracy", "p50_ms")}}
+            p: {
+                "status": o.status,
+                **{k: o.metrics.get(k) for k in ("p95_ms", "accuracy", "p50_ms")},
+            }
             for p, o in hardware.items()
         },
     )

@@ -74,7 +74,9 @@ def train_task(params: Params, ws: Workspace) -> list[dict[str, float]]:
         for row in history:
             step = int(row["epoch"])
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
-        mlflow.log_artifact(str(loss_curve(history, ws.work_dir / "loss.png")), artifact_path="plots")
+        mlflow.log_artifact(
+            str(loss_curve(history, ws.work_dir / "loss.png")), artifact_path="plots"
+        )
         schema, splits = read_splits(ws.splits_dir)
         model = stages.load_trained(params, ws)
         x_test, y_test = xy(splits["test"])

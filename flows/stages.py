@@ -48,7 +48,9 @@ def validate(params: Params, ws: Workspace) -> dict[str, Any]:
     return report
 
 
-def _model(params: Params, n_features: int, n_classes: int, value_range: tuple[float, float]) -> Classifier:
+def _model(
+    params: Params, n_features: int, n_classes: int, value_range: tuple[float, float]
+) -> Classifier:
     return build_model(
         params.training.builder, n_features, n_classes, value_range, **params.training.builder_args
     )
@@ -92,8 +94,10 @@ def quantise_variants(params: Params, ws: Workspace) -> dict[str, str]:
 
 def choose_variant(records: list[dict[str, Any]], max_drop: float) -> str:
     """The smallest variant within ``max_drop`` test accuracy of fp32, then the fastest."""
-    baseline = next(r for r in records if r["name"] == "fp32")["accuracy"]
-    eligible = [r for r in records if baseline - r["accuracy"] <= max_drop]
+    fp32 = next((r for r in records if r["name"] == "fp32"), None)
+    if fp32 is None:
+        raise ValueError("choose_variant needs the fp32 variant as the accuracy baseline")
+    eligible = [r for r in records if fp32["accuracy"] - r["accuracy"] <= max_drop + 1e-9]
     return str(min(eligible, key=lambda r: (r["size_bytes"], r["p50_ms"]))["name"])
 
 
@@ -132,4 +136,3 @@ def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
     ws.evaluation.write_text(json.dumps(evaluation, indent=2))
     write_golden(x_test, y_test, ws.golden)
     return evaluation
-

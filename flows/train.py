@@ -57,7 +57,12 @@ def train(
             val_loss = float(loss_fn(val_logits, y_val))
             val_acc = float((val_logits.argmax(dim=1) == y_val).float().mean())
         result.history.append(
-            {"epoch": epoch, "train_loss": total / len(x_train), "val_loss": val_loss, "val_accuracy": val_acc}
+            {
+                "epoch": epoch,
+                "train_loss": total / len(x_train),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
         )
     model.eval()
     return result

@@ -47,7 +47,9 @@ def dvc_dir_hash(directory: Path) -> str:
     """DVC's directory hash: md5 of the sorted (relpath, md5) listing, with the ``.dir`` suffix."""
     entries = [
         {"md5": _md5(path), "relpath": path.relative_to(directory).as_posix()}
-        for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != ".gitignore")
+        for path in sorted(
+            p for p in directory.rglob("*") if p.is_file() and p.name != ".gitignore"
+        )
     ]
     entries.sort(key=lambda e: e["relpath"])
     listing = json.dumps(entries, sort_keys=True).encode()

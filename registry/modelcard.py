@@ -36,11 +36,22 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += _table(
         ["variant", "size (KB)", "test accuracy", "p50 (ms)", "p95 (ms)", "sha256"],
         [
-            [v["name"], v["size_bytes"] / 1024, v["accuracy"], v["p50_ms"], v["p95_ms"], v["sha256"][:16]]
+            [
+                v["name"],
+                v["size_bytes"] / 1024,
+                v["accuracy"],
+                v["p50_ms"],
+                v["p95_ms"],
+                v["sha256"][:16],
+            ]
             for v in card["variants"]
         ],
     )
-    lines += ["", f"Chosen variant: `{card['chosen_variant']}`. Latency: single thread, batch 1.", ""]
+    lines += [
+        "",
+        f"Chosen variant: `{card['chosen_variant']}`. Latency: single thread, batch 1.",
+        "",
+    ]
     lines += ["## Compression", ""] + [f"- `{k}`: {v}" for k, v in card["compression"].items()]
     lines += ["", "## Hardware profiles", ""]
     lines += _table(

@@ -94,8 +94,13 @@ def _log_variants(release: Release, keys_dir: Path) -> dict[str, str]:
         "signature_scheme": "ed25519 over 'edgeloop-variant-v1\\n<variant>\\n<sha256>'",
         "public_key": public_pem(key).decode(),
         "variants": [
-            {"name": v.name, "file": f"{v.name}.onnx", "sha256": v.sha256, "size_bytes": v.size_bytes,
-             "signature": signatures[v.name]}
+            {
+                "name": v.name,
+                "file": f"{v.name}.onnx",
+                "sha256": v.sha256,
+                "size_bytes": v.size_bytes,
+                "signature": signatures[v.name],
+            }
             for v in release.variants
         ],
     }
@@ -140,7 +145,9 @@ def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str
     return tags
 
 
-def publish(client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir: Path) -> Published:
+def publish(
+    client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir: Path
+) -> Published:
     """Register ``release`` inside its MLflow run; undo the version on any later failure."""
     active = mlflow.active_run()
     in_run = active is not None and active.info.run_id == release.run_id
@@ -187,8 +194,10 @@ def publish(client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir
                 aliases=aliases,
                 chosen_variant=release.chosen,
                 variants=[
-                    {**{k: v for k, v in asdict(rec).items() if k != "path"},
-                     "signature": signatures[rec.name]}
+                    {
+                        **{k: v for k, v in asdict(rec).items() if k != "path"},
+                        "signature": signatures[rec.name],
+                    }
                     for rec in release.variants
                 ],
                 gates=[asdict(g) for g in release.gates],

@@ -39,7 +39,7 @@ class HardwareProfile(BaseModel):
     variant: str = "int8-static"
     warmup_runs: int = Field(50, ge=0)
     timed_runs: int = Field(1000, ge=10)
-    budgets: Budgets = Field(default_factory=lambda: Budgets())
+    budgets: Budgets = Field(default_factory=Budgets)
 
 
 class ProfileError(ValueError):

@@ -68,6 +68,10 @@ def time_batch1(
     call: Callable[[np.ndarray], object], rows: np.ndarray, *, warmup: int, runs: int
 ) -> LatencyStats:
     """Time ``call(row)`` one row at a time, cycling through ``rows``, after ``warmup`` calls."""
+    if len(rows) < 1 or runs < 1:
+        raise ValueError(
+            f"time_batch1 needs at least one row and one run (got {len(rows)}, {runs})"
+        )
     singles = [rows[i : i + 1] for i in range(len(rows))]
     for i in range(warmup):
         call(singles[i % len(singles)])
