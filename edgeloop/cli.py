@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeloop.errors import EdgeloopError
+from edgeloop.prefect_api import start_prefect_api
 from edgeloop.settings import Settings
 
 app = typer.Typer(
@@ -63,6 +65,8 @@ def _prepare(settings: Settings) -> None:
 def _guard(action: Callable[[], T]) -> T:
     try:
         return action()
+    except typer.Exit:
+        raise
     except EdgeloopError as exc:
         if _State.debug:
             raise
@@ -115,18 +119,47 @@ def _run_flow(settings: Settings, start: Callable[[], dict[str, Any]]) -> dict[s
     return summary
 
 
-def _preflight(settings: Settings) -> Any:
+def _exit_on_failed_gates(summary: dict[str, Any]) -> None:
+    """Exit 3 when the version was registered but did not become ``candidate``."""
+    if "candidate" in summary["aliases"]:
+        return
+    failed = ", ".join(g["name"] for g in summary["gates"] if not g["passed"])
+    err_console.print(
+        f"[red]error:[/] {summary['model']} v{summary['version']} is registered without alias "
+        f"candidate: gate(s) failed: {escape(failed)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(3)
+
+
+def _preflight(settings: Settings) -> threading.Thread:
+    """Fail fast on bad params, profiles or tracking URI; then start the Prefect API."""
     from edgeloop.params import load_params
-    from flows.datasets import LOADERS
-    from flows.models import BUILDERS
-    from flows.plugins import resolve
     from registry.tracking import preflight
 
     params = load_params(settings.params_file)
+    _check_profiles(settings, params.gates.profiles)
+    preflight(settings.tracking_uri)
+    api = start_prefect_api()  # boots while torch and the plugins import
+    from flows.datasets import LOADERS
+    from flows.models import BUILDERS
+    from flows.plugins import resolve
+
     resolve("dataset loader", params.data.loader, LOADERS)
     resolve("model builder", params.training.builder, BUILDERS)
-    preflight(settings.tracking_uri)
-    return params
+    return api
+
+
+def _check_profiles(settings: Settings, profiles: list[str]) -> None:
+    from edgeloop.errors import ConfigError
+    from fleet.agent.profile import ProfileError, load_profile
+
+    for name in profiles:
+        try:
+            load_profile(name, settings.profiles_dir)
+        except ProfileError as exc:
+            raise ConfigError(str(exc), hint="fix gates.profiles in params.yaml") from exc
 
 
 @app.command()
@@ -136,12 +169,11 @@ def run() -> None:
     def go() -> None:
         settings = Settings()
         _prepare(settings)
-        _preflight(settings)
+        api = _preflight(settings)
         from flows.retrain import retrain_flow
 
-        summary = _run_flow(settings, lambda: retrain_flow(settings=settings))
-        if "candidate" not in summary["aliases"]:
-            raise typer.Exit(3)
+        api.join()
+        _exit_on_failed_gates(_run_flow(settings, lambda: retrain_flow(settings=settings)))
 
     _guard(go)
 
@@ -166,16 +198,18 @@ def register(
         _check_name(name)
         check_model_file(path, load_dataset(dataset).schema)
         preflight(settings.tracking_uri)
+        api = start_prefect_api()
         from flows.retrain import register_flow
 
-        summary = _run_flow(
-            settings,
-            lambda: register_flow(
-                model_path=path, model_name=name, dataset=dataset, settings=settings
-            ),
+        api.join()
+        _exit_on_failed_gates(
+            _run_flow(
+                settings,
+                lambda: register_flow(
+                    model_path=path, model_name=name, dataset=dataset, settings=settings
+                ),
+            )
         )
-        if "candidate" not in summary["aliases"]:
-            raise typer.Exit(3)
 
     _guard(go)
 

@@ -13,8 +13,10 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
+from edgeloop.errors import HardwareCheckError
 from edgeloop.params import Params
 from edgeloop.settings import Settings
+from fleet.agent.profile import ProfileError, load_profile
 from flows.hardware import ProfileResult, run_profile
 from flows.plots import variants_chart
 from flows.workspace import Workspace
@@ -33,11 +35,24 @@ COMPRESSION = {
 def hardware_check(
     settings: Settings, params: Params, ws: Workspace, evaluation: dict[str, Any]
 ) -> dict[str, ProfileResult]:
-    """Run the chosen variant through the suite on every required profile."""
-    chosen = ws.variants_dir / f"{evaluation['chosen']}.onnx"
-    return {
-        profile: run_profile(
-            chosen,
+    """Run the suite on every required profile, with the variant each profile takes."""
+    results = {}
+    for profile in params.gates.profiles:
+        try:
+            wanted = load_profile(profile, settings.profiles_dir).variant
+        except ProfileError as exc:
+            raise HardwareCheckError(
+                str(exc), hint="fix gates.profiles or the profile file"
+            ) from exc
+        variant = evaluation["chosen"] if wanted == "chosen" else wanted
+        path = ws.variants_dir / f"{variant}.onnx"
+        if not path.is_file():
+            raise HardwareCheckError(
+                f"hardware profile {profile!r} asks for variant {variant!r}, which this run did not build",
+                hint=f"use one of {[v['name'] for v in evaluation['variants']]} or 'chosen'",
+            )
+        results[profile] = run_profile(
+            path,
             profile,
             ws.golden,
             ws.hardware_dir,
@@ -45,8 +60,7 @@ def hardware_check(
             suite_dir=settings.hardware_tests_dir,
             profiles_dir=settings.profiles_dir,
         )
-        for profile in params.gates.profiles
-    }
+    return results
 
 
 def gates(

@@ -58,6 +58,7 @@ def _model(
 
 def train_model(params: Params, ws: Workspace) -> list[dict[str, float]]:
     schema, splits = read_splits(ws.splits_dir)
+    torch.manual_seed(params.seed)  # the initial weights too, so a re-run trains the same model
     model = _model(params, schema.n_features, len(schema.classes), schema.value_range)
     result = train(model, xy(splits["train"]), xy(splits["val"]), params.training, params.seed)
     ws.work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,20 @@
 """Connecting to MLflow: the tracking URI, a fast reachability check, and the experiment.
 
 MLflow's own client retries an unreachable server for minutes; :func:`preflight` answers in
-seconds with one line naming the URI, before any work starts.
+seconds with one line naming the URI, before any work starts (and before MLflow is imported).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import mlflow
-from mlflow import MlflowClient
 
 from edgeloop.errors import TrackingUnavailableError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def preflight(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -36,6 +38,9 @@ def preflight(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 
 def connect(tracking_uri: str) -> MlflowClient:
+    import mlflow
+    from mlflow import MlflowClient
+
     preflight(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)

@@ -36,7 +36,9 @@ class HardwareProfile(BaseModel):
     threads: int = Field(1, ge=1)
     cpu_affinity: tuple[int, ...] | None = None
     memory_cap_mb: int | None = Field(None, gt=0)
-    variant: str = "int8-static"
+    variant: str = Field(
+        "chosen", description="'chosen' runs the version's chosen variant; or pin one by name"
+    )
     warmup_runs: int = Field(50, ge=0)
     timed_runs: int = Field(1000, ge=10)
     budgets: Budgets = Field(default_factory=Budgets)

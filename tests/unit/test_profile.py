@@ -24,7 +24,7 @@ def test_host_cpu_profile() -> None:
     assert profile.threads == 1
     assert profile.cpu_affinity is None
     assert profile.memory_cap_mb is None
-    assert profile.variant == "int8-static"
+    assert profile.variant == "chosen"
     assert (profile.warmup_runs, profile.timed_runs) == (50, 1000)
     assert profile.budgets == Budgets(
         p95_latency_ms=5,
