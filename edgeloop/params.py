@@ -53,13 +53,20 @@ class CompressParams(_Strict):
     opset: int = Field(18, ge=13)
     calibration_samples: int = Field(256, ge=8)
     max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    prune_keep: float = Field(
+        0.5, gt=0, lt=1, description="share of hidden units the pruned variant keeps"
+    )
+    prune_finetune_epochs: int = Field(15, ge=0)
     warmup_runs: int = Field(50, ge=0)
     latency_runs: int = Field(500, ge=10)
 
 
 class GateParams(_Strict):
     min_test_accuracy: float = Field(0.9, ge=0, le=1)
-    profiles: list[str] = Field(default_factory=lambda: ["host-cpu"], min_length=1)
+    profiles: list[str] = Field(default_factory=lambda: ["host-cpu", "edge-small"], min_length=1)
+    runner_deadline_s: float = Field(
+        600, gt=0, description="how long a pool profile may stay silent"
+    )
 
 
 class CardParams(_Strict):

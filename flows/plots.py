@@ -52,15 +52,25 @@ def confusion_matrix(
     return path
 
 
-def variants_chart(records: list[dict[str, Any]], path: Path) -> Path:
-    """Size against p50 latency per variant, labelled with test accuracy."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in records:
-        ax.scatter(r["size_bytes"] / 1024, r["p50_ms"], s=60)
-        ax.annotate(f"{r['name']} ({r['accuracy']:.3f})", (r["size_bytes"] / 1024, r["p50_ms"]))
+def pareto_chart(records: list[dict[str, Any]], path: Path) -> Path:
+    """Size against test accuracy per variant, coloured by p95 latency; Pareto-optimal ones ringed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sizes = [r["size_bytes"] / 1024 for r in records]
+    scatter = ax.scatter(
+        sizes,
+        [r["accuracy"] for r in records],
+        c=[r["p95_ms"] for r in records],
+        cmap="viridis",
+        s=80,
+    )
+    for r, size in zip(records, sizes, strict=True):
+        if r.get("pareto"):
+            ax.scatter([size], [r["accuracy"]], s=220, facecolors="none", edgecolors="tab:red")
+        ax.annotate(r["name"], (size, r["accuracy"]), textcoords="offset points", xytext=(6, 4))
+    fig.colorbar(scatter, ax=ax, label="p95 latency, 1 thread, batch 1 (ms)")
     ax.set_xlabel("size (KB)")
-    ax.set_ylabel("p50 latency, 1 thread, batch 1 (ms)")
-    ax.set_title("variants: size vs latency (test accuracy)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("variants: size vs accuracy vs p95 (ringed: Pareto-optimal)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

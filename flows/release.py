@@ -13,12 +13,11 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from edgeloop.errors import HardwareCheckError
 from edgeloop.params import Params
 from edgeloop.settings import Settings
-from fleet.agent.profile import ProfileError, load_profile
-from flows.hardware import ProfileResult, run_profile
-from flows.plots import variants_chart
+from flows.pareto import pareto_table
+from flows.plots import pareto_chart
+from flows.validation import ProfileChoice, report_paths
 from flows.workspace import Workspace
 from registry.lineage import dvc_dir_hash, git_state
 from registry.publish import GateResult, Published, Release, VariantRecord, publish
@@ -29,42 +28,13 @@ COMPRESSION = {
     "(onnxruntime quantize_dynamic).",
     "int8-static": "QDQ, weights int8, activations uint8 calibrated (MinMax) on {n} training rows "
     "(onnxruntime quantize_static).",
+    "pruned-int8": "structured pruning keeping {keep:.0%} of each hidden layer's units (L1 norm), "
+    "{epochs} fine-tuning epochs, then int8 static as above.",
 }
 
 
-def hardware_check(
-    settings: Settings, params: Params, ws: Workspace, evaluation: dict[str, Any]
-) -> dict[str, ProfileResult]:
-    """Run the suite on every required profile, with the variant each profile takes."""
-    results = {}
-    for profile in params.gates.profiles:
-        try:
-            wanted = load_profile(profile, settings.profiles_dir).variant
-        except ProfileError as exc:
-            raise HardwareCheckError(
-                str(exc), hint="fix gates.profiles or the profile file"
-            ) from exc
-        variant = evaluation["chosen"] if wanted == "chosen" else wanted
-        path = ws.variants_dir / f"{variant}.onnx"
-        if not path.is_file():
-            raise HardwareCheckError(
-                f"hardware profile {profile!r} asks for variant {variant!r}, which this run did not build",
-                hint=f"use one of {[v['name'] for v in evaluation['variants']]} or 'chosen'",
-            )
-        results[profile] = run_profile(
-            path,
-            profile,
-            ws.golden,
-            ws.hardware_dir,
-            reference=ws.fp32,
-            suite_dir=settings.hardware_tests_dir,
-            profiles_dir=settings.profiles_dir,
-        )
-    return results
-
-
 def gates(
-    params: Params, evaluation: dict[str, Any], hardware: dict[str, ProfileResult]
+    params: Params, evaluation: dict[str, Any], hardware: dict[str, ProfileChoice]
 ) -> list[GateResult]:
     """Every gate a version must pass to become ``candidate``, with measured value and threshold."""
     by_name = {r["name"]: r for r in evaluation["variants"]}
@@ -86,31 +56,44 @@ def gates(
             params.compress.max_accuracy_drop,
         ),
     ]
-    for profile, outcome in hardware.items():
-        detail = "; ".join(outcome.failures) or outcome.status
-        result.append(GateResult(f"hw.{profile}", outcome.passed, detail[:500], "all budgets"))
+    for profile, choice in hardware.items():
+        measured = f"{choice.status}: {choice.reason}"
+        result.append(GateResult(f"hw.{profile}", choice.passed, measured[:500], "all budgets"))
     return result
 
 
 def log_evaluation(evaluation: dict[str, Any], ws: Workspace) -> None:
+    """Metrics per split and variant, the Pareto table and its plot."""
     for split, value in evaluation["split_accuracy"].items():
         mlflow.log_metric(f"{split}_accuracy", value)
     for r in evaluation["variants"]:
         for key in ("size_bytes", "accuracy", "p50_ms", "p95_ms"):
             mlflow.log_metric(f"variant.{r['name']}.{key}", float(r[key]))
     mlflow.log_artifact(str(ws.evaluation), artifact_path="evaluation")
+    pareto = pareto_table(evaluation["variants"])
+    mlflow.log_table(
+        {k: [r[k] for r in pareto] for k in ("name", "size_bytes", "accuracy", "p95_ms", "pareto")},
+        artifact_file="evaluation/pareto.json",
+    )
     mlflow.log_artifact(
-        str(variants_chart(evaluation["variants"], ws.work_dir / "variants.png")),
-        artifact_path="plots",
+        str(pareto_chart(pareto, ws.work_dir / "pareto.png")), artifact_path="plots"
     )
 
 
-def log_hardware(hardware: dict[str, ProfileResult]) -> None:
-    for profile, outcome in hardware.items():
-        for key, value in outcome.metrics.items():
-            mlflow.log_metric(f"hw.{profile}.{key}", float(value))
-        mlflow.log_artifact(str(outcome.junit_path), artifact_path=f"hardware/{profile}")
-        mlflow.log_artifact(str(outcome.report_path), artifact_path=f"hardware/{profile}")
+def log_hardware(hardware: dict[str, ProfileChoice]) -> None:
+    """Each profile's chosen result as metrics; every attempt's JUnit and JSON as artifacts."""
+    for profile, choice in hardware.items():
+        if choice.passed and choice.result is not None:
+            for key, value in choice.result.metrics.items():
+                mlflow.log_metric(f"hw.{profile}.{key}", float(value))
+        mlflow.log_dict(choice.summary(), f"hardware/{profile}/choice.json")
+    for path in {p for c in hardware.values() for p in _attempt_files(c)}:
+        variant, profile = path.parent.parent.name, path.parent.name
+        mlflow.log_artifact(str(path), artifact_path=f"hardware/{profile}/{variant}")
+
+
+def _attempt_files(choice: ProfileChoice) -> list[Path]:
+    return [p for p in report_paths(choice) if p.is_file()]
 
 
 def lineage_tags(settings: Settings, params: Params, ws: Workspace, source: str) -> dict[str, str]:
@@ -134,7 +117,7 @@ def register(
     model_name: str,
     run_id: str,
     evaluation: dict[str, Any],
-    hardware: dict[str, ProfileResult],
+    hardware: dict[str, ProfileChoice],
     gate_results: list[GateResult],
     source: str,
 ) -> Published:
@@ -167,9 +150,16 @@ def register(
         },
         "metrics": evaluation["split_accuracy"],
         "compression": {
-            name: text.format(opset=params.compress.opset, n=params.compress.calibration_samples)
+            name: text.format(
+                opset=params.compress.opset,
+                n=params.compress.calibration_samples,
+                keep=params.compress.prune_keep,
+                epochs=params.compress.prune_finetune_epochs,
+            )
             for name, text in COMPRESSION.items()
+            if name in {r["name"] for r in evaluation["variants"]}
         },
+        "pareto": pareto_table(evaluation["variants"]),
         "lineage": {**tags, "params_file": str(settings.params_file)},
     }
     release = Release(
@@ -181,12 +171,7 @@ def register(
         tags=tags,
         gates=gate_results,
         card=card,
-        hardware={
-            p: {
-                "status": o.status,
-                **{k: o.metrics.get(k) for k in ("p95_ms", "accuracy", "p50_ms")},
-            }
-            for p, o in hardware.items()
-        },
+        hardware={p: c.summary() for p, c in hardware.items()},
+        golden=ws.golden,
     )
     return publish(client, release, keys_dir=settings.keys_dir, cards_dir=settings.model_cards_dir)

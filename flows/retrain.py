@@ -21,11 +21,13 @@ from prefect.cache_policies import NO_CACHE
 from edgeloop.errors import DataCheckError
 from edgeloop.params import Params, load_params
 from edgeloop.settings import Settings
-from flows import release, stages
+from flows import release, stages, validation
 from flows.datasets import read_splits, xy
 from flows.onnxfile import check_model_file
 from flows.plots import confusion_matrix, loss_curve
+from flows.pool import PoolRunner
 from flows.progress import stage
+from flows.validation import ProfileChoice
 from flows.workspace import Workspace
 from registry.tracking import connect, ensure_experiment
 
@@ -116,13 +118,29 @@ def evaluate_task(params: Params, ws: Workspace) -> dict[str, Any]:
 
 @_task("hardware")
 def hardware_task(
-    settings: Settings, params: Params, ws: Workspace, evaluation: dict[str, Any]
-) -> dict[str, Any]:
+    settings: Settings, params: Params, ws: Workspace, evaluation: dict[str, Any], run_id: str
+) -> dict[str, ProfileChoice]:
     with stage("hardware") as note:
-        results = release.hardware_check(settings, params, ws, evaluation)
-        release.log_hardware(results)
-        note.detail = ", ".join(f"{p} {r.status}" for p, r in results.items())
-    return results
+        profiles = validation.load_profiles(settings, params.gates.profiles)
+        if any(p.runner == "pool" for p in profiles):
+            # Runners elsewhere fetch the variants and golden set from the MLflow run.
+            mlflow.log_artifacts(str(ws.variants_dir), artifact_path="variants")
+            mlflow.log_artifact(str(ws.golden), artifact_path="golden")
+        runners: dict[str, validation.Runner] = {
+            "local": validation.LocalRunner(settings, ws),
+            "pool": PoolRunner(
+                tracking_uri=settings.tracking_uri,
+                run_id=run_id,
+                deadline_s=params.gates.runner_deadline_s,
+                server=bool(settings.prefect_api_url),
+            ),
+        }
+        choices = validation.validate(profiles, evaluation, runners)
+        release.log_hardware(choices)
+        note.detail = ", ".join(
+            f"{p} {c.status}" + (f" ({c.variant})" if c.variant else "") for p, c in choices.items()
+        )
+    return choices
 
 
 @_task("register")
@@ -172,7 +190,7 @@ def _loop(
             mlflow.log_artifact(str(imported), artifact_path="imported")
         compress_task(params, ws, imported)
         evaluation = evaluate_task(params, ws)
-        hardware = hardware_task(settings, params, ws, evaluation)
+        hardware = hardware_task(settings, params, ws, evaluation, run.info.run_id)
         gate_results = release.gates(params, evaluation, hardware)
         published = register_task(
             client=client,
@@ -198,7 +216,7 @@ def _loop(
         ],
         "split_accuracy": evaluation["split_accuracy"],
         "gates": [g.__dict__ for g in gate_results],
-        "hardware": {p: {"status": r.status, **r.metrics} for p, r in hardware.items()},
+        "hardware": {p: c.summary() for p, c in hardware.items()},
         "model_card": {"markdown": str(published.card_markdown), "json": str(published.card_json)},
         "started": started.isoformat(timespec="seconds"),
     }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +18,12 @@ import torch
 
 from edgeloop.params import Params
 from fleet.agent.runtime import open_session, predict, session_latency
-from flows.compress import VARIANTS, describe, export_onnx, quantise
+from flows.compress import VARIANTS, describe, export_onnx, quantise, quantise_static
 from flows.datacheck import check_splits
 from flows.datasets import load_dataset, read_splits, split_dataset, write_splits, xy
 from flows.hardware import write_golden
 from flows.models import Classifier, build_model
+from flows.prune import NotPrunable, prune_and_finetune
 from flows.train import train
 from flows.workspace import Workspace
 
@@ -75,21 +78,47 @@ def load_trained(params: Params, ws: Workspace) -> Classifier:
 
 
 def compress(params: Params, ws: Workspace) -> dict[str, str]:
-    """Export the trained model to ONNX fp32, then build the int8 variants from it."""
-    schema, _ = read_splits(ws.splits_dir)
+    """Export the trained model to ONNX fp32, build the int8 variants and the pruned int8 one."""
+    schema, splits = read_splits(ws.splits_dir)
     if ws.variants_dir.exists():
         shutil.rmtree(ws.variants_dir)
-    export_onnx(load_trained(params, ws), schema.n_features, ws.fp32, params.compress.opset)
-    return quantise_variants(params, ws)
+    model = load_trained(params, ws)
+    export_onnx(model, schema.n_features, ws.fp32, params.compress.opset)
+    paths = quantise_variants(params, ws)
+    torch.manual_seed(params.seed)
+    try:
+        pruned = prune_and_finetune(
+            model,
+            params.compress.prune_keep,
+            params.compress.prune_finetune_epochs,
+            xy(splits["train"]),
+            xy(splits["val"]),
+            params.training,
+            params.seed,
+        )
+    except NotPrunable:
+        return paths  # a user's architecture we cannot prune structurally: no pruned variant
+    with tempfile.TemporaryDirectory() as tmp:
+        pruned_fp32 = export_onnx(
+            pruned, schema.n_features, Path(tmp) / "pruned.onnx", params.compress.opset
+        )
+        target = ws.variants_dir / "pruned-int8.onnx"
+        paths["pruned-int8"] = str(
+            quantise_static(pruned_fp32, target, _calibration_rows(params, ws))
+        )
+    return paths
+
+
+def _calibration_rows(params: Params, ws: Workspace) -> np.ndarray:
+    _, splits = read_splits(ws.splits_dir)
+    x_train, _ = xy(splits["train"])
+    rng = np.random.default_rng(params.seed)
+    return x_train[rng.permutation(len(x_train))[: params.compress.calibration_samples]]
 
 
 def quantise_variants(params: Params, ws: Workspace) -> dict[str, str]:
     """Build the int8 variants from ``ws.fp32``, calibrated on training rows."""
-    _, splits = read_splits(ws.splits_dir)
-    x_train, _ = xy(splits["train"])
-    rng = np.random.default_rng(params.seed)
-    rows = x_train[rng.permutation(len(x_train))[: params.compress.calibration_samples]]
-    paths = quantise(ws.fp32, ws.variants_dir, rows)
+    paths = quantise(ws.fp32, ws.variants_dir, _calibration_rows(params, ws))
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -108,6 +137,8 @@ def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
     x_test, y_test = xy(splits["test"])
     records = []
     for name in VARIANTS:
+        if not (ws.variants_dir / f"{name}.onnx").is_file():
+            continue
         variant = describe(name, ws.variants_dir / f"{name}.onnx")
         session = open_session(str(variant.path), threads=1)
         stats = session_latency(

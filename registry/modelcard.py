@@ -55,9 +55,28 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += ["## Compression", ""] + [f"- `{k}`: {v}" for k, v in card["compression"].items()]
     lines += ["", "## Hardware profiles", ""]
     lines += _table(
-        ["profile", "status", "p95 (ms)", "accuracy"],
-        [[p, r["status"], r.get("p95_ms"), r.get("accuracy")] for p, r in card["hardware"].items()],
+        ["profile", "status", "variant", "p95 (ms)", "accuracy", "why"],
+        [
+            [p, r["status"], r.get("variant"), r.get("p95_ms"), r.get("accuracy"), r.get("reason")]
+            for p, r in card["hardware"].items()
+        ],
     )
+    if card.get("pareto"):
+        lines += ["", "## Pareto front (size, accuracy, p95 on the build host)", ""]
+        lines += _table(
+            ["variant", "size (KB)", "test accuracy", "p95 (ms)", "Pareto-optimal"],
+            [
+                [
+                    r["name"],
+                    r["size_bytes"] / 1024,
+                    r["accuracy"],
+                    r["p95_ms"],
+                    "yes" if r["pareto"] else "no",
+                ]
+                for r in card["pareto"]
+            ],
+        )
+        lines += ["", "Plot: MLflow run artifact `plots/pareto.png`."]
     lines += ["", "## Gates", ""]
     lines += _table(
         ["gate", "passed", "measured", "threshold"],

@@ -66,6 +66,7 @@ class Release:
     gates: list[GateResult]
     card: dict[str, Any]
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
+    golden: Path | None = None  # the golden set hardware runners validate against
 
     @property
     def all_gates_passed(self) -> bool:
@@ -114,6 +115,8 @@ def _log_variants(release: Release, keys_dir: Path) -> dict[str, str]:
         mlflow.log_artifacts(tmp, artifact_path="variants")
     for v in release.variants:
         mlflow.log_artifact(str(v.path), artifact_path="variants")
+    if release.golden is not None:
+        mlflow.log_artifact(str(release.golden), artifact_path="golden")
     return signatures
 
 
@@ -139,6 +142,10 @@ def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str
         tags[f"{TAG}variant.{v.name}.signature"] = signatures[v.name]
     for profile, result in release.hardware.items():
         tags[f"{TAG}hw.{profile}.status"] = str(result["status"])
+        if result.get("variant"):
+            tags[f"{TAG}hw.{profile}.variant"] = str(result["variant"])
+        if result["status"] != "passed" and result.get("reason"):
+            tags[f"{TAG}hw.{profile}.reason"] = str(result["reason"])[:1000]
         for key in ("p95_ms", "accuracy"):
             if result.get(key) is not None:
                 tags[f"{TAG}hw.{profile}.{key}"] = f"{result[key]:.4g}"

@@ -2,33 +2,53 @@
 
 The models are built here with the onnx helper API (MatMul + Softmax, 64 features to 10 classes)
 with fixed weights, so their accuracy, size and outputs are known exactly and every assertion
-checks a specific value or message.
+checks a specific value or message. Bad input (an impossible profile, a missing execution provider,
+a model beyond the memory cap, NaN outputs) must each end in a failure that names the profile and
+the limit: never a crash, never a pass.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeloop.errors import HardwareCheckError
-from flows.hardware import ProfileResult, run_profile, write_golden
+from fleet.agent.profile import HardwareProfile
+from fleet.agent.runtime import host_arch, missing_providers, usable_cores
+from flows.hardware import (
+    ProfileResult,
+    crashed_under_cap,
+    read_result,
+    run_profile,
+    write_golden,
+)
 
 SUITE = Path(__file__).resolve().parents[2] / "hardware-tests"
 FEATURES, CLASSES, ROWS = 64, 10, 200
+SUITE_TESTS = 10
+CPU = "CPUExecutionProvider"
+CAP_MB = 288  # the suite itself needs about 195 MB of address space (edge-small.yaml)
+OTHER_ARCH = "riscv64" if host_arch() != "riscv64" else "x86_64"
 
 # Weights that copy the first 10 features to the logits: argmax(x[:, :10]) is the label.
 IDENTITY = np.zeros((FEATURES, CLASSES), dtype=np.float32)
 IDENTITY[np.arange(CLASSES), np.arange(CLASSES)] = 1.0
 
 
-def make_model(path: Path, weights: np.ndarray, *, nan: bool = False) -> Path:
-    """features[N, 64] -> MatMul -> Softmax -> probabilities[N, 10]; ``nan`` multiplies by NaN."""
+def make_model(path: Path, weights: np.ndarray, *, nan: bool = False, ballast_mb: int = 0) -> Path:
+    """features[N, 64] -> MatMul -> Softmax -> probabilities[N, 10]; ``nan`` multiplies by NaN.
+
+    ``ballast_mb`` adds an unused initializer of that size: onnxruntime still has to read and
+    parse it, so the model needs that memory (several times over) to load.
+    """
     nodes = [
         helper.make_node("MatMul", ["features", "W"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs" if nan else "probabilities"], axis=1),
@@ -37,6 +57,9 @@ def make_model(path: Path, weights: np.ndarray, *, nan: bool = False) -> Path:
     if nan:
         nodes.append(helper.make_node("Mul", ["probs", "nan"], ["probabilities"]))
         inits.append(numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "nan"))
+    if ballast_mb:
+        ballast = np.zeros(ballast_mb * 2**20 // 4, dtype=np.float32)
+        inits.append(numpy_helper.from_array(ballast, "ballast"))
     graph = helper.make_graph(
         nodes,
         "tiny",
@@ -51,8 +74,10 @@ def make_model(path: Path, weights: np.ndarray, *, nan: bool = False) -> Path:
     return path
 
 
-def write_profile(directory: Path, name: str, budgets: dict[str, float | None]) -> Path:
-    """A fast profile (50 timed runs) with loose budgets, changed by ``budgets``."""
+def write_profile(
+    directory: Path, name: str, budgets: dict[str, float | None], **fields: Any
+) -> Path:
+    """A fast profile (50 timed runs) with loose budgets, changed by ``budgets`` and ``fields``."""
     limits: dict[str, float | None] = {
         "p95_latency_ms": 50,
         "model_size_mb": 1,
@@ -66,7 +91,7 @@ def write_profile(directory: Path, name: str, budgets: dict[str, float | None]) 
         "warmup_runs": 5,
         "timed_runs": 50,
         "budgets": limits | budgets,
-    }
+    } | fields
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -86,6 +111,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_profile(profiles, "tiny-latency", {"p95_latency_ms": 1e-6})
     write_profile(profiles, "tiny-size", {"model_size_mb": 0.001})
     write_profile(profiles, "no-accuracy", {"min_accuracy": None})
+    write_profile(profiles, "capped", {"peak_memory_mb": 200}, memory_cap_mb=CAP_MB)
+    write_profile(profiles, "pinned", {}, cpu_affinity=[min(usable_cores())])
+    write_profile(profiles, "no-fallback", {}, execution_providers=[CPU, "NoSuchExecutionProvider"])
+    write_profile(profiles, "gpu-first", {}, execution_providers=["CUDAExecutionProvider", CPU])
+    write_profile(profiles, "other-arch", {}, arch=OTHER_ARCH)
     return root
 
 
@@ -129,8 +159,19 @@ def test_good_model_passes_with_metrics(work: Path) -> None:
     assert report["profile"] == "test-cpu" and report["status"] == "passed"
     assert report["model"] == str(work / "good.onnx")
     assert len(report["sha256"]) == 64
-    assert set(outcomes(result).values()) == {("passed", "")}
-    assert len(outcomes(result)) == 8
+    assert report["variant"] == "good" and report["reason"] == ""
+    assert report["host"]["onnxruntime"] and CPU in report["host"]["available_providers"]
+    assert report["host"]["session_providers"] == [CPU]
+    assert report["host"]["cpu_count"] >= 1 and report["host"]["platform"]
+    tests = outcomes(result)
+    assert len(tests) == SUITE_TESTS
+    assert tests.pop("test_fits_memory_cap") == (
+        "skipped",
+        "profile test-cpu sets no memory_cap_mb",
+    )
+    assert set(tests.values()) == {("passed", "")}
+    assert result.variant == "good" and result.sha256 == report["sha256"]
+    assert result.metrics["agreement"] == 1.0
 
 
 def test_without_reference_disagreement_is_skipped_not_failed(work: Path) -> None:
@@ -198,7 +239,6 @@ def test_unknown_profile_is_a_hardware_check_error(work: Path) -> None:
         check(work, "good.onnx", "no-such-profile")
 
     message = str(caught.value)
-    assert "profile 'no-such-profile' could not run (pytest exit code 4" in message
     assert "hardware profile 'no-such-profile' not found" in message
     assert "'test-cpu'" in message  # the known profiles are listed
     assert "\n" not in message
@@ -221,6 +261,141 @@ def test_timeout_is_a_hardware_check_error(work: Path) -> None:
         check(work, "good.onnx", "test-cpu", timeout_s=0.01)
 
 
+def skipped_with(result: ProfileResult, reason: str, *but: str) -> bool:
+    """Whether every test except ``but`` was skipped with exactly ``reason``."""
+    tests = {k: v for k, v in outcomes(result).items() if k not in but}
+    return len(tests) == SUITE_TESTS - len(but) and set(tests.values()) == {("skipped", reason)}
+
+
+def test_impossible_budget_is_a_hardware_check_error_naming_the_field(work: Path) -> None:
+    write_profile(work / "profiles", "impossible", {"peak_memory_mb": 512}, memory_cap_mb=256)
+
+    with pytest.raises(HardwareCheckError) as caught:
+        check(work, "good.onnx", "impossible")
+    assert "impossible.yaml is invalid: budgets.peak_memory_mb: 512 MB is above memory_cap_mb" in (
+        str(caught.value)
+    )
+
+
+@pytest.fixture(scope="module")
+def big(work: Path) -> str:
+    make_model(work / "big.onnx", IDENTITY, ballast_mb=96)
+    return "big.onnx"
+
+
+def test_model_beyond_the_memory_cap_fails_naming_profile_and_cap(work: Path, big: str) -> None:
+    result = check(work, big, "capped")
+
+    assert result.status == "failed" and not result.passed
+    assert len(result.failures) == 1
+    failure = result.failures[0]
+    assert failure.startswith(
+        f"model does not fit the memory cap of {CAP_MB} MB on profile capped: "
+        "onnxruntime failed to allocate ("
+    )
+    assert "bad_alloc" in failure or "MemoryError" in failure
+    assert outcomes(result)["test_fits_memory_cap"] == ("failed", failure)
+    assert skipped_with(result, f"not measured: {failure}", "test_fits_memory_cap")
+    assert result.reason == failure
+
+
+def test_model_within_the_memory_cap_passes_under_it(work: Path) -> None:
+    result = check(work, "good.onnx", "capped")
+
+    assert result.passed, result.failures
+    assert outcomes(result)["test_fits_memory_cap"] == ("passed", "")
+    assert result.host["address_space_cap_mb"] == CAP_MB
+    assert 0 < result.metrics["peak_rss_mb"] <= result.metrics["peak_vm_mb"] < CAP_MB
+
+
+def test_memory_cap_too_small_for_the_suite_itself_is_a_hardware_check_error(work: Path) -> None:
+    write_profile(work / "profiles", "starved", {"peak_memory_mb": 48}, memory_cap_mb=48)
+
+    with pytest.raises(HardwareCheckError) as caught:
+        check(work, "good.onnx", "starved")
+    message = str(caught.value)
+    assert "hardware tests for profile 'starved' could not run" in message
+    assert "does not fit memory_cap_mb 48" in message or "memory cap of 48 MB" in message
+
+
+def test_crash_under_a_memory_cap_is_a_failed_result(tmp_path: Path) -> None:
+    profile = HardwareProfile(name="edge", memory_cap_mb=64)
+
+    result = crashed_under_cap(
+        profile, "was killed by SIGKILL", "Killed\n", tmp_path / "j.xml", tmp_path / "r.json"
+    )
+    assert result.status == "failed" and not result.passed
+    assert result.failures == [
+        "model does not fit the memory cap of 64 MB on profile edge: the suite was killed by "
+        "SIGKILL (Killed)"
+    ]
+    assert json.loads(result.report_path.read_text())["status"] == "failed"
+
+
+def test_cpu_affinity_pins_the_suite(work: Path) -> None:
+    result = check(work, "good.onnx", "pinned")
+
+    core = min(usable_cores())
+    assert result.passed
+    assert result.host["pinned_cores"] == [core] and result.host["usable_cores"] == [core]
+
+
+def test_core_this_host_lacks_is_a_usage_error_naming_profile_and_core(work: Path) -> None:
+    write_profile(work / "profiles", "no-such-core", {}, cpu_affinity=[4095])
+
+    with pytest.raises(HardwareCheckError, match=r"profile no-such-core pins cores \[4095\]: "):
+        check(work, "good.onnx", "no-such-core")
+    with pytest.raises(HardwareCheckError, match=r"core\(s\) \[4095\] do not exist here"):
+        check(work, "good.onnx", "no-such-core")
+
+
+def test_missing_fallback_provider_fails_naming_profile_and_provider(work: Path) -> None:
+    result = check(work, "good.onnx", "no-fallback")
+
+    assert result.status == "failed" and not result.passed
+    available = ort.get_available_providers()
+    failure = (
+        "execution provider(s) ['NoSuchExecutionProvider'] of profile no-fallback are not installed "
+        f"in onnxruntime {ort.__version__} on this host (available: {available})"
+    )
+    assert result.failures == [failure]
+    assert outcomes(result)["test_execution_providers"] == ("failed", failure)
+    assert skipped_with(result, f"not measured: {failure}", "test_execution_providers")
+
+
+def test_missing_first_provider_makes_the_profile_unavailable_never_passed(work: Path) -> None:
+    if not missing_providers(["CUDAExecutionProvider"]):
+        pytest.skip("CUDAExecutionProvider is installed here")
+    result = check(work, "good.onnx", "gpu-first")
+
+    assert result.status == "unavailable" and not result.passed and result.failures == []
+    assert result.reason == (
+        f"CUDAExecutionProvider is not available in onnxruntime {ort.__version__} on this host "
+        f"(available: {ort.get_available_providers()}), so profile gpu-first cannot run here"
+    )
+    assert skipped_with(result, result.reason)
+    assert result.metrics == {}
+
+
+def test_shipped_gpu_profile_is_unavailable_without_cuda(work: Path) -> None:
+    if not missing_providers(["CUDAExecutionProvider"]):
+        pytest.skip("CUDAExecutionProvider is installed here")
+    result = run_profile(
+        work / "good.onnx", "gpu-cuda", work / "golden.npz", work / "out" / "gpu", suite_dir=SUITE
+    )
+    assert result.status == "unavailable" and not result.passed
+    assert "CUDAExecutionProvider is not available" in result.reason
+    assert skipped_with(result, result.reason)
+
+
+def test_profile_for_another_arch_is_unavailable(work: Path) -> None:
+    result = check(work, "good.onnx", "other-arch")
+
+    assert result.status == "unavailable" and not result.passed
+    assert result.reason == f"profile other-arch targets {OTHER_ARCH}; this host is {host_arch()}"
+    assert skipped_with(result, result.reason)
+
+
 def test_write_golden_keeps_the_path_and_dtypes(tmp_path: Path) -> None:
     path = write_golden(np.ones((3, 2), dtype=np.float64), np.array([0, 1, 1]), tmp_path / "g")
 
@@ -230,3 +405,16 @@ def test_write_golden_keeps_the_path_and_dtypes(tmp_path: Path) -> None:
         assert data["y"].dtype == np.int64 and data["y"].tolist() == [0, 1, 1]
     with pytest.raises(ValueError, match="golden x must be n by d"):
         write_golden(np.ones(3), np.ones(3), tmp_path / "bad.npz")
+
+
+def test_read_result_refuses_a_report_that_is_not_the_suites(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    with pytest.raises(
+        HardwareCheckError, match=r"'p' left no readable report .*FileNotFoundError"
+    ):
+        read_result("p", report, tmp_path / "junit.xml")
+    report.write_text(json.dumps({"profile": "p", "status": "skipped", "metrics": {}, "tests": []}))
+    with pytest.raises(
+        HardwareCheckError, match=r"ValueError: 'skipped' is not a valid HardwareStatus"
+    ):
+        read_result("p", report, tmp_path / "junit.xml")

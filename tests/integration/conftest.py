@@ -84,6 +84,20 @@ class Project:
         return len(self.client().search_model_versions())
 
 
+@pytest.fixture
+def postgres_db() -> Iterator[str]:
+    """A fresh PostgreSQL database (skips with the reason when PostgreSQL is not running)."""
+    import psycopg
+    from servers import PG, postgres_database
+
+    try:
+        psycopg.connect(f"{PG}/postgres", connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc}")
+    with postgres_database("edgeloop_test") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prefect-home")

@@ -7,55 +7,28 @@ in its own database that the test creates and drops.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from servers import free_port, stop_group, wait_healthy
 
 pytestmark = pytest.mark.integration
 
 Project = Any  # tests/integration/conftest.py: Project
-PG = os.environ.get("EDGELOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def postgres_db() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    name = f"edgeloop_mlflow_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture
 def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "mlflow-server.log").open("w")
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", postgres_db,
+            "--backend-store-uri", postgres_db.replace("postgresql://", "postgresql+psycopg://"),
             "--artifacts-destination", (tmp_path / "artifacts").as_uri(),
             "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -64,21 +37,10 @@ def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy in 120 s")
+        wait_healthy(proc, f"{url}/health", tmp_path / "mlflow-server.log")
         yield url
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        stop_group(proc)
         log.close()
 
 

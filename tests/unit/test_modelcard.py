@@ -57,8 +57,14 @@ def card() -> dict[str, Any]:
         "chosen_variant": "int8-static",
         "compression": {"opset": 18, "max_accuracy_drop": 0.01},
         "hardware": {
-            "host-cpu": {"status": "passed", "p95_ms": 0.5, "accuracy": 0.97},
-            "edge-small": {"status": "skipped"},
+            "host-cpu": {
+                "status": "passed",
+                "variant": "int8-static",
+                "p95_ms": 0.5,
+                "accuracy": 0.97,
+                "reason": "int8-static meets every budget",
+            },
+            "edge-small": {"status": "unavailable"},
         },
         "gates": [
             {"name": "min_test_accuracy", "passed": True, "measured": 0.97222, "threshold": 0.9},
@@ -92,8 +98,10 @@ def test_values_from_the_card(card: dict[str, Any]) -> None:
     assert "Chosen variant: `int8-static`. Latency: single thread, batch 1." in lines
     assert "- `opset`: 18" in lines
     assert "- `max_accuracy_drop`: 0.01" in lines
-    assert "| host-cpu | passed | 0.5 | 0.97 |" in lines
-    assert "| edge-small | skipped | — | — |" in lines  # missing values shown as a dash
+    assert (
+        "| host-cpu | passed | int8-static | 0.5 | 0.97 | int8-static meets every budget |" in lines
+    )
+    assert "| edge-small | unavailable | — | — | — | — |" in lines  # missing values shown as a dash
     assert "| min_test_accuracy | True | 0.9722 | 0.9 |" in lines
     assert "| hardware | False | edge-small | — |" in lines
     assert "- Only one writer population." in lines

@@ -23,7 +23,7 @@ def test_defaults_validate_and_match_documented_values() -> None:
     assert params.data.splits == {"train": 0.6, "val": 0.15, "test": 0.15, "field": 0.10}
     assert params.training.epochs == 30
     assert params.compress.max_accuracy_drop == 0.01
-    assert params.gates.profiles == ["host-cpu"]
+    assert params.gates.profiles == ["host-cpu", "edge-small"]
     # Round trip through the validator gives the same object.
     assert Params.model_validate(params.model_dump()) == params
 

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.profile import Budgets, HardwareProfile, ProfileError, load_profile
+from fleet.agent.profile import (
+    AUTO,
+    Budgets,
+    HardwareProfile,
+    HardwareStatus,
+    ProfileError,
+    load_profile,
+)
 
 PROFILES = Path(__file__).resolve().parents[2] / "hardware-tests" / "profiles"
 
@@ -24,7 +31,8 @@ def test_host_cpu_profile() -> None:
     assert profile.threads == 1
     assert profile.cpu_affinity is None
     assert profile.memory_cap_mb is None
-    assert profile.variant == "chosen"
+    assert profile.variant == AUTO and profile.pinned_variant is None
+    assert profile.runner == "local"
     assert (profile.warmup_runs, profile.timed_runs) == (50, 1000)
     assert profile.budgets == Budgets(
         p95_latency_ms=5,
@@ -39,11 +47,57 @@ def test_host_cpu_profile() -> None:
 def test_edge_small_profile_by_path() -> None:
     profile = load_profile(str(PROFILES / "edge-small.yaml"), PROFILES)
     assert profile.name == "edge-small"
+    assert profile.threads == 1
     assert profile.cpu_affinity == (0,)
-    assert profile.memory_cap_mb == 512
-    assert profile.budgets.p95_latency_ms == 2
-    assert profile.budgets.model_size_mb == 1
-    assert profile.budgets.peak_memory_mb == 512
+    assert profile.memory_cap_mb == 256
+    assert profile.variant == AUTO and profile.runner == "local"
+    assert profile.budgets == Budgets(
+        p95_latency_ms=2,
+        model_size_mb=1,
+        min_accuracy=0.9,
+        peak_memory_mb=128,
+        max_disagreement=0.03,
+    )
+
+
+def test_gpu_cuda_profile() -> None:
+    profile = load_profile("gpu-cuda", PROFILES)
+    assert profile.execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert profile.runner == "local"
+    assert profile.memory_cap_mb is None  # CUDA maps far more address space than it uses
+
+
+@pytest.mark.parametrize(
+    ("name", "providers", "threads"),
+    [
+        ("rpi4-arm64", ("CPUExecutionProvider",), 4),
+        (
+            "jetson-orin-trt",
+            ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+            2,
+        ),
+    ],
+)
+def test_device_profiles_run_on_pools(name: str, providers: tuple[str, ...], threads: int) -> None:
+    profile = load_profile(name, PROFILES)
+    assert profile.arch == "aarch64"
+    assert profile.execution_providers == providers
+    assert profile.threads == threads
+    assert profile.runner == "pool"
+    text = (PROFILES / f"{name}.yaml").read_text()
+    assert f"hw-{name}" in text and f"labelled `{name}`" in text
+
+
+def test_every_shipped_profile_is_complete_and_labelled_for_a_runner() -> None:
+    names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+    assert names == ["edge-small", "gpu-cuda", "host-cpu", "jetson-orin-trt", "rpi4-arm64"]
+    for name in names:
+        profile = load_profile(name, PROFILES)
+        assert profile.name == name
+        assert profile.timed_runs >= 1000
+        assert profile.variant == AUTO
+        assert None not in profile.budgets.model_dump().values(), name
+        assert f"labelled `{name}`" in (PROFILES / f"{name}.yaml").read_text()
 
 
 def test_shipped_profiles_are_tighter_on_the_small_device() -> None:
@@ -99,12 +153,66 @@ def test_impossible_budget(tmp_path: Path, budgets: str, key: str) -> None:
         ("name: x\nthreads: 0\n", "threads"),
         ("name: x\ntimed_runs: 5\n", "timed_runs"),
         ("description: no name\n", "name"),
+        ("name: x\nexecution_providers: []\n", "execution_providers"),
+        ("name: x\nrunner: cloud\n", "runner"),
+        ("name: x\nvariant: ''\n", "variant"),
+        ("name: x\ncpu_affinity: []\n", "cpu_affinity"),
+        ("name: x\ncpu_affinity: [-1]\n", "cpu_affinity.0"),
+        ("name: x\nmemory_cap_mb: 0\n", "memory_cap_mb"),
     ],
 )
 def test_invalid_fields(tmp_path: Path, text: str, key: str) -> None:
     write(tmp_path, "bad", text)
     with pytest.raises(ProfileError, match=re.escape(f"is invalid: {key}: ")):
         load_profile("bad", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "memory_cap_mb: 256\nbudgets: {peak_memory_mb: 512}\n",
+            "budgets.peak_memory_mb: 512 MB is above memory_cap_mb (256 MB), so it could never "
+            "be reached",
+        ),
+        (
+            "threads: 4\ncpu_affinity: [0, 1]\n",
+            "threads: 4 threads but cpu_affinity pins only 2 core(s)",
+        ),
+        ("cpu_affinity: [0, 0]\n", "cpu_affinity: a core is listed twice in [0, 0]"),
+        (
+            "execution_providers: [CPUExecutionProvider, CPUExecutionProvider]\n",
+            "execution_providers: listed twice in ['CPUExecutionProvider', 'CPUExecutionProvider']",
+        ),
+    ],
+)
+def test_settings_that_could_never_pass_name_the_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, "bad", f"name: bad\n{text}")
+    with pytest.raises(ProfileError) as info:
+        load_profile("bad", tmp_path)
+    assert str(info.value) == f"hardware profile {path} is invalid: {message}"
+
+
+def test_every_contradiction_is_reported_at_once(tmp_path: Path) -> None:
+    write(tmp_path, "bad", "name: bad\nthreads: 2\ncpu_affinity: [3]\nmemory_cap_mb: 64\n"
+          "budgets: {peak_memory_mb: 65}\n")  # fmt: skip
+    with pytest.raises(ProfileError, match=r"threads: 2 threads .*; budgets.peak_memory_mb: 65 MB"):
+        load_profile("bad", tmp_path)
+
+
+def test_budget_at_the_cap_and_threads_on_every_pinned_core_are_fine(tmp_path: Path) -> None:
+    write(tmp_path, "edge", "name: edge\nthreads: 2\ncpu_affinity: [2, 3]\nmemory_cap_mb: 64\n"
+          "budgets: {peak_memory_mb: 64}\nvariant: int8-static\nrunner: pool\n")  # fmt: skip
+    profile = load_profile("edge", tmp_path)
+    assert profile.pinned_variant == "int8-static" and profile.runner == "pool"
+
+
+def test_status_only_passed_is_a_pass() -> None:
+    assert [s.value for s in HardwareStatus] == ["failed", "unavailable", "passed"]
+    assert [s.is_pass() for s in HardwareStatus] == [False, False, True]
+    assert HardwareStatus("unavailable") == "unavailable"
 
 
 def test_invalid_yaml(tmp_path: Path) -> None:
@@ -117,7 +225,8 @@ def test_unknown_name_lists_known() -> None:
     with pytest.raises(ProfileError) as info:
         load_profile("jetson", PROFILES)
     assert str(info.value) == (
-        "hardware profile 'jetson' not found (known: ['edge-small', 'host-cpu'])"
+        "hardware profile 'jetson' not found (known: ['edge-small', 'gpu-cuda', 'host-cpu', "
+        "'jetson-orin-trt', 'rpi4-arm64'])"
     )
 
 

@@ -1,13 +1,31 @@
-"""fleet.agent.runtime: sessions, predictions and batch-1 latency statistics."""
+"""fleet.agent.runtime: sessions, predictions, batch-1 latency, process limits and host facts."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fleet.agent.runtime import LatencyStats, open_session, predict, session_latency, time_batch1
+from fleet.agent.runtime import (
+    LatencyStats,
+    ProviderUnavailableError,
+    address_space_mb,
+    host_arch,
+    host_info,
+    is_allocation_failure,
+    missing_providers,
+    open_session,
+    peak_rss_mb,
+    predict,
+    session_latency,
+    time_batch1,
+    usable_cores,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +118,90 @@ def test_session_latency(model_path: Path) -> None:
     assert stats.runs == 20
     assert 0 < stats.p50_ms <= stats.p95_ms <= stats.p99_ms
     assert stats.throughput_per_s > 0
+
+
+def test_missing_provider_error_carries_what_is_missing_and_available(model_path: Path) -> None:
+    with pytest.raises(ProviderUnavailableError) as caught:
+        open_session(str(model_path), providers=("NoSuchExecutionProvider",))
+    assert caught.value.missing == ["NoSuchExecutionProvider"]
+    assert caught.value.available == ort.get_available_providers()
+    assert missing_providers(["CPUExecutionProvider", "NoSuchExecutionProvider", "Nope"]) == [
+        "NoSuchExecutionProvider",
+        "Nope",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (MemoryError(), True),
+        (
+            RuntimeError(
+                "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:std::bad_alloc"
+            ),
+            True,
+        ),
+        (
+            RuntimeError(
+                "BFCArena::AllocateRawInternal Failed to allocate memory for requested buffer"
+            ),
+            True,
+        ),
+        (OSError(12, "Cannot allocate memory"), True),
+        (RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : This is an invalid model"), False),
+        (ValueError("shape mismatch"), False),
+    ],
+)
+def test_is_allocation_failure(exc: BaseException, expected: bool) -> None:
+    assert is_allocation_failure(exc) is expected
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Process limits are for the process that sets them, so each check runs in a child."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux")
+def test_pin_to_cores() -> None:
+    core = min(usable_cores())
+    proc = run_python(
+        "import os; from fleet.agent.runtime import pin_to_cores, usable_cores\n"
+        f"pin_to_cores([{core}]); print(sorted(os.sched_getaffinity(0)), sorted(usable_cores()))\n"
+        "try:\n    pin_to_cores([4095])\nexcept ValueError as e:\n    print(e)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"[{core}] [{core}]"
+    assert lines[1] == f"core(s) [4095] do not exist here (usable: [{core}])"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
+def test_cap_address_space_makes_a_large_allocation_fail() -> None:
+    proc = run_python(
+        "import numpy as np; from fleet.agent.runtime import address_space_cap_mb, cap_address_space\n"
+        "assert address_space_cap_mb() is None\n"
+        "np.ones(50 * 2**20 // 8)\n"
+        "cap_address_space(1024); cap_address_space(4096)  # the tighter one holds\n"
+        "print(address_space_cap_mb())\n"
+        "try:\n    np.ones(2 * 2**30 // 8)\nexcept MemoryError:\n    print('MemoryError')\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["1024.0", "MemoryError"]
+
+
+def test_memory_readings() -> None:
+    if sys.platform.startswith("linux"):
+        size, peak = address_space_mb("VmSize"), address_space_mb("VmPeak")
+        assert size is not None and peak is not None and 0 < size <= peak
+        assert address_space_mb("NoSuchField") is None
+    assert 0 < peak_rss_mb() < 100_000
+
+
+def test_host_info_says_where_it_was_measured() -> None:
+    info = host_info()
+    assert info["onnxruntime"] == ort.__version__
+    assert info["available_providers"] == ort.get_available_providers()
+    assert info["cpu_count"] == os.cpu_count()
+    assert info["usable_cores"] == sorted(usable_cores())
+    assert info["arch"] == host_arch() and host_arch() in {"x86_64", "aarch64", "armv7l", "riscv64"}
+    assert isinstance(info["platform"], str) and info["platform"]

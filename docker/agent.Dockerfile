@@ -1,0 +1,33 @@
+# The edge agent image: onnxruntime, the on-device code (fleet/) and the hardware-tests suite, and
+# nothing of the build side (no torch, mlflow or prefect). flows/hardware_docker.py runs the suite in
+# it under a profile's CPU and memory limits; a device can run the same image.
+#
+# Build from the repository root:
+#   docker build -f docker/agent.Dockerfile -t edgeloop-agent .
+# Run the suite (what flows/hardware_docker.py does, plus --cpus/--cpuset-cpus/--memory from the profile):
+#   docker run --rm --network none -v "$PWD/m.onnx:/mnt/in/model.onnx:ro" -v "$PWD/g.npz:/mnt/in/golden.npz:ro" \
+#     -v "$PWD/out:/mnt/out" edgeloop-agent python -m pytest /opt/edgeloop/hardware-tests -p no:cacheprovider \
+#     --model-path /mnt/in/model.onnx --golden /mnt/in/golden.npz --profile edge-small --report /mnt/out/report.json
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/edgeloop
+
+# The project's core dependencies are what a device needs; the [agent] extra adds pytest for the
+# suite. Only fleet/ is copied, so the installed package holds the on-device code and nothing of
+# the build side (flows/, registry/: the [platform] extra, never installed here).
+COPY pyproject.toml README.md ./
+COPY fleet/ ./fleet/
+RUN pip install ".[agent]"
+
+COPY hardware-tests/ ./hardware-tests/
+
+# Runs unprivileged; flows/hardware_docker.py passes the caller's uid so reports stay theirs.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin edgeloop
+USER 10001
+
+CMD ["python", "-m", "pytest", "/opt/edgeloop/hardware-tests", "--help"]

@@ -1,0 +1,99 @@
+"""Runner dispatch through Prefect work pools, against a real `prefect server` and worker.
+
+The server runs on PostgreSQL; the worker is started with `edgeloop runner start --profile P`, the way
+a device would start it. One pool profile has a runner and passes; the other has none and must come
+back ``unavailable`` by its deadline, which keeps the version from becoming ``candidate``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from servers import free_port, stop_group, wait_healthy
+
+pytestmark = pytest.mark.integration
+
+Project = Any  # tests/integration/conftest.py: Project
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def prefect_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path / "prefect-server.log"
+    env = {
+        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path / "prefect-server-home"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": postgres_db.replace(
+            "postgresql://", "postgresql+asyncpg://"
+        ),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_healthy(proc, f"http://127.0.0.1:{port}/api/health", log_path, timeout=180)
+            yield f"http://127.0.0.1:{port}/api"
+        finally:
+            stop_group(proc)
+
+
+def pool_profile(folder: Path, name: str) -> None:
+    profile = yaml.safe_load((REPO / "hardware-tests" / "profiles" / "host-cpu.yaml").read_text())
+    profile.update(
+        name=name,
+        runner="pool",
+        variant="auto",
+        description=f"{name}: a device behind pool hw-{name}",
+    )
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(profile))
+
+
+def test_pool_profile_runs_on_a_worker_and_a_silent_pool_is_unavailable(
+    project: Project, prefect_server: str, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    pool_profile(profiles, "pool-cpu")
+    pool_profile(profiles, "ghost")
+    project.extra_env.update(PREFECT_API_URL=prefect_server, EDGELOOP_PROFILES_DIR=str(profiles))
+    project.set_params(
+        training={"epochs": 3},
+        compress={"prune_finetune_epochs": 1},
+        gates={"profiles": ["pool-cpu", "ghost"], "runner_deadline_s": 45},
+    )
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "edgeloop.cli", "runner", "start", "--profile", "pool-cpu"],
+            cwd=project.root, env=project.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            result = project.edgeloop("run", timeout=900)
+        finally:
+            stop_group(worker)
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output + worker_log.read_text()[-3000:]
+    assert "gate(s) failed: hw.ghost" in result.stderr
+    version = project.client().get_model_version("digits-classifier", "1")
+    assert version.tags["edgeloop.hw.pool-cpu.status"] == "passed", worker_log.read_text()[-3000:]
+    assert version.tags["edgeloop.hw.pool-cpu.variant"] in {
+        "pruned-int8",
+        "int8-dynamic",
+        "int8-static",
+        "fp32",
+    }
+    assert version.tags["edgeloop.hw.ghost.status"] == "unavailable"
+    assert "deadline" in version.tags["edgeloop.hw.ghost.reason"]
+    assert project.client().get_registered_model("digits-classifier").aliases == {}
+    assert "Worker" in worker_log.read_text() or "worker" in worker_log.read_text()
