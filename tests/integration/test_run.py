@@ -5,18 +5,22 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pytest
+import yaml
 
 from fleet.agent.signature import verify_variant
 
 pytestmark = pytest.mark.integration
 
 Project = Any  # tests/integration/conftest.py: Project
+REPO = Path(__file__).resolve().parents[2]
 Trained = tuple[Any, subprocess.CompletedProcess[str]]
 
 
@@ -35,7 +39,7 @@ def test_last_run_summary_names_version_aliases_variants_and_card(trained: Train
     assert summary["model"] == "digits-classifier"
     assert summary["version"] == "1"
     assert summary["aliases"] == ["candidate"]
-    assert {v["name"] for v in summary["variants"]} == {"fp32", "int8-dynamic", "int8-static"}
+    assert {v["name"] for v in summary["variants"]} == {"fp32", "int8-dynamic", "int8-static", "pruned-int8"}
     for v in summary["variants"]:
         assert v["size_bytes"] > 0 and 0.9 <= v["accuracy"] <= 1 and 0 < v["p50_ms"] <= v["p95_ms"]
     assert all(g["passed"] for g in summary["gates"])
@@ -114,7 +118,7 @@ def test_run_logs_params_metrics_and_plots(trained: Trained) -> None:
     assert run.data.metrics["test_accuracy"] >= 0.9
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 30
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/loss.png", "plots/confusion.png", "plots/variants.png"} <= plots
+    assert {"plots/loss.png", "plots/confusion.png", "plots/pareto.png"} <= plots
 
 
 def test_models_command_lists_the_version(trained: Trained) -> None:
@@ -150,3 +154,76 @@ def test_a_failed_gate_registers_without_candidate(project: Project) -> None:
     assert version.tags["edgeloop.gates"] == "failed"
     assert version.tags["edgeloop.gate.test_accuracy"] == "failed"
     assert client.get_registered_model("digits-classifier").aliases == {}
+
+
+def test_both_profiles_recorded_with_their_variant(trained: Trained) -> None:
+    proj, _ = trained
+    version = proj.client().get_model_version("digits-classifier", "1")
+    for profile in ("host-cpu", "edge-small"):
+        assert version.tags[f"edgeloop.hw.{profile}.status"] == "passed"
+        assert version.tags[f"edgeloop.hw.{profile}.variant"] in {
+            "pruned-int8",
+            "int8-static",
+            "int8-dynamic",
+        }
+    card = (proj.root / "model-cards" / "digits-classifier" / "v1.md").read_text()
+    assert "| edge-small | passed |" in card and "## Pareto front" in card
+    plots = {a.path for a in proj.client().list_artifacts(version.run_id, "plots")}
+    assert "plots/pareto.png" in plots
+
+
+def test_validate_command_records_a_profile_on_the_registered_version(trained: Trained) -> None:
+    proj, _ = trained
+    result = proj.edgeloop(
+        "validate", "models:/digits-classifier@candidate", "--profile", "edge-small"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "edge-small: passed" in result.stdout
+    client = proj.client()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("digits-classifier").experiment_id],
+        filter_string="tags.`edgeloop.profile` = 'edge-small'",
+    )
+    assert len(runs) == 1 and runs[0].data.tags["edgeloop.model_version"] == "1"
+    assert runs[0].data.metrics["runs"] >= 1000
+
+
+def test_suite_runs_against_a_model_uri_like_a_ci_runner(trained: Trained, tmp_path: Path) -> None:
+    proj, _ = trained
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", str(REPO / "hardware-tests"), "-p", "no:cacheprovider", "-q",
+            "--model-uri", "models:/digits-classifier@candidate", "--profile", "host-cpu",
+            "--tracking-uri", proj.tracking_uri, "--report", str(report),
+            "--junitxml", str(tmp_path / "junit.xml"),
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    assert data["status"] == "passed" and data["profile"] == "host-cpu"
+    assert data["metrics"]["runs"] >= 1000 and (tmp_path / "junit.xml").is_file()
+
+
+def test_a_budget_breach_on_one_profile_keeps_candidate_and_says_why(
+    project: Project, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    shutil.copytree(REPO / "hardware-tests" / "profiles", profiles)
+    edge = yaml.safe_load((profiles / "edge-small.yaml").read_text())
+    edge["budgets"]["p95_latency_ms"] = 0.0001
+    (profiles / "edge-small.yaml").write_text(yaml.safe_dump(edge))
+    project.extra_env["EDGELOOP_PROFILES_DIR"] = str(profiles)
+    project.set_params(training={"epochs": 5}, compress={"prune_finetune_epochs": 2})
+    result = project.edgeloop("run")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "gate(s) failed: hw.edge-small" in result.stderr
+    version = project.client().get_model_version("digits-classifier", "1")
+    assert version.tags["edgeloop.hw.host-cpu.status"] == "passed"
+    assert version.tags["edgeloop.hw.edge-small.status"] == "failed"
+    assert (
+        "exceeds budget 0.0001 ms on profile edge-small"
+        in version.tags["edgeloop.hw.edge-small.reason"]
+    )
+    assert project.client().get_registered_model("digits-classifier").aliases == {}
