@@ -56,11 +56,14 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeloop.params import load_params
+from edgeloop.settings import Settings
+from fleet.agent.profile import load_profile
 from fleet.agent.runtime import LatencyStats, open_session, predict, time_batch1
 from flows import stages
 from flows.compress import VARIANTS
 from flows.datasets import read_splits, xy
 from flows.models import Probabilities
+from flows.validation import LocalRunner, candidates, choose
 from flows.workspace import Workspace
 
 NAME = "compression"
@@ -243,14 +246,37 @@ def results_table(results: dict[str, dict[str, Any]], floor: dict[str, Any], tit
     return table
 
 
-def targets_table(checks: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"targets ({TARGET})")
+def targets_table(checks: list[dict[str, Any]], title: str = f"targets ({TARGET})") -> Table:
+    table = Table(title=title)
     for column in ("target", "measured", "limit", "result"):
         table.add_column(column)
     for c in checks:
         result = "[green]PASS[/]" if c["passed"] else "[red]MISS[/]"
         table.add_row(c["label"], f"{c['measured']:.3f}", f"<= {c['limit']:g}", result)
     return table
+
+
+def edge_small_search(ws: Workspace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The variant the flow's per-profile search picks for edge-small, against its targets."""
+    settings = Settings(
+        profiles_dir=REPO / "hardware-tests" / "profiles",
+        hardware_tests_dir=REPO / "hardware-tests",
+    )
+    evaluation = json.loads(ws.evaluation.read_text())
+    profile = load_profile("edge-small", settings.profiles_dir)
+    choice = choose(profile, candidates(evaluation, profile), LocalRunner(settings, ws))
+    variant = choice.variant or "none"
+    picked = results.get(variant, {})
+    size_ratio = picked.get("size_bytes", float("inf")) / results["fp32"]["size_bytes"]
+    drop = (results["fp32"]["accuracy"] - picked.get("accuracy", 0.0)) * 100
+    checks = [
+        {"label": "edge-small variant size vs fp32", "measured": round(size_ratio, 3),
+         "limit": 0.20, "passed": size_ratio <= 0.20},
+        {"label": "edge-small accuracy drop (points)", "measured": round(drop, 3),
+         "limit": 1.0, "passed": drop <= 1.0},
+    ]  # fmt: skip
+    attempts = ", ".join(f"{a['variant']} {a['status']}" for a in choice.attempts)
+    return {"variant": variant, "attempts": attempts, "targets": checks}
 
 
 def main() -> None:
@@ -280,6 +306,8 @@ def main() -> None:
             timing_start = time.perf_counter()
             results, floor, n_test = measure(params, ws, warmup, runs, args.rounds)
             timing_seconds = time.perf_counter() - timing_start
+        with console.status("compression search: the variant validation picks for edge-small…"):
+            search = edge_small_search(ws, results)
     load_after = os.getloadavg()
     add_ratios(results, floor["p50_ms"])
     checks = check_targets(results[TARGET])
@@ -292,6 +320,10 @@ def main() -> None:
     console.print(targets_table(checks))
     missed = [c["label"] for c in checks if not c["passed"]]
     static = results[TARGET]
+    console.print(targets_table(search["targets"], "compression search for edge-small"))
+    console.print(
+        f"edge-small takes {search['variant']} (attempts: {search['attempts']})", highlight=False
+    )
     console.print(
         f"{len(checks) - len(missed)}/{len(checks)} targets met"
         + (f"; missed: {', '.join(missed)}" if missed else "")
@@ -318,6 +350,7 @@ def main() -> None:
         "session_run_floor": floor,
         "targets": checks,
         "all_passed": not missed,
+        "edge_small_search": search,
         "machine": machine_info() | {"loadavg_before": load_before, "loadavg_after": load_after},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

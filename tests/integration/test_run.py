@@ -39,7 +39,12 @@ def test_last_run_summary_names_version_aliases_variants_and_card(trained: Train
     assert summary["model"] == "digits-classifier"
     assert summary["version"] == "1"
     assert summary["aliases"] == ["candidate"]
-    assert {v["name"] for v in summary["variants"]} == {"fp32", "int8-dynamic", "int8-static", "pruned-int8"}
+    assert {v["name"] for v in summary["variants"]} == {
+        "fp32",
+        "int8-dynamic",
+        "int8-static",
+        "pruned-int8",
+    }
     for v in summary["variants"]:
         assert v["size_bytes"] > 0 and 0.9 <= v["accuracy"] <= 1 and 0 < v["p50_ms"] <= v["p95_ms"]
     assert all(g["passed"] for g in summary["gates"])
