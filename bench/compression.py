@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -48,8 +47,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
+from _common import machine_info, write_report
 from onnx import TensorProto, helper
 from rich import box
 from rich.console import Console
@@ -82,20 +81,6 @@ TARGET_LABELS = {
     "p50_ratio_vs_fp32": "p50 vs fp32 ONNX",
     "p50_ratio_vs_torch": "p50 vs torch eager",
 }
-
-
-def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def run_stages(params_file: Path, ws: Workspace) -> tuple[Any, dict[str, float]]:
@@ -353,9 +338,7 @@ def main() -> None:
         "edge_small_search": search,
         "machine": machine_info() | {"loadavg_before": load_before, "loadavg_after": load_after},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.out}", highlight=False)
+    write_report(console, args.out, report)
 
 
 if __name__ == "__main__":

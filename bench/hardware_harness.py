@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+from _common import machine_info, write_report
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -106,19 +104,6 @@ if __name__ == "__main__":
 
 class BenchError(RuntimeError):
     pass
-
-
-def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def build_model(ws: Workspace) -> dict[str, float]:
@@ -402,13 +387,7 @@ def main() -> None:
             "machine's noise more than the harness; rerun on a quiet machine or with more --rounds",
             highlight=False,
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"wrote {args.out}", highlight=False)
-    if args.keep:
-        console.print(f"kept {root}", highlight=False)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    write_report(console, out, result, root, args.keep)
 
 
 if __name__ == "__main__":

@@ -41,17 +41,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _common import machine_info, write_report
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -69,24 +68,6 @@ PLAIN_STAGES = ("ingest", "validate", "train", "compress", "evaluate", "hardware
 
 class BenchError(RuntimeError):
     pass
-
-
-def machine_info() -> dict[str, Any]:
-    versions = {}
-    for package in ("prefect", "mlflow", "torch", "onnxruntime", "edgeloop"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        **versions,
-    }
 
 
 def prepare(root: Path) -> None:
@@ -367,13 +348,7 @@ def main() -> None:
         f"({os.cpu_count()} CPUs)",
         highlight=False,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"wrote {args.out}", highlight=False)
-    if args.keep:
-        console.print(f"kept {root}", highlight=False)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    write_report(console, out, result, root, args.keep)
 
 
 if __name__ == "__main__":

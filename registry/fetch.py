@@ -18,7 +18,6 @@ Layout of a registered version's run (written by :mod:`registry.publish`)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.errors import EdgeloopError
+from fleet.agent.signature import file_sha256
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,14 +63,6 @@ class FetchedModel:
         return json.dumps(
             {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve(
@@ -130,7 +122,7 @@ def _verified(
 ) -> Path:
     """Download one manifest entry; a file whose sha256 differs is deleted and refused."""
     path = _download(client, run_id, f"variants/{entry['file']}", dest, uri)
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != entry["sha256"]:
         path.unlink(missing_ok=True)
         raise FetchError(
