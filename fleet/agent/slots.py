@@ -1,0 +1,583 @@
+"""Two model slots on a device: the one serving (``active``) and the one it replaced (``previous``).
+
+A new model reaches the active slot only through one fixed sequence, each step a gate:
+
+1. verify: copy the download into the store, check its sha256 against what the controller
+   announced, then its ed25519 signature against the fleet key (:func:`verify_variant`, which also
+   binds the variant's name);
+2. load: open a NEW onnxruntime session (the second slot) while the active one keeps serving;
+3. smoke: run the golden inputs; the output must be ``(n, expected_outputs)`` probabilities with no
+   NaN or Inf;
+4. swap: under a lock, the new slot becomes active and the old active becomes previous.
+
+A candidate that fails any step is rejected, never served, and removed from disk; the device stays on
+what it had. Only bytes that passed step 1 reach their final name in the store, and ``slots.json``
+changes only at step 4, so a crash at any point restarts on the model that was serving
+(:meth:`SlotManager.restore`), which is verified, loaded and smoke-tested again before it serves.
+
+Why two slots in memory: a rollback must not wait for a download or a model load. The controller
+re-targets a rolled-back device to the stable version, which is normally the previous slot, and
+:meth:`SlotManager.rollback_local` (or :meth:`SlotManager.activate`) swaps it back at once.
+
+Every step is reported to an injectable event sink as a tuple, ``("verify", version)``,
+``("reject", version, "sha256 mismatch")``, ... (STYLE rule 12); tests assert the exact sequence.
+
+Telemetry is recorded per served artifact (a :class:`TelemetryWindow` each), so an inference is
+always credited to the version that actually ran it, even when a swap happens between two reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from fleet.agent.errors import (
+    ArtifactRejected,
+    InferenceFailed,
+    NoModelServing,
+    NoPreviousModel,
+    RejectReason,
+    StoreError,
+)
+from fleet.agent.runtime import open_session
+from fleet.agent.signature import file_sha256, verify_variant
+from fleet.agent.store import ArtifactRef, ModelStore, Slots, StoredArtifact
+from fleet.agent.telemetry import AwaitingLabels, TelemetryWindow
+
+log = logging.getLogger(__name__)
+
+GOLDEN_ROWS = 8
+"""Rows synthesised for the smoke test when no golden inputs are given."""
+PROBABILITY_TOLERANCE = 1e-3
+"""How far a row of probabilities may sum from 1 (float32 softmax on many classes)."""
+
+
+class _Input(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[Any]: ...
+
+
+class Session(Protocol):
+    """The part of ``onnxruntime.InferenceSession`` the slots use; a fake may stand in for it."""
+
+    def get_inputs(self) -> Sequence[_Input]: ...
+    def run(self, output_names: Any, input_feed: dict[str, Any]) -> Sequence[Any]: ...
+
+
+SessionFactory = Callable[[Path], Session]
+"""Opens a model file as a session; give one built from the device's hardware profile."""
+
+EventSink = Callable[[tuple[str, ...]], None]
+"""Receives one tuple per step, e.g. ``("swap", "v2")``; ``list.append`` is a fine sink."""
+
+
+def default_session_factory(path: Path) -> Session:
+    """One thread, CPU provider: what a small device runs when no profile says otherwise."""
+    return open_session(str(path))
+
+
+def log_event(event: tuple[str, ...]) -> None:
+    """The default sink: one log line per step."""
+    log.info("agent slots: %s", " ".join(event))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A downloaded variant the controller asked the device to run, with what it must hash to and
+    the signature the registry made. ``sha256`` is hex; ``signature`` is base64."""
+
+    model: str
+    version: str
+    variant: str
+    path: Path
+    sha256: str
+    signature: str
+
+    @property
+    def ref(self) -> ArtifactRef:
+        return ArtifactRef(self.model, self.version, self.variant)
+
+
+class Outcome(StrEnum):
+    """What :meth:`SlotManager.install` did."""
+
+    INSTALLED = "installed"
+    """The candidate passed every step and is now active; the old active is previous."""
+    REUSED_PREVIOUS = "reused_previous"
+    """The candidate was the model in the previous slot (same bytes); the slots traded places."""
+    ALREADY_ACTIVE = "already_active"
+    """The candidate is the model already serving (same bytes); nothing changed."""
+    REJECTED = "rejected"
+    """A step failed; the candidate was not served and the active model did not change."""
+
+    def is_serving(self) -> bool:
+        """Whether the candidate serves after the call."""
+        return self is not Outcome.REJECTED
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """The outcome for one candidate, and what serves now; ``rejection`` is set only when rejected."""
+
+    ref: ArtifactRef
+    outcome: Outcome
+    active: ArtifactRef | None
+    rejection: ArtifactRejected | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.is_serving()
+
+    def raise_for_rejection(self) -> None:
+        """Raise the :class:`ArtifactRejected` when the candidate was rejected (like httpx's
+        ``raise_for_status``)."""
+        if self.rejection is not None:
+            raise self.rejection
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities for each input row, the artifact that computed them, and one id per row to
+    send a ground-truth label back with (:meth:`SlotManager.record_label`)."""
+
+    probabilities: np.ndarray
+    ref: ArtifactRef
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    ref: ArtifactRef
+    sha256: str
+    session: Session
+    input_name: str
+
+
+def _holds(slot: _Slot | None, ref: ArtifactRef, sha256: str) -> bool:
+    """Whether ``slot`` holds exactly these bytes of ``ref``."""
+    return slot is not None and slot.ref == ref and slot.sha256 == sha256
+
+
+class SlotManager:
+    """The active and previous models of one device, and the only way a model gets to serve.
+
+    ``public_key_pem`` is the fleet's ed25519 public key. ``golden_inputs`` are rows the smoke test
+    feeds every candidate (``None``: rows are synthesised from the model's declared input width, which
+    must then be fixed). ``expected_outputs`` is the number of classes. ``max_awaiting_labels`` bounds
+    the predictions remembered for delayed labels.
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        public_key_pem: bytes,
+        golden_inputs: np.ndarray | None,
+        expected_outputs: int,
+        *,
+        session_factory: SessionFactory = default_session_factory,
+        events: EventSink = log_event,
+        max_awaiting_labels: int = 10_000,
+        window_factory: Callable[[], TelemetryWindow] = TelemetryWindow,
+    ) -> None:
+        key = load_pem_public_key(public_key_pem)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("the fleet public key is not an ed25519 key")
+        if expected_outputs < 1:
+            raise ValueError(f"expected_outputs must be at least 1, got {expected_outputs}")
+        if golden_inputs is not None and (golden_inputs.ndim != 2 or len(golden_inputs) == 0):
+            raise ValueError(
+                f"golden_inputs must be a non-empty 2-D array, got {golden_inputs.shape}"
+            )
+        self.store = store
+        self._public_key_pem = public_key_pem
+        self._golden = None if golden_inputs is None else golden_inputs.astype(np.float32)
+        self._expected_outputs = expected_outputs
+        self._factory = session_factory
+        self._events = events
+        self._window_factory = window_factory
+        self._labels: AwaitingLabels[ArtifactRef] = AwaitingLabels(max_awaiting_labels)
+        # Three locks, always taken in this order, so a rollback never waits for a model to load:
+        self._install_lock = threading.Lock()  # one verify/load/smoke pipeline at a time
+        self._change_lock = threading.Lock()  # one change of the slots (persist, then swap)
+        self._swap_lock = threading.Lock()  # guards _active, _previous, _windows; held briefly
+        self._active: _Slot | None = None
+        self._previous: _Slot | None = None
+        self._windows: dict[ArtifactRef, TelemetryWindow] = {}
+
+    # --- what serves -----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> ArtifactRef | None:
+        slot = self._active
+        return slot.ref if slot else None
+
+    @property
+    def previous(self) -> ArtifactRef | None:
+        slot = self._previous
+        return slot.ref if slot else None
+
+    def predict(self, x: np.ndarray, *, await_labels: bool = True) -> Prediction:
+        """Score ``x`` (rows of features) with the active model; record latency or the error.
+
+        The slot is read once, so a swap during the call cannot mix two models; the call finishes
+        on the model it started with, and its telemetry goes to that model's window. Raises
+        :class:`NoModelServing` and :class:`InferenceFailed` (the session's error is the cause).
+        """
+        with self._swap_lock:
+            slot = self._active
+        if slot is None:
+            raise NoModelServing("no model is installed on this device yet")
+        features = np.asarray(x, dtype=np.float32)
+        start = time.perf_counter()
+        try:
+            probabilities = np.asarray(slot.session.run(None, {slot.input_name: features})[0])
+        except Exception as exc:
+            with self._swap_lock:
+                self._window(slot.ref).record_error()
+            raise InferenceFailed(
+                f"{slot.ref} failed on an input of shape {features.shape}: {exc}",
+                model=slot.ref.model,
+                version=slot.ref.version,
+            ) from exc
+        latency_ms = (time.perf_counter() - start) * 1e3
+        with self._swap_lock:  # with the lock, a flush cannot slip between lookup and record
+            self._window(slot.ref).record_inference(
+                latency_ms, rows=len(probabilities), inputs=features
+            )
+        ids = tuple(uuid.uuid4().hex for _ in range(len(probabilities)))
+        if await_labels and probabilities.ndim == 2:
+            for pid, predicted in zip(ids, probabilities.argmax(axis=1), strict=True):
+                self._labels.expect(pid, slot.ref, int(predicted))
+        return Prediction(probabilities=probabilities, ref=slot.ref, ids=ids)
+
+    def record_label(self, prediction_id: str, label: int) -> bool:
+        """Pair a ground-truth label with an earlier prediction; the pair goes to the telemetry of
+        the version that predicted, even if it no longer serves. False for an unknown id."""
+        resolved = self._labels.resolve(prediction_id, label)
+        if resolved is None:
+            return False
+        ref, pair = resolved
+        with self._swap_lock:
+            self._window(ref).record_feedback(pair)
+        return True
+
+    def flush_telemetry(self) -> list[dict[str, Any]]:
+        """One report per artifact with something to say, always one for the active artifact.
+
+        Each report is stamped with the version that served it and ``running`` (True only for the
+        one active now), so the controller confirms a device on telemetry FROM the new version.
+        The running report also carries the label counters. Append each to a ``TelemetryBuffer``.
+        """
+        reports = []
+        with self._swap_lock:  # recording happens under this lock too, so no count is lost
+            active = self._active.ref if self._active else None
+            keep = {ref for ref in (active, self.previous) if ref is not None}
+            for ref in sorted(self._windows, key=lambda r: (r != active, r)):
+                window = self._windows[ref]
+                if ref != active and window.is_empty:
+                    continue
+                reports.append(
+                    window.flush(
+                        ref.version, model=ref.model, variant=ref.variant, running=ref == active
+                    )
+                )
+            for ref in [r for r in self._windows if r not in keep]:
+                del self._windows[ref]  # flushed; recreated if a late label arrives
+            if active is not None and active not in self._windows:
+                reports.insert(
+                    0,
+                    self._window(active).flush(
+                        active.version, model=active.model, variant=active.variant
+                    ),
+                )
+        if reports and active is not None:
+            reports[0].update(self._labels.take_counters())
+        return reports
+
+    def _window(self, ref: ArtifactRef) -> TelemetryWindow:
+        """The telemetry window of ``ref``, created on first use; call with ``_swap_lock`` held."""
+        window = self._windows.get(ref)
+        if window is None:
+            window = self._windows[ref] = self._window_factory()
+        return window
+
+    # --- changing what serves --------------------------------------------------------------------
+
+    def install(self, candidate: Candidate) -> InstallResult:
+        """Verify, load into the second slot, smoke-test, then swap; see the module docstring.
+
+        Returns the outcome; a rejection is returned, not raised (a corrupted download is an
+        everyday event for the agent loop). Raises :class:`StoreError` only when the state directory
+        itself fails, in which case nothing changed either.
+        """
+        ref = candidate.ref
+        sha256 = candidate.sha256.lower()
+        with self._install_lock:
+            with self._change_lock:
+                if _holds(self._active, ref, sha256):
+                    return InstallResult(ref, Outcome.ALREADY_ACTIVE, active=ref)
+                if _holds(self._previous, ref, sha256):
+                    self._swap_back()
+                    return InstallResult(ref, Outcome.REUSED_PREVIOUS, active=ref)
+
+            self._emit("verify", ref.version)
+            # A rollback may trade the slots meanwhile, but only an install (serialised by
+            # _install_lock) changes which artifacts fill them, so this check stays true.
+            for slot in (self._active, self._previous):
+                if slot is not None and slot.ref == ref:  # same name, other bytes: never overwrite
+                    return self._rejected(
+                        ref,
+                        RejectReason.SHA256,
+                        f"the copy of {ref} already on this device has sha256 {slot.sha256}",
+                    )
+            try:
+                staged = self.store.stage(ref, candidate.path)
+            except OSError as exc:
+                return self._rejected(ref, RejectReason.SHA256, f"cannot read the download: {exc}")
+            try:
+                if staged.sha256 != sha256:
+                    self.store.discard(staged)
+                    return self._rejected(
+                        ref,
+                        RejectReason.SHA256,
+                        f"expected {candidate.sha256}, the file has {staged.sha256}",
+                    )
+                if not verify_variant(
+                    self._public_key_pem, ref.variant, staged.path, candidate.signature
+                ):
+                    self.store.discard(staged)
+                    return self._rejected(
+                        ref,
+                        RejectReason.SIGNATURE,
+                        f"the fleet key did not sign this file as variant {ref.variant!r}",
+                    )
+                stored = self.store.commit(staged, signature=candidate.signature)
+            except BaseException:
+                self.store.discard(staged)
+                raise
+
+            try:
+                slot = self._load_and_smoke(stored)
+            except ArtifactRejected as rejection:
+                self._forget(ref)
+                return self._reject_with(rejection)
+            self._swap_in(slot)
+            try:
+                self.store.prune()
+            except StoreError as exc:  # installed all the same; pruning is retried next time
+                log.warning("could not prune the model store: %s", exc)
+            return InstallResult(ref, Outcome.INSTALLED, active=ref)
+
+    def activate(self, ref: ArtifactRef) -> InstallResult:
+        """Serve ``ref`` from what the device already has: the active slot, the previous slot, or
+        the store (verified, loaded and smoke-tested again). Raises :class:`NotStored` when the
+        device does not have it; then the agent loop downloads it and calls :meth:`install`."""
+        with self._change_lock:
+            if self._active is not None and self._active.ref == ref:
+                return InstallResult(ref, Outcome.ALREADY_ACTIVE, active=ref)
+            if self._previous is not None and self._previous.ref == ref:
+                self._swap_back()
+                return InstallResult(ref, Outcome.REUSED_PREVIOUS, active=ref)
+        stored = self.store.get(ref)
+        return self.install(
+            Candidate(
+                model=ref.model,
+                version=ref.version,
+                variant=ref.variant,
+                path=stored.path,
+                sha256=stored.sha256,
+                signature=stored.signature,
+            )
+        )
+
+    def rollback_local(self) -> ArtifactRef:
+        """Swap the previous model back in at once (no download, no load); returns it.
+
+        The model swapped out becomes previous, so the rollback can itself be undone. It does not
+        wait for an install in progress (that one swaps in afterwards, if it passes). Raises
+        :class:`NoPreviousModel` when there is nothing to go back to.
+        """
+        with self._change_lock:
+            if self._previous is None:
+                raise NoPreviousModel("there is no previous model on this device to roll back to")
+            return self._swap_back()
+
+    def restore(self) -> ArtifactRef | None:
+        """After a restart, serve again what ``slots.json`` records; returns what serves now.
+
+        Both slots are verified (sha256 against the manifest, signature), loaded and smoke-tested
+        again: the disk may have been damaged by the crash. If the active model fails, the previous
+        one serves instead; if both fail, nothing serves (``None``) and the agent must download.
+        """
+        with self._install_lock:
+            recorded = self.store.read_slots()
+            restored: list[_Slot] = []
+            for ref in (recorded.active, recorded.previous):
+                if ref is None:
+                    continue
+                slot = self._restore_one(ref)
+                if slot is not None:
+                    restored.append(slot)
+            now = Slots(
+                restored[0].ref if restored else None,
+                restored[1].ref if len(restored) > 1 else None,
+            )
+            with self._change_lock:
+                if now != recorded:
+                    self.store.write_slots(now)
+                with self._swap_lock:
+                    self._active = restored[0] if restored else None
+                    self._previous = restored[1] if len(restored) > 1 else None
+            if now.active is not None:
+                self._emit("restore", now.active.version)
+            return now.active
+
+    def _restore_one(self, ref: ArtifactRef) -> _Slot | None:
+        self._emit("verify", ref.version)
+        try:
+            stored = self.store.get(ref)
+        except StoreError as exc:  # gone, or a manifest the crash left unreadable
+            self._rejected(ref, RejectReason.SHA256, str(exc))
+            return None
+        try:
+            self._verify_stored(stored)
+            return self._load_and_smoke(stored)
+        except ArtifactRejected as rejection:
+            self._reject_with(rejection)
+            return None
+
+    def _verify_stored(self, stored: StoredArtifact) -> None:
+        ref = stored.ref
+        try:
+            actual = file_sha256(stored.path)
+        except OSError as exc:
+            raise self._rejection(
+                ref, RejectReason.SHA256, f"cannot read {stored.path}: {exc}"
+            ) from exc
+        if actual != stored.sha256:
+            raise self._rejection(
+                ref,
+                RejectReason.SHA256,
+                f"the manifest says {stored.sha256}, the file has {actual}",
+            )
+        if not verify_variant(self._public_key_pem, ref.variant, stored.path, stored.signature):
+            raise self._rejection(
+                ref, RejectReason.SIGNATURE, f"the stored signature does not verify for {ref}"
+            )
+
+    # --- the steps -------------------------------------------------------------------------------
+
+    def _load_and_smoke(self, stored: StoredArtifact) -> _Slot:
+        ref = stored.ref
+        self._emit("load", ref.version)
+        try:
+            session = self._factory(stored.path)
+            input_name = session.get_inputs()[0].name
+        except Exception as exc:
+            raise self._rejection(ref, RejectReason.LOAD, f"{type(exc).__name__}: {exc}") from exc
+        self._emit("smoke", ref.version)
+        golden = self._golden if self._golden is not None else self._synthesise(session, ref)
+        try:
+            output = np.asarray(session.run(None, {input_name: golden})[0])
+        except Exception as exc:
+            raise self._rejection(
+                ref, RejectReason.SMOKE, f"it raised on the golden inputs: {exc}"
+            ) from exc
+        problem = self._smoke_problem(output, len(golden))
+        if problem:
+            raise self._rejection(ref, RejectReason.SMOKE, problem)
+        return _Slot(ref=ref, sha256=stored.sha256, session=session, input_name=input_name)
+
+    def _synthesise(self, session: Session, ref: ArtifactRef) -> np.ndarray:
+        shape = list(session.get_inputs()[0].shape)
+        width = shape[-1] if len(shape) == 2 else None
+        if not isinstance(width, int) or width < 1:
+            raise self._rejection(
+                ref,
+                RejectReason.SMOKE,
+                f"no golden inputs were given and the input shape {shape} has no fixed width",
+            )
+        return np.random.default_rng(0).standard_normal((GOLDEN_ROWS, width)).astype(np.float32)
+
+    def _smoke_problem(self, output: np.ndarray, rows: int) -> str:
+        """Why ``output`` is not a usable answer to ``rows`` golden rows ('' when it is)."""
+        expected = (rows, self._expected_outputs)
+        if output.shape != expected:
+            return f"output shape {output.shape}, expected {expected}"
+        if not np.issubdtype(output.dtype, np.floating):
+            return f"output dtype {output.dtype} is not floating point"
+        if not np.isfinite(output).all():
+            return f"{int((~np.isfinite(output)).sum())} output value(s) are NaN or Inf"
+        if (output < -PROBABILITY_TOLERANCE).any() or (output > 1 + PROBABILITY_TOLERANCE).any():
+            return "output values outside [0, 1] are not probabilities"
+        sums = output.sum(axis=1)
+        worst = float(np.abs(sums - 1).max())
+        if worst > PROBABILITY_TOLERANCE:
+            return f"output rows sum to values up to {worst:.4g} away from 1"
+        return ""
+
+    def _swap_in(self, slot: _Slot) -> None:
+        """Make ``slot`` active and the active one previous: persisted first, then in memory.
+
+        If ``slots.json`` cannot be written, :class:`StoreError` propagates and nothing changed.
+        """
+        with self._change_lock:
+            active = self._active
+            self.store.write_slots(Slots(slot.ref, active.ref if active else None))
+            with self._swap_lock:
+                self._previous, self._active = active, slot
+            self._emit("swap", slot.ref.version)
+
+    def _swap_back(self) -> ArtifactRef:
+        """Trade the slots; the caller holds ``_change_lock`` and has checked previous exists."""
+        active, previous = self._active, self._previous
+        assert previous is not None
+        self.store.write_slots(Slots(previous.ref, active.ref if active else None))
+        with self._swap_lock:
+            self._active, self._previous = previous, active
+        self._emit("rollback", previous.ref.version)
+        return previous.ref
+
+    def _forget(self, ref: ArtifactRef) -> None:
+        """Remove a rejected artifact from disk unless it fills a slot."""
+        try:
+            if not self.store.read_slots().protects(ref):
+                self.store.remove(ref)
+        except StoreError as exc:  # debris is pruned later; the rejection is what matters
+            log.warning("could not remove rejected %s: %s", ref, exc)
+
+    # --- rejections and events -------------------------------------------------------------------
+
+    def _emit(self, *event: str) -> None:
+        self._events(tuple(event))
+
+    def _rejection(self, ref: ArtifactRef, reason: RejectReason, detail: str) -> ArtifactRejected:
+        return ArtifactRejected(
+            f"{ref} rejected: {reason.phrase()} ({detail})",
+            reason=reason,
+            model=ref.model,
+            version=ref.version,
+            variant=ref.variant,
+            detail=detail,
+        )
+
+    def _reject_with(self, rejection: ArtifactRejected) -> InstallResult:
+        self._emit("reject", rejection.version, rejection.reason.phrase())
+        ref = ArtifactRef(rejection.model, rejection.version, rejection.variant)
+        return InstallResult(ref, Outcome.REJECTED, active=self.active, rejection=rejection)
+
+    def _rejected(self, ref: ArtifactRef, reason: RejectReason, detail: str) -> InstallResult:
+        return self._reject_with(self._rejection(ref, reason, detail))
