@@ -14,11 +14,12 @@ from typing import Any, Protocol
 
 from edgeloop.errors import HardwareCheckError
 from edgeloop.settings import Settings
-from fleet.agent.profile import HardwareProfile, ProfileError, load_profile
+from fleet.agent.profile import HardwareProfile, HardwareStatus, ProfileError, load_profile
 from flows.hardware import ProfileResult, run_profile
 from flows.workspace import Workspace
 
-UNAVAILABLE = "unavailable"
+UNAVAILABLE = str(HardwareStatus.UNAVAILABLE)
+PASSED = str(HardwareStatus.PASSED)
 
 
 class Runner(Protocol):
@@ -60,14 +61,14 @@ class ProfileChoice:
     @property
     def status(self) -> str:
         if self.variant is not None:
-            return "passed"
+            return PASSED
         if not self.attempts:
             return UNAVAILABLE
         return str(self.attempts[-1]["status"])
 
     @property
     def passed(self) -> bool:
-        return self.status == "passed"
+        return self.status == PASSED
 
     @property
     def reason(self) -> str:
