@@ -82,6 +82,15 @@ def render_markdown(card: dict[str, Any]) -> str:
         ["gate", "passed", "measured", "threshold"],
         [[g["name"], g["passed"], g["measured"], g["threshold"]] for g in card["gates"]],
     )
+    if card.get("rollouts"):
+        lines += ["", "## Rollouts", ""]
+        lines += _table(
+            ["at", "outcome", "stable version", "reason"],
+            [
+                [r["at"], r["outcome"], r.get("stable_version"), r["reason"]]
+                for r in card["rollouts"]
+            ],
+        )
     lines += ["", "## Limitations", ""] + [f"- {item}" for item in card["limitations"]]
     lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in card["lineage"].items()]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""The registry follows the fleet: promotion starts a rollout, its outcome is written back.
+
+``production`` means "what the fleet should run". When a rollout is rolled back (or fails, or is
+aborted) the alias goes back to the stable version, so the registry never claims the fleet runs a
+version it does not; the version carries ``edgeloop.rollout.status`` and ``.reason``, and its model card
+gets a line in its rollout history. A succeeded rollout records success the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.errors import RegistryError
+from registry.modelcard import render_markdown
+from registry.publish import PRODUCTION, TAG
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+FORCE_TAG = f"{TAG}promote.force"
+"""Set to ``true`` on a version to promote it without passing hardware results (recorded)."""
+
+
+def _version(client: MlflowClient, model: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model, version)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"{model} v{version} is not in the registry", hint="check `edgeloop models`"
+        ) from exc
+
+
+def promotable(client: MlflowClient, model: str, version: str) -> tuple[bool, str]:
+    """Whether ``version`` may become ``production``, and why (or why not)."""
+    tags = _version(client, model, version).tags
+    if tags.get(FORCE_TAG, "").lower() == "true":
+        return True, f"forced by tag {FORCE_TAG}"
+    hardware = {
+        k: v for k, v in tags.items() if k.startswith(f"{TAG}hw.") and k.endswith(".status")
+    }
+    if not hardware:
+        return False, "it has no hardware results"
+    failed = sorted(
+        k.removeprefix(f"{TAG}hw.").removesuffix(".status")
+        for k, v in hardware.items()
+        if v != "passed"
+    )
+    if failed:
+        return False, f"hardware profile(s) {', '.join(failed)} did not pass"
+    if tags.get(f"{TAG}gates") != "passed":
+        return False, "not every gate passed"
+    return True, "every gate and hardware profile passed"
+
+
+def promote(client: MlflowClient, model: str, version: str) -> str:
+    """Set ``production`` on ``version`` if it may be promoted; returns the reason."""
+    ok, why = promotable(client, model, version)
+    if not ok:
+        raise RegistryError(
+            f"{model} v{version} cannot be promoted: {why}",
+            hint=f"fix the version, or set tag {FORCE_TAG}=true to force it (recorded)",
+        )
+    client.set_registered_model_alias(model, PRODUCTION, version)
+    return why
+
+
+def production_version(client: MlflowClient, model: str) -> str | None:
+    aliases = client.get_registered_model(model).aliases
+    return str(aliases[PRODUCTION]) if PRODUCTION in aliases else None
+
+
+def record_outcome(
+    client: MlflowClient,
+    *,
+    model: str,
+    version: str,
+    stable_version: str | None,
+    outcome: str,
+    reason: str,
+    causes: list[dict[str, Any]],
+    cards_dir: Path,
+    now: datetime | None = None,
+) -> None:
+    """Write a rollout's outcome on the version; anything but success moves ``production`` back."""
+    _version(client, model, version)
+    if outcome != "succeeded":
+        if stable_version:
+            client.set_registered_model_alias(model, PRODUCTION, stable_version)
+        elif production_version(client, model) == version:
+            client.delete_registered_model_alias(model, PRODUCTION)
+    client.set_model_version_tag(model, version, f"{TAG}rollout.status", outcome)
+    client.set_model_version_tag(model, version, f"{TAG}rollout.reason", reason[:5000])
+    _append_to_card(
+        cards_dir,
+        model,
+        version,
+        {
+            "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+            "outcome": outcome,
+            "stable_version": stable_version,
+            "reason": reason,
+            "causes": causes,
+        },
+    )
+
+
+def _append_to_card(cards_dir: Path, model: str, version: str, entry: dict[str, Any]) -> None:
+    json_path = cards_dir / model / f"v{version}.json"
+    if not json_path.is_file():
+        return  # a card written elsewhere (another checkout): the tags carry the outcome
+    card = json.loads(json_path.read_text())
+    card.setdefault("rollouts", []).append(entry)
+    if entry["outcome"] != "succeeded":
+        card["aliases"] = [a for a in card.get("aliases", []) if a != PRODUCTION]
+    json_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    json_path.with_suffix(".md").write_text(render_markdown(card))
