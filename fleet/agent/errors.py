@@ -12,8 +12,17 @@ Hierarchy::
     ├── StoreError               the on-disk model store cannot be read or written (store)
     │   ├── UnsafeName           a model, version or variant name that cannot be a path component
     │   └── NotStored            a version asked for by name is not on disk (store, slots)
-    └── TelemetryError           a report cannot be buffered (telemetry)
-        └── ReportTooLarge       one report is bigger than the whole buffer may hold
+    ├── TelemetryError           a report cannot be buffered (telemetry)
+    │   └── ReportTooLarge       one report is bigger than the whole buffer may hold
+    ├── ConfigError              agent settings that cannot work (config, client); also a ValueError
+    │   └── InsecureTransport    plain HTTP to a host that is not loopback, without ``allow_insecure``
+    └── ControllerError          talking to the controller failed (client); ``status_code`` when it answered
+        ├── ControllerUnreachable  offline: a transport error, a timeout or a 5xx; retried later
+        ├── Unauthorized         401: enrolment token or device credential refused; never retried silently
+        ├── Forbidden            403: a valid credential used for another device or resource
+        ├── BadResponse          an answer that does not parse against ``fleet.protocol``, or a status
+        │                        the client does not expect (a 404 for an artifact, a 422)
+        └── DownloadFailed       an artifact could not be fetched whole within the retries (client)
 
 The agent's library layers (``store``, ``slots``, ``telemetry``) raise these; the agent loop that talks
 to the controller turns them into status it reports (STYLE rule 5) instead of dying on them. A rejected
@@ -133,3 +142,78 @@ class ReportTooLarge(TelemetryError):
         super().__init__(message)
         self.size = size
         self.max_bytes = max_bytes
+
+
+class ConfigError(AgentError, ValueError):
+    """Raised by ``AgentConfig`` and ``ControllerClient`` for settings that cannot work; names the setting."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class InsecureTransport(ConfigError):
+    """Raised by ``ControllerClient`` for a plain-HTTP URL to a host that is not loopback.
+
+    A credential or a model sent in the clear can be read or replaced on the way; plain HTTP is for a
+    controller on the same machine, or needs ``allow_insecure=True`` said out loud.
+    """
+
+
+class ControllerError(AgentError):
+    """Raised by ``ControllerClient``; ``status_code`` is the HTTP status when the controller answered.
+
+    The agent loop turns these into status (STYLE rule 5); library callers get the exception.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ControllerUnreachable(ControllerError):
+    """Raised by ``ControllerClient`` on a transport error, a timeout or a 5xx answer.
+
+    The device is offline as far as the agent is concerned: it keeps serving, buffers telemetry and
+    tries again after a back-off. The transport error, if any, is the ``__cause__``.
+    """
+
+
+class Unauthorized(ControllerError):
+    """Raised by ``ControllerClient`` on a 401: the enrolment token or the device credential was refused.
+
+    Never answered by enrolling again on its own: an enrolment token is one-time, so a used one would
+    only be refused too, and a revoked device must not let itself back in.
+    """
+
+
+class Forbidden(ControllerError):
+    """Raised by ``ControllerClient`` on a 403: the credential is valid but not for this device."""
+
+
+class BadResponse(ControllerError):
+    """Raised by ``ControllerClient`` when an answer does not parse against ``fleet.protocol`` or has
+    a status the client does not expect (404, 409, 422, ...); ``detail`` holds the start of the body."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, detail: str = "") -> None:
+        super().__init__(message, status_code=status_code)
+        self.detail = detail
+
+
+class DownloadFailed(ControllerError):
+    """Raised by ``ControllerClient.download`` when an artifact could not be fetched whole within the
+    retries; a partial file is kept for the next try to resume. The last error is the ``__cause__``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        version: str,
+        received: int,
+        expected: int,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.version = version
+        self.received = received
+        self.expected = expected

@@ -1,0 +1,654 @@
+"""The edge agent's loop: enrol, long-poll the desired state, converge the slots, send telemetry.
+
+Why this boundary exists: the libraries below it raise (``ControllerClient``, ``ModelStore``) or
+return outcomes (``SlotManager.install``); this loop is the one place that decides what each means for
+a device in the field, and it never dies of one (STYLE rule 5). Every error becomes :class:`AgentStatus`
+(a phase and a message) and a back-off. The device's first duty is to keep serving the model it has:
+
+- offline (transport errors, 5xx): keep serving, keep buffering telemetry on disk (bounded; drops are
+  counted by the buffer and carried by every later report), back off, send on reconnect;
+- a rejected artifact (sha256, signature, load, smoke) is never served; the device stays on its model,
+  records the rejection and does not fetch the same bytes again for ``reject_retry_s``;
+- a 401 is not answered by enrolling again: the enrolment token is one-time, and a revoked device
+  must not let itself back in. The status says what a person must do.
+
+Convergence prefers what is on disk: a desired version that is in the previous slot or in the store
+(with the announced sha256) is activated without a download, so a rollback reaches the stable version
+in one long-poll round trip. Anything else is downloaded (resumably) and installed through the slots'
+verify, load, smoke, swap sequence.
+
+Every step is reported to an event sink as a tuple (STYLE rule 12): ``("enrol", device)``,
+``("desired", revision)``, ``("activate", version)``, ``("download", version)``,
+``("install", version, outcome)``, ``("reject", version, reason)``, ``("send", n_reports)``, ...
+
+``main`` wires it from ``EDGELOOP_AGENT_*`` settings; ``python -m fleet.agent.agent`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from fleet.agent.client import ControllerClient
+from fleet.agent.config import ENV_PREFIX, AgentConfig
+from fleet.agent.errors import (
+    AgentError,
+    ArtifactRejected,
+    ConfigError,
+    ControllerError,
+    ControllerUnreachable,
+    Forbidden,
+    InferenceFailed,
+    NoModelServing,
+    NotStored,
+    StoreError,
+    TelemetryError,
+    Unauthorized,
+)
+from fleet.agent.slots import Candidate, SlotManager
+from fleet.agent.store import ArtifactRef, ModelStore
+from fleet.agent.telemetry import TelemetryBuffer
+from fleet.protocol import Artifact, DesiredState, EnrolResponse, TelemetryBatch, TelemetryReport
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[tuple[str, ...]], None]
+
+
+def log_event(event: tuple[str, ...]) -> None:
+    log.info("agent: %s", " ".join(event))
+
+
+# --- the credential on disk ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What enrolment gave this device; stored 0600 in the state directory, read on every start."""
+
+    device_id: str
+    credential: str
+    public_key_pem: str
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials | None:
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"the credential file {path} cannot be read: {exc}") from exc
+        try:
+            return cls(str(raw["device_id"]), str(raw["credential"]), str(raw["public_key_pem"]))
+        except (KeyError, TypeError) as exc:
+            raise StoreError(f"the credential file {path} is incomplete: {exc!r}") from exc
+
+    def save(self, path: Path) -> None:
+        """Write atomically, readable by this user only (0600) from the first byte on."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        body = json.dumps(
+            {
+                "device_id": self.device_id,
+                "credential": self.credential,
+                "public_key_pem": self.public_key_pem,
+            }
+        ).encode()
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)  # whatever the umask said
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreError(f"cannot store the credential in {path}: {exc}") from exc
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+class AgentPhase(StrEnum):
+    """Where the agent stands with its controller after the last iteration."""
+
+    STARTING = "starting"
+    """No iteration has run yet."""
+    ONLINE = "online"
+    """The last exchange with the controller succeeded."""
+    OFFLINE = "offline"
+    """The controller could not be reached; serving and buffering go on, retried after a back-off."""
+    UNAUTHORIZED = "unauthorized"
+    """The token or credential was refused; a person must act (the agent does not re-enrol itself)."""
+    FAILING = "failing"
+    """Something else went wrong (a bad answer, a disk error); retried after a back-off."""
+
+    def needs_person(self) -> bool:
+        """Whether waiting will not fix it."""
+        return self is AgentPhase.UNAUTHORIZED
+
+
+@dataclass
+class AgentStatus:
+    """What the last iteration found; ``message`` says what is wrong, if anything."""
+
+    phase: AgentPhase = AgentPhase.STARTING
+    message: str = ""
+    revision: int | None = None
+    active: ArtifactRef | None = None
+    last_rejection: str | None = None
+    failures: int = 0
+    sent: int = 0
+    invalid_reports: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class Agent:
+    """One device's agent; see the module docstring. Not thread-safe: one loop drives it.
+
+    ``clock`` (seconds, monotonic) times the cool-down of rejected artifacts; ``sleep`` waits out
+    back-offs in :meth:`run_forever`. Both are injected so tests run instantly.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: ControllerClient,
+        slots: SlotManager,
+        buffer: TelemetryBuffer,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        *,
+        events: EventSink = log_event,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.slots = slots
+        self.buffer = buffer
+        self._clock = clock
+        self._sleep = sleep
+        self._events = events
+        self._rng = rng or random.Random()
+        self.status = AgentStatus()
+        self.credentials = Credentials.load(config.credential_path)
+        self._refused_token: str | None = None
+        self._rejected: dict[tuple[ArtifactRef, str], float] = {}
+
+    # --- one iteration ---------------------------------------------------------------------------
+
+    def run_once(self) -> float:
+        """Enrol if needed, long-poll, converge, flush and send telemetry; returns the seconds to
+        wait before the next iteration (0 after a successful long-poll, a back-off after a failure).
+        Never raises for a controller, model or disk problem: those become :attr:`status`."""
+        online = False
+        try:
+            credentials = self._enrolled()
+            if credentials is not None:
+                desired = self.client.desired(
+                    credentials.device_id,
+                    credentials.credential,
+                    self.status.revision,
+                    self.config.long_poll_s,
+                )
+                self._emit("desired", str(desired.revision))
+                self.status.revision = desired.revision
+                self._converge(desired, credentials)
+                online = True
+        except ControllerError as exc:
+            self._failed(exc)
+        except AgentError as exc:  # a disk or store problem: keep serving, say it
+            self._set(AgentPhase.FAILING, exc.message)
+        self._buffer_windows()
+        if online and self.credentials is not None:
+            try:
+                self._send_pending(self.credentials)
+            except ControllerError as exc:
+                online = False
+                self._failed(exc)
+        self.status.active = self.slots.active
+        if online:
+            self.status.failures = 0
+            if self.status.phase is not AgentPhase.ONLINE:
+                self._set(AgentPhase.ONLINE, "")
+            return 0.0
+        return self._backoff()
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Iterate until ``stop_event`` is set; back-offs wait on ``self.sleep``."""
+        while not stop_event.is_set():
+            delay = self.run_once()
+            if delay > 0 and not stop_event.is_set():
+                self._sleep(delay)
+
+    # --- the steps -------------------------------------------------------------------------------
+
+    def _enrolled(self) -> Credentials | None:
+        if self.credentials is not None:
+            return self.credentials
+        token = self.config.enrolment_token
+        if token is None:
+            self._set(
+                AgentPhase.UNAUTHORIZED,
+                f"not enrolled and no enrolment token: set {ENV_PREFIX}ENROLMENT_TOKEN",
+            )
+            return None
+        secret = token.get_secret_value()
+        if secret == self._refused_token:
+            return None  # refused once: never sent again; the status already says so
+        try:
+            response: EnrolResponse = self.client.enrol(
+                secret, self.config.device_id, self.config.hardware_class, self.config.labels
+            )
+        except Unauthorized as exc:
+            self._refused_token = secret
+            raise Unauthorized(
+                "the enrolment token was refused (used up, expired or wrong); it will not be "
+                f"sent again: give this device a fresh {ENV_PREFIX}ENROLMENT_TOKEN and restart it",
+                status_code=exc.status_code,
+            ) from exc
+        credentials = Credentials(response.device_id, response.credential, response.public_key_pem)
+        credentials.save(self.config.credential_path)
+        self.credentials = credentials
+        self._emit("enrol", response.device_id)
+        return credentials
+
+    def _converge(self, desired: DesiredState, credentials: Credentials) -> None:
+        artifact = desired.artifact
+        if artifact is None:
+            return
+        ref = ArtifactRef(artifact.model, artifact.version, artifact.variant)
+        if self.slots.active == ref:
+            return
+        key = (ref, artifact.sha256)
+        rejected_at = self._rejected.get(key)
+        if rejected_at is not None and self._clock() - rejected_at < self.config.reject_retry_s:
+            return
+        if self._on_disk(ref, artifact.sha256):
+            self._emit("activate", ref.version)
+            try:
+                result = self.slots.activate(ref)
+            except NotStored:  # pruned between the check and now: fetch it
+                result = None
+            if result is not None:
+                self._record(result.outcome.value, ref, result.rejection, key)
+                return
+        dest = self._download_path(ref)
+        self._emit("download", ref.version)
+        self.client.download(artifact, dest, credentials.credential)
+        try:
+            result = self.slots.install(_candidate(artifact, dest))
+        finally:
+            dest.unlink(missing_ok=True)
+        self._record(result.outcome.value, ref, result.rejection, key)
+
+    def _record(
+        self,
+        outcome: str,
+        ref: ArtifactRef,
+        rejection: ArtifactRejected | None,
+        key: tuple[ArtifactRef, str],
+    ) -> None:
+        self._emit("install", ref.version, outcome)
+        if rejection is not None:
+            self._rejected[key] = self._clock()
+            self.status.last_rejection = rejection.message
+            self._emit("reject", ref.version, rejection.reason.value)
+            log.warning("agent: %s; still serving %s", rejection.message, self.slots.active)
+
+    def _on_disk(self, ref: ArtifactRef, sha256: str) -> bool:
+        try:
+            return self.slots.store.get(ref).sha256 == sha256.lower()
+        except StoreError:
+            return False
+
+    def _download_path(self, ref: ArtifactRef) -> Path:
+        return self.config.downloads_dir / ref.model / ref.version / f"{ref.variant}.onnx.part"
+
+    def _buffer_windows(self) -> None:
+        try:
+            for report in self.slots.flush_telemetry():
+                self.buffer.append(report)
+        except TelemetryError as exc:
+            log.error("agent: a telemetry report could not be buffered: %s", exc)
+
+    def _send_pending(self, credentials: Credentials) -> None:
+        """Send what the outbox holds, batch by batch; forget a report only once the controller
+        acknowledged it (stored now, or before)."""
+        batch_size = self.config.telemetry_batch
+        for _ in range(self.buffer.stats().pending // batch_size + 2):
+            pending = self.buffer.pending(batch_size)
+            if not pending:
+                return
+            reports, invalid = [], []
+            for raw in pending:
+                try:
+                    reports.append(TelemetryReport.model_validate(raw))
+                except ValidationError as exc:
+                    invalid.append(int(raw["seq"]))
+                    log.error("agent: report %s breaks the protocol, dropped: %s", raw["seq"], exc)
+            if invalid:  # it would block the outbox forever; counted, then forgotten
+                self.status.invalid_reports += len(invalid)
+                self.buffer.ack(invalid)
+            if not reports:
+                continue
+            ack = self.client.send_telemetry(
+                credentials.device_id, credentials.credential, TelemetryBatch(reports=reports)
+            )
+            acked = self.buffer.ack([*ack.accepted, *ack.duplicates])
+            self.status.sent += len(ack.accepted)
+            self._emit("send", str(len(reports)))
+            if acked == 0:
+                return  # nothing moved; do not spin
+
+    # --- status and back-off ---------------------------------------------------------------------
+
+    def _failed(self, exc: ControllerError) -> None:
+        if isinstance(exc, Unauthorized | Forbidden):
+            message = exc.message
+            if self.credentials is not None and self.config.enrolment_token is not None:
+                message += (
+                    f"; the agent does not re-enrol by itself: to enrol again, remove "
+                    f"{self.config.credential_path} and restart with a fresh "
+                    f"{ENV_PREFIX}ENROLMENT_TOKEN"
+                )
+            elif self.credentials is not None:
+                message += (
+                    f"; to enrol again, remove {self.config.credential_path} and restart with a "
+                    f"fresh {ENV_PREFIX}ENROLMENT_TOKEN"
+                )
+            self._set(AgentPhase.UNAUTHORIZED, message)
+        elif isinstance(exc, ControllerUnreachable):
+            self._set(AgentPhase.OFFLINE, exc.message)
+        else:
+            self._set(AgentPhase.FAILING, exc.message)
+        self.status.failures += 1
+
+    def _set(self, phase: AgentPhase, message: str) -> None:
+        if (phase, message) != (self.status.phase, self.status.message):
+            self.status.history.append(phase.value)
+            if message:
+                log.warning("agent %s: %s", phase.value, message)
+        self.status.phase, self.status.message = phase, message
+
+    def _backoff(self) -> float:
+        config = self.config
+        if self.status.phase.needs_person():
+            return config.backoff_max_s
+        exponent = max(0, self.status.failures - 1)
+        base = min(config.backoff_max_s, config.backoff_initial_s * 2**exponent)
+        return base * (1 - config.backoff_jitter * self._rng.random())
+
+    def _emit(self, *event: str) -> None:
+        self._events(tuple(event))
+
+
+def _candidate(artifact: Artifact, path: Path) -> Candidate:
+    return Candidate(
+        model=artifact.model,
+        version=artifact.version,
+        variant=artifact.variant,
+        path=path,
+        sha256=artifact.sha256,
+        signature=artifact.signature,
+    )
+
+
+# --- the local prediction server -----------------------------------------------------------------
+
+
+class PredictServer:
+    """``POST /predict`` (``{"inputs": [[...], ...]}``), ``POST /label``
+    (``{"prediction_id": ..., "label": n}``) and ``GET /healthz`` on a local port, in a thread.
+
+    Why stdlib ``http.server``: the device's applications are on the same machine, the server must
+    cost nothing to install, and every request goes straight to ``SlotManager.predict``, which reads
+    the active slot once, so a swap never mixes two models in one answer. Bind to loopback.
+    """
+
+    def __init__(self, slots: SlotManager, host: str = "127.0.0.1", port: int = 0) -> None:
+        handler = _handler_for(slots)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> PredictServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def _handler_for(slots: SlotManager) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("predict server: " + format, *args)
+
+        def _reply(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"null")
+
+        def do_GET(self) -> None:
+            if self.path != "/healthz":
+                self._reply(404, {"detail": "not found"})
+                return
+            active = slots.active
+            self._reply(200 if active else 503, {"active": None if active is None else str(active)})
+
+        def do_POST(self) -> None:
+            try:
+                body = self._body()
+            except ValueError:
+                self._reply(400, {"detail": "the body is not JSON"})
+                return
+            if self.path == "/predict":
+                self._predict(body)
+            elif self.path == "/label":
+                self._label(body)
+            else:
+                self._reply(404, {"detail": "not found"})
+
+        def _predict(self, body: Any) -> None:
+            try:
+                x = np.asarray(body["inputs"], dtype=np.float32)
+                if x.ndim == 1:
+                    x = x.reshape(1, -1)
+            except (KeyError, TypeError, ValueError):
+                self._reply(400, {"detail": 'expected {"inputs": [[number, ...], ...]}'})
+                return
+            try:
+                prediction = slots.predict(x)
+            except NoModelServing as exc:
+                self._reply(503, {"detail": exc.message})
+                return
+            except InferenceFailed as exc:
+                self._reply(422, {"detail": exc.message})
+                return
+            self._reply(
+                200,
+                {
+                    "model": prediction.ref.model,
+                    "version": prediction.ref.version,
+                    "variant": prediction.ref.variant,
+                    "ids": list(prediction.ids),
+                    "predicted": [int(i) for i in prediction.probabilities.argmax(axis=1)],
+                    "probabilities": prediction.probabilities.tolist(),
+                },
+            )
+
+        def _label(self, body: Any) -> None:
+            try:
+                known = slots.record_label(str(body["prediction_id"]), int(body["label"]))
+            except (KeyError, TypeError, ValueError):
+                self._reply(400, {"detail": 'expected {"prediction_id": "...", "label": n}'})
+                return
+            self._reply(200 if known else 404, {"recorded": known})
+
+    return Handler
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def build(config: AgentConfig, *, stop: threading.Event) -> tuple[Agent, ControllerClient]:
+    """Client, store, slots and outbox from ``config``; enrols first when there is no credential
+    (the fleet's public key comes with enrolment unless ``public_key_file`` pins it)."""
+    client = ControllerClient(
+        config.controller_url,
+        verify=str(config.ca_file) if config.ca_file else True,
+        timeout=config.request_timeout_s,
+        allow_insecure=config.allow_insecure,
+        download_retries=config.download_retries,
+        backoff_s=config.backoff_initial_s,
+        backoff_max_s=config.backoff_max_s,
+        sleep=stop.wait,
+    )
+    credentials = Credentials.load(config.credential_path)
+    while credentials is None and not stop.is_set():
+        if config.enrolment_token is None:
+            raise ConfigError(
+                f"not enrolled and no enrolment token: set {ENV_PREFIX}ENROLMENT_TOKEN",
+                setting="enrolment_token",
+            )
+        try:
+            response = client.enrol(
+                config.enrolment_token.get_secret_value(),
+                config.device_id,
+                config.hardware_class,
+                config.labels,
+            )
+        except ControllerUnreachable as exc:
+            log.warning("agent: cannot enrol yet: %s", exc.message)
+            stop.wait(config.backoff_max_s)
+            continue
+        credentials = Credentials(response.device_id, response.credential, response.public_key_pem)
+        credentials.save(config.credential_path)
+    if credentials is None:
+        raise ConfigError("stopped before enrolment", setting="enrolment_token")
+    key = credentials.public_key_pem.encode()
+    if config.public_key_file is not None:
+        pinned = config.public_key_file.read_bytes()
+        if pinned.strip() != key.strip():
+            raise ConfigError(
+                f"the controller's fleet key differs from the pinned {config.public_key_file}",
+                setting="public_key_file",
+            )
+    golden = np.load(config.golden_inputs) if config.golden_inputs else None
+    session_factory = _session_factory(config)
+    slots = SlotManager(
+        ModelStore(config.state_dir), key, golden, config.expected_outputs, **session_factory
+    )
+    slots.restore()
+    buffer = TelemetryBuffer(config.buffer_path, config.buffer_max_reports, config.buffer_max_bytes)
+    agent = Agent(config, client, slots, buffer, time.monotonic, stop.wait)
+    return agent, client
+
+
+def _session_factory(config: AgentConfig) -> dict[str, Any]:
+    if config.profile is None:
+        return {}
+    from fleet.agent.profile import load_profile
+    from fleet.agent.runtime import open_session
+
+    profile = load_profile(config.profile, config.profiles_dir)
+
+    def factory(path: Path) -> Any:
+        return open_session(
+            str(path), threads=profile.threads, providers=profile.execution_providers
+        )
+
+    return {"session_factory": factory}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent until SIGINT/SIGTERM; settings from ``EDGELOOP_AGENT_*`` and the flags.
+
+    Exit codes: 0 stopped, 2 bad settings, 3 refused by the controller (a person must act).
+    """
+    parser = argparse.ArgumentParser(prog="edgeloop agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--controller-url")
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--device-id")
+    parser.add_argument("--hardware-class")
+    parser.add_argument("--once", action="store_true", help="one iteration, then exit")
+    parser.add_argument("--no-serve", action="store_true", help="no local /predict server")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    overrides = {
+        name: value
+        for name, value in (
+            ("controller_url", args.controller_url),
+            ("state_dir", args.state_dir),
+            ("device_id", args.device_id),
+            ("hardware_class", args.hardware_class),
+        )
+        if value is not None
+    }
+    stop = threading.Event()
+    try:
+        config = AgentConfig.from_env(**overrides)
+        agent, client = build(config, stop=stop)
+    except ConfigError as exc:
+        log.error("%s", exc.message)
+        return 2
+    except (Unauthorized, Forbidden) as exc:
+        log.error("%s", exc.message)
+        return 3
+    server = None
+    if not args.no_serve and config.predict_port is not None:
+        server = PredictServer(agent.slots, config.predict_host, config.predict_port).start()
+        log.info("agent: serving POST /predict on %s:%d", *server.address)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        if args.once:
+            agent.run_once()
+        else:
+            agent.run_forever(stop)
+    finally:
+        if server is not None:
+            server.stop()
+        agent.buffer.close()
+        client.close()
+    return 3 if agent.status.phase.needs_person() else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Resumable download of one artifact to a file: what a device on a flaky link needs.
+
+Why a module of its own: a model is megabytes over links that drop; starting over on every drop may
+never finish. This is the one place that knows HTTP ranges. A partial file is continued with
+``Range: bytes=<size>-`` and appended to on a ``206`` whose ``Content-Range`` starts where the file
+ends; a ``200`` (the server ignored the range) starts the file over; a ``416`` or a range that starts
+elsewhere throws the partial file away. A transport error or a short body keeps what arrived, so the
+next attempt (in this call, after a back-off, or in a later call after the device came back online)
+resumes. The final size must equal the announced size; the content itself is checked later, by
+``SlotManager`` (sha256, then the ed25519 signature), before anything serves.
+
+It works on an ``httpx.Client`` the caller owns (``ControllerClient`` passes its own, with its TLS
+settings and its transport) and a ``check`` that turns an error status into the caller's typed error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from fleet.agent.errors import ControllerError, ControllerUnreachable, DownloadFailed
+
+log = logging.getLogger(__name__)
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class _Retry(Exception):
+    """This attempt failed in a way another attempt may fix."""
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def range_start(header: str) -> int | None:
+    """The first byte of a ``Content-Range: bytes a-b/n`` header, or None when it does not parse."""
+    match = _CONTENT_RANGE.match(header.strip())
+    return int(match.group(1)) if match else None
+
+
+def download_resumable(
+    http: httpx.Client,
+    url: httpx.URL,
+    dest: Path,
+    expected_size: int,
+    *,
+    headers: dict[str, str],
+    check: Callable[[httpx.Response], None],
+    version: str,
+    retries: int = 4,
+    backoff_s: float = 0.5,
+    backoff_max_s: float = 30.0,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Path:
+    """Fetch ``url`` into ``dest`` until it holds ``expected_size`` bytes; returns ``dest``.
+
+    ``check`` raises for an error status (called after the body is read). Transport errors, short
+    bodies and what ``check`` raises as :class:`ControllerUnreachable` (5xx) are retried up to
+    ``retries`` times with exponential back-off; any other :class:`ControllerError` from ``check``
+    propagates at once. Raises :class:`DownloadFailed` when the retries are spent.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            sleep(min(backoff_max_s, backoff_s * 2 ** (attempt - 1)))
+        try:
+            _attempt(http, url, dest, expected_size, headers, check)
+            return dest
+        except (_Retry, ControllerUnreachable) as exc:
+            last = exc
+            log.info("download of %s, attempt %d: %s", version, attempt + 1, exc)
+        except httpx.TransportError as exc:
+            last = ControllerUnreachable(f"{type(exc).__name__}: {exc}")
+            last.__cause__ = exc
+            log.info("download of %s, attempt %d: %s", version, attempt + 1, last)
+    received = file_size(dest)
+    raise DownloadFailed(
+        f"could not download {version} whole after {retries + 1} attempt(s) "
+        f"({received} of {expected_size} bytes): {last}",
+        version=version,
+        received=received,
+        expected=expected_size,
+    ) from last
+
+
+def _attempt(
+    http: httpx.Client,
+    url: httpx.URL,
+    dest: Path,
+    expected: int,
+    headers: dict[str, str],
+    check: Callable[[httpx.Response], None],
+) -> None:
+    have = file_size(dest)
+    if have > expected:  # not a prefix of this artifact: start over
+        dest.unlink()
+        have = 0
+    if have == expected:
+        return  # complete from an earlier attempt; the sha256 check decides whether it is right
+    request_headers = dict(headers)
+    if have:
+        request_headers["Range"] = f"bytes={have}-"
+    with http.stream("GET", url, headers=request_headers) as response:
+        if response.status_code == 416:  # the partial file does not fit the artifact
+            dest.unlink(missing_ok=True)
+            raise _Retry("range not satisfiable; starting over")
+        if response.status_code >= 300:
+            response.read()
+            check(response)
+            raise ControllerError(
+                f"artifact download answered {response.status_code}",
+                status_code=response.status_code,
+            )
+        if response.status_code == 206:
+            start = range_start(response.headers.get("Content-Range", ""))
+            if start != have:
+                dest.unlink(missing_ok=True)
+                raise _Retry(
+                    f"asked for bytes from {have}, got a range from {start}; starting over"
+                )
+            mode = "ab"
+        else:
+            mode = "wb"  # a 200: the whole artifact, from its first byte
+        with dest.open(mode) as fh:
+            # iter_bytes() yields what arrived; a chunk size would buffer it and lose it on a drop
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+                if fh.tell() > expected:
+                    break
+    got = file_size(dest)
+    if got > expected:
+        dest.unlink()
+        raise _Retry(f"the server sent more than the {expected} bytes announced; starting over")
+    if got < expected:
+        raise _Retry(f"the body ended at {got} of {expected} bytes")

@@ -1,0 +1,363 @@
+"""fleet.agent.agent: the loop against the fake controller, with real ONNX models and signatures.
+
+Models are tiny MatMul+Softmax graphs (64 -> 10) signed by a throwaway ed25519 key, built as
+tests/unit/test_agent_slots.py builds them. Each test asserts the exact sequence of calls the
+controller saw and of steps the agent and its slots went through (STYLE rule 12).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from onnx import TensorProto, helper, numpy_helper
+
+from fleet.agent.agent import Agent, AgentPhase, PredictServer
+from fleet.agent.client import ControllerClient
+from fleet.agent.config import AgentConfig
+from fleet.agent.fake_controller import FakeController
+from fleet.agent.signature import signed_message
+from fleet.agent.slots import SlotManager
+from fleet.agent.store import ArtifactRef, ModelStore
+from fleet.agent.telemetry import TelemetryBuffer
+from fleet.protocol import Artifact, TelemetryBatch
+
+FEATURES, CLASSES = 64, 10
+MODEL, VARIANT, DEVICE = "digits", "int8", "dev-1"
+GOLDEN = np.random.default_rng(42).standard_normal((8, FEATURES)).astype(np.float32)
+Event = tuple[str, ...]
+
+
+def model_bytes(seed: int) -> bytes:
+    weights = np.random.default_rng(seed).standard_normal((FEATURES, CLASSES)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def publish(
+    fake: FakeController, key: Ed25519PrivateKey, version: str, *, tamper: bool = False
+) -> Artifact:
+    """Sign ``version``'s model; ``tamper`` flips a byte after signing (the sha256 still matches
+    what is served, so only the signature catches it)."""
+    data = model_bytes(int(version.lstrip("v")))
+    signature = base64.b64encode(
+        key.sign(signed_message(VARIANT, hashlib.sha256(data).hexdigest()))
+    ).decode()
+    if tamper:
+        data = data[:-1] + bytes([data[-1] ^ 1])
+    return fake.publish(
+        MODEL, version, VARIANT, data, sha256=hashlib.sha256(data).hexdigest(), signature=signature
+    )
+
+
+@dataclass
+class Device:
+    agent: Agent
+    fake: FakeController
+    events: list[Event]
+    slept: list[float]
+
+    def calls(self) -> list[tuple[object, ...]]:
+        calls, self.fake.log[:] = list(self.fake.log), []
+        return calls
+
+    def steps(self) -> list[Event]:
+        steps, self.events[:] = list(self.events), []
+        return steps
+
+
+def new_device(
+    state: Path, key: Ed25519PrivateKey, fake: FakeController, token: str | None = None
+) -> Device:
+    events: list[Event] = []
+    slept: list[float] = []
+    config = AgentConfig(
+        state_dir=state,
+        device_id=DEVICE,
+        enrolment_token=token or fake.issue_token(),  # type: ignore[arg-type]
+        backoff_jitter=0,
+        predict_port=None,
+    )
+    client = ControllerClient(
+        "http://127.0.0.1:8700", transport=fake.transport(), sleep=slept.append, backoff_s=0.01
+    )
+    slots = SlotManager(ModelStore(state), pem(key).encode(), GOLDEN, CLASSES, events=events.append)
+    slots.restore()
+    buffer = TelemetryBuffer(state / "telemetry.db", 50, durable=False)
+    agent = Agent(config, client, slots, buffer, lambda: 0.0, slept.append, events=events.append)
+    return Device(agent, fake, events, slept)
+
+
+def ref(version: str) -> ArtifactRef:
+    return ArtifactRef(MODEL, version, VARIANT)
+
+
+def installed(version: str) -> list[Event]:
+    return [
+        ("download", version),
+        ("verify", version),
+        ("load", version),
+        ("smoke", version),
+        ("swap", version),
+        ("install", version, "installed"),
+    ]
+
+
+@pytest.fixture()
+def on_v1(tmp_path: Path, key: Ed25519PrivateKey) -> Device:
+    """An enrolled device serving v1, logs cleared."""
+    fake = FakeController(public_key_pem=pem(key))
+    device = new_device(tmp_path / "state", key, fake)
+    device.agent.run_once()
+    fake.target(DEVICE, publish(fake, key, "v1"))
+    assert device.agent.run_once() == 0
+    assert device.agent.slots.active == ref("v1")
+    device.calls(), device.steps()
+    return device
+
+
+def test_enrols_once_and_reuses_the_credential_after_restart(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    fake = FakeController(public_key_pem=pem(key))
+    state = tmp_path / "state"
+    token = fake.issue_token()
+    first = new_device(state, key, fake, token)
+    assert first.agent.run_once() == 0
+    credential_file = state / "credential.json"
+    assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
+    assert json.loads(credential_file.read_text())["public_key_pem"] == pem(key)
+    first.agent.buffer.close()
+
+    restarted = new_device(state, key, fake, token)  # the same, now used, token in its settings
+    assert restarted.agent.run_once() == 0
+
+    assert fake.log == [
+        ("enrol", DEVICE),
+        ("desired", DEVICE, None),
+        ("desired", DEVICE, None),  # a restart does not remember the revision; the poll answers
+    ]
+    assert first.events == [("enrol", DEVICE), ("desired", "0")]
+    assert restarted.events == [("desired", "0")]
+    assert restarted.agent.status.phase is AgentPhase.ONLINE
+
+
+def test_installs_a_signed_version_and_reports_from_it(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    device, fake = on_v1, on_v1.fake
+    device.agent.slots.predict(GOLDEN[:2])
+    revision = fake.target(DEVICE, publish(fake, key, "v2"))
+
+    assert device.agent.run_once() == 0
+    assert device.agent.run_once() == 0  # nothing changed: long-poll with the revision seen
+
+    assert device.steps() == [
+        ("desired", str(revision)),
+        *installed("v2"),
+        ("send", "2"),
+        ("desired", str(revision)),
+        ("send", "1"),
+    ]
+    assert device.calls() == [
+        ("desired", DEVICE, revision - 1),
+        ("download", "v2", None),
+        ("telemetry", DEVICE, (2, 3)),
+        ("desired", DEVICE, revision),
+        ("telemetry", DEVICE, (4,)),
+    ]
+    reports = fake.reports(DEVICE)
+    # v2 serves and says so; v1's last window (one call) is credited to v1.
+    assert [(r.version, r.running, r.inferences) for r in reports[-3:]] == [
+        ("v2", True, 0),
+        ("v1", False, 1),
+        ("v2", True, 0),
+    ]
+    assert device.agent.slots.active == ref("v2")
+    assert not list((device.agent.config.downloads_dir).rglob("*.part"))
+
+
+def test_tampered_artifact_is_rejected_and_the_device_keeps_its_model(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    device, fake = on_v1, on_v1.fake
+    revision = fake.target(DEVICE, publish(fake, key, "v2", tamper=True))
+
+    assert device.agent.run_once() == 0
+    assert device.agent.run_once() == 0  # not fetched again within reject_retry_s
+
+    assert device.steps() == [
+        ("desired", str(revision)),
+        ("download", "v2"),
+        ("verify", "v2"),
+        ("reject", "v2", "invalid signature"),
+        ("install", "v2", "rejected"),
+        ("reject", "v2", "signature"),
+        ("send", "1"),
+        ("desired", str(revision)),
+        ("send", "1"),
+    ]
+    assert [c[0] for c in device.calls()] == [
+        "desired",
+        "download",
+        "telemetry",
+        "desired",
+        "telemetry",
+    ]
+    assert device.agent.slots.active == ref("v1")
+    assert device.agent.slots.predict(GOLDEN[:1]).ref == ref("v1")
+    assert "invalid signature" in (device.agent.status.last_rejection or "")
+    assert device.agent.slots.store.versions(MODEL) == ["v1"]
+    assert {r.version for r in fake.reports(DEVICE)} == {"v1"}
+
+
+def test_truncated_download_is_resumed_with_range(on_v1: Device, key: Ed25519PrivateKey) -> None:
+    device, fake = on_v1, on_v1.fake
+    artifact = publish(fake, key, "v2")
+    fake.truncate_next_download(artifact, 500)
+    fake.target(DEVICE, artifact)
+
+    assert device.agent.run_once() == 0
+
+    assert [c for c in device.calls() if c[0] == "download"] == [
+        ("download", "v2", None),
+        ("download", "v2", "bytes=500-"),
+    ]
+    assert device.agent.slots.active == ref("v2")
+
+
+def test_rollback_to_the_stable_version_on_disk_needs_no_download(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    device, fake = on_v1, on_v1.fake
+    stable = publish(fake, key, "v1")
+    fake.target(DEVICE, publish(fake, key, "v2"))
+    device.agent.run_once()
+    device.calls(), device.steps()
+
+    revision = fake.target(DEVICE, stable, rollout_id="rolled-back")
+    assert device.agent.run_once() == 0
+
+    assert device.steps() == [
+        ("desired", str(revision)),
+        ("activate", "v1"),
+        ("rollback", "v1"),
+        ("install", "v1", "reused_previous"),
+        ("send", "1"),
+    ]
+    assert [c[0] for c in device.calls()] == ["desired", "telemetry"]  # no download
+    assert (device.agent.slots.active, device.agent.slots.previous) == (ref("v1"), ref("v2"))
+
+
+def test_offline_keeps_serving_and_buffering_then_sends_everything(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    device, fake = on_v1, on_v1.fake
+    agent = device.agent
+    fake.offline = True
+    delays = []
+    for _ in range(3):
+        agent.slots.predict(GOLDEN[:1])
+        delays.append(agent.run_once())
+    assert agent.status.phase is AgentPhase.OFFLINE
+    assert delays == [1.0, 2.0, 4.0]  # exponential back-off
+    assert agent.buffer.stats().pending == 3
+    assert [c[0] for c in device.calls()] == ["offline"] * 3
+
+    fake.offline = False
+    pending = [r["seq"] for r in agent.buffer.pending()]
+    assert agent.run_once() == 0
+
+    assert agent.status.phase is AgentPhase.ONLINE
+    assert agent.buffer.stats().pending == 0
+    sent = [c for c in device.calls() if c[0] == "telemetry"]
+    assert sent == [("telemetry", DEVICE, (*pending, pending[-1] + 1))]
+    assert sum(r.inferences for r in fake.reports(DEVICE) if r.seq in pending) == 3
+    # Sent again (an ack lost on the way): acknowledged as a duplicate, nothing stored twice.
+    stored_before = len(fake.telemetry)
+    ack = agent.client.send_telemetry(
+        DEVICE,
+        agent.credentials.credential,  # type: ignore[union-attr]
+        TelemetryBatch(reports=[fake.reports(DEVICE)[-1]]),
+    )
+    assert ack.accepted == [] and len(ack.duplicates) == 1
+    assert len(fake.telemetry) == stored_before
+
+
+def test_a_refused_credential_is_not_answered_by_enrolling_again(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    device, fake = on_v1, on_v1.fake
+    fake.revoke(DEVICE)
+    for _ in range(2):
+        assert device.agent.run_once() == device.agent.config.backoff_max_s
+
+    assert device.calls() == [("desired", DEVICE, 1), ("desired", DEVICE, 1)]
+    status = device.agent.status
+    assert status.phase is AgentPhase.UNAUTHORIZED and status.phase.needs_person()
+    assert "does not re-enrol" in status.message and "credential.json" in status.message
+    assert device.agent.slots.predict(GOLDEN[:1]).ref == ref("v1")  # still serving
+
+
+def test_a_used_enrolment_token_is_sent_once(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    fake = FakeController(public_key_pem=pem(key))
+    token = fake.issue_token()
+    new_device(tmp_path / "a", key, fake, token).agent.run_once()  # uses it
+    device = new_device(tmp_path / "b", key, fake, token)
+    device.calls()
+    device.agent.run_once()
+    device.agent.run_once()
+    assert device.calls() == [("enrol", DEVICE)]
+    assert device.agent.status.phase is AgentPhase.UNAUTHORIZED
+    assert "fresh EDGELOOP_AGENT_ENROLMENT_TOKEN" in device.agent.status.message
+    assert not (tmp_path / "b" / "credential.json").exists()
+
+
+def test_predict_server_serves_the_active_model(on_v1: Device) -> None:
+    server = PredictServer(on_v1.agent.slots, port=0).start()
+    try:
+        host, port = server.address
+        request = urllib.request.Request(
+            f"http://{host}:{port}/predict",
+            data=json.dumps({"inputs": GOLDEN[:2].tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = json.loads(response.read())
+    finally:
+        server.stop()
+    assert body["version"] == "v1" and len(body["predicted"]) == 2
+    assert np.allclose(np.sum(body["probabilities"], axis=1), 1, atol=1e-3)
