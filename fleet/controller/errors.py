@@ -7,8 +7,17 @@ Hierarchy::
         ├── PolicyError            a rollout policy is missing a field or contradicts itself (policy)
         ├── RolloutCommandError    a command the rollout's phase does not allow: start twice, resume
         │                          what is not paused, retry a success (decide); the API answers 409
-        └── ObservationsError      observations that do not fit the status they are judged against,
-                                   e.g. aggregated over another window (decide): a controller bug
+        ├── ObservationsError      observations that do not fit the status they are judged against,
+        │                          e.g. aggregated over another window (decide): a controller bug
+        ├── EnrolmentRefused       unknown, expired or used-up enrolment token, or a class it does
+        │                          not allow (store); the API answers 401
+        ├── DeviceAlreadyEnrolled  the device id is taken (store); 409
+        ├── RolloutNotFound        no rollout with that id (store); 404
+        ├── RolloutRefused         a rollout that may not be created (store)
+        │   ├── RolloutConflict    another rollout of the model is active (409)
+        │   └── RolloutInvalid     no signed variant for a targeted class, bad policy (422)
+        └── ConcurrentUpdate       another replica changed the rollout first (store, loop); the
+                                   loop retries on its next pass, the API answers 409
 
 The pure decision core raises these only for input that no pass of a correct controller produces, or for
 commands an operator may be refused. Conditions of the fleet (silent devices, failing gates) are never
@@ -50,3 +59,47 @@ class ObservationsError(ControllerError):
         super().__init__(message)
         self.expected = expected
         self.got = got
+
+
+class EnrolmentRefused(ControllerError):
+    """Raised by ``fleet.controller.store.enrol``; deliberately vague: it never says which check failed."""
+
+
+class DeviceAlreadyEnrolled(ControllerError):
+    """Raised by ``fleet.controller.store.enrol`` when ``device_id`` is enrolled already."""
+
+    def __init__(self, message: str, *, device_id: str) -> None:
+        super().__init__(message)
+        self.device_id = device_id
+
+
+class RolloutNotFound(ControllerError):
+    """Raised by ``fleet.controller.store`` when no rollout has ``rollout_id``."""
+
+    def __init__(self, message: str, *, rollout_id: str) -> None:
+        super().__init__(message)
+        self.rollout_id = rollout_id
+
+
+class RolloutRefused(ControllerError):
+    """Raised by ``fleet.controller.store.create_rollout``; ``reason`` is shown to the operator."""
+
+    def __init__(self, message: str, *, reason: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+class RolloutConflict(RolloutRefused):
+    """Another rollout of the same model is active (and ``supersede`` was not asked for)."""
+
+
+class RolloutInvalid(RolloutRefused):
+    """The version lacks a signed variant for a targeted class, or the policy does not validate."""
+
+
+class ConcurrentUpdate(ControllerError):
+    """Raised by ``fleet.controller.store`` when a rollout row changed under us (optimistic lock)."""
+
+    def __init__(self, message: str, *, rollout_id: str) -> None:
+        super().__init__(message)
+        self.rollout_id = rollout_id

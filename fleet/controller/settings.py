@@ -1,0 +1,45 @@
+"""Settings of the fleet controller process, read from ``EDGELOOP_FLEET_*`` environment variables.
+
+One object carries every knob the app factory needs, so tests build the app from an explicit
+:class:`FleetSettings` instead of patching the environment, and a production deployment changes the
+embedded default (SQLite under ``.edgeloop/``) with one variable (``EDGELOOP_FLEET_DB_URL``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FleetSettings(BaseSettings):
+    """What the controller needs to run; every field has an ``EDGELOOP_FLEET_<NAME>`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_FLEET_", extra="ignore")
+
+    db_url: str = Field(
+        "sqlite:///.edgeloop/fleet.db",
+        description="SQLAlchemy URL; postgresql:// is served through psycopg 3",
+    )
+    admin_token: str = Field("", description="bearer token of the admin endpoints; empty: refused")
+    public_key_path: Path = Field(
+        Path(".edgeloop/keys/signing-ed25519.pub.pem"),
+        description="the registry's ed25519 public key, handed to devices at enrolment",
+    )
+    reconcile_s: float = Field(1.0, gt=0, description="period of the background reconcile pass")
+    reconcile_enabled: bool = Field(True, description="run the reconcile pass in the background")
+    long_poll_recheck_s: float = Field(
+        1.0, gt=0, description="long-polls re-read the database this often (other replicas)"
+    )
+    default_p95_budget_ms: dict[str, float] = Field(
+        default_factory=lambda: {"host-cpu": 50.0, "edge-small": 200.0},
+        description="p95 budgets per class for rollouts created without a policy",
+    )
+    fallback_p95_budget_ms: float = Field(100.0, gt=0)
+    migrate_on_start: bool = Field(True, description="run `alembic upgrade head` at app start")
+
+    def public_key_pem(self) -> str:
+        """The PEM text, or an empty string when the registry has not made a key yet."""
+        path = self.public_key_path
+        return path.read_text() if path.is_file() else ""

@@ -1,0 +1,533 @@
+"""Repository functions over the fleet tables: the only code that knows how facts are stored.
+
+Routes and the reconcile pass call these with a ``Session`` and an explicit ``now`` (STYLE rule 6), so a
+test can drive enrolment, telemetry and rollouts on any clock. Library-style: these raise the typed
+errors of ``fleet.controller.errors``; mapping them to HTTP answers is the API's business.
+
+Secrets (enrolment tokens, device credentials) are random 32-byte tokens; only their sha256 is stored,
+so a copy of the database enrols nobody and impersonates no device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from fleet.agent.signature import file_sha256
+from fleet.agent.telemetry import LATENCY_BOUNDS_MS
+from fleet.controller.actions import Action
+from fleet.controller.db import (
+    ArtifactRow,
+    DesiredStateRow,
+    DeviceRow,
+    EnrolmentTokenRow,
+    RolloutActionRow,
+    RolloutRow,
+    TelemetryRow,
+)
+from fleet.controller.decide import RolloutStatus
+from fleet.controller.errors import (
+    ConcurrentUpdate,
+    DeviceAlreadyEnrolled,
+    EnrolmentRefused,
+    RolloutNotFound,
+)
+from fleet.controller.observations import DeviceObservation, Observations, VersionTelemetry
+from fleet.controller.phase import RolloutPhase
+from fleet.controller.stats import LatencyHistogram, merge_histograms
+from fleet.protocol import (
+    API_PREFIX,
+    Artifact,
+    DesiredState,
+    EnrolmentToken,
+    EnrolmentTokenRequest,
+    EnrolRequest,
+    RolloutSummary,
+    TelemetryAck,
+    TelemetryReport,
+)
+
+ACTIONS: TypeAdapter[list[Action]] = TypeAdapter(list[Action])
+ACTION: TypeAdapter[Action] = TypeAdapter(Action)
+OPEN_PHASES = (
+    RolloutPhase.PENDING,
+    RolloutPhase.PROGRESSING,
+    RolloutPhase.PAUSED,
+    RolloutPhase.ROLLING_BACK,
+)
+"""Phases in which a rollout blocks another one of the same model."""
+
+
+def hash_secret(secret: str) -> str:
+    """sha256 hex of a token or credential: what the database keeps instead of it."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- enrolment -------------------------------------------------------------------------------
+
+
+def create_enrolment_token(
+    session: Session, request: EnrolmentTokenRequest, now: datetime
+) -> EnrolmentToken:
+    token = secrets.token_urlsafe(32)
+    expires_at = now + timedelta(seconds=request.ttl_s)
+    session.add(
+        EnrolmentTokenRow(
+            token_hash=hash_secret(token),
+            uses_left=request.uses,
+            expires_at=expires_at,
+            hardware_class=request.hardware_class,
+            created_at=now,
+        )
+    )
+    session.commit()
+    return EnrolmentToken(token=token, expires_at=expires_at, uses=request.uses)
+
+
+def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
+    """Spend one use of the token and enrol the device; returns the credential (shown once)."""
+    token = session.scalars(
+        select(EnrolmentTokenRow)
+        .where(EnrolmentTokenRow.token_hash == hash_secret(request.token))
+        .with_for_update()
+    ).one_or_none()
+    if (
+        token is None
+        or token.uses_left < 1
+        or token.expires_at <= now
+        or (token.hardware_class is not None and token.hardware_class != request.hardware_class)
+    ):
+        raise EnrolmentRefused("the enrolment token is not valid")
+    if session.get(DeviceRow, request.device_id) is not None:
+        raise DeviceAlreadyEnrolled(
+            f"device {request.device_id} is enrolled already", device_id=request.device_id
+        )
+    credential = secrets.token_urlsafe(32)
+    token.uses_left -= 1
+    session.add(
+        DeviceRow(
+            device_id=request.device_id,
+            hardware_class=request.hardware_class,
+            labels=dict(request.labels),
+            credential_hash=hash_secret(credential),
+            enrolled_at=now,
+            last_seen=None,
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise DeviceAlreadyEnrolled(
+            f"device {request.device_id} is enrolled already", device_id=request.device_id
+        ) from exc
+    return credential
+
+
+def device_by_credential(session: Session, credential: str) -> DeviceRow | None:
+    return session.scalars(
+        select(DeviceRow).where(DeviceRow.credential_hash == hash_secret(credential))
+    ).one_or_none()
+
+
+# --- desired state ---------------------------------------------------------------------------
+
+
+def desired_state(session: Session, device: DeviceRow) -> DesiredState:
+    """The device's desired state; revision 0 and no artifact until something targets it."""
+    row = session.get(DesiredStateRow, device.device_id, populate_existing=True)
+    if row is None:
+        return DesiredState(device_id=device.device_id, revision=0)
+    artifact = None
+    if row.model is not None and row.version is not None:
+        found = session.get(ArtifactRow, (row.model, row.version, device.hardware_class))
+        if found is not None and found.signature:
+            artifact = _artifact(found)
+    return DesiredState(
+        device_id=device.device_id,
+        revision=row.revision,
+        artifact=artifact,
+        rollout_id=row.rollout_id,
+    )
+
+
+def target_devices(
+    session: Session,
+    device_ids: Iterable[str],
+    *,
+    model: str,
+    version: str,
+    rollout_id: str | None,
+    now: datetime,
+) -> list[str]:
+    """Point devices at ``model``/``version``; returns those whose state changed (revision + 1).
+
+    Targeting a device at what it is already targeted at changes nothing, so performing an outbox
+    action twice is harmless. Does not commit.
+    """
+    changed = []
+    for device_id in device_ids:
+        if session.get(DeviceRow, device_id) is None:
+            continue
+        row = session.get(DesiredStateRow, device_id, with_for_update=True)
+        if row is None:
+            row = DesiredStateRow(device_id=device_id, revision=0, updated_at=now)
+            session.add(row)
+        elif (row.model, row.version, row.rollout_id) == (model, version, rollout_id):
+            continue
+        row.revision += 1
+        row.model, row.version, row.rollout_id, row.updated_at = model, version, rollout_id, now
+        changed.append(device_id)
+    return changed
+
+
+# --- artifacts -------------------------------------------------------------------------------
+
+
+def register_artifact(
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    variant: str,
+    hardware_class: str,
+    path: Path,
+    signature: str | None,
+    now: datetime,
+) -> Artifact | None:
+    """Record (or replace) the variant file of a version for a hardware class; hashes the file."""
+    path = Path(path).resolve()
+    row = session.get(ArtifactRow, (model, version, hardware_class))
+    if row is None:
+        row = ArtifactRow(model=model, version=version, hardware_class=hardware_class)
+        session.add(row)
+    row.variant, row.path, row.signature = variant, str(path), signature
+    row.sha256, row.size_bytes, row.created_at = file_sha256(path), path.stat().st_size, now
+    session.commit()
+    return _artifact(row) if signature else None
+
+
+def artifact_row(session: Session, model: str, version: str, variant: str) -> ArtifactRow | None:
+    return session.scalars(
+        select(ArtifactRow).where(
+            ArtifactRow.model == model,
+            ArtifactRow.version == version,
+            ArtifactRow.variant == variant,
+        )
+    ).one_or_none()
+
+
+def artifacts_of(session: Session, model: str, version: str) -> dict[str, ArtifactRow]:
+    """Variants of a version by hardware class."""
+    rows = session.scalars(
+        select(ArtifactRow).where(ArtifactRow.model == model, ArtifactRow.version == version)
+    )
+    return {r.hardware_class: r for r in rows}
+
+
+def _artifact(row: ArtifactRow) -> Artifact:
+    assert row.signature
+    return Artifact(
+        model=row.model,
+        version=row.version,
+        variant=row.variant,
+        sha256=row.sha256,
+        signature=row.signature,
+        size_bytes=row.size_bytes,
+        url=f"{API_PREFIX}/artifacts/{row.model}/{row.version}/{row.variant}",
+    )
+
+
+# --- telemetry -------------------------------------------------------------------------------
+
+
+def ingest_telemetry(
+    session: Session, device: DeviceRow, reports: Sequence[TelemetryReport], now: datetime
+) -> TelemetryAck:
+    """Store the reports not stored before; ``(device, buffer_id, seq)`` makes this idempotent.
+
+    Reports may come in any order and more than once (an agent resends its buffer after a lost ack).
+    A concurrent duplicate insert loses the race on the unique key and is retried once, then counted
+    as a duplicate.
+    """
+    for attempt in range(2):
+        try:
+            return _ingest(session, device.device_id, reports, now)
+        except IntegrityError:
+            session.rollback()
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _ingest(
+    session: Session, device_id: str, reports: Sequence[TelemetryReport], now: datetime
+) -> TelemetryAck:
+    keys = {(r.buffer_id, r.seq) for r in reports}
+    existing = set(
+        session.execute(
+            select(TelemetryRow.buffer_id, TelemetryRow.seq).where(
+                TelemetryRow.device_id == device_id,
+                TelemetryRow.buffer_id.in_({b for b, _ in keys}),
+                TelemetryRow.seq.in_({s for _, s in keys}),
+            )
+        ).all()
+    )
+    accepted: list[int] = []
+    duplicates: list[int] = []
+    seen: set[tuple[str, int]] = set()
+    for report in reports:
+        key = (report.buffer_id, report.seq)
+        if key in existing or key in seen:
+            duplicates.append(report.seq)
+            continue
+        seen.add(key)
+        accepted.append(report.seq)
+        session.add(
+            TelemetryRow(
+                device_id=device_id,
+                buffer_id=report.buffer_id,
+                seq=report.seq,
+                model=report.model,
+                version=report.version,
+                variant=report.variant,
+                running=report.running,
+                window_start=report.window_start,
+                window_end=report.window_end,
+                inferences=report.inferences,
+                errors=report.errors,
+                latency={
+                    "bounds_ms": list(report.latency_ms.bounds_ms),
+                    "counts": list(report.latency_ms.counts),
+                },
+                feedback_correct=sum(1 for f in report.feedback if f.predicted == f.label),
+                feedback_total=len(report.feedback),
+                dropped_total=report.dropped_total,
+                received_at=now,
+            )
+        )
+    device = session.get(DeviceRow, device_id)
+    assert device is not None
+    device.last_seen = now
+    session.commit()
+    return TelemetryAck(accepted=accepted, duplicates=duplicates)
+
+
+def observations(
+    session: Session, status: RolloutStatus, now: datetime | None = None
+) -> Observations:
+    """The fleet as ``next_state`` needs it for ``status``: every enrolled device of the policy's
+    classes (silent ones included), the version of its latest report, and per version what it
+    reported since ``status.window_start`` (nothing when the status needs no window)."""
+    del now
+    classes = sorted(status.policy.cohorts)
+    devices = session.scalars(
+        select(DeviceRow).where(DeviceRow.hardware_class.in_(classes)).order_by(DeviceRow.device_id)
+    ).all()
+    ids = [d.device_id for d in devices]
+    latest_ids = (
+        select(func.max(TelemetryRow.id))
+        .where(TelemetryRow.device_id.in_(ids))
+        .group_by(TelemetryRow.device_id)
+    )
+    running = dict(
+        session.execute(
+            select(TelemetryRow.device_id, TelemetryRow.version).where(
+                TelemetryRow.id.in_(latest_ids)
+            )
+        ).all()
+    )
+    window = status.window_start
+    sums: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"inferences": 0, "errors": 0, "correct": 0, "total": 0, "latency": []}
+    )
+    if window is not None and ids:
+        rows = session.execute(
+            select(
+                TelemetryRow.device_id,
+                TelemetryRow.version,
+                TelemetryRow.inferences,
+                TelemetryRow.errors,
+                TelemetryRow.latency,
+                TelemetryRow.feedback_correct,
+                TelemetryRow.feedback_total,
+            ).where(TelemetryRow.device_id.in_(ids), TelemetryRow.received_at >= window)
+        ).all()
+        for device_id, version, inferences, errors, latency, correct, total in rows:
+            entry = sums[(device_id, version)]
+            entry["inferences"] += inferences
+            entry["errors"] += errors
+            entry["correct"] += correct
+            entry["total"] += total
+            entry["latency"].append(
+                LatencyHistogram(
+                    bounds_ms=tuple(latency["bounds_ms"]), counts=tuple(latency["counts"])
+                )
+            )
+    per_device: dict[str, list[VersionTelemetry]] = defaultdict(list)
+    for (device_id, version), entry in sorted(sums.items()):
+        per_device[device_id].append(
+            VersionTelemetry(
+                version=version,
+                inferences=entry["inferences"],
+                errors=entry["errors"],
+                latency=merge_histograms(entry["latency"]),
+                feedback_correct=entry["correct"],
+                feedback_total=entry["total"],
+            )
+        )
+    return Observations(
+        window_start=window,
+        devices=tuple(
+            DeviceObservation(
+                device_id=d.device_id,
+                hardware_class=d.hardware_class,
+                last_seen=d.last_seen if d.device_id in running else None,
+                running_version=running.get(d.device_id),
+                telemetry=tuple(per_device.get(d.device_id, ())),
+            )
+            for d in devices
+        ),
+    )
+
+
+def accepted_bounds() -> tuple[float, ...]:
+    """The one latency bucket layout the controller aggregates (the agent's)."""
+    return LATENCY_BOUNDS_MS
+
+
+# --- rollouts --------------------------------------------------------------------------------
+
+
+def new_rollout_id(model: str) -> str:
+    return f"{model}-{uuid.uuid4().hex[:10]}"
+
+
+def insert_rollout(session: Session, status: RolloutStatus, now: datetime) -> RolloutRow:
+    row = RolloutRow(
+        rollout_id=status.rollout_id,
+        model=status.model,
+        phase=str(status.phase),
+        status=status.model_dump(mode="json"),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def load_rollout(session: Session, rollout_id: str, *, lock: bool = False) -> RolloutRow:
+    row = session.get(RolloutRow, rollout_id, with_for_update=lock, populate_existing=True)
+    if row is None:
+        raise RolloutNotFound(f"no rollout {rollout_id}", rollout_id=rollout_id)
+    return row
+
+
+def status_of(row: RolloutRow) -> RolloutStatus:
+    return RolloutStatus.model_validate(row.status)
+
+
+def open_rollouts(session: Session, model: str | None = None) -> list[RolloutRow]:
+    query = select(RolloutRow).where(RolloutRow.phase.in_([str(p) for p in OPEN_PHASES]))
+    if model is not None:
+        query = query.where(RolloutRow.model == model)
+    return list(session.scalars(query.order_by(RolloutRow.created_at)))
+
+
+def active_rollout_ids(session: Session) -> list[str]:
+    """Rollouts a reconcile pass has work for (PENDING waits for ``start``; terminal ones are done)."""
+    phases = [str(p) for p in OPEN_PHASES if p is not RolloutPhase.PENDING]
+    return list(
+        session.scalars(
+            select(RolloutRow.rollout_id)
+            .where(RolloutRow.phase.in_(phases))
+            .order_by(RolloutRow.created_at)
+        )
+    )
+
+
+def list_rollouts(session: Session) -> list[RolloutRow]:
+    return list(session.scalars(select(RolloutRow).order_by(RolloutRow.created_at)))
+
+
+def save_decision(
+    session: Session,
+    row: RolloutRow,
+    new: RolloutStatus,
+    actions: Sequence[Action],
+    now: datetime,
+) -> None:
+    """Persist the new status and its actions (the outbox) in one transaction, before any is done.
+
+    The row's version column turns a concurrent update by another replica into
+    :class:`ConcurrentUpdate` instead of a lost write.
+    """
+    row.status = new.model_dump(mode="json")
+    row.phase = str(new.phase)
+    row.updated_at = now
+    row.last_error = None
+    for position, action in enumerate(actions):
+        session.add(
+            RolloutActionRow(
+                rollout_id=row.rollout_id,
+                attempt=action.attempt,
+                transition=action.transition,
+                position=position,
+                kind=action.kind,
+                action=action.model_dump(mode="json"),
+                done=False,
+                created_at=now,
+            )
+        )
+    try:
+        session.commit()
+    except (StaleDataError, IntegrityError) as exc:
+        session.rollback()
+        raise ConcurrentUpdate(
+            f"rollout {row.rollout_id} was changed by another pass", rollout_id=row.rollout_id
+        ) from exc
+
+
+def pending_actions(session: Session, rollout_id: str) -> list[RolloutActionRow]:
+    return list(
+        session.scalars(
+            select(RolloutActionRow)
+            .where(RolloutActionRow.rollout_id == rollout_id, RolloutActionRow.done.is_(False))
+            .order_by(RolloutActionRow.id)
+        )
+    )
+
+
+def all_actions(session: Session, rollout_id: str) -> list[Action]:
+    rows = session.scalars(
+        select(RolloutActionRow)
+        .where(RolloutActionRow.rollout_id == rollout_id)
+        .order_by(RolloutActionRow.id)
+    )
+    return [ACTION.validate_python(r.action) for r in rows]
+
+
+def summary(row: RolloutRow) -> RolloutSummary:
+    status = status_of(row)
+    return RolloutSummary(
+        rollout_id=row.rollout_id,
+        model=status.model,
+        version=status.canary_version,
+        stable_version=status.stable_version,
+        phase=str(status.phase),
+        stage=status.stage_label(),
+        reason=status.reason,
+        updated_at=row.updated_at,
+    )

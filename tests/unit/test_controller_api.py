@@ -1,0 +1,365 @@
+"""fleet.controller HTTP API on a tmp SQLite: enrolment, auth, long-poll, artifacts, telemetry,
+rollout creation and commands."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_controller_builders import (
+    ADMIN_HEADERS,
+    Clock,
+    Fleet,
+    make_fleet,
+    policy,
+    report,
+)
+
+from fleet.controller.db import Base, make_engine
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with make_fleet(tmp_path) as client:
+        clock = client.app.state.clock  # type: ignore[attr-defined]
+        assert isinstance(clock, Clock)
+        yield Fleet(client=client, clock=clock, tmp=tmp_path)
+
+
+def auth(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+def test_migrations_match_the_models(fleet: Fleet) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = make_engine(str(fleet.app.state.settings.db_url))
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()
+
+
+def test_openapi_lists_the_v1_endpoints(fleet: Fleet) -> None:
+    paths = fleet.client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/enrol",
+        "/v1/enrolment-tokens",
+        "/v1/devices/{device_id}/desired",
+        "/v1/devices/{device_id}/telemetry",
+        "/v1/artifacts/{model}/{version}/{variant}",
+        "/v1/rollouts",
+        "/v1/rollouts/{rollout_id}",
+        "/v1/rollouts/{rollout_id}/{command}",
+    ):
+        assert path in paths
+
+
+# --- enrolment and auth ---------------------------------------------------------------------
+
+
+def test_enrol_gives_a_credential_that_reads_desired_state(fleet: Fleet) -> None:
+    credential = fleet.enrol("dev-1")
+    r = fleet.client.get("/v1/devices/dev-1/desired", headers=auth(credential))
+    assert r.status_code == 200
+    assert r.json() == {"device_id": "dev-1", "revision": 0, "artifact": None, "rollout_id": None}
+
+
+def test_admin_endpoints_need_the_admin_token(fleet: Fleet) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert (
+            fleet.client.post("/v1/enrolment-tokens", json={}, headers=headers).status_code == 401
+        )
+        assert fleet.client.get("/v1/rollouts", headers=headers).status_code == 401
+
+
+def test_enrol_refuses_bad_used_up_expired_and_wrong_class_tokens(fleet: Fleet) -> None:
+    body = {"device_id": "dev-x", "hardware_class": "host-cpu"}
+    assert fleet.client.post("/v1/enrol", json={**body, "token": "x" * 32}).status_code == 401
+
+    once = fleet.token(uses=1)
+    fleet.enrol("dev-1", token=once)
+    assert fleet.client.post("/v1/enrol", json={**body, "token": once}).status_code == 401
+
+    short = fleet.token(ttl_s=60)
+    fleet.clock.at(61)
+    assert fleet.client.post("/v1/enrol", json={**body, "token": short}).status_code == 401
+
+    edge_only = fleet.token(hardware_class="edge-small")
+    assert fleet.client.post("/v1/enrol", json={**body, "token": edge_only}).status_code == 401
+
+
+def test_enrol_twice_with_the_same_id_is_a_conflict(fleet: Fleet) -> None:
+    fleet.enrol("dev-1")
+    r = fleet.client.post(
+        "/v1/enrol",
+        json={"token": fleet.token(), "device_id": "dev-1", "hardware_class": "host-cpu"},
+    )
+    assert r.status_code == 409
+
+
+def test_only_the_token_hash_and_credential_hash_are_stored(fleet: Fleet) -> None:
+    token = fleet.token()
+    credential = fleet.enrol("dev-1", token=token)
+    raw = (fleet.tmp / "fleet.db").read_bytes()
+    assert token.encode() not in raw and credential.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/v1/devices/{id}/desired", None),
+        ("post", "/v1/devices/{id}/telemetry", {"reports": [report(1, "1")]}),
+    ],
+)
+def test_device_endpoints_answer_401_and_403_without_leaking(
+    fleet: Fleet, method: str, path: str, body: object
+) -> None:
+    mine = fleet.enrol("dev-1")
+    fleet.enrol("dev-2")
+
+    def call(device_id: str, headers: dict[str, str]) -> int:
+        kwargs: dict[str, object] = {"headers": headers}
+        if body is not None:
+            kwargs["json"] = body
+        return getattr(fleet.client, method)(path.format(id=device_id), **kwargs).status_code
+
+    for device_id in ("dev-1", "dev-2", "nobody"):
+        assert call(device_id, {}) == 401
+        assert call(device_id, auth("not-a-credential")) == 401
+    assert call("dev-2", auth(mine)) == 403
+    assert call("nobody", auth(mine)) == 403  # same answer whether the device exists or not
+
+
+def test_artifact_download_needs_a_device_credential(fleet: Fleet) -> None:
+    info = fleet.artifact("churn", "1")
+    url = f"/v1/artifacts/churn/1/{info['variant']}"
+    assert fleet.client.get(url).status_code == 401
+    assert fleet.client.get(url, headers=auth("nope")).status_code == 401
+    edge = fleet.enrol("edge-1", "edge-small")
+    assert fleet.client.get(url, headers=auth(edge)).status_code == 404  # not its class
+
+
+# --- long-poll ------------------------------------------------------------------------------
+
+
+def _create_and_start(fleet: Fleet, devices: int = 2) -> tuple[str, dict[str, str]]:
+    credentials = {f"dev-{i}": fleet.enrol(f"dev-{i}") for i in range(devices)}
+    fleet.artifact("churn", "1")
+    fleet.artifact("churn", "2")
+    r = fleet.client.post(
+        "/v1/rollouts",
+        json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
+        headers=ADMIN_HEADERS,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["rollout_id"]), credentials
+
+
+def test_long_poll_answers_at_once_on_a_revision_mismatch(fleet: Fleet) -> None:
+    credential = fleet.enrol("dev-1")
+    started = time.monotonic()
+    r = fleet.client.get(
+        "/v1/devices/dev-1/desired", params={"revision": 7, "wait": 20}, headers=auth(credential)
+    )
+    assert r.status_code == 200 and r.json()["revision"] == 0
+    assert time.monotonic() - started < 1.0
+
+
+def test_long_poll_times_out_with_the_same_state(fleet: Fleet) -> None:
+    credential = fleet.enrol("dev-1")
+    started = time.monotonic()
+    r = fleet.client.get(
+        "/v1/devices/dev-1/desired", params={"revision": 0, "wait": 0.5}, headers=auth(credential)
+    )
+    assert r.json()["revision"] == 0
+    assert 0.4 < time.monotonic() - started < 2.0
+
+
+def test_long_poll_wakes_within_half_a_second_of_a_change(fleet: Fleet) -> None:
+    rollout_id, credentials = _create_and_start(fleet, devices=2)
+    answers: dict[str, tuple[float, dict[str, object]]] = {}
+
+    def poll(device_id: str) -> None:
+        r = fleet.client.get(
+            f"/v1/devices/{device_id}/desired",
+            params={"revision": 0, "wait": 10},
+            headers=auth(credentials[device_id]),
+        )
+        answers[device_id] = (time.monotonic(), r.json())
+
+    threads = [threading.Thread(target=poll, args=(d,)) for d in credentials]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while fleet.app.state.notifier.waiting() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    changed_at = time.monotonic()
+    r = fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
+    assert r.status_code == 200, r.text
+    for t in threads:
+        t.join(timeout=10)
+    targeted = [d for d, (_, body) in answers.items() if body["revision"] == 1]
+    assert len(targeted) == 1  # stage 1 targets half of two devices
+    at, body = answers[targeted[0]]
+    assert at - changed_at < 0.5 + 0.3  # the start request itself is inside the measurement
+    artifact = body["artifact"]
+    assert isinstance(artifact, dict) and artifact["version"] == "2"
+    assert body["rollout_id"] == rollout_id
+
+
+# --- artifacts ------------------------------------------------------------------------------
+
+
+def test_artifact_etag_range_and_not_modified(fleet: Fleet) -> None:
+    credential = fleet.enrol("dev-1")
+    info = fleet.artifact("churn", "1")
+    url = f"/v1/artifacts/churn/1/{info['variant']}"
+    data = info["path"].read_bytes()
+    sha = info["body"]["sha256"]
+
+    full = fleet.client.get(url, headers=auth(credential))
+    assert full.status_code == 200 and full.content == data
+    assert full.headers["etag"] == f'"{sha}"'
+    assert full.headers["accept-ranges"] == "bytes"
+
+    part = fleet.client.get(url, headers={**auth(credential), "Range": "bytes=10-"})
+    assert part.status_code == 206 and part.content == data[10:]
+    assert part.headers["content-range"] == f"bytes 10-{len(data) - 1}/{len(data)}"
+
+    cached = fleet.client.get(url, headers={**auth(credential), "If-None-Match": f'"{sha}"'})
+    assert cached.status_code == 304 and cached.content == b""
+    stale = fleet.client.get(url, headers={**auth(credential), "If-None-Match": '"other"'})
+    assert stale.status_code == 200
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+
+def test_telemetry_is_idempotent_and_accepts_any_order(fleet: Fleet) -> None:
+    credential = fleet.enrol("dev-1")
+    url = "/v1/devices/dev-1/telemetry"
+    batch = {"reports": [report(3, "1"), report(1, "1")]}
+    first = fleet.client.post(url, json=batch, headers=auth(credential))
+    assert first.status_code == 200 and first.json() == {"accepted": [3, 1], "duplicates": []}
+    again = fleet.client.post(url, json=batch, headers=auth(credential))
+    assert again.json() == {"accepted": [], "duplicates": [3, 1]}
+    mixed = {"reports": [report(2, "1"), report(3, "1"), report(2, "1")]}
+    assert fleet.client.post(url, json=mixed, headers=auth(credential)).json() == {
+        "accepted": [2],
+        "duplicates": [3, 2],
+    }
+    other_buffer = {"reports": [report(1, "1", buffer_id="buf-2")]}
+    assert fleet.client.post(url, json=other_buffer, headers=auth(credential)).json() == {
+        "accepted": [1],
+        "duplicates": [],
+    }
+
+
+def test_telemetry_updates_last_seen(fleet: Fleet) -> None:
+    from fleet.controller.db import DeviceRow
+
+    credential = fleet.enrol("dev-1")
+    fleet.clock.at(42)
+    fleet.client.post(
+        "/v1/devices/dev-1/telemetry", json={"reports": [report(1, "1")]}, headers=auth(credential)
+    )
+    with fleet.app.state.sessions() as session:
+        device = session.get(DeviceRow, "dev-1")
+        assert device.last_seen == fleet.clock.now
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"inferences": -1},
+        {"errors": 10_000, "inferences": 10},
+        {"inferences": 10**12},
+        {"seq": 0},
+        {"window_start": 5.0, "window_end": 1.0},
+        {"latency_ms": {"bounds_ms": [1.0, 2.0], "counts": [1, 2]}},
+        {"latency_ms": {"bounds_ms": [1.0, 2.0], "counts": [1, 2, 3]}},  # another bucket layout
+        {"version": "../../etc"},
+    ],
+)
+def test_absurd_telemetry_is_422(fleet: Fleet, change: dict[str, object]) -> None:
+    credential = fleet.enrol("dev-1")
+    bad = {**report(1, "1"), **change}
+    r = fleet.client.post(
+        "/v1/devices/dev-1/telemetry", json={"reports": [bad]}, headers=auth(credential)
+    )
+    assert r.status_code == 422
+
+
+# --- rollouts -------------------------------------------------------------------------------
+
+
+def test_rollout_create_status_and_commands(fleet: Fleet) -> None:
+    rollout_id, _ = _create_and_start(fleet)
+    r = fleet.client.get(f"/v1/rollouts/{rollout_id}", headers=ADMIN_HEADERS)
+    assert r.json()["phase"] == "pending" and r.json()["status"]["rollout_id"] == rollout_id
+    assert [
+        s["rollout_id"] for s in fleet.client.get("/v1/rollouts", headers=ADMIN_HEADERS).json()
+    ] == [rollout_id]
+
+    def command(name: str, **body: str) -> tuple[int, dict[str, object]]:
+        r = fleet.client.post(
+            f"/v1/rollouts/{rollout_id}/{name}", json=body or None, headers=ADMIN_HEADERS
+        )
+        return r.status_code, r.json()
+
+    assert command("resume")[0] == 409  # not paused
+    code, body = command("start")
+    assert code == 200 and body["phase"] == "progressing"
+    assert command("start")[0] == 409
+    code, body = command("pause", reason="looking at a dashboard")
+    assert body["phase"] == "paused" and "looking at a dashboard" in str(body["reason"])
+    assert command("resume")[1]["phase"] == "progressing"
+    code, body = command("abort")
+    assert body["phase"] == "rolling_back"  # devices were targeted: they go back first
+    assert command("retry")[0] == 409  # not ended yet
+    assert command("explode")[0] == 422
+    assert fleet.client.post("/v1/rollouts/nope/start", headers=ADMIN_HEADERS).status_code == 404
+
+
+def test_a_second_rollout_is_refused_unless_superseding(fleet: Fleet) -> None:
+    first, _ = _create_and_start(fleet)
+    fleet.artifact("churn", "3")
+    body = {"model": "churn", "version": "3", "stable_version": "1", "policy": policy()}
+    r = fleet.client.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS)
+    assert r.status_code == 409 and first in r.json()["reason"]
+    r = fleet.client.post("/v1/rollouts", json={**body, "supersede": True}, headers=ADMIN_HEADERS)
+    assert r.status_code == 201
+    old = fleet.client.get(f"/v1/rollouts/{first}", headers=ADMIN_HEADERS).json()
+    assert old["phase"] == "aborted" and "superseded" in old["reason"]
+
+
+def test_rollouts_without_a_variant_or_signature_are_refused_with_the_reason(fleet: Fleet) -> None:
+    fleet.artifact("churn", "4", signed=False)
+    body = {"model": "churn", "version": "4", "stable_version": "1", "policy": policy()}
+    r = fleet.client.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "no signature" in r.json()["reason"]
+    r = fleet.client.post("/v1/rollouts", json={**body, "version": "5"}, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "no variant for host-cpu" in r.json()["reason"]
+    bad_policy = {**body, "policy": {"cohorts": {}}}
+    assert (
+        fleet.client.post("/v1/rollouts", json=bad_policy, headers=ADMIN_HEADERS).status_code == 422
+    )
+
+
+def test_starting_without_devices_is_a_conflict(fleet: Fleet) -> None:
+    fleet.artifact("churn", "2")
+    r = fleet.client.post(
+        "/v1/rollouts",
+        json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
+        headers=ADMIN_HEADERS,
+    )
+    rollout_id = r.json()["rollout_id"]
+    r = fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
+    assert r.status_code == 409 and r.json()["command"] == "start"
