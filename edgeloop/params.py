@@ -82,6 +82,36 @@ class CardParams(_Strict):
     )
 
 
+class RolloutParams(_Strict):
+    """How a promoted version reaches the fleet. Stages and gates are a ``fleet.controller.policy``;
+    cohorts are filled in from the hardware profiles in ``gates.profiles`` (their p95 budgets)."""
+
+    controller_url: str = "http://127.0.0.1:8787"
+    stages: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {
+                "fraction": f,
+                "bake_s": 600,
+                "deadline_s": 3600,
+                "min_inferences": 200,
+                "min_feedback": 50,
+            }
+            for f in (0.05, 0.25, 0.5, 1.0)
+        ]
+    )
+    gates: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "max_error_rate": 0.01,
+            "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 200},
+        }
+    )
+    on_silence: str = "fail"
+    poll_s: float = Field(1.0, gt=0)
+    deadline_s: float = Field(
+        4 * 3600, gt=0, description="the flow aborts a rollout older than this"
+    )
+
+
 class Params(_Strict):
     model_name: str = Field("digits-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 42
@@ -90,6 +120,7 @@ class Params(_Strict):
     compress: CompressParams = Field(default_factory=CompressParams)
     gates: GateParams = Field(default_factory=GateParams)
     card: CardParams = Field(default_factory=CardParams)
+    rollout: RolloutParams = Field(default_factory=RolloutParams)
 
     def digest(self) -> str:
         """A stable hash of every parameter, recorded as lineage."""

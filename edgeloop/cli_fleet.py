@@ -1,0 +1,171 @@
+"""`edgeloop fleet serve|simulate`, `edgeloop agent`, `edgeloop promote`, `edgeloop rollout status`."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgeloop.cli_common import console, err_console, guard, prepare
+from edgeloop.settings import Settings
+
+app = typer.Typer()
+fleet_app = typer.Typer(help="The fleet controller and the fleet simulator.")
+rollout_app = typer.Typer(help="Rollouts on the fleet controller.")
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _admin_token() -> str:
+    from edgeloop.errors import ConfigError
+
+    token = os.environ.get("EDGELOOP_FLEET_ADMIN_TOKEN", "")
+    if not token:
+        raise ConfigError(
+            "no admin token for the fleet controller",
+            hint="set EDGELOOP_FLEET_ADMIN_TOKEN to the controller's admin token",
+        )
+    return token
+
+
+@fleet_app.command("serve")
+def fleet_serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the fleet controller (settings from EDGELOOP_FLEET_*; HTTPS with a cert and key)."""
+
+    def go() -> None:
+        from fleet.controller.serve import serve
+        from fleet.controller.settings import FleetSettings
+
+        overrides: dict[str, Any] = {
+            k: v for k, v in (("host", host), ("port", port)) if v is not None
+        }
+        serve(FleetSettings(**overrides))
+
+    guard(go)
+
+
+@fleet_app.command("simulate", context_settings=PASSTHROUGH, add_help_option=False)
+def fleet_simulate(ctx: typer.Context) -> None:
+    """Simulate edge devices against a controller (python -m fleet.simulate.fleet --help)."""
+    from fleet.simulate.fleet import main as simulate_main
+
+    raise typer.Exit(simulate_main(list(ctx.args)))
+
+
+@app.command("agent", context_settings=PASSTHROUGH, add_help_option=False)
+def agent(ctx: typer.Context) -> None:
+    """Run the edge agent on this device (settings from EDGELOOP_AGENT_*; see --help)."""
+    from fleet.agent.agent import main as agent_main
+
+    raise typer.Exit(agent_main(list(ctx.args)))
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to promote to production.")],
+) -> None:
+    """Set alias production on a version and roll it out to the fleet, following it to the end."""
+
+    def go() -> None:
+        settings = Settings()
+        prepare(settings)
+        token = _admin_token()
+        from edgeloop.prefect_api import start_prefect_api
+        from registry.outcomes import production_version
+        from registry.outcomes import promote as set_production
+        from registry.tracking import connect
+
+        client = connect(settings.tracking_uri)
+        stable = production_version(client, name)
+        why = set_production(client, name, version)
+        console.print(f"{name} v{version} is production ({why}); rolling out…", highlight=False)
+        api = start_prefect_api()
+        from flows.rollout import rollout_flow
+
+        api.join()
+        result = rollout_flow(
+            model=name, version=version, stable_version=stable, admin_token=token, settings=settings
+        )
+        colour = "green" if result["outcome"] == "succeeded" else "red"
+        console.print(
+            f"rollout {result['rollout_id']}: [{colour}]{result['outcome']}[/] "
+            f"{escape(result['reason'])}",
+            highlight=False,
+        )
+        if result["outcome"] != "succeeded":
+            err_console.print(
+                f"[red]error:[/] {name} v{version} was not rolled out: {escape(result['reason'])}; "
+                f"production is back on v{result['stable_version']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(4)
+
+    guard(go)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: Annotated[
+        str | None, typer.Argument(help="A rollout id; all when left out.")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+) -> None:
+    """Show rollouts: phase, stage, and per cohort the devices confirmed and each gate's value."""
+
+    def go() -> None:
+        from edgeloop.params import load_params
+        from fleet.admin import AdminClient
+
+        settings = Settings()
+        base = url or load_params(settings.params_file).rollout.controller_url
+        admin = AdminClient(base, _admin_token())
+        try:
+            details = (
+                [admin.rollout(rollout_id)]
+                if rollout_id
+                else [admin.rollout(r["rollout_id"]) for r in admin.rollouts()]
+            )
+        finally:
+            admin.close()
+        for detail in details:
+            console.print(_status_table(detail))
+
+    guard(go)
+
+
+def _status_table(detail: dict[str, Any]) -> Table:
+    title = (
+        f"rollout {detail['rollout_id']}: {detail['model']} v{detail['version']} "
+        f"(stable v{detail['stable_version']}) {detail['phase']}, stage {detail['stage']}"
+    )
+    table = Table(title=title, caption=detail.get("reason") or "")
+    for column in (
+        "cohort",
+        "confirmed",
+        "inferences",
+        "feedback",
+        "gate",
+        "verdict",
+        "measured",
+        "threshold",
+    ):
+        table.add_column(column)
+    check = (detail.get("status") or {}).get("last_check") or {}
+    for cohort in check.get("cohorts", []):
+        for i, gate in enumerate(cohort["gates"]):
+            first = i == 0
+            table.add_row(
+                cohort["hardware_class"] if first else "",
+                f"{cohort['confirmed']}/{cohort['required_confirmed']}" if first else "",
+                f"{cohort['inferences']}/{cohort['required_inferences']}" if first else "",
+                f"{cohort['feedback']}/{cohort['required_feedback']}" if first else "",
+                str(gate["gate"]), str(gate["verdict"]), str(gate["measured"]), str(gate["threshold"]),
+            )  # fmt: skip
+    return table

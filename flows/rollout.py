@@ -1,0 +1,168 @@
+"""The rollout flow: take ``models:/NAME@production`` to the fleet and follow it to the end.
+
+It publishes the version's signed variant for each hardware class to the fleet controller (the one
+each hardware profile chose), creates the rollout with the policy from params.yaml, starts it, follows
+it to a terminal phase while publishing progress as Prefect artifacts, and writes the outcome back to
+the registry (``registry.outcomes``): a rolled-back version loses ``production`` again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from edgeloop.errors import EdgeloopError
+from edgeloop.params import Params, load_params
+from edgeloop.settings import Settings
+from fleet.admin import AdminClient, AdminError
+from fleet.agent.profile import load_profile
+from fleet.controller.policy import load_policy
+from fleet.protocol import RolloutRequest
+from registry.outcomes import record_outcome
+from registry.tracking import connect
+
+TERMINAL = {"succeeded", "rolled_back", "failed", "aborted"}
+
+
+class RolloutError(EdgeloopError):
+    """Raised by the rollout flow when a rollout cannot be created or followed."""
+
+
+def publish_variants(
+    client: Any, admin: AdminClient, model: str, version: str, classes: list[str], dest: Path
+) -> dict[str, str]:
+    """Register the signed variant each class takes with the controller; ``{class: variant}``."""
+    import mlflow
+
+    tags = client.get_model_version(model, version).tags
+    run_id = client.get_model_version(model, version).run_id
+    chosen: dict[str, str] = {}
+    for cls in classes:
+        variant = tags.get(f"edgeloop.hw.{cls}.variant") or tags.get("edgeloop.variant")
+        signature = tags.get(f"edgeloop.variant.{variant}.signature") if variant else None
+        if not variant or not signature:
+            raise RolloutError(
+                f"{model} v{version} has no signed variant for hardware class {cls!r}",
+                hint="register it through `edgeloop run` / `edgeloop register`, which sign every variant",
+            )
+        folder = dest / model / version
+        folder.mkdir(parents=True, exist_ok=True)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"variants/{variant}.onnx", dst_path=str(folder)
+        )
+        admin.register_artifact(
+            model=model, version=version, variant=variant, hardware_class=cls,
+            path=str(Path(path).resolve()), signature=signature,
+        )  # fmt: skip
+        chosen[cls] = variant
+    return chosen
+
+
+def policy_for(params: Params, settings: Settings) -> dict[str, Any]:
+    """params.yaml's rollout policy with one cohort per required profile, at its p95 budget."""
+    cohorts = {}
+    for name in params.gates.profiles:
+        budget = load_profile(name, settings.profiles_dir).budgets.p95_latency_ms
+        cohorts[name] = {"p95_latency_ms": budget or 1000.0}
+    raw = {
+        "cohorts": cohorts,
+        "stages": params.rollout.stages,
+        "gates": params.rollout.gates,
+        "on_silence": params.rollout.on_silence,
+    }
+    return load_policy(raw).model_dump(mode="json")
+
+
+def _progress(detail: dict[str, Any]) -> str:
+    status = detail.get("status", {})
+    lines = [
+        f"# Rollout {detail['rollout_id']}: {detail['model']} v{detail['version']}",
+        "",
+        f"phase **{detail['phase']}**, stage {detail['stage']}; {detail.get('reason') or ''}",
+        "",
+        "| cohort | targeted | confirmed | inferences | feedback | gates |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cohort in (status.get("last_check") or {}).get("cohorts", []):
+        gates = "; ".join(f"{g['gate']} {g['verdict']} ({g['measured']})" for g in cohort["gates"])
+        lines.append(
+            f"| {cohort['hardware_class']} | {cohort['targeted']} | {cohort['confirmed']}"
+            f"/{cohort['required_confirmed']} | {cohort['inferences']} | {cohort['feedback']} | {gates} |"
+        )
+    return "\n".join(lines)
+
+
+def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float) -> dict[str, Any]:
+    """Poll until the rollout is terminal; publish each change as a Prefect artifact."""
+    started = time.monotonic()
+    seen: tuple[str, str] | None = None
+    while True:
+        detail = admin.rollout(rollout_id)
+        key = (str(detail["phase"]), str(detail["stage"]))
+        if key != seen:
+            seen = key
+            create_markdown_artifact(
+                markdown=_progress(detail), key=f"rollout-{rollout_id}"[:100].lower(),
+                description=f"{detail['phase']} at stage {detail['stage']}",
+            )  # fmt: skip
+        if str(detail["phase"]) in TERMINAL:
+            return detail
+        if time.monotonic() - started > deadline_s:
+            admin.command(
+                rollout_id, "abort", f"the rollout flow's deadline of {deadline_s:g} s passed"
+            )
+        time.sleep(poll_s)
+
+
+@flow(name="rollout", log_prints=False, validate_parameters=False)
+def rollout_flow(
+    model: str,
+    version: str,
+    stable_version: str | None,
+    admin_token: str,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Publish, create, start and follow one rollout; record its outcome in the registry."""
+    settings = settings or Settings()
+    params = load_params(settings.params_file)
+    client = connect(settings.tracking_uri)
+    admin = AdminClient(params.rollout.controller_url, admin_token)
+    logger = get_run_logger()
+    try:
+        dest = settings.home / "fleet-artifacts"
+        classes = params.gates.profiles
+        variants = publish_variants(client, admin, model, version, classes, dest)
+        if stable_version:
+            publish_variants(client, admin, model, stable_version, classes, dest)
+        request = RolloutRequest(
+            model=model, version=version, stable_version=stable_version,
+            policy=policy_for(params, settings), supersede=False,
+        )  # fmt: skip
+        created = admin.create_rollout(request)
+        rollout_id = str(created["rollout_id"])
+        logger.info("rollout %s of %s v%s created (%s)", rollout_id, model, version, variants)
+        admin.command(rollout_id, "start")
+        final = follow(admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s)
+    except AdminError as exc:
+        raise RolloutError(
+            str(exc), hint="check the fleet controller and the version's artifacts"
+        ) from exc
+    finally:
+        admin.close()
+    status = final.get("status", {})
+    outcome = str(final["phase"])
+    causes = list(status.get("causes", []))
+    reason = str(final.get("reason") or outcome)
+    record_outcome(
+        client, model=model, version=version, stable_version=str(status.get("stable_version") or "") or None,
+        outcome=outcome, reason=reason, causes=causes, cards_dir=settings.model_cards_dir,
+    )  # fmt: skip
+    return {
+        "rollout_id": rollout_id, "model": model, "version": version,
+        "stable_version": status.get("stable_version"), "outcome": outcome, "reason": reason,
+        "causes": causes, "history": status.get("history", []),
+    }  # fmt: skip
