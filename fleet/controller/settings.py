@@ -38,6 +38,15 @@ class FleetSettings(BaseSettings):
     )
     fallback_p95_budget_ms: float = Field(100.0, gt=0)
     migrate_on_start: bool = Field(True, description="run `alembic upgrade head` at app start")
+    host: str = Field("127.0.0.1", description="address `fleet.controller.serve` binds")
+    port: int = Field(8700, ge=0, le=65535, description="port `fleet.controller.serve` binds")
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate chain; with the key: HTTPS"
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile")
+    allow_plain_http: bool = Field(
+        False, description="serve plain HTTP on a host that is not loopback (behind a TLS proxy)"
+    )
 
     def public_key_pem(self) -> str:
         """The PEM text, or an empty string when the registry has not made a key yet."""
