@@ -177,11 +177,19 @@ def target_devices(
     Targeting a device at what it is already targeted at changes nothing, so performing an outbox
     action twice is harmless. Does not commit.
     """
+    ids = list(dict.fromkeys(device_ids))
+    known: set[str] = set()
+    rows: dict[str, DesiredStateRow] = {}
+    for start in range(0, len(ids), 500):  # a few queries per thousand devices, not two per device
+        chunk = ids[start : start + 500]
+        known.update(session.scalars(select(DeviceRow.device_id).where(DeviceRow.device_id.in_(chunk))))
+        locked = select(DesiredStateRow).where(DesiredStateRow.device_id.in_(chunk)).with_for_update()
+        rows.update((r.device_id, r) for r in session.scalars(locked))
     changed = []
-    for device_id in device_ids:
-        if session.get(DeviceRow, device_id) is None:
+    for device_id in ids:
+        if device_id not in known:
             continue
-        row = session.get(DesiredStateRow, device_id, with_for_update=True)
+        row = rows.get(device_id)
         if row is None:
             row = DesiredStateRow(device_id=device_id, revision=0, updated_at=now)
             session.add(row)

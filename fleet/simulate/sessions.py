@@ -1,0 +1,66 @@
+"""One onnxruntime session per variant file, shared by every simulated device that runs it.
+
+A thousand simulated devices on one version must not load a thousand sessions: the cache keys sessions
+by the file's sha256, so two devices on the same bytes share one. Inference runs in a small thread
+pool (onnxruntime releases the GIL and ``InferenceSession.run`` is thread-safe), so a heavy model never
+blocks the event loop that serves the long-polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fleet.agent.runtime import open_session
+
+
+class SessionCache:
+    """Sessions by sha256; ``loads`` counts how many were really opened."""
+
+    def __init__(self, *, threads: int = 1, workers: int = 4) -> None:
+        self._threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sim-infer")
+        self.loads = 0
+
+    def get(self, sha256: str, path: Path) -> ort.InferenceSession:
+        with self._lock:
+            session = self._sessions.get(sha256)
+            if session is None:
+                session = open_session(str(path), threads=self._threads)
+                self._sessions[sha256] = session
+                self.loads += 1
+            return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @staticmethod
+    def run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """Predicted classes of the rows of ``x`` and the wall time of the call in ms."""
+        name = session.get_inputs()[0].name
+        started = time.perf_counter()
+        out = session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        preds = np.asarray(out)
+        if preds.ndim == 2:
+            preds = preds.argmax(axis=1)
+        return preds.astype(np.int64).reshape(-1), elapsed_ms
+
+    async def predict(self, sha256: str, path: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`run` on the shared session of ``sha256``, off the event loop."""
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(self._pool, self.get, sha256, path)
+        return await loop.run_in_executor(self._pool, self.run, session, x)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._sessions.clear()
