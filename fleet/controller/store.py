@@ -182,8 +182,12 @@ def target_devices(
     rows: dict[str, DesiredStateRow] = {}
     for start in range(0, len(ids), 500):  # a few queries per thousand devices, not two per device
         chunk = ids[start : start + 500]
-        known.update(session.scalars(select(DeviceRow.device_id).where(DeviceRow.device_id.in_(chunk))))
-        locked = select(DesiredStateRow).where(DesiredStateRow.device_id.in_(chunk)).with_for_update()
+        known.update(
+            session.scalars(select(DeviceRow.device_id).where(DeviceRow.device_id.in_(chunk)))
+        )
+        locked = (
+            select(DesiredStateRow).where(DesiredStateRow.device_id.in_(chunk)).with_for_update()
+        )
         rows.update((r.device_id, r) for r in session.scalars(locked))
     changed = []
     for device_id in ids:
