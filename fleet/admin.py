@@ -67,6 +67,9 @@ class AdminClient:
         }  # fmt: skip
         return self._call("POST", "/artifacts", body)
 
+    def set_baseline(self, model: str, version: str) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/baselines/{model}", {"version": version}))
+
     def create_rollout(self, request: RolloutRequest) -> dict[str, Any]:
         return dict(self._call("POST", "/rollouts", request.model_dump(mode="json")))
 

@@ -118,6 +118,22 @@ def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float
         time.sleep(poll_s)
 
 
+def _first_release(
+    client: Any, admin: AdminClient, settings: Settings, model: str, version: str
+) -> dict[str, Any]:
+    """No stable version to compare against: the version becomes the fleet's baseline directly."""
+    changed = admin.set_baseline(model, version)["devices_changed"]
+    reason = f"first release of {model}: baseline for every device ({changed} targeted now)"
+    record_outcome(
+        client, model=model, version=version, stable_version=None, outcome="succeeded",
+        reason=reason, causes=[], cards_dir=settings.model_cards_dir,
+    )  # fmt: skip
+    return {
+        "rollout_id": "baseline", "model": model, "version": version, "stable_version": None,
+        "outcome": "succeeded", "reason": reason, "causes": [], "history": [],
+    }  # fmt: skip
+
+
 @flow(name="rollout", log_prints=False, validate_parameters=False)
 def rollout_flow(
     model: str,
@@ -136,8 +152,9 @@ def rollout_flow(
         dest = settings.home / "fleet-artifacts"
         classes = params.gates.profiles
         variants = publish_variants(client, admin, model, version, classes, dest)
-        if stable_version:
-            publish_variants(client, admin, model, stable_version, classes, dest)
+        if not stable_version:
+            return _first_release(client, admin, settings, model, version)
+        publish_variants(client, admin, model, stable_version, classes, dest)
         request = RolloutRequest(
             model=model, version=version, stable_version=stable_version,
             policy=policy_for(params, settings), supersede=False,
@@ -147,6 +164,8 @@ def rollout_flow(
         logger.info("rollout %s of %s v%s created (%s)", rollout_id, model, version, variants)
         admin.command(rollout_id, "start")
         final = follow(admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s)
+        if str(final["phase"]) == "succeeded":
+            admin.set_baseline(model, version)  # devices enrolled from now on get it too
     except AdminError as exc:
         raise RolloutError(
             str(exc), hint="check the fleet controller and the version's artifacts"

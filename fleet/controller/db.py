@@ -123,6 +123,15 @@ class DesiredStateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class BaselineRow(Base):
+    """The version a model's devices run outside any rollout (what ``production`` means on devices)."""
+
+    __tablename__ = "baselines"
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ArtifactRow(Base):
     """The variant file of one version for one hardware class."""
 

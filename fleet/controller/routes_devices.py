@@ -148,6 +148,25 @@ def register_artifact(
     )
 
 
+class Baseline(BaseModel):
+    """Admin: the version a model's devices run outside any rollout. Not in ``fleet.protocol``:
+    the rollout flow sets it for a model's first release and after each succeeded rollout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(pattern=NAME)
+
+
+@router.put("/baselines/{model}", dependencies=[Admin])
+def put_baseline(
+    model: str, body: Baseline, request: Request, session: SessionDep
+) -> dict[str, object]:
+    changed = store.set_baseline(session, model, body.version, request.app.state.clock())
+    session.commit()
+    request.app.state.notifier.notify(changed)
+    return {"model": model, "version": body.version, "devices_changed": len(changed)}
+
+
 @router.post("/devices/{device_id}/telemetry", response_model=TelemetryAck)
 def telemetry(
     body: TelemetryBatch, request: Request, device: OwnDevice, session: SessionDep

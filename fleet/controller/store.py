@@ -30,6 +30,7 @@ from fleet.agent.telemetry import LATENCY_BOUNDS_MS
 from fleet.controller.actions import Action
 from fleet.controller.db import (
     ArtifactRow,
+    BaselineRow,
     DesiredStateRow,
     DeviceRow,
     EnrolmentTokenRow,
@@ -127,6 +128,8 @@ def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
         )
     )
     try:
+        session.flush()
+        baseline_for_new_device(session, request.device_id, now)
         session.commit()
     except IntegrityError as exc:
         session.rollback()
@@ -203,6 +206,58 @@ def target_devices(
         row.model, row.version, row.rollout_id, row.updated_at = model, version, rollout_id, now
         changed.append(device_id)
     return changed
+
+
+def set_baseline(session: Session, model: str, version: str, now: datetime) -> list[str]:
+    """Make ``version`` what every device of ``model`` runs outside a rollout; returns the devices
+    whose desired state changed. Devices of an active rollout are left to it. Does not commit."""
+    row = session.get(BaselineRow, model, with_for_update=True)
+    if row is None:
+        session.add(BaselineRow(model=model, version=version, updated_at=now))
+    else:
+        row.version, row.updated_at = version, now
+    busy = {
+        device
+        for rollout in session.scalars(select(RolloutRow).where(RolloutRow.model == model))
+        if RolloutPhase(rollout.phase) in OPEN_PHASES
+        for device in status_of(rollout).targeted
+    }
+    classes = set(
+        session.scalars(
+            select(ArtifactRow.hardware_class).where(
+                ArtifactRow.model == model, ArtifactRow.version == version
+            )
+        )
+    )
+    devices = session.scalars(
+        select(DeviceRow.device_id).where(DeviceRow.hardware_class.in_(classes))
+    )
+    return target_devices(
+        session,
+        [d for d in devices if d not in busy],
+        model=model,
+        version=version,
+        rollout_id=None,
+        now=now,
+    )
+
+
+def baseline_for_new_device(session: Session, device_id: str, now: datetime) -> list[str]:
+    """Point a newly enrolled device at the most recent baseline (if its class has an artifact)."""
+    device = session.get(DeviceRow, device_id)
+    for row in session.scalars(select(BaselineRow).order_by(BaselineRow.updated_at.desc())):
+        has_variant = session.scalars(
+            select(ArtifactRow).where(
+                ArtifactRow.model == row.model,
+                ArtifactRow.version == row.version,
+                ArtifactRow.hardware_class == (device.hardware_class if device else ""),
+            )
+        ).first()
+        if has_variant is not None:
+            return target_devices(
+                session, [device_id], model=row.model, version=row.version, rollout_id=None, now=now
+            )
+    return []
 
 
 # --- artifacts -------------------------------------------------------------------------------
