@@ -78,6 +78,7 @@ class Settings(BaseSettings):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         if self.prefect_api_url:
             os.environ["PREFECT_API_URL"] = self.prefect_api_url
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri

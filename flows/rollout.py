@@ -175,7 +175,10 @@ def rollout_flow(
     status = final.get("status", {})
     outcome = str(final["phase"])
     causes = list(status.get("causes", []))
-    reason = str(final.get("reason") or outcome)
+    why = "; ".join(
+        f"{c.get('gate')} gate failed on {c.get('cohort')}: {c.get('reason')}" for c in causes
+    )
+    reason = why or str(final.get("reason") or outcome)
     record_outcome(
         client, model=model, version=version, stable_version=str(status.get("stable_version") or "") or None,
         outcome=outcome, reason=reason, causes=causes, cards_dir=settings.model_cards_dir,

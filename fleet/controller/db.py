@@ -136,7 +136,6 @@ class ArtifactRow(Base):
     """The variant file of one version for one hardware class."""
 
     __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("model", "version", "variant", name="uq_artifact_variant"),)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     version: Mapped[str] = mapped_column(String(128), primary_key=True)
     hardware_class: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -286,12 +286,16 @@ def register_artifact(
     return _artifact(row) if signature else None
 
 
-def artifact_row(session: Session, model: str, version: str, variant: str) -> ArtifactRow | None:
+def artifact_row(
+    session: Session, model: str, version: str, variant: str, hardware_class: str
+) -> ArtifactRow | None:
+    """The variant file of a version for one hardware class (classes may share a variant)."""
     return session.scalars(
         select(ArtifactRow).where(
             ArtifactRow.model == model,
             ArtifactRow.version == version,
             ArtifactRow.variant == variant,
+            ArtifactRow.hardware_class == hardware_class,
         )
     ).one_or_none()
 

@@ -1,4 +1,5 @@
-"""Baselines: the version each model's devices run outside any rollout.
+"""Baselines: the version each model's devices run outside any rollout; one variant may serve
+several hardware classes (host-cpu and edge-small often take the same file).
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +19,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("artifacts") as batch:
+        batch.drop_constraint("uq_artifact_variant", type_="unique")
     op.create_table(
         "baselines",
         sa.Column("model", sa.String(128), primary_key=True),
@@ -28,3 +31,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("baselines")
+    with op.batch_alter_table("artifacts") as batch:
+        batch.create_unique_constraint("uq_artifact_variant", ["model", "version", "variant"])

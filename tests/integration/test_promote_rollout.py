@@ -1,0 +1,135 @@
+"""Promotion to a fleet, end to end: registry → rollout flow → real controller → simulated devices.
+
+Two versions trained by `edgeloop run` and one regressed version brought in with `edgeloop register`.
+`edgeloop promote` makes v1 the fleet's baseline, rolls v2 out through staged canaries (it succeeds),
+then rolls out the regressed v3 (forced past its failed gates by the documented tag): the accuracy gate
+fails, every device goes back to v2, and the registry follows (production back on v2, tags, card).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import free_port, stop_group, wait_healthy
+
+from fleet.simulate import Simulation, make_regressed_variant
+from fleet.simulate.fleet import load_field
+
+pytestmark = pytest.mark.integration
+
+Project = Any  # tests/integration/conftest.py: Project
+ADMIN = "promote-admin-token"
+MODEL = "digits-classifier"
+FAST_POLICY = {
+    "stages": [
+        {"fraction": f, "bake_s": 2, "deadline_s": 40, "min_confirmed_fraction": 0.8,
+         "min_inferences": 40, "min_feedback": 20}
+        for f in (0.5, 1.0)
+    ],
+    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 20}},
+    "poll_s": 0.5,
+    "deadline_s": 240,
+}  # fmt: skip
+
+
+@contextmanager
+def controller(project: Project, tmp_path: Path) -> Iterator[str]:
+    """`edgeloop fleet serve` as an operator starts it, on SQLite, with the registry's public key."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **project.env(),
+        "EDGELOOP_FLEET_DB_URL": f"sqlite:///{tmp_path / 'fleet.db'}",
+        "EDGELOOP_FLEET_ADMIN_TOKEN": ADMIN,
+        "EDGELOOP_FLEET_PUBLIC_KEY_PATH": str(project.home / "keys" / "signing-ed25519.pub.pem"),
+        "EDGELOOP_FLEET_RECONCILE_S": "0.5",
+    }
+    log_path = tmp_path / "controller.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeloop.cli", "fleet", "serve", "--port", str(port)],
+            cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_healthy(proc, f"{url}/v1/health", log_path, timeout=60)
+            yield url
+        finally:
+            stop_group(proc)
+
+
+def test_promote_first_release_success_then_automatic_rollback(
+    project: Project, tmp_path: Path
+) -> None:
+    project.set_params(
+        training={"epochs": 8},
+        compress={"prune_finetune_epochs": 3},
+        rollout={**FAST_POLICY, "controller_url": "http://127.0.0.1:1"},
+    )
+    for _ in ("1", "2"):
+        result = project.edgeloop("run")
+        assert result.returncode == 0, result.stdout + result.stderr
+    fp32 = project.home / "work" / "variants" / "fp32.onnx"
+    regressed = make_regressed_variant(fp32, tmp_path / "regressed.onnx", "accuracy", share=0.6)
+    result = project.edgeloop(
+        "register", str(regressed), "--name", MODEL, "--dataset", "sklearn-digits"
+    )
+    assert result.returncode == 3, result.stdout + result.stderr  # gates failed: not a candidate
+    client = project.client()
+    client.set_model_version_tag(MODEL, "3", "edgeloop.promote.force", "true")
+    refused = project.edgeloop("promote", MODEL, "3", EDGELOOP_FLEET_ADMIN_TOKEN="")
+    assert refused.returncode == 1 and "EDGELOOP_FLEET_ADMIN_TOKEN" in refused.stderr
+
+    with controller_and_fleet(project, tmp_path) as url:
+        project.set_params(rollout={**FAST_POLICY, "controller_url": url})
+        first = project.edgeloop("promote", MODEL, "1", EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "first release" in first.stdout
+        second = project.edgeloop("promote", MODEL, "2", EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert _aliases(client)["production"] == "2"
+        assert client.get_model_version(MODEL, "2").tags["edgeloop.rollout.status"] == "succeeded"
+        third = project.edgeloop("promote", MODEL, "3", EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN)
+        assert third.returncode == 4, third.stdout + third.stderr
+        assert "production is back on v2" in third.stderr
+        status = project.edgeloop(
+            "rollout", "status", "--url", url, EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN
+        )
+        assert status.returncode == 0 and "rolled_back" in status.stdout
+
+    tags = client.get_model_version(MODEL, "3").tags
+    assert tags["edgeloop.rollout.status"] == "rolled_back"
+    assert "accuracy" in tags["edgeloop.rollout.reason"]
+    assert _aliases(client)["production"] == "2"
+    card = (project.root / "model-cards" / MODEL / "v3.md").read_text()
+    assert "## Rollouts" in card and "rolled_back" in card
+
+
+def _aliases(client: Any) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()}
+
+
+@contextmanager
+def controller_and_fleet(project: Project, tmp_path: Path) -> Iterator[str]:
+    """A real controller process and 20 simulated devices running in a thread until exit."""
+    with controller(project, tmp_path) as url:
+        x, y = load_field(project.root / "data" / "splits" / "field.parquet")
+        stop = threading.Event()
+        sim = Simulation(
+            url, ADMIN, devices=20, classes={"host-cpu": 0.6, "edge-small": 0.4},
+            field_x=x, field_y=y, feedback_rate=0.6, report_interval_s=0.5, seed=1,
+        )  # fmt: skip
+        thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
+        thread.start()
+        try:
+            yield url
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+            sim.close()
