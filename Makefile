@@ -17,6 +17,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/edgeloop run
+	$(BIN)/edgeloop fleet demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -49,6 +49,75 @@ def fleet_serve(
     guard(go)
 
 
+@fleet_app.command("demo")
+def fleet_demo() -> None:
+    """After `edgeloop run`: a controller, 50 simulated devices, one rollout promoted, one rolled back."""
+
+    def go() -> None:
+        import json
+
+        from edgeloop.errors import ConfigError
+
+        settings = Settings()
+        prepare(settings)
+        if not settings.last_run_file.is_file():
+            raise ConfigError("no candidate yet", hint="run `edgeloop run` first (make demo does)")
+        summary = json.loads(settings.last_run_file.read_text())
+        if "candidate" not in summary.get("aliases", []):
+            raise ConfigError(
+                f"{summary.get('model')} v{summary.get('version')} is not a candidate",
+                hint="run `edgeloop run` until a version passes every gate",
+            )
+        from edgeloop.prefect_api import start_prefect_api
+
+        api = start_prefect_api()
+        from flows.fleet_demo import DEMO_POLICY, run_fleet_demo
+        from flows.retrain import register_flow
+        from flows.rollout import rollout_flow
+
+        api.join()
+
+        def register(path: Any, model: str) -> dict[str, Any]:
+            registered: dict[str, Any] = register_flow(
+                model_path=path, model_name=model, dataset=summary_dataset, settings=settings
+            )
+            return registered
+
+        def rollout(*, url: str, **kwargs: Any) -> dict[str, Any]:
+            result: dict[str, Any] = rollout_flow(
+                settings=settings,
+                rollout_overrides={**DEMO_POLICY, "controller_url": url},
+                **kwargs,
+            )
+            colour = "green" if result["outcome"] == "succeeded" else "red"
+            console.print(
+                f"  rollout of v{result['version']}: [{colour}]{result['outcome']}[/] "
+                f"{escape(result['reason'])}",
+                highlight=False,
+            )
+            return result
+
+        from edgeloop.params import load_params
+
+        summary_dataset = load_params(settings.params_file).data.loader
+        fleet = run_fleet_demo(
+            settings,
+            str(summary["version"]),
+            register,
+            rollout,
+            lambda line: console.print(escape(line), highlight=False),
+        )
+        summary["fleet"] = fleet
+        settings.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
+        console.print(
+            f"fleet: {fleet['fleet_versions']} devices by version; production is "
+            f"v{fleet['production']}; summary in {settings.last_run_file}",
+            highlight=False,
+        )
+
+    guard(go)
+
+
 @fleet_app.command("simulate", context_settings=PASSTHROUGH, add_help_option=False)
 def fleet_simulate(ctx: typer.Context) -> None:
     """Simulate edge devices against a controller (python -m fleet.simulate.fleet --help)."""

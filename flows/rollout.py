@@ -141,10 +141,17 @@ def rollout_flow(
     stable_version: str | None,
     admin_token: str,
     settings: Settings | None = None,
+    rollout_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish, create, start and follow one rollout; record its outcome in the registry."""
+    """Publish, create, start and follow one rollout; record its outcome in the registry.
+
+    ``rollout_overrides`` replaces fields of params.yaml's ``rollout`` section (the demo's fast stages).
+    """
     settings = settings or Settings()
     params = load_params(settings.params_file)
+    if rollout_overrides:
+        merged = {**params.rollout.model_dump(), **rollout_overrides}
+        params = params.model_copy(update={"rollout": type(params.rollout).model_validate(merged)})
     client = connect(settings.tracking_uri)
     admin = AdminClient(params.rollout.controller_url, admin_token)
     logger = get_run_logger()
