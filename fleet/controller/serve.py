@@ -11,19 +11,9 @@ front terminates TLS). The agent enforces the same rule from its side (``fleet.a
 
 from __future__ import annotations
 
-import ipaddress
-
+from fleet.agent.client import is_loopback  # one rule on both sides of the socket
 from fleet.controller.errors import ControllerError
 from fleet.controller.settings import FleetSettings
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_serving(settings: FleetSettings) -> None:
