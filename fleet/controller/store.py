@@ -127,7 +127,11 @@ def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
             last_seen=None,
         )
     )
+    # The desired-state row exists from enrolment on, so targeting only ever updates it: two writers
+    # targeting the same new device (a command and the reconcile pass) cannot both insert it.
     try:
+        session.flush()  # the device row first: the desired state refers to it
+        session.add(DesiredStateRow(device_id=request.device_id, revision=0, updated_at=now))
         session.flush()
         baseline_for_new_device(session, request.device_id, now)
         session.commit()
