@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeloop.errors import ConfigError
+from edgeloop.schedule_params import ScheduleParams
 
 
 class _Strict(BaseModel):
@@ -121,6 +122,7 @@ class Params(_Strict):
     gates: GateParams = Field(default_factory=GateParams)
     card: CardParams = Field(default_factory=CardParams)
     rollout: RolloutParams = Field(default_factory=RolloutParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
 
     def digest(self) -> str:
         """A stable hash of every parameter, recorded as lineage."""
