@@ -8,6 +8,7 @@ the registry (``registry.outcomes``): a rolled-back version loses ``production``
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -134,18 +135,30 @@ def _first_release(
     }  # fmt: skip
 
 
+def _worker_admin_token() -> str:
+    token = os.environ.get("EDGELOOP_FLEET_ADMIN_TOKEN", "")
+    if not token:
+        raise RolloutError(
+            "no admin token for the fleet controller",
+            hint="set EDGELOOP_FLEET_ADMIN_TOKEN where the rollout flow runs (the ops pool's worker)",
+        )
+    return token
+
+
 @flow(name="rollout", log_prints=False, validate_parameters=False)
 def rollout_flow(
     model: str,
     version: str,
-    stable_version: str | None,
-    admin_token: str,
+    stable_version: str | None = None,
+    admin_token: str | None = None,
     settings: Settings | None = None,
     rollout_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish, create, start and follow one rollout; record its outcome in the registry.
 
     ``rollout_overrides`` replaces fields of params.yaml's ``rollout`` section (the demo's fast stages).
+    Without ``admin_token`` the token comes from ``EDGELOOP_FLEET_ADMIN_TOKEN`` where the flow runs
+    (a deployment's worker), so it never travels as a flow-run parameter.
     """
     settings = settings or Settings()
     params = load_params(settings.params_file)
@@ -153,7 +166,7 @@ def rollout_flow(
         merged = {**params.rollout.model_dump(), **rollout_overrides}
         params = params.model_copy(update={"rollout": type(params.rollout).model_validate(merged)})
     client = connect(settings.tracking_uri)
-    admin = AdminClient(params.rollout.controller_url, admin_token)
+    admin = AdminClient(params.rollout.controller_url, admin_token or _worker_admin_token())
     logger = get_run_logger()
     try:
         dest = settings.home / "fleet-artifacts"
