@@ -1,0 +1,137 @@
+"""Scheduled retraining: retrain only when the data or the training code changed since the last version.
+
+The check costs one ingest (no training): the freshly ingested splits are hashed the way DVC hashes
+them (``edgeloop.data.hash``) and the training code is fingerprinted (the ``flows`` package's source
+plus the params sections that shape a model: ``edgeloop.training.hash``). Both are compared with the
+tags of the model's newest version. Unchanged: the skip and its reason are recorded (a Prefect
+artifact and the registered model's ``edgeloop.schedule.last_result`` tag) and nothing is trained.
+Changed: the retrain flow runs; with ``schedule.auto_promote`` a new candidate becomes ``production``
+and the rollout deployment starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from edgeloop.params import Params, load_params
+from edgeloop.settings import Settings
+from flows import stages
+from flows.workspace import Workspace
+from registry.lineage import dvc_dir_hash
+from registry.publish import CANDIDATE
+
+DATA_TAG = "edgeloop.data.hash"
+TRAINING_TAG = "edgeloop.training.hash"
+RESULT_TAG = "edgeloop.schedule.last_result"
+CODE_ROOT = Path(__file__).resolve().parent  # the flows package: every stage the model goes through
+SHAPING = ("model_name", "seed", "data", "training", "compress", "gates")
+
+
+def training_hash(params: Params, code_root: Path = CODE_ROOT) -> str:
+    """sha256 over the training code's files and the params sections that shape a model."""
+    digest = hashlib.sha256()
+    for path in sorted(code_root.rglob("*.py")):
+        digest.update(path.relative_to(code_root).as_posix().encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    shaping = {k: v for k, v in params.model_dump(mode="json").items() if k in SHAPING}
+    digest.update(json.dumps(shaping, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def latest_version(client: Any, model: str) -> Any | None:
+    """The model's newest version, or None when it has none (or does not exist yet)."""
+    versions = client.search_model_versions(f"name = '{model}'")
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def change_reason(latest: Any | None, data_hash: str, code_hash: str) -> str | None:
+    """Why a retrain is due, or None when neither the data nor the training code changed."""
+    if latest is None:
+        return "no version registered yet"
+    tags = latest.tags
+    changes = []
+    if tags.get(DATA_TAG) != data_hash:
+        changes.append(f"data hash {tags.get(DATA_TAG) or 'missing'} -> {data_hash}")
+    if tags.get(TRAINING_TAG) != code_hash:
+        recorded = tags.get(TRAINING_TAG)
+        changes.append(
+            f"training code {recorded[:12]} -> {code_hash[:12]}"
+            if recorded
+            else f"v{latest.version} records no {TRAINING_TAG}"
+        )
+    return "; ".join(changes) or None
+
+
+def current_data_hash(params: Params, settings: Settings) -> str:
+    """Ingest into a scratch folder and hash the splits as DVC would (what a retrain would record)."""
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="schedule-check-") as scratch:
+        ws = Workspace(Path(scratch) / "splits", Path(scratch) / "work")
+        stages.ingest(params, ws)
+        return dvc_dir_hash(ws.splits_dir)
+
+
+def _record(client: Any, model: str, markdown: str, result: str) -> None:
+    create_markdown_artifact(markdown=markdown, key="scheduled-retrain", description=result)
+    if latest_version(client, model) is not None:
+        client.set_registered_model_tag(model, RESULT_TAG, result[:5000])
+
+
+def _promote_and_roll_out(client: Any, model: str, version: str) -> str:
+    from prefect.deployments import run_deployment
+
+    from flows.deployments import ROLLOUT_DEPLOYMENT
+    from registry.outcomes import production_version, promote
+
+    stable = production_version(client, model)
+    promote(client, model, version)
+    run = run_deployment(
+        ROLLOUT_DEPLOYMENT,
+        parameters={"model": model, "version": version, "stable_version": stable},
+        timeout=0,
+        as_subflow=False,
+    )
+    return str(getattr(run, "name", run))
+
+
+@flow(name="retrain", log_prints=False, validate_parameters=False)
+def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
+    """Retrain when the data or the training code changed since the last version; else skip."""
+    from datetime import UTC, datetime
+
+    from flows.retrain import retrain_flow
+    from registry.tracking import connect
+
+    settings = settings or Settings()
+    params = load_params(settings.params_file)
+    logger = get_run_logger()
+    client = connect(settings.tracking_uri)
+    model = params.model_name
+    latest = latest_version(client, model)
+    code_hash = training_hash(params)
+    why = change_reason(latest, current_data_hash(params, settings), code_hash)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if why is None:
+        reason = f"data and training code unchanged since {model} v{latest.version}"
+        logger.info("skipping the scheduled retrain: %s", reason)
+        _record(
+            client, model, f"# Scheduled retrain skipped\n\n{reason}", f"{now} skipped: {reason}"
+        )
+        return {"skipped": True, "reason": reason, "model": model, "version": str(latest.version)}
+    logger.info("retraining %s: %s", model, why)
+    summary = retrain_flow(settings=settings)
+    version = str(summary["version"])
+    client.set_model_version_tag(model, version, TRAINING_TAG, code_hash)
+    result: dict[str, Any] = {"skipped": False, "reason": why, **summary}
+    if params.schedule.auto_promote and CANDIDATE in summary["aliases"]:
+        result["rollout_run"] = _promote_and_roll_out(client, model, version)
+    outcome = f"retrained: v{version} ({', '.join(summary['aliases']) or 'no alias'})"
+    _record(client, model, f"# Scheduled retrain\n\n{why}\n\n{outcome}", f"{now} {outcome}")
+    return result

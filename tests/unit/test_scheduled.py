@@ -1,0 +1,68 @@
+"""The scheduled retrain's decision: skip only when neither the data nor the training code changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from edgeloop.params import Params
+from flows.scheduled import DATA_TAG, TRAINING_TAG, change_reason, latest_version, training_hash
+
+
+def version(number: str, **tags: str) -> SimpleNamespace:
+    return SimpleNamespace(version=number, tags=tags)
+
+
+class FakeClient:
+    def __init__(self, *versions: SimpleNamespace) -> None:
+        self.versions = list(versions)
+        self.filters: list[str] = []
+
+    def search_model_versions(self, filter_string: str) -> list[SimpleNamespace]:
+        self.filters.append(filter_string)
+        return self.versions
+
+
+def test_unchanged_data_and_code_skip() -> None:
+    latest = version("4", **{DATA_TAG: "d1.dir", TRAINING_TAG: "c" * 64})
+    assert change_reason(latest, "d1.dir", "c" * 64) is None
+
+
+def test_no_version_yet_trains() -> None:
+    assert change_reason(None, "d1.dir", "c" * 64) == "no version registered yet"
+
+
+def test_changed_data_names_both_hashes() -> None:
+    latest = version("4", **{DATA_TAG: "old.dir", TRAINING_TAG: "c" * 64})
+    assert change_reason(latest, "new.dir", "c" * 64) == "data hash old.dir -> new.dir"
+
+
+def test_changed_code_and_missing_code_tag_train() -> None:
+    changed = version("4", **{DATA_TAG: "d.dir", TRAINING_TAG: "a" * 64})
+    assert change_reason(changed, "d.dir", "b" * 64) == f"training code {'a' * 12} -> {'b' * 12}"
+    untagged = version("2", **{DATA_TAG: "d.dir"})
+    assert change_reason(untagged, "d.dir", "b" * 64) == f"v2 records no {TRAINING_TAG}"
+
+
+def test_latest_version_is_the_highest_number_not_the_first_listed() -> None:
+    client = FakeClient(version("9"), version("10"), version("2"))
+    assert latest_version(client, "m").version == "10"
+    assert client.filters == ["name = 'm'"]
+    assert latest_version(FakeClient(), "m") is None
+
+
+def test_training_hash_follows_code_and_shaping_params_only(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("EPOCHS = 1\n")
+    params = Params()
+    base = training_hash(params, tmp_path)
+    assert training_hash(params, tmp_path) == base
+    unrelated = params.model_copy(
+        update={"schedule": params.schedule.model_copy(update={"auto_promote": True})}
+    )
+    assert training_hash(unrelated, tmp_path) == base
+    shaped = params.model_copy(
+        update={"training": params.training.model_copy(update={"epochs": 2})}
+    )
+    assert training_hash(shaped, tmp_path) != base
+    (tmp_path / "train.py").write_text("EPOCHS = 2\n")
+    assert training_hash(params, tmp_path) != base
