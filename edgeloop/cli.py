@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edgeloop import cli_fleet, cli_hardware, cli_loop
+from edgeloop import cli_fleet, cli_hardware, cli_listener, cli_loop
 from edgeloop.cli_common import State
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.registered_commands += cli_fleet.app.registered_commands
 app.add_typer(cli_hardware.runner_app, name="runner")
 app.add_typer(cli_fleet.fleet_app, name="fleet")
 app.add_typer(cli_fleet.rollout_app, name="rollout")
+app.add_typer(cli_listener.listener_app, name="listener")
 
 
 @app.callback()

@@ -74,6 +74,16 @@ def production_version(client: MlflowClient, model: str) -> str | None:
     return str(aliases[PRODUCTION]) if PRODUCTION in aliases else None
 
 
+def stable_version(client: MlflowClient, model: str, *, exclude: str | None = None) -> str | None:
+    """The newest version (other than ``exclude``) whose rollout succeeded: what the fleet runs."""
+    succeeded = [
+        int(v.version)
+        for v in client.search_model_versions(f"name = '{model}'")
+        if v.tags.get(f"{TAG}rollout.status") == "succeeded" and str(v.version) != exclude
+    ]
+    return str(max(succeeded)) if succeeded else None
+
+
 def record_outcome(
     client: MlflowClient,
     *,

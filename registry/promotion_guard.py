@@ -1,0 +1,115 @@
+"""What happens when ``production`` lands on a version, by the webhook or the poller alike.
+
+1. One alias change is handled once: the version is claimed in the promotion store first.
+2. A version the fleet already runs (its rollout succeeded and no newer one did; e.g. the alias moved
+   back by a rollback) starts nothing.
+3. A version without passing hardware results (:func:`registry.outcomes.promotable`) is refused:
+   ``production`` goes back to the stable version (deleted when there is none) and the version gets
+   the tag ``edgeloop.promote.refused`` with the reason. The operator forces a promotion with the tag
+   ``edgeloop.promote.force=true`` on the version.
+4. Otherwise the trigger starts the rollout of the version, from the stable version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from registry.outcomes import FORCE_TAG, production_version, promotable, stable_version
+from registry.promotion_config import Trigger
+from registry.promotion_store import PromotionStore
+from registry.publish import PRODUCTION, TAG
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+REFUSED_TAG = f"{TAG}promote.refused"
+log = logging.getLogger("edgeloop.promotion")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # started | refused | current | duplicate
+    model: str
+    version: str
+    reason: str
+    stable_version: str | None = None
+    run_id: str | None = None
+
+
+def handle_production(
+    client: MlflowClient,
+    store: PromotionStore,
+    trigger: Trigger,
+    model: str,
+    version: str,
+    *,
+    source: str,
+    clock: Callable[[], float] = time.time,
+) -> Outcome:
+    """Handle ``production`` set on ``model`` v``version``; RegistryError when it does not exist."""
+    claimed, previous = store.claim(model, version, clock())
+    if not claimed:
+        return Outcome("duplicate", model, version, f"{model} v{version} was handled already")
+    try:
+        outcome = _decide_and_start(client, store, trigger, model, version, clock)
+    except Exception:
+        store.release(model, previous, clock())
+        raise
+    if outcome.run_id is not None:
+        store.record_trigger(
+            model=model,
+            version=version,
+            stable_version=outcome.stable_version,
+            run_id=outcome.run_id,
+            source=source,
+            now=clock(),
+        )
+    log.info("%s v%s via %s: %s (%s)", model, version, source, outcome.status, outcome.reason)
+    return outcome
+
+
+def _decide_and_start(
+    client: MlflowClient,
+    store: PromotionStore,
+    trigger: Trigger,
+    model: str,
+    version: str,
+    clock: Callable[[], float],
+) -> Outcome:
+    ok, why = promotable(client, model, version)  # RegistryError for an unknown model or version
+    stable = stable_version(client, model, exclude=version)
+    own_status = client.get_model_version(model, version).tags.get(f"{TAG}rollout.status")
+    if own_status == "succeeded" and (stable is None or int(stable) < int(version)):
+        return Outcome("current", model, version, "the fleet already runs it", stable)
+    if not ok:
+        refuse(client, store, model, version, why, stable, clock)
+        return Outcome("refused", model, version, why, stable)
+    run_id = trigger(model, version, stable)
+    return Outcome("started", model, version, why, stable, run_id)
+
+
+def refuse(
+    client: MlflowClient,
+    store: PromotionStore,
+    model: str,
+    version: str,
+    reason: str,
+    stable: str | None,
+    clock: Callable[[], float],
+) -> None:
+    """Put ``production`` back on ``stable`` (or remove it) and say why on the version."""
+    store.set_seen(model, stable, clock())  # before the move, so its own event is a duplicate
+    if stable is not None:
+        client.set_registered_model_alias(model, PRODUCTION, stable)
+    elif production_version(client, model) == version:
+        client.delete_registered_model_alias(model, PRODUCTION)
+    client.set_model_version_tag(
+        model,
+        version,
+        REFUSED_TAG,
+        f"{reason}; set tag {FORCE_TAG}=true on the version to promote it anyway",
+    )
