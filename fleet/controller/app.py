@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from fleet.controller import db, loop
+from fleet.controller import db, loop, metrics
+from fleet.controller.dashboard import router as dashboard_router
 from fleet.controller.errors import (
     ConcurrentUpdate,
     ControllerError,
@@ -109,6 +110,8 @@ def create_app(
 
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(rollouts_router, prefix=API_PREFIX)
+    metrics.install(app)
+    app.include_router(dashboard_router)
     return app
 
 
