@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edgeloop import cli_fleet, cli_hardware, cli_listener, cli_loop
+from edgeloop import cli_fleet, cli_hardware, cli_image, cli_listener, cli_loop, cli_place
 from edgeloop.cli_common import State
 
 app = typer.Typer(
@@ -22,9 +22,11 @@ app = typer.Typer(
 app.registered_commands += cli_loop.app.registered_commands
 app.registered_commands += cli_hardware.app.registered_commands
 app.registered_commands += cli_fleet.app.registered_commands
+app.registered_commands += cli_place.app.registered_commands
 app.add_typer(cli_hardware.runner_app, name="runner")
 app.add_typer(cli_fleet.fleet_app, name="fleet")
 app.add_typer(cli_fleet.rollout_app, name="rollout")
+app.add_typer(cli_image.image_app, name="image")
 app.add_typer(cli_listener.listener_app, name="listener")
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeloop.errors import ConfigError
+from edgeloop.placement_params import PlacementParams
 from edgeloop.schedule_params import ScheduleParams
 
 
@@ -122,6 +123,7 @@ class Params(_Strict):
     gates: GateParams = Field(default_factory=GateParams)
     card: CardParams = Field(default_factory=CardParams)
     rollout: RolloutParams = Field(default_factory=RolloutParams)
+    placement: PlacementParams = Field(default_factory=PlacementParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
 
     def digest(self) -> str:

@@ -162,7 +162,13 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 def _loop(
-    settings: Settings, params: Params, ws: Workspace, *, model_name: str, imported: Path | None
+    settings: Settings,
+    params: Params,
+    ws: Workspace,
+    *,
+    model_name: str,
+    imported: Path | None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run every stage inside one MLflow run; data-check failures mark the run and register nothing."""
     client = connect(settings.tracking_uri)
@@ -174,7 +180,7 @@ def _loop(
         experiment_id=experiment, run_name=f"{source}-{started:%Y%m%d-%H%M%S}"
     ) as run:
         mlflow.log_params(_flatten("", params.model_dump(mode="json")))
-        mlflow.set_tag("edgeloop.source", source)
+        mlflow.set_tags({"edgeloop.source": source, **(tags or {})})
         ingest_task(params, ws)
         try:
             validate_task(params, ws)
@@ -225,10 +231,16 @@ def _loop(
 @flow(name="retrain", log_prints=False, validate_parameters=False)
 def retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
     """Data checks → train → compress → evaluate → hardware → register."""
-    settings = settings or Settings()
+    return retrain(settings or Settings())
+
+
+def retrain(
+    settings: Settings, tags: dict[str, str] | None = None, ws: Workspace | None = None
+) -> dict[str, Any]:
+    """The loop on the configured data and model; ``tags`` go on the MLflow run (e.g. a run key)."""
     params = load_params(settings.params_file)
-    ws = Workspace(settings.splits_dir, settings.work_dir)
-    return _loop(settings, params, ws, model_name=params.model_name, imported=None)
+    ws = ws or Workspace(settings.splits_dir, settings.work_dir)
+    return _loop(settings, params, ws, model_name=params.model_name, imported=None, tags=tags)
 
 
 @flow(name="register-model", log_prints=False, validate_parameters=False)

@@ -25,6 +25,7 @@ from mlflow.models import infer_signature
 
 from edgeloop.errors import RegistryError
 from registry.modelcard import write_card
+from registry.run_key import RUN_KEY_TAG, existing_version
 from registry.signing import load_or_create_key, public_pem, sign_variant
 
 CANDIDATE = "candidate"
@@ -152,10 +153,33 @@ def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str
     return tags
 
 
+def _published_from(client: MlflowClient, model_name: str, version: str) -> Published:
+    """A version registered earlier, as ``publish`` would have returned it."""
+    found = client.get_model_version(model_name, version)
+    card = Path(found.tags.get(f"{TAG}model_card", ""))
+    prefix, suffix = f"{TAG}variant.", ".signature"
+    signatures = {
+        k.removeprefix(prefix).removesuffix(suffix): v
+        for k, v in found.tags.items()
+        if k.startswith(prefix) and k.endswith(suffix)
+    }
+    return Published(
+        model_name, str(found.version), list(found.aliases), card, card.with_suffix(".json"), signatures
+    )
+
+
 def publish(
     client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir: Path
 ) -> Published:
-    """Register ``release`` inside its MLflow run; undo the version on any later failure."""
+    """Register ``release`` inside its MLflow run; undo the version on any later failure.
+
+    A run tagged with a run key registers at most one version per key: an existing one is returned.
+    """
+    key = client.get_run(release.run_id).data.tags.get(RUN_KEY_TAG)
+    if key and (earlier := existing_version(client, release.model_name, key)) is not None:
+        return _published_from(client, release.model_name, earlier.version)
+    if key:
+        release.tags[RUN_KEY_TAG] = key
     active = mlflow.active_run()
     in_run = active is not None and active.info.run_id == release.run_id
     with nullcontext() if in_run else mlflow.start_run(run_id=release.run_id):
@@ -190,6 +214,10 @@ def publish(
             description=f"chosen variant {release.chosen}; gates "
             f"{'passed' if release.all_gates_passed else 'failed'}",
         )
+        first = existing_version(client, release.model_name, key) if key else None
+        if first is not None and first.version != version.version:  # a concurrent attempt won
+            client.delete_model_version(release.model_name, version.version)
+            return _published_from(client, release.model_name, first.version)
         written: list[Path] = []
         try:
             aliases = [CANDIDATE] if release.all_gates_passed else []

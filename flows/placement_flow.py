@@ -1,0 +1,134 @@
+"""The placed training flows: ``placed-training`` runs on a pool's worker, ``placed-retrain`` places it.
+
+``placed-retrain`` computes the job's run key, places it on the cheapest live training pool
+(:mod:`flows.placement`), follows it and fails over; it records every decision and attempt in an
+MLflow run of its own (tags ``edgeloop.placement.*``, params of each pool, ``placement/decision.json``).
+``placed-training`` is the loop itself (:func:`flows.retrain.retrain`) with the run key on its MLflow
+run, in a folder of its own per pool; it returns at once when a version with its key exists.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow
+
+from edgeloop.params import Params, load_params
+from edgeloop.settings import Settings
+from flows.placement import Placement, PlacementError, run_placed
+from flows.retrain import retrain
+from flows.workspace import Workspace
+from registry.lineage import dvc_dir_hash, git_state
+from registry.run_key import RUN_KEY_TAG, existing_version, run_key
+from registry.tracking import connect, ensure_experiment
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+POOL_TAG = "edgeloop.placement.pool"
+PATHS = ("home", "params_file", "data_dir", "model_cards_dir", "profiles_dir", "hardware_tests_dir")
+
+
+def settings_for_workers(settings: Settings) -> dict[str, str]:
+    """The driver's settings as absolute paths, so a worker elsewhere in the tree uses the same."""
+    values = {name: str(Path(getattr(settings, name)).resolve()) for name in PATHS}
+    values["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri or ""  # empty: embedded store
+    return values
+
+
+def job_run_key(settings: Settings, params: Params) -> str:
+    """Data (DVC hash of the splits, or the loader when none exist yet), parameters, code."""
+    splits = settings.splits_dir
+    data = dvc_dir_hash(splits) if splits.is_dir() else f"loader {params.data.loader}"
+    state = git_state(CHECKOUT)
+    return run_key(data, params.digest(), state.commit + ("+dirty" if state.dirty else ""))
+
+
+@flow(name="placed-training", log_prints=True, validate_parameters=False)
+def placed_training(settings: dict[str, str], run_key: str, pool: str) -> str:
+    """Train and register once for ``run_key`` on this pool's worker; return the version."""
+    resolved = Settings(**settings)  # type: ignore[arg-type]
+    params = load_params(resolved.params_file)
+    earlier = existing_version(connect(resolved.tracking_uri), params.model_name, run_key)
+    if earlier is not None:
+        print(f"run key {run_key} is already registered as v{earlier.version}")
+        return str(earlier.version)
+    root = resolved.work_dir / "placed" / pool
+    summary = retrain(
+        resolved, tags={RUN_KEY_TAG: run_key, POOL_TAG: pool}, ws=Workspace(root / "splits", root)
+    )
+    print(f"{params.model_name} v{summary['version']} registered from pool {pool}")
+    return str(summary["version"])
+
+
+def _log_placement(record: Placement, status: str, reason: str) -> None:
+    mlflow.set_tags(
+        {
+            "edgeloop.placement.status": status,
+            "edgeloop.placement.reason": reason[:5000],
+            POOL_TAG: record.pool or "none",
+            "edgeloop.placement.attempts": str(len(record.attempts)),
+        }
+    )
+    mlflow.log_dict(
+        {"status": status, "reason": reason, **record.as_dict()}, "placement/decision.json"
+    )
+
+
+@flow(name="placed-retrain", log_prints=False, validate_parameters=False)
+def placed_retrain(settings: Settings | None = None) -> dict[str, Any]:
+    """Place the training job, follow it, fail over; the flow run fails when no pool finishes it."""
+    from flows.placement_pools import PrefectPools, ensure_training_deployments
+
+    settings = settings or Settings()
+    params = load_params(settings.params_file)
+    placement = params.placement
+    client = connect(settings.tracking_uri)
+    key = job_run_key(settings, params)
+    summary: dict[str, Any] = {"model": params.model_name, "run_key": key}
+    earlier = existing_version(client, params.model_name, key)
+    if earlier is not None:
+        return {**summary, "version": str(earlier.version), "reused": True, "placement": None}
+    ensure_training_deployments([p.name for p in placement.pools], placement.source)
+    backend = PrefectPools({"settings": settings_for_workers(settings), "run_key": key})
+    artifacts = settings.artifacts_dir if settings.uses_embedded_mlflow() else None
+    experiment = ensure_experiment(client, params.model_name, artifacts)
+    record = Placement()
+    started = datetime.now(UTC)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"placement-{started:%Y%m%d-%H%M%S}"):
+        mlflow.set_tags({RUN_KEY_TAG: key, "edgeloop.source": "placement"})
+        mlflow.log_params(
+            {
+                **{f"constraints.{k}": v for k, v in placement.constraints.model_dump().items()},
+                **{
+                    f"pool.{p.name}": f"{p.provider} {p.region} {p.cost_per_hour:g}/h "
+                    f"residency {p.data_residency} accelerator {p.accelerator}"
+                    for p in placement.pools
+                },
+            }
+        )
+        try:
+            run_placed(
+                backend,
+                placement.pools,
+                placement.constraints,
+                poll_s=placement.poll_s,
+                record=record,
+            )
+            version = existing_version(client, params.model_name, key)
+            if version is None:
+                raise PlacementError(
+                    f"the run on pool {record.pool} completed but no version carries run key {key}",
+                    hint="see the training run in MLflow",
+                )
+        except PlacementError as exc:
+            _log_placement(record, "failed", str(exc))
+            raise
+        _log_placement(record, "completed", f"trained on {record.pool}")
+    return {
+        **summary,
+        "version": str(version.version),
+        "reused": False,
+        "placement": record.as_dict(),
+    }
