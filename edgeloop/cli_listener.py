@@ -73,7 +73,7 @@ def poll(
         listener = ListenerSettings()
         every = listener.interval_s if interval is None else interval
         if every <= 0:
-            raise ConfigError(f"interval {every} is not positive", hint="give seconds > 0")
+            raise ConfigError(f"interval {every:g} is not positive", hint="give seconds > 0")
         settings = Settings()
         prepare(settings)
         client = connect(settings.tracking_uri)
