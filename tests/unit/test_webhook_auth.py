@@ -55,7 +55,7 @@ def test_a_tampered_payload_is_refused(store: PromotionStore) -> None:
 def test_a_missing_signature_is_refused(store: PromotionStore) -> None:
     hdrs = headers()
     del hdrs["X-MLflow-Signature"]
-    with pytest.raises(WebhookRejected, match="missing header.*X-MLflow-Signature") as exc:
+    with pytest.raises(WebhookRejected, match=r"missing header.*X-MLflow-Signature") as exc:
         verify(store, hdrs)
     assert exc.value.status == 401
 
