@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from edgeloop import cli_fleet, cli_hardware, cli_image, cli_listener, cli_loop, cli_place
+from edgeloop import (
+    cli_fleet,
+    cli_hardware,
+    cli_image,
+    cli_listener,
+    cli_loop,
+    cli_place,
+    cli_serve,
+)
 from edgeloop.cli_common import State
 
 app = typer.Typer(
@@ -23,6 +31,7 @@ app.registered_commands += cli_loop.app.registered_commands
 app.registered_commands += cli_hardware.app.registered_commands
 app.registered_commands += cli_fleet.app.registered_commands
 app.registered_commands += cli_place.app.registered_commands
+app.registered_commands += cli_serve.app.registered_commands
 app.add_typer(cli_hardware.runner_app, name="runner")
 app.add_typer(cli_fleet.fleet_app, name="fleet")
 app.add_typer(cli_fleet.rollout_app, name="rollout")

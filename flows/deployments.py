@@ -10,6 +10,8 @@ Both run from this checkout (``flow.from_source``) on a process pool, as the har
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import TYPE_CHECKING, Any, cast
 
 from edgeloop.schedule_params import ScheduleParams
@@ -40,15 +42,17 @@ def _deploy(entrypoint: str, name: str, **options: Any) -> str:
     from prefect import Flow
 
     deployable = cast("Flow[..., Any]", Flow.from_source(source=str(SOURCE), entrypoint=entrypoint))
-    deployable.deploy(
-        name=name,
-        work_pool_name=OPS_POOL,
-        build=False,
-        push=False,
-        print_next_steps=False,
-        enforce_parameter_schema=False,
-        **options,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # Prefect prints a table per deployment
+        deployable.deploy(
+            name=name,
+            work_pool_name=OPS_POOL,
+            build=False,
+            push=False,
+            print_next_steps=False,
+            enforce_parameter_schema=False,
+            ignore_warnings=True,
+            **options,
+        )
     return f"{deployable.name}/{name}"
 
 

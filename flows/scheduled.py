@@ -118,7 +118,7 @@ def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
     code_hash = training_hash(params)
     why = change_reason(latest, current_data_hash(params, settings), code_hash)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    if why is None:
+    if why is None and latest is not None:
         reason = f"data and training code unchanged since {model} v{latest.version}"
         logger.info("skipping the scheduled retrain: %s", reason)
         _record(
