@@ -30,4 +30,8 @@ COPY hardware-tests/ ./hardware-tests/
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin edgeloop
 USER 10001
 
+# Healthy when onnxruntime and the on-device code load (the suite and the agent need both).
+HEALTHCHECK --interval=60s --timeout=10s --retries=3 \
+    CMD ["python", "-c", "import onnxruntime, fleet.agent.runtime"]
+
 CMD ["python", "-m", "pytest", "/opt/edgeloop/hardware-tests", "--help"]

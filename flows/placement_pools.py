@@ -8,6 +8,8 @@ intervals (Prefect's own rule for marking a worker offline, computed here so no 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,10 +86,16 @@ def ensure_training_deployments(pools: Sequence[str], source: str | None) -> Non
             source=source or str(CHECKOUT), entrypoint="flows/placement_flow.py:placed_training"
         ),
     )
-    for name in pools:
-        deployable.deploy(
-            name=name, work_pool_name=name, build=False, push=False, print_next_steps=False
-        )
+    with contextlib.redirect_stdout(io.StringIO()):  # Prefect prints a table per deployment
+        for name in pools:
+            deployable.deploy(
+                name=name,
+                work_pool_name=name,
+                build=False,
+                push=False,
+                print_next_steps=False,
+                ignore_warnings=True,
+            )
 
 
 @dataclass

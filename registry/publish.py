@@ -215,7 +215,7 @@ def publish(
             f"{'passed' if release.all_gates_passed else 'failed'}",
         )
         first = existing_version(client, release.model_name, key) if key else None
-        if first is not None and first.version != version.version:  # a concurrent attempt won
+        if first is not None and str(first.version) != str(version.version):  # a concurrent attempt won
             client.delete_model_version(release.model_name, version.version)
             return _published_from(client, release.model_name, first.version)
         written: list[Path] = []
