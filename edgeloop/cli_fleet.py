@@ -179,6 +179,44 @@ def promote(
     guard(go)
 
 
+@fleet_app.command("pull-field-data")
+def fleet_pull_field_data(
+    url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+) -> None:
+    """Write the fleet's new labelled field samples to data/field/ as a new DVC-tracked version."""
+
+    def go() -> None:
+        from pathlib import Path
+
+        from edgeloop.params import load_params
+        from flows.field_data import pull, require_schema
+
+        settings = Settings()
+        params = load_params(settings.params_file)
+        result = pull(
+            url or params.rollout.controller_url,
+            _admin_token(),
+            model=params.model_name,
+            schema=require_schema(settings.splits_dir),
+            field_dir=Path(params.data.field_dir),
+        )
+        if result.path is None:
+            console.print(f"no new labelled field samples of {params.model_name}")
+            return
+        console.print(
+            f"wrote {result.samples} labelled field samples (ids {result.since + 1}-"
+            f"{result.last_id}) to {result.path}; dvc add {params.data.field_dir} done"
+            + (
+                ""
+                if params.data.include_field
+                else "; set data.include_field: true to train on them"
+            ),
+            highlight=False,
+        )
+
+    guard(go)
+
+
 @rollout_app.command("status")
 def rollout_status(
     rollout_id: Annotated[

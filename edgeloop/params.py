@@ -30,6 +30,10 @@ class DataParams(_Strict):
     )
     min_class_share: float = Field(0.5, gt=0, le=1, description="of a uniform share")
     max_class_share: float = Field(2.0, ge=1, description="of a uniform share")
+    include_field: bool = Field(
+        False, description="ingest adds the labelled field samples pulled into field_dir to train"
+    )
+    field_dir: str = Field("data/field", description="where `fleet pull-field-data` writes")
 
     @model_validator(mode="after")
     def _check_splits(self) -> DataParams:

@@ -21,6 +21,7 @@ from fleet.agent.runtime import open_session, predict, session_latency
 from flows.compress import VARIANTS, describe, export_onnx, quantise, quantise_static
 from flows.datacheck import check_splits
 from flows.datasets import load_dataset, read_splits, split_dataset, write_splits, xy
+from flows.field_data import merge_field, read_field_rows
 from flows.hardware import write_golden
 from flows.models import Classifier, build_model
 from flows.prune import NotPrunable, prune_and_finetune
@@ -29,9 +30,13 @@ from flows.workspace import Workspace
 
 
 def ingest(params: Params, ws: Workspace) -> dict[str, int]:
-    """Load the dataset by name, drop duplicate rows and write the four splits."""
+    """Load the dataset by name, drop duplicate rows and write the four splits (with
+    ``data.include_field``, the pulled field samples join train: ``flows.field_data``)."""
     dataset = load_dataset(params.data.loader, **params.data.loader_args)
     splits = split_dataset(dataset, params.data.splits, params.seed)
+    if params.data.include_field:
+        rows = read_field_rows(Path(params.data.field_dir), dataset.schema)
+        splits, _ = merge_field(splits, rows, dataset.schema)
     write_splits(dataset.schema, splits, ws.splits_dir)
     return {name: len(frame) for name, frame in splits.items()}
 

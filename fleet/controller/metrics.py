@@ -14,6 +14,7 @@ is counted where they are refused; Prometheus sums it over replicas.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -210,7 +211,8 @@ def install(app: FastAPI) -> None:
     async def on_invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         counted(request, 422)
-        return await request_validation_exception_handler(request, exc)
+        safe = RequestValidationError(_json_safe(exc.errors()), body=None)
+        return await request_validation_exception_handler(request, safe)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -220,6 +222,17 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.include_router(router)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (echoed back as the refused input) as strings: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 @router.get("/metrics", include_in_schema=False)
