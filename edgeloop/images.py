@@ -10,6 +10,7 @@ The client is passed in (``docker.from_env()`` through :func:`engine`), so unit 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,11 +57,10 @@ def engine() -> DockerClient:
     """A client of the engine in DOCKER_HOST (or the local socket); ImageBuildError when none answers."""
     from docker.errors import DockerException
 
-    import docker
-
+    sdk: Any = importlib.import_module("docker")  # by name: the repository has a docker/ folder
     where = os.environ.get("DOCKER_HOST", "the local socket")
     try:
-        client = docker.from_env()
+        client = sdk.from_env()
         client.ping()
     except DockerException as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -132,7 +132,7 @@ class PrefectPools:
             state = client.read_flow_run(UUID(run_id)).state
         if state is None:
             return RunState.PENDING, ""
-        message = state.message or state.name
+        message = state.message or state.name or str(state.type.value)
         if state.is_completed():
             return RunState.COMPLETED, message
         if state.is_crashed() or state.is_cancelled() or state.is_cancelling():
@@ -146,8 +146,9 @@ class PrefectPools:
         from uuid import UUID
 
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import State
         from prefect.states import Cancelled, Cancelling
 
-        state = Cancelling(message=reason) if worker_alive else Cancelled(message=reason)
+        state: State = Cancelling(message=reason) if worker_alive else Cancelled(message=reason)
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(UUID(run_id), state, force=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeloop.params import Params
+from edgeloop.errors import ConfigError
+from edgeloop.params import Params, load_params
 from edgeloop.placement_params import PlacementConstraints, PlacementParams, TrainingPool
 from flows.placement import (
     PlacementError,
@@ -289,3 +291,32 @@ def test_default_params_hold_two_eu_process_pools() -> None:
 def test_duplicate_pool_names_are_rejected() -> None:
     with pytest.raises(ValueError, match="repeated: \\['a'\\]"):
         PlacementParams(pools=[pool("a", 1), pool("a", 2)])
+
+
+def test_an_invalid_placement_section_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "placement:\n  pools:\n    - {name: a, provider: aws, region: r, cost_per_hour: -1, data_residency: eu}\n"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"placement\.pools\.0\.cost_per_hour: Input should be greater than or equal to 0",
+    ):
+        load_params(path)
+
+
+def test_place_without_a_prefect_server_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from edgeloop.cli import app
+
+    (tmp_path / "params.yaml").write_text("model_name: m\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("PREFECT_API_URL", "EDGELOOP_PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["place", "--dry-run"])
+    assert result.exit_code == 1
+    assert "training placement needs a Prefect server" in result.output
+    assert "PREFECT_API_URL" in result.output
