@@ -1,0 +1,143 @@
+"""Promotion from the MLflow UI: a real `mlflow server` (SQLite and PostgreSQL backends) delivers its
+``model_version_alias.created`` webhook to `edgeloop listener serve` under uvicorn.
+
+The listener runs with ``EDGELOOP_LISTENER_RECORD_TO`` (a dry run that records each rollout it would
+start), so the test sees exactly which rollout was triggered. MLflow only delivers to public https
+addresses unless told otherwise; the server here is allowed loopback and http for the test only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import free_port, stop_group, wait_healthy
+
+pytestmark = pytest.mark.integration
+
+Project = Any  # tests/integration/conftest.py: Project
+SECRET = "webhook-test-secret"
+PASSED = {"edgeloop.gates": "passed", "edgeloop.hw.host-cpu.status": "passed"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mlflow_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgresql":
+        pg: str = request.getfixturevalue("postgres_db")
+        backend = pg.replace("postgresql://", "postgresql+psycopg://")
+    else:
+        backend = f"sqlite:///{tmp_path / 'mlflow-server.db'}"
+    port = free_port()
+    log_path = tmp_path / "mlflow-server.log"
+    env = {
+        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")},
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # loopback listener: tests only
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",  # plain http: tests only
+    }
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", backend,
+                "--artifacts-destination", (tmp_path / "artifacts").as_uri(),
+                "--serve-artifacts",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(proc, f"{url}/health", log_path)
+            yield url
+        finally:
+            stop_group(proc)
+
+
+@pytest.fixture
+def listener(project: Project, mlflow_server: str) -> Iterator[str]:
+    """`edgeloop listener serve` against the server; yields its webhook URL."""
+    project.extra_env.update(
+        MLFLOW_TRACKING_URI=mlflow_server,
+        EDGELOOP_LISTENER_SECRET=SECRET,
+        EDGELOOP_LISTENER_RECORD_TO=str(project.root / "rollouts.jsonl"),
+    )
+    port = free_port()
+    log_path = project.root / "listener.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeloop.cli", "listener", "serve", "--port", str(port)],
+            cwd=project.root, env=project.env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(proc, f"{base}/health", log_path)
+            yield f"{base}/webhooks/mlflow"
+        finally:
+            stop_group(proc)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def set_alias_like_the_ui(server: str, model: str, version: str) -> None:
+    response = httpx.post(
+        f"{server}/api/2.0/mlflow/registered-models/alias",
+        json={"name": model, "alias": "production", "version": version},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_setting_production_in_mlflow_starts_a_rollout(
+    project: Project, mlflow_server: str, listener: str
+) -> None:
+    first = project.edgeloop("listener", "register-webhook", "--url", listener)
+    assert first.returncode == 0 and "created" in first.stdout, first.stdout + first.stderr
+    again = project.edgeloop("listener", "register-webhook", "--url", listener)
+    assert again.returncode == 0 and "updated" in again.stdout, again.stdout + again.stderr
+    client = project.client()
+    assert [h.url for h in client.list_webhooks()] == [listener]
+
+    model = "digits-classifier"
+    client.create_registered_model(model)
+    run_id = client.create_run("0").info.run_id
+    for tags in ({**PASSED, "edgeloop.rollout.status": "succeeded"}, PASSED, {}):
+        client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+
+    rollouts = project.root / "rollouts.jsonl"
+
+    def started() -> list[dict[str, Any]]:
+        lines = rollouts.read_text().splitlines() if rollouts.exists() else []
+        return [json.loads(line) for line in lines]
+
+    set_at = time.monotonic()
+    set_alias_like_the_ui(mlflow_server, model, "2")
+    wait_for(started, "a rollout of v2")
+    print(f"alias set -> rollout started: {time.monotonic() - set_at:.2f} s")
+    assert started() == [{"model": model, "version": "2", "stable_version": "1"}]
+
+    set_alias_like_the_ui(mlflow_server, model, "3")
+    refused = wait_for(
+        lambda: client.get_model_version(model, "3").tags.get("edgeloop.promote.refused"),
+        "the refusal of v3",
+    )
+    assert refused.startswith("it has no hardware results")
+    assert str(client.get_registered_model(model).aliases["production"]) == "1"
+
+    unsigned = httpx.post(listener, json={"entity": "model_version_alias"}, timeout=10)
+    assert unsigned.status_code == 401 and "missing header" in unsigned.json()["detail"]
+    assert started() == [{"model": model, "version": "2", "stable_version": "1"}]
