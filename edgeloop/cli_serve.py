@@ -95,7 +95,7 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
         ready_s = time.monotonic() - started
         webhook = _webhook(plan, env["EDGELOOP_LISTENER_SECRET"])
         console.print(_table(supervisor, ready_s))
-        console.print(f"MLflow webhook on alias changes -> {webhook}", highlight=False)
+        console.print(webhook, highlight=False)
         _write_state(plan, supervisor, ready_s)
         supervisor.run()
     except SupervisorError:
@@ -152,10 +152,17 @@ def _deploy(params: Any, pools: list[str]) -> None:
 
 
 def _webhook(plan: Any, secret: str) -> str:
+    """Create the MLflow webhook to the listener when MLflow may deliver to it; say what was done."""
+    if not plan.webhook_allowed:
+        return (
+            "no MLflow webhook: the listener serves plain http; give the listener a certificate "
+            "(EDGELOOP_LISTENER_TLS_CERTFILE/_KEYFILE), or --allow-loopback-webhooks on one machine, "
+            "or run `edgeloop listener poll`"
+        )
     from registry.webhooks import ensure_webhook
 
     ensure_webhook(plan.mlflow_url, plan.webhook_url, secret)
-    return str(plan.webhook_url)
+    return f"MLflow webhook on alias changes -> {plan.webhook_url}"
 
 
 def _table(supervisor: Any, ready_s: float) -> Table:

@@ -53,7 +53,14 @@ class ServePlan:
 
     @property
     def listener_url(self) -> str:
-        return f"http://{self.host}:{self.base_port + 2}"
+        """https when the listener has a certificate (EDGELOOP_LISTENER_TLS_CERTFILE)."""
+        scheme = "https" if os.environ.get("EDGELOOP_LISTENER_TLS_CERTFILE") else "http"
+        return f"{scheme}://{self.host}:{self.base_port + 2}"
+
+    @property
+    def webhook_allowed(self) -> bool:
+        """MLflow delivers to https; to http only when loopback webhooks are allowed."""
+        return self.listener_url.startswith("https:") or self.allow_loopback_webhooks
 
     @property
     def webhook_url(self) -> str:
@@ -129,7 +136,8 @@ def secret(env_name: str, path: Path) -> str:
 
 
 def http_ok(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
+    # Only the status is read, from a child this process started: a self-signed certificate is fine.
+    return httpx.get(url, timeout=2, verify=False).status_code == 200
 
 
 def pool_has_live_worker(prefect_api_url: str, pool: str) -> bool:

@@ -1,0 +1,111 @@
+"""`edgeloop serve` against real servers: every child healthy, a crashed child restarted, SIGTERM
+stops everything (no process left, checked by pid), on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from serve_process import Served, alive, edgeloop_serve
+
+from edgeloop.serve_plan import database_name, pool_has_live_worker
+
+pytestmark = pytest.mark.integration
+
+Project = Any  # tests/integration/conftest.py: Project
+
+
+def _assert_all_healthy(served: Served) -> None:
+    assert httpx.get(f"{served.prefect}/api/health", timeout=5).status_code == 200
+    assert httpx.get(f"{served.mlflow}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{served.controller}/v1/health", timeout=5).status_code == 200
+    assert httpx.get(f"{served.listener}/health", timeout=5).status_code == 200
+    assert pool_has_live_worker(f"{served.prefect}/api", "edgeloop-ops")
+    for name in ("rollout/promoted", "retrain/scheduled"):
+        found = httpx.get(f"{served.prefect}/api/deployments/name/{name}", timeout=5)
+        assert found.status_code == 200, name
+    scheduled = httpx.get(f"{served.prefect}/api/deployments/name/retrain/scheduled").json()
+    assert scheduled["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert set(served.state["children"]) == {
+        "prefect-server", "mlflow-server", "fleet-controller", "promotion-listener",
+        "worker edgeloop-ops",
+    }  # fmt: skip
+
+
+def _sigterm_leaves_nothing(served: Served) -> None:
+    pids = served.descendants()
+    assert len(pids) >= 5
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=90) == 0, served.output()
+    time.sleep(0.5)
+    assert alive(pids) == [], [psutil.Process(p).cmdline() for p in alive(pids)]
+    assert "stopped" in served.output()
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def test_serve_on_sqlite_heals_a_crashed_child_and_stops_cleanly(project: Project) -> None:
+    with edgeloop_serve(project) as served:
+        _assert_all_healthy(served)
+        assert (project.home / "prefect-server.db").is_file()
+        assert (project.home / "mlflow-server.db").is_file()
+        secret = project.home / "secrets" / "listener-secret"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        crashed = served.state["children"]["fleet-controller"]["pid"]
+        os.kill(crashed, signal.SIGKILL)
+        _wait(
+            lambda: (
+                httpx.get(f"{served.controller}/v1/health", timeout=2).status_code == 200
+                and "restarting fleet-controller" in served.output()
+            ),
+            90,
+            "the fleet controller was not restarted",
+        )
+        _sigterm_leaves_nothing(served)
+
+
+def test_serve_on_postgresql(project: Project, postgres_db: str) -> None:
+    import psycopg
+    from servers import PG
+
+    try:
+        with edgeloop_serve(project, "--db-url", postgres_db) as served:
+            _assert_all_healthy(served)
+            assert not (project.home / "mlflow-server.db").exists()
+            _sigterm_leaves_nothing(served)
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+            for service in ("prefect", "mlflow", "fleet"):
+                name = database_name(postgres_db, service)
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_serve_refuses_a_db_url_that_is_not_postgresql(project: Project) -> None:
+    result = project.edgeloop("serve", "--db-url", "mysql://root@127.0.0.1/edgeloop", timeout=60)
+    assert result.returncode == 1
+    assert "--db-url 'mysql://root@127.0.0.1/edgeloop' is not a PostgreSQL URL" in result.stderr
+    assert not (project.home / "logs").exists()  # nothing started
+
+
+def test_serve_names_an_unreachable_postgresql(project: Project) -> None:
+    result = project.edgeloop(
+        "serve", "--db-url", "postgresql://postgres@127.0.0.1:1/x", timeout=60
+    )
+    assert result.returncode == 1
+    assert "cannot reach PostgreSQL at 127.0.0.1:1" in result.stderr
+    assert not (project.home / "logs").exists()
