@@ -8,6 +8,7 @@ telemetry a 422 at the door instead of a poisoned aggregate.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -103,6 +104,18 @@ class Feedback(_Wire):
     label: int = Field(ge=0, le=100_000)
 
 
+class DeviceEvent(_Wire):
+    """A detector's finding on the device (``fleet.agent.drift``); the controller checks the values
+    (finite, in range) and counts a device that sends garbage."""
+
+    kind: Literal["input_drift", "prediction_drift", "latency_regression", "error_burst"]
+    value: float
+    threshold: float
+    window_s: float
+    feature: str | None = Field(None, max_length=128)
+    action: Literal["none", "fallback"] = "none"
+
+
 class TelemetryReport(_Wire):
     """One window of one version on one device; ``(buffer_id, seq)`` makes it idempotent."""
 
@@ -122,6 +135,7 @@ class TelemetryReport(_Wire):
     feedback: list[Feedback] = Field(default_factory=list, max_length=10_000)
     dropped_total: int = Field(0, ge=0)
     input_stats: dict[str, object] = Field(default_factory=dict)
+    events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _consistent(self) -> TelemetryReport:

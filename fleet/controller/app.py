@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from fleet.controller import db, loop, metrics
+from fleet.controller import db, loop, metrics, observe
 from fleet.controller.dashboard import router as dashboard_router
 from fleet.controller.errors import (
     ConcurrentUpdate,
@@ -31,6 +31,8 @@ from fleet.controller.errors import (
 )
 from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.routes_devices import router as devices_router
+from fleet.controller.routes_field import router as field_router
+from fleet.controller.routes_observe import router as observe_router
 from fleet.controller.routes_rollouts import router as rollouts_router
 from fleet.controller.settings import FleetSettings
 from fleet.protocol import API_PREFIX
@@ -82,9 +84,11 @@ def create_app(
             task = asyncio.create_task(
                 loop.run_forever(sessions, clock, settings.reconcile_s, notifier)
             )
+        observer = observe.start(sessions, clock, notifier) if settings.reconcile_enabled else None
         try:
             yield
         finally:
+            await observe.stop(observer)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -110,6 +114,8 @@ def create_app(
 
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(rollouts_router, prefix=API_PREFIX)
+    app.include_router(field_router, prefix=API_PREFIX)
+    app.include_router(observe_router, prefix=API_PREFIX)
     metrics.install(app)
     app.include_router(dashboard_router)
     return app

@@ -229,3 +229,6 @@ def migrate(url_or_engine: str | Engine) -> None:
         command.upgrade(config, "head")
     if isinstance(url_or_engine, str):
         engine.dispose()
+
+
+from fleet.controller import observe_tables as _observe_tables  # noqa: E402, F401  (register tables)

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from fleet.controller import store
+from fleet.controller import observe_ingest, store
 from fleet.controller.auth import Admin, CurrentDevice, DeviceIdentity, OwnDevice, SessionDep
 from fleet.controller.db import DeviceRow
 from fleet.protocol import (
@@ -179,6 +179,16 @@ def telemetry(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"reports {odd}: latency_ms.bounds_ms must be {list(bounds)}",
         )
+    garbage = observe_ingest.report_problems(body.reports)
+    if garbage:
+        observe_ingest.count_rejection(
+            session, device.device_id, garbage, request.app.state.clock()
+        )
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(garbage))
     row = session.get(DeviceRow, device.device_id)
     assert row is not None
-    return store.ingest_telemetry(session, row, body.reports, request.app.state.clock())
+    ack = store.ingest_telemetry(session, row, body.reports, request.app.state.clock())
+    observe_ingest.record(
+        session, row.device_id, body.reports, ack.accepted, request.app.state.clock()
+    )
+    return ack
