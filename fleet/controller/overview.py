@@ -9,12 +9,11 @@ the new version); its health comes from when it was last heard from.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from fleet.controller.db import DesiredStateRow, DeviceRow, RolloutRow, TelemetryRow
@@ -57,28 +56,26 @@ def device_groups(session: Session, now: datetime) -> list[DeviceGroup]:
     """Devices by hardware class, running version and health: one grouped query."""
     latest = _latest_report_ids()
     online_since = now - timedelta(seconds=ONLINE_WITHIN_S)
-    query = (
+    state = case(
+        (DeviceRow.last_seen.is_(None), NEVER),
+        (DeviceRow.last_seen >= online_since, ONLINE),
+        else_=OFFLINE,
+    )
+    per_device = (
         select(
-            DeviceRow.hardware_class,
-            TelemetryRow.version,
-            DeviceRow.last_seen.is_(None),
-            DeviceRow.last_seen >= online_since,
-            func.count(),
+            DeviceRow.hardware_class.label("cls"),
+            func.coalesce(TelemetryRow.version, NO_VERSION).label("version"),
+            state.label("health"),
         )
         .select_from(DeviceRow)
         .outerjoin(latest, latest.c.device_id == DeviceRow.device_id)
         .outerjoin(TelemetryRow, TelemetryRow.id == latest.c.report_id)
-        .group_by(
-            DeviceRow.hardware_class,
-            TelemetryRow.version,
-            DeviceRow.last_seen.is_(None),
-            DeviceRow.last_seen >= online_since,
-        )
-    )
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for cls, version, never, recent, n in session.execute(query):
-        state = NEVER if never else (ONLINE if recent else OFFLINE)
-        counts[(cls, version or NO_VERSION, state)] += n
+        .subquery()
+    )  # grouped outside: PostgreSQL would see the bound time twice as two expressions
+    query = select(
+        per_device.c.cls, per_device.c.version, per_device.c.health, func.count()
+    ).group_by(per_device.c.cls, per_device.c.version, per_device.c.health)
+    counts = {(c, v, h): int(n) for c, v, h, n in session.execute(query)}
     return [DeviceGroup(c, v, h, n) for (c, v, h), n in sorted(counts.items())]
 
 
