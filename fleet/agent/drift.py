@@ -124,7 +124,7 @@ def build_reference(
     return DriftReference(tuple(edges), tuple(shares), class_shares, tuple(feature_names))
 
 
-def bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+def bin_counts(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> np.ndarray:
     """Counts per bin: bin ``i`` holds values in ``(edges[i-1], edges[i]]``; non-finite values are
     left out."""
     v = np.asarray(values, dtype=np.float64)
@@ -132,12 +132,12 @@ def bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return np.bincount(np.searchsorted(np.asarray(edges), v, side="left"), minlength=len(edges) + 1)
 
 
-def bin_shares(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+def bin_shares(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> np.ndarray:
     counts = bin_counts(values, edges)
     return counts / max(1, counts.sum())
 
 
-def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
     """Population stability index of ``actual`` shares (or counts) against ``expected`` shares."""
     e = np.asarray(expected, dtype=np.float64)
     a = np.asarray(actual, dtype=np.float64)

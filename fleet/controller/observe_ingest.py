@@ -47,14 +47,14 @@ def stats_problems(stats: dict[str, object]) -> list[str]:
         )
     if not _finite(mean) or not _finite(std):
         problems.append("input_stats.mean and .std must be finite numbers (no NaN or Inf)")
-    elif any(float(s) < 0 for s in std):  # type: ignore[arg-type]
+    elif any(float(s) < 0 for s in std):
         problems.append("input_stats.std must be non-negative")
     return problems
 
 
 def report_problems(reports: Sequence[TelemetryReport]) -> list[str]:
     """Every problem of a batch, each prefixed with the report's seq."""
-    out = []
+    out: list[str] = []
     for r in reports:
         problems = stats_problems(r.input_stats)
         for e in r.events:

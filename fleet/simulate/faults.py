@@ -51,7 +51,7 @@ class FaultPlan:
     corrupt: FaultWindow | None = None
     drift: FaultWindow | None = None
     slow_factor: float = 5.0
-    drift_shift: float = 0.0
+    drift_shift: float = 1.0
     drift_noise: float = 1.0
 
     def window(self, kind: str) -> FaultWindow | None:
@@ -118,3 +118,19 @@ def parse_classes(text: str) -> dict[str, float]:
     if not out:
         raise ValueError("no classes given")
     return out
+
+
+def parse_faults(text: str) -> FaultPlan:
+    """``"drift:0.1,slow:0.05"`` -> a plan hitting those fractions of the devices for the whole run."""
+    windows: dict[str, FaultWindow] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, frac = part.partition(":")
+        if not sep or kind.strip() not in FAULT_KINDS:
+            raise ValueError(
+                f"expected FAULT:FRACTION with FAULT one of {FAULT_KINDS}, got {part!r}"
+            )
+        try:
+            windows[kind.strip()] = FaultWindow(float(frac))
+        except ValueError as exc:
+            raise ValueError(f"fault {part!r}: {exc}") from exc
+    return FaultPlan(**windows)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from fleet.agent.drift import DetectorPolicy, DeviceDetector, DriftReference
 from fleet.agent.signature import verify_variant
 from fleet.agent.telemetry import FeedbackPair, TelemetryWindow
 from fleet.protocol import (
@@ -51,7 +52,7 @@ from fleet.protocol import (
     EnrolResponse,
     TelemetryAck,
 )
-from fleet.simulate.faults import FaultPlan, assign_classes, parse_classes
+from fleet.simulate.faults import FaultPlan, assign_classes, parse_classes, parse_faults
 from fleet.simulate.sessions import SessionCache
 
 # --- results -------------------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class _Device:
         self.revision: int | None = None
         self.window = TelemetryWindow()
         self.retry_at = 0.0
+        ref = self.sim.drift_reference
+        self.detector = DeviceDetector(ref, self.sim.detector_policy) if ref is not None else None
 
     # helpers ---------------------------------------------------------------------------------------
 
@@ -294,6 +297,9 @@ class _Device:
         for latency in batch_ms / k * factor * jitter:
             self.window.record_inference(float(latency))
         self.window.inputs.update(x)
+        if self.detector is not None:
+            self.detector.observe_inputs(x)
+            self.detector.observe_predictions(preds)
         labelled = np.flatnonzero(self.rng.random(k) < sim.feedback_rate)
         for i in labelled:
             pair = FeedbackPair(uuid.uuid4().hex[:16], int(preds[i]), int(sim.field_y[rows[i]]))
@@ -307,6 +313,8 @@ class _Device:
             active.version, model=active.model, variant=active.variant, running=running
         )
         report.update(seq=self.disk.next_seq, buffer_id=self.disk.buffer_id)
+        if self.detector is not None:
+            report["events"] = [e.to_dict() for e in self.detector.take_events()]
         self.disk.next_seq += 1
         self.disk.outbox.append(report)
         self.result.reports_pending = len(self.disk.outbox)
@@ -370,6 +378,8 @@ class Simulation:
         prefix: str = "sim",
         workdir: Path | None = None,
         connections: int | None = None,
+        drift_reference: DriftReference | None = None,
+        detector_policy: DetectorPolicy | None = None,
     ) -> None:
         if len(field_x) == 0 or len(field_x) != len(field_y):
             raise ValueError("field_x and field_y need the same, non-zero number of rows")
@@ -382,6 +392,8 @@ class Simulation:
         self.feedback_rate = feedback_rate
         self.latency_scale = dict(latency_scale or {})
         self.faults = faults or FaultPlan()
+        self.drift_reference = drift_reference
+        self.detector_policy = detector_policy
         self.report_interval_s = report_interval_s
         self.rows_per_report = rows_per_report
         self.poll_wait_s = min(poll_wait_s, LONG_POLL_MAX_S)
@@ -588,9 +600,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feedback-rate", type=float, default=0.5)
     parser.add_argument("--report-interval", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faults", default="", help="e.g. drift:0.1,slow:0.05 (whole run)")
+    parser.add_argument(
+        "--drift-reference", type=Path, help="JSON drift reference: devices run the detectors"
+    )
     args = parser.parse_args(argv)
     try:
         classes = parse_classes(args.classes)
+        faults = parse_faults(args.faults)
+        reference = DriftReference.load(args.drift_reference) if args.drift_reference else None
         scales = _scales(args.latency_scale)
         x, y = load_field(args.field)
     except (ValueError, OSError, KeyError) as exc:
@@ -608,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s=args.duration,
         report_interval_s=args.report_interval,
         seed=args.seed,
+        faults=faults,
+        drift_reference=reference,
     )
     enrolled = sum(d.enrolled for d in result.devices.values())
     sent = sum(d.reports_sent for d in result.devices.values())

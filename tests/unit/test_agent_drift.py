@@ -1,0 +1,97 @@
+"""fleet.agent.drift: the reference, PSI, and each on-device detector with its event and action."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fleet.agent.drift import (
+    PSI_MAX,
+    DetectorPolicy,
+    DeviceDetector,
+    DriftReference,
+    build_reference,
+    histogram_p95,
+    local_action,
+    psi,
+)
+
+RNG = np.random.default_rng(0)
+TRAIN = RNG.normal(0, 1, size=(5000, 4))
+PREDICTED = RNG.integers(0, 3, size=5000)
+
+
+def reference() -> DriftReference:
+    return build_reference(
+        TRAIN, predictions=PREDICTED, classes=3, feature_names=("a", "b", "c", "d")
+    )
+
+
+def test_reference_has_deciles_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ref = reference()
+    assert ref.features == 4
+    assert all(len(e) == 9 and len(s) == 10 for e, s in zip(ref.edges, ref.shares, strict=True))
+    assert all(abs(sum(s) - 1) < 1e-9 for s in ref.shares)
+    assert all(abs(v - 0.1) < 0.01 for v in ref.shares[0])
+    assert DriftReference.load(ref.save(tmp_path / "ref.json")) == ref
+
+
+def test_reference_refuses_an_empty_split() -> None:
+    with pytest.raises(ValueError, match="non-empty n by d"):
+        build_reference(np.zeros((0, 3)))
+
+
+def test_psi_is_zero_for_the_same_distribution_and_bounded() -> None:
+    assert psi([0.5, 0.5], [50, 50]) == pytest.approx(0)
+    worst = psi([1.0, 0.0], [0, 1000])
+    assert 0 < worst <= PSI_MAX
+    with pytest.raises(ValueError, match="one length"):
+        psi([0.5, 0.5], [1, 2, 3])
+
+
+def test_clean_inputs_raise_no_event_and_shifted_ones_name_the_feature() -> None:
+    detector = DeviceDetector(reference(), DetectorPolicy(min_rows=500))
+    detector.observe_inputs(RNG.normal(0, 1, size=(1000, 4)))
+    assert detector.take_events() == []
+    shifted = RNG.normal(0, 1, size=(500, 4))
+    shifted[:, 2] += 1.5
+    detector.observe_inputs(shifted)
+    events = detector.take_events()
+    assert [(e.kind, e.feature) for e in events] == [("input_drift", "c")]
+    assert events[0].value > 0.25 == events[0].threshold
+    assert detector.take_events() == []  # taken once
+
+
+def test_prediction_shift_raises_prediction_drift() -> None:
+    detector = DeviceDetector(reference(), DetectorPolicy(min_rows=300))
+    detector.observe_predictions(np.zeros(300, dtype=int))  # everything is class 0 now
+    detector.observe_inputs(RNG.normal(0, 1, size=(300, 4)))
+    assert [e.kind for e in detector.take_events()] == ["prediction_drift"]
+
+
+def test_latency_regression_against_the_device_baseline() -> None:
+    detector = DeviceDetector(reference(), DetectorPolicy(baseline_windows=3, latency_factor=2))
+    for _ in range(3):
+        detector.observe_window(inferences=100, errors=0, p95_ms=10.0, window_s=1)
+    detector.observe_window(inferences=100, errors=0, p95_ms=15.0, window_s=1)
+    assert detector.take_events() == []
+    detector.observe_window(inferences=100, errors=0, p95_ms=25.0, window_s=1)
+    (event,) = detector.take_events()
+    assert (event.kind, event.value, event.threshold) == ("latency_regression", 25.0, 20.0)
+
+
+def test_error_burst_calls_for_a_local_fallback_by_policy() -> None:
+    detector = DeviceDetector(reference(), DetectorPolicy(error_rate=0.2, min_errors=5))
+    detector.observe_window(inferences=100, errors=4, p95_ms=None, window_s=1)
+    assert detector.take_events() == []
+    detector.observe_window(inferences=20, errors=10, p95_ms=None, window_s=1)
+    events = detector.take_events()
+    assert [e.kind for e in events] == ["error_burst"]
+    assert local_action(events) == "fallback"
+    assert events[0].to_dict()["action"] == "fallback"
+
+
+def test_histogram_p95() -> None:
+    assert histogram_p95((1, 2, 4), (0, 0, 0, 0)) is None
+    assert histogram_p95((1, 2, 4), (90, 5, 5, 0)) == 2.0
+    assert histogram_p95((1, 2, 4), (0, 0, 0, 10)) == 8.0

@@ -1,0 +1,286 @@
+"""fleet.controller.playbooks: config as data (each bad file refused with its reason), never twice per
+alert, retry with exponential backoff then give up, each run recorded with its cause; the actions
+against the API's database and fake HTTP endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
+from test_controller_loop import Devices, start_rollout
+
+from fleet.controller import alerts, playbooks, store
+from fleet.controller.errors import PolicyError
+from fleet.controller.observe_tables import AlertRow
+
+SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with make_fleet(tmp_path) as client:
+        clock = client.app.state.clock  # type: ignore[attr-defined]
+        assert isinstance(clock, Clock)
+        yield Fleet(client=client, clock=clock, tmp=tmp_path)
+
+
+def book(*actions: str, **extra: Any) -> playbooks.Playbook:
+    return playbooks.load_playbooks(
+        {
+            "playbooks": [
+                {
+                    "name": "drift",
+                    "trigger": {"kind": "input_drift", "scope": {"class": "host-cpu"}},
+                    "actions": [{"action": a} for a in actions],
+                    **extra,
+                }
+            ]
+        }
+    )[0]
+
+
+def open_alert(fleet: Fleet, at: float = 0, scope: dict[str, str] | None = None) -> int:
+    with fleet.app.state.sessions() as session:
+        row = alerts.raise_alert(
+            session, kind="input_drift", scope=scope or SCOPE, value=0.9, threshold=0.25,
+            reason="input drift on feature f3: PSI 0.90", now=fleet.clock.at(at),
+        )  # fmt: skip
+        assert row is not None
+        session.commit()
+        return row.id
+
+
+class Recorder:
+    """A fake action: fails ``failures`` times, then succeeds; counts its calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.calls = 0
+        self.failures = failures
+
+    def __call__(self, ctx: playbooks.ActionContext, action: playbooks.PlaybookAction) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"webhook down ({self.calls})")
+        return f"done for alert {ctx.alert.id}"
+
+
+def run(fleet: Fleet, books: list[playbooks.Playbook], at: float, fake: Recorder) -> list[Any]:
+    with fleet.app.state.sessions() as session:
+        now = fleet.clock.at(at)
+        playbooks.schedule(session, books, now)
+        runs = playbooks.execute_due(session, books, now, actions={"notify_webhook": fake})
+        return [(r.status, r.attempts) for r in runs]
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_a_playbook_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "playbooks.yaml"
+    path.write_text(
+        "playbooks:\n  - name: p\n    trigger: {kind: input_drift, threshold: 0.3}\n"
+        "    actions: [{action: pause_rollout}, {action: notify_webhook, url: 'http://h/x'}]\n"
+    )
+    (loaded,) = playbooks.load_playbooks_file(path)
+    assert loaded.trigger.threshold == 0.3 and [a.action for a in loaded.actions] == [
+        "pause_rollout",
+        "notify_webhook",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (["not", "a", "mapping"], "must be a mapping"),
+        ({"playbooks": [{"name": "p", "trigger": {"kind": "x"}, "actions": []}]}, "actions"),
+        (
+            {"playbooks": [{"name": "p", "trigger": {"kind": "x"}, "actions": [{"action": "x"}]}]},
+            "actions.0.action",
+        ),
+        ({"playbooks": [{"name": "p", "actions": [{"action": "pause_rollout"}]}]}, "trigger"),
+        (
+            {
+                "playbooks": [
+                    {"name": "p", "trigger": {"kind": "x"}, "actions": [{"action": "open_retrain"}]}
+                ]
+                * 2
+            },
+            "unique",
+        ),
+    ],
+    ids=["not_a_mapping", "no_actions", "unknown_action", "no_trigger", "duplicate_names"],
+)
+def test_bad_playbooks_are_refused_with_the_reason(raw: object, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        playbooks.load_playbooks(raw)
+
+
+def test_a_playbooks_file_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "playbooks.yaml"
+    path.write_text("playbooks: [unclosed\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        playbooks.load_playbooks_file(path)
+
+
+def test_an_unreadable_playbooks_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read playbooks file"):
+        playbooks.load_playbooks_file(tmp_path / "missing.yaml")
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def test_an_action_never_runs_twice_for_the_same_alert(fleet: Fleet) -> None:
+    alert_id = open_alert(fleet)
+    fake = Recorder()
+    books = [book("notify_webhook")]
+    assert run(fleet, books, 0, fake) == [("succeeded", 1)]
+    for at in (1, 5, 60):
+        open_alert(fleet, at)  # the same finding again: the same open alert
+        assert run(fleet, books, at, fake) == []
+    assert fake.calls == 1
+    with fleet.app.state.sessions() as session:
+        (recorded,) = playbooks.list_playbook_runs(session)
+    assert recorded["alert_id"] == alert_id and recorded["playbook"] == "drift"
+    assert "input_drift" in recorded["cause"] and "PSI 0.90" in recorded["cause"]
+    assert recorded["result"] == f"done for alert {alert_id}"
+
+
+def test_a_failing_action_is_retried_with_backoff_then_recorded_as_failed(fleet: Fleet) -> None:
+    open_alert(fleet)
+    fake = Recorder(failures=10)
+    books = [book("notify_webhook", max_attempts=3, backoff_s=2)]
+    assert run(fleet, books, 0, fake) == [("pending", 1)]  # next try at 2 s
+    assert run(fleet, books, 1.9, fake) == []
+    assert run(fleet, books, 2, fake) == [("pending", 2)]  # next try at 2 + 4 s
+    assert run(fleet, books, 5.9, fake) == []
+    assert run(fleet, books, 6, fake) == [("failed", 3)]
+    assert run(fleet, books, 1000, fake) == []  # given up: not repeated forever
+    assert fake.calls == 3
+    r = fleet.client.get("/v1/playbook-runs", headers=ADMIN_HEADERS)
+    (recorded,) = r.json()
+    assert recorded["status"] == "failed" and recorded["attempts"] == 3
+    assert recorded["result"] == "attempt 3: RuntimeError: webhook down (3)"
+
+
+def test_a_transient_failure_succeeds_on_retry(fleet: Fleet) -> None:
+    open_alert(fleet)
+    fake = Recorder(failures=1)
+    books = [book("notify_webhook", backoff_s=1)]
+    assert run(fleet, books, 0, fake) == [("pending", 1)]
+    assert run(fleet, books, 1, fake) == [("succeeded", 2)]
+
+
+def test_a_trigger_matches_kind_scope_and_threshold(fleet: Fleet) -> None:
+    open_alert(fleet, scope={**SCOPE, "class": "edge-small"})
+    fake = Recorder()
+    assert run(fleet, [book("notify_webhook")], 0, fake) == []
+    open_alert(fleet)
+    high = book("notify_webhook", trigger={"kind": "input_drift", "threshold": 5.0})
+    assert run(fleet, [high], 0, fake) == []
+    assert run(fleet, [book("notify_webhook")], 0, fake) == [("succeeded", 1)]
+
+
+# --- the actions -------------------------------------------------------------------------------
+
+
+def context(fleet: Fleet, session: Any, alert_id: int, **changes: Any) -> playbooks.ActionContext:
+    alert = session.get(AlertRow, alert_id)
+    return playbooks.ActionContext(session, alert, fleet.clock.at(10), **changes)
+
+
+def test_rollback_cohort_aborts_the_open_rollout(fleet: Fleet) -> None:
+    Devices(fleet)
+    rollout_id = start_rollout(fleet)
+    alert_id = open_alert(fleet)
+    action = playbooks.PlaybookAction(action="rollback_cohort")
+    with fleet.app.state.sessions() as session:
+        result = playbooks.rollback_cohort(context(fleet, session, alert_id), action)
+        assert result == f"rolled back {rollout_id}"
+        assert store.load_rollout(session, rollout_id).phase in ("rolling_back", "aborted")
+        again = playbooks.rollback_cohort(context(fleet, session, alert_id), action)
+    assert again.startswith("skipped: no open rollout")
+
+
+def test_pause_rollout_pauses_a_progressing_rollout(fleet: Fleet) -> None:
+    Devices(fleet)
+    rollout_id = start_rollout(fleet)
+    alert_id = open_alert(fleet)
+    action = playbooks.PlaybookAction(action="pause_rollout")
+    with fleet.app.state.sessions() as session:
+        assert playbooks.pause_rollout(context(fleet, session, alert_id), action) == (
+            f"paused {rollout_id}"
+        )
+        assert store.load_rollout(session, rollout_id).phase == "paused"
+
+
+def test_quarantine_device_pins_the_baseline(fleet: Fleet) -> None:
+    devices = Devices(fleet)
+    fleet.artifact("churn", "1")
+    fleet.artifact("churn", "2")
+    r = fleet.client.put("/v1/baselines/churn", json={"version": "1"}, headers=ADMIN_HEADERS)
+    assert r.status_code == 200, r.text
+    alert_id = open_alert(fleet, scope={**SCOPE, "device": "dev-0"})
+    action = playbooks.PlaybookAction(action="quarantine_device")
+    with fleet.app.state.sessions() as session:
+        result = playbooks.quarantine_device(context(fleet, session, alert_id), action)
+        assert result == "quarantined dev-0 on churn 1"
+        assert playbooks.quarantined_ids(session) == {"dev-0"}
+    assert devices.running("dev-0") == "1"
+
+
+def test_open_retrain_without_prefect_is_skipped(fleet: Fleet) -> None:
+    alert_id = open_alert(fleet)
+    action = playbooks.PlaybookAction(action="open_retrain")
+    with fleet.app.state.sessions() as session:
+        ctx = context(fleet, session, alert_id, prefect_api_url=None)
+        assert playbooks.open_retrain(ctx, action).startswith("skipped: no Prefect API")
+
+
+def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> None:
+    seen: list[httpx.Request] = []
+
+    def prefect(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "GET":
+            assert request.url.path == "/api/deployments/name/retrain/scheduled"
+            return httpx.Response(200, json={"id": "dep-1"})
+        assert request.url.path == "/api/deployments/dep-1/create_flow_run"
+        return httpx.Response(201, json={"id": "run-7"})
+
+    alert_id = open_alert(fleet)
+    action = playbooks.PlaybookAction(action="open_retrain")
+    with fleet.app.state.sessions() as session:
+        ctx = context(
+            fleet, session, alert_id,
+            prefect_api_url="http://prefect.test/api",
+            http=lambda: httpx.Client(transport=httpx.MockTransport(prefect)),
+            field_dir=fleet.tmp / "field",
+        )  # fmt: skip
+        result = playbooks.open_retrain(ctx, action)
+    assert result.startswith("flow run run-7 of retrain/scheduled")
+    field = fleet.tmp / "field" / f"alert-{alert_id}.json"
+    assert field.is_file() and str(field) in seen[1].content.decode()
+
+
+def test_notify_webhook_posts_the_alert_and_a_refusal_raises(fleet: Fleet) -> None:
+    bodies: list[bytes] = []
+
+    def hook(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(204 if len(bodies) == 1 else 500)
+
+    alert_id = open_alert(fleet)
+    action = playbooks.PlaybookAction(action="notify_webhook", url="http://hooks.test/fleet")
+    with fleet.app.state.sessions() as session:
+        ctx = context(
+            fleet, session, alert_id, http=lambda: httpx.Client(transport=httpx.MockTransport(hook))
+        )
+        assert playbooks.notify_webhook(ctx, action) == "POST http://hooks.test/fleet: 204"
+        with pytest.raises(httpx.HTTPStatusError):
+            playbooks.notify_webhook(ctx, action)
+    assert b"input drift on feature f3" in bodies[0]
