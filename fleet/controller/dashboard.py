@@ -20,10 +20,11 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from fleet.controller import aggregate, alerts, overview, playbooks
 from fleet.controller import dashboard_pages as pages
-from fleet.controller import overview
 from fleet.controller.decide import RolloutStatus
 
 COOKIE = "edgeloop_dashboard"
@@ -101,6 +102,7 @@ def logout() -> Response:
 
 def _overview_data(request: Request) -> pages.OverviewData:
     now: datetime = request.app.state.clock()
+    since = now - timedelta(seconds=CHART_WINDOW_S)
     with request.app.state.sessions() as session:
         return pages.OverviewData(
             now=now,
@@ -109,8 +111,29 @@ def _overview_data(request: Request) -> pages.OverviewData:
                 RolloutStatus.model_validate(r.status)
                 for r in overview.recent_rollouts(session, limit=10)
             ],
-            reports=overview.recent_reports(session, since=now - timedelta(seconds=CHART_WINDOW_S)),
+            reports=overview.recent_reports(session, since=since),
+            alerts=alerts.list_alerts(session, status="open", limit=50),
+            playbook_runs=playbooks.list_playbook_runs(session, limit=50),
+            drift=_drift(session, now, since),
         )
+
+
+def _drift(
+    session: Session, now: datetime, since: datetime
+) -> dict[str, list[tuple[float, float]]]:
+    """The largest input-drift PSI per model version and class over the chart window."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for model in overview.known_models(session):
+        for point in aggregate.fleet_series(
+            session, model=model, metric="drift_psi", since=since, limit=2000
+        ):
+            cls = "all classes" if point["class"] == aggregate.ALL else point["class"]
+            at = datetime.fromisoformat(point["window_end"])
+            at = at if at.tzinfo else at.replace(tzinfo=now.tzinfo)
+            series.setdefault(f"{model} v{point['version']} {cls}", []).append(
+                ((at - now).total_seconds(), float(point["value"]))
+            )
+    return series
 
 
 @router.get("", response_class=HTMLResponse)

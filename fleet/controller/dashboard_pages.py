@@ -200,11 +200,7 @@ def _gate_table(results: Iterable[Any], css: str) -> str:
 
 def _charts_panel(data: OverviewData) -> str:
     latency, accuracy = chart_series(data.reports, data.now)
-    drift = (
-        charts.lines("input drift (PSI)", data.drift)
-        if data.drift is not None
-        else "<p class='note' id='drift-note'>drift series are not recorded by this controller</p>"
-    )
+    drift = charts.lines("largest input drift (PSI) per version and class", data.drift or {})
     return (
         "<section class='panel' id='charts'><h2>Latency, accuracy and drift</h2>"
         f"<p class='note'>the newest {len(data.reports)} reports of the last hour; x: seconds "
@@ -251,28 +247,41 @@ def chart_series(
     return dict(latency), dict(accuracy)
 
 
+ALERT_COLUMNS = ("kind", "scope", "value", "threshold", "reason", "occurrences", "opened_at")
+RUN_COLUMNS = ("playbook", "action", "status", "cause", "result", "attempts", "updated_at")
+
+
 def _alerts_panel(alerts: list[dict[str, Any]] | None, runs: list[dict[str, Any]] | None) -> str:
     return (
         "<section class='panel' id='alerts'><h2>Active alerts</h2>"
-        + _records(alerts, "alerts are not recorded by this controller", "no active alerts")
+        + _records(alerts, ALERT_COLUMNS, "alerts are not recorded", "no active alerts")
         + "</section><section class='panel' id='playbooks'><h2>Playbook runs</h2>"
-        + _records(runs, "playbook runs are not recorded by this controller", "no playbook runs")
+        + _records(runs, RUN_COLUMNS, "playbook runs are not recorded", "no playbook runs")
         + "</section>"
     )
 
 
-def _records(records: list[dict[str, Any]] | None, missing: str, empty: str) -> str:
+def _records(
+    records: list[dict[str, Any]] | None, keys: Sequence[str], missing: str, empty: str
+) -> str:
     if records is None:
         return f"<p class='note'>{missing}</p>"
     if not records:
         return f"<p class='note'>{empty}</p>"
-    keys = list(records[0])
     head = "".join(f"<th>{escape(k)}</th>" for k in keys)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>"
+        "<tr>" + "".join(f"<td>{escape(_cell(r.get(k)))}</td>" for k in keys) + "</tr>"
         for r in records
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 def devices_page(result: overview.DevicePage, hardware_class: str | None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from fleet.controller.db import DesiredStateRow, DeviceRow, RolloutRow, TelemetryRow
+from fleet.controller.db import BaselineRow, DesiredStateRow, DeviceRow, RolloutRow, TelemetryRow
 
 ONLINE_WITHIN_S = 120.0
 """A device heard from within this many seconds is online (long-polls answer within 30 s)."""
@@ -249,3 +249,9 @@ def recent_rollouts(session: Session, limit: int = 20) -> list[RolloutRow]:
     return list(
         session.scalars(select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit))
     )
+
+
+def known_models(session: Session) -> list[str]:
+    """Models with a baseline or a rollout."""
+    baselines = set(session.scalars(select(BaselineRow.model)))
+    return sorted(baselines | set(session.scalars(select(RolloutRow.model).distinct())))

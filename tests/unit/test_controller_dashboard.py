@@ -120,3 +120,45 @@ def test_database_text_is_escaped(fleet: Fleet) -> None:
     assert r.status_code == 200, r.text
     page = fleet.client.get("/dashboard/devices", headers=ADMIN_HEADERS).text
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_alerts_playbook_runs_and_drift_are_shown(fleet: Fleet) -> None:
+    from fleet.controller import alerts
+    from fleet.controller.db import BaselineRow
+    from fleet.controller.observe_tables import PlaybookRunRow, SeriesPointRow
+
+    now = fleet.clock()
+    with fleet.app.state.sessions() as session:
+        session.add(BaselineRow(model="churn", version="4", updated_at=now))
+        alert = alerts.raise_alert(
+            session,
+            kind="input_drift",
+            scope={"model": "churn", "version": "4"},
+            value=0.41,
+            threshold=0.2,
+            reason="PSI 0.41 on px_3 above 0.2",
+            now=now,
+        )
+        assert alert is not None
+        session.add(
+            PlaybookRunRow(
+                playbook="drift-retrain", alert_id=alert.id, action="open_retrain",
+                cause="alert input_drift churn v4", status="done", result="flow run 7",
+                attempts=1, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        for i, psi in enumerate((0.05, 0.41)):
+            session.add(
+                SeriesPointRow(
+                    model="churn", version="4", hardware_class="host-cpu", label="*",
+                    metric="drift_psi", window_end=fleet.clock.at(60 * i), value=psi,
+                    devices=3, samples=30,
+                )
+            )  # fmt: skip
+        session.commit()
+    page = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
+    alerts_html = page[page.index("id='alerts'") : page.index("id='playbooks'")]
+    assert "input_drift" in alerts_html and "PSI 0.41 on px_3 above 0.2" in alerts_html
+    runs_html = page[page.index("id='playbooks'") :]
+    assert "drift-retrain" in runs_html and "flow run 7" in runs_html
+    assert "churn v4 host-cpu" in page  # the drift chart's series
