@@ -17,6 +17,7 @@ import mlflow
 from prefect import flow
 
 from edgeloop.params import Params, load_params
+from edgeloop.placement_params import PlacementParams
 from edgeloop.settings import Settings
 from flows.placement import Placement, PlacementError, run_placed
 from flows.retrain import retrain
@@ -38,11 +39,15 @@ def settings_for_workers(settings: Settings) -> dict[str, str]:
 
 
 def job_run_key(settings: Settings, params: Params) -> str:
-    """Data (DVC hash of the splits, or the loader when none exist yet), parameters, code."""
+    """Data (DVC hash of the splits, or the loader when none exist yet), parameters, code.
+
+    Where the job runs is not what it produces: the ``placement`` section stays out of the key.
+    """
     splits = settings.splits_dir
     data = dvc_dir_hash(splits) if splits.is_dir() else f"loader {params.data.loader}"
+    job = params.model_copy(update={"placement": PlacementParams()})
     state = git_state(CHECKOUT)
-    return run_key(data, params.digest(), state.commit + ("+dirty" if state.dirty else ""))
+    return run_key(data, job.digest(), state.commit + ("+dirty" if state.dirty else ""))
 
 
 @flow(name="placed-training", log_prints=True, validate_parameters=False)

@@ -133,7 +133,7 @@ def flow_runs(api: str, flow_name: str) -> list[dict[str, Any]]:
 
 
 def kill_flow_run_processes(run_ids: set[str]) -> None:
-    """A worker killed with SIGKILL leaves its run's process (its own session) behind."""
+    """A run's process has a process group of its own: stop any that outlived its worker."""
     for proc in psutil.process_iter():
         try:
             if proc.environ().get("PREFECT__FLOW_RUN_ID") in run_ids:

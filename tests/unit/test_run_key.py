@@ -88,3 +88,25 @@ def test_another_key_or_no_key_registers_a_new_version(
     assert publish(client, release_in_new_run(client, tmp_path / "c", None), **dirs).version == "3"
     assert existing_version(client, "tiny", "k3") is None
     assert existing_version(client, "no-such-model", "k1") is None
+
+
+def test_a_jobs_key_follows_data_and_training_params_but_not_placement(tmp_path: Path) -> None:
+    from edgeloop.params import Params
+    from edgeloop.placement_params import PlacementConstraints, PlacementParams
+    from edgeloop.settings import Settings
+    from flows.placement_flow import job_run_key
+
+    settings = Settings(data_dir=tmp_path / "data")
+    params = Params()
+    key = job_run_key(settings, params)
+    moved = params.model_copy(
+        update={"placement": PlacementParams(constraints=PlacementConstraints(deadline_s=5))}
+    )
+    assert job_run_key(settings, moved) == key
+    more_epochs = params.model_copy(
+        update={"training": params.training.model_copy(update={"epochs": 31})}
+    )
+    assert job_run_key(settings, more_epochs) != key
+    (tmp_path / "data" / "splits").mkdir(parents=True)
+    (tmp_path / "data" / "splits" / "train.csv").write_text("a,b\n1,2\n")
+    assert job_run_key(settings, params) != key
