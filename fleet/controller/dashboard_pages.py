@@ -17,9 +17,11 @@ from urllib.parse import urlencode
 from fleet.controller import dashboard_charts as charts
 from fleet.controller import overview
 from fleet.controller.decide import RolloutStatus
+from fleet.controller.phase import RolloutPhase
 from fleet.controller.stats import LatencyHistogram, merge_histograms, quantile_ms
 
 CHART_BUCKETS = 20
+ROLLING_BACK = RolloutPhase.ROLLING_BACK
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;color:#111827;background:#f9fafb}
@@ -146,8 +148,11 @@ def _rollout(s: RolloutStatus) -> str:
         for t in s.history
     )
     outcome = ""
+    why = next((t.reason for t in reversed(s.history) if t.to_phase is ROLLING_BACK), None)
+    if why:
+        outcome = f"<p class='outcome reason'><strong>rolled back:</strong> {escape(why)}</p>"
     if s.causes:
-        outcome = (
+        outcome += (
             f"<h3>{'rolled back' if phase == 'rolled_back' else 'stopped'} because</h3>"
             + _gate_table(s.causes, "causes")
         )

@@ -127,6 +127,8 @@ def test_dashboard_in_a_real_browser(rolled_back_fleet: dict[str, Any], tmp_path
             text = article.inner_text()
             assert "rolled back because" in text and "p95_latency" in text
             assert "edge-small" in text and "fail" in text
+            outcome = article.locator(".outcome").inner_text()
+            assert "rolled back:" in outcome and "gate p95_latency failed on edge-small" in outcome
             assert page.locator("svg[aria-label='p95 latency per version and class']").is_visible()
             page.screenshot(path=str(shot), full_page=True)
 
