@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet.agent.telemetry import LATENCY_BOUNDS_MS
-from fleet.controller import overview
+from fleet.controller import overview, store
 from fleet.controller.decide import RolloutStatus
 from fleet.controller.phase import RolloutPhase
 
@@ -150,11 +150,28 @@ def _rollout_series(session: Session) -> Iterator[Metric]:
     for phase in RolloutPhase:
         by_phase.add_metric([str(phase)], phases.get(str(phase), 0))
     yield by_phase
-    rollbacks = CounterMetricFamily(
-        "edgeloop_rollouts_rolled_back", "Rollouts that ended rolled back"
+    finished = CounterMetricFamily(
+        "edgeloop_rollout_outcomes",
+        "Finished rollout attempts by model and outcome (succeeded, rolled_back, failed, aborted)",
+        labels=["model", "outcome"],
     )
-    rollbacks.add_metric([], phases.get(str(RolloutPhase.ROLLED_BACK), 0))
-    yield rollbacks
+    rollbacks = CounterMetricFamily(
+        "edgeloop_rollouts_rolled_back", "Rollout attempts that ended rolled back"
+    )
+    counts = overview.outcomes(session)
+    for (model, outcome), n in sorted(counts.items()):
+        finished.add_metric([model, outcome], n)
+    rollbacks.add_metric([], sum(n for (_, o), n in counts.items() if o == "rolled_back"))
+    yield from (finished, rollbacks)
+    alerts = GaugeMetricFamily("edgeloop_alerts_open", "Open alerts by kind", labels=["kind"])
+    for kind, n in sorted(overview.open_alerts_by_kind(session).items()):
+        alerts.add_metric([kind], n)
+    runs = GaugeMetricFamily(
+        "edgeloop_playbook_runs", "Playbook runs by action and status", labels=["action", "status"]
+    )
+    for (action, status), n in sorted(overview.playbook_runs_by_status(session).items()):
+        runs.add_metric([action, status], n)
+    yield from (alerts, runs)
     labels = ["rollout_id", "model", "version"]
     stage = GaugeMetricFamily(
         "edgeloop_rollout_stage", "1-based stage of each open rollout", labels=labels
@@ -174,10 +191,8 @@ def _rollout_series(session: Session) -> Iterator[Metric]:
         "Threshold each gate is held against",
         labels=[*labels, "hardware_class", "gate"],
     )
-    for row in overview.recent_rollouts(session, limit=200):
+    for row in store.open_rollouts(session):
         status = RolloutStatus.model_validate(row.status)
-        if status.phase.is_terminal():
-            continue
         key = [status.rollout_id, status.model, status.canary_version]
         stage.add_metric(key, status.stage + 1)
         for cohort in status.last_check.cohorts if status.last_check else ():

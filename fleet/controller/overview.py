@@ -9,6 +9,7 @@ the new version); its health comes from when it was last heard from.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,15 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from fleet.controller.db import BaselineRow, DesiredStateRow, DeviceRow, RolloutRow, TelemetryRow
+from fleet.controller.db import (
+    BaselineRow,
+    DesiredStateRow,
+    DeviceRow,
+    RolloutActionRow,
+    RolloutRow,
+    TelemetryRow,
+)
+from fleet.controller.observe_tables import AlertRow, PlaybookRunRow
 
 ONLINE_WITHIN_S = 120.0
 """A device heard from within this many seconds is online (long-polls answer within 30 s)."""
@@ -255,3 +264,31 @@ def known_models(session: Session) -> list[str]:
     """Models with a baseline or a rollout."""
     baselines = set(session.scalars(select(BaselineRow.model)))
     return sorted(baselines | set(session.scalars(select(RolloutRow.model).distinct())))
+
+
+def outcomes(session: Session) -> dict[tuple[str, str], int]:
+    """Finished rollout attempts by (model, outcome), from the outbox's ``record_outcome`` actions
+    (one per attempt, kept after a retry: a counter that never goes down)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    rows = session.scalars(
+        select(RolloutActionRow.action).where(RolloutActionRow.kind == "record_outcome")
+    )
+    for action in rows:
+        counts[(str(action.get("model", "")), str(action.get("outcome", "")))] += 1
+    return dict(counts)
+
+
+def open_alerts_by_kind(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(AlertRow.kind, func.count()).where(AlertRow.status == "open").group_by(AlertRow.kind)
+    )
+    return {kind: int(n) for kind, n in rows}
+
+
+def playbook_runs_by_status(session: Session) -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(PlaybookRunRow.action, PlaybookRunRow.status, func.count()).group_by(
+            PlaybookRunRow.action, PlaybookRunRow.status
+        )
+    )
+    return {(action, status): int(n) for action, status, n in rows}

@@ -87,3 +87,27 @@ def test_metrics_show_rollouts_by_phase_and_open_rollout_stage(fleet: Fleet) -> 
     assert m[("edgeloop_rollouts_rolled_back_total", ())] == 0
     labels = (("model", "churn"), ("rollout_id", rollout_id), ("version", "2"))
     assert m[("edgeloop_rollout_stage", labels)] == 1
+
+
+def test_metrics_count_open_alerts_and_playbook_runs(fleet: Fleet) -> None:
+    from fleet.controller import alerts
+    from fleet.controller.observe_tables import PlaybookRunRow
+
+    now = fleet.clock()
+    with fleet.app.state.sessions() as session:
+        alert = alerts.raise_alert(
+            session, kind="input_drift", scope={"model": "churn"}, value=0.5, threshold=0.2,
+            reason="PSI 0.5", now=now,
+        )  # fmt: skip
+        assert alert is not None
+        session.add(
+            PlaybookRunRow(
+                playbook="p", alert_id=alert.id, action="pause_rollout", cause="c",
+                status="failed", result="r", attempts=3, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        session.commit()
+    m = scrape(fleet)
+    assert m[("edgeloop_alerts_open", (("kind", "input_drift"),))] == 1
+    runs = (("action", "pause_rollout"), ("status", "failed"))
+    assert m[("edgeloop_playbook_runs", runs)] == 1
