@@ -169,8 +169,8 @@ def _rollout_series(session: Session) -> Iterator[Metric]:
     runs = GaugeMetricFamily(
         "edgeloop_playbook_runs", "Playbook runs by action and status", labels=["action", "status"]
     )
-    for (action, status), n in sorted(overview.playbook_runs_by_status(session).items()):
-        runs.add_metric([action, status], n)
+    for (action, state), n in sorted(overview.playbook_runs_by_status(session).items()):
+        runs.add_metric([action, state], n)
     yield from (alerts, runs)
     labels = ["rollout_id", "model", "version"]
     stage = GaugeMetricFamily(
