@@ -198,10 +198,6 @@ def rollback_cohort(ctx: ActionContext, _action: PlaybookAction) -> str:
     return f"rolled back {', '.join(ids)}"
 
 
-def quarantined_ids(session: Session) -> set[str]:
-    return set(session.scalars(select(QuarantineRow.device_id)))
-
-
 def quarantine_device(ctx: ActionContext, _action: PlaybookAction) -> str:
     device_id = ctx.alert.scope.get("device")
     if not device_id or ctx.session.get(DeviceRow, device_id) is None:

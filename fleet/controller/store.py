@@ -46,6 +46,7 @@ from fleet.controller.errors import (
     RolloutNotFound,
 )
 from fleet.controller.observations import DeviceObservation, Observations, VersionTelemetry
+from fleet.controller.observe_tables import QuarantineRow
 from fleet.controller.phase import RolloutPhase
 from fleet.controller.stats import LatencyHistogram, merge_histograms
 from fleet.protocol import (
@@ -184,6 +185,8 @@ def target_devices(
     Targeting a device at what it is already targeted at changes nothing, so performing an outbox
     action twice is harmless. Does not commit.
     """
+    if rollout_id is not None:  # quarantined devices stay on what a playbook pinned them to
+        device_ids = without_quarantined(session, device_ids)
     ids = list(dict.fromkeys(device_ids))
     known: set[str] = set()
     rows: dict[str, DesiredStateRow] = {}
@@ -476,6 +479,12 @@ def observations(
             for d in devices
         ),
     )
+
+
+def without_quarantined(session: Session, device_ids: Iterable[str]) -> list[str]:
+    """``device_ids`` less the devices a playbook quarantined (they take no rollout targets)."""
+    held = set(session.scalars(select(QuarantineRow.device_id)))
+    return [d for d in device_ids if d not in held]
 
 
 def accepted_bounds() -> tuple[float, ...]:

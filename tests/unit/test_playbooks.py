@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
-from test_controller_loop import Devices, start_rollout
+from test_controller_loop import DEVICES, Devices, start_rollout
 
 from fleet.controller import alerts, playbooks, store
 from fleet.controller.errors import PolicyError
@@ -229,8 +229,13 @@ def test_quarantine_device_pins_the_baseline(fleet: Fleet) -> None:
     with fleet.app.state.sessions() as session:
         result = playbooks.quarantine_device(context(fleet, session, alert_id), action)
         assert result == "quarantined dev-0 on churn 1"
-        assert playbooks.quarantined_ids(session) == {"dev-0"}
-    assert devices.running("dev-0") == "1"
+        assert store.without_quarantined(session, DEVICES) == DEVICES[1:]
+        rollout = store.target_devices(
+            session, DEVICES, model="churn", version="2", rollout_id="r-1", now=fleet.clock.at(20)
+        )
+        session.commit()
+    assert sorted(rollout) == DEVICES[1:]  # no new targets for a quarantined device
+    assert devices.running("dev-0") == "1" and devices.running("dev-1") == "2"
 
 
 def test_open_retrain_without_prefect_is_skipped(fleet: Fleet) -> None:
