@@ -1,10 +1,11 @@
 """Read-side aggregates of the fleet for ``/metrics`` and the dashboard, computed in SQL.
 
-Everything here is a handful of grouped queries whatever the fleet's size: counts are ``GROUP BY`` in
-the database, the device table is one page (``LIMIT``/``OFFSET`` on the primary key) plus the latest
-report of the devices on that page, and charts read a bounded sample of recent reports. The version a
-device runs is the version of its latest report (a device counts as upgraded only once it reports from
-the new version); its health comes from when it was last heard from.
+Everything here is a handful of grouped queries whatever the fleet's size: counts are ``GROUP BY``
+in the database, the device table is one page (``LIMIT``/``OFFSET`` on the primary key) plus the
+latest report of the devices on that page, and charts read a bounded sample of recent reports. The
+version a device runs is the version of its latest report (a device counts as upgraded only once it
+reports from the new version); its health comes from when it was last heard from, unless a playbook
+quarantined it.
 """
 
 from __future__ import annotations
@@ -25,19 +26,22 @@ from fleet.controller.db import (
     RolloutRow,
     TelemetryRow,
 )
-from fleet.controller.observe_tables import AlertRow, PlaybookRunRow
+from fleet.controller.observe_tables import AlertRow, PlaybookRunRow, QuarantineRow
 
 ONLINE_WITHIN_S = 120.0
 """A device heard from within this many seconds is online (long-polls answer within 30 s)."""
 NEVER = "never_seen"
 ONLINE = "online"
 OFFLINE = "offline"
-HEALTHS = (ONLINE, OFFLINE, NEVER)
+QUARANTINED = "quarantined"
+HEALTHS = (ONLINE, OFFLINE, NEVER, QUARANTINED)
 NO_VERSION = "none"
 """The version label of a device that has not reported yet."""
 
 
-def health(last_seen: datetime | None, now: datetime) -> str:
+def health(last_seen: datetime | None, now: datetime, quarantined: bool = False) -> str:
+    if quarantined:
+        return QUARANTINED
     if last_seen is None:
         return NEVER
     return ONLINE if last_seen >= now - timedelta(seconds=ONLINE_WITHIN_S) else OFFLINE
@@ -66,6 +70,7 @@ def device_groups(session: Session, now: datetime) -> list[DeviceGroup]:
     latest = _latest_report_ids()
     online_since = now - timedelta(seconds=ONLINE_WITHIN_S)
     state = case(
+        (DeviceRow.device_id.in_(select(QuarantineRow.device_id)), QUARANTINED),
         (DeviceRow.last_seen.is_(None), NEVER),
         (DeviceRow.last_seen >= online_since, ONLINE),
         else_=OFFLINE,
@@ -149,6 +154,9 @@ def device_page(
             )
         ).all()
     )
+    quarantined = set(
+        session.scalars(select(QuarantineRow.device_id).where(QuarantineRow.device_id.in_(ids)))
+    )
     lines = [
         DeviceLine(
             device_id=d.device_id,
@@ -157,7 +165,7 @@ def device_page(
             running_version=running.get(d.device_id) or NO_VERSION,
             desired_version=desired.get(d.device_id) or NO_VERSION,
             last_seen=d.last_seen,
-            health=health(d.last_seen, now),
+            health=health(d.last_seen, now, d.device_id in quarantined),
         )
         for d in devices
     ]

@@ -162,3 +162,21 @@ def test_alerts_playbook_runs_and_drift_are_shown(fleet: Fleet) -> None:
     runs_html = page[page.index("id='playbooks'") :]
     assert "drift-retrain" in runs_html and "flow run 7" in runs_html
     assert "churn v4 host-cpu" in page  # the drift chart's series
+
+
+def test_a_quarantined_device_shows_as_quarantined(fleet: Fleet) -> None:
+    from fleet.controller.observe_tables import QuarantineRow
+
+    fleet.enrol("dev-q")
+    fleet.enrol("dev-ok")
+    with fleet.app.state.sessions() as session:
+        session.add(
+            QuarantineRow(device_id="dev-q", model="churn", version="1", reason="drift",
+                          created_at=fleet.clock())
+        )  # fmt: skip
+        session.commit()
+    table = fleet.client.get("/dashboard/devices", headers=ADMIN_HEADERS).text
+    assert "<td>dev-q</td>" in table and "class='quarantined'>quarantined<" in table
+    assert "class='never_seen'>never_seen<" in table  # dev-ok
+    page = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
+    assert "<td>host-cpu</td><td>none</td><td>0</td><td>0</td><td>1</td><td>1</td>" in page
