@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,16 +161,14 @@ def test_every_pool_down_fails_the_flow_run_naming_each_pool(
     assert not flow_runs(prefect_api, "placed-training")
 
 
-def test_killing_the_chosen_pools_worker_fails_over_with_one_version(
-    project: Project, prefect_api: str, tmp_path: Path
-) -> None:
-    project.set_params(placement=placement(), **FAST)
-    project.extra_env["PREFECT_API_URL"] = prefect_api
+@contextmanager
+def workers_on_both_pools(
+    project: Project, api: str, logs: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """A process worker per pool, live (as `edgeloop place --dry-run` sees it) before yielding."""
     workers = {
-        pool: start_worker(project, prefect_api, pool, tmp_path / f"{pool}.log")
-        for pool in (CHEAP, DEAR)
+        pool: start_worker(project, api, pool, logs / f"{pool}.log") for pool in (CHEAP, DEAR)
     }
-    run_ids: set[str] = set()
     try:
         dry = wait_for(
             "both pools live",
@@ -181,13 +180,28 @@ def test_killing_the_chosen_pools_worker_fails_over_with_one_version(
             timeout=120,
         )
         assert "chosen" in dry.stdout and "cheapest healthy pool" in dry.stdout, dry.stdout
+        yield workers
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        kill_flow_run_processes({r["id"] for r in flow_runs(api, "placed-training")})
+
+
+def test_killing_the_chosen_pools_worker_fails_over_with_one_version(
+    project: Project, prefect_api: str, tmp_path: Path
+) -> None:
+    project.set_params(placement=placement(), **FAST)
+    project.extra_env["PREFECT_API_URL"] = prefect_api
+    with workers_on_both_pools(project, prefect_api, tmp_path) as workers:
         driver_log = tmp_path / "place.log"
         with driver_log.open("w") as out:
             driver = subprocess.Popen(
                 [sys.executable, "-m", "edgeloop.cli", "place"], cwd=project.root, env=project.env(),
                 stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
-        running = wait_for(
+        wait_for(
             f"a training run on {CHEAP}",
             lambda: [
                 r
@@ -196,23 +210,15 @@ def test_killing_the_chosen_pools_worker_fails_over_with_one_version(
             ],
             timeout=240,
         )
-        run_ids.add(running[0]["id"])
         time.sleep(3)  # mid-run: the loop is importing and training
         os.killpg(workers[CHEAP].pid, signal.SIGKILL)
         workers[CHEAP].wait()
         driver.wait(timeout=900)
         output = driver_log.read_text()
-        run_ids.update(r["id"] for r in flow_runs(prefect_api, "placed-training"))
         assert driver.returncode == 0, output + (tmp_path / f"{DEAR}.log").read_text()[-3000:]
         # The killed worker's run either dies with it (crashed) or is orphaned (worker lost).
         assert "the run crashed" in output or "lost its worker" in output, output
         assert f"trained on pool {DEAR}" in output, output
-    finally:
-        for proc in workers.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        kill_flow_run_processes(run_ids)
 
     client = project.client()
     versions = client.search_model_versions("name = 'digits-classifier'")
@@ -240,3 +246,34 @@ def test_killing_the_chosen_pools_worker_fails_over_with_one_version(
     assert (
         decision["decisions"][0]["chosen"] == CHEAP and decision["decisions"][1]["chosen"] == DEAR
     )
+
+
+def test_runs_past_their_deadline_are_cancelled_on_each_pool_and_nothing_registers(
+    project: Project, prefect_api: str, tmp_path: Path
+) -> None:
+    project.set_params(placement=placement(deadline_s=6), **FAST)
+    project.extra_env["PREFECT_API_URL"] = prefect_api
+    before = {r["id"] for r in flow_runs(prefect_api, "placed-training")}
+    with workers_on_both_pools(project, prefect_api, tmp_path):
+        result = project.edgeloop("place", timeout=300)
+        late = [r for r in flow_runs(prefect_api, "placed-training") if r["id"] not in before]
+        assert [r["work_pool_name"] for r in sorted(late, key=lambda r: r["created"])] == [
+            CHEAP,
+            DEAR,
+        ]
+        # Each late run was cancelled: its live worker stops it and reports Cancelled.
+        wait_for(
+            "both late runs cancelled",
+            lambda: all(
+                r["state_type"] == "CANCELLED"
+                for r in flow_runs(prefect_api, "placed-training")
+                if r["id"] not in before
+            ),
+            timeout=120,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: no training pool can take the job:"), line
+    for pool in (CHEAP, DEAR):
+        assert f"{pool}: attempt failed over: the run passed its deadline of 6 s" in line, line
+    assert project.version_count() == 0
