@@ -143,6 +143,7 @@ def kill_flow_run_processes(run_ids: set[str]) -> None:
             continue
 
 
+@pytest.mark.parametrize("prefect_api", ["sqlite"], indirect=True)  # database-independent: once
 def test_every_pool_down_fails_the_flow_run_naming_each_pool(
     project: Project, prefect_api: str
 ) -> None:
@@ -248,6 +249,7 @@ def test_killing_the_chosen_pools_worker_fails_over_with_one_version(
     )
 
 
+@pytest.mark.parametrize("prefect_api", ["sqlite"], indirect=True)  # database-independent: once
 def test_runs_past_their_deadline_are_cancelled_on_each_pool_and_nothing_registers(
     project: Project, prefect_api: str, tmp_path: Path
 ) -> None:
