@@ -47,6 +47,7 @@ from pydantic import ValidationError
 
 from fleet.agent.client import ControllerClient
 from fleet.agent.config import ENV_PREFIX, AgentConfig
+from fleet.agent.drift import DeviceDetector, DriftReference, histogram_p95, local_action
 from fleet.agent.errors import (
     AgentError,
     ArtifactRejected,
@@ -182,8 +183,10 @@ class Agent:
         *,
         events: EventSink = log_event,
         rng: random.Random | None = None,
+        detector: DeviceDetector | None = None,
     ) -> None:
         self.config = config
+        self.detector = detector
         self.client = client
         self.slots = slots
         self.buffer = buffer
@@ -329,9 +332,28 @@ class Agent:
     def _buffer_windows(self) -> None:
         try:
             for report in self.slots.flush_telemetry():
+                if report.get("running") and self.detector is not None:
+                    report["events"] = self._detect(self.detector, report)
                 self.buffer.append(report)
         except TelemetryError as exc:
             log.error("agent: a telemetry report could not be buffered: %s", exc)
+
+    def _detect(self, detector: DeviceDetector, report: dict[str, Any]) -> list[dict[str, Any]]:
+        """The detectors' events for the running version's report; an event whose policy says
+        ``fallback`` swaps the previous model back in at once (the controller learns why from
+        the event's ``action``)."""
+        latency = report["latency_ms"]
+        detector.observe_window(
+            inferences=report["inferences"],
+            errors=report["errors"],
+            p95_ms=histogram_p95(latency["bounds_ms"], latency["counts"]),
+            window_s=report["window_end"] - report["window_start"],
+        )
+        events = detector.take_events()
+        if local_action(events) == "fallback" and self.slots.previous is not None:
+            restored = self.slots.rollback_local()
+            self._emit("fallback", restored.version, ",".join(e.kind for e in events))
+        return [e.to_dict() for e in events]
 
     def _send_pending(self, credentials: Credentials) -> None:
         """Send what the outbox holds, batch by batch; forget a report only once the controller
@@ -427,8 +449,14 @@ class PredictServer:
     the active slot once, so a swap never mixes two models in one answer. Bind to loopback.
     """
 
-    def __init__(self, slots: SlotManager, host: str = "127.0.0.1", port: int = 0) -> None:
-        handler = _handler_for(slots)
+    def __init__(
+        self,
+        slots: SlotManager,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        detector: DeviceDetector | None = None,
+    ) -> None:
+        handler = _handler_for(slots, detector)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -448,7 +476,9 @@ class PredictServer:
         self._thread.join(5)
 
 
-def _handler_for(slots: SlotManager) -> type[BaseHTTPRequestHandler]:
+def _handler_for(
+    slots: SlotManager, detector: DeviceDetector | None = None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("predict server: " + format, *args)
@@ -501,6 +531,9 @@ def _handler_for(slots: SlotManager) -> type[BaseHTTPRequestHandler]:
             except InferenceFailed as exc:
                 self._reply(422, {"detail": exc.message})
                 return
+            if detector is not None:
+                detector.observe_inputs(x)
+                detector.observe_predictions(prediction.probabilities.argmax(axis=1))
             self._reply(
                 200,
                 {
@@ -577,8 +610,26 @@ def build(config: AgentConfig, *, stop: threading.Event) -> tuple[Agent, Control
     )
     slots.restore()
     buffer = TelemetryBuffer(config.buffer_path, config.buffer_max_reports, config.buffer_max_bytes)
-    agent = Agent(config, client, slots, buffer, time.monotonic, stop.wait)
+    agent = Agent(
+        config, client, slots, buffer, time.monotonic, stop.wait, detector=_detector(config)
+    )
     return agent, client
+
+
+def _detector(config: AgentConfig) -> DeviceDetector | None:
+    """The on-device detectors, when the training reference (``drift-reference.json``, shipped
+    next to the golden inputs) is on disk."""
+    if config.golden_inputs is None:
+        return None
+    path = config.golden_inputs.with_name("drift-reference.json")
+    if not path.is_file():
+        return None
+    try:
+        return DeviceDetector(DriftReference.load(path))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"the drift reference {path} is not valid: {exc}", setting="golden_inputs"
+        ) from exc
 
 
 def _session_factory(config: AgentConfig) -> dict[str, Any]:
@@ -633,7 +684,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     server = None
     if not args.no_serve and config.predict_port is not None:
-        server = PredictServer(agent.slots, config.predict_host, config.predict_port).start()
+        server = PredictServer(
+            agent.slots, config.predict_host, config.predict_port, agent.detector
+        ).start()
         log.info("agent: serving POST /predict on %s:%d", *server.address)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

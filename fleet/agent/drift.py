@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -212,7 +213,8 @@ class _Accumulator:
 class DeviceDetector:
     """Every detector of one device. Feed it with :meth:`observe_inputs`, :meth:`observe_predictions`
     and :meth:`observe_window`; :meth:`take_events` returns (and forgets) what was raised since the
-    last call. Input and prediction PSI are evaluated every ``policy.min_rows`` rows."""
+    last call. Input and prediction PSI are evaluated every ``policy.min_rows`` rows. Thread-safe:
+    the predict server feeds it from many threads while the agent loop takes the events."""
 
     def __init__(
         self,
@@ -227,6 +229,7 @@ class DeviceDetector:
         self._acc = self._fresh()
         self._p95_history: list[float] = []
         self._events: list[DeviceEvent] = []
+        self._lock = threading.Lock()
 
     def _fresh(self) -> _Accumulator:
         return _Accumulator(
@@ -235,8 +238,14 @@ class DeviceDetector:
             predicted=np.zeros(len(self.reference.class_shares), dtype=np.int64),
         )
 
-    def _raise(self, kind: EventKind, value: float, threshold: float, window_s: float,
-               feature: str | None = None) -> None:  # fmt: skip
+    def _raise(
+        self,
+        kind: EventKind,
+        value: float,
+        threshold: float,
+        window_s: float,
+        feature: str | None = None,
+    ) -> None:
         action = self.policy.action_for(kind)
         self._events.append(DeviceEvent(kind, value, threshold, window_s, feature, action))
 
@@ -247,11 +256,13 @@ class DeviceDetector:
             rows = rows.reshape(1, -1)
         if rows.ndim != 2 or rows.shape[1] < self.reference.features:
             return
-        for i, edges in enumerate(self.reference.edges):
-            self._acc.counts[i] += bin_counts(rows[:, i], edges)
-        self._acc.rows += len(rows)
-        if self._acc.rows >= self.policy.min_rows:
-            self._evaluate_distributions()
+        counts = [bin_counts(rows[:, i], e) for i, e in enumerate(self.reference.edges)]
+        with self._lock:
+            for total, c in zip(self._acc.counts, counts, strict=True):
+                total += c
+            self._acc.rows += len(rows)
+            if self._acc.rows >= self.policy.min_rows:
+                self._evaluate_distributions()
 
     def observe_predictions(self, classes: np.ndarray) -> None:
         """Predicted class indices; classes the reference does not know are ignored."""
@@ -260,7 +271,8 @@ class DeviceDetector:
             return
         c = np.asarray(classes, dtype=np.int64).ravel()
         c = c[(c >= 0) & (c < k)]
-        self._acc.predicted += np.bincount(c, minlength=k)[:k]
+        with self._lock:
+            self._acc.predicted += np.bincount(c, minlength=k)[:k]
 
     def _evaluate_distributions(self) -> None:
         acc, policy, ref = self._acc, self.policy, self.reference
@@ -279,25 +291,27 @@ class DeviceDetector:
         self, *, inferences: int, errors: int, p95_ms: float | None, window_s: float
     ) -> None:
         """One telemetry window: its counts and latency p95 (None when nothing was timed)."""
-        policy = self.policy
-        if (
-            errors >= policy.min_errors
-            and inferences > 0
-            and errors / inferences >= policy.error_rate
-        ):
-            self._raise("error_burst", errors / inferences, policy.error_rate, window_s)
-        if p95_ms is None or not math.isfinite(p95_ms):
-            return
-        history = self._p95_history
-        if len(history) < policy.baseline_windows:
-            history.append(p95_ms)
-            return
-        limit = float(np.median(history)) * policy.latency_factor
-        if p95_ms > limit:
-            self._raise("latency_regression", p95_ms, limit, window_s)
+        with self._lock:
+            policy = self.policy
+            if (
+                errors >= policy.min_errors
+                and inferences > 0
+                and errors / inferences >= policy.error_rate
+            ):
+                self._raise("error_burst", errors / inferences, policy.error_rate, window_s)
+            if p95_ms is None or not math.isfinite(p95_ms):
+                return
+            history = self._p95_history
+            if len(history) < policy.baseline_windows:
+                history.append(p95_ms)
+                return
+            limit = float(np.median(history)) * policy.latency_factor
+            if p95_ms > limit:
+                self._raise("latency_regression", p95_ms, limit, window_s)
 
     def take_events(self) -> list[DeviceEvent]:
-        events, self._events = self._events, []
+        with self._lock:
+            events, self._events = self._events, []
         return events
 
 

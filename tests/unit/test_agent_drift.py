@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+from pathlib import Path
+
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_agent_loop import DEVICE, Device, key, new_device, on_v1, pem, publish, ref
 
+from fleet.agent.agent import PredictServer, _detector
+from fleet.agent.config import AgentConfig
 from fleet.agent.drift import (
     PSI_MAX,
     DetectorPolicy,
@@ -15,6 +23,10 @@ from fleet.agent.drift import (
     local_action,
     psi,
 )
+from fleet.agent.errors import ConfigError, InferenceFailed
+from fleet.agent.fake_controller import FakeController
+
+__all__ = ["key", "on_v1"]  # fixtures of test_agent_loop, used here
 
 RNG = np.random.default_rng(0)
 TRAIN = RNG.normal(0, 1, size=(5000, 4))
@@ -27,7 +39,7 @@ def reference() -> DriftReference:
     )
 
 
-def test_reference_has_deciles_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_reference_has_deciles_and_round_trips(tmp_path: Path) -> None:
     ref = reference()
     assert ref.features == 4
     assert all(len(e) == 9 and len(s) == 10 for e, s in zip(ref.edges, ref.shares, strict=True))
@@ -95,3 +107,63 @@ def test_histogram_p95() -> None:
     assert histogram_p95((1, 2, 4), (0, 0, 0, 0)) is None
     assert histogram_p95((1, 2, 4), (90, 5, 5, 0)) == 2.0
     assert histogram_p95((1, 2, 4), (0, 0, 0, 10)) == 8.0
+
+
+# --- in the agent ------------------------------------------------------------------------------
+
+
+def test_an_error_burst_falls_back_to_the_previous_model_and_reports_why(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    fake = FakeController(public_key_pem=pem(key))
+    device = new_device(tmp_path / "state", key, fake)
+    agent = device.agent
+    agent.detector = DeviceDetector(reference(), DetectorPolicy(min_errors=3, error_rate=0.5))
+    agent.run_once()
+    for version in ("v1", "v2"):
+        fake.target(DEVICE, publish(fake, key, version))
+        agent.run_once()
+    assert (agent.slots.active, agent.slots.previous) == (ref("v2"), ref("v1"))
+    for _ in range(4):  # inputs of the wrong width: the model raises, each call is an error
+        with pytest.raises(InferenceFailed):
+            agent.slots.predict(np.zeros((1, 3), dtype=np.float32))
+    device.steps()
+    agent._buffer_windows()
+    assert agent.slots.active == ref("v1")
+    assert ("fallback", "v1", "error_burst") in device.steps()
+    (report,) = [r for r in agent.buffer.pending() if r["version"] == "v2" and r["errors"]]
+    assert [(e["kind"], e["action"]) for e in report["events"]] == [("error_burst", "fallback")]
+
+
+def test_the_predict_server_feeds_the_input_detector(on_v1: Device) -> None:
+    detector = DeviceDetector(reference_of(64), DetectorPolicy(min_rows=40))
+    server = PredictServer(on_v1.agent.slots, detector=detector).start()
+    try:
+        host, port = server.address
+        rows = (np.random.default_rng(1).normal(0, 1, size=(40, 64)) + 3).tolist()
+        request = urllib.request.Request(
+            f"http://{host}:{port}/predict",
+            data=json.dumps({"inputs": rows}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        server.stop()
+    events = detector.take_events()
+    assert events and {e.kind for e in events} == {"input_drift"}
+
+
+def test_a_broken_drift_reference_next_to_the_golden_inputs_is_refused(tmp_path: Path) -> None:
+    golden = tmp_path / "golden.npy"
+    np.save(golden, np.zeros((2, 4), dtype=np.float32))
+    (tmp_path / "drift-reference.json").write_text('{"edges": [[0.0]], "shares": [[1.0]]}')
+    config = AgentConfig(state_dir=tmp_path / "state", device_id="d", golden_inputs=golden)
+    with pytest.raises(ConfigError, match=r"drift reference .* is not valid"):
+        _detector(config)
+    (tmp_path / "drift-reference.json").unlink()
+    assert _detector(config) is None
+
+
+def reference_of(features: int) -> DriftReference:
+    return build_reference(RNG.normal(0, 1, size=(2000, features)))
