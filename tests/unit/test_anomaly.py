@@ -1,11 +1,19 @@
-"""fleet.controller.anomaly: the median/MAD robust z-score, with properties."""
+"""fleet.controller.anomaly: the median/MAD robust z-score, with properties; and the observation
+pass raising an anomaly alert (with its reason) per scope, including a site label."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_controller_builders import Clock, Fleet, make_fleet, report
 
+from fleet.controller.aggregate import fleet_series
 from fleet.controller.anomaly import MAD_TO_SIGMA, RobustZ
+from fleet.controller.observe import ObserveSettings, detect
 
 values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -45,3 +53,45 @@ def test_an_outlier_in_the_history_does_not_move_the_limit_much() -> None:
     assert limit is not None
     polluted = RobustZ().limit([*history[:-1], 1000.0])
     assert polluted is not None and abs(polluted - limit) < 1.0
+
+
+# --- in the observation pass -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with make_fleet(tmp_path) as client:
+        clock = client.app.state.clock  # type: ignore[attr-defined]
+        assert isinstance(clock, Clock)
+        yield Fleet(client=client, clock=clock, tmp=tmp_path)
+
+
+def test_a_latency_step_raises_an_anomaly_alert_with_its_reason(fleet: Fleet) -> None:
+    r = fleet.client.post(
+        "/v1/enrol",
+        json={
+            "token": fleet.token(),
+            "device_id": "dev-1",
+            "hardware_class": "host-cpu",
+            "labels": {"site": "berlin"},
+        },
+    )
+    headers = {"Authorization": f"Bearer {r.json()['credential']}"}
+    settings = ObserveSettings(window_s=10, anomaly_min_history=8, playbooks_path=fleet.tmp / "x")
+    raised = []
+    for i in range(12):
+        fleet.clock.at(10 * i + 5)
+        latency = 40.0 if i == 11 else 2.0 + 0.1 * (i % 3)
+        body = {"reports": [report(i + 1, "1", latency_ms=latency)]}
+        assert fleet.client.post(
+            "/v1/devices/dev-1/telemetry", json=body, headers=headers
+        ).is_success
+        with fleet.app.state.sessions() as session:
+            raised.append(detect(session, fleet.clock.at(10 * i + 10), settings))
+    assert all(not r for r in raised[:-1])  # steady latency: no alert
+    kinds = sorted((a.kind, a.scope.get("label", "*")) for a in raised[-1])
+    assert kinds == [("latency_p95_ms_anomaly", "*"), ("latency_p95_ms_anomaly", "site=berlin")]
+    assert "latency_p95_ms" in raised[-1][0].reason and "robust limit" in raised[-1][0].reason
+    with fleet.app.state.sessions() as session:
+        points = fleet_series(session, model="churn", metric="latency_p95_ms", label="site=berlin")
+    assert len(points) == 12 and points[-1]["value"] > points[0]["value"]
