@@ -32,6 +32,20 @@ CHART_WINDOW_S = 3600.0
 MAX_PAGE_SIZE = 500
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
+HEADERS = {
+    # Only this page's own inline style and SVG; no script, no frames, forms post back here only.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _html(body: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status_code, headers=HEADERS)
 
 
 def _cookie_value(token: str) -> str:
@@ -59,8 +73,8 @@ def _to_login() -> Response:
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request) -> HTMLResponse:
     if not request.app.state.settings.admin_token:
-        return HTMLResponse(pages.login(_NO_TOKEN), status_code=503)
-    return HTMLResponse(pages.login())
+        return _html(pages.login(_NO_TOKEN), status_code=503)
+    return _html(pages.login())
 
 
 _NO_TOKEN = (
@@ -73,11 +87,11 @@ _NO_TOKEN = (
 async def login(request: Request) -> Response:
     expected: str = request.app.state.settings.admin_token
     if not expected:
-        return HTMLResponse(pages.login(_NO_TOKEN), status_code=503)
+        return _html(pages.login(_NO_TOKEN), status_code=503)
     form = parse_qs((await request.body()).decode(errors="replace"))
     given = (form.get("token") or [""])[0]
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        return HTMLResponse(
+        return _html(
             pages.login("wrong admin token: use the value of EDGELOOP_FLEET_ADMIN_TOKEN"),
             status_code=401,
         )
@@ -141,7 +155,7 @@ async def dashboard(request: Request) -> Response:
     if not signed_in(request):
         return _to_login()
     data = await run_in_threadpool(_overview_data, request)
-    return HTMLResponse(pages.overview_page(data))
+    return _html(pages.overview_page(data))
 
 
 @router.get("/devices", response_class=HTMLResponse)
@@ -166,7 +180,7 @@ async def devices(
 
     result = await run_in_threadpool(read)
     if page > result.pages:
-        return HTMLResponse(
+        return _html(
             pages.page(
                 "edgeloop fleet: devices",
                 f"<section class='panel'><p id='page-error'>page {page} is past the last page "
@@ -174,4 +188,4 @@ async def devices(
             ),
             status_code=404,
         )
-    return HTMLResponse(pages.devices_page(result, hardware_class))
+    return _html(pages.devices_page(result, hardware_class))

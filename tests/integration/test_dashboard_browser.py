@@ -109,6 +109,11 @@ def test_dashboard_in_a_real_browser(rolled_back_fleet: dict[str, Any], tmp_path
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             blocked: list[str] = []
+            refused: list[str] = []  # what the page's Content-Security-Policy blocked
+            page.on(
+                "console",
+                lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             page.on(
                 "request",
                 lambda r: None if r.url.startswith(base) else blocked.append(r.url),
@@ -147,6 +152,7 @@ def test_dashboard_in_a_real_browser(rolled_back_fleet: dict[str, Any], tmp_path
             page.click("#prev")
             assert page.inner_text("#page-info").startswith("page 1 of 3")
             assert blocked == []  # nothing fetched from anywhere but the controller
+            assert refused == []
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

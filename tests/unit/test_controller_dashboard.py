@@ -45,7 +45,10 @@ def test_dashboard_needs_sign_in_and_sets_a_cookie_without_the_token(fleet: Flee
     assert sign_in(fleet.client) == 303
     cookie = fleet.client.cookies.get("edgeloop_dashboard")
     assert cookie and ADMIN not in cookie
-    assert fleet.client.get("/dashboard").status_code == 200
+    page = fleet.client.get("/dashboard")
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
     fleet.client.post("/dashboard/logout")
     assert fleet.client.get("/dashboard", follow_redirects=False).status_code == 303
 
