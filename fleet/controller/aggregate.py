@@ -75,6 +75,19 @@ def _scopes(
     return out
 
 
+def _devices(session: Session, ids: set[str]) -> dict[str, DeviceRow]:
+    """The rows of the devices heard from in a window (not the whole fleet), 500 ids a query."""
+    ordered = sorted(ids)
+    found: dict[str, DeviceRow] = {}
+    for i in range(0, len(ordered), 500):
+        chunk = ordered[i : i + 500]
+        found.update(
+            (d.device_id, d)
+            for d in session.scalars(select(DeviceRow).where(DeviceRow.device_id.in_(chunk)))
+        )
+    return found
+
+
 def aggregate_window(
     session: Session,
     end: datetime,
@@ -87,7 +100,6 @@ def aggregate_window(
     points; flushes, does not commit."""
     start = end - timedelta(seconds=window_s)
     keys = tuple(label_keys)
-    devices = {d.device_id: d for d in session.scalars(select(DeviceRow))}
     sums: dict[Scope, _Sums] = defaultdict(_Sums)
     telemetry = session.execute(
         select(
@@ -96,6 +108,14 @@ def aggregate_window(
             TelemetryRow.feedback_correct, TelemetryRow.feedback_total,
         ).where(TelemetryRow.received_at >= start, TelemetryRow.received_at < end)
     ).all()  # fmt: skip
+    events = session.scalars(
+        select(DeviceEventRow).where(
+            DeviceEventRow.kind == "input_drift",
+            DeviceEventRow.received_at >= start,
+            DeviceEventRow.received_at < end,
+        )
+    ).all()
+    devices = _devices(session, {t[0] for t in telemetry} | {e.device_id for e in events})
     for device_id, model, version, inferences, errors, latency, correct, labelled in telemetry:
         for scope in _scopes(model, version, devices.get(device_id), keys):
             s = sums[scope]
@@ -110,13 +130,6 @@ def aggregate_window(
                 )
             )
     worst: dict[Scope, tuple[float, str, str, float]] = {}
-    events = session.scalars(
-        select(DeviceEventRow).where(
-            DeviceEventRow.kind == "input_drift",
-            DeviceEventRow.received_at >= start,
-            DeviceEventRow.received_at < end,
-        )
-    ).all()
     for e in events:
         for scope in _scopes(e.model, e.version, devices.get(e.device_id), keys):
             s = sums[scope]

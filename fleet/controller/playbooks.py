@@ -44,7 +44,7 @@ from typing import Any, Literal
 import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -362,10 +362,9 @@ def execute_due(
             )
             session.commit()
             continue
+        if not _claim(session, run, now):
+            continue  # another replica took this attempt
         ctx = context(session, alert, now) if context else ActionContext(session, alert, now)
-        run.attempts += 1
-        run.updated_at = now
-        session.commit()  # the attempt counts even if the process dies inside the action
         try:
             result = actions[run.action](ctx, action)
         except Exception as exc:  # any failure is recorded and retried, never raised
@@ -387,6 +386,26 @@ def execute_due(
         session.commit()
         done.append(run)
     return done
+
+
+def _claim(session: Session, run: PlaybookRunRow, now: datetime) -> bool:
+    """Count one attempt, committed before the action runs (a process that dies inside the action
+    used its attempt), and only if nobody else counted it first: two replicas never run the same
+    attempt."""
+    seen = run.attempts
+    claimed = session.execute(
+        update(PlaybookRunRow)
+        .where(
+            PlaybookRunRow.id == run.id,
+            PlaybookRunRow.attempts == seen,
+            PlaybookRunRow.status == "pending",
+        )
+        .values(attempts=seen + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(run)
+    return getattr(claimed, "rowcount", 0) == 1
 
 
 def run_dict(row: PlaybookRunRow) -> dict[str, Any]:

@@ -4,6 +4,8 @@ against the API's database and fake HTTP endpoints."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,3 +291,31 @@ def test_notify_webhook_posts_the_alert_and_a_refusal_raises(fleet: Fleet) -> No
         with pytest.raises(httpx.HTTPStatusError):
             playbooks.notify_webhook(ctx, action)
     assert b"input drift on feature f3" in bodies[0]
+
+
+def test_two_replicas_never_run_the_same_attempt(fleet: Fleet) -> None:
+    open_alert(fleet)
+    books = [book("notify_webhook")]
+    with fleet.app.state.sessions() as session:
+        playbooks.schedule(session, books, fleet.clock.at(0))
+    calls: list[int] = []
+    started = threading.Barrier(2)
+
+    def slow(ctx: playbooks.ActionContext, _action: playbooks.PlaybookAction) -> str:
+        calls.append(ctx.alert.id)
+        time.sleep(0.3)
+        return "done"
+
+    def replica() -> None:
+        with fleet.app.state.sessions() as session:
+            started.wait()
+            playbooks.execute_due(
+                session, books, fleet.clock.at(1), actions={"notify_webhook": slow}
+            )
+
+    threads = [threading.Thread(target=replica) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(calls) == 1
