@@ -179,7 +179,12 @@ def _published_from(client: MlflowClient, model_name: str, version: str) -> Publ
         if k.startswith(prefix) and k.endswith(suffix)
     }
     return Published(
-        model_name, str(found.version), list(found.aliases), card, card.with_suffix(".json"), signatures
+        model_name,
+        str(found.version),
+        list(found.aliases),
+        card,
+        card.with_suffix(".json"),
+        signatures,
     )
 
 
@@ -230,7 +235,8 @@ def publish(
             f"{'passed' if release.all_gates_passed else 'failed'}",
         )
         first = existing_version(client, release.model_name, key) if key else None
-        if first is not None and str(first.version) != str(version.version):  # a concurrent attempt won
+        if first is not None and str(first.version) != str(version.version):
+            # A concurrent attempt of the same job registered first: keep its version only.
             client.delete_model_version(release.model_name, version.version)
             return _published_from(client, release.model_name, first.version)
         written: list[Path] = []

@@ -110,3 +110,22 @@ def test_a_jobs_key_follows_data_and_training_params_but_not_placement(tmp_path:
     (tmp_path / "data" / "splits").mkdir(parents=True)
     (tmp_path / "data" / "splits" / "train.csv").write_text("a,b\n1,2\n")
     assert job_run_key(settings, params) != key
+
+
+def test_a_concurrent_attempt_that_registered_first_wins(
+    client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import registry.publish
+
+    dirs = {"keys_dir": tmp_path / "keys", "cards_dir": tmp_path / "cards"}
+    assert publish(client, release_in_new_run(client, tmp_path / "a", "k1"), **dirs).version == "1"
+    calls = []
+
+    def racing(*args: object) -> object:
+        calls.append(args)  # the first look misses v1, as if it were registered a moment later
+        return None if len(calls) == 1 else existing_version(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry.publish, "existing_version", racing)
+    late = publish(client, release_in_new_run(client, tmp_path / "b", "k1"), **dirs)
+    assert late.version == "1" and len(calls) == 2
+    assert [str(v.version) for v in client.search_model_versions("name = 'tiny'")] == ["1"]
