@@ -4,7 +4,8 @@ A scope is a model version on a hardware class, either over every device (``labe
 the devices carrying one site/region label (``label = "site=berlin"``; devices give labels at
 enrolment). For each window ``[end - window_s, end)`` and scope the series are:
 
-- ``latency_p95_ms``: p95 of the merged latency histograms;
+- ``latency_p50_ms``, ``latency_p95_ms``, ``latency_p99_ms``: percentiles of the merged latency
+  histograms;
 - ``error_rate``: errors / inferences;
 - ``accuracy``: correct / labelled feedback (absent without feedback);
 - ``drift_psi``: the largest input-drift PSI a device of the scope reported (0 when none did);
@@ -28,7 +29,15 @@ from fleet.controller.db import DeviceRow, TelemetryRow
 from fleet.controller.observe_tables import DeviceEventRow, SeriesPointRow
 from fleet.controller.stats import LatencyHistogram, merge_histograms, quantile_ms
 
-METRICS = ("latency_p95_ms", "error_rate", "accuracy", "drift_psi", "drift_devices")
+METRICS = (
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "error_rate",
+    "accuracy",
+    "drift_psi",
+    "drift_devices",
+)
 ALL = "*"
 
 
@@ -150,9 +159,14 @@ def aggregate_window(
         if s.labelled:
             metrics["accuracy"] = (s.correct / s.labelled, n, s.labelled)
         merged = merge_histograms(s.histograms)
-        p95 = quantile_ms(merged, 0.95) if merged is not None else None
-        if p95 is not None and merged is not None:
-            metrics["latency_p95_ms"] = (p95[0], n, merged.total)
+        for q, metric in (
+            (0.5, "latency_p50_ms"),
+            (0.95, "latency_p95_ms"),
+            (0.99, "latency_p99_ms"),
+        ):
+            found = quantile_ms(merged, q) if merged is not None else None
+            if found is not None and merged is not None:
+                metrics[metric] = (found[0], n, merged.total)
         points[scope] = metrics
         _upsert(session, scope, end, metrics)
     findings = [

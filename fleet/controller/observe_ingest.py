@@ -95,11 +95,14 @@ def record(
     reports: Sequence[TelemetryReport],
     accepted: Iterable[int],
     now: datetime,
-) -> None:
-    """Keep the events and input statistics of the reports stored now (not of duplicates). Commits."""
+) -> int:
+    """Keep the events of the reports stored now (not of duplicates), and the input statistics of
+    those that carry an event: the field data a drift playbook hands to retraining. Reports without
+    events cost nothing here (no query, no commit). Returns the rows added."""
     fresh = set(accepted)
+    added = 0
     for r in reports:
-        if r.seq not in fresh:
+        if r.seq not in fresh or not r.events:
             continue
         fresh.discard(r.seq)
         for e in r.events:
@@ -110,6 +113,7 @@ def record(
                     window_s=e.window_s, action=e.action, received_at=now,
                 )
             )  # fmt: skip
+            added += 1
         rows = r.input_stats.get("count", 0)
         if isinstance(rows, int) and rows > 0:
             stats = {k: r.input_stats.get(k) for k in ("count", "mean", "std")}
@@ -119,4 +123,7 @@ def record(
                     stats=stats, received_at=now,
                 )
             )  # fmt: skip
-    session.commit()
+            added += 1
+    if added:
+        session.commit()
+    return added

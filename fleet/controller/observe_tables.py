@@ -35,7 +35,7 @@ class DeviceEventRow(Base):
 
 
 class InputStatsRow(Base):
-    """Per-feature input statistics of one telemetry report (count, mean, std)."""
+    """Per-feature input statistics (count, mean, std) of a telemetry report that carried events."""
 
     __tablename__ = "input_stats"
     __table_args__ = (Index("ix_input_stats_received", "received_at"),)

@@ -132,7 +132,7 @@ def test_garbage_statistics_are_refused_with_422_and_counted(fleet: Fleet, case:
         assert session.query(DeviceEventRow).count() == 0
 
 
-def test_clean_statistics_and_events_are_stored_once(fleet: Fleet) -> None:
+def test_events_and_their_input_statistics_are_stored_once(fleet: Fleet) -> None:
     credential = fleet.enrol("dev-1")
     body = {**report(1, "1"), "input_stats": STATS, "events": [EVENT]}
     for _ in range(2):  # a resent report is a duplicate: stored once
@@ -142,6 +142,13 @@ def test_clean_statistics_and_events_are_stored_once(fleet: Fleet) -> None:
             headers={"Authorization": f"Bearer {credential}"},
         )
         assert r.status_code == 200, r.text
+    quiet = {**report(2, "1"), "input_stats": STATS}  # no events: its statistics are not kept
+    r = fleet.client.post(
+        "/v1/devices/dev-1/telemetry",
+        json={"reports": [quiet]},
+        headers={"Authorization": f"Bearer {credential}"},
+    )
+    assert r.status_code == 200, r.text
     with fleet.app.state.sessions() as session:
         assert session.query(InputStatsRow).count() == 1
         (event,) = session.query(DeviceEventRow).all()

@@ -94,4 +94,7 @@ def test_a_latency_step_raises_an_anomaly_alert_with_its_reason(fleet: Fleet) ->
     assert "latency_p95_ms" in raised[-1][0].reason and "robust limit" in raised[-1][0].reason
     with fleet.app.state.sessions() as session:
         points = fleet_series(session, model="churn", metric="latency_p95_ms", label="site=berlin")
+        p50 = fleet_series(session, model="churn", metric="latency_p50_ms")
+        p99 = fleet_series(session, model="churn", metric="latency_p99_ms")
     assert len(points) == 12 and points[-1]["value"] > points[0]["value"]
+    assert p50[0]["value"] <= points[0]["value"] <= p99[0]["value"]
