@@ -1,0 +1,114 @@
+"""Promotion from the MLflow UI with `edgeloop serve` running: setting alias ``production`` through
+MLflow's REST API (the call the UI makes) starts a rollout, through the webhook, the listener, the
+rollout deployment and the ops worker. The first release becomes the fleet's baseline; the next one
+is a staged rollout that reaches phase ``progressing`` on the controller."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from serve_process import Served, edgeloop_serve
+
+from fleet.admin import AdminClient
+from fleet.simulate import Simulation
+from fleet.simulate.fleet import load_field
+
+pytestmark = pytest.mark.integration
+
+Project = Any  # tests/integration/conftest.py: Project
+MODEL = "digits-classifier"
+
+
+def set_production_like_the_ui(served: Served, version: str) -> float:
+    """POST /api/2.0/mlflow/registered-models/alias, as the MLflow UI does; returns the time."""
+    response = httpx.post(
+        f"{served.mlflow}/api/2.0/mlflow/registered-models/alias",
+        json={"name": MODEL, "alias": "production", "version": version},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return time.monotonic()
+
+
+def wait_for(check: Any, timeout: float, what: str, served: Served, project: Project) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.25)
+    logs = project.home / "logs"
+    raise AssertionError(
+        f"{what} within {timeout} s\nlistener: "
+        + (logs / "promotion-listener.log").read_text()[-2000:]
+        + "\nworker: "
+        + (logs / "worker-edgeloop-ops.log").read_text()[-3000:]
+    )
+
+
+@contextmanager
+def devices(project: Project, url: str, token: str) -> Iterator[None]:
+    """Six simulated devices on the served controller, in a thread until exit."""
+    x, y = load_field(project.root / "data" / "splits" / "field.parquet")
+    stop = threading.Event()
+    sim = Simulation(
+        url, token, devices=6, classes={"host-cpu": 0.5, "edge-small": 0.5},
+        field_x=x, field_y=y, feedback_rate=0.5, report_interval_s=0.5, seed=1,
+    )  # fmt: skip
+    thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        sim.close()
+
+
+def test_alias_set_through_the_mlflow_api_starts_a_rollout(project: Project) -> None:
+    project.set_params(training={"epochs": 3}, compress={"prune_finetune_epochs": 1})
+    with edgeloop_serve(project, "--allow-loopback-webhooks") as served:
+        servers = {"MLFLOW_TRACKING_URI": served.mlflow, "PREFECT_API_URL": f"{served.prefect}/api"}
+        project.extra_env.update(servers)
+        trained = project.edgeloop("run")
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        client = project.client()
+        token = (project.home / "secrets" / "fleet-admin-token").read_text().strip()
+        with devices(project, served.controller, token):
+            promote_twice(project, served, client, token)
+
+
+def promote_twice(project: Project, served: Served, client: Any, token: str) -> None:
+    """v1 by alias: the first release (baseline); v2 by alias: a staged rollout from v1."""
+    set_production_like_the_ui(served, "1")
+    tags = wait_for(
+        lambda: (t := client.get_model_version(MODEL, "1").tags).get("edgeloop.rollout.status")
+        and t,
+        120, "the first release was not rolled out", served, project,
+    )  # fmt: skip
+    assert tags["edgeloop.rollout.status"] == "succeeded"
+    assert "first release" in tags["edgeloop.rollout.reason"]
+
+    fp32 = project.home / "work" / "variants" / "fp32.onnx"
+    second = project.edgeloop("register", str(fp32), "--name", MODEL, "--dataset", "sklearn-digits")
+    assert second.returncode == 0, second.stdout + second.stderr
+    admin = AdminClient(served.controller, token)
+    try:
+        set_production_like_the_ui(served, "2")
+        rollout = wait_for(
+            lambda: next((r for r in admin.rollouts() if str(r["version"]) == "2"), None),
+            120, "no rollout of v2 was created", served, project,
+        )  # fmt: skip
+        assert str(rollout["stable_version"]) == "1"
+        wait_for(
+            lambda: str(admin.rollout(rollout["rollout_id"])["phase"]) == "progressing",
+            30, "the rollout of v2 did not reach progressing", served, project,
+        )  # fmt: skip
+    finally:
+        admin.close()
