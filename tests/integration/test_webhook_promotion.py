@@ -9,16 +9,21 @@ addresses unless told otherwise; the server here is allowed loopback and http fo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from servers import free_port, stop_group, wait_healthy
+from servers import PG, free_port, postgres_database, stop_group, wait_healthy
+
+from registry.promotion_store import PromotionStore
+from registry.webhooks import ensure_webhook
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +32,34 @@ SECRET = "webhook-test-secret"
 PASSED = {"edgeloop.gates": "passed", "edgeloop.hw.host-cpu.status": "passed"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def mlflow_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "postgresql":
-        pg: str = request.getfixturevalue("postgres_db")
-        backend = pg.replace("postgresql://", "postgresql+psycopg://")
-    else:
-        backend = f"sqlite:///{tmp_path / 'mlflow-server.db'}"
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mlflow_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One server per backend for this module; each test uses its own model name."""
+    tmp_path = tmp_path_factory.mktemp(f"mlflow-{request.param}")
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            import psycopg
+
+            try:
+                pg = stack.enter_context(postgres_database("edgeloop_test"))
+            except psycopg.OperationalError as exc:
+                pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc}")
+            backend = pg.replace("postgresql://", "postgresql+psycopg://")
+        else:
+            backend = f"sqlite:///{tmp_path / 'mlflow-server.db'}"
+        yield from _serve_mlflow(backend, tmp_path)
+
+
+def _serve_mlflow(backend: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path / "mlflow-server.log"
     env = {
-        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # loopback listener: tests only
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",  # plain http: tests only
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",  # a disabled webhook stops at once
     }
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -110,9 +130,9 @@ def test_setting_production_in_mlflow_starts_a_rollout(
     again = project.edgeloop("listener", "register-webhook", "--url", listener)
     assert again.returncode == 0 and "updated" in again.stdout, again.stdout + again.stderr
     client = project.client()
-    assert [h.url for h in client.list_webhooks()] == [listener]
+    assert [h.url for h in client.list_webhooks()].count(listener) == 1
 
-    model = "digits-classifier"
+    model = "promoted-in-ui"
     client.create_registered_model(model)
     run_id = client.create_run("0").info.run_id
     for tags in ({**PASSED, "edgeloop.rollout.status": "succeeded"}, PASSED, {}):
@@ -141,3 +161,42 @@ def test_setting_production_in_mlflow_starts_a_rollout(
     unsigned = httpx.post(listener, json={"entity": "model_version_alias"}, timeout=10)
     assert unsigned.status_code == 401 and "missing header" in unsigned.json()["detail"]
     assert started() == [{"model": model, "version": "2", "stable_version": "1"}]
+
+
+def test_the_poller_takes_over_without_webhooks_and_never_starts_twice(
+    project: Project, mlflow_server: str, listener: str
+) -> None:
+    client = project.client()
+    hook, _ = ensure_webhook(client, listener, SECRET)
+    model = "polled"
+    client.create_registered_model(model)
+    run_id = client.create_run("0").info.run_id
+    for tags in ({**PASSED, "edgeloop.rollout.status": "succeeded"}, PASSED, PASSED):
+        client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+    client.set_registered_model_alias(model, "production", "1")
+    store = PromotionStore(project.home / "promotions.db")
+    log_path = project.root / "poller.log"
+    with log_path.open("w") as log:
+        poller = subprocess.Popen(
+            [sys.executable, "-m", "edgeloop.cli", "listener", "poll", "--interval", "0.5"],
+            cwd=project.root, env=project.env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: store.seen(model) == "1", "the poller's first pass")
+            set_alias_like_the_ui(mlflow_server, model, "2")  # webhook and poller both see it
+            wait_for(store.triggered, "a rollout of v2")
+            time.sleep(2)  # four poller passes after the start
+            assert poller.poll() is None, log_path.read_text()
+            assert [(t["version"], t["stable_version"]) for t in store.triggered()] == [("2", "1")]
+
+            client.update_webhook(hook.webhook_id, status="DISABLED")
+            time.sleep(1.5)  # the server's webhook cache expires
+            set_alias_like_the_ui(mlflow_server, model, "3")
+            wait_for(lambda: len(store.triggered()) == 2, "a rollout of v3 by the poller")
+            last = store.triggered()[-1]
+            assert (last["version"], last["stable_version"], last["source"]) == ("3", "1", "poller")
+            recorded = (project.root / "rollouts.jsonl").read_text().splitlines()
+            assert [json.loads(line)["version"] for line in recorded] == ["2", "3"]
+        finally:
+            stop_group(poller)
