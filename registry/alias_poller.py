@@ -54,12 +54,16 @@ def poll_once(
             if seen != current:
                 state.set_seen(model, current, clock())
             continue
-        if current != seen:
+        if current == seen:
+            continue
+        try:
             outcomes.append(
                 handle_production(
                     client, state, trigger, model, current, source="poller", clock=clock
                 )
             )
+        except Exception:  # the guard released its claim: the next pass tries again
+            log.exception("could not handle production v%s of %s", current, model)
     return outcomes
 
 

@@ -102,11 +102,12 @@ def refuse(
     clock: Callable[[], float],
 ) -> None:
     """Put ``production`` back on ``stable`` (or remove it) and say why on the version."""
-    store.set_seen(model, stable, clock())  # before the move, so its own event is a duplicate
-    if stable is not None:
-        client.set_registered_model_alias(model, PRODUCTION, stable)
-    elif production_version(client, model) == version:
-        client.delete_registered_model_alias(model, PRODUCTION)
+    if production_version(client, model) == version:  # else someone moved it on already
+        store.set_seen(model, stable, clock())  # before the move, so its own event is a duplicate
+        if stable is not None:
+            client.set_registered_model_alias(model, PRODUCTION, stable)
+        else:
+            client.delete_registered_model_alias(model, PRODUCTION)
     client.set_model_version_tag(
         model,
         version,

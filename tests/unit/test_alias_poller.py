@@ -97,3 +97,15 @@ def test_the_loop_reacts_within_its_interval_until_stopped(tmp_path: Path) -> No
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert trigger.calls == [(MODEL, "1", None)] and seen == ["started"]
+
+
+def test_a_failed_start_is_retried_on_the_next_pass(tmp_path: Path) -> None:
+    client, store = setup(tmp_path, PASSED)
+    trigger = Recorder()
+    poll_once(client, store, trigger)
+    client.set_registered_model_alias(MODEL, "production", "1")
+    trigger.fail = True
+    assert poll_once(client, store, trigger) == []
+    trigger.fail = False
+    [outcome] = poll_once(client, store, trigger)
+    assert outcome.status == "started" and trigger.calls == [(MODEL, "1", None)]

@@ -180,3 +180,15 @@ def test_listener_commands_need_the_secret(
 def test_poll_refuses_a_non_positive_interval() -> None:
     result = CliRunner().invoke(cli_app, ["listener", "poll", "--interval", "0"])
     assert result.exit_code == 1 and "interval 0 is not positive" in result.output
+
+
+def test_a_late_refusal_leaves_a_newer_alias_alone(tmp_path: Path) -> None:
+    client = fresh_registry(tmp_path, SUCCEEDED, {}, PASSED)
+    listener = Listener(tmp_path, client)
+    client.set_registered_model_alias(MODEL, "production", "3")  # moved on before v2's event came
+    status, body = listener.deliver({"name": MODEL, "alias": "production", "version": "2"})
+    assert (status, body["status"]) == (200, "refused")
+    assert production(client) == "3" and REFUSED_TAG in client.get_model_version(MODEL, "2").tags
+    status, body = listener.deliver({"name": MODEL, "alias": "production", "version": "3"})
+    assert (status, body["status"]) == (200, "started")
+    assert listener.trigger.calls == [(MODEL, "3", "1")]
