@@ -76,7 +76,13 @@ def rolled_back_fleet(controller: dict[str, Any]) -> dict[str, Any]:
                 until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15
             )
             target_all(controller["db_url"], list(result.devices), "1")
-            sim.run_sync(until=lambda: result.versions() == {"1": 20}, timeout_s=15)
+            sim.run_sync(
+                until=lambda: (
+                    result.versions() == {"1": 20}
+                    and all(d.reports_acked for d in result.devices.values())
+                ),
+                timeout_s=15,
+            )  # every device heard from before the rollout starts
             assert result.versions() == {"1": 20}
             rollout_id = rollout(client, "2", "1")
 
