@@ -71,6 +71,7 @@ def create_app(
 ) -> FastAPI:
     """The controller app over ``settings.db_url``; ``clock`` is injected for tests (STYLE rule 6)."""
     settings = settings or FleetSettings()
+    observing = observe.configure()  # a bad playbooks file stops the start here, with its reason
     engine = db.make_engine(settings.db_url)
     sessions = db.make_sessionmaker(engine)
     notifier = ChangeNotifier()
@@ -84,7 +85,11 @@ def create_app(
             task = asyncio.create_task(
                 loop.run_forever(sessions, clock, settings.reconcile_s, notifier)
             )
-        observer = observe.start(sessions, clock, notifier) if settings.reconcile_enabled else None
+        observer = (
+            observe.start(sessions, clock, notifier, observing)
+            if settings.reconcile_enabled
+            else None
+        )
         try:
             yield
         finally:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -199,13 +200,28 @@ def observe_once(
         }
 
 
+@dataclass(frozen=True)
+class Observer:
+    """The pass's settings and playbooks, read once when the app is built."""
+
+    settings: ObserveSettings
+    books: list[playbooks.Playbook]
+
+
+def configure() -> Observer:
+    """Settings from the environment and the playbooks file; a bad file raises
+    :class:`~fleet.controller.errors.PolicyError` naming it, before the controller serves."""
+    settings = ObserveSettings()
+    return Observer(settings, settings.load_playbooks())
+
+
 async def run_forever(
     sessions: sessionmaker,
     clock: Callable[[], datetime],
-    settings: ObserveSettings,
+    observer: Observer,
     notifier: ChangeNotifier | None = None,
 ) -> None:
-    books = settings.load_playbooks()
+    settings, books = observer.settings, observer.books
     while True:
         try:
             await run_in_threadpool(observe_once, sessions, clock(), settings, books, notifier)
@@ -215,15 +231,15 @@ async def run_forever(
 
 
 def start(
-    sessions: sessionmaker, clock: Callable[[], datetime], notifier: ChangeNotifier
+    sessions: sessionmaker,
+    clock: Callable[[], datetime],
+    notifier: ChangeNotifier,
+    observer: Observer,
 ) -> asyncio.Task[None] | None:
-    """The app's observation task (None when disabled). A bad playbooks file fails the start with
-    its message, before any pass runs."""
-    settings = ObserveSettings()
-    if not settings.enabled:
+    """The app's observation task (None when disabled)."""
+    if not observer.settings.enabled:
         return None
-    settings.load_playbooks()
-    return asyncio.create_task(run_forever(sessions, clock, settings, notifier))
+    return asyncio.create_task(run_forever(sessions, clock, observer, notifier))
 
 
 async def stop(task: asyncio.Task[None] | None) -> None:

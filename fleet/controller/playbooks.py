@@ -121,7 +121,7 @@ def load_playbooks(raw: object) -> list[Playbook]:
         )
         raise PolicyError(
             f"playbooks are invalid: {problems}",
-            hint="see fleet/controller/playbooks.py for the format",
+            hint="fix the file; its format is in the README (Observing the fleet)",
         ) from exc
     names = [p.name for p in found]
     if len(set(names)) != len(names):
@@ -136,7 +136,10 @@ def load_playbooks_file(path: Path) -> list[Playbook]:
         raise PolicyError(f"cannot read playbooks file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise PolicyError(f"playbooks file {path} is not valid YAML: {exc}") from exc
-    return load_playbooks(raw)
+    try:
+        return load_playbooks(raw)
+    except PolicyError as exc:
+        raise PolicyError(f"{path}: {exc.message}", hint=exc.hint) from exc
 
 
 # --- actions ---------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import httpx
 import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
 from test_controller_loop import DEVICES, Devices, start_rollout
+from typer.testing import CliRunner
 
+from edgeloop.cli import app as cli_app
 from fleet.controller import alerts, playbooks, store
 from fleet.controller.errors import PolicyError
 from fleet.controller.observe_tables import AlertRow
@@ -319,3 +321,19 @@ def test_two_replicas_never_run_the_same_attempt(fleet: Fleet) -> None:
     for t in threads:
         t.join(30)
     assert len(calls) == 1
+
+
+def test_a_controller_with_a_bad_playbooks_file_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "playbooks.yaml"
+    bad.write_text("playbooks:\n  - {name: p, trigger: {kind: x}, actions: [{action: reboot}]}\n")
+    monkeypatch.setenv("EDGELOOP_FLEET_OBSERVE_PLAYBOOKS_PATH", str(bad))
+    with pytest.raises(PolicyError, match=r"playbooks.yaml: playbooks are invalid: .*action"):
+        make_fleet(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli_app, ["fleet", "serve", "--port", "0"])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "playbooks are invalid" in lines[0]
+    assert not (tmp_path / ".edgeloop").exists()  # nothing half-done
