@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import statistics
@@ -64,8 +65,6 @@ def process(argv: list[str], env: dict[str, str], log: Path, health: str | None)
             yield
         finally:
             if proc.poll() is None:
-                import os
-
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=60)
 
