@@ -10,7 +10,8 @@ are its lifetime, used by the app): it folds the window's telemetry and device e
   latency p95 and error rate upwards, accuracy downwards;
 - ``latency_regression`` and ``error_burst`` per device, from the device's own detectors;
 
-closes alerts quiet for ``alert_quiet_s``, then schedules and executes the matching playbooks. Each
+closes alerts quiet for ``alert_quiet_s``, deletes raw observations older than ``retention_s``,
+then schedules and executes the matching playbooks. Each
 step commits; a failing pass is logged and the next one tries again.
 
 Settings come from ``EDGELOOP_FLEET_OBSERVE_*`` variables (:class:`ObserveSettings`).
@@ -29,7 +30,7 @@ from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -37,7 +38,12 @@ from fleet.controller import aggregate, alerts, playbooks
 from fleet.controller.anomaly import Direction, RobustZ
 from fleet.controller.db import DeviceRow
 from fleet.controller.longpoll import ChangeNotifier
-from fleet.controller.observe_tables import AlertRow, DeviceEventRow
+from fleet.controller.observe_tables import (
+    AlertRow,
+    DeviceEventRow,
+    InputStatsRow,
+    SeriesPointRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,9 @@ class ObserveSettings(BaseSettings):
     alert_quiet_s: float = Field(600.0, gt=0, description="close an alert not seen for this long")
     playbooks_path: Path = Field(Path("playbooks.yaml"), description="missing file: no playbooks")
     field_dir: Path = Field(Path(".edgeloop/field-data"), description="open_retrain writes here")
+    retention_s: float = Field(
+        7 * 86_400, gt=0, description="device events, input statistics and series kept this long"
+    )
 
     def rules(self) -> alerts.AlertRules:
         return alerts.AlertRules(self.max_new_alerts_per_scope, self.rate_window_s)
@@ -134,8 +143,23 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
             )  # fmt: skip
     raised += _device_alerts(session, now, settings)
     alerts.close_stale(session, now, settings.alert_quiet_s)
+    prune(session, now - timedelta(seconds=settings.retention_s))
     session.commit()
     return [a for a in raised if a is not None]
+
+
+def prune(session: Session, before: datetime) -> int:
+    """Delete device events, input statistics and series points older than ``before`` (alerts and
+    playbook runs are the record and stay). Returns the rows deleted; flushes, does not commit."""
+    deleted = 0
+    for column in (
+        DeviceEventRow.received_at,
+        InputStatsRow.received_at,
+        SeriesPointRow.window_end,
+    ):
+        result = session.execute(delete(column.class_).where(column < before))
+        deleted += getattr(result, "rowcount", 0) or 0
+    return deleted
 
 
 def _device_alerts(

@@ -14,6 +14,7 @@ from test_controller_builders import Clock, Fleet, make_fleet, report
 from fleet.controller.aggregate import fleet_series
 from fleet.controller.anomaly import MAD_TO_SIGMA, RobustZ
 from fleet.controller.observe import ObserveSettings, detect
+from fleet.controller.observe_tables import AlertRow, DeviceEventRow, SeriesPointRow
 
 values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -98,3 +99,22 @@ def test_a_latency_step_raises_an_anomaly_alert_with_its_reason(fleet: Fleet) ->
         p99 = fleet_series(session, model="churn", metric="latency_p99_ms")
     assert len(points) == 12 and points[-1]["value"] > points[0]["value"]
     assert p50[0]["value"] <= points[0]["value"] <= p99[0]["value"]
+
+
+def test_old_observations_are_pruned_and_alerts_kept(fleet: Fleet) -> None:
+    credential = fleet.enrol("dev-1")
+    event = {"kind": "input_drift", "value": 0.9, "threshold": 0.25, "window_s": 5, "feature": "f1"}
+    body = {"reports": [{**report(1, "1"), "events": [event]}]}
+    headers = {"Authorization": f"Bearer {credential}"}
+    fleet.clock.at(5)
+    assert fleet.client.post("/v1/devices/dev-1/telemetry", json=body, headers=headers).is_success
+    settings = ObserveSettings(window_s=10, retention_s=60, playbooks_path=fleet.tmp / "x")
+    with fleet.app.state.sessions() as session:
+        (alert,) = detect(session, fleet.clock.at(10), settings)
+        assert "feature f1: PSI 0.90" in alert.reason
+        assert session.query(DeviceEventRow).count() == 1
+        assert session.query(SeriesPointRow).count() > 0
+        detect(session, fleet.clock.at(100), settings)  # everything is older than 60 s now
+        assert session.query(DeviceEventRow).count() == 0
+        assert session.query(SeriesPointRow).count() == 0
+        assert session.query(AlertRow).count() == 1
