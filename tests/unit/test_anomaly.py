@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_controller_builders import Clock, Fleet, make_fleet, report
+from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, report
 
 from fleet.controller.aggregate import fleet_series
 from fleet.controller.anomaly import MAD_TO_SIGMA, RobustZ
@@ -118,3 +118,11 @@ def test_old_observations_are_pruned_and_alerts_kept(fleet: Fleet) -> None:
         assert session.query(DeviceEventRow).count() == 0
         assert session.query(SeriesPointRow).count() == 0
         assert session.query(AlertRow).count() == 1
+
+
+def test_series_api_refuses_an_unknown_metric(fleet: Fleet) -> None:
+    r = fleet.client.get("/v1/series?model=churn&metric=vibes", headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "unknown metric 'vibes'" in r.json()["detail"]
+    r = fleet.client.get("/v1/series?model=churn&metric=error_rate", headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and r.json() == []
+    assert fleet.client.get("/v1/series?model=churn&metric=error_rate").status_code == 401
