@@ -54,6 +54,33 @@ def free_port_run(count: int) -> int:
     raise AssertionError(f"no run of {count} free ports")
 
 
+@contextmanager
+def serve_databases(db_url: str) -> Iterator[list[str]]:
+    """Drops the databases `edgeloop serve --db-url` creates from ``db_url`` at exit."""
+    import psycopg
+    from servers import PG
+
+    from edgeloop.serve_plan import SERVICES, database_name
+
+    names = [database_name(db_url, s) for s in SERVICES]
+    try:
+        yield names
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backend_args(request: Any) -> Iterator[list[str]]:
+    """`edgeloop serve` arguments for ``request.param``: [] for SQLite, --db-url for PostgreSQL."""
+    if request.param == "sqlite":
+        yield []
+        return
+    db_url = request.getfixturevalue("postgres_db")
+    with serve_databases(db_url):
+        yield ["--db-url", db_url]
+
+
 def alive(pids: list[int]) -> list[int]:
     """The pids still running (zombies count as gone)."""
     out = []

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from serve_process import Served, alive, edgeloop_serve
+from serve_process import Served, alive, edgeloop_serve, serve_databases
 
-from edgeloop.serve_plan import database_name, pool_has_live_worker
+from edgeloop.serve_plan import pool_has_live_worker
 
 pytestmark = pytest.mark.integration
 
@@ -80,19 +80,16 @@ def test_serve_on_sqlite_heals_a_crashed_child_and_stops_cleanly(project: Projec
 
 
 def test_serve_on_postgresql(project: Project, postgres_db: str) -> None:
-    import psycopg
-    from servers import PG
-
-    try:
-        with edgeloop_serve(project, "--db-url", postgres_db) as served:
-            _assert_all_healthy(served)
-            assert not (project.home / "mlflow-server.db").exists()
-            _sigterm_leaves_nothing(served)
-    finally:
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-            for service in ("prefect", "mlflow", "fleet"):
-                name = database_name(postgres_db, service)
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        serve_databases(postgres_db) as names,
+        edgeloop_serve(project, "--db-url", postgres_db) as served,
+    ):
+        _assert_all_healthy(served)
+        assert not (project.home / "mlflow-server.db").exists()
+        assert names == [
+            f"{postgres_db.rsplit('/', 1)[1]}_{s}" for s in ("prefect", "mlflow", "fleet")
+        ]
+        _sigterm_leaves_nothing(served)
 
 
 def test_serve_refuses_a_db_url_that_is_not_postgresql(project: Project) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_process import Served, edgeloop_serve
+from serve_process import Served, backend_args, edgeloop_serve
 
 from fleet.admin import AdminClient
 from fleet.simulate import Simulation
@@ -71,9 +71,16 @@ def devices(project: Project, url: str, token: str) -> Iterator[None]:
         sim.close()
 
 
-def test_alias_set_through_the_mlflow_api_starts_a_rollout(project: Project) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    yield from backend_args(request)
+
+
+def test_alias_set_through_the_mlflow_api_starts_a_rollout(
+    project: Project, backend: list[str]
+) -> None:
     project.set_params(training={"epochs": 3}, compress={"prune_finetune_epochs": 1})
-    with edgeloop_serve(project, "--allow-loopback-webhooks") as served:
+    with edgeloop_serve(project, "--allow-loopback-webhooks", *backend) as served:
         servers = {"MLFLOW_TRACKING_URI": served.mlflow, "PREFECT_API_URL": f"{served.prefect}/api"}
         project.extra_env.update(servers)
         trained = project.edgeloop("run")
