@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleet.agent.telemetry import LATENCY_BOUNDS_MS
 from fleet.controller.db import DeviceRow, TelemetryRow
 from fleet.controller.observe_tables import DeviceEventRow, SeriesPointRow
-from fleet.controller.stats import LatencyHistogram, merge_histograms, quantile_ms
+from fleet.controller.stats import LatencyHistogram, quantile_ms
 
 METRICS = (
     "latency_p50_ms",
@@ -56,7 +57,7 @@ class _Sums:
     errors: int = 0
     correct: int = 0
     labelled: int = 0
-    histograms: list[LatencyHistogram] = field(default_factory=list)
+    latency_counts: list[int] = field(default_factory=list)
     drifted: set[str] = field(default_factory=set)
     psi: float = 0.0
 
@@ -133,11 +134,13 @@ def aggregate_window(
             s.errors += errors
             s.correct += correct
             s.labelled += labelled
-            s.histograms.append(
-                LatencyHistogram(
-                    bounds_ms=tuple(latency["bounds_ms"]), counts=tuple(latency["counts"])
+            if tuple(latency["bounds_ms"]) == LATENCY_BOUNDS_MS:  # the one layout ingest accepts
+                counts = latency["counts"]
+                s.latency_counts = (
+                    [a + b for a, b in zip(s.latency_counts, counts, strict=True)]
+                    if s.latency_counts
+                    else list(counts)
                 )
-            )
     worst: dict[Scope, tuple[float, str, str, float]] = {}
     for e in events:
         for scope in _scopes(e.model, e.version, devices.get(e.device_id), keys):
@@ -158,7 +161,11 @@ def aggregate_window(
             metrics["error_rate"] = (s.errors / s.inferences, n, s.inferences)
         if s.labelled:
             metrics["accuracy"] = (s.correct / s.labelled, n, s.labelled)
-        merged = merge_histograms(s.histograms)
+        merged = (
+            LatencyHistogram(bounds_ms=LATENCY_BOUNDS_MS, counts=tuple(s.latency_counts))
+            if s.latency_counts
+            else None
+        )
         for q, metric in (
             (0.5, "latency_p50_ms"),
             (0.95, "latency_p95_ms"),
