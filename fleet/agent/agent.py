@@ -198,6 +198,7 @@ class Agent:
         self.credentials = Credentials.load(config.credential_path)
         self._refused_token: str | None = None
         self._rejected: dict[tuple[ArtifactRef, str], float] = {}
+        self._fell_back: dict[ArtifactRef, float] = {}  # left by a local fallback, and when
 
     # --- one iteration ---------------------------------------------------------------------------
 
@@ -285,7 +286,7 @@ class Agent:
         if self.slots.active == ref:
             return
         key = (ref, artifact.sha256)
-        rejected_at = self._rejected.get(key)
+        rejected_at = self._rejected.get(key, self._fell_back.get(ref))
         if rejected_at is not None and self._clock() - rejected_at < self.config.reject_retry_s:
             return
         if self._on_disk(ref, artifact.sha256):
@@ -340,8 +341,8 @@ class Agent:
 
     def _detect(self, detector: DeviceDetector, report: dict[str, Any]) -> list[dict[str, Any]]:
         """The detectors' events for the running version's report; an event whose policy says
-        ``fallback`` swaps the previous model back in at once (the controller learns why from
-        the event's ``action``)."""
+        ``fallback`` swaps the previous model back in at once and keeps the model it left out of
+        service for ``reject_retry_s`` (the controller learns why from the event's ``action``)."""
         latency = report["latency_ms"]
         detector.observe_window(
             inferences=report["inferences"],
@@ -351,7 +352,10 @@ class Agent:
         )
         events = detector.take_events()
         if local_action(events) == "fallback" and self.slots.previous is not None:
+            left = self.slots.active
             restored = self.slots.rollback_local()
+            if left is not None:  # not re-activated before the cool-down, even if still desired
+                self._fell_back[left] = self._clock()
             self._emit("fallback", restored.version, ",".join(e.kind for e in events))
         return [e.to_dict() for e in events]
 

@@ -133,6 +133,8 @@ def test_an_error_burst_falls_back_to_the_previous_model_and_reports_why(
     assert ("fallback", "v1", "error_burst") in device.steps()
     (report,) = [r for r in agent.buffer.pending() if r["version"] == "v2" and r["errors"]]
     assert [(e["kind"], e["action"]) for e in report["events"]] == [("error_burst", "fallback")]
+    agent.run_once()  # v2 is still desired, but stays out of service for the cool-down
+    assert agent.slots.active == ref("v1")
 
 
 def test_the_predict_server_feeds_the_input_detector(on_v1: Device) -> None:
