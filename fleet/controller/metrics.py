@@ -4,8 +4,8 @@ Nothing is counted on the telemetry path: a custom collector runs a few grouped 
 Gauges (devices by class, version and health; rollouts by phase; each open rollout's stage, confirmed
 devices and gate values) are read afresh. Telemetry counters (reports, inferences, errors, labelled
 feedback) and the latency histogram advance by the reports stored since the previous scrape (a cursor
-on the report id), so a scrape costs what arrived since the last one. The counters start from the
-database's totals; the latency histogram starts from the reports of the last few minutes.
+on the report id that trails ``SETTLE_S`` behind), so a scrape costs what arrived since the last one.
+The counters start from the database's totals; the latency histogram from the last few minutes.
 
 Fleet series are database-wide: with several replicas behind a load balancer, scrape one (or take
 ``max`` over replicas). The only per-process series is the count of rejected telemetry batches, which
@@ -47,6 +47,9 @@ from fleet.controller.phase import RolloutPhase
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HISTOGRAM_START_S = 300.0
 """At the first scrape the latency histogram counts the reports of this many recent seconds."""
+SETTLE_S = 2.0
+"""Reports are counted once they are this old: a transaction that took a report id earlier but
+commits a little later (PostgreSQL, several replicas) is still counted, and counted once."""
 
 router = APIRouter()
 
@@ -83,7 +86,8 @@ class FleetCollector(Collector):
         """Add the reports stored since the previous scrape to the counters and histograms."""
         first = self._cursor is None
         after = self._cursor or 0
-        totals, top = overview.telemetry_totals(session, after)
+        upto = max(after, overview.last_report_id(session, now - timedelta(seconds=SETTLE_S)))
+        totals = overview.telemetry_totals(session, after, upto)
         for t in totals:
             sums = self._totals.setdefault((t.model, t.version, t.hardware_class), [0] * 5)
             for i, value in enumerate(
@@ -91,7 +95,10 @@ class FleetCollector(Collector):
             ):
                 sums[i] += value
         since = now - timedelta(seconds=HISTOGRAM_START_S) if first else None
-        for sample in overview.recent_reports(session, since=since, after_id=after, limit=50_000):
+        samples = overview.recent_reports(
+            session, since=since, after_id=after, upto_id=upto, limit=50_000
+        )
+        for sample in samples:
             counts = sample.latency.get("counts", [])
             if tuple(sample.latency.get("bounds_ms", ())) != LATENCY_BOUNDS_MS:
                 continue
@@ -100,7 +107,7 @@ class FleetCollector(Collector):
             )
             for i, c in enumerate(counts):
                 buckets[i] += int(c)
-        self._cursor = top
+        self._cursor = upto
 
     def _device_series(self, session: Session, now: datetime) -> Iterator[Metric]:
         groups = overview.device_groups(session, now)

@@ -186,8 +186,8 @@ class VersionTotals:
     feedback_total: int
 
 
-def telemetry_totals(session: Session, after: int) -> tuple[list[VersionTotals], int]:
-    """Sums of the reports stored after report id ``after``, and the highest id they reached."""
+def telemetry_totals(session: Session, after: int, upto: int) -> list[VersionTotals]:
+    """Sums of the reports with ids in ``(after, upto]``."""
     rows = session.execute(
         select(
             TelemetryRow.model,
@@ -198,18 +198,15 @@ def telemetry_totals(session: Session, after: int) -> tuple[list[VersionTotals],
             func.sum(TelemetryRow.errors),
             func.sum(TelemetryRow.feedback_correct),
             func.sum(TelemetryRow.feedback_total),
-            func.max(TelemetryRow.id),
         )
         .join(DeviceRow, DeviceRow.device_id == TelemetryRow.device_id)
-        .where(TelemetryRow.id > after)
+        .where(TelemetryRow.id > after, TelemetryRow.id <= upto)
         .group_by(TelemetryRow.model, TelemetryRow.version, DeviceRow.hardware_class)
     ).all()
-    top = max((int(r[8]) for r in rows), default=after)
-    totals = [
+    return [
         VersionTotals(m, v, c, int(n), int(i or 0), int(e or 0), int(fc or 0), int(ft or 0))
-        for m, v, c, n, i, e, fc, ft, _ in rows
+        for m, v, c, n, i, e, fc, ft in rows
     ]
-    return totals, top
 
 
 @dataclass(frozen=True)
@@ -227,9 +224,14 @@ class ReportSample:
 
 
 def recent_reports(
-    session: Session, *, since: datetime | None, after_id: int = 0, limit: int = 5000
+    session: Session,
+    *,
+    since: datetime | None,
+    after_id: int = 0,
+    upto_id: int | None = None,
+    limit: int = 5000,
 ) -> list[ReportSample]:
-    """The newest ``limit`` reports after report ``after_id`` (and received since ``since``)."""
+    """The newest ``limit`` reports with ids in ``(after_id, upto_id]`` received since ``since``."""
     query = (
         select(
             TelemetryRow.received_at,
@@ -248,12 +250,22 @@ def recent_reports(
     )
     if since is not None:
         query = query.where(TelemetryRow.received_at >= since)
+    if upto_id is not None:
+        query = query.where(TelemetryRow.id <= upto_id)
     rows = session.execute(query).all()
     return [ReportSample(*row) for row in reversed(rows)]
 
 
-def last_report_id(session: Session) -> int:
-    return int(session.scalar(select(func.max(TelemetryRow.id))) or 0)
+def last_report_id(session: Session, received_before: datetime) -> int:
+    """The id of the newest report received before ``received_before`` (0 for none): one step
+    down the ``received_at`` index, whatever the table's size."""
+    query = (
+        select(TelemetryRow.id)
+        .where(TelemetryRow.received_at < received_before)
+        .order_by(TelemetryRow.received_at.desc(), TelemetryRow.id.desc())
+        .limit(1)
+    )
+    return int(session.scalar(query) or 0)
 
 
 def rollouts_by_phase(session: Session) -> dict[str, int]:

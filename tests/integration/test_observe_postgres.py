@@ -3,6 +3,7 @@ grouped queries as on SQLite, through the app over a fresh database."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -65,11 +66,16 @@ def test_dashboard_metrics_and_field_samples_on_postgresql(
         assert "25 devices enrolled, 2 online" in page.text
         table = client.get("/dashboard/devices?size=10&page=3", headers=ADMIN).text
         assert "page 3 of 3 (25 devices)" in table and "pg-24" in table
-        metrics = client.get("/metrics").text
-        assert "edgeloop_fleet_devices_online 2.0" in metrics
-        assert (
+        counted = (
             'edgeloop_fleet_telemetry_inferences_total{hardware_class="host-cpu",model="m",'
             'version="3"} 50.0'
-        ) in metrics
+        )
+        deadline = time.monotonic() + 30  # counters take reports once they are SETTLE_S old
+        metrics = client.get("/metrics").text
+        while counted not in metrics and time.monotonic() < deadline:
+            time.sleep(0.5)
+            metrics = client.get("/metrics").text
+        assert counted in metrics
+        assert "edgeloop_fleet_devices_online 2.0" in metrics
         pulled = client.get("/v1/field-samples", headers=ADMIN).json()
         assert len(pulled["samples"]) == 3 and pulled["next_since"] == pulled["samples"][-1]["id"]

@@ -42,6 +42,7 @@ def test_metrics_count_devices_telemetry_and_rejections(fleet: Fleet) -> None:
     a = fleet.enrol("dev-a")
     fleet.enrol("dev-b", "edge-small")
     assert send(fleet, a, "dev-a", report(1, "1", inferences=200, errors=2, labels=10)) == 200
+    fleet.clock.at(5)  # reports count once they are SETTLE_S old
     m = scrape(fleet)
     key = (("hardware_class", "host-cpu"), ("model", "churn"), ("version", "1"))
     assert m[("edgeloop_fleet_telemetry_inferences_total", key)] == 200
@@ -57,10 +58,14 @@ def test_metrics_count_devices_telemetry_and_rejections(fleet: Fleet) -> None:
 
     assert send(fleet, a, "dev-a", report(2, "1", inferences=50)) == 200
     assert send(fleet, a, "dev-a", {**report(3, "1"), "inferences": -1}) == 422
-    m = scrape(fleet)  # the second scrape adds only what arrived since the first
-    assert m[("edgeloop_fleet_telemetry_inferences_total", key)] == 250
-    assert m[("edgeloop_fleet_inference_latency_ms_bucket", inf)] == 250
+    m = scrape(fleet)  # report 2 is not settled yet
+    assert m[("edgeloop_fleet_telemetry_inferences_total", key)] == 200
     assert m[("edgeloop_fleet_telemetry_rejected_batches_total", ())] == 1
+    fleet.clock.at(10)
+    for _ in range(2):  # later scrapes add only what settled since the previous one, once
+        m = scrape(fleet)
+        assert m[("edgeloop_fleet_telemetry_inferences_total", key)] == 250
+        assert m[("edgeloop_fleet_inference_latency_ms_bucket", inf)] == 250
 
     fleet.clock.at(3600)  # an hour later nobody has been heard from
     m = scrape(fleet)
