@@ -38,9 +38,13 @@ background:#fee2e2;color:#991b1b}.phase.succeeded,.pass{background:#dcfce7;color
 """
 
 
-def page(title: str, body: str) -> str:
+REFRESH_S = 30
+
+
+def page(title: str, body: str, refresh_s: int | None = None) -> str:
+    refresh = f"<meta http-equiv='refresh' content='{refresh_s}'>" if refresh_s else ""
     return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{refresh}"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         "<header><strong>edgeloop fleet</strong><a href='/dashboard'>overview</a>"
         "<a href='/dashboard/devices'>devices</a>"
@@ -86,6 +90,7 @@ def overview_page(data: OverviewData) -> str:
         + _rollouts_panel(data.rollouts)
         + _charts_panel(data)
         + _alerts_panel(data.alerts, data.playbook_runs),
+        refresh_s=REFRESH_S,
     )
 
 
@@ -102,7 +107,8 @@ def _devices_panel(groups: Sequence[overview.DeviceGroup]) -> str:
         by_health[g.health] += g.devices
         table[(g.hardware_class, g.version)][g.health] += g.devices
     rows = "".join(
-        f"<tr><td>{escape(cls)}</td><td>{escape(version)}</td>"
+        f"<tr><td><a href='/dashboard/devices?{escape(urlencode({'hardware_class': cls}))}'>"
+        f"{escape(cls)}</a></td><td>{escape(version)}</td>"
         + "".join(f"<td>{counts[h]}</td>" for h in overview.HEALTHS)
         + f"<td>{sum(counts.values())}</td></tr>"
         for (cls, version), counts in sorted(table.items())

@@ -83,7 +83,7 @@ def test_overview_shows_devices_and_charts(fleet: Fleet) -> None:
     assert r.status_code == 200
     page = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
     assert "2 devices enrolled, 1 online" in page
-    assert "<td>host-cpu</td><td>7</td><td>1</td><td>0</td><td>0</td>" in page
+    assert "host-cpu</a></td><td>7</td><td>1</td><td>0</td><td>0</td>" in page
     assert "p95 latency per version and class" in page and "v7 host-cpu" in page
     assert "no rollouts yet" in page
     assert "alerts" in page and "playbook" in page.lower()
@@ -97,6 +97,11 @@ def test_device_table_paginates(fleet: Fleet) -> None:
     assert "page 1 of 3 (25 devices)" in first and "dev-00" in first and "dev-10" not in first
     third = fleet.client.get("/dashboard/devices?size=10&page=3", headers=ADMIN_HEADERS).text
     assert "dev-24" in third and "id='next'" not in third and "id='prev'" in third
+    fleet.enrol("dev-edge", "edge-small")
+    overview = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
+    assert "href='/dashboard/devices?hardware_class=edge-small'" in overview
+    edge = fleet.client.get("/dashboard/devices?hardware_class=edge-small", headers=ADMIN_HEADERS)
+    assert "page 1 of 1 (1 devices)" in edge.text and "dev-edge" in edge.text
 
 
 def test_page_past_the_end_names_the_last_page(fleet: Fleet) -> None:
@@ -182,4 +187,4 @@ def test_a_quarantined_device_shows_as_quarantined(fleet: Fleet) -> None:
     assert "<td>dev-q</td>" in table and "class='quarantined'>quarantined<" in table
     assert "class='never_seen'>never_seen<" in table  # dev-ok
     page = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
-    assert "<td>host-cpu</td><td>none</td><td>0</td><td>0</td><td>1</td><td>1</td>" in page
+    assert "host-cpu</a></td><td>none</td><td>0</td><td>0</td><td>1</td><td>1</td>" in page
