@@ -114,6 +114,14 @@ def fleet_demo() -> None:
             f"v{fleet['production']}; summary in {settings.last_run_file}",
             highlight=False,
         )
+        demo_db = (settings.home / "fleet-demo" / "fleet.db").resolve()
+        console.print(
+            f"dashboard: EDGELOOP_FLEET_DB_URL=sqlite:///{demo_db} EDGELOOP_FLEET_ADMIN_TOKEN=<a "
+            "token of your choice> edgeloop fleet serve, then open "
+            "http://127.0.0.1:8700/dashboard and sign in with that token",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     guard(go)
 
