@@ -1,0 +1,70 @@
+"""What `edgeloop serve` runs: addresses, stores per backend, secrets, webhook settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeloop.errors import ConfigError
+from edgeloop.serve_plan import ServePlan, check_db_url, children, secret
+
+
+def plan(tmp_path: Path, **kw: object) -> ServePlan:
+    return ServePlan(
+        home=tmp_path, host="127.0.0.1", base_port=4200,
+        controller_url="http://127.0.0.1:8787", **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_sqlite_stores_live_under_the_home(tmp_path: Path) -> None:
+    p = plan(tmp_path)
+    assert p.database("prefect") == f"sqlite+aiosqlite:///{tmp_path}/prefect-server.db"
+    assert p.database("mlflow") == f"sqlite:///{tmp_path}/mlflow-server.db"
+    assert p.database("fleet") == f"sqlite:///{tmp_path}/fleet.db"
+    assert (p.prefect_api_url, p.mlflow_url) == (
+        "http://127.0.0.1:4200/api",
+        "http://127.0.0.1:4201",
+    )
+
+
+def test_postgresql_gives_each_server_its_database_and_driver(tmp_path: Path) -> None:
+    p = plan(tmp_path, db_url="postgresql://pg@db:5433/edge")
+    assert p.database("prefect") == "postgresql+asyncpg://pg@db:5433/edge_prefect"
+    assert p.database("mlflow") == "postgresql+psycopg://pg@db:5433/edge_mlflow"
+    assert p.database("fleet") == "postgresql://pg@db:5433/edge_fleet"
+
+
+@pytest.mark.parametrize("url", ["mysql://root@db/x", "sqlite:///x.db", "postgresql:///nohost"])
+def test_a_db_url_that_is_not_postgresql_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="is not a PostgreSQL URL"):
+        check_db_url(url)
+
+
+def test_secret_prefers_the_variable_then_the_file_else_makes_one_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secrets" / "s"
+    monkeypatch.setenv("S_FOR_TEST", "from-env")
+    assert secret("S_FOR_TEST", path) == "from-env" and not path.exists()
+    monkeypatch.delenv("S_FOR_TEST")
+    made = secret("S_FOR_TEST", path)
+    assert len(made) >= 32 and path.stat().st_mode & 0o777 == 0o600
+    assert secret("S_FOR_TEST", path) == made  # stable across restarts
+
+
+def test_loopback_webhook_settings_only_when_asked(tmp_path: Path) -> None:
+    def mlflow_env(p: ServePlan) -> dict[str, str]:
+        return next(c.env for c in children(p, {}, []) if c.name == "mlflow-server")
+
+    assert "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS" not in mlflow_env(plan(tmp_path))
+    allowed = plan(tmp_path, allow_loopback_webhooks=True)
+    assert mlflow_env(allowed)["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] == "http,https"
+    assert allowed.webhook_allowed and not plan(tmp_path).webhook_allowed
+
+
+def test_one_worker_per_pool_and_the_controller_where_params_say(tmp_path: Path) -> None:
+    specs = {c.name: c for c in children(plan(tmp_path), {}, ["hw-rpi4-arm64"])}
+    assert {"worker edgeloop-ops", "worker hw-rpi4-arm64"} <= set(specs)
+    argv = specs["fleet-controller"].argv
+    assert argv[argv.index("--port") + 1] == "8787"
