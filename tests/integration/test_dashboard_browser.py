@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from test_simulate_controller import (  # the real-controller fixture and its helpers
+from test_simulate_controller import (  # the real-controller fixture and what it registers
     ADMIN,
     ADMIN_HEADERS,
     CLASSES,
