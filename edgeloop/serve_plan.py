@@ -206,7 +206,12 @@ def children(plan: ServePlan, env: dict[str, str], pools: list[str]) -> list[Chi
             ChildSpec(
                 name=f"worker {pool}",
                 argv=_python("prefect", "worker", "start", "--pool", pool, "--type", "process"),
-                env={**env, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"},
+                # Poll for work every second (Prefect's default is 10 s): a promotion waits on it.
+                env={
+                    **env,
+                    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",
+                    "PREFECT_WORKER_QUERY_SECONDS": "1",
+                },
                 log=plan.logs / f"worker-{pool}.log",
                 health=lambda pool=pool: pool_has_live_worker(plan.prefect_api_url, pool),  # type: ignore[misc]
                 url=f"pool {pool}",
