@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from edgeloop.params import Params
 from flows.scheduled import DATA_TAG, TRAINING_TAG, change_reason, latest_version, training_hash
 
@@ -66,3 +68,40 @@ def test_training_hash_follows_code_and_shaping_params_only(tmp_path: Path) -> N
     assert training_hash(shaped, tmp_path) != base
     (tmp_path / "train.py").write_text("EPOCHS = 2\n")
     assert training_hash(params, tmp_path) != base
+
+
+class PromotingClient:
+    """Enough of MlflowClient for registry.outcomes.promote: one passing version, production on v1."""
+
+    def __init__(self) -> None:
+        self.aliases = {"production": "1"}
+
+    def get_model_version(self, model: str, version: str) -> SimpleNamespace:
+        tags = {"edgeloop.hw.host-cpu.status": "passed", "edgeloop.gates": "passed"}
+        return SimpleNamespace(version=version, tags=tags)
+
+    def get_registered_model(self, model: str) -> SimpleNamespace:
+        return SimpleNamespace(aliases=dict(self.aliases))
+
+    def set_registered_model_alias(self, model: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+
+def test_auto_promote_sets_production_and_starts_the_rollout_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import prefect.deployments
+
+    from flows.scheduled import _promote_and_roll_out
+
+    started: list[tuple[str, dict[str, object]]] = []
+
+    def fake_run(name: str, parameters: dict[str, object], **_: object) -> SimpleNamespace:
+        started.append((name, parameters))
+        return SimpleNamespace(name="brisk-otter")
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run)
+    client = PromotingClient()
+    assert _promote_and_roll_out(client, "m", "2") == "brisk-otter"
+    assert client.aliases["production"] == "2"
+    assert started == [("rollout/promoted", {"model": "m", "version": "2", "stable_version": "1"})]
