@@ -24,7 +24,7 @@ import httpx
 from edgeloop.errors import ConfigError
 from edgeloop.supervisor import ChildSpec
 
-OPS_POOL = "edgeloop-ops"  # flows.deployments.OPS_POOL; not imported: the CLI stays light
+OPS_POOL = "edgeloop-ops"  # the process pool of the rollout and scheduled-retrain deployments
 SERVICES = ("prefect", "mlflow", "fleet")
 
 

@@ -106,11 +106,6 @@ class Supervisor:
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.spec.name == name)
 
-    def add(self, spec: ChildSpec) -> Child:
-        child = Child(spec)
-        self.children.append(child)
-        return child
-
     def start(self, child: Child) -> None:
         spec = child.spec
         spec.log.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,12 @@ import io
 from typing import TYPE_CHECKING, Any, cast
 
 from edgeloop.schedule_params import ScheduleParams
+from edgeloop.serve_plan import OPS_POOL
 from flows.pool import SOURCE
 
 if TYPE_CHECKING:
     from prefect import Flow
 
-OPS_POOL = "edgeloop-ops"
 ROLLOUT_DEPLOYMENT = "rollout/promoted"
 SCHEDULED_DEPLOYMENT = "retrain/scheduled"
 
