@@ -45,7 +45,8 @@ def perform_pending(
 ) -> list[Action]:
     """Perform the outbox of a rollout in order; each is marked done in the same commit as its effect.
 
-    ``TargetDevices`` moves the desired state (and wakes long-polls after the commit). ``RecordOutcome``
+    ``TargetDevices`` moves the desired state (and wakes long-polls after the commit, handing them
+    their new state). ``RecordOutcome``
     and ``Notify`` are for the registry follower and people: they are logged and marked done here;
     the rows stay in the outbox as the record.
     """
@@ -54,9 +55,11 @@ def perform_pending(
     performed: list[Action] = []
     for pending in store.pending_actions(session, rollout_id):
         action = store.ACTION.validate_python(pending.action)
-        changed: list[str] = []
+        changed: dict[str, int] = {}
+        targeted = None
         if isinstance(action, TargetDevices):
-            changed = store.target_devices(
+            targeted = action.version
+            changed = store.retarget(
                 session,
                 action.device_ids,
                 model=model,
@@ -69,8 +72,8 @@ def perform_pending(
         pending.done = True
         pending.done_at = now
         session.commit()
-        if changed and notifier is not None:
-            notifier.notify(changed)
+        if targeted and changed and notifier is not None:  # one broadcast, answered from it
+            notifier.publish(store.targeted(session, model, targeted, rollout_id), changed)
         performed.append(action)
     return performed
 

@@ -89,15 +89,16 @@ async def desired(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, LONG_POLL_MAX_S)
     recheck: float = request.app.state.settings.long_poll_recheck_s
-    with request.app.state.notifier.subscribe(device.device_id) as changed:
+    with request.app.state.notifier.subscribe(device.device_id) as waiter:
         while True:
-            changed.clear()
-            current = await run_in_threadpool(_read_desired, request, device)
+            published = waiter.desired(device.hardware_class)  # a woken poll needs no query
+            waiter.clear()
+            current = published or await run_in_threadpool(_read_desired, request, device)
             remaining = deadline - loop.time()
             if revision is None or current.revision != revision or remaining <= 0:
                 return current
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(remaining, recheck))
+                await asyncio.wait_for(waiter.event.wait(), timeout=min(remaining, recheck))
 
 
 @router.get(

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -45,6 +46,7 @@ from fleet.controller.errors import (
     EnrolmentRefused,
     RolloutNotFound,
 )
+from fleet.controller.longpoll import Targeted
 from fleet.controller.observations import DeviceObservation, Observations, VersionTelemetry
 from fleet.controller.observe_tables import QuarantineRow
 from fleet.controller.phase import RolloutPhase
@@ -180,39 +182,62 @@ def target_devices(
     rollout_id: str | None,
     now: datetime,
 ) -> list[str]:
-    """Point devices at ``model``/``version``; returns those whose state changed (revision + 1).
-
-    Targeting a device at what it is already targeted at changes nothing, so performing an outbox
-    action twice is harmless. Does not commit.
-    """
+    """Point devices at ``model``/``version``; returns those whose state changed (revision + 1)."""
     if rollout_id is not None:  # quarantined devices stay on what a playbook pinned them to
         device_ids = without_quarantined(session, device_ids)
+    return list(
+        retarget(session, device_ids, model=model, version=version, rollout_id=rollout_id, now=now)
+    )
+
+
+def retarget(
+    session: Session,
+    device_ids: Iterable[str],
+    *,
+    model: str,
+    version: str,
+    rollout_id: str | None,
+    now: datetime,
+) -> dict[str, int]:
+    """Point devices at ``model``/``version``; returns the new revision of each device that changed.
+
+    Set-based: one ``UPDATE ... RETURNING`` per chunk of devices, never a statement per device, so a
+    rollback of a thousand devices is two statements. Targeting a device at what it is already targeted
+    at changes nothing, so performing an outbox action twice is harmless. Devices that are not enrolled
+    have no desired-state row and are skipped. Does not commit.
+    """
     ids = list(dict.fromkeys(device_ids))
-    known: set[str] = set()
-    rows: dict[str, DesiredStateRow] = {}
-    for start in range(0, len(ids), 500):  # a few queries per thousand devices, not two per device
-        chunk = ids[start : start + 500]
-        known.update(
-            session.scalars(select(DeviceRow.device_id).where(DeviceRow.device_id.in_(chunk)))
+    row = DesiredStateRow
+    differs = or_(
+        row.model.is_distinct_from(model),
+        row.version.is_distinct_from(version),
+        row.rollout_id.is_distinct_from(rollout_id),
+    )
+    changed: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        statement = (
+            update(row)
+            .where(row.device_id.in_(ids[start : start + 500]), differs)
+            .values(
+                revision=row.revision + 1,
+                model=model,
+                version=version,
+                rollout_id=rollout_id,
+                updated_at=now,
+            )
+            .returning(row.device_id, row.revision)
+            .execution_options(synchronize_session=False)
         )
-        locked = (
-            select(DesiredStateRow).where(DesiredStateRow.device_id.in_(chunk)).with_for_update()
-        )
-        rows.update((r.device_id, r) for r in session.scalars(locked))
-    changed = []
-    for device_id in ids:
-        if device_id not in known:
-            continue
-        row = rows.get(device_id)
-        if row is None:
-            row = DesiredStateRow(device_id=device_id, revision=0, updated_at=now)
-            session.add(row)
-        elif (row.model, row.version, row.rollout_id) == (model, version, rollout_id):
-            continue
-        row.revision += 1
-        row.model, row.version, row.rollout_id, row.updated_at = model, version, rollout_id, now
-        changed.append(device_id)
-    return changed
+        changed.update((d, r) for d, r in session.execute(statement))
+    return {d: changed[d] for d in ids if d in changed}
+
+
+def targeted(session: Session, model: str, version: str, rollout_id: str | None) -> Targeted:
+    """The document devices pointed at ``model``/``version`` share: the signed variant per class."""
+    signed = {
+        c: _artifact(r) for c, r in artifacts_of(session, model, version).items() if r.signature
+    }
+    return Targeted(model=model, version=version, rollout_id=rollout_id, artifacts=signed)
 
 
 def set_baseline(session: Session, model: str, version: str, now: datetime) -> list[str]:
@@ -337,70 +362,68 @@ def ingest_telemetry(
     """Store the reports not stored before; ``(device, buffer_id, seq)`` makes this idempotent.
 
     Reports may come in any order and more than once (an agent resends its buffer after a lost ack).
-    A concurrent duplicate insert loses the race on the unique key and is retried once, then counted
-    as a duplicate.
+    One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` stores a batch: the database says
+    which rows are new, so a concurrent duplicate loses on the unique key without an error, and a
+    batch is two statements and one commit whatever its size.
     """
-    for attempt in range(2):
-        try:
-            return _ingest(session, device.device_id, reports, now)
-        except IntegrityError:
-            session.rollback()
-            if attempt == 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _ingest(
-    session: Session, device_id: str, reports: Sequence[TelemetryReport], now: datetime
-) -> TelemetryAck:
-    keys = {(r.buffer_id, r.seq) for r in reports}
-    existing = set(
-        session.execute(
-            select(TelemetryRow.buffer_id, TelemetryRow.seq).where(
-                TelemetryRow.device_id == device_id,
-                TelemetryRow.buffer_id.in_({b for b, _ in keys}),
-                TelemetryRow.seq.in_({s for _, s in keys}),
-            )
-        ).all()
+    first: dict[tuple[str, int], TelemetryReport] = {}
+    for report in reports:
+        first.setdefault((report.buffer_id, report.seq), report)
+    stored: set[tuple[str, int]] = set()
+    if first:
+        rows = [_telemetry_row(device.device_id, r, now) for r in first.values()]
+        insert = _insert(session)(TelemetryRow).values(rows)
+        statement = insert.on_conflict_do_nothing(
+            index_elements=["device_id", "buffer_id", "seq"]
+        ).returning(TelemetryRow.buffer_id, TelemetryRow.seq)
+        stored = {(b, s) for b, s in session.execute(statement)}
+    session.execute(
+        update(DeviceRow)
+        .where(DeviceRow.device_id == device.device_id)
+        .values(last_seen=now)
+        .execution_options(synchronize_session=False)
     )
+    session.commit()
     accepted: list[int] = []
     duplicates: list[int] = []
-    seen: set[tuple[str, int]] = set()
     for report in reports:
         key = (report.buffer_id, report.seq)
-        if key in existing or key in seen:
+        if key in stored and first.get(key) is report:
+            accepted.append(report.seq)
+        else:
             duplicates.append(report.seq)
-            continue
-        seen.add(key)
-        accepted.append(report.seq)
-        session.add(
-            TelemetryRow(
-                device_id=device_id,
-                buffer_id=report.buffer_id,
-                seq=report.seq,
-                model=report.model,
-                version=report.version,
-                variant=report.variant,
-                running=report.running,
-                window_start=report.window_start,
-                window_end=report.window_end,
-                inferences=report.inferences,
-                errors=report.errors,
-                latency={
-                    "bounds_ms": list(report.latency_ms.bounds_ms),
-                    "counts": list(report.latency_ms.counts),
-                },
-                feedback_correct=sum(1 for f in report.feedback if f.predicted == f.label),
-                feedback_total=len(report.feedback),
-                dropped_total=report.dropped_total,
-                received_at=now,
-            )
-        )
-    device = session.get(DeviceRow, device_id)
-    assert device is not None
-    device.last_seen = now
-    session.commit()
     return TelemetryAck(accepted=accepted, duplicates=duplicates)
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's ``insert`` (both have ``on_conflict_do_nothing``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "buffer_id": report.buffer_id,
+        "seq": report.seq,
+        "model": report.model,
+        "version": report.version,
+        "variant": report.variant,
+        "running": report.running,
+        "window_start": report.window_start,
+        "window_end": report.window_end,
+        "inferences": report.inferences,
+        "errors": report.errors,
+        "latency": {
+            "bounds_ms": list(report.latency_ms.bounds_ms),
+            "counts": list(report.latency_ms.counts),
+        },
+        "feedback_correct": sum(1 for f in report.feedback if f.predicted == f.label),
+        "feedback_total": len(report.feedback),
+        "dropped_total": report.dropped_total,
+        "received_at": now,
+    }
 
 
 def observations(
