@@ -231,26 +231,54 @@ def rollout_status(
         str | None, typer.Argument(help="A rollout id; all when left out.")
     ] = None,
     url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh until every shown rollout has ended.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
 ) -> None:
     """Show rollouts: phase, stage, and per cohort the devices confirmed and each gate's value."""
 
     def go() -> None:
+        import time
+
+        from rich.console import Group
+        from rich.live import Live
+
+        from edgeloop.errors import EdgeloopError
         from edgeloop.params import load_params
-        from fleet.admin import AdminClient
+        from fleet.admin import AdminClient, AdminError
+        from fleet.controller.phase import RolloutPhase
 
         settings = Settings()
         base = url or load_params(settings.params_file).rollout.controller_url
         admin = AdminClient(base, _admin_token())
+
+        def view() -> tuple[Group, bool]:
+            ids = [rollout_id] if rollout_id else [r["rollout_id"] for r in admin.rollouts()]
+            details = [admin.rollout(i) for i in ids]
+            ended = all(RolloutPhase(d["phase"]).is_terminal() for d in details)
+            return Group(*(_status_table(d) for d in details)), ended
+
         try:
-            details = (
-                [admin.rollout(rollout_id)]
-                if rollout_id
-                else [admin.rollout(r["rollout_id"]) for r in admin.rollouts()]
-            )
+            shown, ended = view()
+            if not watch:
+                console.print(shown)
+                return
+            with Live(shown, console=console, auto_refresh=False) as live:
+                while not ended:
+                    time.sleep(interval)
+                    shown, ended = view()
+                    live.update(shown, refresh=True)
+        except AdminError as exc:
+            raise EdgeloopError(
+                str(exc),
+                hint="check --url, EDGELOOP_FLEET_ADMIN_TOKEN and the rollout id "
+                "(`edgeloop rollout status` lists every rollout)",
+            ) from exc
         finally:
             admin.close()
-        for detail in details:
-            console.print(_status_table(detail))
 
     guard(go)
 
@@ -258,11 +286,18 @@ def rollout_status(
 def _status_table(detail: dict[str, Any]) -> Table:
     title = (
         f"rollout {detail['rollout_id']}: {detail['model']} v{detail['version']} "
-        f"(stable v{detail['stable_version']}) {detail['phase']}, stage {detail['stage']}"
+        f"(stable v{detail['stable_version']}) {detail['phase']}, {detail['stage']}"
     )
-    table = Table(title=title, caption=detail.get("reason") or "")
+    status = detail.get("status") or {}
+    caption = detail.get("reason") or ""
+    silent = status.get("silent_devices") or []
+    if silent:
+        caption += f"\nsilent devices ({len(silent)}): {', '.join(silent[:20])}"
+        caption += " ..." if len(silent) > 20 else ""
+    table = Table(title=title, caption=escape(caption))
     for column in (
         "cohort",
+        "targeted",
         "confirmed",
         "inferences",
         "feedback",
@@ -272,12 +307,13 @@ def _status_table(detail: dict[str, Any]) -> Table:
         "threshold",
     ):
         table.add_column(column)
-    check = (detail.get("status") or {}).get("last_check") or {}
+    check = status.get("last_check") or {}
     for cohort in check.get("cohorts", []):
         for i, gate in enumerate(cohort["gates"]):
             first = i == 0
             table.add_row(
                 cohort["hardware_class"] if first else "",
+                str(cohort["targeted"]) if first else "",
                 f"{cohort['confirmed']}/{cohort['required_confirmed']}" if first else "",
                 f"{cohort['inferences']}/{cohort['required_inferences']}" if first else "",
                 f"{cohort['feedback']}/{cohort['required_feedback']}" if first else "",

@@ -5,16 +5,27 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleet.agent.client import ControllerClient
 
 PG = os.environ.get("EDGELOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+REPO = Path(__file__).resolve().parents[2]
+ADMIN = "test-admin-token"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
 def free_port() -> int:
@@ -61,3 +72,167 @@ def postgres_database(prefix: str) -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def write_public_key(key: Ed25519PrivateKey, path: Path) -> Path:
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path.write_bytes(public)
+    return path
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Controller:
+    """``python -m fleet.controller.serve`` in its own process group, and an admin client."""
+
+    root: Path
+    db_url: str
+    public_key: Path
+    port: int = field(default_factory=free_port)
+    tls: tuple[Path, Path, Path] | None = None  # cert, key, ca
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def start(self) -> Controller:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+        env.update(
+            PYTHONPATH=str(REPO),
+            EDGELOOP_FLEET_DB_URL=self.db_url,
+            EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
+            EDGELOOP_FLEET_RECONCILE_S="0.2",
+            EDGELOOP_FLEET_LONG_POLL_RECHECK_S="0.5",
+            EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(self.public_key),
+            EDGELOOP_FLEET_HOST="127.0.0.1",
+            EDGELOOP_FLEET_PORT=str(self.port),
+        )
+        if self.tls:
+            env.update(
+                EDGELOOP_FLEET_TLS_CERTFILE=str(self.tls[0]),
+                EDGELOOP_FLEET_TLS_KEYFILE=str(self.tls[1]),
+            )
+        self.starts += 1
+        log = self.root / f"controller-{self.starts}.log"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleet.controller.serve"],
+                cwd=self.root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        verify = self.verify()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"controller exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base}/v1/health", verify=verify, timeout=2).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"controller not healthy: {log.read_text()[-3000:]}")
+
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else True
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        verify = self.verify()
+        return httpx.request(
+            method, f"{self.base}{path}", headers=ADMIN_HEADERS, verify=verify, timeout=30, **kwargs
+        )
+
+    def client(self, **kwargs: Any) -> ControllerClient:
+        return ControllerClient(self.base, backoff_s=0.01, **kwargs)
+
+    def token(self, cls: str, uses: int = 100) -> str:
+        r = self.admin("POST", "/v1/enrolment-tokens", json={"uses": uses, "hardware_class": cls})
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+    def enrol(self, device_id: str, cls: str) -> str:
+        with self.client() as c:
+            return c.enrol(self.token(cls, 1), device_id, cls).credential
+
+    def register(
+        self, model: str, version: str, cls: str, data: bytes, signature: str | None
+    ) -> None:
+        path = self.root / f"{model}-{version}-{cls}.onnx"
+        path.write_bytes(data)
+        body = {
+            "model": model,
+            "version": version,
+            "variant": f"{cls}-int8",
+            "hardware_class": cls,
+            "path": str(path),
+            "signature": signature,
+        }
+        r = self.admin("POST", "/v1/artifacts", json=body)
+        assert r.status_code == 200, r.text
+
+    def rollout(self, model: str, version: str, cls: str, **extra: Any) -> httpx.Response:
+        body = {"model": model, "version": version, "stable_version": "1", **extra}
+        body.setdefault("policy", policy(cls))
+        return self.admin("POST", "/v1/rollouts", json=body)
+
+    def command(self, rollout_id: str, command: str) -> dict[str, Any]:
+        r = self.admin("POST", f"/v1/rollouts/{rollout_id}/{command}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def status(self, rollout_id: str) -> dict[str, Any]:
+        r = self.admin("GET", f"/v1/rollouts/{rollout_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def policy(
+    cls: str, *, bake_s: float = 1.0, deadline_s: float = 30.0, on_silence: str = "fail"
+) -> dict[str, Any]:
+    return {
+        "cohorts": {cls: {"p95_latency_ms": 50}},
+        "stages": [
+            {
+                "fraction": f,
+                "bake_s": bake_s,
+                "deadline_s": deadline_s,
+                "min_confirmed_devices": 1,
+                "min_confirmed_fraction": 1.0,
+                "min_inferences": 100,
+                "min_feedback": 50,
+            }
+            for f in (0.5, 1.0)
+        ],
+        "gates": {
+            "max_error_rate": 0.05,
+            "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 50},
+        },
+        "on_silence": on_silence,
+        "rollback_timeout_s": 60,
+    }

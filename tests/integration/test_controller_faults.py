@@ -16,12 +16,9 @@ import ipaddress
 import os
 import signal
 import sqlite3
-import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from onnx import TensorProto, helper, numpy_helper
-from servers import free_port
+from servers import Controller, policy, wait_until, write_public_key
 
 from fleet.agent.agent import Agent
 from fleet.agent.client import ControllerClient
@@ -59,9 +56,6 @@ from fleet.protocol import Artifact, TelemetryBatch
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-ADMIN = "faults-admin-token"
-ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 FEATURES, CLASSES = 64, 10
 GOLDEN = np.random.default_rng(7).standard_normal((4, FEATURES)).astype(np.float32)
 NO_CREDENTIALS = {"detail": "missing or invalid credentials"}
@@ -109,165 +103,6 @@ def report(seq: int, version: str, *, buffer_id: str = "buf", **changes: Any) ->
     return body
 
 
-def policy(
-    cls: str, *, bake_s: float = 1.0, deadline_s: float = 30.0, on_silence: str = "fail"
-) -> dict[str, Any]:
-    return {
-        "cohorts": {cls: {"p95_latency_ms": 50}},
-        "stages": [
-            {
-                "fraction": f,
-                "bake_s": bake_s,
-                "deadline_s": deadline_s,
-                "min_confirmed_devices": 1,
-                "min_confirmed_fraction": 1.0,
-                "min_inferences": 100,
-                "min_feedback": 50,
-            }
-            for f in (0.5, 1.0)
-        ],
-        "gates": {
-            "max_error_rate": 0.05,
-            "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 50},
-        },
-        "on_silence": on_silence,
-        "rollback_timeout_s": 60,
-    }
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-# --- a controller process ----------------------------------------------------------------------
-
-
-@dataclass
-class Controller:
-    """``python -m fleet.controller.serve`` in its own process group, and an admin client."""
-
-    root: Path
-    db_url: str
-    public_key: Path
-    port: int = field(default_factory=free_port)
-    tls: tuple[Path, Path, Path] | None = None  # cert, key, ca
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    @property
-    def base(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    def start(self) -> Controller:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
-        env.update(
-            PYTHONPATH=str(REPO),
-            EDGELOOP_FLEET_DB_URL=self.db_url,
-            EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
-            EDGELOOP_FLEET_RECONCILE_S="0.2",
-            EDGELOOP_FLEET_LONG_POLL_RECHECK_S="0.5",
-            EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(self.public_key),
-            EDGELOOP_FLEET_HOST="127.0.0.1",
-            EDGELOOP_FLEET_PORT=str(self.port),
-        )
-        if self.tls:
-            env.update(
-                EDGELOOP_FLEET_TLS_CERTFILE=str(self.tls[0]),
-                EDGELOOP_FLEET_TLS_KEYFILE=str(self.tls[1]),
-            )
-        self.starts += 1
-        log = self.root / f"controller-{self.starts}.log"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fleet.controller.serve"],
-                cwd=self.root,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        verify = self.verify()
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"controller exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.base}/v1/health", verify=verify, timeout=2).is_success:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"controller not healthy: {log.read_text()[-3000:]}")
-
-    def verify(self) -> ssl.SSLContext | bool:
-        return ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else True
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        verify = self.verify()
-        return httpx.request(
-            method, f"{self.base}{path}", headers=ADMIN_HEADERS, verify=verify, timeout=30, **kwargs
-        )
-
-    def client(self, **kwargs: Any) -> ControllerClient:
-        return ControllerClient(self.base, backoff_s=0.01, **kwargs)
-
-    def token(self, cls: str, uses: int = 100) -> str:
-        r = self.admin("POST", "/v1/enrolment-tokens", json={"uses": uses, "hardware_class": cls})
-        assert r.status_code == 200, r.text
-        return str(r.json()["token"])
-
-    def enrol(self, device_id: str, cls: str) -> str:
-        with self.client() as c:
-            return c.enrol(self.token(cls, 1), device_id, cls).credential
-
-    def register(
-        self, model: str, version: str, cls: str, data: bytes, signature: str | None
-    ) -> None:
-        path = self.root / f"{model}-{version}-{cls}.onnx"
-        path.write_bytes(data)
-        body = {
-            "model": model,
-            "version": version,
-            "variant": f"{cls}-int8",
-            "hardware_class": cls,
-            "path": str(path),
-            "signature": signature,
-        }
-        r = self.admin("POST", "/v1/artifacts", json=body)
-        assert r.status_code == 200, r.text
-
-    def rollout(self, model: str, version: str, cls: str, **extra: Any) -> httpx.Response:
-        body = {"model": model, "version": version, "stable_version": "1", **extra}
-        body.setdefault("policy", policy(cls))
-        return self.admin("POST", "/v1/rollouts", json=body)
-
-    def command(self, rollout_id: str, command: str) -> dict[str, Any]:
-        r = self.admin("POST", f"/v1/rollouts/{rollout_id}/{command}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-    def status(self, rollout_id: str) -> dict[str, Any]:
-        r = self.admin("GET", f"/v1/rollouts/{rollout_id}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-
 def sqlite_count(db_url: str, sql: str, *args: object) -> Any:
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as con:
         return con.execute(sql, args).fetchall()
@@ -276,14 +111,6 @@ def sqlite_count(db_url: str, sql: str, *args: object) -> Any:
 @pytest.fixture(scope="module")
 def key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
-
-
-def write_public_key(key: Ed25519PrivateKey, path: Path) -> Path:
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    path.write_bytes(public)
-    return path
 
 
 @pytest.fixture(scope="module")
