@@ -15,6 +15,7 @@ from pydantic import ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleet.agent.profile import ProfileError
 from fleet.controller import store
 from fleet.controller.auth import Admin, SessionDep
 from fleet.controller.db import RolloutRow
@@ -80,13 +81,12 @@ def _policy(session: Session, request: RolloutRequest, settings: FleetSettings) 
             f"{request.model} {request.version} has no variant",
             reason=f"no variant of {request.model} {request.version} for any hardware class",
         )
-    budgets = {
-        c: settings.default_p95_budget_ms.get(c, settings.fallback_p95_budget_ms) for c in classes
-    }
     try:
-        return default_policy(budgets)
+        return default_policy({c: settings.p95_budget_ms(c) for c in classes})
     except PolicyError as exc:
         raise RolloutInvalid(str(exc), reason=exc.message) from exc
+    except ProfileError as exc:  # a class's profile that does not load: no budget to hold it to
+        raise RolloutInvalid(str(exc), reason=f"hardware profile: {exc}") from exc
 
 
 def create_rollout(

@@ -34,9 +34,15 @@ class FleetSettings(BaseSettings):
     )
     default_p95_budget_ms: dict[str, float] = Field(
         default_factory=lambda: {"host-cpu": 50.0, "edge-small": 200.0},
-        description="p95 budgets per class for rollouts created without a policy",
+        description="p95 budgets per class for rollouts created without a policy, where "
+        "profiles_dir has no profile with a p95 budget for the class",
     )
     fallback_p95_budget_ms: float = Field(100.0, gt=0)
+    profiles_dir: Path | None = Field(
+        None,
+        description="hardware profiles (<class>.yaml); a profile's budgets.p95_latency_ms is the "
+        "class's budget for rollouts created without a policy",
+    )
     migrate_on_start: bool = Field(True, description="run `alembic upgrade head` at app start")
     host: str = Field("127.0.0.1", description="address `fleet.controller.serve` binds")
     port: int = Field(8700, ge=0, le=65535, description="port `fleet.controller.serve` binds")
@@ -47,6 +53,19 @@ class FleetSettings(BaseSettings):
     allow_plain_http: bool = Field(
         False, description="serve plain HTTP on a host that is not loopback (behind a TLS proxy)"
     )
+
+    def p95_budget_ms(self, hardware_class: str) -> float:
+        """The budget of a class without a policy: its profile's, else the configured default."""
+        if (
+            self.profiles_dir is not None
+            and (self.profiles_dir / f"{hardware_class}.yaml").is_file()
+        ):
+            from fleet.agent.profile import load_profile
+
+            budget = load_profile(hardware_class, self.profiles_dir).budgets.p95_latency_ms
+            if budget is not None:
+                return budget
+        return self.default_p95_budget_ms.get(hardware_class, self.fallback_p95_budget_ms)
 
     def public_key_pem(self) -> str:
         """The PEM text, or an empty string when the registry has not made a key yet."""

@@ -531,34 +531,12 @@ def simulate(
     controller_url: str,
     admin_token: str,
     *,
-    devices: int,
-    classes: Mapping[str, float],
-    field_x: np.ndarray,
-    field_y: np.ndarray,
-    feedback_rate: float = 0.5,
-    latency_scale: Mapping[str, float] | None = None,
-    faults: FaultPlan | None = None,
     duration_s: float | None = None,
     until: Callable[[], bool] | None = None,
-    report_interval_s: float = 1.0,
-    seed: int = 0,
     **options: Any,
 ) -> SimulationResult:
-    """One run of a fresh :class:`Simulation`; ``options`` go to its constructor."""
-    sim = Simulation(
-        controller_url,
-        admin_token,
-        devices=devices,
-        classes=classes,
-        field_x=field_x,
-        field_y=field_y,
-        feedback_rate=feedback_rate,
-        latency_scale=latency_scale,
-        faults=faults,
-        report_interval_s=report_interval_s,
-        seed=seed,
-        **options,
-    )
+    """One run of a fresh :class:`Simulation`; ``options`` are its constructor's keyword arguments."""
+    sim = Simulation(controller_url, admin_token, **options)
     try:
         return sim.run_sync(duration_s=duration_s, until=until)
     finally:

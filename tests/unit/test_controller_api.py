@@ -3,10 +3,12 @@ rollout creation and commands."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_controller_builders import (
@@ -18,7 +20,11 @@ from test_controller_builders import (
     report,
 )
 
+from fleet.agent.profile import load_profile
 from fleet.controller.db import Base, make_engine
+from fleet.controller.settings import FleetSettings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -363,3 +369,51 @@ def test_starting_without_devices_is_a_conflict(fleet: Fleet) -> None:
     rollout_id = r.json()["rollout_id"]
     r = fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
     assert r.status_code == 409 and r.json()["command"] == "start"
+
+
+# --- default budgets from hardware profiles ---------------------------------------------------
+
+
+def _default_policy_budgets(tmp: Path, **settings: Any) -> tuple[int, dict[str, Any]]:
+    with make_fleet(tmp, **settings) as client:
+        fleet = Fleet(client=client, clock=client.app.state.clock, tmp=tmp)  # type: ignore[attr-defined]
+        for version in ("1", "2"):
+            for cls in ("host-cpu", "other-cpu"):
+                fleet.artifact("churn", version, cls)
+        r = client.post(
+            "/v1/rollouts",
+            json={"model": "churn", "version": "2", "stable_version": "1"},
+            headers=ADMIN_HEADERS,
+        )
+        body = r.json()
+        if r.status_code != 201:
+            return r.status_code, body
+        cohorts = body["status"]["policy"]["cohorts"]
+        return r.status_code, {c: v["p95_latency_ms"] for c, v in cohorts.items()}
+
+
+def test_default_budgets_come_from_the_hardware_profiles(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    shutil.copy(REPO / "hardware-tests" / "profiles" / "host-cpu.yaml", profiles)
+    code, budgets = _default_policy_budgets(tmp_path, profiles_dir=profiles)
+    assert code == 201, budgets
+    expected = load_profile("host-cpu", profiles).budgets.p95_latency_ms
+    # a class with a profile gets its budget; one without falls back to the configured default
+    assert budgets == {"host-cpu": expected, "other-cpu": 100.0}
+    assert expected != FleetSettings().default_p95_budget_ms["host-cpu"]
+
+
+def test_without_a_profiles_dir_the_configured_defaults_apply(tmp_path: Path) -> None:
+    code, budgets = _default_policy_budgets(tmp_path)
+    assert code == 201, budgets
+    assert budgets == {"host-cpu": 50.0, "other-cpu": 100.0}
+
+
+def test_a_broken_profile_refuses_the_rollout_with_the_reason(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "host-cpu.yaml").write_text("name: host-cpu\nbudgets: {p95_latency_ms: -1}\n")
+    code, body = _default_policy_budgets(tmp_path, profiles_dir=profiles)
+    assert code == 422
+    assert body["reason"].startswith("hardware profile:") and "host-cpu" in body["reason"]
