@@ -50,8 +50,15 @@ def fleet_serve(
 
 
 @fleet_app.command("demo")
-def fleet_demo() -> None:
-    """After `edgeloop run`: a controller, 50 simulated devices, one rollout promoted, one rolled back."""
+def fleet_demo(
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the controller the last demo left running.")
+    ] = False,
+) -> None:
+    """After `edgeloop run`: 50 simulated devices, a rollout promoted, one rolled back, drift alerted.
+
+    The controller stays up afterwards so its dashboard shows the result; `--stop` stops it.
+    """
 
     def go() -> None:
         import json
@@ -60,6 +67,14 @@ def fleet_demo() -> None:
 
         settings = Settings()
         prepare(settings)
+        if stop:
+            from flows.fleet_demo import stop_demo_controller
+
+            stopped = stop_demo_controller(settings)
+            console.print(
+                "demo controller stopped" if stopped else "no demo controller was running"
+            )
+            return
         if not settings.last_run_file.is_file():
             raise ConfigError("no candidate yet", hint="run `edgeloop run` first (make demo does)")
         summary = json.loads(settings.last_run_file.read_text())
@@ -106,6 +121,7 @@ def fleet_demo() -> None:
             register,
             rollout,
             lambda line: console.print(escape(line), highlight=False),
+            keep_running=True,
         )
         summary["fleet"] = fleet
         settings.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
@@ -114,11 +130,10 @@ def fleet_demo() -> None:
             f"v{fleet['production']}; summary in {settings.last_run_file}",
             highlight=False,
         )
-        demo_db = (settings.home / "fleet-demo" / "fleet.db").resolve()
         console.print(
-            f"dashboard: EDGELOOP_FLEET_DB_URL=sqlite:///{demo_db} EDGELOOP_FLEET_ADMIN_TOKEN=<a "
-            "token of your choice> edgeloop fleet serve, then open "
-            "http://127.0.0.1:8700/dashboard and sign in with that token",
+            f"dashboard: {fleet['controller']}/dashboard (sign in with the token in "
+            f"{fleet['admin_token_file']}); the controller keeps running until "
+            "`edgeloop fleet demo --stop`",
             highlight=False,
             soft_wrap=True,
         )

@@ -82,6 +82,14 @@ class AdminClient:
     def rollouts(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/rollouts"))
 
+    def alerts(self, status: str = "open") -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._call("GET", f"/alerts?status={status}")
+        return found
+
+    def playbook_runs(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._call("GET", "/playbook-runs")
+        return found
+
     def enrolment_token(self, uses: int, ttl_s: int = 86_400) -> EnrolmentToken:
         body = EnrolmentTokenRequest(uses=uses, ttl_s=ttl_s).model_dump(mode="json")
         return EnrolmentToken.model_validate(self._call("POST", "/enrolment-tokens", body))

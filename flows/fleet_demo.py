@@ -4,13 +4,19 @@ After `edgeloop run` registered a candidate, this starts the fleet controller as
 `edgeloop fleet serve` would), runs 50 simulated devices in two hardware classes against it, makes the
 candidate the fleet's first release, rolls a retrained copy out through staged canaries (it succeeds),
 then rolls out a deliberately regressed version (worse on the field data): its accuracy gate fails
-and the rollout is rolled back automatically, with the registry following.
+and the rollout is rolled back automatically, with the registry following. Last, 10% of the devices
+see drifted inputs: their on-device detectors report it, the controller raises an input-drift alert
+and runs its playbook. The controller stays up afterwards (``keep_running``) so the dashboard shows
+all of it; the next demo, or ``edgeloop fleet demo --stop``, stops it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -25,13 +31,18 @@ import httpx
 
 from edgeloop.errors import EdgeloopError
 from edgeloop.settings import Settings
+from fleet.admin import AdminClient
+from fleet.agent.drift import DriftReference
 from fleet.simulate import Simulation, make_regressed_variant
+from fleet.simulate.faults import FaultPlan, FaultWindow
 from fleet.simulate.fleet import load_field
 from registry.outcomes import FORCE_TAG, production_version, promote
 from registry.tracking import connect
 
 DEVICES = 50
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
+DRIFT_SHARE = 0.1
+DRIFT_WAIT_S = 120.0
 DEMO_POLICY = {
     "stages": [
         {"fraction": f, "bake_s": 2, "deadline_s": 45, "min_confirmed_fraction": 0.8,
@@ -51,31 +62,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def demo_folder(settings: Settings) -> Path:
+    return settings.home / "fleet-demo"
+
+
+def stop_demo_controller(settings: Settings) -> bool:
+    """Stop a controller an earlier demo left running; True when there was one."""
+    pidfile = demo_folder(settings) / "controller.pid"
+    if not pidfile.is_file():
+        return False
+    pid = int(pidfile.read_text().split()[0])
+    pidfile.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
 @contextmanager
-def controller_process(settings: Settings, admin_token: str) -> Iterator[str]:
-    """The controller in its own process on a fresh SQLite database; yields its URL."""
-    folder = settings.home / "fleet-demo"
+def controller_process(
+    settings: Settings, admin_token: str, *, keep_running: bool = False
+) -> Iterator[str]:
+    """The controller in its own process on a fresh SQLite database; yields its URL.
+
+    With ``keep_running`` it outlives the demo (its own process group, pid in ``controller.pid``).
+    """
+    folder = demo_folder(settings)
     folder.mkdir(parents=True, exist_ok=True)
+    stop_demo_controller(settings)
     (folder / "fleet.db").unlink(missing_ok=True)
     port = _free_port()
-    env = {
-        **os.environ,
-        "EDGELOOP_FLEET_DB_URL": f"sqlite:///{(folder / 'fleet.db').resolve()}",
-        "EDGELOOP_FLEET_ADMIN_TOKEN": admin_token,
-        "EDGELOOP_FLEET_PUBLIC_KEY_PATH": str(
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env.update(
+        EDGELOOP_FLEET_DB_URL=f"sqlite:///{(folder / 'fleet.db').resolve()}",
+        EDGELOOP_FLEET_ADMIN_TOKEN=admin_token,
+        EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(
             (settings.keys_dir / "signing-ed25519.pub.pem").resolve()
         ),
-        "EDGELOOP_FLEET_RECONCILE_S": "0.5",
-        "EDGELOOP_FLEET_PORT": str(port),
-    }
+        EDGELOOP_FLEET_RECONCILE_S="0.5",
+        EDGELOOP_FLEET_PORT=str(port),
+        EDGELOOP_FLEET_OBSERVE_PERIOD_S="1",
+        EDGELOOP_FLEET_OBSERVE_WINDOW_S="10",
+        EDGELOOP_FLEET_OBSERVE_PLAYBOOKS_PATH=str(settings.params_file.parent / "playbooks.yaml"),
+    )
     log = (folder / "controller.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleet.controller.serve"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    kept = False
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -89,21 +137,29 @@ def controller_process(settings: Settings, admin_token: str) -> Iterator[str]:
             except httpx.HTTPError:
                 time.sleep(0.3)
         yield url
+        if keep_running:
+            (folder / "controller.pid").write_text(f"{proc.pid} {url}\n")
+            kept = True
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if not kept:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         log.close()
 
 
 @contextmanager
-def simulated_fleet(settings: Settings, url: str, admin_token: str) -> Iterator[Simulation]:
+def simulated_fleet(
+    settings: Settings, url: str, admin_token: str, reference: DriftReference | None = None
+) -> Iterator[Simulation]:
+    """The demo's devices; ``DRIFT_SHARE`` of them are chosen for drift, which starts later."""
     x, y = load_field(settings.splits_dir / "field.parquet")
+    later = FaultPlan(drift=FaultWindow(DRIFT_SHARE, start_s=math.inf))
     sim = Simulation(
         url, admin_token, devices=DEVICES, classes=CLASSES, field_x=x, field_y=y,
-        feedback_rate=0.6, report_interval_s=0.5, seed=7,
+        feedback_rate=0.6, report_interval_s=0.5, seed=7, faults=later, drift_reference=reference,
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
@@ -116,25 +172,77 @@ def simulated_fleet(settings: Settings, url: str, admin_token: str) -> Iterator[
         sim.close()
 
 
+def drift_reference(client: Any, model: str, version: str) -> DriftReference | None:
+    """The version's drift reference (logged at registration), or None when it has none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = client.get_model_version(model, version).run_id
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="golden/drift-reference.json",
+            tracking_uri=client.tracking_uri,
+        )  # fmt: skip
+    except (MlflowException, OSError):
+        return None
+    return DriftReference.load(Path(path))
+
+
+def drift_and_remediate(sim: Simulation, url: str, token: str) -> dict[str, Any]:
+    """Start the drift fault now; wait for the input-drift alert and its playbook runs."""
+    sim.faults = dataclasses.replace(sim.faults, drift=FaultWindow(DRIFT_SHARE, start_s=sim.now()))
+    admin = AdminClient(url, token)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < DRIFT_WAIT_S:
+            alerts = [a for a in admin.alerts("all") if a.get("kind") == "input_drift"]
+            runs = [
+                r for r in admin.playbook_runs() if alerts and r.get("alert_id") == alerts[0]["id"]
+            ]
+            if alerts and runs and all(r.get("status") != "pending" for r in runs):
+                return {
+                    "alert": alerts[0],
+                    "playbook_runs": runs,
+                    "seconds_to_alert": round(time.monotonic() - started, 1),
+                }
+            time.sleep(1)
+    finally:
+        admin.close()
+    raise EdgeloopError(
+        f"no input-drift alert with a finished playbook run within {DRIFT_WAIT_S:.0f} s",
+        hint=f"see {url}/dashboard and the controller log",
+    )
+
+
 def run_fleet_demo(
     settings: Settings,
     candidate: str,
     register: Callable[[Path, str], dict[str, Any]],
     rollout: Callable[..., dict[str, Any]],
     say: Callable[[str], None],
+    *,
+    keep_running: bool = False,
 ) -> dict[str, Any]:
-    """Both rollouts; ``register(path, model)`` and ``rollout(...)`` are the flows that do them."""
+    """Both rollouts, then drift; ``register(path, model)`` and ``rollout(...)`` are the flows."""
     from edgeloop.params import load_params
 
     params = load_params(settings.params_file)
     model = params.model_name
     client = connect(settings.tracking_uri)
     token = secrets.token_urlsafe(24)
+    demo_folder(settings).mkdir(parents=True, exist_ok=True)
+    token_file = demo_folder(settings) / "admin-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     work = settings.work_dir / "fleet-demo"
     work.mkdir(parents=True, exist_ok=True)
     fp32 = settings.work_dir / "variants" / "fp32.onnx"
     outcomes: list[dict[str, Any]] = []
-    with controller_process(settings, token) as url, simulated_fleet(settings, url, token) as sim:
+    reference = drift_reference(client, model, candidate)
+    with (
+        controller_process(settings, token, keep_running=keep_running) as url,
+        simulated_fleet(settings, url, token, reference) as sim,
+    ):
         say(f"fleet controller {url}; {DEVICES} simulated devices ({CLASSES})")
         stable = production_version(client, model)
         if stable is None:
@@ -168,8 +276,17 @@ def run_fleet_demo(
         outcomes.append(
             rollout(model=model, version=bad, stable_version=current, admin_token=token, url=url)
         )
+        drift: dict[str, Any] | None = None
+        if reference is not None:
+            say(f"input drift on {DRIFT_SHARE:.0%} of the devices; waiting for the alert")
+            drift = drift_and_remediate(sim, url, token)
+            actions = ", ".join(f"{r['action']} {r['status']}" for r in drift["playbook_runs"])
+            say(f"alert after {drift['seconds_to_alert']} s: {drift['alert']['reason']}; "
+                f"playbook: {actions}")  # fmt: skip
         fleet = sim.result.versions()
     return {
+        "admin_token_file": str(demo_folder(settings) / "admin-token"),
+        "drift": drift,
         "controller": url,
         "devices": DEVICES,
         "classes": CLASSES,
