@@ -85,7 +85,8 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     try:
-        first = ["prefect-server", "mlflow-server", "fleet-controller"]
+        # The workers need the Prefect server and the deployments; the others start at once.
+        first = ["prefect-server", "mlflow-server", "fleet-controller", "promotion-listener"]
         for name in first:
             supervisor.start(supervisor.child(name))
         supervisor.wait_healthy(["prefect-server"])
