@@ -13,7 +13,8 @@ releases a thousand long-polls in well under a second where httpx took many) and
   session in one call, records each row's latency (the measured per-row time times its class's factor)
   in a :class:`~fleet.agent.telemetry.TelemetryWindow`, adds labelled feedback for ``feedback_rate``
   of the predictions, and sends the report, stamped with the version actually running, with its
-  ``(buffer_id, seq)``. Offline, reports wait in the device's outbox and go on reconnect.
+  ``(buffer_id, seq)``. Offline, reports wait in the device's outbox and go on reconnect; the outbox
+  holds ``outbox_limit`` reports, drops the oldest beyond that and reports the count (``dropped_total``).
 
 What survives a simulated crash is exactly the device's "disk": credential, public key, downloaded
 models, the active model and the outbox with its sequence counter. The open telemetry window and the
@@ -34,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,14 @@ from fleet.protocol import (
     EnrolResponse,
     TelemetryAck,
 )
-from fleet.simulate.faults import FaultPlan, assign_classes, parse_classes, parse_faults
+from fleet.simulate.faults import (
+    FAULT_KINDS,
+    FaultPlan,
+    FaultWindow,
+    assign_classes,
+    parse_classes,
+    parse_faults,
+)
 from fleet.simulate.sessions import SessionCache
 
 # --- results -------------------------------------------------------------------------------------
@@ -69,6 +77,7 @@ class DeviceResult:
     reports_sent: int = 0
     reports_acked: int = 0
     reports_pending: int = 0
+    reports_dropped: int = 0
     rejections: int = 0
     downloads: int = 0
     activations_from_disk: int = 0
@@ -109,6 +118,7 @@ class _Disk:
     active: Artifact | None = None
     outbox: list[dict[str, Any]] = field(default_factory=list)
     next_seq: int = 1
+    dropped: int = 0
     buffer_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -312,7 +322,14 @@ class _Device:
         report = self.window.flush(
             active.version, model=active.model, variant=active.variant, running=running
         )
-        report.update(seq=self.disk.next_seq, buffer_id=self.disk.buffer_id)
+        excess = len(self.disk.outbox) + 1 - self.sim.outbox_limit
+        if excess > 0:  # bounded, as on a device: the oldest reports go, and are counted
+            del self.disk.outbox[:excess]
+            self.disk.dropped += excess
+        report.update(
+            seq=self.disk.next_seq, buffer_id=self.disk.buffer_id, dropped_total=self.disk.dropped
+        )
+        self.result.reports_dropped = self.disk.dropped
         if self.detector is not None:
             report["events"] = [e.to_dict() for e in self.detector.take_events()]
         self.disk.next_seq += 1
@@ -378,6 +395,7 @@ class Simulation:
         prefix: str = "sim",
         workdir: Path | None = None,
         connections: int | None = None,
+        outbox_limit: int = 10_000,
         drift_reference: DriftReference | None = None,
         detector_policy: DetectorPolicy | None = None,
     ) -> None:
@@ -398,6 +416,9 @@ class Simulation:
         self.rows_per_report = rows_per_report
         self.poll_wait_s = min(poll_wait_s, LONG_POLL_MAX_S)
         self.retry_s = retry_s
+        if outbox_limit < 1:
+            raise ValueError(f"outbox_limit must be at least 1, got {outbox_limit}")
+        self.outbox_limit = outbox_limit
         self.seed = seed
         self.connections = connections or 2 * devices + 16
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="edgesim-")
@@ -423,6 +444,20 @@ class Simulation:
     def now(self) -> float:
         """Seconds since the first run started (fault windows are measured on this clock)."""
         return 0.0 if self._t0 is None else time.monotonic() - self._t0
+
+    def inject(self, faults: FaultPlan) -> None:
+        """Replace the fault plan between runs, its windows counted from now (e.g. once the fleet
+        has converged); the devices each fault hits are drawn again from the seed."""
+        shift = self.now()
+        moved: dict[str, Any] = {
+            kind: FaultWindow(w.fraction, w.start_s + shift, w.end_s + shift)
+            for kind in FAULT_KINDS
+            if (w := faults.window(kind)) is not None
+        }
+        self.faults = replace(faults, **moved)
+        self.hit = self.faults.assign([d.id for d in self.devices], self.seed)
+        for d in self.devices:
+            d.result.faults = tuple(k for k, hit in self.hit.items() if d.id in hit)
 
     @property
     def http(self) -> aiohttp.ClientSession:

@@ -236,3 +236,47 @@ def policy(
         "on_silence": on_silence,
         "rollback_timeout_s": 60,
     }
+
+
+@contextmanager
+def uvicorn_controller(root: Path, public_key: Path, **env: str) -> Iterator[tuple[str, str]]:
+    """The controller app under ``uvicorn --factory`` (SQLite in ``root``, admin token ``ADMIN``,
+    a fast reconcile pass); yields its base URL and database URL. ``env`` adds settings."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    db_url = f"sqlite:///{root / 'fleet.db'}"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+    environ.update(
+        EDGELOOP_FLEET_DB_URL=db_url,
+        EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
+        EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(public_key),
+        EDGELOOP_FLEET_RECONCILE_S="0.2",
+        EDGELOOP_FLEET_LONG_POLL_RECHECK_S="0.2",
+        PYTHONPATH=str(REPO),
+        **env,
+    )
+    log = root / "uvicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "fleet.controller.app:app_from_env",
+                ),
+                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+                *("--timeout-graceful-shutdown", "1"),  # held long-polls end with the test
+            ],
+            cwd=root,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(proc, f"{base}/v1/health", log, timeout=60)
+        yield base, db_url
+    finally:
+        stop_group(proc)

@@ -1,15 +1,10 @@
 """The fleet simulator against a real controller process (uvicorn, SQLite in tmp): 20 devices in two
 classes enrol, converge on v1, take v2 through a staged rollout that succeeds, and roll a latency-
-regressed v3 (on edge-small) back automatically; a corrupted-download fault is rejected."""
+regressed v3 (on edge-small) back automatically. Faults: test_simulate_faults.py."""
 
 from __future__ import annotations
 
-import base64
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +12,14 @@ import httpx
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from servers import free_port, stop_group, wait_healthy
+from fleet_builders import register as register_signed
+from fleet_builders import target_all, write_model
+from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
-from fleet.agent.signature import file_sha256, signed_message
-from fleet.controller import db, store
-from fleet.simulate import FaultPlan, FaultWindow, Simulation, make_regressed_variant
+from fleet.simulate import Simulation, make_regressed_variant
 
 pytestmark = pytest.mark.integration
 
-ADMIN = "simulate-admin-token"
-ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 CLASSES = {"host-cpu": 0.6, "edge-small": 0.4}
 SCALE = {"host-cpu": 1.0, "edge-small": 20.0}
 POLICY = {
@@ -48,101 +40,15 @@ POLICY = {
 }
 
 
-def write_model(path: Path, weights: np.ndarray) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(weights.astype(np.float32), "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture
 def controller(tmp_path: Path) -> Iterator[dict[str, Any]]:
     key = Ed25519PrivateKey.generate()
-    pub = tmp_path / "signing.pub.pem"
-    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
-    env.update(
-        EDGELOOP_FLEET_DB_URL=db_url,
-        EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
-        EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(pub),
-        EDGELOOP_FLEET_RECONCILE_S="0.2",
-        EDGELOOP_FLEET_LONG_POLL_RECHECK_S="0.2",
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
-    )
-    log = tmp_path / "uvicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "fleet.controller.app:app_from_env",
-                ),
-                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-                *("--timeout-graceful-shutdown", "1"),  # simulated long-polls end with the test
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_healthy(proc, f"{base}/v1/health", log, timeout=60)
-        yield {"base": base, "key": key, "db_url": db_url, "tmp": tmp_path, "log": log}
-    finally:
-        stop_group(proc)
+    with uvicorn_controller(tmp_path, write_public_key(key, tmp_path / "k.pem")) as (base, db_url):
+        yield {"base": base, "key": key, "db_url": db_url, "tmp": tmp_path}
 
 
 def register(c: dict[str, Any], client: httpx.Client, version: str, cls: str, path: Path) -> None:
-    variant = f"{cls}-fp32"
-    signature = base64.b64encode(c["key"].sign(signed_message(variant, file_sha256(path))))
-    r = client.post(
-        "/v1/artifacts",
-        json={
-            "model": "digits",
-            "version": version,
-            "variant": variant,
-            "hardware_class": cls,
-            "path": str(path),
-            "signature": signature.decode(),
-        },
-        headers=ADMIN_HEADERS,
-    )
-    assert r.status_code == 200, r.text
-
-
-def target_all(db_url: str, device_ids: list[str], version: str) -> None:
-    """What an operator's first deployment does: point every device at ``version`` (no rollout)."""
-    engine = db.make_engine(db_url)
-    try:
-        with db.make_sessionmaker(engine)() as session:
-            store.target_devices(
-                session,
-                device_ids,
-                model="digits",
-                version=version,
-                rollout_id=None,
-                now=datetime.now(UTC),
-            )
-            session.commit()
-    finally:
-        engine.dispose()
+    register_signed(client, c["key"], version, cls, path)
 
 
 def rollout(client: httpx.Client, version: str, stable: str) -> str:
@@ -225,45 +131,3 @@ def test_simulated_fleet_rolls_out_and_rolls_back(controller: dict[str, Any]) ->
             assert sent > 0 and acked == sent
         finally:
             sim.close()
-
-
-def test_corrupted_downloads_are_rejected_and_devices_stay(controller: dict[str, Any]) -> None:
-    tmp: Path = controller["tmp"]
-    rng = np.random.default_rng(1)
-    w = rng.normal(size=(64, 10))
-    v1 = write_model(tmp / "v1.onnx", w)
-    v2 = write_model(tmp / "v2.onnx", w * 1.01)
-    with httpx.Client(base_url=controller["base"], timeout=30) as client:
-        for version, path in (("1", v1), ("2", v2)):
-            register(controller, client, version, "host-cpu", path)
-    field_x = rng.integers(0, 17, size=(500, 64)).astype(np.float32)
-    sim = Simulation(
-        controller["base"],
-        ADMIN,
-        devices=10,
-        classes={"host-cpu": 1.0},
-        field_x=field_x,
-        field_y=(field_x @ w).argmax(axis=1),
-        faults=FaultPlan(corrupt=FaultWindow(0.3, start_s=0.0)),
-        report_interval_s=0.25,
-        retry_s=0.2,
-        seed=2,
-    )
-    try:
-        ids = list(sim.result.devices)
-        corrupt = sorted(sim.hit["corrupt"])
-        assert len(corrupt) == 3
-        sim.run_sync(
-            until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15
-        )
-        target_all(controller["db_url"], ids, "1")
-        result = sim.run_sync(duration_s=3.0)
-        assert result.on("1") == sorted(set(ids) - set(corrupt))
-        for d in corrupt:
-            assert result.devices[d].version is None and result.devices[d].rejections >= 1
-        target_all(controller["db_url"], ids, "2")  # the healthy ones move, the others still reject
-        result = sim.run_sync(duration_s=3.0)
-        assert result.on("2") == sorted(set(ids) - set(corrupt))
-        assert all(result.devices[d].version is None for d in corrupt)
-    finally:
-        sim.close()
