@@ -137,6 +137,9 @@ class Reporter:
     credentials: dict[str, str]
     offline: set[str] = field(default_factory=set)
     accepted: dict[str, set[int]] = field(default_factory=dict)
+    stored: dict[str, set[int]] = field(default_factory=dict)
+    """Seqs the controller acknowledged as stored: accepted now, or a duplicate of a stored one (a
+    report whose ack was lost, e.g. to a SIGKILL after the commit, comes back as a duplicate)."""
     duplicates: int = 0
     seq: dict[str, int] = field(default_factory=dict)
     unacked: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -160,6 +163,7 @@ class Reporter:
             except ControllerError:
                 continue  # offline or restarting: keep the reports, resend them
             self.accepted.setdefault(device, set()).update(ack.accepted)
+            self.stored.setdefault(device, set()).update(ack.accepted, ack.duplicates)
             self.duplicates += len(ack.duplicates)
             pending.clear()
 
@@ -523,8 +527,11 @@ def test_sigkill_mid_rollout_resumes_without_losing_or_double_counting(
         stored = ctl.admin("GET", "/v1/rollouts").json()
         assert [r["rollout_id"] for r in stored] == [rollout_id]
         counts = rows_per_device(db_url)
-        assert counts == {d: len(fleet.accepted[d]) for d in creds}, (counts, fleet.accepted)
         assert all(not pending for pending in fleet.unacked.values())
+        # every report each device made is stored exactly once, whether its ack got through or not
+        made = {d: set(range(1, fleet.seq[d] + 1)) for d in creds}
+        assert fleet.stored == made, (fleet.stored, made)
+        assert counts == {d: len(made[d]) for d in creds}, (counts, made)
     finally:
         ctl.kill(signal.SIGTERM)
 
