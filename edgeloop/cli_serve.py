@@ -17,6 +17,7 @@ from edgeloop.cli_common import console, guard, prepare
 from edgeloop.settings import Settings
 
 app = typer.Typer()
+HEALTHY_WITHIN_S = 300.0  # a first start creates and migrates every database; slow on a busy host
 
 
 @app.command()
@@ -89,10 +90,10 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
         first = ["prefect-server", "mlflow-server", "fleet-controller", "promotion-listener"]
         for name in first:
             supervisor.start(supervisor.child(name))
-        supervisor.wait_healthy(["prefect-server"])
+        supervisor.wait_healthy(["prefect-server"], timeout_s=HEALTHY_WITHIN_S)
         _deploy(params, pools)
         supervisor.start_all()
-        supervisor.wait_healthy()
+        supervisor.wait_healthy(timeout_s=HEALTHY_WITHIN_S)
         ready_s = time.monotonic() - started
         webhook = _webhook(plan, env["EDGELOOP_LISTENER_SECRET"])
         console.print(_table(supervisor, ready_s))
