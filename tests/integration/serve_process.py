@@ -94,7 +94,7 @@ def alive(pids: list[int]) -> list[int]:
 
 
 @contextmanager
-def edgeloop_serve(project: Any, *args: str, timeout: float = 300) -> Iterator[Served]:
+def edgeloop_serve(project: Any, *args: str, timeout: float = 480) -> Iterator[Served]:
     """Start `edgeloop serve` in ``project`` with free ports; yields once every child is healthy."""
     base = free_port_run(3)
     controller = f"http://127.0.0.1:{free_port()}"
