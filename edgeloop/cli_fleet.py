@@ -228,7 +228,7 @@ def fleet_pull_field_data(
             return
         console.print(
             f"wrote {result.samples} labelled field samples (ids {result.since + 1}-"
-            f"{result.last_id}) to {result.path}; dvc add {params.data.field_dir} done"
+            f"{result.last_id}) to {result.path}; tracked by DVC (commit {result.path}.dvc)"
             + (
                 ""
                 if params.data.include_field

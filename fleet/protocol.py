@@ -7,14 +7,17 @@ telemetry a 422 at the door instead of a poisoned aggregate.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_PREFIX = "/v1"
 LONG_POLL_MAX_S = 30.0
 MAX_REPORTS_PER_BATCH = 500
+MAX_FIELD_SAMPLES_PER_BATCH = 1000
+MAX_FEATURES = 4096
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
@@ -158,6 +161,41 @@ class TelemetryAck(_Wire):
 
     accepted: list[int]
     duplicates: list[int]
+
+
+# --- field samples ---------------------------------------------------------------------------
+
+
+class FieldSample(_Wire):
+    """One input a device served: features in the model's input order, what it predicted, and the
+    ground-truth label once known."""
+
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    features: list[float] = Field(min_length=1, max_length=MAX_FEATURES)
+    predicted: int | None = Field(None, ge=0, le=100_000)
+    label: int | None = Field(None, ge=0, le=100_000)
+    drifted: bool = False
+
+    @field_validator("features")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"features {bad[:10]} are not finite numbers")
+        return values
+
+
+class FieldSampleBatch(_Wire):
+    """Samples of one device; ``dropped_total`` counts those its bounded outbox dropped so far."""
+
+    samples: list[FieldSample] = Field(min_length=1, max_length=MAX_FIELD_SAMPLES_PER_BATCH)
+    dropped_total: int = Field(0, ge=0)
+
+
+class FieldSampleAck(_Wire):
+    stored: int
+    dropped_oldest: int = Field(description="older samples of this device dropped to stay bounded")
 
 
 # --- rollouts (admin) ------------------------------------------------------------------------

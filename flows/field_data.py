@@ -2,8 +2,9 @@
 
 ``pull`` asks the fleet controller for the labelled field samples stored since the last pull
 (``GET /v1/field-samples?since=``), writes them to ``data/field/field-<time>-<first>-<last>.csv`` (the
-model's feature columns and ``label``) and records the folder with ``dvc add``, so the folder's hash,
-and with it the data version, changes. The sample ids in the file names are the cursor: a pull resumes
+model's feature columns and ``label``) and records the file with ``dvc add`` (``<file>.dvc`` for git).
+The folder itself stays in git (a ``.gitkeep``), so the ingest stage's dependency on it always exists and
+``dvc repro`` re-runs ingest when a pull adds a file. The sample ids in the file names are the cursor: a pull resumes
 after the highest id already on disk, and never writes a sample twice.
 
 With ``data.include_field: true`` the ingest stage adds these rows to the train split
@@ -85,7 +86,7 @@ def pull(
     transport: httpx.BaseTransport | None = None,
     now: datetime | None = None,
 ) -> PullResult:
-    """Write the labelled samples of ``model`` stored since the last pull; ``dvc add`` the folder."""
+    """Write the labelled samples of ``model`` stored since the last pull; ``dvc add`` the file."""
     since = last_pulled_id(field_dir)
     with httpx.Client(
         base_url=url.rstrip("/"),
@@ -113,27 +114,27 @@ def pull(
     frame.to_csv(path, index=False)
     if dvc:
         try:
-            track(field_dir)
+            track(path)
         except BaseException:
             path.unlink()  # nothing half-done: the next pull starts from the same id
             raise
     return PullResult(path, len(ours), len(fetched) - len(ours), since, last)
 
 
-def track(field_dir: Path) -> None:
-    """``dvc add`` the folder (a new version of it in the DVC cache, ``<folder>.dvc`` for git)."""
+def track(path: Path) -> None:
+    """``dvc add`` one pulled file (its bytes in the DVC cache, ``<file>.dvc`` for git)."""
     dvc = Path(sys.executable).parent / "dvc"
-    command = [str(dvc) if dvc.exists() else "dvc", "add", "--quiet", field_dir.name]
+    command = [str(dvc) if dvc.exists() else "dvc", "add", "--quiet", path.name]
     try:
         result = subprocess.run(
-            command, cwd=field_dir.parent, capture_output=True, text=True, timeout=300
+            command, cwd=path.parent, capture_output=True, text=True, timeout=300
         )
     except FileNotFoundError as exc:
         raise FieldDataError("dvc is not installed", hint="pip install -e '.[platform]'") from exc
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
         raise FieldDataError(
-            f"dvc add {field_dir} failed: {lines[-1] if lines else result.returncode}",
+            f"dvc add {path} failed: {lines[-1] if lines else result.returncode}",
             hint="run it inside a DVC repository (`dvc init` at the project root)",
         )
 

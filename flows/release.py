@@ -15,6 +15,8 @@ from mlflow import MlflowClient
 
 from edgeloop.params import Params
 from edgeloop.settings import Settings
+from fleet.agent.drift import DriftReference, build_reference
+from flows.datasets import read_splits, xy
 from flows.pareto import pareto_table
 from flows.plots import pareto_chart
 from flows.validation import ProfileChoice, report_paths
@@ -96,6 +98,15 @@ def _attempt_files(choice: ProfileChoice) -> list[Path]:
     return [p for p in report_paths(choice) if p.is_file()]
 
 
+def drift_reference(ws: Workspace) -> DriftReference:
+    """The on-device detectors' reference: per-feature decile edges and shares of the training
+    split, and its label shares (which an accurate model's predictions follow)."""
+    schema, splits = read_splits(ws.splits_dir)
+    x, y = xy(splits["train"])
+    classes = max(schema.classes, default=-1) + 1
+    return build_reference(x, predictions=y, classes=classes, feature_names=schema.feature_names)
+
+
 def lineage_tags(settings: Settings, params: Params, ws: Workspace, source: str) -> dict[str, str]:
     state = git_state(Path())
     return {
@@ -173,5 +184,6 @@ def register(
         card=card,
         hardware={p: c.summary() for p, c in hardware.items()},
         golden=ws.golden,
+        drift_reference=drift_reference(ws),
     )
     return publish(client, release, keys_dir=settings.keys_dir, cards_dir=settings.model_cards_dir)

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from edgeloop.errors import RegistryError
-from fleet.agent.drift import build_reference
+from fleet.agent.drift import DriftReference
 from registry.modelcard import write_card
 from registry.run_key import RUN_KEY_TAG, existing_version
 from registry.signing import load_or_create_key, public_pem, sign_variant
@@ -69,6 +69,7 @@ class Release:
     card: dict[str, Any]
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
     golden: Path | None = None  # the golden set hardware runners validate against
+    drift_reference: DriftReference | None = None  # of the training split, for the devices
 
     @property
     def all_gates_passed(self) -> bool:
@@ -119,18 +120,15 @@ def _log_variants(release: Release, keys_dir: Path) -> dict[str, str]:
         mlflow.log_artifact(str(v.path), artifact_path="variants")
     if release.golden is not None:
         mlflow.log_artifact(str(release.golden), artifact_path="golden")
-        _log_drift_reference(release.golden)
+    if release.drift_reference is not None:
+        _log_drift_reference(release.drift_reference)
     return signatures
 
 
-def _log_drift_reference(golden: Path) -> None:
-    """The on-device detectors' reference, logged next to the golden set as
-    ``golden/drift-reference.json``: per-feature decile edges and shares of the golden set's held-out
-    rows (drawn from the same split as training) and its label shares, which an accurate model's
-    predictions follow. The agent reads it from beside its golden inputs."""
-    with np.load(golden) as data:
-        x, y = data["x"], data["y"]
-    reference = build_reference(x, predictions=y, classes=int(y.max()) + 1 if len(y) else 0)
+def _log_drift_reference(reference: DriftReference) -> None:
+    """The on-device detectors' reference (built by the caller from the training split), logged
+    next to the golden set as ``golden/drift-reference.json``: the agent reads it from beside its
+    golden inputs."""
     with tempfile.TemporaryDirectory() as tmp:
         path = reference.save(Path(tmp) / "drift-reference.json")
         mlflow.log_artifact(str(path), artifact_path="golden")

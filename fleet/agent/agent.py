@@ -7,6 +7,10 @@ a device in the field, and it never dies of one (STYLE rule 5). Every error beco
 
 - offline (transport errors, 5xx): keep serving, keep buffering telemetry on disk (bounded; drops are
   counted by the buffer and carried by every later report), back off, send on reconnect;
+- a prediction whose ground-truth label comes back (``POST /label``) becomes a field sample (the row,
+  the prediction, the label, the version): kept in a second bounded outbox on disk and sent with the
+  telemetry (``POST /v1/devices/{id}/field-samples``, the outbox's drop count in each batch), so the
+  training side can pull labelled field data;
 - a rejected artifact (sha256, signature, load, smoke) is never served; the device stays on its model,
   records the rejection and does not fetch the same bytes again for ``reject_retry_s``;
 - a 401 is not answered by enrolling again: the enrolment token is one-time, and a revoked device
@@ -64,8 +68,17 @@ from fleet.agent.errors import (
 )
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
-from fleet.agent.telemetry import TelemetryBuffer
-from fleet.protocol import Artifact, DesiredState, EnrolResponse, TelemetryBatch, TelemetryReport
+from fleet.agent.telemetry import RESERVED_KEYS, FeedbackPair, TelemetryBuffer
+from fleet.protocol import (
+    MAX_FIELD_SAMPLES_PER_BATCH,
+    Artifact,
+    DesiredState,
+    EnrolResponse,
+    FieldSample,
+    FieldSampleBatch,
+    TelemetryBatch,
+    TelemetryReport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +172,8 @@ class AgentStatus:
     failures: int = 0
     sent: int = 0
     invalid_reports: int = 0
+    field_samples_sent: int = 0
+    invalid_field_samples: int = 0
     history: list[str] = field(default_factory=list)
 
 
@@ -184,8 +199,10 @@ class Agent:
         events: EventSink = log_event,
         rng: random.Random | None = None,
         detector: DeviceDetector | None = None,
+        field_buffer: TelemetryBuffer | None = None,
     ) -> None:
         self.config = config
+        self.field_buffer = field_buffer
         self.detector = detector
         self.client = client
         self.slots = slots
@@ -228,6 +245,7 @@ class Agent:
         if online and self.credentials is not None:
             try:
                 self._send_pending(self.credentials)
+                self._send_field_samples(self.credentials)
             except ControllerError as exc:
                 online = False
                 self._failed(exc)
@@ -388,6 +406,37 @@ class Agent:
             if acked == 0:
                 return  # nothing moved; do not spin
 
+    def _send_field_samples(self, credentials: Credentials) -> None:
+        """Send the field-sample outbox in batches; forget a batch once the controller stored it."""
+        buffer = self.field_buffer
+        if buffer is None:
+            return
+        for _ in range(buffer.stats().pending // MAX_FIELD_SAMPLES_PER_BATCH + 2):
+            pending = buffer.pending(MAX_FIELD_SAMPLES_PER_BATCH)
+            if not pending:
+                return
+            samples, invalid = [], []
+            for raw in pending:
+                try:
+                    samples.append(
+                        FieldSample.model_validate(
+                            {k: v for k, v in raw.items() if k not in RESERVED_KEYS}
+                        )
+                    )
+                except ValidationError as exc:  # e.g. a label out of range: it would block
+                    invalid.append(int(raw["seq"]))
+                    log.error("agent: field sample %s dropped: %s", raw["seq"], exc)
+            if invalid:
+                self.status.invalid_field_samples += len(invalid)
+                buffer.ack(invalid)
+            if not samples:
+                continue
+            batch = FieldSampleBatch(samples=samples, dropped_total=buffer.dropped)
+            self.client.send_field_samples(credentials.device_id, credentials.credential, batch)
+            buffer.ack(int(raw["seq"]) for raw in pending)
+            self.status.field_samples_sent += len(samples)
+            self._emit("send-field-samples", str(len(samples)))
+
     # --- status and back-off ---------------------------------------------------------------------
 
     def _failed(self, exc: ControllerError) -> None:
@@ -439,6 +488,28 @@ def _candidate(artifact: Artifact, path: Path) -> Candidate:
         sha256=artifact.sha256,
         signature=artifact.signature,
     )
+
+
+def field_sample_sink(buffer: TelemetryBuffer) -> Callable[[ArtifactRef, FeedbackPair], None]:
+    """``SlotManager``'s ``on_label``: each labelled prediction goes to the field-sample outbox (a
+    row that is not finite is left out: the controller would refuse it)."""
+
+    def keep(ref: ArtifactRef, pair: FeedbackPair) -> None:
+        if pair.inputs is None or not np.isfinite(pair.inputs).all():
+            return
+        sample = {
+            "model": ref.model,
+            "version": ref.version,
+            "features": [float(v) for v in pair.inputs],
+            "predicted": pair.predicted,
+            "label": pair.label,
+        }
+        try:
+            buffer.append(sample)
+        except TelemetryError as exc:
+            log.error("agent: a field sample could not be kept: %s", exc)
+
+    return keep
 
 
 # --- the local prediction server -----------------------------------------------------------------
@@ -609,13 +680,28 @@ def build(config: AgentConfig, *, stop: threading.Event) -> tuple[Agent, Control
             )
     golden = np.load(config.golden_inputs) if config.golden_inputs else None
     session_factory = _session_factory(config)
+    field_buffer = TelemetryBuffer(
+        config.field_buffer_path, config.field_samples_max, config.buffer_max_bytes
+    )
     slots = SlotManager(
-        ModelStore(config.state_dir), key, golden, config.expected_outputs, **session_factory
+        ModelStore(config.state_dir),
+        key,
+        golden,
+        config.expected_outputs,
+        on_label=field_sample_sink(field_buffer),
+        **session_factory,
     )
     slots.restore()
     buffer = TelemetryBuffer(config.buffer_path, config.buffer_max_reports, config.buffer_max_bytes)
     agent = Agent(
-        config, client, slots, buffer, time.monotonic, stop.wait, detector=_detector(config)
+        config,
+        client,
+        slots,
+        buffer,
+        time.monotonic,
+        stop.wait,
+        detector=_detector(config),
+        field_buffer=field_buffer,
     )
     return agent, client
 
@@ -703,6 +789,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
         agent.buffer.close()
+        field_buffer = agent.field_buffer
+        if field_buffer is not None:
+            field_buffer.close()
         client.close()
     return 3 if agent.status.phase.needs_person() else 0
 

@@ -52,6 +52,8 @@ from fleet.protocol import (
     DesiredState,
     EnrolRequest,
     EnrolResponse,
+    FieldSampleAck,
+    FieldSampleBatch,
     TelemetryAck,
     TelemetryBatch,
 )
@@ -71,6 +73,10 @@ def desired_path(device_id: str) -> str:
 
 def telemetry_path(device_id: str) -> str:
     return f"{API_PREFIX}/devices/{device_id}/telemetry"
+
+
+def field_samples_path(device_id: str) -> str:
+    return f"{API_PREFIX}/devices/{device_id}/field-samples"
 
 
 def bearer(credential: str) -> dict[str, str]:
@@ -203,6 +209,18 @@ class ControllerClient:
             )
         return self._parse(response, TelemetryAck, "telemetry")
 
+    def send_field_samples(
+        self, device_id: str, credential: str, batch: FieldSampleBatch
+    ) -> FieldSampleAck:
+        """Send labelled field samples; the controller stores them all or answers an error."""
+        with self._mapped("field samples"):
+            response = self._http.post(
+                field_samples_path(device_id),
+                content=batch.model_dump_json(),
+                headers={**bearer(credential), "Content-Type": "application/json"},
+            )
+        return self._parse(response, FieldSampleAck, "field samples")
+
     def download(self, artifact: Artifact, dest: Path, credential: str) -> Path:
         """Fetch ``artifact`` to ``dest``, resuming a partial ``dest``; returns ``dest``.
 
@@ -295,5 +313,6 @@ __all__ = [
     "bearer",
     "check_transport",
     "desired_path",
+    "field_samples_path",
     "telemetry_path",
 ]

@@ -59,6 +59,9 @@ class AgentConfig(BaseModel):
     telemetry_batch: int = Field(100, ge=1, le=MAX_REPORTS_PER_BATCH)
     buffer_max_reports: int = Field(10_000, ge=1)
     buffer_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    field_samples_max: int = Field(
+        5000, ge=1, description="labelled field samples kept on disk while offline"
+    )
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     backoff_jitter: float = Field(
@@ -82,6 +85,10 @@ class AgentConfig(BaseModel):
     @property
     def buffer_path(self) -> Path:
         return self.state_dir / "telemetry.db"
+
+    @property
+    def field_buffer_path(self) -> Path:
+        return self.state_dir / "field-samples.db"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:

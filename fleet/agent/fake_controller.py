@@ -32,6 +32,9 @@ from fleet.protocol import (
     DesiredState,
     EnrolRequest,
     EnrolResponse,
+    FieldSample,
+    FieldSampleAck,
+    FieldSampleBatch,
     TelemetryAck,
     TelemetryBatch,
     TelemetryReport,
@@ -39,6 +42,7 @@ from fleet.protocol import (
 
 _DESIRED = re.compile(rf"^{API_PREFIX}/devices/([^/]+)/desired$")
 _TELEMETRY = re.compile(rf"^{API_PREFIX}/devices/([^/]+)/telemetry$")
+_FIELD_SAMPLES = re.compile(rf"^{API_PREFIX}/devices/([^/]+)/field-samples$")
 _ARTIFACTS = f"{API_PREFIX}/artifacts/"
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
@@ -70,6 +74,8 @@ class FakeController:
     devices: dict[str, _Device] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)
     telemetry: dict[tuple[str, str, int], TelemetryReport] = field(default_factory=dict)
+    field_samples: list[tuple[str, FieldSample, int]] = field(default_factory=list)
+    """(device, sample, the batch's ``dropped_total``) in the order received."""
     log: list[tuple[object, ...]] = field(default_factory=list)
     offline: bool = False
     fail_next: list[int] = field(default_factory=list)
@@ -141,6 +147,8 @@ class FakeController:
             return self._desired(request, match.group(1))
         if request.method == "POST" and (match := _TELEMETRY.match(path)):
             return self._telemetry(request, match.group(1))
+        if request.method == "POST" and (match := _FIELD_SAMPLES.match(path)):
+            return self._field_samples(request, match.group(1))
         if request.method == "GET" and path.startswith(_ARTIFACTS):
             return self._artifact(request, path)
         return httpx.Response(404, json={"detail": f"no route {request.method} {path}"})
@@ -211,6 +219,19 @@ class FakeController:
                 self.telemetry[key] = report
                 accepted.append(report.seq)
         ack = TelemetryAck(accepted=accepted, duplicates=duplicates)
+        return httpx.Response(200, content=ack.model_dump_json())
+
+    def _field_samples(self, request: httpx.Request, device_id: str) -> httpx.Response:
+        refused = self._authenticated(request, device_id)
+        if refused is not None:
+            return refused
+        try:
+            batch = FieldSampleBatch.model_validate_json(request.content)
+        except ValidationError as exc:
+            return httpx.Response(422, json={"detail": json.loads(exc.json(include_url=False))})
+        self.log.append(("field-samples", device_id, len(batch.samples)))
+        self.field_samples += [(device_id, s, batch.dropped_total) for s in batch.samples]
+        ack = FieldSampleAck(stored=len(batch.samples), dropped_oldest=0)
         return httpx.Response(200, content=ack.model_dump_json())
 
     def _artifact(self, request: httpx.Request, path: str) -> httpx.Response:

@@ -53,7 +53,8 @@ from fleet.agent.errors import (
 from fleet.agent.runtime import open_session
 from fleet.agent.signature import file_sha256, verify_variant
 from fleet.agent.store import ArtifactRef, ModelStore, Slots, StoredArtifact
-from fleet.agent.telemetry import AwaitingLabels, TelemetryWindow
+from fleet.agent.telemetry import AwaitingLabels, FeedbackPair, TelemetryWindow
+from fleet.protocol import MAX_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,9 @@ class SlotManager:
     ``public_key_pem`` is the fleet's ed25519 public key. ``golden_inputs`` are rows the smoke test
     feeds every candidate (``None``: rows are synthesised from the model's declared input width, which
     must then be fixed). ``expected_outputs`` is the number of classes. ``max_awaiting_labels`` bounds
-    the predictions remembered for delayed labels.
+    the predictions remembered for delayed labels. ``on_label`` is called with each labelled
+    prediction (its scored row attached), from the thread that recorded the label: the agent turns
+    them into field samples.
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class SlotManager:
         events: EventSink = log_event,
         max_awaiting_labels: int = 10_000,
         window_factory: Callable[[], TelemetryWindow] = TelemetryWindow,
+        on_label: Callable[[ArtifactRef, FeedbackPair], None] | None = None,
     ) -> None:
         key = load_pem_public_key(public_key_pem)
         if not isinstance(key, Ed25519PublicKey):
@@ -208,6 +212,7 @@ class SlotManager:
         self._factory = session_factory
         self._events = events
         self._window_factory = window_factory
+        self._on_label = on_label
         self._labels: AwaitingLabels[ArtifactRef] = AwaitingLabels(max_awaiting_labels)
         # Three locks, always taken in this order, so a rollback never waits for a model to load:
         self._install_lock = threading.Lock()  # one verify/load/smoke pipeline at a time
@@ -259,8 +264,13 @@ class SlotManager:
             )
         ids = tuple(uuid.uuid4().hex for _ in range(len(probabilities)))
         if await_labels and probabilities.ndim == 2:
-            for pid, predicted in zip(ids, probabilities.argmax(axis=1), strict=True):
-                self._labels.expect(pid, slot.ref, int(predicted))
+            keep = self._on_label is not None and features.ndim == 2
+            keep = keep and 0 < features.shape[1] <= MAX_FEATURES
+            for i, (pid, predicted) in enumerate(
+                zip(ids, probabilities.argmax(axis=1), strict=True)
+            ):
+                row = features[i].copy() if keep else None
+                self._labels.expect(pid, slot.ref, int(predicted), row)
         return Prediction(probabilities=probabilities, ref=slot.ref, ids=ids)
 
     def record_label(self, prediction_id: str, label: int) -> bool:
@@ -272,6 +282,8 @@ class SlotManager:
         ref, pair = resolved
         with self._swap_lock:
             self._window(ref).record_feedback(pair)
+        if self._on_label is not None and pair.inputs is not None:
+            self._on_label(ref, pair)
         return True
 
     def flush_telemetry(self) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -147,11 +147,13 @@ class InputStats:
 
 @dataclass(frozen=True)
 class FeedbackPair:
-    """A prediction and its ground-truth label, for the field-accuracy gate."""
+    """A prediction and its ground-truth label, for the field-accuracy gate; ``inputs`` (the row
+    that was scored, when kept) makes it a field sample for retraining and is not part of telemetry."""
 
     prediction_id: str
     predicted: int
     label: int
+    inputs: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,14 +176,17 @@ class AwaitingLabels(Generic[K]):
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, tuple[K, int]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[K, int, np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
         self.unmatched = 0
 
-    def expect(self, prediction_id: str, key: K, predicted: int) -> None:
+    def expect(
+        self, prediction_id: str, key: K, predicted: int, inputs: np.ndarray | None = None
+    ) -> None:
+        """Remember a prediction (and the row it scored, to send back as a field sample)."""
         with self._lock:
-            self._pending[prediction_id] = (key, predicted)
+            self._pending[prediction_id] = (key, predicted, inputs)
             self._pending.move_to_end(prediction_id)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
@@ -194,8 +199,8 @@ class AwaitingLabels(Generic[K]):
             if entry is None:
                 self.unmatched += 1
                 return None
-        key, predicted = entry
-        return key, FeedbackPair(prediction_id, predicted, int(label))
+        key, predicted, inputs = entry
+        return key, FeedbackPair(prediction_id, predicted, int(label), inputs)
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -6,53 +6,20 @@
 
 from __future__ import annotations
 
-import math
+import logging
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from fleet.controller import field_samples
 from fleet.controller.auth import Admin, OwnDevice, SessionDep
-from fleet.protocol import NAME
+from fleet.protocol import FieldSample, FieldSampleAck, FieldSampleBatch
 
 router = APIRouter()
-MAX_FEATURES = 4096
+log = logging.getLogger(__name__)
 MAX_PAGE = 5000
-
-
-class FieldSample(BaseModel):
-    """One input a device served: features in the model's input order, what it predicted, and the
-    ground-truth label once known."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(pattern=NAME)
-    version: str = Field(pattern=NAME)
-    features: list[float] = Field(min_length=1, max_length=MAX_FEATURES)
-    predicted: int | None = Field(None, ge=0, le=100_000)
-    label: int | None = Field(None, ge=0, le=100_000)
-    drifted: bool = False
-
-    @field_validator("features")
-    @classmethod
-    def _finite(cls, values: list[float]) -> list[float]:
-        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-        if bad:
-            raise ValueError(f"features {bad[:10]} are not finite numbers")
-        return values
-
-
-class FieldSampleBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    samples: list[FieldSample] = Field(min_length=1, max_length=1000)
-
-
-class FieldSampleAck(BaseModel):
-    stored: int
-    dropped_oldest: int = Field(description="older samples of this device dropped to stay bounded")
 
 
 class StoredSample(FieldSample):
@@ -76,6 +43,8 @@ def add_field_samples(
         [s.model_dump() for s in body.samples],
         request.app.state.clock(),
     )
+    if body.dropped_total:
+        log.info("device %s dropped %d field samples offline", device.device_id, body.dropped_total)
     return FieldSampleAck(stored=len(body.samples), dropped_oldest=dropped)
 
 

@@ -15,6 +15,9 @@ releases a thousand long-polls in well under a second where httpx took many) and
   of the predictions, and sends the report, stamped with the version actually running, with its
   ``(buffer_id, seq)``. Offline, reports wait in the device's outbox and go on reconnect; the outbox
   holds ``outbox_limit`` reports, drops the oldest beyond that and reports the count (``dropped_total``).
+  Each labelled row is also a field sample (the row as the device saw it, the prediction, the label,
+  the version, whether drift was injected): kept in a second outbox of ``field_outbox_limit`` samples
+  (the same drop rule) and posted to ``/v1/devices/{id}/field-samples`` after the telemetry.
 
 What survives a simulated crash is exactly the device's "disk": credential, public key, downloaded
 models, the active model and the outbox with its sequence counter. The open telemetry window and the
@@ -47,6 +50,7 @@ from fleet.agent.signature import verify_variant
 from fleet.agent.telemetry import FeedbackPair, TelemetryWindow
 from fleet.protocol import (
     LONG_POLL_MAX_S,
+    MAX_FIELD_SAMPLES_PER_BATCH,
     MAX_REPORTS_PER_BATCH,
     Artifact,
     DesiredState,
@@ -78,6 +82,9 @@ class DeviceResult:
     reports_acked: int = 0
     reports_pending: int = 0
     reports_dropped: int = 0
+    field_samples_sent: int = 0
+    field_samples_pending: int = 0
+    field_samples_dropped: int = 0
     rejections: int = 0
     downloads: int = 0
     activations_from_disk: int = 0
@@ -117,6 +124,8 @@ class _Disk:
     models: dict[str, Artifact] = field(default_factory=dict)  # version -> verified artifact
     active: Artifact | None = None
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    field_outbox: list[dict[str, Any]] = field(default_factory=list)
+    field_dropped: int = 0
     next_seq: int = 1
     dropped: int = 0
     buffer_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -314,6 +323,29 @@ class _Device:
         for i in labelled:
             pair = FeedbackPair(uuid.uuid4().hex[:16], int(preds[i]), int(sim.field_y[rows[i]]))
             self.window.record_feedback(pair)
+        self._keep_field_samples(active, x[labelled], preds[labelled], sim.field_y[rows[labelled]])
+
+    def _keep_field_samples(
+        self, active: Artifact, x: np.ndarray, preds: np.ndarray, labels: np.ndarray
+    ) -> None:
+        drifted = self.fault("drift")
+        for row, predicted, label in zip(x, preds, labels, strict=True):
+            self.disk.field_outbox.append(
+                {
+                    "model": active.model,
+                    "version": active.version,
+                    "features": [float(v) for v in row],
+                    "predicted": int(predicted),
+                    "label": int(label),
+                    "drifted": drifted,
+                }
+            )
+        excess = len(self.disk.field_outbox) - self.sim.field_outbox_limit
+        if excess > 0:  # bounded like the telemetry outbox: the oldest go, and are counted
+            del self.disk.field_outbox[:excess]
+            self.disk.field_dropped += excess
+        self.result.field_samples_dropped = self.disk.field_dropped
+        self.result.field_samples_pending = len(self.disk.field_outbox)
 
     def _flush(self, *, running: bool) -> None:
         active = self.disk.active
@@ -355,6 +387,25 @@ class _Device:
             self.result.reports_acked += len(done)
             self.disk.outbox = [r for r in self.disk.outbox if r["seq"] not in done]
             self.result.reports_pending = len(self.disk.outbox)
+        await self.send_field_samples()
+
+    async def send_field_samples(self) -> None:
+        url = f"{self.sim.base}/v1/devices/{self.id}/field-samples"
+        while self.disk.field_outbox and not self.offline():
+            batch = self.disk.field_outbox[:MAX_FIELD_SAMPLES_PER_BATCH]
+            body = {"samples": batch, "dropped_total": self.disk.field_dropped}
+            try:
+                async with self.sim.http.post(url, json=body, headers=self.auth) as r:
+                    await r.read()
+                    if r.status != 200:
+                        self.result.errors += 1
+                        return
+            except (TimeoutError, aiohttp.ClientError):
+                self.result.errors += 1
+                return
+            del self.disk.field_outbox[: len(batch)]
+            self.result.field_samples_sent += len(batch)
+            self.result.field_samples_pending = len(self.disk.field_outbox)
 
 
 def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
@@ -396,6 +447,7 @@ class Simulation:
         workdir: Path | None = None,
         connections: int | None = None,
         outbox_limit: int = 10_000,
+        field_outbox_limit: int = 5000,
         drift_reference: DriftReference | None = None,
         detector_policy: DetectorPolicy | None = None,
     ) -> None:
@@ -419,6 +471,9 @@ class Simulation:
         if outbox_limit < 1:
             raise ValueError(f"outbox_limit must be at least 1, got {outbox_limit}")
         self.outbox_limit = outbox_limit
+        if field_outbox_limit < 1:
+            raise ValueError(f"field_outbox_limit must be at least 1, got {field_outbox_limit}")
+        self.field_outbox_limit = field_outbox_limit
         self.seed = seed
         self.connections = connections or 2 * devices + 16
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="edgesim-")

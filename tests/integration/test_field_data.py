@@ -5,6 +5,7 @@ Each bad input of the pull: one clear message, exit 1, nothing written."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,11 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleet_builders import register, target_all, write_model
+from servers import uvicorn_controller, write_public_key
 from test_simulate_controller import ADMIN, ADMIN_HEADERS, controller  # the real controller
 
 from edgeloop.params import load_params
 from edgeloop.settings import Settings
-from flows.datasets import read_splits
+from fleet.simulate import Simulation
+from flows.datasets import LABEL, read_splits, xy
 from flows.stages import ingest
 from flows.workspace import Workspace
 from registry.lineage import dvc_dir_hash
@@ -101,8 +106,13 @@ def field_files(root: Path) -> list[Path]:
     return sorted((root / "data" / "field").glob("field-*.csv"))
 
 
-def dvc_recorded_hash(root: Path) -> str:
-    return str(yaml.safe_load((root / "data" / "field.dvc").read_text())["outs"][0]["md5"])
+def dvc_tracked(path: Path) -> bool:
+    """Whether ``path`` has its own ``.dvc`` file recording exactly its bytes."""
+    record = path.with_name(path.name + ".dvc")
+    if not record.is_file():
+        return False
+    md5 = yaml.safe_load(record.read_text())["outs"][0]["md5"]
+    return bool(md5 == hashlib.md5(path.read_bytes()).hexdigest())
 
 
 def test_pulled_field_samples_are_a_new_dvc_version_and_change_the_retrain_data_hash(
@@ -126,7 +136,7 @@ def test_pulled_field_samples_are_a_new_dvc_version_and_change_the_retrain_data_
     assert "wrote 50 labelled field samples" in first.stdout
     [written] = field_files(repo)
     assert len(pd.read_csv(written)) == 50
-    assert dvc_recorded_hash(repo) == dvc_dir_hash(repo / "data" / "field")  # tracked by DVC
+    assert dvc_tracked(written)
 
     after = retrain_data_hash(repo)
     assert after != before
@@ -139,11 +149,10 @@ def test_pulled_field_samples_are_a_new_dvc_version_and_change_the_retrain_data_
     again = cli(repo, "fleet", "pull-field-data", "--url", base)
     assert again.returncode == 0 and "no new labelled field samples" in again.stdout
     assert len(field_files(repo)) == 1
-    first_version = dvc_recorded_hash(repo)
     send(base, auth, novel[:5] + 100, [4] * 5)
     second = cli(repo, "fleet", "pull-field-data", "--url", base)
     assert second.returncode == 0 and "wrote 5 labelled field samples" in second.stdout
-    assert len(field_files(repo)) == 2 and dvc_recorded_hash(repo) != first_version
+    assert len(field_files(repo)) == 2 and all(dvc_tracked(p) for p in field_files(repo))
     assert retrain_data_hash(repo) != after
 
 
@@ -180,3 +189,55 @@ def test_pull_before_any_ingest(repo: Path) -> None:
     shutil.rmtree(repo / "data" / "splits")
     r = cli(repo, "fleet", "pull-field-data", "--url", "http://127.0.0.1:9")
     assert r.returncode == 1 and "schema.json" in r.stderr and "edgeloop run" in r.stderr
+
+
+def test_simulated_devices_send_labelled_field_samples_that_a_pull_writes_to_csv(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Devices label some of what they score (the field split's labels, at the feedback rate) and
+    post it with their telemetry; a pull writes exactly those rows, with their labels."""
+    key = Ed25519PrivateKey.generate()
+    schema, splits = read_splits(repo / "data" / "splits")
+    field_x, field_y = xy(splits["field"])
+    weights = np.random.default_rng(0).normal(size=(64, 10))
+    server = tmp_path / "controller"
+    server.mkdir()
+    with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            model = write_model(server / "v1.onnx", weights)
+            register(client, key, "1", "host-cpu", model, model=MODEL)
+        sim = Simulation(
+            base,
+            ADMIN,
+            devices=3,
+            classes={"host-cpu": 1.0},
+            field_x=field_x,
+            field_y=field_y,
+            feedback_rate=0.5,
+            report_interval_s=0.2,
+            rows_per_report=10,
+            retry_s=0.2,
+            seed=5,
+        )
+        try:
+            devices = sim.result.devices
+            sim.run_sync(until=lambda: all(d.enrolled for d in devices.values()), timeout_s=20)
+            target_all(db_url, list(devices), "1", model=MODEL)
+            sim.run_sync(
+                until=lambda: all(d.field_samples_sent >= 10 for d in devices.values()),
+                timeout_s=30,
+            )
+        finally:
+            sim.close()
+        sent = sum(d.field_samples_sent for d in devices.values())
+        assert all(d.field_samples_sent >= 10 for d in devices.values()), devices
+        pulled = cli(repo, "fleet", "pull-field-data", "--url", base)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert f"wrote {sent} labelled field samples" in pulled.stdout
+    [written] = field_files(repo)
+    assert dvc_tracked(written)
+    frame = pd.read_csv(written)
+    assert list(frame.columns) == [*schema.feature_names, LABEL] and len(frame) == sent
+    known = {(*row, label) for row, label in zip(field_x.tolist(), field_y.tolist(), strict=True)}
+    rows = {tuple(r) for r in frame.astype(float).itertuples(index=False)}
+    assert rows <= {tuple(float(v) for v in k) for k in known}  # field rows, with their labels

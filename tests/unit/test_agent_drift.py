@@ -169,21 +169,3 @@ def test_a_broken_drift_reference_next_to_the_golden_inputs_is_refused(tmp_path:
 
 def reference_of(features: int) -> DriftReference:
     return build_reference(RNG.normal(0, 1, size=(2000, features)))
-
-
-def test_registration_logs_a_drift_reference_next_to_the_golden_set(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from registry import publish
-
-    golden = tmp_path / "golden.npz"
-    np.savez(golden, x=TRAIN.astype(np.float32), y=PREDICTED)
-    logged: dict[str, str] = {}
-
-    def log_artifact(path: str, artifact_path: str) -> None:
-        logged[f"{artifact_path}/{Path(path).name}"] = Path(path).read_text()
-
-    monkeypatch.setattr(publish.mlflow, "log_artifact", log_artifact)
-    publish._log_drift_reference(golden)
-    ref = DriftReference.from_dict(json.loads(logged["golden/drift-reference.json"]))
-    assert ref.features == 4 and len(ref.class_shares) == 3

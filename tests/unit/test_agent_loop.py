@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 
-from fleet.agent.agent import Agent, AgentPhase, PredictServer
+from fleet.agent.agent import Agent, AgentPhase, PredictServer, field_sample_sink
 from fleet.agent.client import ControllerClient
 from fleet.agent.config import AgentConfig
 from fleet.agent.fake_controller import FakeController
@@ -100,8 +100,14 @@ class Device:
 
 
 def new_device(
-    state: Path, key: Ed25519PrivateKey, fake: FakeController, token: str | None = None
+    state: Path,
+    key: Ed25519PrivateKey,
+    fake: FakeController,
+    token: str | None = None,
+    *,
+    field_samples_max: int | None = None,
 ) -> Device:
+    """``field_samples_max``: keep labelled predictions in a field-sample outbox of that size."""
     events: list[Event] = []
     slept: list[float] = []
     config = AgentConfig(
@@ -114,10 +120,29 @@ def new_device(
     client = ControllerClient(
         "http://127.0.0.1:8700", transport=fake.transport(), sleep=slept.append, backoff_s=0.01
     )
-    slots = SlotManager(ModelStore(state), pem(key).encode(), GOLDEN, CLASSES, events=events.append)
+    field_buffer = None
+    if field_samples_max is not None:
+        field_buffer = TelemetryBuffer(config.field_buffer_path, field_samples_max, durable=False)
+    slots = SlotManager(
+        ModelStore(state),
+        pem(key).encode(),
+        GOLDEN,
+        CLASSES,
+        events=events.append,
+        on_label=None if field_buffer is None else field_sample_sink(field_buffer),
+    )
     slots.restore()
     buffer = TelemetryBuffer(state / "telemetry.db", 50, durable=False)
-    agent = Agent(config, client, slots, buffer, lambda: 0.0, slept.append, events=events.append)
+    agent = Agent(
+        config,
+        client,
+        slots,
+        buffer,
+        lambda: 0.0,
+        slept.append,
+        events=events.append,
+        field_buffer=field_buffer,
+    )
     return Device(agent, fake, events, slept)
 
 
