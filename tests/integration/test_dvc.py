@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -25,6 +26,7 @@ def test_dvc_repro_runs_end_to_end_and_hashes_match(tmp_path: Path) -> None:
         shutil.copy(REPO / name, work / name)
     for folder in ("flows", "fleet", "edgeloop", "registry"):
         shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "data" / "field", work / "data" / "field")  # a clone has its .gitkeep
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["training"]["epochs"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -52,3 +54,14 @@ def test_dvc_repro_runs_end_to_end_and_hashes_match(tmp_path: Path) -> None:
     assert splits_out["md5"] == dvc_dir_hash(work / "data" / "splits")
     second = run(dvc, "repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout
+
+    # A pull adds a field file; training on it is switched on: ingest is out of date for both.
+    pd.read_parquet(work / "data" / "splits" / "field.parquet").head(3).to_csv(
+        work / "data" / "field" / "field-20260101T000000Z-1-3.csv", index=False
+    )
+    params["data"]["include_field"] = True
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    status = run(dvc, "status", "ingest")
+    assert status.returncode == 0, status.stderr
+    assert "ingest:" in status.stdout and "modified:" in status.stdout
+    assert "data/field" in status.stdout and "data.include_field" in status.stdout
