@@ -3,9 +3,6 @@ pass) and a real uvicorn process (enrol and long-poll over HTTP)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from servers import free_port, stop_group, wait_healthy
+from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller
 
 from fleet.agent.telemetry import LATENCY_BOUNDS_MS
 from fleet.controller import store
@@ -26,8 +23,6 @@ from fleet.controller.stats import LatencyHistogram
 
 pytestmark = pytest.mark.integration
 
-ADMIN = "integration-admin-token"
-ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = {
     "cohorts": {"host-cpu": {"p95_latency_ms": 5}},
@@ -140,72 +135,41 @@ def test_migrate_enrol_telemetry_and_reconcile_on_postgres(
 
 
 def test_uvicorn_process_enrols_and_long_polls(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
-    env.update(
-        EDGELOOP_FLEET_DB_URL=f"sqlite:///{tmp_path / 'fleet.db'}",
-        EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
-        EDGELOOP_FLEET_RECONCILE_S="0.2",
-    )
-    log = tmp_path / "uvicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "fleet.controller.app:app_from_env",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=tmp_path,
-            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    with (
+        uvicorn_controller(tmp_path, tmp_path / "no-key.pem") as (base, _),
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        headers = enrol(client, "http-0")
+        url = "/v1/devices/http-0/desired"
+        started = time.monotonic()
+        assert (
+            client.get(url, params={"revision": 5, "wait": 20}, headers=headers).json()["revision"]
+            == 0
         )
-    try:
-        wait_healthy(proc, f"{base}/v1/health", log, timeout=60)
-        with httpx.Client(base_url=base, timeout=30) as client:
-            headers = enrol(client, "http-0")
-            url = "/v1/devices/http-0/desired"
-            started = time.monotonic()
-            assert (
-                client.get(url, params={"revision": 5, "wait": 20}, headers=headers).json()[
-                    "revision"
-                ]
-                == 0
-            )
-            assert time.monotonic() - started < 1.0
-            assert client.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert time.monotonic() - started < 1.0
+        assert client.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
 
-            register(client, tmp_path, "1")
-            register(client, tmp_path, "2")
-            policy = POLICY  # one device: stage 1 (50%) targets it
-            rollout_id = client.post(
-                "/v1/rollouts",
-                json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy},
-                headers=ADMIN_HEADERS,
-            ).json()["rollout_id"]
-            answer: dict[str, Any] = {}
+        register(client, tmp_path, "1")
+        register(client, tmp_path, "2")
+        policy = POLICY  # one device: stage 1 (50%) targets it
+        rollout_id = client.post(
+            "/v1/rollouts",
+            json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy},
+            headers=ADMIN_HEADERS,
+        ).json()["rollout_id"]
+        answer: dict[str, Any] = {}
 
-            def poll() -> None:
-                with httpx.Client(base_url=base, timeout=30) as c:
-                    r = c.get(url, params={"revision": 0, "wait": 20}, headers=headers)
-                    answer.update(r.json(), at=time.monotonic())
+        def poll() -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                r = c.get(url, params={"revision": 0, "wait": 20}, headers=headers)
+                answer.update(r.json(), at=time.monotonic())
 
-            poller = threading.Thread(target=poll)
-            poller.start()
-            time.sleep(0.5)
-            changed_at = time.monotonic()
-            r = client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
-            assert r.status_code == 200, r.text
-            poller.join(timeout=25)
-            assert answer["revision"] == 1 and answer["artifact"]["version"] == "2"
-            assert answer["at"] - changed_at < 1.0
-    finally:
-        stop_group(proc)
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(0.5)
+        changed_at = time.monotonic()
+        r = client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
+        assert r.status_code == 200, r.text
+        poller.join(timeout=25)
+        assert answer["revision"] == 1 and answer["artifact"]["version"] == "2"
+        assert answer["at"] - changed_at < 1.0
