@@ -13,6 +13,7 @@ from test_agent_loop import DEVICE, GOLDEN, MODEL, Device, key, new_device, pem,
 from fleet.agent.agent import AgentPhase
 from fleet.agent.fake_controller import FakeController
 from fleet.agent.slots import Prediction
+from fleet.simulate import Simulation
 
 __all__ = ["key"]  # a fixture of test_agent_loop, used here
 
@@ -105,3 +106,29 @@ def test_without_a_field_outbox_no_inputs_are_kept(tmp_path: Path, key: Ed25519P
     device.agent.run_once()
     assert fake.field_samples == []
     assert not any(c[0] == "field-samples" for c in fake.log)
+
+
+def test_a_row_that_is_not_finite_is_never_kept(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    device = serving_v1(tmp_path / "state", key)
+    rows = GOLDEN[:2].copy()
+    rows[0, 5] = np.nan
+    prediction = predict(device, rows)
+    for pid in prediction.ids:
+        assert device.agent.slots.record_label(pid, 1)  # the label still counts for the gate
+    assert device.agent.run_once() == 0
+    assert np.allclose([s.features for _, s, _ in device.fake.field_samples], GOLDEN[1:2])
+
+
+def test_the_simulator_refuses_a_field_outbox_of_no_samples(tmp_path: Path) -> None:
+    x = np.zeros((4, 64), dtype=np.float32)
+    with pytest.raises(ValueError, match="field_outbox_limit must be at least 1"):
+        Simulation(
+            "http://127.0.0.1:9",
+            "token",
+            devices=1,
+            classes={"host-cpu": 1.0},
+            field_x=x,
+            field_y=np.zeros(4, dtype=np.int64),
+            field_outbox_limit=0,
+            workdir=tmp_path,
+        )
