@@ -13,6 +13,18 @@ The trigger is the abort command, not a failing gate: a gate failure is detected
 so a gate-triggered rollback adds at most one reconcile period to these numbers.
 
     python bench/rollback_reaction.py [--devices 1000] [--db-url URL]
+
+Measured (1,000 long-polling devices, 990 on the canary; controller and clients on one 2-core host
+shared with other work, load average 1.9-3.7):
+
+| database   | abort answered | every device received v1 (p50) | every v1 report acked | KiB / device |
+| ---------- | -------------- | ------------------------------ | --------------------- | ------------ |
+| SQLite     | 0.85 s         | 0.22 s (0.14 s)                | 3.5 s                 | 40.5         |
+| PostgreSQL | 1.08 s         | 0.61 s (0.49 s)                | 4.6 s                 | 33.3         |
+
+Before set-based re-targeting and the broadcast wake-up, SQLite took 1.58 s to reach every device. The
+acked column is one telemetry request per device (about 3 ms each on the server); under a load average
+of 8 the same run took 0.67 s (SQLite) and 2.97 s (PostgreSQL) to reach every device.
 """
 
 from __future__ import annotations

@@ -11,6 +11,18 @@ The clients run on the same machine as the controller (they share its CPUs unles
 some free), so the numbers are a lower bound for a controller on its own cores.
 
     python bench/telemetry_ingest.py [--db-url URL] [--cpus 2] [--duration 20]
+
+Measured (256 devices, batches of 50, controller pinned to 2 cores shared with the clients and other
+work, load average 1.5-1.9), none lost:
+
+| database   | ceiling (sweep) | sustained, 20 s |
+| ---------- | --------------- | --------------- |
+| SQLite     | 3,531 reports/s | 2,989 reports/s |
+| PostgreSQL | 2,641 reports/s | 2,268 reports/s |
+
+A batch is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` and one commit; with a select plus a
+row-by-row ORM insert PostgreSQL sustained 1,741 reports/s. Under a load average of 8 both fell to
+about 1,650 reports/s.
 """
 
 from __future__ import annotations
