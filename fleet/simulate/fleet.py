@@ -487,8 +487,8 @@ class Simulation:
             _Device(self, d, c, i) for i, (d, c) in enumerate(zip(ids, hw, strict=True))
         ]
         for d in self.devices:
-            d.result.faults = tuple(k for k, hit in self.hit.items() if d.id in hit)
             self.result.devices[d.id] = d.result
+        self._mark_faults()
         self.token = ""
         self._t0: float | None = None
         self._verified: dict[tuple[bytes, str, str, str], bool] = {}
@@ -511,6 +511,9 @@ class Simulation:
         }
         self.faults = replace(faults, **moved)
         self.hit = self.faults.assign([d.id for d in self.devices], self.seed)
+        self._mark_faults()
+
+    def _mark_faults(self) -> None:
         for d in self.devices:
             d.result.faults = tuple(k for k, hit in self.hit.items() if d.id in hit)
 
