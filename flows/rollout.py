@@ -101,6 +101,7 @@ def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float
     """Poll until the rollout is terminal; publish each change as a Prefect artifact."""
     started = time.monotonic()
     seen: tuple[str, str] | None = None
+    aborted = False
     while True:
         detail = admin.rollout(rollout_id)
         key = (str(detail["phase"]), str(detail["stage"]))
@@ -112,10 +113,15 @@ def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float
             )  # fmt: skip
         if str(detail["phase"]) in TERMINAL:
             return detail
-        if time.monotonic() - started > deadline_s:
-            admin.command(
-                rollout_id, "abort", f"the rollout flow's deadline of {deadline_s:g} s passed"
-            )
+        if not aborted and time.monotonic() - started > deadline_s:
+            aborted = True  # once: the controller rolls back; this loop follows it to the end
+            try:
+                admin.command(
+                    rollout_id, "abort", f"the rollout flow's deadline of {deadline_s:g} s passed"
+                )
+            except AdminError as exc:
+                if exc.status != 409:  # 409: it is already ending on its own
+                    raise
         time.sleep(poll_s)
 
 

@@ -15,6 +15,13 @@ classes measures a prediction-distribution shift. Latency regression compares ea
 the device's own baseline (the median p95 of its first windows); an error burst is a window whose
 error rate and error count both pass their limits.
 
+Sampling noise alone gives a PSI of about ``chi2(bins - 1) * (1/n + 1/n_ref)`` for ``n`` device
+rows against ``n_ref`` reference rows, and a device checks every feature in every window, so a
+fixed threshold alone raises false alarms on small windows. A feature counts as drifted only when
+its PSI passes both ``psi_threshold`` and :func:`chance_psi` at ``policy.chance_z`` (the upper tail
+of that chi-square, by the Wilson-Hilferty approximation). The device's bin counts get half a count
+each (additive smoothing) so a bin it happened not to see adds no spurious mass.
+
 numpy only: this runs on the device.
 """
 
@@ -52,6 +59,8 @@ class DriftReference:
     shares: tuple[tuple[float, ...], ...]
     class_shares: tuple[float, ...] = ()
     feature_names: tuple[str, ...] = ()
+    rows: int = 0
+    """Training rows the shares come from (0: unknown, read as many)."""
 
     def __post_init__(self) -> None:
         if len(self.edges) != len(self.shares) or not self.edges:
@@ -75,6 +84,7 @@ class DriftReference:
             "shares": [list(s) for s in self.shares],
             "class_shares": list(self.class_shares),
             "feature_names": list(self.feature_names),
+            "rows": self.rows,
         }
 
     @classmethod
@@ -84,6 +94,7 @@ class DriftReference:
             shares=tuple(tuple(float(v) for v in s) for s in data["shares"]),
             class_shares=tuple(float(v) for v in data.get("class_shares", ())),
             feature_names=tuple(str(n) for n in data.get("feature_names", ())),
+            rows=int(data.get("rows", 0)),
         )
 
     def save(self, path: Path) -> Path:
@@ -122,7 +133,9 @@ def build_reference(
     if predictions is not None and classes > 0:
         counts = np.bincount(np.asarray(predictions, dtype=np.int64), minlength=classes)[:classes]
         class_shares = tuple(float(v) for v in counts / max(1, counts.sum()))
-    return DriftReference(tuple(edges), tuple(shares), class_shares, tuple(feature_names))
+    return DriftReference(
+        tuple(edges), tuple(shares), class_shares, tuple(feature_names), rows=len(x)
+    )
 
 
 def bin_counts(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -148,6 +161,17 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
     e = np.clip(e, PSI_FLOOR, None)
     a = np.clip(a, PSI_FLOOR, None)
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def chance_psi(bins: int, rows: int, reference_rows: int, z: float) -> float:
+    """The PSI that sampling noise alone passes with about the normal tail probability of ``z``,
+    for ``rows`` device rows in ``bins`` bins against ``reference_rows`` (0: unknown, left out)."""
+    if bins < 2 or rows <= 0:
+        return 0.0
+    df = bins - 1
+    c = 2 / (9 * df)
+    quantile = df * max(0.0, 1 - c + z * math.sqrt(c)) ** 3
+    return quantile * (1 / rows + (1 / reference_rows if reference_rows > 0 else 0.0))
 
 
 # --- events and policy -----------------------------------------------------------------------
@@ -182,7 +206,8 @@ class DetectorPolicy:
     """Thresholds of the detectors and the local action each event kind calls for."""
 
     psi_threshold: float = 0.25
-    min_rows: int = 200
+    chance_z: float = 5.0
+    min_rows: int = 500
     max_features_reported: int = 3
     prediction_psi_threshold: float = 0.25
     latency_factor: float = 2.0
@@ -277,10 +302,18 @@ class DeviceDetector:
     def _evaluate_distributions(self) -> None:
         acc, policy, ref = self._acc, self.policy, self.reference
         window_s = max(0.0, self._clock() - acc.started_at)
-        scores = [(psi(ref.shares[i], acc.counts[i]), i) for i in range(ref.features)]
-        drifted = sorted((s for s in scores if s[0] > policy.psi_threshold), reverse=True)
-        for score, i in drifted[: policy.max_features_reported]:
-            self._raise("input_drift", score, policy.psi_threshold, window_s, ref.name(i))
+        drifted: list[tuple[float, float, int]] = []
+        for i in range(ref.features):
+            counts = acc.counts[i]
+            limit = max(
+                policy.psi_threshold,
+                chance_psi(len(counts), int(counts.sum()), ref.rows, policy.chance_z),
+            )
+            score = psi(ref.shares[i], counts + 0.5)
+            if score > limit:
+                drifted.append((score, limit, i))
+        for score, limit, i in sorted(drifted, reverse=True)[: policy.max_features_reported]:
+            self._raise("input_drift", score, round(limit, 4), window_s, ref.name(i))
         if acc.predicted is not None and acc.predicted.sum() >= policy.min_rows:
             score = psi(ref.class_shares, acc.predicted)
             if score > policy.prediction_psi_threshold:

@@ -19,6 +19,7 @@ from fleet.agent.drift import (
     DeviceDetector,
     DriftReference,
     build_reference,
+    chance_psi,
     histogram_p95,
     local_action,
     psi,
@@ -72,6 +73,43 @@ def test_clean_inputs_raise_no_event_and_shifted_ones_name_the_feature() -> None
     assert [(e.kind, e.feature) for e in events] == [("input_drift", "c")]
     assert events[0].value > 0.25 == events[0].threshold
     assert detector.take_events() == []  # taken once
+
+
+def test_many_small_clean_windows_of_many_discrete_features_raise_no_event() -> None:
+    """Digit-like inputs (64 features, few distinct values, a small reference): sampling noise alone
+    passes a fixed PSI threshold of 0.25 in some window; the chance limit keeps it quiet."""
+    rng = np.random.default_rng(3)
+    levels = rng.integers(2, 17, size=64)
+
+    def draw(n: int) -> np.ndarray:
+        return np.floor(rng.random((n, 64)) ** 2 * levels).astype(np.float64)
+
+    ref = build_reference(draw(300))
+    assert ref.rows == 300
+    detector = DeviceDetector(ref, DetectorPolicy(min_rows=100))
+    naive = 0
+    for _ in range(200):
+        x = draw(100)
+        detector.observe_inputs(x)
+        naive += any(
+            psi(ref.shares[i], np.bincount(np.searchsorted(ref.edges[i], x[:, i]),
+                                           minlength=len(ref.edges[i]) + 1)) > 0.25
+            for i in range(64)
+        )  # fmt: skip
+    assert naive > 0, "the case must be one where a fixed threshold alone raises false alarms"
+    assert detector.take_events() == []
+    shifted = draw(100) + 3
+    detector.observe_inputs(shifted)
+    assert [e.kind for e in detector.take_events()][:1] == ["input_drift"]
+
+
+def test_chance_psi_shrinks_with_more_rows_and_grows_with_bins() -> None:
+    assert chance_psi(10, 1000, 0, 5) < chance_psi(10, 100, 0, 5)
+    assert chance_psi(10, 100, 1000, 5) > chance_psi(10, 100, 0, 5)
+    assert chance_psi(3, 100, 0, 5) < chance_psi(10, 100, 0, 5)
+    assert chance_psi(1, 100, 0, 5) == 0.0
+    # about the chi-square(9) upper quantile at z=2 (16.9 exactly) over 100 rows
+    assert chance_psi(10, 100, 0, 1.645) == pytest.approx(16.9 / 100, rel=0.03)
 
 
 def test_prediction_shift_raises_prediction_drift() -> None:
