@@ -1,5 +1,5 @@
-"""Builders for fleet tests against a real controller: tiny ONNX models, signed registration of a
-variant, and pointing devices at a version the way a first deployment does."""
+"""Builders for fleet tests against a real controller: signed registration of a variant, and
+pointing devices at a version the way a first deployment does (models: ``builders``)."""
 
 from __future__ import annotations
 
@@ -8,32 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servers import ADMIN_HEADERS
 
 from fleet.agent.signature import file_sha256, signed_message
 from fleet.controller import db, store
-
-FEATURES, CLASSES = 64, 10
-
-
-def write_model(path: Path, weights: np.ndarray) -> Path:
-    """A one-MatMul ONNX model (``features`` [N, 64] → ``logits`` [N, 10])."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
-        [numpy_helper.from_array(weights.astype(np.float32), "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def register(

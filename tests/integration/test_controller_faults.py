@@ -9,7 +9,6 @@ Rollouts run on the real clock with short bake times, so "wait until" helpers po
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import ipaddress
@@ -26,12 +25,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from builders import model_bytes, sign
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from onnx import TensorProto, helper, numpy_helper
 from servers import Controller, policy, wait_until, write_public_key
 
 from fleet.agent.agent import Agent
@@ -44,7 +43,6 @@ from fleet.agent.errors import (
     InsecureTransport,
     Unauthorized,
 )
-from fleet.agent.signature import signed_message
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ModelStore
 from fleet.agent.telemetry import LATENCY_BOUNDS_MS, TelemetryBuffer
@@ -62,28 +60,6 @@ NO_CREDENTIALS = {"detail": "missing or invalid credentials"}
 
 
 # --- builders ----------------------------------------------------------------------------------
-
-
-def model_bytes(seed: int) -> bytes:
-    weights = np.random.default_rng(seed).standard_normal((FEATURES, CLASSES)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["features", "W"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES])],
-        [numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
-
-
-def sign(key: Ed25519PrivateKey, variant: str, data: bytes) -> str:
-    message = signed_message(variant, hashlib.sha256(data).hexdigest())
-    return base64.b64encode(key.sign(message)).decode()
 
 
 def report(seq: int, version: str, *, buffer_id: str = "buf", **changes: Any) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_builders import register as register_signed
-from fleet_builders import target_all, write_model
+from fleet_builders import target_all
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
 from fleet.simulate import Simulation, make_regressed_variant

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleet_builders import register, target_all, write_model
+from fleet_builders import register, target_all
 from servers import ADMIN, uvicorn_controller, write_public_key
 
 from fleet.controller.stats import LatencyHistogram, merge_histograms, quantile_ms

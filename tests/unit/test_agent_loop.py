@@ -7,7 +7,6 @@ controller saw and of steps the agent and its slots went through (STYLE rule 12)
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import stat
@@ -17,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import model_bytes, sign
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from onnx import TensorProto, helper, numpy_helper
 
 from fleet.agent.agent import Agent, AgentPhase, PredictServer, field_sample_sink
 from fleet.agent.client import ControllerClient
 from fleet.agent.config import AgentConfig
 from fleet.agent.fake_controller import FakeController
-from fleet.agent.signature import signed_message
 from fleet.agent.slots import SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import TelemetryBuffer
@@ -35,23 +33,6 @@ FEATURES, CLASSES = 64, 10
 MODEL, VARIANT, DEVICE = "digits", "int8", "dev-1"
 GOLDEN = np.random.default_rng(42).standard_normal((8, FEATURES)).astype(np.float32)
 Event = tuple[str, ...]
-
-
-def model_bytes(seed: int) -> bytes:
-    weights = np.random.default_rng(seed).standard_normal((FEATURES, CLASSES)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["features", "W"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES])],
-        [numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +54,7 @@ def publish(
     """Sign ``version``'s model; ``tamper`` flips a byte after signing (the sha256 still matches
     what is served, so only the signature catches it)."""
     data = model_bytes(int(version.lstrip("v")))
-    signature = base64.b64encode(
-        key.sign(signed_message(VARIANT, hashlib.sha256(data).hexdigest()))
-    ).decode()
+    signature = sign(key, VARIANT, data)
     if tamper:
         data = data[:-1] + bytes([data[-1] ^ 1])
     return fake.publish(
