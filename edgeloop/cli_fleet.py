@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
@@ -20,14 +19,11 @@ PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _admin_token() -> str:
     from edgeloop.errors import ConfigError
+    from fleet.admin import admin_token_from_env
 
-    token = os.environ.get("EDGELOOP_FLEET_ADMIN_TOKEN", "")
-    if not token:
-        raise ConfigError(
-            "no admin token for the fleet controller",
-            hint="set EDGELOOP_FLEET_ADMIN_TOKEN to the controller's admin token",
-        )
-    return token
+    return admin_token_from_env(
+        ConfigError, hint="set EDGELOOP_FLEET_ADMIN_TOKEN to the controller's admin token"
+    )
 
 
 @fleet_app.command("serve")

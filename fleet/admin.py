@@ -6,10 +6,12 @@ Used by the rollout flow and the CLI. Devices never hold the admin token and use
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
 
+from edgeloop.errors import EdgeloopError
 from fleet.protocol import API_PREFIX, EnrolmentToken, EnrolmentTokenRequest, RolloutRequest
 
 
@@ -19,6 +21,17 @@ class AdminError(RuntimeError):
     def __init__(self, message: str, *, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+ADMIN_TOKEN_ENV = "EDGELOOP_FLEET_ADMIN_TOKEN"
+
+
+def admin_token_from_env(error: type[EdgeloopError], hint: str) -> str:
+    """The controller's admin token from ``EDGELOOP_FLEET_ADMIN_TOKEN``; ``error`` when unset."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token:
+        raise error("no admin token for the fleet controller", hint=hint)
+    return token
 
 
 class AdminClient:

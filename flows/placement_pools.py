@@ -8,22 +8,18 @@ intervals (Prefect's own rule for marking a worker offline, computed here so no 
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from flows.placement import PoolHealth, RunState
+from flows.pool import deploy_from_source, ensure_process_pools
 
 if TYPE_CHECKING:
-    from prefect import Flow
     from prefect.client.schemas.objects import FlowRun, Worker
 
 FLOW_NAME = "placed-training"
-CHECKOUT = Path(__file__).resolve().parents[1]
 MISSED_HEARTBEATS = 3
 DEFAULT_HEARTBEAT_S = 30
 
@@ -68,34 +64,10 @@ def pool_health(pools: Sequence[str]) -> dict[str, PoolHealth]:
 
 def ensure_training_deployments(pools: Sequence[str], source: str | None) -> None:
     """Create each pool (process type) and its deployment of the training flow, if missing."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-
-    from flows.placement_flow import placed_training
-
-    with get_client(sync_client=True) as client:
-        for name in pools:
-            try:
-                client.read_work_pool(name)
-            except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-    deployable = cast(
-        "Flow[..., Any]",
-        placed_training.from_source(
-            source=source or str(CHECKOUT), entrypoint="flows/placement_flow.py:placed_training"
-        ),
+    ensure_process_pools(pools)
+    deploy_from_source(
+        "flows/placement_flow.py:placed_training", [(name, name) for name in pools], source
     )
-    with contextlib.redirect_stdout(io.StringIO()):  # Prefect prints a table per deployment
-        for name in pools:
-            deployable.deploy(
-                name=name,
-                work_pool_name=name,
-                build=False,
-                push=False,
-                print_next_steps=False,
-                ignore_warnings=True,
-            )
 
 
 @dataclass

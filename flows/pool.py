@@ -7,8 +7,11 @@ which is never a pass. The suite's reports come back through the MLflow run.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -16,13 +19,11 @@ from typing import TYPE_CHECKING, Any, cast
 from edgeloop.errors import HardwareCheckError
 from fleet.agent.profile import HardwareProfile
 from flows.hardware import ProfileResult, read_result
-from flows.runner_flow import artifact_folder, validate_on_runner
+from flows.runner_flow import artifact_folder
 
 if TYPE_CHECKING:
-    from prefect import Flow
     from prefect.client.schemas.objects import FlowRun
 
-FLOW_NAME = "hardware-validate"
 SOURCE = Path(__file__).resolve().parents[1]  # the checkout the runner's worker runs from
 
 
@@ -30,28 +31,55 @@ def pool_name(profile: str) -> str:
     return f"hw-{profile}"
 
 
-def ensure_deployment(profile: str) -> str:
-    """Create the profile's process work pool and its deployment if missing; return its name."""
+def ensure_process_pools(names: Iterable[str]) -> None:
+    """Create each process work pool of ``names`` that does not exist yet."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
-    pool = pool_name(profile)
     with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(pool)
-        except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        for name in names:
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def deploy_from_source(
+    entrypoint: str,
+    targets: Iterable[tuple[str, str]],
+    source: str | None = None,
+    **options: Any,
+) -> list[str]:
+    """Deploy the flow at ``entrypoint`` of ``source`` (default: this checkout) once per
+    (deployment name, work pool) of ``targets``; returns the ``flow/deployment`` names."""
+    from prefect import Flow
+
     deployable = cast(
-        "Flow[..., Any]",
-        validate_on_runner.from_source(
-            source=str(SOURCE), entrypoint="flows/runner_flow.py:validate_on_runner"
-        ),
+        "Flow[..., Any]", Flow.from_source(source=source or str(SOURCE), entrypoint=entrypoint)
     )
-    deployable.deploy(
-        name=pool, work_pool_name=pool, build=False, push=False, print_next_steps=False
-    )
-    return f"{FLOW_NAME}/{pool}"
+    names = []
+    with contextlib.redirect_stdout(io.StringIO()):  # Prefect prints a table per deployment
+        for name, pool in targets:
+            deployable.deploy(
+                name=name,
+                work_pool_name=pool,
+                build=False,
+                push=False,
+                print_next_steps=False,
+                ignore_warnings=True,
+                **options,
+            )
+            names.append(f"{deployable.name}/{name}")
+    return names
+
+
+def ensure_deployment(profile: str) -> str:
+    """Create the profile's process work pool and its deployment if missing; return its name."""
+    pool = pool_name(profile)
+    ensure_process_pools([pool])
+    [name] = deploy_from_source("flows/runner_flow.py:validate_on_runner", [(pool, pool)])
+    return name
 
 
 @dataclass

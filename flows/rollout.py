@@ -8,7 +8,6 @@ the registry (``registry.outcomes``): a rolled-back version loses ``production``
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from edgeloop.errors import EdgeloopError
 from edgeloop.params import Params, load_params
 from edgeloop.settings import Settings
-from fleet.admin import AdminClient, AdminError
+from fleet.admin import AdminClient, AdminError, admin_token_from_env
 from fleet.agent.profile import load_profile
 from fleet.controller.policy import load_policy
 from fleet.protocol import RolloutRequest
@@ -141,16 +140,6 @@ def _first_release(
     }  # fmt: skip
 
 
-def _worker_admin_token() -> str:
-    token = os.environ.get("EDGELOOP_FLEET_ADMIN_TOKEN", "")
-    if not token:
-        raise RolloutError(
-            "no admin token for the fleet controller",
-            hint="set EDGELOOP_FLEET_ADMIN_TOKEN where the rollout flow runs (the ops pool's worker)",
-        )
-    return token
-
-
 @flow(name="rollout", log_prints=False, validate_parameters=False)
 def rollout_flow(
     model: str,
@@ -172,7 +161,14 @@ def rollout_flow(
         merged = {**params.rollout.model_dump(), **rollout_overrides}
         params = params.model_copy(update={"rollout": type(params.rollout).model_validate(merged)})
     client = connect(settings.tracking_uri)
-    admin = AdminClient(params.rollout.controller_url, admin_token or _worker_admin_token())
+    admin = AdminClient(
+        params.rollout.controller_url,
+        admin_token
+        or admin_token_from_env(
+            RolloutError,
+            hint="set EDGELOOP_FLEET_ADMIN_TOKEN where the rollout flow runs (the ops pool's worker)",
+        ),
+    )
     logger = get_run_logger()
     try:
         dest = settings.home / "fleet-artifacts"
