@@ -6,18 +6,17 @@ by a throwaway key. Each test asserts the exact sequence of steps the slot manag
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import threading
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+from builders import sign as sign_bytes
+from builders import write_model as tiny_model_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from onnx import TensorProto, helper, numpy_helper
 
 from fleet.agent.errors import (
     ArtifactRejected,
@@ -29,7 +28,7 @@ from fleet.agent.errors import (
     StoreError,
     UnsafeName,
 )
-from fleet.agent.signature import file_sha256, signed_message
+from fleet.agent.signature import file_sha256
 from fleet.agent.slots import (
     Candidate,
     InstallResult,
@@ -55,25 +54,11 @@ def write_model(path: Path, *, seed: int = 0, outputs: int = CLASSES, nan: bool 
     weights = np.random.default_rng(seed).standard_normal((FEATURES, outputs)).astype(np.float32)
     if nan:
         weights[:] = np.nan
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["features", "W"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", outputs])],
-        [numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return tiny_model_file(path, weights, softmax=True)
 
 
 def sign(key: Ed25519PrivateKey, variant: str, path: Path) -> str:
-    return base64.b64encode(key.sign(signed_message(variant, file_sha256(path)))).decode()
+    return sign_bytes(key, variant, path.read_bytes())
 
 
 def new_candidate(
