@@ -204,3 +204,17 @@ def test_input_drift_lowers_the_field_accuracy_the_controller_records(fleet: Fle
     clean = accuracy(set(fleet.ids) - drifted)
     assert clean == 1.0  # the field labels are the model's own answers on clean inputs
     assert accuracy(set(drifted)) < 0.9 * clean
+
+
+def test_an_outbox_that_holds_nothing_is_refused() -> None:
+    x = np.zeros((4, 64), dtype=np.float32)
+    with pytest.raises(ValueError, match="outbox_limit must be at least 1, got 0"):
+        Simulation(
+            "http://127.0.0.1:9",
+            ADMIN,
+            devices=1,
+            classes={"host-cpu": 1.0},
+            field_x=x,
+            field_y=np.zeros(4, dtype=np.int64),
+            outbox_limit=0,
+        )
