@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleet.controller.observe_tables import AlertRow
+from fleet.controller.observe_tables import AlertRow, row_dict
 
 SCOPE_KEYS = ("model", "version", "class", "label", "device")
 AlertStatus = Literal["open", "closed"]
@@ -112,20 +112,7 @@ def open_alerts(session: Session) -> list[AlertRow]:
 
 
 def alert_dict(row: AlertRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "kind": row.kind,
-        "scope": row.scope,
-        "value": row.value,
-        "threshold": row.threshold,
-        "reason": row.reason,
-        "status": row.status,
-        "occurrences": row.occurrences,
-        "suppressed": row.suppressed,
-        "opened_at": row.opened_at.isoformat(),
-        "last_seen_at": row.last_seen_at.isoformat(),
-        "closed_at": row.closed_at.isoformat() if row.closed_at else None,
-    }
+    return row_dict(row, leave_out=("scope_key",))
 
 
 def list_alerts(

@@ -16,6 +16,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 from fleet.controller.db import ID, Base, UTCDateTime
 
 
+def row_dict(row: Base, *, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The row's columns in table order as a JSON-ready dict (times in ISO 8601)."""
+    out: dict[str, Any] = {}
+    for column in row.__table__.columns:
+        if column.key not in leave_out:
+            value = getattr(row, column.key)
+            out[column.key] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
 class DeviceEventRow(Base):
     """A detector's event as a device reported it, with the version that raised it."""
 

@@ -60,6 +60,7 @@ from fleet.controller.observe_tables import (
     InputStatsRow,
     PlaybookRunRow,
     QuarantineRow,
+    row_dict,
 )
 from fleet.controller.phase import RolloutPhase
 
@@ -170,35 +171,38 @@ def _rollouts(ctx: ActionContext, phases: tuple[RolloutPhase, ...]) -> list[str]
     ]
 
 
-def pause_rollout(ctx: ActionContext, _action: PlaybookAction) -> str:
+def _decide_open_rollouts(
+    ctx: ActionContext,
+    phases: tuple[RolloutPhase, ...],
+    decide: Callable[..., Any],
+    *,
+    none_left: str,
+    done: str,
+) -> str:
+    """Apply ``decide`` (pause or abort) to the alert model's rollouts in ``phases``."""
     from fleet.controller.loop import apply_decision
 
-    ids = _rollouts(ctx, (RolloutPhase.PROGRESSING,))
+    ids = _rollouts(ctx, phases)
     if not ids:
-        return f"skipped: no progressing rollout of {ctx.alert.scope.get('model', 'any model')}"
+        return f"skipped: no {none_left} rollout of {ctx.alert.scope.get('model', 'any model')}"
     reason = f"alert {ctx.alert.id}: {ctx.alert.reason}"[:400]
     for rollout_id in ids:
         apply_decision(
-            ctx.session, rollout_id, lambda s: pause(s, ctx.now, reason=reason), ctx.now,
+            ctx.session, rollout_id, lambda s: decide(s, ctx.now, reason=reason), ctx.now,
             ctx.notifier,
         )  # fmt: skip
-    return f"paused {', '.join(ids)}"
+    return f"{done} {', '.join(ids)}"
+
+
+def pause_rollout(ctx: ActionContext, _action: PlaybookAction) -> str:
+    return _decide_open_rollouts(
+        ctx, (RolloutPhase.PROGRESSING,), pause, none_left="progressing", done="paused"
+    )
 
 
 def rollback_cohort(ctx: ActionContext, _action: PlaybookAction) -> str:
-    from fleet.controller.loop import apply_decision
-
     phases = (RolloutPhase.PENDING, RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
-    ids = _rollouts(ctx, phases)
-    if not ids:
-        return f"skipped: no open rollout of {ctx.alert.scope.get('model', 'any model')}"
-    reason = f"alert {ctx.alert.id}: {ctx.alert.reason}"[:400]
-    for rollout_id in ids:
-        apply_decision(
-            ctx.session, rollout_id, lambda s: abort(s, ctx.now, reason=reason), ctx.now,
-            ctx.notifier,
-        )  # fmt: skip
-    return f"rolled back {', '.join(ids)}"
+    return _decide_open_rollouts(ctx, phases, abort, none_left="open", done="rolled back")
 
 
 def quarantine_device(ctx: ActionContext, _action: PlaybookAction) -> str:
@@ -412,19 +416,7 @@ def _claim(session: Session, run: PlaybookRunRow, now: datetime) -> bool:
 
 
 def run_dict(row: PlaybookRunRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "playbook": row.playbook,
-        "alert_id": row.alert_id,
-        "action": row.action,
-        "cause": row.cause,
-        "status": row.status,
-        "result": row.result,
-        "attempts": row.attempts,
-        "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-    }
+    return row_dict(row)
 
 
 def list_playbook_runs(
