@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import sys
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,20 @@ def write_report(
         console.print(f"kept {root}", highlight=False)
     else:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def write_result(
+    console: Console,
+    name: str,
+    fields: dict[str, Any],
+    root: Path | None = None,
+    keep: bool = False,
+) -> None:
+    """Write ``.edgeloop/bench/<name>.json``: the benchmark, when, the machine, then ``fields``."""
+    result = {
+        "benchmark": name,
+        "at": datetime.now(UTC).isoformat(),
+        "machine": machine_info(),
+        **fields,
+    }
+    write_report(console, Path(".edgeloop") / "bench" / f"{name}.json", result, root, keep)

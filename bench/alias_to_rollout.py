@@ -25,12 +25,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import machine_info, write_report
+from _common import write_result
 from _serve import Serving, remove, scratch_project, serving
 from rich.console import Console
 from rich.table import Table
@@ -145,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, value in seconds.items():
         table.add_row(path, f"{value:.2f}")
     console.print(table)
-    result = {
-        "benchmark": NAME, "at": datetime.now(UTC).isoformat(), "machine": machine_info(),
-        "interval_s": args.interval, "seconds": seconds,
-    }  # fmt: skip
-    write_report(console, Path(".edgeloop") / "bench" / f"{NAME}.json", result)
+    write_result(console, NAME, {"interval_s": args.interval, "seconds": seconds})
     return 0
 
 

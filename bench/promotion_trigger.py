@@ -24,12 +24,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import machine_info, write_report
+from _common import write_result
 from _serve import scrubbed_env
 from rich.console import Console
 from rich.table import Table
@@ -172,14 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             str(row["n"]), f"{row['p50_s']:.2f}", f"{row['mean_s']:.2f}", f"{row['max_s']:.2f}",
         )  # fmt: skip
     console.print(table)
-    result = {
-        "benchmark": NAME,
-        "at": datetime.now(UTC).isoformat(),
-        "machine": machine_info(),
-        "results": rows,
-        "raw": raw,
-    }
-    write_report(console, Path(".edgeloop") / "bench" / f"{NAME}.json", result, root, args.keep)
+    write_result(console, NAME, {"results": rows, "raw": raw}, root, args.keep)
     return 0
 
 

@@ -17,12 +17,11 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import machine_info, write_report
+from _common import write_result
 from _serve import remove, scratch_project, serve_state, serving
 from rich.console import Console
 from rich.table import Table
@@ -108,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         firsts = [f"{row['children'].get(n, float('nan')):.1f}" for n in HEALTH]
         table.add_row(backend, *firsts, f"{row['ready_s']:.1f}", f"{row['stop_s']:.1f}")
     console.print(table)
-    result = {
-        "benchmark": NAME,
-        "at": datetime.now(UTC).isoformat(),
-        "machine": machine_info(),
-        "results": rows,
-    }
-    write_report(console, Path(".edgeloop") / "bench" / f"{NAME}.json", result)
+    write_result(console, NAME, {"results": rows})
     return 0
 
 
