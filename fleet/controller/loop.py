@@ -56,9 +56,9 @@ def perform_pending(
     for pending in store.pending_actions(session, rollout_id):
         action = store.ACTION.validate_python(pending.action)
         changed: dict[str, int] = {}
-        targeted = None
+        version = None
         if isinstance(action, TargetDevices):
-            targeted = action.version
+            version = action.version
             changed = store.retarget(
                 session,
                 action.device_ids,
@@ -72,8 +72,8 @@ def perform_pending(
         pending.done = True
         pending.done_at = now
         session.commit()
-        if targeted and changed and notifier is not None:  # one broadcast, answered from it
-            notifier.publish(store.targeted(session, model, targeted, rollout_id), changed)
+        if version and changed and notifier is not None:  # one broadcast, answered from it
+            notifier.publish(store.targeted(session, model, version, rollout_id), changed)
         performed.append(action)
     return performed
 
