@@ -169,10 +169,12 @@ def put_baseline(
 
 
 @router.post("/devices/{device_id}/telemetry", response_model=TelemetryAck)
-def telemetry(
-    body: TelemetryBatch, request: Request, device: OwnDevice, session: SessionDep
-) -> TelemetryAck:
-    """Idempotent per (device, buffer_id, seq); duplicates and any order are fine."""
+def telemetry(body: TelemetryBatch, request: Request, device: OwnDevice) -> TelemetryAck:
+    """Idempotent per (device, buffer_id, seq); duplicates and any order are fine.
+
+    One session and one transaction per batch, and no read before the insert: the device is the one
+    the credential check just found (devices are never deleted), so the handler goes straight to the
+    ``INSERT ... ON CONFLICT DO NOTHING`` and the ``last_seen`` update."""
     bounds = store.accepted_bounds()
     odd = sorted({r.seq for r in body.reports if tuple(r.latency_ms.bounds_ms) != bounds})
     if odd:
@@ -180,16 +182,12 @@ def telemetry(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"reports {odd}: latency_ms.bounds_ms must be {list(bounds)}",
         )
+    now = request.app.state.clock()
     garbage = observe_ingest.report_problems(body.reports)
-    if garbage:
-        observe_ingest.count_rejection(
-            session, device.device_id, garbage, request.app.state.clock()
-        )
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(garbage))
-    row = session.get(DeviceRow, device.device_id)
-    assert row is not None
-    ack = store.ingest_telemetry(session, row, body.reports, request.app.state.clock())
-    observe_ingest.record(
-        session, row.device_id, body.reports, ack.accepted, request.app.state.clock()
-    )
+    with request.app.state.sessions() as session:
+        if garbage:
+            observe_ingest.count_rejection(session, device.device_id, garbage, now)
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(garbage))
+        ack = store.ingest_telemetry(session, device, body.reports, now)
+        observe_ingest.record(session, device.device_id, body.reports, ack.accepted, now)
     return ack

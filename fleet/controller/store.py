@@ -10,6 +10,7 @@ so a copy of the database enrols nobody and impersonates no device.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
@@ -17,10 +18,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import TypeAdapter
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Executable, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,6 +32,7 @@ from fleet.agent.telemetry import LATENCY_BOUNDS_MS
 from fleet.controller.actions import Action
 from fleet.controller.db import (
     ArtifactRow,
+    Base,
     BaselineRow,
     DesiredStateRow,
     DeviceRow,
@@ -146,9 +148,10 @@ def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
     return credential
 
 
-def device_by_credential(session: Session, credential: str) -> DeviceRow | None:
+def device_by_credential_hash(session: Session, credential_hash: str) -> DeviceRow | None:
+    """The device whose credential hashes to ``credential_hash`` (see :func:`hash_secret`)."""
     return session.scalars(
-        select(DeviceRow).where(DeviceRow.credential_hash == hash_secret(credential))
+        select(DeviceRow).where(DeviceRow.credential_hash == credential_hash)
     ).one_or_none()
 
 
@@ -356,33 +359,34 @@ def _artifact(row: ArtifactRow) -> Artifact:
 # --- telemetry -------------------------------------------------------------------------------
 
 
+class HasDeviceId(Protocol):
+    """A device as the telemetry path knows it: an authenticated identity or a ``DeviceRow``."""
+
+    @property
+    def device_id(self) -> str: ...
+
+
 def ingest_telemetry(
-    session: Session, device: DeviceRow, reports: Sequence[TelemetryReport], now: datetime
+    session: Session, device: HasDeviceId, reports: Sequence[TelemetryReport], now: datetime
 ) -> TelemetryAck:
     """Store the reports not stored before; ``(device, buffer_id, seq)`` makes this idempotent.
 
     Reports may come in any order and more than once (an agent resends its buffer after a lost ack).
-    One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` stores a batch: the database says
-    which rows are new, so a concurrent duplicate loses on the unique key without an error, and a
-    batch is two statements and one commit whatever its size.
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` stores a batch: the database says which rows
+    are new, so a concurrent duplicate loses on the unique key without an error, and a batch is two
+    statements and one commit whatever its size. Both statements are built once per dialect, so a
+    request reuses their compiled SQL instead of compiling a statement shaped by its batch.
     """
     first: dict[tuple[str, int], TelemetryReport] = {}
     for report in reports:
         first.setdefault((report.buffer_id, report.seq), report)
+    insert, touch = _telemetry_statements(session.get_bind().dialect.name)
+    connection = session.connection()
     stored: set[tuple[str, int]] = set()
     if first:
         rows = [_telemetry_row(device.device_id, r, now) for r in first.values()]
-        insert = _insert(session)(TelemetryRow).values(rows)
-        statement = insert.on_conflict_do_nothing(
-            index_elements=["device_id", "buffer_id", "seq"]
-        ).returning(TelemetryRow.buffer_id, TelemetryRow.seq)
-        stored = {(b, s) for b, s in session.execute(statement)}
-    session.execute(
-        update(DeviceRow)
-        .where(DeviceRow.device_id == device.device_id)
-        .values(last_seen=now)
-        .execution_options(synchronize_session=False)
-    )
+        stored = {(b, s) for b, s in connection.execute(insert, rows)}
+    connection.execute(touch, {"device": device.device_id, "now": now})
     session.commit()
     accepted: list[int] = []
     duplicates: list[int] = []
@@ -395,11 +399,21 @@ def ingest_telemetry(
     return TelemetryAck(accepted=accepted, duplicates=duplicates)
 
 
-def _insert(session: Session) -> Any:
-    """The dialect's ``insert`` (both have ``on_conflict_do_nothing``)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
+@functools.cache
+def _telemetry_statements(dialect: str) -> tuple[Executable, Executable]:
+    """The telemetry insert (many rows, new ones returned) and the ``last_seen`` update."""
+    table = Base.metadata.tables[TelemetryRow.__tablename__]
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    new_rows = insert.on_conflict_do_nothing(
+        index_elements=["device_id", "buffer_id", "seq"]
+    ).returning(table.c.buffer_id, table.c.seq)
+    devices = Base.metadata.tables[DeviceRow.__tablename__]
+    touch = (
+        update(devices)
+        .where(devices.c.device_id == bindparam("device"))
+        .values(last_seen=bindparam("now"))
+    )
+    return new_rows, touch
 
 
 def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> dict[str, Any]:
