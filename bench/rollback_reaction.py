@@ -25,6 +25,21 @@ shared with other work, load average 1.9-3.7):
 Before set-based re-targeting and the broadcast wake-up, SQLite took 1.58 s to reach every device. The
 acked column is one telemetry request per device (about 3 ms each on the server); under a load average
 of 8 the same run took 0.67 s (SQLite) and 2.97 s (PostgreSQL) to reach every device.
+
+After making that request cheap (a verified credential is answered from a bounded, short-lived
+in-process cache of credential hashes instead of a query on a worker thread; one session and no read
+before the insert; the insert and ``last_seen`` update compiled once per dialect instead of per batch;
+SQLite WAL with ``synchronous=NORMAL``), same host, two runs each (load average before → after):
+
+| database   | abort answered | every device received v1 (p50) | every v1 report acked | KiB / device | load average |
+| ---------- | -------------- | ------------------------------ | --------------------- | ------------ | ------------ |
+| SQLite     | 0.66 s         | 0.16 s (0.09 s)                | 1.18 s                | 41.4         | 0.7 → 1.2    |
+| SQLite     | 0.87 s         | 0.39 s (0.32 s)                | 1.53 s                | 40.3         | 1.2 → 1.1    |
+| PostgreSQL | 0.78 s         | 0.35 s (0.30 s)                | 1.60 s                | 34.2         | 1.2 → 1.2    |
+| PostgreSQL | 1.54 s         | 0.33 s (0.27 s)                | 1.68 s                | 38.8         | 1.1 → 0.9    |
+
+Before these changes the SQLite run acked every v1 report in 3.83 s (load average 1.1 → 2.0). Under
+a load average of 5 it took 1.45 s (2.05 s without the credential cache). In process, 1,000 concurrent telemetry requests went from 3.7 ms to 1.5 ms each.
 """
 
 from __future__ import annotations

@@ -23,6 +23,14 @@ work, load average 1.5-1.9), none lost:
 A batch is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` and one commit; with a select plus a
 row-by-row ORM insert PostgreSQL sustained 1,741 reports/s. Under a load average of 8 both fell to
 about 1,650 reports/s.
+
+With the insert compiled once per dialect (not once per batch), the credential check cached in
+process and SQLite on ``synchronous=NORMAL`` (load average 0.9-1.5), none lost:
+
+| database   | ceiling (sweep)  | sustained, 20 s  |
+| ---------- | ---------------- | ---------------- |
+| SQLite     | 15,582 reports/s | 10,597 reports/s |
+| PostgreSQL | 5,853 reports/s  | 3,763 reports/s  |
 """
 
 from __future__ import annotations
