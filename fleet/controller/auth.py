@@ -4,7 +4,8 @@ Authentication is separate from the routes so every device endpoint gets the sam
 unknown credential → 401, a valid credential on another device's path → 403. The lookup goes by the
 credential's hash only, so neither answer depends on whether the device in the path exists: nothing
 leaks. The device lookup uses its own short session, so a long-poll holds no database connection
-while it waits.
+while it waits; a credential the database confirmed in the last minute is answered from memory
+(:class:`CredentialCache`), so a device's telemetry after its long-poll costs no lookup.
 """
 
 from __future__ import annotations
