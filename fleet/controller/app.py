@@ -72,7 +72,7 @@ def create_app(
     """The controller app over ``settings.db_url``; ``clock`` is injected for tests (STYLE rule 6)."""
     settings = settings or FleetSettings()
     observing = observe.configure()  # a bad playbooks file stops the start here, with its reason
-    engine = db.make_engine(settings.db_url)
+    engine = db.make_engine(settings.db_url, sqlite_synchronous=settings.sqlite_synchronous)
     sessions = db.make_sessionmaker(engine)
     notifier = ChangeNotifier()
 

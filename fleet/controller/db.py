@@ -192,13 +192,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine for ``url``; a SQLite file gets its folder, WAL and a busy timeout.
 
-    SQLite runs WAL with ``synchronous=NORMAL``: a commit is not fsynced on its own but at the next
-    checkpoint, which takes a commit from milliseconds to microseconds. A committed row survives a
-    crash of the controller process; only a power loss or OS crash can roll back the last commits
-    (the database stays consistent). Fleets that cannot accept that run PostgreSQL."""
+    SQLite runs WAL with ``synchronous=FULL`` by default: every commit is on disk before a device's
+    report is acknowledged, so an acknowledged report survives a power loss too. ``NORMAL``
+    (``EDGELOOP_FLEET_SQLITE_SYNCHRONOUS=NORMAL``) fsyncs at checkpoints only, which takes a commit
+    from milliseconds to microseconds; a crash of the controller process still loses nothing, but a
+    power loss or OS crash can roll back the last commits (already acknowledged). PostgreSQL is
+    unaffected by this setting."""
+    if sqlite_synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"sqlite_synchronous must be FULL or NORMAL, got {sqlite_synchronous!r}")
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -211,7 +215,7 @@ def make_engine(url: str) -> Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -8,6 +8,7 @@ embedded default (SQLite under ``.edgeloop/``) with one variable (``EDGELOOP_FLE
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,11 @@ class FleetSettings(BaseSettings):
     db_url: str = Field(
         "sqlite:///.edgeloop/fleet.db",
         description="SQLAlchemy URL; postgresql:// is served through psycopg 3",
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite only: FULL makes every acknowledged report survive a power loss; "
+        "NORMAL is faster and survives a controller crash but not a power loss",
     )
     admin_token: str = Field("", description="bearer token of the admin endpoints; empty: refused")
     public_key_path: Path = Field(

@@ -98,9 +98,18 @@ def test_an_unknown_credential_is_not_remembered(fleet: Fleet) -> None:
     assert cache is None or cache.get(hash_secret("not-a-credential")) is None
 
 
-def test_sqlite_runs_wal_with_normal_sync(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+@pytest.mark.parametrize(("setting", "level"), [("FULL", 2), ("NORMAL", 1)])
+def test_sqlite_runs_wal_durable_by_default_and_normal_on_request(
+    tmp_path: Path, setting: str, level: int
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}", sqlite_synchronous=setting)
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == level
     engine.dispose()
+    default = make_engine(f"sqlite:///{tmp_path / 'default.db'}")
+    with default.connect() as connection:
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    default.dispose()
+    with pytest.raises(ValueError, match="FULL or NORMAL"):
+        make_engine(f"sqlite:///{tmp_path / 'x.db'}", sqlite_synchronous="OFF")
