@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleet_builders import register, target_all, write_model
+from fleet_builders import register, target_all
 from servers import uvicorn_controller, write_public_key
 from test_simulate_controller import ADMIN, ADMIN_HEADERS, controller  # the real controller
 
