@@ -239,13 +239,16 @@ def policy(
 
 
 @contextmanager
-def uvicorn_controller(root: Path, public_key: Path, **env: str) -> Iterator[tuple[str, str]]:
-    """The controller app under ``uvicorn --factory`` (SQLite in ``root``, admin token ``ADMIN``,
-    a fast reconcile pass); yields its base URL and database URL. ``env`` adds settings."""
+def uvicorn_controller(
+    root: Path, public_key: Path, db_url: str | None = None, **env: str
+) -> Iterator[tuple[str, str]]:
+    """The controller app under ``uvicorn --factory`` (on ``db_url``, default SQLite in ``root``;
+    admin token ``ADMIN``; a fast reconcile pass; no Prefect API); yields its base URL and database
+    URL. ``env`` adds settings."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    db_url = f"sqlite:///{root / 'fleet.db'}"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+    db_url = db_url or f"sqlite:///{root / 'fleet.db'}"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP_", "PREFECT_"))}
     environ.update(
         EDGELOOP_FLEET_DB_URL=db_url,
         EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
@@ -280,3 +283,31 @@ def uvicorn_controller(root: Path, public_key: Path, **env: str) -> Iterator[tup
         yield base, db_url
     finally:
         stop_group(proc)
+
+
+@contextmanager
+def prefect_server(folder: Path, db_url: str | None = None) -> Iterator[str]:
+    """`prefect server start` with its home in ``folder``, on SQLite or on PostgreSQL ``db_url``;
+    yields its API URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(folder / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+    )
+    if db_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url.replace(
+            "postgresql://", "postgresql+asyncpg://"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    port, log_path = free_port(), folder / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_healthy(proc, f"http://127.0.0.1:{port}/api/health", log_path, timeout=180)
+            yield f"http://127.0.0.1:{port}/api"
+        finally:
+            stop_group(proc)

@@ -7,9 +7,6 @@ on once; a device sending garbage statistics gets 422 and is counted."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from servers import free_port, stop_group, wait_healthy
+from servers import uvicorn_controller
 from test_simulate_controller import ADMIN, ADMIN_HEADERS, register, write_model
 
 from fleet.agent.drift import DetectorPolicy, build_reference
@@ -78,43 +75,15 @@ def start_controller(tmp: Path, db_url: str, hook: Webhook) -> Iterator[dict[str
         "    trigger: {kind: input_drift, threshold: 0.25}\n"
         f"    actions: [{{action: notify_webhook, url: '{hook.url}'}}, {{action: open_retrain}}]\n"
     )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP_", "PREFECT_"))}
-    env.update(
-        EDGELOOP_FLEET_DB_URL=db_url,
-        EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
-        EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(pub),
+    with uvicorn_controller(
+        tmp,
+        pub,
+        db_url,
         EDGELOOP_FLEET_OBSERVE_PERIOD_S="0.5",
         EDGELOOP_FLEET_OBSERVE_WINDOW_S="5",
         EDGELOOP_FLEET_OBSERVE_PLAYBOOKS_PATH=str(tmp / "playbooks.yaml"),
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
-    )
-    log = tmp / "uvicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "fleet.controller.app:app_from_env",
-                ),
-                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-                *("--timeout-graceful-shutdown", "1"),
-            ],
-            cwd=tmp,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(proc, f"{base}/v1/health", log, timeout=60)
-        yield {"base": base, "key": key, "db_url": db_url, "tmp": tmp, "log": log}
-    finally:
-        stop_group(proc)
+    ) as (base, _):
+        yield {"base": base, "key": key, "db_url": db_url, "tmp": tmp, "log": tmp / "uvicorn.log"}
 
 
 @pytest.fixture

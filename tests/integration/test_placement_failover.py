@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from servers import free_port, stop_group, wait_healthy
+from servers import prefect_server
 
 pytestmark = pytest.mark.integration
 
@@ -59,28 +59,8 @@ def prefect_api(
 ) -> Iterator[str]:
     """A `prefect server start` on SQLite, or on PostgreSQL when it runs."""
     folder = tmp_path_factory.mktemp(f"prefect-{request.param}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(folder / "home"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-    )
-    with _database(request) as url:
-        if url:
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = url.replace(
-                "postgresql://", "postgresql+asyncpg://"
-            )
-        port, log_path = free_port(), folder / "server.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-            try:
-                wait_healthy(proc, f"http://127.0.0.1:{port}/api/health", log_path, timeout=180)
-                yield f"http://127.0.0.1:{port}/api"
-            finally:
-                stop_group(proc)
+    with _database(request) as url, prefect_server(folder, url) as api:
+        yield api
 
 
 def _database(request: pytest.FixtureRequest) -> Any:

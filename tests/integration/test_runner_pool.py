@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from servers import free_port, stop_group, wait_healthy
+from servers import prefect_server, stop_group
 
 pytestmark = pytest.mark.integration
 
@@ -24,28 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def prefect_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path / "prefect-server.log"
-    env = {
-        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path / "prefect-server-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": postgres_db.replace(
-            "postgresql://", "postgresql+asyncpg://"
-        ),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            wait_healthy(proc, f"http://127.0.0.1:{port}/api/health", log_path, timeout=180)
-            yield f"http://127.0.0.1:{port}/api"
-        finally:
-            stop_group(proc)
+def prefect_api(postgres_db: str, tmp_path: Path) -> Iterator[str]:
+    with prefect_server(tmp_path / "prefect-server", postgres_db) as api:
+        yield api
 
 
 def pool_profile(folder: Path, name: str) -> None:
@@ -60,13 +41,13 @@ def pool_profile(folder: Path, name: str) -> None:
 
 
 def test_pool_profile_runs_on_a_worker_and_a_silent_pool_is_unavailable(
-    project: Project, prefect_server: str, tmp_path: Path
+    project: Project, prefect_api: str, tmp_path: Path
 ) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     pool_profile(profiles, "pool-cpu")
     pool_profile(profiles, "ghost")
-    project.extra_env.update(PREFECT_API_URL=prefect_server, EDGELOOP_PROFILES_DIR=str(profiles))
+    project.extra_env.update(PREFECT_API_URL=prefect_api, EDGELOOP_PROFILES_DIR=str(profiles))
     project.set_params(
         training={"epochs": 3},
         compress={"prune_finetune_epochs": 1},
