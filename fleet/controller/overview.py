@@ -27,6 +27,7 @@ from fleet.controller.db import (
     TelemetryRow,
 )
 from fleet.controller.observe_tables import AlertRow, PlaybookRunRow, QuarantineRow
+from fleet.controller.store import latest_versions
 
 ONLINE_WITHIN_S = 120.0
 """A device heard from within this many seconds is online (long-polls answer within 30 s)."""
@@ -137,16 +138,7 @@ def device_page(
         where.order_by(DeviceRow.device_id).limit(size).offset((page - 1) * size)
     ).all()
     ids = [d.device_id for d in devices]
-    latest = (
-        select(func.max(TelemetryRow.id))
-        .where(TelemetryRow.device_id.in_(ids))
-        .group_by(TelemetryRow.device_id)
-    )
-    running = dict(
-        session.execute(
-            select(TelemetryRow.device_id, TelemetryRow.version).where(TelemetryRow.id.in_(latest))
-        ).all()
-    )
+    running = latest_versions(session, ids)
     desired = dict(
         session.execute(
             select(DesiredStateRow.device_id, DesiredStateRow.version).where(

@@ -440,6 +440,19 @@ def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> di
     }
 
 
+def latest_versions(session: Session, device_ids: list[str]) -> dict[str, str]:
+    """The version of each device's latest report (devices that never reported are left out)."""
+    latest_ids = (
+        select(func.max(TelemetryRow.id))
+        .where(TelemetryRow.device_id.in_(device_ids))
+        .group_by(TelemetryRow.device_id)
+    )
+    rows = session.execute(
+        select(TelemetryRow.device_id, TelemetryRow.version).where(TelemetryRow.id.in_(latest_ids))
+    )
+    return {device_id: version for device_id, version in rows}
+
+
 def observations(
     session: Session, status: RolloutStatus, now: datetime | None = None
 ) -> Observations:
@@ -452,18 +465,7 @@ def observations(
         select(DeviceRow).where(DeviceRow.hardware_class.in_(classes)).order_by(DeviceRow.device_id)
     ).all()
     ids = [d.device_id for d in devices]
-    latest_ids = (
-        select(func.max(TelemetryRow.id))
-        .where(TelemetryRow.device_id.in_(ids))
-        .group_by(TelemetryRow.device_id)
-    )
-    running = dict(
-        session.execute(
-            select(TelemetryRow.device_id, TelemetryRow.version).where(
-                TelemetryRow.id.in_(latest_ids)
-            )
-        ).all()
-    )
+    running = latest_versions(session, ids)
     window = status.window_start
     sums: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"inferences": 0, "errors": 0, "correct": 0, "total": 0, "latency": []}
