@@ -95,8 +95,8 @@ def promote_twice(project: Project, served: Served, client: Any, token: str) -> 
     """v1 by alias: the first release (baseline); v2 by alias: a staged rollout from v1."""
     set_production_like_the_ui(served, "1")
     tags = wait_for(
-        lambda: (t := client.get_model_version(MODEL, "1").tags).get("edgeloop.rollout.status")
-        and t,
+        lambda: (t := client.get_model_version(MODEL, "1").tags).get("edgeloop.rollout.reason")
+        and t,  # the outcome writes status, then reason: wait for the last of them
         120, "the first release was not rolled out", served, project,
     )  # fmt: skip
     assert tags["edgeloop.rollout.status"] == "succeeded"
