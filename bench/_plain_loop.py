@@ -18,7 +18,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from edgeloop.params import load_params  # noqa: E402
+from edgeloop.core.params import load_params  # noqa: E402
 from flows import stages  # noqa: E402
 from flows.hardware import run_profile  # noqa: E402
 from flows.workspace import Workspace  # noqa: E402

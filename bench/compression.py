@@ -5,12 +5,12 @@ Run from the repository root: ``python bench/compression.py`` (``--help`` for op
 In one process it runs the offline loop's stages (ingest, validate, train, compress, evaluate from
 :mod:`flows.stages`, parameters from ``params.yaml``) into a temporary workspace, then measures four
 ways of running the trained model, each on one thread at batch 1 with the same warm-up and number
-of timed calls (:func:`fleet.agent.runtime.time_batch1`, cycling through the test rows):
+of timed calls (:func:`fleet.shared.runtime.time_batch1`, cycling through the test rows):
 
 * ``torch-eager``: the trained ``Classifier`` wrapped in ``flows.models.Probabilities``, called
   under ``torch.inference_mode`` after ``torch.set_num_threads(1)``;
 * ``fp32``, ``int8-dynamic``, ``int8-static``: the ONNX variants, each in an onnxruntime session
-  from :func:`fleet.agent.runtime.open_session` with ``threads=1``.
+  from :func:`fleet.shared.runtime.open_session` with ``threads=1``.
 
 The timed calls are split into interleaved rounds (every model in turn, each round re-warmed), so
 load from other processes falls on every model alike; p50 and p95 are medians over the rounds.
@@ -54,10 +54,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edgeloop.params import load_params
-from edgeloop.settings import Settings
-from fleet.agent.profile import load_profile
-from fleet.agent.runtime import LatencyStats, open_session, predict, time_batch1
+from edgeloop.core.params import load_params
+from edgeloop.core.settings import Settings
+from fleet.shared.profile import load_profile
+from fleet.shared.runtime import LatencyStats, open_session, predict, time_batch1
 from flows import stages
 from flows.compress import VARIANTS
 from flows.datasets import read_splits, xy

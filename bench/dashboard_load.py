@@ -28,7 +28,7 @@ from rich.table import Table
 from rollback_reaction import ADMIN, ControllerProcess, free_port, latency_counts
 from sqlalchemy import insert
 
-from fleet.controller import db
+from fleet.controller.storage import db
 
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 CHROMIUM = os.environ.get("EDGELOOP_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -1,7 +1,7 @@
 """Drift to alert to playbook action, and false alerts over an hour of clean traffic.
 
 A fleet of ``--devices`` simulated devices, each running the on-device detectors
-(``fleet.agent.drift.DeviceDetector``) against a reference built from a training sample, reports
+(``fleet.shared.drift.DeviceDetector``) against a reference built from a training sample, reports
 every ``--report-s`` seconds of SIMULATED time: ``--rows`` input rows scored, a latency histogram with
 log-normal jitter, feedback. Reports go through the controller's own ingest path (``store`` and
 ``observe_ingest``, the functions the telemetry route calls, on SQLite in a scratch folder or
@@ -36,12 +36,15 @@ from _common import machine_info, write_report
 from rich.console import Console
 from rich.table import Table
 
-from fleet.agent.drift import DetectorPolicy, DeviceDetector, build_reference
 from fleet.agent.telemetry import LatencyHistogram
-from fleet.controller import db, observe, observe_ingest, playbooks, store
-from fleet.controller.db import DeviceRow
-from fleet.controller.observe_tables import AlertRow
-from fleet.protocol import EnrolmentTokenRequest, EnrolRequest, TelemetryReport
+from fleet.controller.observe import ingest as observe_ingest
+from fleet.controller.observe import loop as observe
+from fleet.controller.observe import playbooks
+from fleet.controller.storage import db, store
+from fleet.controller.storage.db import DeviceRow
+from fleet.controller.storage.observe_tables import AlertRow
+from fleet.shared.drift import DetectorPolicy, DeviceDetector, build_reference
+from fleet.shared.protocol import EnrolmentTokenRequest, EnrolRequest, TelemetryReport
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 FEATURES = 16

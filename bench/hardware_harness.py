@@ -11,7 +11,7 @@ parameters from ``params.yaml``) into a temporary workspace, then measures one v
 * bare: a fresh interpreter that imports only numpy and onnxruntime, opens an
   ``onnxruntime.InferenceSession`` with one intra-op thread and times ``session.run`` on one row at
   a time with ``time.perf_counter``, cycling through the same golden rows with the profile's
-  warm-up and timed runs. No pytest and no :mod:`fleet.agent.runtime`.
+  warm-up and timed runs. No pytest and no :mod:`fleet.shared.runtime`.
 
 Both sides run in a fresh process, so neither carries this process's torch. For information the
 bare loop is also timed in this process (torch loaded), after each bare run.
@@ -55,9 +55,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from edgeloop.errors import HardwareCheckError
-from edgeloop.params import load_params
-from fleet.agent.profile import HardwareProfile, ProfileError, load_profile
+from edgeloop.core.errors import HardwareCheckError
+from edgeloop.core.params import load_params
+from fleet.shared.profile import HardwareProfile, ProfileError, load_profile
 from flows import stages
 from flows.hardware import run_profile
 from flows.workspace import Workspace

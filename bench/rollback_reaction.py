@@ -1,6 +1,6 @@
 """Rollback reaction: from an abort to every online device holding the stable version.
 
-Starts the real controller (``python -m fleet.controller.serve``, SQLite in a scratch folder by default,
+Starts the real controller (``python -m fleet.controller.api.serve``, SQLite in a scratch folder by default,
 ``--db-url postgresql+psycopg://...`` for PostgreSQL), enrols N simulated devices (asyncio + aiohttp
 long-polls, no inference), rolls v2 out to all of them (one stage, long bake, so it is in progress),
 then sends the operator ``abort`` command: the rollback re-targets every device to the stable v1. It
@@ -109,7 +109,7 @@ class ControllerProcess:
         self.log = self.root / "controller.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fleet.controller.serve"],
+                [sys.executable, "-m", "fleet.controller.api.serve"],
                 cwd=self.root,
                 env=env,
                 stdout=out,
@@ -194,8 +194,8 @@ async def enrol_all(base: str, token: str, n: int, prefix: str) -> dict[str, str
 
 def latency_counts() -> dict[str, list[float] | list[int]]:
     sys.path.insert(0, str(REPO))
-    from fleet.agent.telemetry import LATENCY_BOUNDS_MS
-    from fleet.controller.stats import LatencyHistogram
+    from fleet.controller.rollout.stats import LatencyHistogram
+    from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
     hist = LatencyHistogram.of([1.0] * 100, LATENCY_BOUNDS_MS)
     return {"bounds_ms": list(hist.bounds_ms), "counts": list(hist.counts)}

@@ -82,7 +82,7 @@ def measure(db_url: str | None) -> dict[str, Any]:
 def _drop(db_url: str) -> None:
     import psycopg
 
-    from edgeloop.serve_plan import database_name
+    from edgeloop.cli.serve_plan import database_name
 
     admin = db_url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:

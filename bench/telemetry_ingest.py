@@ -1,6 +1,6 @@
 """Telemetry ingest: sustained reports/s into the real controller, none lost, and the ceiling.
 
-Starts the controller (``python -m fleet.controller.serve``, pinned to ``--cpus`` cores, SQLite in a
+Starts the controller (``python -m fleet.controller.api.serve``, pinned to ``--cpus`` cores, SQLite in a
 scratch folder by default or ``--db-url postgresql+psycopg://...``), enrols ``--devices`` devices, then
 runs asyncio clients that each post ``TelemetryBatch``es of ``--batch`` reports for their own devices.
 First a sweep: concurrency 1, 2, 4, ... for ``--step-s`` each, stopping when it no longer improves by 5%;
@@ -137,7 +137,7 @@ def count_rows(db_url: str) -> int:
     sys.path.insert(0, str(REPO))
     from sqlalchemy import text
 
-    from fleet.controller.db import make_engine
+    from fleet.controller.storage.db import make_engine
 
     engine = make_engine(db_url)
     with engine.connect() as con:

@@ -32,6 +32,6 @@ USER 10001
 
 # Healthy when onnxruntime and the on-device code load (the suite and the agent need both).
 HEALTHCHECK --interval=60s --timeout=10s --retries=3 \
-    CMD ["python", "-c", "import onnxruntime, fleet.agent.runtime"]
+    CMD ["python", "-c", "import onnxruntime, fleet.shared.runtime"]
 
 CMD ["python", "-m", "pytest", "/opt/edgeloop/hardware-tests", "--help"]

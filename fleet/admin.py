@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from edgeloop.errors import EdgeloopError
-from fleet.protocol import API_PREFIX, EnrolmentToken, EnrolmentTokenRequest, RolloutRequest
+from edgeloop.core.errors import EdgeloopError
+from fleet.shared.protocol import API_PREFIX, EnrolmentToken, EnrolmentTokenRequest, RolloutRequest
 
 
 class AdminError(RuntimeError):

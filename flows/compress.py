@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from fleet.agent.signature import file_sha256
+from fleet.shared.signature import file_sha256
 from flows.models import Classifier, Probabilities
 
 INPUT_NAME = "features"

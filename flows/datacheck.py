@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgeloop.errors import DataCheckError
-from edgeloop.params import DataParams
+from edgeloop.core.errors import DataCheckError
+from edgeloop.core.params import DataParams
 from flows.datasets import LABEL, DatasetSchema
 
 EXAMPLES = 5

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgeloop.errors import PluginError
+from edgeloop.core.errors import PluginError
 from flows.plugins import resolve
 
 LABEL = "label"

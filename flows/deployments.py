@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeloop.schedule_params import ScheduleParams
-from edgeloop.serve_plan import OPS_POOL
-from flows.pool import deploy_from_source, ensure_process_pools
+from edgeloop.core.schedule_params import ScheduleParams
+from flows.pool import OPS_POOL, deploy_from_source, ensure_process_pools
 
 ROLLOUT_DEPLOYMENT = "rollout/promoted"
 SCHEDULED_DEPLOYMENT = "retrain/scheduled"

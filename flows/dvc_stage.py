@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from edgeloop.errors import EdgeloopError
-from edgeloop.params import Params, load_params
-from edgeloop.settings import Settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.params import Params, load_params
+from edgeloop.core.settings import Settings
 from flows import stages
 from flows.workspace import Workspace
 

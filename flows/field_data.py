@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from edgeloop.errors import ConfigError, DataCheckError, EdgeloopError
+from edgeloop.core.errors import ConfigError, DataCheckError, EdgeloopError
 from flows.datasets import LABEL, DatasetSchema
 
 PAGE = 1000

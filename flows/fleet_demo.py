@@ -29,10 +29,10 @@ from typing import Any
 
 import httpx
 
-from edgeloop.errors import EdgeloopError
-from edgeloop.settings import Settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient
-from fleet.agent.drift import DriftReference
+from fleet.shared.drift import DriftReference
 from fleet.simulate import Simulation, make_regressed_variant
 from fleet.simulate.faults import FaultPlan, FaultWindow
 from fleet.simulate.fleet import load_field
@@ -116,7 +116,7 @@ def controller_process(
     )
     log = (folder / "controller.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.controller.serve"],
+        [sys.executable, "-m", "fleet.controller.api.serve"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -224,7 +224,7 @@ def run_fleet_demo(
     keep_running: bool = False,
 ) -> dict[str, Any]:
     """Both rollouts, then drift; ``register(path, model)`` and ``rollout(...)`` are the flows."""
-    from edgeloop.params import load_params
+    from edgeloop.core.params import load_params
 
     params = load_params(settings.params_file)
     model = params.model_name

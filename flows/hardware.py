@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeloop.errors import HardwareCheckError
-from fleet.agent.profile import HardwareProfile, HardwareStatus, ProfileError, load_profile
+from edgeloop.core.errors import HardwareCheckError
+from fleet.shared.profile import HardwareProfile, HardwareStatus, ProfileError, load_profile
 
 TAIL_LINES = 8
 EXIT_UNAVAILABLE = 6  # hardware-tests/conftest.py: this host cannot stand in for the profile
@@ -59,7 +59,7 @@ _CAPPED_EXEC = (
 class ProfileResult:
     """The suite's verdict on one model for one profile, read from its JSON report.
 
-    ``status`` is a :class:`fleet.agent.profile.HardwareStatus` value: ``passed``, ``failed`` or
+    ``status`` is a :class:`fleet.shared.profile.HardwareStatus` value: ``passed``, ``failed`` or
     ``unavailable`` (this host cannot stand in for the profile; ``reason`` says why).
     """
 

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from edgeloop.errors import HardwareCheckError
-from fleet.agent.profile import HardwareProfile
+from edgeloop.core.errors import HardwareCheckError
+from fleet.shared.profile import HardwareProfile
 from flows.hardware import (
     SUITE_ENV,
     SUITE_EXIT_CODES,

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from edgeloop.errors import ModelFileError
+from edgeloop.core.errors import ModelFileError
 from flows.datasets import DatasetSchema
 
 
@@ -62,7 +62,7 @@ def check_model_file(path: Path, schema: DatasetSchema) -> None:
             f"{path}: input {inputs[0].name!r} has a fixed batch size {dims[0]}",
             hint="export with a dynamic batch dimension",
         )
-    from fleet.agent.runtime import open_session, predict
+    from fleet.shared.runtime import open_session, predict
 
     try:
         out = predict(open_session(str(path)), np.zeros((2, schema.n_features), dtype=np.float32))

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from edgeloop.errors import EdgeloopError
-from edgeloop.placement_params import PlacementConstraints, TrainingPool
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.placement_params import PlacementConstraints, TrainingPool
 
 
 class PlacementError(EdgeloopError):

@@ -16,9 +16,9 @@ from typing import Any
 import mlflow
 from prefect import flow
 
-from edgeloop.params import Params, load_params
-from edgeloop.placement_params import PlacementParams
-from edgeloop.settings import Settings
+from edgeloop.core.params import Params, load_params
+from edgeloop.core.placement_params import PlacementParams
+from edgeloop.core.settings import Settings
 from flows.placement import Placement, PlacementError, run_placed
 from flows.retrain import retrain
 from flows.workspace import Workspace

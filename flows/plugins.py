@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edgeloop.errors import PluginError
+from edgeloop.core.errors import PluginError
 
 
 def resolve(kind: str, name: str, builtins: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from edgeloop.errors import HardwareCheckError
-from fleet.agent.profile import HardwareProfile
+from edgeloop.core.errors import HardwareCheckError
+from fleet.shared.profile import HardwareProfile
 from flows.hardware import ProfileResult, read_result
 from flows.runner_flow import artifact_folder
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
+OPS_POOL = "edgeloop-ops"  # the process pool of the rollout and scheduled-retrain deployments
 SOURCE = Path(__file__).resolve().parents[1]  # the checkout the runner's worker runs from
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeloop.params import TrainingParams
+from edgeloop.core.params import TrainingParams
 from flows.models import Classifier
 from flows.train import train
 

@@ -13,9 +13,9 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from edgeloop.params import Params
-from edgeloop.settings import Settings
-from fleet.agent.drift import DriftReference, build_reference
+from edgeloop.core.params import Params
+from edgeloop.core.settings import Settings
+from fleet.shared.drift import DriftReference, build_reference
 from flows.datasets import read_splits, xy
 from flows.pareto import pareto_table
 from flows.plots import pareto_chart

@@ -18,9 +18,9 @@ import mlflow
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from edgeloop.errors import DataCheckError
-from edgeloop.params import Params, load_params
-from edgeloop.settings import Settings
+from edgeloop.core.errors import DataCheckError
+from edgeloop.core.params import Params, load_params
+from edgeloop.core.settings import Settings
 from flows import release, stages, validation
 from flows.datasets import read_splits, xy
 from flows.onnxfile import check_model_file

@@ -15,13 +15,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from edgeloop.errors import EdgeloopError
-from edgeloop.params import Params, load_params
-from edgeloop.settings import Settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.params import Params, load_params
+from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient, AdminError, admin_token_from_env
-from fleet.agent.profile import load_profile
-from fleet.controller.policy import load_policy
-from fleet.protocol import RolloutRequest
+from fleet.controller.rollout.policy import load_policy
+from fleet.shared.profile import load_profile
+from fleet.shared.protocol import RolloutRequest
 from registry.outcomes import record_outcome
 from registry.tracking import connect
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from edgeloop.settings import Settings
+from edgeloop.core.settings import Settings
 from flows.hardware import run_profile
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from edgeloop.params import Params, load_params
-from edgeloop.settings import Settings
+from edgeloop.core.params import Params, load_params
+from edgeloop.core.settings import Settings
 from flows import stages
 from flows.workspace import Workspace
 from registry.lineage import dvc_dir_hash

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeloop.params import Params
-from fleet.agent.runtime import open_session, predict, session_latency
+from edgeloop.core.params import Params
+from fleet.shared.runtime import open_session, predict, session_latency
 from flows.compress import VARIANTS, describe, export_onnx, quantise, quantise_static
 from flows.datacheck import check_splits
 from flows.datasets import load_dataset, read_splits, split_dataset, write_splits, xy
@@ -43,7 +43,7 @@ def ingest(params: Params, ws: Workspace) -> dict[str, int]:
 
 def validate(params: Params, ws: Workspace) -> dict[str, Any]:
     """Run the data checks; the report is written whether they pass or fail."""
-    from edgeloop.errors import DataCheckError
+    from edgeloop.core.errors import DataCheckError
 
     schema, splits = read_splits(ws.splits_dir)
     ws.work_dir.mkdir(parents=True, exist_ok=True)

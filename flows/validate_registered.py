@@ -10,8 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgeloop.errors import ConfigError
-from edgeloop.settings import Settings
+from edgeloop.core.errors import ConfigError
+from edgeloop.core.settings import Settings
 from flows.hardware import ProfileResult, run_profile
 from registry.fetch import fetch_for_profile
 from registry.tracking import connect, ensure_experiment

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeloop.errors import HardwareCheckError
-from edgeloop.settings import Settings
-from fleet.agent.profile import HardwareProfile, HardwareStatus, ProfileError, load_profile
+from edgeloop.core.errors import HardwareCheckError
+from edgeloop.core.settings import Settings
+from fleet.shared.profile import HardwareProfile, HardwareStatus, ProfileError, load_profile
 from flows.hardware import ProfileResult, run_profile
 from flows.workspace import Workspace
 

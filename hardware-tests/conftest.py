@@ -2,7 +2,7 @@
 
 The suite runs on the hardware runner itself, often a small device, so it imports only what the
 on-device agent installs (numpy, onnxruntime, pyyaml, pydantic, psutil, pytest, ``fleet.agent``)
-and runs the model through ``fleet.agent.runtime``, the code the device runs. It never imports
+and runs the model through ``fleet.shared.runtime``, the code the device runs. It never imports
 flows, registry, torch, mlflow or prefect: ``--model-uri`` fetches the model in a separate process
 (``python -m registry.fetch``), so MLflow neither has to be installed on the device nor counts
 against the memory measured and capped here. The build side (``flows.hardware``) starts the suite
@@ -41,13 +41,13 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 
-from fleet.agent.profile import (  # noqa: E402
+from fleet.shared.profile import (  # noqa: E402
     HardwareProfile,
     HardwareStatus,
     ProfileError,
     load_profile,
 )
-from fleet.agent.runtime import (  # noqa: E402
+from fleet.shared.runtime import (  # noqa: E402
     ProviderUnavailableError,
     address_space_mb,
     cap_address_space,
@@ -531,7 +531,7 @@ def disagreement(
 
 
 def _sha256(path: Path) -> str:
-    """Not ``fleet.agent.signature.file_sha256``: that module loads cryptography, which would
+    """Not ``fleet.shared.signature.file_sha256``: that module loads cryptography, which would
     count against the memory this process measures and caps."""
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import pytest
 
-from fleet.agent.profile import HardwareProfile
+from fleet.shared.profile import HardwareProfile
 
 
 def _budget(profile: HardwareProfile, key: str) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fleet.agent.profile import HardwareProfile
+from fleet.shared.profile import HardwareProfile
 
 ROW_SUM_TOLERANCE = 1e-3
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fleet.agent.profile import HardwareProfile
+from fleet.shared.profile import HardwareProfile
 
 if TYPE_CHECKING:  # conftest is not importable under every pytest import mode
     from conftest import Loaded

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import EdgeloopError
-from fleet.agent.signature import file_sha256
+from edgeloop.core.errors import EdgeloopError
+from fleet.shared.signature import file_sha256
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is the error
     from mlflow import MlflowClient
 
-    from edgeloop.settings import Settings
+    from edgeloop.core.settings import Settings
 
     client = MlflowClient(tracking_uri=args.tracking_uri or Settings().tracking_uri)
     try:

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from edgeloop.errors import RegistryError
+from edgeloop.core.errors import RegistryError
 from registry.promotion_config import ListenerSettings, Trigger
 from registry.promotion_guard import handle_production
 from registry.publish import PRODUCTION

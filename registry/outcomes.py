@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import RegistryError
+from edgeloop.core.errors import RegistryError
 from registry.modelcard import render_markdown
 from registry.publish import PRODUCTION, TAG
 

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgeloop.errors import ConfigError
+from edgeloop.core.errors import ConfigError
 from registry.promotion_store import PromotionStore
 from registry.webhook_auth import DEFAULT_TOLERANCE_S
 

@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from edgeloop.errors import RegistryError
-from fleet.agent.drift import DriftReference
+from edgeloop.core.errors import RegistryError
+from fleet.shared.drift import DriftReference
 from registry.modelcard import write_card
 from registry.run_key import RUN_KEY_TAG, existing_version
 from registry.signing import load_or_create_key, public_pem, sign_variant
@@ -205,7 +205,7 @@ def publish(
             signatures = _log_variants(release, keys_dir)
             chosen = release.variant(release.chosen)
             example = release.example_input[:1].astype(np.float32)
-            from fleet.agent.runtime import open_session, predict
+            from fleet.shared.runtime import open_session, predict
 
             output = predict(open_session(str(chosen.path)), example)
             info = mlflow.onnx.log_model(

@@ -1,7 +1,7 @@
 """The registry's ed25519 signing key, generated on first use, and signatures for variants.
 
 The private key never leaves ``<home>/keys/`` (mode 0600); the public key is logged with every
-version so a device can verify what it downloads (``fleet.agent.signature``).
+version so a device can verify what it downloads (``fleet.shared.signature``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleet.agent.signature import signed_message
+from fleet.shared.signature import signed_message
 
 PRIVATE = "signing-ed25519.pem"
 PUBLIC = "signing-ed25519.pub.pem"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from edgeloop.errors import TrackingUnavailableError
+from edgeloop.core.errors import TrackingUnavailableError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from edgeloop.errors import RegistryError
+from edgeloop.core.errors import RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

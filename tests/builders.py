@@ -13,7 +13,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from fleet.agent.signature import signed_message
+from fleet.shared.signature import signed_message
 
 FEATURES, CLASSES = 64, 10
 

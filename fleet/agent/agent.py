@@ -51,7 +51,6 @@ from pydantic import ValidationError
 
 from fleet.agent.client import ControllerClient
 from fleet.agent.config import ENV_PREFIX, AgentConfig
-from fleet.agent.drift import DeviceDetector, DriftReference, histogram_p95, local_action
 from fleet.agent.errors import (
     AgentError,
     ArtifactRejected,
@@ -69,7 +68,8 @@ from fleet.agent.errors import (
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import RESERVED_KEYS, FeedbackPair, TelemetryBuffer
-from fleet.protocol import (
+from fleet.shared.drift import DeviceDetector, DriftReference, histogram_p95, local_action
+from fleet.shared.protocol import (
     MAX_FIELD_SAMPLES_PER_BATCH,
     Artifact,
     DesiredState,
@@ -725,8 +725,8 @@ def _detector(config: AgentConfig) -> DeviceDetector | None:
 def _session_factory(config: AgentConfig) -> dict[str, Any]:
     if config.profile is None:
         return {}
-    from fleet.agent.profile import load_profile
-    from fleet.agent.runtime import open_session
+    from fleet.shared.profile import load_profile
+    from fleet.shared.runtime import open_session
 
     profile = load_profile(config.profile, config.profiles_dir)
 

@@ -1,4 +1,4 @@
-"""The agent's only way to talk to the fleet controller: ``/v1`` over httpx, typed by ``fleet.protocol``.
+"""The agent's only way to talk to the fleet controller: ``/v1`` over httpx, typed by ``fleet.shared.protocol``.
 
 Why this boundary exists: everything the network can do wrong is turned into one of a few typed
 errors here (:class:`ControllerUnreachable` for "offline, try later", :class:`Unauthorized` and
@@ -17,12 +17,11 @@ a 200 starts it over. The final size is checked against the announced one; the s
 signature are checked by ``SlotManager`` before anything serves.
 
 The routes below (paths, the ``Authorization: Bearer`` header, the long-poll query parameters) are
-not in ``fleet.protocol`` yet; they are named once here so that they change in one place.
+not in ``fleet.shared.protocol`` yet; they are named once here so that they change in one place.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 import time
@@ -45,7 +44,8 @@ from fleet.agent.errors import (
     InsecureTransport,
     Unauthorized,
 )
-from fleet.protocol import (
+from fleet.shared.net import is_loopback
+from fleet.shared.protocol import (
     API_PREFIX,
     LONG_POLL_MAX_S,
     Artifact,
@@ -81,15 +81,6 @@ def field_samples_path(device_id: str) -> str:
 
 def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_transport(url: httpx.URL, *, allow_insecure: bool) -> None:
@@ -283,7 +274,7 @@ class ControllerClient:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
             raise BadResponse(
-                f"{what}: the answer does not match fleet.protocol.{model.__name__}: "
+                f"{what}: the answer does not match fleet.shared.protocol.{model.__name__}: "
                 f"{exc.error_count()} error(s)",
                 status_code=response.status_code,
                 detail=response.text[:500],

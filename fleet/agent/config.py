@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from fleet.agent.errors import ConfigError
-from fleet.protocol import LONG_POLL_MAX_S, MAX_REPORTS_PER_BATCH, NAME
+from fleet.shared.protocol import LONG_POLL_MAX_S, MAX_REPORTS_PER_BATCH, NAME
 
 ENV_PREFIX = "EDGELOOP_AGENT_"
 

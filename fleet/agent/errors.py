@@ -20,7 +20,7 @@ Hierarchy::
         ├── ControllerUnreachable  offline: a transport error, a timeout or a 5xx; retried later
         ├── Unauthorized         401: enrolment token or device credential refused; never retried silently
         ├── Forbidden            403: a valid credential used for another device or resource
-        ├── BadResponse          an answer that does not parse against ``fleet.protocol``, or a status
+        ├── BadResponse          an answer that does not parse against ``fleet.shared.protocol``, or a status
         │                        the client does not expect (a 404 for an artifact, a 422)
         └── DownloadFailed       an artifact could not be fetched whole within the retries (client)
 
@@ -31,7 +31,7 @@ returns it inside an ``InstallResult``; ``InstallResult.raise_for_rejection()`` 
 that prefer an exception. Outside exceptions (``OSError``, ``sqlite3.Error``, onnxruntime's) are
 converted at the boundary with the cause kept (``raise ... from exc``).
 
-These classes deliberately do not derive from ``edgeloop.errors.EdgeloopError``: the agent installs and
+These classes deliberately do not derive from ``edgeloop.core.errors.EdgeloopError``: the agent installs and
 runs on its own, and depends on nothing outside ``fleet.agent`` but its few third-party packages.
 """
 
@@ -192,7 +192,7 @@ class Forbidden(ControllerError):
 
 
 class BadResponse(ControllerError):
-    """Raised by ``ControllerClient`` when an answer does not parse against ``fleet.protocol`` or has
+    """Raised by ``ControllerClient`` when an answer does not parse against ``fleet.shared.protocol`` or has
     a status the client does not expect (404, 409, 422, ...); ``detail`` holds the start of the body."""
 
     def __init__(self, message: str, *, status_code: int | None = None, detail: str = "") -> None:

@@ -3,7 +3,7 @@
 Why it ships next to the client (STYLE rule 9, httpx's ``MockTransport``): the agent is tested against
 the protocol without a server, a database or a port, and the fake is passed in through
 ``ControllerClient(transport=fake.transport())``, never monkeypatched. It keeps its state in memory and
-speaks ``fleet.protocol`` for real: one-time enrolment tokens, credentials checked per device, a
+speaks ``fleet.shared.protocol`` for real: one-time enrolment tokens, credentials checked per device, a
 desired state with a revision, artifacts served with HTTP ranges, idempotent telemetry per
 (buffer, seq). It records every request as a tuple in :attr:`FakeController.log` so a test asserts
 the exact sequence of calls (STYLE rule 12).
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import ValidationError
 
-from fleet.protocol import (
+from fleet.shared.protocol import (
     API_PREFIX,
     Artifact,
     DesiredState,

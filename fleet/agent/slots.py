@@ -50,11 +50,11 @@ from fleet.agent.errors import (
     RejectReason,
     StoreError,
 )
-from fleet.agent.runtime import open_session
-from fleet.agent.signature import file_sha256, verify_variant
 from fleet.agent.store import ArtifactRef, ModelStore, Slots, StoredArtifact
 from fleet.agent.telemetry import AwaitingLabels, FeedbackPair, TelemetryWindow
-from fleet.protocol import MAX_FEATURES
+from fleet.shared.protocol import MAX_FEATURES
+from fleet.shared.runtime import open_session
+from fleet.shared.signature import file_sha256, verify_variant
 
 log = logging.getLogger(__name__)
 

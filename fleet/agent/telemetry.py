@@ -41,9 +41,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from fleet.agent.errors import ReportTooLarge, TelemetryError
-
-LATENCY_BOUNDS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
-"""Upper bounds (inclusive) of the latency buckets; one more bucket counts everything above 1 s."""
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 RESERVED_KEYS = ("seq", "dropped_total", "buffer_id")
 """Keys :class:`TelemetryBuffer` adds to each report; a report may not carry them itself."""

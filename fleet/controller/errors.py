@@ -2,7 +2,7 @@
 
 Hierarchy::
 
-    EdgeloopError (edgeloop.errors)
+    EdgeloopError (edgeloop.core.errors)
     └── ControllerError            base of the controller's own errors
         ├── PolicyError            a rollout policy is missing a field or contradicts itself (policy)
         ├── RolloutCommandError    a command the rollout's phase does not allow: start twice, resume
@@ -26,7 +26,7 @@ exceptions: ``next_state`` turns them into a phase and a reason (STYLE rule 5).
 
 from __future__ import annotations
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import EdgeloopError
 
 
 class ControllerError(EdgeloopError):
@@ -34,11 +34,11 @@ class ControllerError(EdgeloopError):
 
 
 class PolicyError(ControllerError):
-    """Raised by ``fleet.controller.policy`` loaders; the message names every field to fix."""
+    """Raised by ``fleet.controller.rollout.policy`` loaders; the message names every field to fix."""
 
 
 class RolloutCommandError(ControllerError):
-    """Raised by the rollout commands in ``fleet.controller.decide`` when the phase does not allow one.
+    """Raised by the rollout commands in ``fleet.controller.rollout.decide`` when the phase does not allow one.
 
     ``command`` is the refused command, ``phase`` the phase the rollout was in.
     """
@@ -50,7 +50,7 @@ class RolloutCommandError(ControllerError):
 
 
 class ObservationsError(ControllerError):
-    """Raised by ``fleet.controller.decide`` when observations cannot be judged against the status.
+    """Raised by ``fleet.controller.rollout.decide`` when observations cannot be judged against the status.
 
     ``expected`` and ``got`` say what did not match (for example the two window starts).
     """
@@ -62,11 +62,11 @@ class ObservationsError(ControllerError):
 
 
 class EnrolmentRefused(ControllerError):
-    """Raised by ``fleet.controller.store.enrol``; deliberately vague: it never says which check failed."""
+    """Raised by ``fleet.controller.storage.store.enrol``; deliberately vague: it never says which check failed."""
 
 
 class DeviceAlreadyEnrolled(ControllerError):
-    """Raised by ``fleet.controller.store.enrol`` when ``device_id`` is enrolled already."""
+    """Raised by ``fleet.controller.storage.store.enrol`` when ``device_id`` is enrolled already."""
 
     def __init__(self, message: str, *, device_id: str) -> None:
         super().__init__(message)
@@ -74,7 +74,7 @@ class DeviceAlreadyEnrolled(ControllerError):
 
 
 class RolloutNotFound(ControllerError):
-    """Raised by ``fleet.controller.store`` when no rollout has ``rollout_id``."""
+    """Raised by ``fleet.controller.storage.store`` when no rollout has ``rollout_id``."""
 
     def __init__(self, message: str, *, rollout_id: str) -> None:
         super().__init__(message)
@@ -82,7 +82,7 @@ class RolloutNotFound(ControllerError):
 
 
 class RolloutRefused(ControllerError):
-    """Raised by ``fleet.controller.store.create_rollout``; ``reason`` is shown to the operator."""
+    """Raised by ``fleet.controller.storage.store.create_rollout``; ``reason`` is shown to the operator."""
 
     def __init__(self, message: str, *, reason: str, hint: str = "") -> None:
         super().__init__(message, hint=hint)
@@ -98,7 +98,7 @@ class RolloutInvalid(RolloutRefused):
 
 
 class ConcurrentUpdate(ControllerError):
-    """Raised by ``fleet.controller.store`` when a rollout row changed under us (optimistic lock)."""
+    """Raised by ``fleet.controller.storage.store`` when a rollout row changed under us (optimistic lock)."""
 
     def __init__(self, message: str, *, rollout_id: str) -> None:
         super().__init__(message)

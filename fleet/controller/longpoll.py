@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from fleet.protocol import Artifact, DesiredState
+from fleet.shared.protocol import Artifact, DesiredState
 
 
 @dataclass(frozen=True)

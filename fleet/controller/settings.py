@@ -50,8 +50,8 @@ class FleetSettings(BaseSettings):
         "class's budget for rollouts created without a policy",
     )
     migrate_on_start: bool = Field(True, description="run `alembic upgrade head` at app start")
-    host: str = Field("127.0.0.1", description="address `fleet.controller.serve` binds")
-    port: int = Field(8700, ge=0, le=65535, description="port `fleet.controller.serve` binds")
+    host: str = Field("127.0.0.1", description="address `fleet.controller.api.serve` binds")
+    port: int = Field(8700, ge=0, le=65535, description="port `fleet.controller.api.serve` binds")
     tls_certfile: Path | None = Field(
         None, description="PEM certificate chain; with the key: HTTPS"
     )
@@ -66,7 +66,7 @@ class FleetSettings(BaseSettings):
             self.profiles_dir is not None
             and (self.profiles_dir / f"{hardware_class}.yaml").is_file()
         ):
-            from fleet.agent.profile import load_profile
+            from fleet.shared.profile import load_profile
 
             budget = load_profile(hardware_class, self.profiles_dir).budgets.p95_latency_ms
             if budget is not None:

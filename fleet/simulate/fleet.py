@@ -7,7 +7,7 @@ releases a thousand long-polls in well under a second where httpx took many) and
 - enrols with the fleet's enrolment token and keeps its credential and the fleet public key on "disk";
 - long-polls its desired state; on a new artifact it activates a copy it already has on disk at once
   (a rollback needs no download), else downloads it, checks the sha256 and the ed25519 signature with
-  :func:`fleet.agent.signature.verify_variant`, and only then switches; a rejected download leaves it
+  :func:`fleet.shared.signature.verify_variant`, and only then switches; a rejected download leaves it
   on its model and is retried after a back-off;
 - every ``report_interval_s`` it scores ``rows_per_report`` rows of the field split through the shared
   session in one call, records each row's latency (the measured per-row time times its class's factor)
@@ -45,10 +45,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from fleet.agent.drift import DetectorPolicy, DeviceDetector, DriftReference
-from fleet.agent.signature import verify_variant
 from fleet.agent.telemetry import FeedbackPair, TelemetryWindow
-from fleet.protocol import (
+from fleet.shared.drift import DetectorPolicy, DeviceDetector, DriftReference
+from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
     MAX_FIELD_SAMPLES_PER_BATCH,
     MAX_REPORTS_PER_BATCH,
@@ -57,6 +56,7 @@ from fleet.protocol import (
     EnrolResponse,
     TelemetryAck,
 )
+from fleet.shared.signature import verify_variant
 from fleet.simulate.faults import (
     FAULT_KINDS,
     FaultPlan,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from fleet.agent.runtime import open_session
+from fleet.shared.runtime import open_session
 
 
 class SessionCache:

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop.errors import HardwareCheckError
-from fleet.agent.profile import HardwareProfile
-from fleet.agent.runtime import host_arch, missing_providers, usable_cores
+from edgeloop.core.errors import HardwareCheckError
+from fleet.shared.profile import HardwareProfile
+from fleet.shared.runtime import host_arch, missing_providers, usable_cores
 from flows.hardware import (
     ProfileResult,
     crashed_under_cap,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_hardware import IDENTITY, ROWS, make_model
 
-from fleet.agent.profile import HardwareProfile
+from fleet.shared.profile import HardwareProfile
 from flows.hardware import write_golden
 from flows.hardware_docker import run_profile_in_container
 

@@ -11,8 +11,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servers import ADMIN_HEADERS
 
-from fleet.agent.signature import file_sha256, signed_message
-from fleet.controller import db, store
+from fleet.controller.storage import db, store
+from fleet.shared.signature import file_sha256, signed_message
 
 
 def register(

@@ -60,7 +60,7 @@ def serve_databases(db_url: str) -> Iterator[list[str]]:
     import psycopg
     from servers import PG
 
-    from edgeloop.serve_plan import SERVICES, database_name
+    from edgeloop.cli.serve_plan import SERVICES, database_name
 
     names = [database_name(db_url, s) for s in SERVICES]
     try:

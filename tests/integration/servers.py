@@ -95,7 +95,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> An
 
 @dataclass
 class Controller:
-    """``python -m fleet.controller.serve`` in its own process group, and an admin client."""
+    """``python -m fleet.controller.api.serve`` in its own process group, and an admin client."""
 
     root: Path
     db_url: str
@@ -130,7 +130,7 @@ class Controller:
         log = self.root / f"controller-{self.starts}.log"
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fleet.controller.serve"],
+                [sys.executable, "-m", "fleet.controller.api.serve"],
                 cwd=self.root,
                 env=env,
                 stdout=out,
@@ -267,7 +267,7 @@ def uvicorn_controller(
                     "-m",
                     "uvicorn",
                     "--factory",
-                    "fleet.controller.app:app_from_env",
+                    "fleet.controller.api.app:app_from_env",
                 ),
                 *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
                 *("--timeout-graceful-shutdown", "1"),  # held long-polls end with the test

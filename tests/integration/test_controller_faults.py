@@ -1,6 +1,6 @@
 """Bad input and faults against a real controller process (issue 4, "Bad input and faults").
 
-Every test talks HTTP to ``python -m fleet.controller.serve`` in a subprocess (SQLite in tmp, one test
+Every test talks HTTP to ``python -m fleet.controller.api.serve`` in a subprocess (SQLite in tmp, one test
 also on PostgreSQL), through the real agent client where a device would: credentials, a tampered
 artifact, a truncated download, duplicate and absurd telemetry, a device offline mid-stage, a
 controller killed with SIGKILL mid-rollout, refused rollouts, and TLS with a pinned throwaway CA.
@@ -45,12 +45,12 @@ from fleet.agent.errors import (
 )
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ModelStore
-from fleet.agent.telemetry import LATENCY_BOUNDS_MS, TelemetryBuffer
+from fleet.agent.telemetry import TelemetryBuffer
+from fleet.controller.api.serve import check_serving
 from fleet.controller.errors import ControllerError as ServingRefused
-from fleet.controller.serve import check_serving
+from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.controller.stats import LatencyHistogram
-from fleet.protocol import Artifact, TelemetryBatch
+from fleet.shared.protocol import LATENCY_BOUNDS_MS, Artifact, TelemetryBatch
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller
 
-from fleet.agent.telemetry import LATENCY_BOUNDS_MS
-from fleet.controller import store
-from fleet.controller.app import create_app
-from fleet.controller.loop import reconcile_once
+from fleet.controller.api.app import create_app
+from fleet.controller.reconcile import reconcile_once
+from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.controller.stats import LatencyHistogram
+from fleet.controller.storage import store
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 pytestmark = pytest.mark.integration
 

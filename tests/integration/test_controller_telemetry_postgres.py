@@ -11,9 +11,9 @@ from servers import ADMIN
 from sqlalchemy import func, select
 from test_controller_postgres import enrol, report
 
-from fleet.controller.app import create_app
-from fleet.controller.db import DeviceRow, TelemetryRow
+from fleet.controller.api.app import create_app
 from fleet.controller.settings import FleetSettings
+from fleet.controller.storage.db import DeviceRow, TelemetryRow
 
 pytestmark = pytest.mark.integration
 

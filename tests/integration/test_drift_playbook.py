@@ -20,8 +20,9 @@ import pytest
 from servers import uvicorn_controller
 from test_simulate_controller import ADMIN, ADMIN_HEADERS, register, write_model
 
-from fleet.agent.drift import DetectorPolicy, build_reference
-from fleet.controller import db, observe_ingest
+from fleet.controller.observe import ingest as observe_ingest
+from fleet.controller.storage import db
+from fleet.shared.drift import DetectorPolicy, build_reference
 from fleet.simulate import FaultPlan, FaultWindow, Simulation
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ from fleet_builders import register, target_all
 from servers import uvicorn_controller, write_public_key
 from test_simulate_controller import ADMIN, ADMIN_HEADERS, controller  # the real controller
 
-from edgeloop.params import load_params
-from edgeloop.settings import Settings
+from edgeloop.core.params import load_params
+from edgeloop.core.settings import Settings
 from fleet.simulate import Simulation
 from flows.datasets import LABEL, read_splits, xy
 from flows.stages import ingest

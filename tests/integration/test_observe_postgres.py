@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fleet.agent.telemetry import LATENCY_BOUNDS_MS
-from fleet.controller.app import create_app
+from fleet.controller.api.app import create_app
+from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.controller.stats import LatencyHistogram
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 pytestmark = pytest.mark.integration
 

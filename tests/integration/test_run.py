@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from fleet.agent.signature import verify_variant
+from fleet.shared.signature import verify_variant
 
 pytestmark = pytest.mark.integration
 

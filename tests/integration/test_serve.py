@@ -13,7 +13,7 @@ import psutil
 import pytest
 from serve_process import Served, alive, edgeloop_serve, serve_databases
 
-from edgeloop.serve_plan import pool_has_live_worker
+from edgeloop.cli.serve_plan import pool_has_live_worker
 
 pytestmark = pytest.mark.integration
 

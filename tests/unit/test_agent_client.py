@@ -21,7 +21,7 @@ from fleet.agent.errors import (
     Unauthorized,
 )
 from fleet.agent.fake_controller import FakeController
-from fleet.protocol import Artifact, LatencyCounts, TelemetryBatch, TelemetryReport
+from fleet.shared.protocol import Artifact, LatencyCounts, TelemetryBatch, TelemetryReport
 
 URL = "http://127.0.0.1:8700"
 DATA = bytes(range(256)) * 40  # 10 240 bytes

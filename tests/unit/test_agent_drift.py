@@ -1,4 +1,4 @@
-"""fleet.agent.drift: the reference, PSI, and each on-device detector with its event and action."""
+"""fleet.shared.drift: the reference, PSI, and each on-device detector with its event and action."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from test_agent_loop import DEVICE, Device, key, new_device, on_v1, pem, publish
 
 from fleet.agent.agent import PredictServer, _detector
 from fleet.agent.config import AgentConfig
-from fleet.agent.drift import (
+from fleet.agent.errors import ConfigError, InferenceFailed
+from fleet.agent.fake_controller import FakeController
+from fleet.shared.drift import (
     PSI_MAX,
     DetectorPolicy,
     DeviceDetector,
@@ -24,8 +26,6 @@ from fleet.agent.drift import (
     local_action,
     psi,
 )
-from fleet.agent.errors import ConfigError, InferenceFailed
-from fleet.agent.fake_controller import FakeController
 
 __all__ = ["key", "on_v1"]  # fixtures of test_agent_loop, used here
 

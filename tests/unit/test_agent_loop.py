@@ -27,7 +27,7 @@ from fleet.agent.fake_controller import FakeController
 from fleet.agent.slots import SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import TelemetryBuffer
-from fleet.protocol import Artifact, TelemetryBatch
+from fleet.shared.protocol import Artifact, TelemetryBatch
 
 FEATURES, CLASSES = 64, 10
 MODEL, VARIANT, DEVICE = "digits", "int8", "dev-1"

@@ -28,7 +28,6 @@ from fleet.agent.errors import (
     StoreError,
     UnsafeName,
 )
-from fleet.agent.signature import file_sha256
 from fleet.agent.slots import (
     Candidate,
     InstallResult,
@@ -39,6 +38,7 @@ from fleet.agent.slots import (
 )
 from fleet.agent.store import ArtifactRef, ModelStore, Slots
 from fleet.agent.telemetry import TelemetryBuffer
+from fleet.shared.signature import file_sha256
 
 FEATURES, CLASSES = 64, 10
 MODEL, VARIANT = "digits", "int8"

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from fleet.agent.errors import ReportTooLarge, TelemetryError
 from fleet.agent.telemetry import (
-    LATENCY_BOUNDS_MS,
     AwaitingLabels,
     FeedbackPair,
     LatencyHistogram,
     TelemetryBuffer,
     TelemetryWindow,
 )
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 
 def new_buffer(path: Path, max_reports: int = 100, max_bytes: int = 1 << 20) -> TelemetryBuffer:

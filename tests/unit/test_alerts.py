@@ -1,4 +1,4 @@
-"""fleet.controller.alerts (dedup, rate limit, closing, listing) and the garbage-statistics checks of
+"""fleet.controller.observe.alerts (dedup, rate limit, closing, listing) and the garbage-statistics checks of
 telemetry ingest (refused with 422 and counted per device), over the API's migrated database."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, report
 
-from fleet.controller import alerts, observe_ingest
-from fleet.controller.observe_tables import DeviceEventRow, InputStatsRow
+from fleet.controller.observe import alerts
+from fleet.controller.observe import ingest as observe_ingest
+from fleet.controller.storage.observe_tables import DeviceEventRow, InputStatsRow
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
 

@@ -1,4 +1,4 @@
-"""fleet.controller.anomaly: the median/MAD robust z-score, with properties; and the observation
+"""fleet.controller.observe.anomaly: the median/MAD robust z-score, with properties; and the observation
 pass raising an anomaly alert (with its reason) per scope, including a site label."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, report
 
-from fleet.controller.aggregate import fleet_series
-from fleet.controller.anomaly import MAD_TO_SIGMA, RobustZ
-from fleet.controller.observe import ObserveSettings, detect
-from fleet.controller.observe_tables import AlertRow, DeviceEventRow, SeriesPointRow
+from fleet.controller.observe.aggregate import fleet_series
+from fleet.controller.observe.anomaly import MAD_TO_SIGMA, RobustZ
+from fleet.controller.observe.loop import ObserveSettings, detect
+from fleet.controller.storage.observe_tables import AlertRow, DeviceEventRow, SeriesPointRow
 
 values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 

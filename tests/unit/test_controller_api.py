@@ -20,9 +20,9 @@ from test_controller_builders import (
     report,
 )
 
-from fleet.agent.profile import load_profile
-from fleet.controller.db import Base, make_engine
 from fleet.controller.settings import FleetSettings
+from fleet.controller.storage.db import Base, make_engine
+from fleet.shared.profile import load_profile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -269,7 +269,7 @@ def test_telemetry_is_idempotent_and_accepts_any_order(fleet: Fleet) -> None:
 
 
 def test_telemetry_updates_last_seen(fleet: Fleet) -> None:
-    from fleet.controller.db import DeviceRow
+    from fleet.controller.storage.db import DeviceRow
 
     credential = fleet.enrol("dev-1")
     fleet.clock.at(42)

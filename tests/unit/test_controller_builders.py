@@ -9,10 +9,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from fleet.agent.telemetry import LATENCY_BOUNDS_MS
-from fleet.controller.app import create_app
+from fleet.controller.api.app import create_app
+from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.controller.stats import LatencyHistogram
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ADMIN = "admin-secret-token"

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import text
 from test_controller_builders import Fleet, make_fleet, report
 
-from fleet.controller import auth
-from fleet.controller.auth import CredentialCache, DeviceIdentity
-from fleet.controller.db import make_engine
-from fleet.controller.store import hash_secret
+from fleet.controller.api import auth
+from fleet.controller.api.auth import CredentialCache, DeviceIdentity
+from fleet.controller.storage.db import make_engine
+from fleet.controller.storage.store import hash_secret
 
 ONE = DeviceIdentity(device_id="dev-1", hardware_class="host-cpu")
 TWO = DeviceIdentity(device_id="dev-2", hardware_class="host-cpu")

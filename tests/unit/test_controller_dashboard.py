@@ -18,7 +18,7 @@ from test_controller_builders import (
     settings,
 )
 
-from fleet.controller.app import create_app
+from fleet.controller.api.app import create_app
 
 
 @pytest.fixture
@@ -131,9 +131,9 @@ def test_database_text_is_escaped(fleet: Fleet) -> None:
 
 
 def test_alerts_playbook_runs_and_drift_are_shown(fleet: Fleet) -> None:
-    from fleet.controller import alerts
-    from fleet.controller.db import BaselineRow
-    from fleet.controller.observe_tables import PlaybookRunRow, SeriesPointRow
+    from fleet.controller.observe import alerts
+    from fleet.controller.storage.db import BaselineRow
+    from fleet.controller.storage.observe_tables import PlaybookRunRow, SeriesPointRow
 
     now = fleet.clock()
     with fleet.app.state.sessions() as session:
@@ -173,7 +173,7 @@ def test_alerts_playbook_runs_and_drift_are_shown(fleet: Fleet) -> None:
 
 
 def test_a_quarantined_device_shows_as_quarantined(fleet: Fleet) -> None:
-    from fleet.controller.observe_tables import QuarantineRow
+    from fleet.controller.storage.observe_tables import QuarantineRow
 
     fleet.enrol("dev-q")
     fleet.enrol("dev-ok")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
 
-from fleet.controller import field_samples
+from fleet.controller.storage import field_samples
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 from fleet.controller.longpoll import ChangeNotifier, Targeted, Waiter
-from fleet.protocol import Artifact
+from fleet.shared.protocol import Artifact
 
 ARTIFACT = Artifact(
     model="churn",

@@ -1,4 +1,4 @@
-"""fleet.controller.loop: the reconcile pass walks real rollouts over the API's database, with
+"""fleet.controller.reconcile: the reconcile pass walks real rollouts over the API's database, with
 synthetic telemetry on a fake clock: one to SUCCEEDED, one rolled back on a latency breach."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, policy, report
 
-from fleet.controller import store
-from fleet.controller.actions import Notify, RecordOutcome, TargetDevices
-from fleet.controller.loop import reconcile_all, reconcile_once
+from fleet.controller.reconcile import reconcile_all, reconcile_once
+from fleet.controller.rollout.actions import Notify, RecordOutcome, TargetDevices
+from fleet.controller.storage import store
 
 DEVICES = [f"dev-{i}" for i in range(4)]
 
@@ -161,7 +161,7 @@ def test_outbox_actions_left_by_a_crash_are_performed_by_the_next_pass(fleet: Fl
     )
     rollout_id = r.json()["rollout_id"]
     # The controller saved the start decision and died before acting on it.
-    from fleet.controller.decide import start
+    from fleet.controller.rollout.decide import start
 
     with fleet.app.state.sessions() as session:
         row = store.load_rollout(session, rollout_id)

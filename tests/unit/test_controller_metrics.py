@@ -95,8 +95,8 @@ def test_metrics_show_rollouts_by_phase_and_open_rollout_stage(fleet: Fleet) -> 
 
 
 def test_metrics_count_open_alerts_and_playbook_runs(fleet: Fleet) -> None:
-    from fleet.controller import alerts
-    from fleet.controller.observe_tables import PlaybookRunRow
+    from fleet.controller.observe import alerts
+    from fleet.controller.storage.observe_tables import PlaybookRunRow
 
     now = fleet.clock()
     with fleet.app.state.sessions() as session:

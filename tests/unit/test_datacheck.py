@@ -10,8 +10,8 @@ import math
 import pandas as pd
 import pytest
 
-from edgeloop.errors import DataCheckError
-from edgeloop.params import DataParams, Params
+from edgeloop.core.errors import DataCheckError
+from edgeloop.core.params import DataParams, Params
 from flows.datacheck import check_splits, row_hashes
 from flows.datasets import LABEL, Dataset, sklearn_digits, split_dataset
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgeloop.params import Params
+from edgeloop.core.params import Params
 from flows.datasets import (
     LABEL,
     SPLITS,

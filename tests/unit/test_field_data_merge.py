@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgeloop.errors import DataCheckError
+from edgeloop.core.errors import DataCheckError
 from flows.datasets import DatasetSchema
 from flows.field_data import (
     FieldDataError,

@@ -16,9 +16,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop.errors import HardwareCheckError
-from fleet.agent.profile import HardwareProfile, load_profile
-from fleet.agent.runtime import usable_cores
+from edgeloop.core.errors import HardwareCheckError
+from fleet.shared.profile import HardwareProfile, load_profile
+from fleet.shared.runtime import usable_cores
 from flows.hardware import SUITE_ENV
 from flows.hardware_docker import (
     FakeDockerClient,

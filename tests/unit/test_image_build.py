@@ -1,4 +1,4 @@
-"""edgeloop.images with a fake Docker client, and one build on a real engine where one runs."""
+"""edgeloop.cli.images with a fake Docker client, and one build on a real engine where one runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from docker.errors import APIError, BuildError, DockerException
 
-from edgeloop import __version__, images
-from edgeloop.images import IMAGES, ImageBuildError, build, select
+from edgeloop import __version__
+from edgeloop.cli import images
+from edgeloop.cli.images import IMAGES, ImageBuildError, build, select
 
 
 @dataclass

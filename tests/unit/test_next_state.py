@@ -1,4 +1,4 @@
-"""fleet.controller.decide: the rollout state machine, driven with a fake clock and built observations."""
+"""fleet.controller.rollout.decide: the rollout state machine, driven with a fake clock and built observations."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from fleet.controller.actions import Action, Notify, RecordOutcome, TargetDevices
-from fleet.controller.assignment import assign_stage, ranked
-from fleet.controller.decide import (
+from fleet.controller.errors import ObservationsError, RolloutCommandError
+from fleet.controller.rollout.actions import Action, Notify, RecordOutcome, TargetDevices
+from fleet.controller.rollout.assignment import assign_stage, ranked
+from fleet.controller.rollout.decide import (
     RolloutStatus,
     abort,
     desired_versions,
@@ -24,11 +25,10 @@ from fleet.controller.decide import (
     retry,
     start,
 )
-from fleet.controller.errors import ObservationsError, RolloutCommandError
-from fleet.controller.observations import DeviceObservation, Observations, VersionTelemetry
-from fleet.controller.phase import RolloutPhase, Verdict
-from fleet.controller.policy import RolloutPolicy, load_policy
-from fleet.controller.stats import Gate, LatencyHistogram
+from fleet.controller.rollout.observations import DeviceObservation, Observations, VersionTelemetry
+from fleet.controller.rollout.phase import RolloutPhase, Verdict
+from fleet.controller.rollout.policy import RolloutPolicy, load_policy
+from fleet.controller.rollout.stats import Gate, LatencyHistogram
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 STABLE, CANARY = "3", "4"

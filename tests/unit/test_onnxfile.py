@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop.errors import ModelFileError
+from edgeloop.core.errors import ModelFileError
 from flows.datasets import DatasetSchema, sklearn_digits
 from flows.onnxfile import check_model_file
 

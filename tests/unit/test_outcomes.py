@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from edgeloop.errors import RegistryError
+from edgeloop.core.errors import RegistryError
 from registry.modelcard import write_card
 from registry.outcomes import FORCE_TAG, promote, record_outcome
 

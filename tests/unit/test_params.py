@@ -1,11 +1,11 @@
-"""edgeloop.params: the params.yaml schema and its one-line ConfigErrors."""
+"""edgeloop.core.params: the params.yaml schema and its one-line ConfigErrors."""
 
 from pathlib import Path
 
 import pytest
 
-from edgeloop.errors import ConfigError
-from edgeloop.params import Params, load_params
+from edgeloop.core.errors import ConfigError
+from edgeloop.core.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeloop.errors import ConfigError
-from edgeloop.params import Params, load_params
-from edgeloop.placement_params import PlacementConstraints, PlacementParams, TrainingPool
+from edgeloop.core.errors import ConfigError
+from edgeloop.core.params import Params, load_params
+from edgeloop.core.placement_params import PlacementConstraints, PlacementParams, TrainingPool
 from flows.placement import (
     PlacementError,
     PoolHealth,

@@ -1,4 +1,4 @@
-"""fleet.controller.playbooks: config as data (each bad file refused with its reason), never twice per
+"""fleet.controller.observe.playbooks: config as data (each bad file refused with its reason), never twice per
 alert, retry with exponential backoff then give up, each run recorded with its cause; the actions
 against the API's database and fake HTTP endpoints."""
 
@@ -17,9 +17,10 @@ from test_controller_loop import DEVICES, Devices, start_rollout
 from typer.testing import CliRunner
 
 from edgeloop.cli import app as cli_app
-from fleet.controller import alerts, playbooks, store
 from fleet.controller.errors import PolicyError
-from fleet.controller.observe_tables import AlertRow
+from fleet.controller.observe import alerts, playbooks
+from fleet.controller.storage import store
+from fleet.controller.storage.observe_tables import AlertRow
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edgeloop.errors import PluginError
+from edgeloop.core.errors import PluginError
 from flows.datasets import LOADERS, Dataset, load_dataset, sklearn_digits
 from flows.plugins import resolve
 

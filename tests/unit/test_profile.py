@@ -1,11 +1,11 @@
-"""fleet.agent.profile: hardware profiles and their budgets."""
+"""fleet.shared.profile: hardware profiles and their budgets."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from fleet.agent.profile import (
+from fleet.shared.profile import (
     AUTO,
     Budgets,
     HardwareProfile,

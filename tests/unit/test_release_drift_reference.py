@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleet.agent.drift import DriftReference
+from fleet.shared.drift import DriftReference
 from flows.datasets import LABEL, DatasetSchema, write_splits
 from flows.release import drift_reference
 from flows.workspace import Workspace

@@ -1,4 +1,4 @@
-"""fleet.controller.policy: rollout policies as data, and every way one can be wrong."""
+"""fleet.controller.rollout.policy: rollout policies as data, and every way one can be wrong."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fleet.controller.errors import PolicyError
-from fleet.controller.policy import (
+from fleet.controller.rollout.policy import (
     DEFAULT_FRACTIONS,
     RolloutPolicy,
     StagePolicy,

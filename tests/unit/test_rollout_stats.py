@@ -1,4 +1,4 @@
-"""fleet.controller.stats and phase: the gates' arithmetic and the worst-wins order of verdicts."""
+"""fleet.controller.rollout.stats and phase: the gates' arithmetic and the worst-wins order of verdicts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from fleet.controller.phase import VERDICT_ORDER, RolloutPhase, Verdict, worst
-from fleet.controller.stats import (
-    LATENCY_BOUNDS_MS,
+from fleet.controller.rollout.phase import VERDICT_ORDER, RolloutPhase, Verdict, worst
+from fleet.controller.rollout.stats import (
     Gate,
     LatencyHistogram,
     accuracy_gate,
@@ -21,6 +20,7 @@ from fleet.controller.stats import (
     merge_histograms,
     quantile_ms,
 )
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 
 def acc(cc: int, cn: int, sc: int, sn: int, *, delta: float = 0.02, minimum: int = 100):
@@ -159,9 +159,10 @@ def test_counts_must_add_up() -> None:
 
 
 def test_default_bounds_are_the_agents() -> None:
-    from fleet.agent.telemetry import LATENCY_BOUNDS_MS as AGENT_BOUNDS
+    from fleet.agent.telemetry import LatencyHistogram as AgentHistogram
 
-    assert tuple(float(b) for b in AGENT_BOUNDS) == LATENCY_BOUNDS_MS
+    assert AgentHistogram().bounds_ms == LatencyHistogram.model_fields["bounds_ms"].default
+    assert LatencyHistogram.model_fields["bounds_ms"].default == LATENCY_BOUNDS_MS
 
 
 def test_p95_is_interpolated_inside_its_bucket() -> None:

@@ -91,9 +91,9 @@ def test_another_key_or_no_key_registers_a_new_version(
 
 
 def test_a_jobs_key_follows_data_and_training_params_but_not_placement(tmp_path: Path) -> None:
-    from edgeloop.params import Params
-    from edgeloop.placement_params import PlacementConstraints, PlacementParams
-    from edgeloop.settings import Settings
+    from edgeloop.core.params import Params
+    from edgeloop.core.placement_params import PlacementConstraints, PlacementParams
+    from edgeloop.core.settings import Settings
     from flows.placement_flow import job_run_key
 
     settings = Settings(data_dir=tmp_path / "data")

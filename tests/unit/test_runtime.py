@@ -1,4 +1,4 @@
-"""fleet.agent.runtime: sessions, predictions, batch-1 latency, process limits and host facts."""
+"""fleet.shared.runtime: sessions, predictions, batch-1 latency, process limits and host facts."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fleet.agent.runtime import (
+from fleet.shared.runtime import (
     LatencyStats,
     ProviderUnavailableError,
     address_space_mb,
@@ -165,7 +165,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 def test_pin_to_cores() -> None:
     core = min(usable_cores())
     proc = run_python(
-        "import os; from fleet.agent.runtime import pin_to_cores, usable_cores\n"
+        "import os; from fleet.shared.runtime import pin_to_cores, usable_cores\n"
         f"pin_to_cores([{core}]); print(sorted(os.sched_getaffinity(0)), sorted(usable_cores()))\n"
         "try:\n    pin_to_cores([4095])\nexcept ValueError as e:\n    print(e)\n"
     )
@@ -178,7 +178,7 @@ def test_pin_to_cores() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
 def test_cap_address_space_makes_a_large_allocation_fail() -> None:
     proc = run_python(
-        "import numpy as np; from fleet.agent.runtime import address_space_cap_mb, cap_address_space\n"
+        "import numpy as np; from fleet.shared.runtime import address_space_cap_mb, cap_address_space\n"
         "assert address_space_cap_mb() is None\n"
         "np.ones(50 * 2**20 // 8)\n"
         "cap_address_space(1024); cap_address_space(4096)  # the tighter one holds\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeloop.errors import ConfigError
-from edgeloop.params import load_params
-from edgeloop.schedule_params import ScheduleParams
+from edgeloop.core.errors import ConfigError
+from edgeloop.core.params import load_params
+from edgeloop.core.schedule_params import ScheduleParams
 
 REPO = Path(__file__).resolve().parents[2]
 

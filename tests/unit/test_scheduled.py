@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgeloop.params import Params
+from edgeloop.core.params import Params
 from flows.scheduled import DATA_TAG, TRAINING_TAG, change_reason, latest_version, training_hash
 
 

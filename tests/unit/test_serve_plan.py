@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.errors import ConfigError
-from edgeloop.serve_plan import ServePlan, check_db_url, children, secret
+from edgeloop.cli.serve_plan import ServePlan, check_db_url, children, secret
+from edgeloop.core.errors import ConfigError
 
 
 def plan(tmp_path: Path, **kw: object) -> ServePlan:

@@ -1,4 +1,4 @@
-"""registry.signing and fleet.agent.signature: keys, signatures and the device-side check."""
+"""registry.signing and fleet.shared.signature: keys, signatures and the device-side check."""
 
 import base64
 import stat
@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.agent.signature import file_sha256, signed_message, verify_variant
+from fleet.shared.signature import file_sha256, signed_message, verify_variant
 from registry.signing import PRIVATE, PUBLIC, load_or_create_key, public_pem, sign_variant
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgeloop.supervisor import ChildSpec, Supervisor, SupervisorError
+from edgeloop.cli.supervisor import ChildSpec, Supervisor, SupervisorError
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"
 # A child that starts a grandchild in its own group and ignores SIGTERM: only SIGKILL stops them.

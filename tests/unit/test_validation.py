@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.errors import HardwareCheckError
-from fleet.agent.profile import HardwareProfile
+from edgeloop.core.errors import HardwareCheckError
+from fleet.shared.profile import HardwareProfile
 from flows.hardware import ProfileResult
 from flows.validation import ProfileChoice, candidates, choose, validate
 

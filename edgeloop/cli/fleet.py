@@ -1,0 +1,333 @@
+"""`edgeloop fleet serve|simulate`, `edgeloop agent`, `edgeloop promote`, `edgeloop rollout status`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgeloop.cli.common import console, err_console, guard, prepare
+from edgeloop.core.settings import Settings
+
+app = typer.Typer()
+fleet_app = typer.Typer(help="The fleet controller and the fleet simulator.")
+rollout_app = typer.Typer(help="Rollouts on the fleet controller.")
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _admin_token() -> str:
+    from edgeloop.core.errors import ConfigError
+    from fleet.admin import admin_token_from_env
+
+    return admin_token_from_env(
+        ConfigError, hint="set EDGELOOP_FLEET_ADMIN_TOKEN to the controller's admin token"
+    )
+
+
+@fleet_app.command("serve")
+def fleet_serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the fleet controller (settings from EDGELOOP_FLEET_*; HTTPS with a cert and key)."""
+
+    def go() -> None:
+        from fleet.controller.api.serve import serve
+        from fleet.controller.settings import FleetSettings
+
+        overrides: dict[str, Any] = {
+            k: v for k, v in (("host", host), ("port", port)) if v is not None
+        }
+        serve(FleetSettings(**overrides))
+
+    guard(go)
+
+
+@fleet_app.command("demo")
+def fleet_demo(
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the controller the last demo left running.")
+    ] = False,
+) -> None:
+    """After `edgeloop run`: 50 simulated devices, a rollout promoted, one rolled back, drift alerted.
+
+    The controller stays up afterwards so its dashboard shows the result; `--stop` stops it.
+    """
+
+    def go() -> None:
+        import json
+
+        from edgeloop.core.errors import ConfigError
+
+        settings = Settings()
+        prepare(settings)
+        if stop:
+            from flows.fleet_demo import stop_demo_controller
+
+            stopped = stop_demo_controller(settings)
+            console.print(
+                "demo controller stopped" if stopped else "no demo controller was running"
+            )
+            return
+        if not settings.last_run_file.is_file():
+            raise ConfigError("no candidate yet", hint="run `edgeloop run` first (make demo does)")
+        summary = json.loads(settings.last_run_file.read_text())
+        if "candidate" not in summary.get("aliases", []):
+            raise ConfigError(
+                f"{summary.get('model')} v{summary.get('version')} is not a candidate",
+                hint="run `edgeloop run` until a version passes every gate",
+            )
+        from edgeloop.cli.prefect_api import start_prefect_api
+
+        api = start_prefect_api()
+        from flows.fleet_demo import DEMO_POLICY, run_fleet_demo
+        from flows.retrain import register_flow
+        from flows.rollout import rollout_flow
+
+        api.join()
+
+        def register(path: Any, model: str) -> dict[str, Any]:
+            registered: dict[str, Any] = register_flow(
+                model_path=path, model_name=model, dataset=summary_dataset, settings=settings
+            )
+            return registered
+
+        def rollout(*, url: str, **kwargs: Any) -> dict[str, Any]:
+            result: dict[str, Any] = rollout_flow(
+                settings=settings,
+                rollout_overrides={**DEMO_POLICY, "controller_url": url},
+                **kwargs,
+            )
+            colour = "green" if result["outcome"] == "succeeded" else "red"
+            console.print(
+                f"  rollout of v{result['version']}: [{colour}]{result['outcome']}[/] "
+                f"{escape(result['reason'])}",
+                highlight=False,
+            )
+            return result
+
+        from edgeloop.core.params import load_params
+
+        summary_dataset = load_params(settings.params_file).data.loader
+        fleet = run_fleet_demo(
+            settings,
+            str(summary["version"]),
+            register,
+            rollout,
+            lambda line: console.print(escape(line), highlight=False),
+            keep_running=True,
+        )
+        summary["fleet"] = fleet
+        settings.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
+        console.print(
+            f"fleet: {fleet['fleet_versions']} devices by version; production is "
+            f"v{fleet['production']}; summary in {settings.last_run_file}",
+            highlight=False,
+        )
+        console.print(
+            f"dashboard: {fleet['controller']}/dashboard (sign in with the token in "
+            f"{fleet['admin_token_file']}); the controller keeps running until "
+            "`edgeloop fleet demo --stop`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    guard(go)
+
+
+@fleet_app.command("simulate", context_settings=PASSTHROUGH, add_help_option=False)
+def fleet_simulate(ctx: typer.Context) -> None:
+    """Simulate edge devices against a controller (python -m fleet.simulate.fleet --help)."""
+    from fleet.simulate.fleet import main as simulate_main
+
+    raise typer.Exit(simulate_main(list(ctx.args)))
+
+
+@app.command("agent", context_settings=PASSTHROUGH, add_help_option=False)
+def agent(ctx: typer.Context) -> None:
+    """Run the edge agent on this device (settings from EDGELOOP_AGENT_*; see --help)."""
+    from fleet.agent.agent import main as agent_main
+
+    raise typer.Exit(agent_main(list(ctx.args)))
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to promote to production.")],
+) -> None:
+    """Set alias production on a version and roll it out to the fleet, following it to the end."""
+
+    def go() -> None:
+        settings = Settings()
+        prepare(settings)
+        token = _admin_token()
+        from edgeloop.cli.prefect_api import start_prefect_api
+        from registry.outcomes import production_version
+        from registry.outcomes import promote as set_production
+        from registry.tracking import connect
+
+        client = connect(settings.tracking_uri)
+        stable = production_version(client, name)
+        why = set_production(client, name, version)
+        console.print(f"{name} v{version} is production ({why}); rolling out…", highlight=False)
+        api = start_prefect_api()
+        from flows.rollout import rollout_flow
+
+        api.join()
+        result = rollout_flow(
+            model=name, version=version, stable_version=stable, admin_token=token, settings=settings
+        )
+        colour = "green" if result["outcome"] == "succeeded" else "red"
+        console.print(
+            f"rollout {result['rollout_id']}: [{colour}]{result['outcome']}[/] "
+            f"{escape(result['reason'])}",
+            highlight=False,
+        )
+        if result["outcome"] != "succeeded":
+            err_console.print(
+                f"[red]error:[/] {name} v{version} was not rolled out: {escape(result['reason'])}; "
+                f"production is back on v{result['stable_version']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(4)
+
+    guard(go)
+
+
+@fleet_app.command("pull-field-data")
+def fleet_pull_field_data(
+    url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+) -> None:
+    """Write the fleet's new labelled field samples to data/field/ as a new DVC-tracked version."""
+
+    def go() -> None:
+        from pathlib import Path
+
+        from edgeloop.core.params import load_params
+        from flows.field_data import pull, require_schema
+
+        settings = Settings()
+        params = load_params(settings.params_file)
+        result = pull(
+            url or params.rollout.controller_url,
+            _admin_token(),
+            model=params.model_name,
+            schema=require_schema(settings.splits_dir),
+            field_dir=Path(params.data.field_dir),
+        )
+        if result.path is None:
+            console.print(f"no new labelled field samples of {params.model_name}")
+            return
+        console.print(
+            f"wrote {result.samples} labelled field samples (ids {result.since + 1}-"
+            f"{result.last_id}) to {result.path}; tracked by DVC (commit {result.path}.dvc)"
+            + (
+                ""
+                if params.data.include_field
+                else "; set data.include_field: true to train on them"
+            ),
+            highlight=False,
+        )
+
+    guard(go)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: Annotated[
+        str | None, typer.Argument(help="A rollout id; all when left out.")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh until every shown rollout has ended.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+) -> None:
+    """Show rollouts: phase, stage, and per cohort the devices confirmed and each gate's value."""
+
+    def go() -> None:
+        import time
+
+        from rich.console import Group
+        from rich.live import Live
+
+        from edgeloop.core.errors import EdgeloopError
+        from edgeloop.core.params import load_params
+        from fleet.admin import AdminClient, AdminError
+        from fleet.controller.rollout.phase import RolloutPhase
+
+        settings = Settings()
+        base = url or load_params(settings.params_file).rollout.controller_url
+        admin = AdminClient(base, _admin_token())
+
+        def view() -> tuple[Group, bool]:
+            ids = [rollout_id] if rollout_id else [r["rollout_id"] for r in admin.rollouts()]
+            details = [admin.rollout(i) for i in ids]
+            ended = all(RolloutPhase(d["phase"]).is_terminal() for d in details)
+            return Group(*(_status_table(d) for d in details)), ended
+
+        try:
+            shown, ended = view()
+            if not watch:
+                console.print(shown)
+                return
+            with Live(shown, console=console, auto_refresh=False) as live:
+                while not ended:
+                    time.sleep(interval)
+                    shown, ended = view()
+                    live.update(shown, refresh=True)
+        except AdminError as exc:
+            raise EdgeloopError(
+                str(exc),
+                hint="check --url, EDGELOOP_FLEET_ADMIN_TOKEN and the rollout id "
+                "(`edgeloop rollout status` lists every rollout)",
+            ) from exc
+        finally:
+            admin.close()
+
+    guard(go)
+
+
+def _status_table(detail: dict[str, Any]) -> Table:
+    title = (
+        f"rollout {detail['rollout_id']}: {detail['model']} v{detail['version']} "
+        f"(stable v{detail['stable_version']}) {detail['phase']}, {detail['stage']}"
+    )
+    status = detail.get("status") or {}
+    caption = detail.get("reason") or ""
+    silent = status.get("silent_devices") or []
+    if silent:
+        caption += f"\nsilent devices ({len(silent)}): {', '.join(silent[:20])}"
+        caption += " ..." if len(silent) > 20 else ""
+    table = Table(title=title, caption=escape(caption))
+    for column in (
+        "cohort",
+        "targeted",
+        "confirmed",
+        "inferences",
+        "feedback",
+        "gate",
+        "verdict",
+        "measured",
+        "threshold",
+    ):
+        table.add_column(column)
+    check = status.get("last_check") or {}
+    for cohort in check.get("cohorts", []):
+        for i, gate in enumerate(cohort["gates"]):
+            first = i == 0
+            table.add_row(
+                cohort["hardware_class"] if first else "",
+                str(cohort["targeted"]) if first else "",
+                f"{cohort['confirmed']}/{cohort['required_confirmed']}" if first else "",
+                f"{cohort['inferences']}/{cohort['required_inferences']}" if first else "",
+                f"{cohort['feedback']}/{cohort['required_feedback']}" if first else "",
+                str(gate["gate"]), str(gate["verdict"]), str(gate["measured"]), str(gate["threshold"]),
+            )  # fmt: skip
+    return table

@@ -1,0 +1,177 @@
+"""`edgeloop run`, `register` and `models`: the offline loop and what it registered."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgeloop.cli.common import check_name, check_profiles, console, err_console, guard, prepare
+from edgeloop.cli.prefect_api import start_prefect_api
+from edgeloop.core.settings import Settings
+
+app = typer.Typer()
+
+
+def _run_flow(settings: Settings, start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    from edgeloop.cli.display import StageDisplay, gates_table, variants_table
+    from flows.progress import add_listener, remove_listener
+
+    display = StageDisplay(console)
+    add_listener(display)
+    try:
+        with display:
+            summary = start()
+    finally:
+        remove_listener(display)
+        console.print(display.stage_table())
+    summary["stages"] = [
+        {"stage": s, "ok": ok, "seconds": round(sec, 2), "detail": d}
+        for s, ok, sec, d in display.rows
+    ]
+    summary["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    settings.last_run_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
+    console.print(variants_table(summary))
+    console.print(gates_table(summary))
+    aliases = ", ".join(summary["aliases"]) or "none (a gate failed; see above)"
+    console.print(
+        f"[bold]{summary['model']} v{summary['version']}[/] registered, aliases: {aliases}\n"
+        f"model card: {summary['model_card']['markdown']}\n"
+        f"summary: {settings.last_run_file}   tracking: {summary['tracking_uri']}",
+        highlight=False,
+    )
+    return summary
+
+
+def _exit_on_failed_gates(summary: dict[str, Any]) -> None:
+    """Exit 3 when the version was registered but did not become ``candidate``."""
+    if "candidate" in summary["aliases"]:
+        return
+    failed = ", ".join(g["name"] for g in summary["gates"] if not g["passed"])
+    err_console.print(
+        f"[red]error:[/] {summary['model']} v{summary['version']} is registered without alias "
+        f"candidate: gate(s) failed: {escape(failed)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(3)
+
+
+def _preflight(settings: Settings) -> threading.Thread:
+    """Fail fast on bad params, profiles or tracking URI; then start the Prefect API."""
+    from edgeloop.core.params import load_params
+    from registry.tracking import preflight
+
+    params = load_params(settings.params_file)
+    check_profiles(settings, params.gates.profiles)
+    preflight(settings.tracking_uri)
+    api = start_prefect_api()  # boots while torch and the plugins import
+    from flows.datasets import LOADERS
+    from flows.models import BUILDERS
+    from flows.plugins import resolve
+
+    resolve("dataset loader", params.data.loader, LOADERS)
+    resolve("model builder", params.training.builder, BUILDERS)
+    return api
+
+
+@app.command()
+def run() -> None:
+    """Run the offline loop once: data checks, train, compress, hardware check, register."""
+
+    def go() -> None:
+        settings = Settings()
+        prepare(settings)
+        api = _preflight(settings)
+        from flows.retrain import retrain_flow
+
+        api.join()
+        _exit_on_failed_gates(_run_flow(settings, lambda: retrain_flow(settings=settings)))
+
+    guard(go)
+
+
+@app.command()
+def register(
+    path: Annotated[Path, typer.Argument(help="An ONNX model trained elsewhere.")],
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Dataset loader name it was trained on.")
+    ],
+) -> None:
+    """Take a model trained elsewhere through the same checks, compression and registration."""
+
+    def go() -> None:
+        settings = Settings()
+        prepare(settings)
+        from flows.datasets import load_dataset
+        from flows.onnxfile import check_model_file
+        from registry.tracking import preflight
+
+        check_name(name)
+        check_model_file(path, load_dataset(dataset).schema)
+        preflight(settings.tracking_uri)
+        api = start_prefect_api()
+        from flows.retrain import register_flow
+
+        api.join()
+        _exit_on_failed_gates(
+            _run_flow(
+                settings,
+                lambda: register_flow(
+                    model_path=path, model_name=name, dataset=dataset, settings=settings
+                ),
+            )
+        )
+
+    guard(go)
+
+
+@app.command()
+def models(
+    name: Annotated[str | None, typer.Option("--name", help="Only this registered model.")] = None,
+) -> None:
+    """List registered versions with their aliases and key tags."""
+
+    def go() -> None:
+        settings = Settings()
+        prepare(settings)
+        from registry.catalog import list_versions
+        from registry.tracking import connect
+
+        rows = list_versions(connect(settings.tracking_uri), name)
+        table = Table(title=f"registered versions ({settings.tracking_uri})")
+        for column in (
+            "model",
+            "version",
+            "aliases",
+            "variant",
+            "gates",
+            "git commit",
+            "data hash",
+            "created",
+        ):
+            table.add_column(column)
+        for r in rows:
+            created = datetime.fromtimestamp(r.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+            table.add_row(
+                r.model,
+                r.version,
+                ", ".join(r.aliases) or "-",
+                r.tags.get("edgeloop.variant", "-"),
+                r.tags.get("edgeloop.gates", "-"),
+                r.tags.get("edgeloop.git_commit", "-")[:10],
+                r.tags.get("edgeloop.data.hash", "-")[:12],
+                created,
+            )
+        console.print(table if rows else "no registered versions yet: run `edgeloop run`")
+
+    guard(go)

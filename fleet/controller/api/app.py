@@ -1,0 +1,134 @@
+"""The fleet controller's FastAPI application: ``create_app(settings) -> FastAPI``.
+
+The factory wires the pieces and owns their lifetimes: the engine (migrated to head at start, Alembic
+with a Config built in code), the long-poll notifier, the clock and the background reconcile task. It
+is also where the store's typed errors become HTTP statuses, so routes stay thin and the store stays
+free of HTTP. Run it with ``uvicorn --factory fleet.controller.api.app:app_from_env``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from fleet.controller import reconcile as loop
+from fleet.controller.api import metrics
+from fleet.controller.api.routes_devices import router as devices_router
+from fleet.controller.api.routes_field import router as field_router
+from fleet.controller.api.routes_observe import router as observe_router
+from fleet.controller.api.routes_rollouts import router as rollouts_router
+from fleet.controller.dashboard.routes import router as dashboard_router
+from fleet.controller.errors import (
+    ConcurrentUpdate,
+    ControllerError,
+    DeviceAlreadyEnrolled,
+    EnrolmentRefused,
+    RolloutCommandError,
+    RolloutConflict,
+    RolloutInvalid,
+    RolloutNotFound,
+)
+from fleet.controller.longpoll import ChangeNotifier
+from fleet.controller.observe import loop as observe
+from fleet.controller.settings import FleetSettings
+from fleet.controller.storage import db
+from fleet.shared.protocol import API_PREFIX
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+_STATUS: tuple[tuple[type[ControllerError], int], ...] = (
+    (EnrolmentRefused, status.HTTP_401_UNAUTHORIZED),
+    (DeviceAlreadyEnrolled, status.HTTP_409_CONFLICT),
+    (RolloutNotFound, status.HTTP_404_NOT_FOUND),
+    (RolloutConflict, status.HTTP_409_CONFLICT),
+    (RolloutInvalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (RolloutCommandError, status.HTTP_409_CONFLICT),
+    (ConcurrentUpdate, status.HTTP_409_CONFLICT),
+)
+
+
+def _error_response(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ControllerError)
+    code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
+    body: dict[str, object] = {"detail": exc.message}
+    if exc.hint:
+        body["hint"] = exc.hint
+    for key in ("reason", "command", "phase"):
+        if hasattr(exc, key):
+            body[key] = str(getattr(exc, key))
+    headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+def create_app(
+    settings: FleetSettings | None = None, *, clock: Callable[[], datetime] = utc_now
+) -> FastAPI:
+    """The controller app over ``settings.db_url``; ``clock`` is injected for tests (STYLE rule 6)."""
+    settings = settings or FleetSettings()
+    observing = observe.configure()  # a bad playbooks file stops the start here, with its reason
+    engine = db.make_engine(settings.db_url, sqlite_synchronous=settings.sqlite_synchronous)
+    sessions = db.make_sessionmaker(engine)
+    notifier = ChangeNotifier()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            await run_in_threadpool(db.migrate, engine)
+        task = None
+        if settings.reconcile_enabled:
+            task = asyncio.create_task(
+                loop.run_forever(sessions, clock, settings.reconcile_s, notifier)
+            )
+        observer = (
+            observe.start(sessions, clock, notifier, observing)
+            if settings.reconcile_enabled
+            else None
+        )
+        try:
+            yield
+        finally:
+            await observe.stop(observer)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            engine.dispose()
+
+    app = FastAPI(
+        title="edgeloop fleet controller",
+        version="1",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.notifier = notifier
+    app.state.clock = clock
+    app.add_exception_handler(ControllerError, _error_response)
+
+    @app.get(f"{API_PREFIX}/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(devices_router, prefix=API_PREFIX)
+    app.include_router(rollouts_router, prefix=API_PREFIX)
+    app.include_router(field_router, prefix=API_PREFIX)
+    app.include_router(observe_router, prefix=API_PREFIX)
+    metrics.install(app)
+    app.include_router(dashboard_router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """``uvicorn --factory fleet.controller.api.app:app_from_env``: settings from ``EDGELOOP_FLEET_*``."""
+    return create_app(FleetSettings())

@@ -1,0 +1,139 @@
+"""Who is calling: the admin bearer token, and device credentials bound to the device's own paths.
+
+Authentication is separate from the routes so every device endpoint gets the same answers: no or an
+unknown credential → 401, a valid credential on another device's path → 403. The lookup goes by the
+credential's hash only, so neither answer depends on whether the device in the path exists: nothing
+leaks. The device lookup uses its own short session, so a long-poll holds no database connection
+while it waits; a credential the database confirmed in the last minute is answered from memory
+(:class:`CredentialCache`), so a device's telemetry after its long-poll costs no lookup.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from fleet.controller.storage import store
+
+_bearer = HTTPBearer(auto_error=False)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """The authenticated device, detached from any session."""
+
+    device_id: str
+    hardware_class: str
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for one request, closed after the answer."""
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def _unauthorised(detail: str = "missing or invalid credentials") -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers=_CHALLENGE)
+
+
+def require_admin(request: Request, credentials: Bearer) -> None:
+    """The admin token from ``EDGELOOP_FLEET_ADMIN_TOKEN``; with none configured, nobody is admin."""
+    expected: str = request.app.state.settings.admin_token
+    if (
+        not expected
+        or credentials is None
+        or not hmac.compare_digest(credentials.credentials.encode(), expected.encode())
+    ):
+        raise _unauthorised()
+
+
+class CredentialCache:
+    """Verified credentials of this process: credential hash → device, bounded and short-lived.
+
+    Holds only what the database holds (the sha256, never the credential) and only credentials the
+    database confirmed: an unknown credential is looked up every time, so a device enrolled a moment
+    ago is never refused. Least recently used entries go first beyond ``max_entries``; an entry is
+    trusted for ``ttl_s``, after which the database is asked again. Credentials are issued once and
+    never change, so the time limit only bounds how long a process could act on a device row
+    removed behind its back."""
+
+    def __init__(self, max_entries: int = 65_536, ttl_s: float = 60.0) -> None:
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self._entries: OrderedDict[str, tuple[float, DeviceIdentity]] = OrderedDict()
+
+    def get(self, credential_hash: str) -> DeviceIdentity | None:
+        entry = self._entries.get(credential_hash)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] >= self.ttl_s:
+            del self._entries[credential_hash]
+            return None
+        self._entries.move_to_end(credential_hash)
+        return entry[1]
+
+    def put(self, credential_hash: str, device: DeviceIdentity) -> None:
+        self._entries[credential_hash] = (time.monotonic(), device)
+        self._entries.move_to_end(credential_hash)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def _credential_cache(request: Request) -> CredentialCache:
+    """The app's cache, made on first use (one per app, so apps over other databases share none)."""
+    state = request.app.state
+    cache: CredentialCache | None = getattr(state, "credential_cache", None)
+    if cache is None:
+        cache = state.credential_cache = CredentialCache()
+    return cache
+
+
+def _device_by_hash(request: Request, credential_hash: str) -> DeviceIdentity | None:
+    with request.app.state.sessions() as session:
+        row = store.device_by_credential_hash(session, credential_hash)
+        if row is None:
+            return None
+        return DeviceIdentity(device_id=row.device_id, hardware_class=row.hardware_class)
+
+
+async def current_device(request: Request, credentials: Bearer) -> DeviceIdentity:
+    """The device whose credential is presented, or 401. A credential verified recently is answered
+    from :class:`CredentialCache` on the event loop; any other goes to the database on a worker
+    thread."""
+    if credentials is None or not credentials.credentials:
+        raise _unauthorised()
+    credential_hash = store.hash_secret(credentials.credentials)
+    cache = _credential_cache(request)
+    device = cache.get(credential_hash)
+    if device is None:
+        device = await run_in_threadpool(_device_by_hash, request, credential_hash)
+        if device is None:
+            raise _unauthorised()
+        cache.put(credential_hash, device)
+    return device
+
+
+async def device_on_own_path(
+    device_id: str, device: Annotated[DeviceIdentity, Depends(current_device)]
+) -> DeviceIdentity:
+    """A device may act only on its own ``/devices/{device_id}`` paths: otherwise 403. No I/O, so
+    ``async``: it runs on the event loop instead of taking a worker thread per request."""
+    if device.device_id != device_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="not this device's resource")
+    return device
+
+
+Admin = Depends(require_admin)
+SessionDep = Annotated[Session, Depends(get_session)]
+CurrentDevice = Annotated[DeviceIdentity, Depends(current_device)]
+OwnDevice = Annotated[DeviceIdentity, Depends(device_on_own_path)]

@@ -1,0 +1,194 @@
+"""Device-facing endpoints (enrolment, desired state, artifacts, telemetry) and their admin helpers.
+
+Requests and answers are the models of ``fleet.shared.protocol``, the contract shared with the agent. Handlers
+are thin: they authenticate (``auth``), call ``store`` with the app's clock, and translate the store's
+typed errors into HTTP statuses in ``app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from fleet.controller.api.auth import Admin, CurrentDevice, DeviceIdentity, OwnDevice, SessionDep
+from fleet.controller.observe import ingest as observe_ingest
+from fleet.controller.storage import store
+from fleet.controller.storage.db import DeviceRow
+from fleet.shared.protocol import (
+    LONG_POLL_MAX_S,
+    NAME,
+    Artifact,
+    DesiredState,
+    EnrolmentToken,
+    EnrolmentTokenRequest,
+    EnrolRequest,
+    EnrolResponse,
+    TelemetryAck,
+    TelemetryBatch,
+)
+
+router = APIRouter()
+
+
+class ArtifactRegistration(BaseModel):
+    """Admin: record a variant file (already on the controller's disk) for one hardware class.
+
+    Not part of ``fleet.shared.protocol``: only operators and the registry follower call it, never agents.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    variant: str = Field(pattern=NAME)
+    hardware_class: str = Field(pattern=NAME)
+    path: str = Field(min_length=1)
+    signature: str | None = Field(None, description="base64 ed25519; unsigned variants never ship")
+
+
+@router.post("/enrolment-tokens", response_model=EnrolmentToken, dependencies=[Admin])
+def create_enrolment_token(
+    body: EnrolmentTokenRequest, request: Request, session: SessionDep
+) -> EnrolmentToken:
+    return store.create_enrolment_token(session, body, request.app.state.clock())
+
+
+@router.post("/enrol", response_model=EnrolResponse)
+def enrol(body: EnrolRequest, request: Request, session: SessionDep) -> EnrolResponse:
+    credential = store.enrol(session, body, request.app.state.clock())
+    return EnrolResponse(
+        device_id=body.device_id,
+        credential=credential,
+        public_key_pem=request.app.state.settings.public_key_pem(),
+    )
+
+
+def _read_desired(request: Request, device: DeviceIdentity) -> DesiredState:
+    with request.app.state.sessions() as session:
+        row = session.get(DeviceRow, device.device_id)
+        assert row is not None
+        return store.desired_state(session, row)
+
+
+@router.get("/devices/{device_id}/desired", response_model=DesiredState)
+async def desired(
+    request: Request,
+    device: OwnDevice,
+    revision: Annotated[int | None, Query(ge=0)] = None,
+    wait: Annotated[float, Query(ge=0, le=3600)] = 0.0,
+) -> DesiredState:
+    """Answers at once when ``revision`` differs from the stored one, else when it changes or after
+    ``min(wait, 30)`` s. Changes made in this process wake the poll at once; changes made by another
+    replica are seen by re-reading the database every ``long_poll_recheck_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, LONG_POLL_MAX_S)
+    recheck: float = request.app.state.settings.long_poll_recheck_s
+    with request.app.state.notifier.subscribe(device.device_id) as waiter:
+        while True:
+            published = waiter.desired(device.hardware_class)  # a woken poll needs no query
+            waiter.clear()
+            current = published or await run_in_threadpool(_read_desired, request, device)
+            remaining = deadline - loop.time()
+            if revision is None or current.revision != revision or remaining <= 0:
+                return current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.event.wait(), timeout=min(remaining, recheck))
+
+
+@router.get(
+    "/artifacts/{model}/{version}/{variant}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 304: {}, 206: {}},
+)
+def artifact(
+    model: str,
+    version: str,
+    variant: str,
+    request: Request,
+    device: CurrentDevice,
+    session: SessionDep,
+) -> Response:
+    """The variant file, for devices of its hardware class: ``ETag`` is the quoted sha256, ``Range``
+    resumes a download (206), ``If-None-Match`` answers 304."""
+    row = store.artifact_row(session, model, version, variant, device.hardware_class)
+    if row is None or not row.signature:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such artifact")
+    etag = f'"{row.sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0"}
+    candidates = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
+    if etag in candidates or "*" in candidates:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    path = Path(row.path)
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such artifact")
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+
+
+@router.post("/artifacts", response_model=Artifact | None, dependencies=[Admin])
+def register_artifact(
+    body: ArtifactRegistration, request: Request, session: SessionDep
+) -> Artifact | None:
+    path = Path(body.path)
+    if not path.is_file():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"no file at {path}")
+    return store.register_artifact(
+        session,
+        model=body.model,
+        version=body.version,
+        variant=body.variant,
+        hardware_class=body.hardware_class,
+        path=path,
+        signature=body.signature,
+        now=request.app.state.clock(),
+    )
+
+
+class Baseline(BaseModel):
+    """Admin: the version a model's devices run outside any rollout. Not in ``fleet.shared.protocol``:
+    the rollout flow sets it for a model's first release and after each succeeded rollout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(pattern=NAME)
+
+
+@router.put("/baselines/{model}", dependencies=[Admin])
+def put_baseline(
+    model: str, body: Baseline, request: Request, session: SessionDep
+) -> dict[str, object]:
+    changed = store.set_baseline(session, model, body.version, request.app.state.clock())
+    session.commit()
+    request.app.state.notifier.notify(changed)
+    return {"model": model, "version": body.version, "devices_changed": len(changed)}
+
+
+@router.post("/devices/{device_id}/telemetry", response_model=TelemetryAck)
+def telemetry(body: TelemetryBatch, request: Request, device: OwnDevice) -> TelemetryAck:
+    """Idempotent per (device, buffer_id, seq); duplicates and any order are fine.
+
+    One session and one transaction per batch, and no read before the insert: the device is the one
+    the credential check just found (devices are never deleted), so the handler goes straight to the
+    ``INSERT ... ON CONFLICT DO NOTHING`` and the ``last_seen`` update."""
+    bounds = store.accepted_bounds()
+    odd = sorted({r.seq for r in body.reports if tuple(r.latency_ms.bounds_ms) != bounds})
+    if odd:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"reports {odd}: latency_ms.bounds_ms must be {list(bounds)}",
+        )
+    now = request.app.state.clock()
+    garbage = observe_ingest.report_problems(body.reports)
+    with request.app.state.sessions() as session:
+        if garbage:
+            observe_ingest.count_rejection(session, device.device_id, garbage, now)
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(garbage))
+        ack = store.ingest_telemetry(session, device, body.reports, now)
+        observe_ingest.record(session, device.device_id, body.reports, ack.accepted, now)
+    return ack

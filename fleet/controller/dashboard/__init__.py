@@ -1,0 +1,1 @@
+"""The fleet dashboard: server-rendered HTML and SVG behind the admin token."""

@@ -1,0 +1,192 @@
+"""The fleet dashboard at ``/dashboard``: read-only HTML served by the controller, behind the admin token.
+
+Signing in: ``/dashboard/login`` takes the admin token (``EDGELOOP_FLEET_ADMIN_TOKEN``) in a form and
+sets an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` over HTTPS) holding an HMAC of the token,
+never the token itself; rotating the token signs every browser out. Scripts may send the token as a
+bearer header instead. With no admin token configured the dashboard is refused, like the admin API.
+The token never travels in a URL, so it stays out of access logs and browser history.
+
+Pages are rendered from a few grouped queries (``overview``), so they load at the same speed for ten
+or ten thousand devices: the device table is paginated in SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timedelta
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from fleet.controller.dashboard import pages
+from fleet.controller.observe import aggregate, alerts, playbooks
+from fleet.controller.rollout.decide import RolloutStatus
+from fleet.controller.storage import overview
+
+COOKIE = "edgeloop_dashboard"
+CHART_WINDOW_S = 3600.0
+MAX_PAGE_SIZE = 500
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+HEADERS = {
+    # Only this page's own inline style and SVG; no script, no frames, forms post back here only.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _html(body: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status_code, headers=HEADERS)
+
+
+def _cookie_value(token: str) -> str:
+    return hmac.new(token.encode(), b"edgeloop fleet dashboard", hashlib.sha256).hexdigest()
+
+
+def signed_in(request: Request) -> bool:
+    """The admin token as a bearer header, or the cookie ``/dashboard/login`` set."""
+    expected: str = request.app.state.settings.admin_token
+    if not expected:
+        return False
+    bearer = request.headers.get("authorization", "")
+    if bearer.lower().startswith("bearer ") and hmac.compare_digest(
+        bearer[7:].strip().encode(), expected.encode()
+    ):
+        return True
+    cookie = request.cookies.get(COOKIE, "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), _cookie_value(expected).encode())
+
+
+def _to_login() -> Response:
+    return RedirectResponse("/dashboard/login", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    if not request.app.state.settings.admin_token:
+        return _html(pages.login(_NO_TOKEN), status_code=503)
+    return _html(pages.login())
+
+
+_NO_TOKEN = (
+    "the dashboard is off: this controller has no admin token; "
+    "set EDGELOOP_FLEET_ADMIN_TOKEN and restart it"
+)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    expected: str = request.app.state.settings.admin_token
+    if not expected:
+        return _html(pages.login(_NO_TOKEN), status_code=503)
+    form = parse_qs((await request.body()).decode(errors="replace"))
+    given = (form.get("token") or [""])[0]
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return _html(
+            pages.login("wrong admin token: use the value of EDGELOOP_FLEET_ADMIN_TOKEN"),
+            status_code=401,
+        )
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        _cookie_value(expected),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/dashboard",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = _to_login()
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+def _overview_data(request: Request) -> pages.OverviewData:
+    now: datetime = request.app.state.clock()
+    since = now - timedelta(seconds=CHART_WINDOW_S)
+    with request.app.state.sessions() as session:
+        return pages.OverviewData(
+            now=now,
+            groups=overview.device_groups(session, now),
+            rollouts=[
+                RolloutStatus.model_validate(r.status)
+                for r in overview.recent_rollouts(session, limit=10)
+            ],
+            reports=overview.recent_reports(session, since=since),
+            alerts=alerts.list_alerts(session, status="open", limit=50),
+            playbook_runs=playbooks.list_playbook_runs(session, limit=50),
+            drift=_drift(session, now, since),
+        )
+
+
+def _drift(
+    session: Session, now: datetime, since: datetime
+) -> dict[str, list[tuple[float, float]]]:
+    """The largest input-drift PSI per model version and class over the chart window."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for model in overview.known_models(session):
+        for point in aggregate.fleet_series(
+            session, model=model, metric="drift_psi", since=since, limit=2000
+        ):
+            cls = "all classes" if point["class"] == aggregate.ALL else point["class"]
+            at = datetime.fromisoformat(point["window_end"])
+            at = at if at.tzinfo else at.replace(tzinfo=now.tzinfo)
+            series.setdefault(f"{model} v{point['version']} {cls}", []).append(
+                ((at - now).total_seconds(), float(point["value"]))
+            )
+    return series
+
+
+@router.get("", response_class=HTMLResponse)
+async def dashboard(request: Request) -> Response:
+    if not signed_in(request):
+        return _to_login()
+    data = await run_in_threadpool(_overview_data, request)
+    return _html(pages.overview_page(data))
+
+
+@router.get("/devices", response_class=HTMLResponse)
+async def devices(
+    request: Request,
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    hardware_class: Annotated[str | None, Query(max_length=128)] = None,
+) -> Response:
+    if not signed_in(request):
+        return _to_login()
+
+    def read() -> overview.DevicePage:
+        with request.app.state.sessions() as session:
+            return overview.device_page(
+                session,
+                request.app.state.clock(),
+                page=page,
+                size=size,
+                hardware_class=hardware_class,
+            )
+
+    result = await run_in_threadpool(read)
+    if page > result.pages:
+        return _html(
+            pages.page(
+                "edgeloop fleet: devices",
+                f"<section class='panel'><p id='page-error'>page {page} is past the last page "
+                f"({result.pages}); go to <a href='/dashboard/devices'>page 1</a></p></section>",
+            ),
+            status_code=404,
+        )
+    return _html(pages.devices_page(result, hardware_class))

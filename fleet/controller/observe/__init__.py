@@ -1,0 +1,1 @@
+"""Observation of the fleet: aggregation, anomaly detection, alerts and playbooks."""

@@ -1,0 +1,286 @@
+"""Aggregation: the fleet's telemetry and device events folded into series per scope and window.
+
+A scope is a model version on a hardware class, either over every device (``label = "*"``) or over
+the devices carrying one site/region label (``label = "site=berlin"``; devices give labels at
+enrolment). For each window ``[end - window_s, end)`` and scope the series are:
+
+- ``latency_p50_ms``, ``latency_p95_ms``, ``latency_p99_ms``: percentiles of the merged latency
+  histograms;
+- ``error_rate``: errors / inferences;
+- ``accuracy``: correct / labelled feedback (absent without feedback);
+- ``drift_psi``: the largest input-drift PSI a device of the scope reported (0 when none did);
+- ``drift_devices``: the share of the scope's reporting devices that reported input drift.
+
+Points are upserted by ``(scope, metric, window_end)``, so running a window twice is harmless.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleet.controller.rollout.stats import LatencyHistogram, quantile_ms
+from fleet.controller.storage.db import DeviceRow, TelemetryRow
+from fleet.controller.storage.observe_tables import DeviceEventRow, SeriesPointRow
+from fleet.shared.protocol import LATENCY_BOUNDS_MS
+
+METRICS = (
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "error_rate",
+    "accuracy",
+    "drift_psi",
+    "drift_devices",
+)
+ALL = "*"
+
+
+@dataclass(frozen=True)
+class Scope:
+    model: str
+    version: str
+    hardware_class: str
+    label: str = ALL
+
+
+@dataclass
+class _Sums:
+    devices: set[str] = field(default_factory=set)
+    inferences: int = 0
+    errors: int = 0
+    correct: int = 0
+    labelled: int = 0
+    latency_counts: list[int] = field(default_factory=list)
+    drifted: set[str] = field(default_factory=set)
+    psi: float = 0.0
+
+
+@dataclass(frozen=True)
+class DriftFinding:
+    """Input drift in one scope and window: who reported it and the worst feature."""
+
+    scope: Scope
+    devices: int
+    drifted: tuple[str, ...]
+    feature: str
+    psi: float
+    threshold: float
+    worst_device: str
+
+
+def _scopes(
+    model: str, version: str, device: DeviceRow | None, label_keys: Iterable[str]
+) -> list[Scope]:
+    cls = device.hardware_class if device is not None else "unknown"
+    out = [Scope(model, version, cls)]
+    labels = device.labels if device is not None else {}
+    out += [Scope(model, version, cls, f"{k}={labels[k]}") for k in label_keys if labels.get(k)]
+    return out
+
+
+def _devices(session: Session, ids: set[str]) -> dict[str, DeviceRow]:
+    """The rows of the devices heard from in a window (not the whole fleet), 500 ids a query."""
+    ordered = sorted(ids)
+    found: dict[str, DeviceRow] = {}
+    for i in range(0, len(ordered), 500):
+        chunk = ordered[i : i + 500]
+        found.update(
+            (d.device_id, d)
+            for d in session.scalars(select(DeviceRow).where(DeviceRow.device_id.in_(chunk)))
+        )
+    return found
+
+
+def aggregate_window(
+    session: Session,
+    end: datetime,
+    window_s: float,
+    *,
+    label_keys: Iterable[str] = ("site", "region"),
+) -> tuple[dict[Scope, dict[str, tuple[float, int, int]]], list[DriftFinding]]:
+    """Series points of the window ending at ``end`` (``{scope: {metric: (value, devices,
+    samples)}}``) and the input-drift findings of the window, per scope over all labels. Upserts the
+    points; flushes, does not commit."""
+    start = end - timedelta(seconds=window_s)
+    keys = tuple(label_keys)
+    sums: dict[Scope, _Sums] = defaultdict(_Sums)
+    telemetry = session.execute(
+        select(
+            TelemetryRow.device_id, TelemetryRow.model, TelemetryRow.version,
+            TelemetryRow.inferences, TelemetryRow.errors, TelemetryRow.latency,
+            TelemetryRow.feedback_correct, TelemetryRow.feedback_total,
+        ).where(TelemetryRow.received_at >= start, TelemetryRow.received_at < end)
+    ).all()  # fmt: skip
+    events = session.scalars(
+        select(DeviceEventRow).where(
+            DeviceEventRow.kind == "input_drift",
+            DeviceEventRow.received_at >= start,
+            DeviceEventRow.received_at < end,
+        )
+    ).all()
+    devices = _devices(session, {t[0] for t in telemetry} | {e.device_id for e in events})
+    for device_id, model, version, inferences, errors, latency, correct, labelled in telemetry:
+        for scope in _scopes(model, version, devices.get(device_id), keys):
+            s = sums[scope]
+            s.devices.add(device_id)
+            s.inferences += inferences
+            s.errors += errors
+            s.correct += correct
+            s.labelled += labelled
+            if tuple(latency["bounds_ms"]) == LATENCY_BOUNDS_MS:  # the one layout ingest accepts
+                counts = latency["counts"]
+                s.latency_counts = (
+                    [a + b for a, b in zip(s.latency_counts, counts, strict=True)]
+                    if s.latency_counts
+                    else list(counts)
+                )
+    worst: dict[Scope, tuple[float, str, str, float]] = {}
+    for e in events:
+        for scope in _scopes(e.model, e.version, devices.get(e.device_id), keys):
+            s = sums[scope]
+            s.devices.add(e.device_id)
+            s.drifted.add(e.device_id)
+            s.psi = max(s.psi, e.value)
+            if scope.label == ALL and e.value > worst.get(scope, (-1.0, "", "", 0.0))[0]:
+                worst[scope] = (e.value, e.feature or "?", e.device_id, e.threshold)
+    points: dict[Scope, dict[str, tuple[float, int, int]]] = {}
+    for scope, s in sums.items():
+        n = len(s.devices)
+        metrics: dict[str, tuple[float, int, int]] = {
+            "drift_psi": (s.psi, n, len(s.drifted)),
+            "drift_devices": (len(s.drifted) / n, n, len(s.drifted)),
+        }
+        if s.inferences:
+            metrics["error_rate"] = (s.errors / s.inferences, n, s.inferences)
+        if s.labelled:
+            metrics["accuracy"] = (s.correct / s.labelled, n, s.labelled)
+        merged = (
+            LatencyHistogram(bounds_ms=LATENCY_BOUNDS_MS, counts=tuple(s.latency_counts))
+            if s.latency_counts
+            else None
+        )
+        for q, metric in (
+            (0.5, "latency_p50_ms"),
+            (0.95, "latency_p95_ms"),
+            (0.99, "latency_p99_ms"),
+        ):
+            found = quantile_ms(merged, q) if merged is not None else None
+            if found is not None and merged is not None:
+                metrics[metric] = (found[0], n, merged.total)
+        points[scope] = metrics
+        _upsert(session, scope, end, metrics)
+    findings = [
+        DriftFinding(
+            scope=scope,
+            devices=len(sums[scope].devices),
+            drifted=tuple(sorted(sums[scope].drifted)),
+            feature=feature,
+            psi=psi,
+            threshold=threshold,
+            worst_device=device,
+        )
+        for scope, (psi, feature, device, threshold) in sorted(
+            worst.items(), key=lambda kv: repr(kv[0])
+        )
+    ]
+    session.flush()
+    return points, findings
+
+
+def _upsert(
+    session: Session, scope: Scope, end: datetime, metrics: dict[str, tuple[float, int, int]]
+) -> None:
+    existing = {
+        r.metric: r
+        for r in session.scalars(
+            select(SeriesPointRow).where(
+                SeriesPointRow.model == scope.model,
+                SeriesPointRow.version == scope.version,
+                SeriesPointRow.hardware_class == scope.hardware_class,
+                SeriesPointRow.label == scope.label,
+                SeriesPointRow.window_end == end,
+            )
+        )
+    }
+    for metric, (value, devices, samples) in metrics.items():
+        row = existing.get(metric)
+        if row is None:
+            row = SeriesPointRow(
+                model=scope.model,
+                version=scope.version,
+                hardware_class=scope.hardware_class,
+                label=scope.label,
+                metric=metric,
+                window_end=end,
+            )
+            session.add(row)
+        row.value, row.devices, row.samples = value, devices, samples
+
+
+def history(
+    session: Session, scope: Scope, metric: str, before: datetime, limit: int
+) -> list[float]:
+    """The last ``limit`` values of a series before ``before``, oldest first."""
+    rows = session.scalars(
+        select(SeriesPointRow.value)
+        .where(
+            SeriesPointRow.model == scope.model,
+            SeriesPointRow.version == scope.version,
+            SeriesPointRow.hardware_class == scope.hardware_class,
+            SeriesPointRow.label == scope.label,
+            SeriesPointRow.metric == metric,
+            SeriesPointRow.window_end < before,
+        )
+        .order_by(SeriesPointRow.window_end.desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(rows))
+
+
+def fleet_series(
+    session: Session,
+    *,
+    model: str,
+    metric: str,
+    version: str | None = None,
+    hardware_class: str | None = None,
+    label: str = ALL,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Points of one metric for the dashboard, oldest first, as JSON-ready dicts."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    query = select(SeriesPointRow).where(
+        SeriesPointRow.model == model,
+        SeriesPointRow.metric == metric,
+        SeriesPointRow.label == label,
+    )
+    if version is not None:
+        query = query.where(SeriesPointRow.version == version)
+    if hardware_class is not None:
+        query = query.where(SeriesPointRow.hardware_class == hardware_class)
+    if since is not None:
+        query = query.where(SeriesPointRow.window_end >= since)
+    rows = session.scalars(query.order_by(SeriesPointRow.window_end).limit(limit))
+    return [
+        {
+            "model": r.model,
+            "version": r.version,
+            "class": r.hardware_class,
+            "label": r.label,
+            "metric": r.metric,
+            "window_end": r.window_end.isoformat(),
+            "value": r.value,
+            "devices": r.devices,
+            "samples": r.samples,
+        }
+        for r in rows
+    ]

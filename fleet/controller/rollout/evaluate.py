@@ -1,0 +1,344 @@
+"""Judging one stage: per cohort, the data minimums and every gate, from the observations of its window.
+
+This is the evidence a transition rests on, kept apart from the transitions themselves (``decide``) so
+that the status can carry it (``RolloutStatus.last_check``: what ``edgeloop rollout status`` shows) and
+so that it can be tested without a state machine around it.
+
+Who counts for what, per cohort:
+
+* **targeted**: the devices the status assigned to the canary in this cohort;
+* **confirmed**: targeted devices whose latest report, received in the window, came FROM the canary;
+* **canary arm**: canary-version telemetry of targeted devices in the window (inferences, errors,
+  latency, labelled feedback);
+* **stable arm** (accuracy only): stable-version labelled feedback from the cohort's devices in the same
+  window; when every device of the cohort is targeted (the last stage, or a tiny cohort) no device is
+  left to run stable in the window, so the arm is the **baseline**: the stable arm the status kept from
+  the last stage that measured one. Without either, the accuracy gate stays INCONCLUSIVE.
+
+The minimums (``Gate.DATA``) PASS or stay INCONCLUSIVE; only a gate breaking its limit on enough data
+FAILS. A stage passes when every cohort's verdicts combine (worst wins) to PASS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from fleet.controller.rollout.assignment import Assignment
+from fleet.controller.rollout.observations import DeviceObservation, Observations
+from fleet.controller.rollout.phase import Verdict, worst
+from fleet.controller.rollout.policy import RolloutPolicy
+from fleet.controller.rollout.stats import (
+    AccuracyTest,
+    Gate,
+    GateResult,
+    accuracy_gate,
+    accuracy_test,
+    error_rate_gate,
+    latency_gate,
+    merge_histograms,
+)
+
+NAMES_IN_REASON = 20
+"""At most this many device ids are spelled out in a reason; the full list is kept in the status."""
+
+
+class StableBaseline(BaseModel):
+    """A cohort's stable-arm feedback measured in an earlier stage's window, for when none is left."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hardware_class: str
+    correct: int = Field(ge=0)
+    total: int = Field(ge=0)
+    stage: int = Field(ge=0, description="the stage whose window measured it")
+
+
+class DeviceGap(BaseModel):
+    """A targeted device that is not giving the stage what it needs, and what is missing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: str
+    problem: str
+
+
+class CohortCheck(BaseModel):
+    """One cohort in one stage: counts against minimums, and every gate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hardware_class: str
+    targeted: int
+    confirmed: int
+    required_confirmed: int
+    inferences: int
+    required_inferences: int
+    feedback: int
+    required_feedback: int
+    stable_arm: str = Field(description="'window', 'baseline from stage N' or 'none'")
+    gaps: tuple[DeviceGap, ...] = Field(description="targeted devices short of something")
+    data: GateResult
+    gates: tuple[GateResult, ...] = Field(description="p95 latency, error rate, accuracy")
+    accuracy: AccuracyTest
+
+    @property
+    def results(self) -> tuple[GateResult, ...]:
+        """The data minimums and every gate."""
+        return (self.data, *self.gates)
+
+    @property
+    def verdict(self) -> Verdict:
+        """Worst of the data minimums and every gate."""
+        return worst(r.verdict for r in self.results)
+
+
+class StageCheck(BaseModel):
+    """Every cohort of one stage at one moment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: int
+    at: AwareDatetime
+    elapsed_s: float
+    baked: bool
+    cohorts: tuple[CohortCheck, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        """Worst over cohorts; a stage with no cohort to judge is INCONCLUSIVE."""
+        return worst(c.verdict for c in self.cohorts)
+
+    def with_verdict(self, verdict: Verdict) -> tuple[GateResult, ...]:
+        """Every result (data and gates, cohort by cohort) with exactly ``verdict``."""
+        return tuple(r for c in self.cohorts for r in c.results if r.verdict is verdict)
+
+    @property
+    def gaps(self) -> tuple[DeviceGap, ...]:
+        """Every short device, cohort by cohort."""
+        return tuple(g for c in self.cohorts for g in c.gaps)
+
+
+def evaluate_stage(
+    *,
+    policy: RolloutPolicy,
+    stage: int,
+    canary_version: str,
+    stable_version: str,
+    assignments: tuple[Assignment, ...],
+    baselines: tuple[StableBaseline, ...],
+    observations: Observations,
+    stage_started_at: datetime,
+    now: datetime,
+) -> StageCheck:
+    """Judge ``stage`` from observations summed since ``stage_started_at``; see the module docstring."""
+    devices = observations.by_id()
+    kept = {b.hardware_class: b for b in baselines}
+    cohorts = tuple(
+        _check_cohort(
+            policy=policy,
+            stage=stage,
+            cohort=a.hardware_class,
+            targeted=a.device_ids,
+            canary=canary_version,
+            stable=stable_version,
+            baseline=kept.get(a.hardware_class),
+            devices=devices,
+            window_start=stage_started_at,
+        )
+        for a in sorted(assignments, key=lambda a: a.hardware_class)
+        if a.device_ids and a.hardware_class in policy.cohorts
+    )
+    elapsed = (now - stage_started_at).total_seconds()
+    return StageCheck(
+        stage=stage,
+        at=now,
+        elapsed_s=elapsed,
+        baked=elapsed >= policy.stage(stage).bake_s,
+        cohorts=cohorts,
+    )
+
+
+def _check_cohort(
+    *,
+    policy: RolloutPolicy,
+    stage: int,
+    cohort: str,
+    targeted: tuple[str, ...],
+    canary: str,
+    stable: str,
+    baseline: StableBaseline | None,
+    devices: dict[str, DeviceObservation],
+    window_start: datetime,
+) -> CohortCheck:
+    rules = policy.stage(stage)
+    gates = policy.gates
+    is_targeted = set(targeted)
+    on_canary = [devices[d].of_version(canary) for d in targeted if d in devices]
+    canary_arm = [t for t in on_canary if t is not None]
+    confirmed = [d for d in targeted if d in devices and devices[d].reports(canary, window_start)]
+    inferences = sum(t.inferences for t in canary_arm)
+    errors = sum(t.errors for t in canary_arm)
+    correct = sum(t.feedback_correct for t in canary_arm)
+    feedback = sum(t.feedback_total for t in canary_arm)
+    required = rules.required_confirmed(len(targeted))
+
+    short_inferences = inferences < rules.min_inferences
+    short_feedback = feedback < rules.min_feedback
+    gaps = tuple(
+        _gaps(
+            targeted,
+            devices,
+            canary=canary,
+            stable=stable,
+            window_start=window_start,
+            min_inferences=rules.min_inferences if short_inferences else None,
+            min_feedback=rules.min_feedback if short_feedback else None,
+        )
+    )
+    data_ok = len(confirmed) >= required and not short_inferences and not short_feedback
+    data_reason = (
+        f"{cohort}: {len(confirmed)}/{len(targeted)} targeted devices confirmed on {canary} "
+        f"(need {required}), {inferences} inferences (need {rules.min_inferences}), "
+        f"{feedback} labelled (need {rules.min_feedback})"
+    )
+    if gaps:
+        data_reason += f"; short: {describe_gaps(gaps)}"
+    data = GateResult(
+        gate=Gate.DATA,
+        cohort=cohort,
+        verdict=Verdict.PASS if data_ok else Verdict.INCONCLUSIVE,
+        measured=float(len(confirmed)),
+        threshold=float(required),
+        samples=inferences,
+        reason=data_reason,
+    )
+
+    everyone_targeted = all(
+        d.device_id in is_targeted for d in devices.values() if d.hardware_class == cohort
+    )
+    if not everyone_targeted:
+        on_stable = [
+            t
+            for d in devices.values()
+            if d.hardware_class == cohort and (t := d.of_version(stable)) is not None
+        ]
+        stable_correct = sum(t.feedback_correct for t in on_stable)
+        stable_total = sum(t.feedback_total for t in on_stable)
+        arm = "window"
+    elif baseline is not None:
+        stable_correct, stable_total = baseline.correct, baseline.total
+        arm = f"baseline from stage {baseline.stage + 1}"
+    else:
+        stable_correct, stable_total, arm = 0, 0, "none"
+    test = accuracy_test(
+        canary_correct=correct,
+        canary_total=feedback,
+        stable_correct=stable_correct,
+        stable_total=stable_total,
+        delta=gates.accuracy.delta,
+        alpha=gates.accuracy.alpha,
+        min_samples=gates.accuracy.min_samples,
+    )
+    if arm != "window":
+        note = "every device of the cohort is targeted, so stable is " + (
+            f"the {arm}" if baseline is not None else "unmeasured (no earlier stage measured it)"
+        )
+        test = test.model_copy(update={"reason": f"{test.reason} ({note})"})
+
+    results = (
+        latency_gate(
+            merge_histograms(t.latency for t in canary_arm if t.latency is not None),
+            budget_ms=policy.cohorts[cohort].p95_latency_ms,
+            min_samples=rules.min_inferences,
+            cohort=cohort,
+        ),
+        error_rate_gate(
+            errors=errors,
+            inferences=inferences,
+            max_rate=gates.max_error_rate,
+            min_samples=rules.min_inferences,
+            cohort=cohort,
+        ),
+        accuracy_gate(test, cohort),
+    )
+    return CohortCheck(
+        hardware_class=cohort,
+        targeted=len(targeted),
+        confirmed=len(confirmed),
+        required_confirmed=required,
+        inferences=inferences,
+        required_inferences=rules.min_inferences,
+        feedback=feedback,
+        required_feedback=rules.min_feedback,
+        stable_arm=arm,
+        gaps=gaps,
+        data=data,
+        gates=results,
+        accuracy=test,
+    )
+
+
+def _gaps(
+    targeted: tuple[str, ...],
+    devices: dict[str, DeviceObservation],
+    *,
+    canary: str,
+    stable: str,
+    window_start: datetime,
+    min_inferences: int | None,
+    min_feedback: int | None,
+) -> Iterable[DeviceGap]:
+    """Why each targeted device is not (fully) counted.
+
+    A device that is not confirmed is always named. When a cohort total is short (``min_*`` given),
+    confirmed devices that gave less than an equal share of that minimum are named too.
+    """
+    inference_share = -(-min_inferences // len(targeted)) if min_inferences else 0
+    feedback_share = -(-min_feedback // len(targeted)) if min_feedback else 0
+    for device_id in targeted:
+        device = devices.get(device_id)
+        problem = (
+            device_problem(device, canary=canary, stable=stable, since=window_start)
+            if device is not None
+            else "not enrolled any more"
+        )
+        if problem is None:
+            assert device is not None
+            telemetry = device.of_version(canary)
+            inferences = telemetry.inferences if telemetry is not None else 0
+            labelled = telemetry.feedback_total if telemetry is not None else 0
+            if inferences < inference_share:
+                problem = f"{inferences} inferences, share {inference_share}"
+            elif labelled < feedback_share:
+                problem = f"{labelled} labelled, share {feedback_share}"
+        if problem is not None:
+            yield DeviceGap(device_id=device_id, problem=problem)
+
+
+def device_problem(
+    device: DeviceObservation, *, canary: str, stable: str, since: datetime
+) -> str | None:
+    """Why ``device`` does not count as running ``canary`` since ``since``; None when it does.
+
+    Also used for rollbacks, with the stable version as ``canary``.
+    """
+    if device.reports(canary, since):
+        return None
+    if device.last_seen is None:
+        return "never reported"
+    if device.last_seen < since:
+        return f"silent since {device.last_seen.isoformat()}"
+    running = device.running_version
+    if running is None:
+        return f"reports no version, not {canary}"
+    label = " (stable)" if running == stable and stable != canary else ""
+    return f"reports {running}{label}, not {canary}"
+
+
+def describe_gaps(gaps: tuple[DeviceGap, ...], limit: int = NAMES_IN_REASON) -> str:
+    """``dev-1 (never reported), dev-2 (reports 3 (stable), not 4)`` and ``and N more``."""
+    named = ", ".join(f"{g.device_id} ({g.problem})" for g in gaps[:limit])
+    return named + (f" and {len(gaps) - limit} more" if len(gaps) > limit else "")

@@ -1,0 +1,244 @@
+"""The controller's tables (SQLAlchemy 2.x) and the engine/session plumbing around them.
+
+The controller is stateless over this database: every replica reads and writes the same rows, so what a
+device is told, what it reported and where each rollout stands survive a restart and are shared by
+replicas behind a load balancer. The schema is owned by the Alembic migrations in ``migrations/``; these
+models must match them (a unit test compares the two).
+
+Times are stored as naive UTC and read back as aware UTC (:class:`UTCDateTime`): SQLite keeps no time
+zone, and the decision core refuses naive datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+"""Autoincrement keys: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in Python, naive UTC in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the fleet database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EnrolmentTokenRow(Base):
+    """A one-time enrolment token: only its sha256 is kept."""
+
+    __tablename__ = "enrolment_tokens"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    uses_left: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    hardware_class: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeviceRow(Base):
+    """An enrolled device; ``credential_hash`` is the sha256 of the credential it was given once."""
+
+    __tablename__ = "devices"
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hardware_class: Mapped[str] = mapped_column(String(128), index=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TelemetryRow(Base):
+    """One telemetry report; ``(device_id, buffer_id, seq)`` is unique, which makes ingest idempotent."""
+
+    __tablename__ = "telemetry_reports"
+    __table_args__ = (
+        UniqueConstraint("device_id", "buffer_id", "seq", name="uq_telemetry_device_buffer_seq"),
+        Index("ix_telemetry_received", "received_at"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
+    buffer_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    variant: Mapped[str] = mapped_column(String(128))
+    running: Mapped[bool] = mapped_column(Boolean)
+    window_start: Mapped[float] = mapped_column(Float)
+    window_end: Mapped[float] = mapped_column(Float)
+    inferences: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    latency: Mapped[dict[str, Any]] = mapped_column(JSON)
+    feedback_correct: Mapped[int] = mapped_column(Integer)
+    feedback_total: Mapped[int] = mapped_column(Integer)
+    dropped_total: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DesiredStateRow(Base):
+    """What one device should run; ``revision`` grows on every change (long-polls compare it)."""
+
+    __tablename__ = "desired_states"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rollout_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BaselineRow(Base):
+    """The version a model's devices run outside any rollout (what ``production`` means on devices)."""
+
+    __tablename__ = "baselines"
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ArtifactRow(Base):
+    """The variant file of one version for one hardware class."""
+
+    __tablename__ = "artifacts"
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hardware_class: Mapped[str] = mapped_column(String(128), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RolloutRow(Base):
+    """A rollout: its persisted ``RolloutStatus`` (JSON) and a version for optimistic locking."""
+
+    __tablename__ = "rollouts"
+    rollout_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    phase: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    row_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
+
+
+class RolloutActionRow(Base):
+    """The outbox: actions a decision called for, saved with the status before any is performed."""
+
+    __tablename__ = "rollout_actions"
+    __table_args__ = (
+        UniqueConstraint(
+            "rollout_id", "attempt", "transition", "position", name="uq_rollout_action"
+        ),
+        Index("ix_rollout_actions_pending", "rollout_id", "done"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.rollout_id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    transition: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    action: Mapped[dict[str, Any]] = mapped_column(JSON)
+    done: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` → ``postgresql+psycopg://`` (psycopg 3 is the driver we ship)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for ``url``; a SQLite file gets its folder, WAL and a busy timeout.
+
+    SQLite runs WAL with ``synchronous=FULL`` by default: every commit is on disk before a device's
+    report is acknowledged, so an acknowledged report survives a power loss too. ``NORMAL``
+    (``EDGELOOP_FLEET_SQLITE_SYNCHRONOUS=NORMAL``) fsyncs at checkpoints only, which takes a commit
+    from milliseconds to microseconds; a crash of the controller process still loses nothing, but a
+    power loss or OS crash can roll back the last commits (already acknowledged). PostgreSQL is
+    unaffected by this setting."""
+    if sqlite_synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"sqlite_synchronous must be FULL or NORMAL, got {sqlite_synchronous!r}")
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(url_or_engine: str | Engine) -> None:
+    """``alembic upgrade head`` on this database, with a Config built in code (no alembic.ini)."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    if isinstance(url_or_engine, str):
+        engine.dispose()
+
+
+from fleet.controller.storage import observe_tables as _observe_tables  # noqa: E402, F401  (register tables)

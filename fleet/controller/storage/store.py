@@ -1,0 +1,656 @@
+"""Repository functions over the fleet tables: the only code that knows how facts are stored.
+
+Routes and the reconcile pass call these with a ``Session`` and an explicit ``now`` (STYLE rule 6), so a
+test can drive enrolment, telemetry and rollouts on any clock. Library-style: these raise the typed
+errors of ``fleet.controller.errors``; mapping them to HTTP answers is the API's business.
+
+Secrets (enrolment tokens, device credentials) are random 32-byte tokens; only their sha256 is stored,
+so a copy of the database enrols nobody and impersonates no device.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter
+from sqlalchemy import Executable, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from fleet.controller.errors import (
+    ConcurrentUpdate,
+    DeviceAlreadyEnrolled,
+    EnrolmentRefused,
+    RolloutNotFound,
+)
+from fleet.controller.longpoll import Targeted
+from fleet.controller.rollout.actions import Action
+from fleet.controller.rollout.decide import RolloutStatus
+from fleet.controller.rollout.observations import DeviceObservation, Observations, VersionTelemetry
+from fleet.controller.rollout.phase import RolloutPhase
+from fleet.controller.rollout.stats import LatencyHistogram, merge_histograms
+from fleet.controller.storage.db import (
+    ArtifactRow,
+    Base,
+    BaselineRow,
+    DesiredStateRow,
+    DeviceRow,
+    EnrolmentTokenRow,
+    RolloutActionRow,
+    RolloutRow,
+    TelemetryRow,
+)
+from fleet.controller.storage.observe_tables import QuarantineRow
+from fleet.shared.protocol import (
+    API_PREFIX,
+    LATENCY_BOUNDS_MS,
+    Artifact,
+    DesiredState,
+    EnrolmentToken,
+    EnrolmentTokenRequest,
+    EnrolRequest,
+    RolloutSummary,
+    TelemetryAck,
+    TelemetryReport,
+)
+from fleet.shared.signature import file_sha256
+
+ACTIONS: TypeAdapter[list[Action]] = TypeAdapter(list[Action])
+ACTION: TypeAdapter[Action] = TypeAdapter(Action)
+OPEN_PHASES = (
+    RolloutPhase.PENDING,
+    RolloutPhase.PROGRESSING,
+    RolloutPhase.PAUSED,
+    RolloutPhase.ROLLING_BACK,
+)
+"""Phases in which a rollout blocks another one of the same model."""
+
+
+def hash_secret(secret: str) -> str:
+    """sha256 hex of a token or credential: what the database keeps instead of it."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- enrolment -------------------------------------------------------------------------------
+
+
+def create_enrolment_token(
+    session: Session, request: EnrolmentTokenRequest, now: datetime
+) -> EnrolmentToken:
+    token = secrets.token_urlsafe(32)
+    expires_at = now + timedelta(seconds=request.ttl_s)
+    session.add(
+        EnrolmentTokenRow(
+            token_hash=hash_secret(token),
+            uses_left=request.uses,
+            expires_at=expires_at,
+            hardware_class=request.hardware_class,
+            created_at=now,
+        )
+    )
+    session.commit()
+    return EnrolmentToken(token=token, expires_at=expires_at, uses=request.uses)
+
+
+def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
+    """Spend one use of the token and enrol the device; returns the credential (shown once)."""
+    token = session.scalars(
+        select(EnrolmentTokenRow)
+        .where(EnrolmentTokenRow.token_hash == hash_secret(request.token))
+        .with_for_update()
+    ).one_or_none()
+    if (
+        token is None
+        or token.uses_left < 1
+        or token.expires_at <= now
+        or (token.hardware_class is not None and token.hardware_class != request.hardware_class)
+    ):
+        raise EnrolmentRefused("the enrolment token is not valid")
+    if session.get(DeviceRow, request.device_id) is not None:
+        raise DeviceAlreadyEnrolled(
+            f"device {request.device_id} is enrolled already", device_id=request.device_id
+        )
+    credential = secrets.token_urlsafe(32)
+    token.uses_left -= 1
+    session.add(
+        DeviceRow(
+            device_id=request.device_id,
+            hardware_class=request.hardware_class,
+            labels=dict(request.labels),
+            credential_hash=hash_secret(credential),
+            enrolled_at=now,
+            last_seen=None,
+        )
+    )
+    # The desired-state row exists from enrolment on, so targeting only ever updates it: two writers
+    # targeting the same new device (a command and the reconcile pass) cannot both insert it.
+    try:
+        session.flush()  # the device row first: the desired state refers to it
+        session.add(DesiredStateRow(device_id=request.device_id, revision=0, updated_at=now))
+        session.flush()
+        baseline_for_new_device(session, request.device_id, now)
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise DeviceAlreadyEnrolled(
+            f"device {request.device_id} is enrolled already", device_id=request.device_id
+        ) from exc
+    return credential
+
+
+def device_by_credential_hash(session: Session, credential_hash: str) -> DeviceRow | None:
+    """The device whose credential hashes to ``credential_hash`` (see :func:`hash_secret`)."""
+    return session.scalars(
+        select(DeviceRow).where(DeviceRow.credential_hash == credential_hash)
+    ).one_or_none()
+
+
+# --- desired state ---------------------------------------------------------------------------
+
+
+def desired_state(session: Session, device: DeviceRow) -> DesiredState:
+    """The device's desired state; revision 0 and no artifact until something targets it."""
+    row = session.get(DesiredStateRow, device.device_id, populate_existing=True)
+    if row is None:
+        return DesiredState(device_id=device.device_id, revision=0)
+    artifact = None
+    if row.model is not None and row.version is not None:
+        found = session.get(ArtifactRow, (row.model, row.version, device.hardware_class))
+        if found is not None and found.signature:
+            artifact = _artifact(found)
+    return DesiredState(
+        device_id=device.device_id,
+        revision=row.revision,
+        artifact=artifact,
+        rollout_id=row.rollout_id,
+    )
+
+
+def target_devices(
+    session: Session,
+    device_ids: Iterable[str],
+    *,
+    model: str,
+    version: str,
+    rollout_id: str | None,
+    now: datetime,
+) -> list[str]:
+    """Point devices at ``model``/``version``; returns those whose state changed (revision + 1)."""
+    if rollout_id is not None:  # quarantined devices stay on what a playbook pinned them to
+        device_ids = without_quarantined(session, device_ids)
+    return list(
+        retarget(session, device_ids, model=model, version=version, rollout_id=rollout_id, now=now)
+    )
+
+
+def retarget(
+    session: Session,
+    device_ids: Iterable[str],
+    *,
+    model: str,
+    version: str,
+    rollout_id: str | None,
+    now: datetime,
+) -> dict[str, int]:
+    """Point devices at ``model``/``version``; returns the new revision of each device that changed.
+
+    Set-based: one ``UPDATE ... RETURNING`` per chunk of devices, never a statement per device, so a
+    rollback of a thousand devices is two statements. Targeting a device at what it is already targeted
+    at changes nothing, so performing an outbox action twice is harmless. Devices that are not enrolled
+    have no desired-state row and are skipped. Does not commit.
+    """
+    ids = list(dict.fromkeys(device_ids))
+    row = DesiredStateRow
+    differs = or_(
+        row.model.is_distinct_from(model),
+        row.version.is_distinct_from(version),
+        row.rollout_id.is_distinct_from(rollout_id),
+    )
+    changed: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        statement = (
+            update(row)
+            .where(row.device_id.in_(ids[start : start + 500]), differs)
+            .values(
+                revision=row.revision + 1,
+                model=model,
+                version=version,
+                rollout_id=rollout_id,
+                updated_at=now,
+            )
+            .returning(row.device_id, row.revision)
+            .execution_options(synchronize_session=False)
+        )
+        changed.update((d, r) for d, r in session.execute(statement))
+    return {d: changed[d] for d in ids if d in changed}
+
+
+def targeted(session: Session, model: str, version: str, rollout_id: str | None) -> Targeted:
+    """The document devices pointed at ``model``/``version`` share: the signed variant per class."""
+    signed = {
+        c: _artifact(r) for c, r in artifacts_of(session, model, version).items() if r.signature
+    }
+    return Targeted(model=model, version=version, rollout_id=rollout_id, artifacts=signed)
+
+
+def set_baseline(session: Session, model: str, version: str, now: datetime) -> list[str]:
+    """Make ``version`` what every device of ``model`` runs outside a rollout; returns the devices
+    whose desired state changed. Devices of an active rollout are left to it. Does not commit."""
+    row = session.get(BaselineRow, model, with_for_update=True)
+    if row is None:
+        session.add(BaselineRow(model=model, version=version, updated_at=now))
+    else:
+        row.version, row.updated_at = version, now
+    busy = {
+        device
+        for rollout in session.scalars(select(RolloutRow).where(RolloutRow.model == model))
+        if RolloutPhase(rollout.phase) in OPEN_PHASES
+        for device in status_of(rollout).targeted
+    }
+    classes = set(
+        session.scalars(
+            select(ArtifactRow.hardware_class).where(
+                ArtifactRow.model == model, ArtifactRow.version == version
+            )
+        )
+    )
+    devices = session.scalars(
+        select(DeviceRow.device_id).where(DeviceRow.hardware_class.in_(classes))
+    )
+    return target_devices(
+        session,
+        [d for d in devices if d not in busy],
+        model=model,
+        version=version,
+        rollout_id=None,
+        now=now,
+    )
+
+
+def baseline_for_new_device(session: Session, device_id: str, now: datetime) -> list[str]:
+    """Point a newly enrolled device at the most recent baseline (if its class has an artifact)."""
+    device = session.get(DeviceRow, device_id)
+    for row in session.scalars(select(BaselineRow).order_by(BaselineRow.updated_at.desc())):
+        has_variant = session.scalars(
+            select(ArtifactRow).where(
+                ArtifactRow.model == row.model,
+                ArtifactRow.version == row.version,
+                ArtifactRow.hardware_class == (device.hardware_class if device else ""),
+            )
+        ).first()
+        if has_variant is not None:
+            return target_devices(
+                session, [device_id], model=row.model, version=row.version, rollout_id=None, now=now
+            )
+    return []
+
+
+# --- artifacts -------------------------------------------------------------------------------
+
+
+def register_artifact(
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    variant: str,
+    hardware_class: str,
+    path: Path,
+    signature: str | None,
+    now: datetime,
+) -> Artifact | None:
+    """Record (or replace) the variant file of a version for a hardware class; hashes the file."""
+    path = Path(path).resolve()
+    row = session.get(ArtifactRow, (model, version, hardware_class))
+    if row is None:
+        row = ArtifactRow(model=model, version=version, hardware_class=hardware_class)
+        session.add(row)
+    row.variant, row.path, row.signature = variant, str(path), signature
+    row.sha256, row.size_bytes, row.created_at = file_sha256(path), path.stat().st_size, now
+    session.commit()
+    return _artifact(row) if signature else None
+
+
+def artifact_row(
+    session: Session, model: str, version: str, variant: str, hardware_class: str
+) -> ArtifactRow | None:
+    """The variant file of a version for one hardware class (classes may share a variant)."""
+    return session.scalars(
+        select(ArtifactRow).where(
+            ArtifactRow.model == model,
+            ArtifactRow.version == version,
+            ArtifactRow.variant == variant,
+            ArtifactRow.hardware_class == hardware_class,
+        )
+    ).one_or_none()
+
+
+def artifacts_of(session: Session, model: str, version: str) -> dict[str, ArtifactRow]:
+    """Variants of a version by hardware class."""
+    rows = session.scalars(
+        select(ArtifactRow).where(ArtifactRow.model == model, ArtifactRow.version == version)
+    )
+    return {r.hardware_class: r for r in rows}
+
+
+def _artifact(row: ArtifactRow) -> Artifact:
+    assert row.signature
+    return Artifact(
+        model=row.model,
+        version=row.version,
+        variant=row.variant,
+        sha256=row.sha256,
+        signature=row.signature,
+        size_bytes=row.size_bytes,
+        url=f"{API_PREFIX}/artifacts/{row.model}/{row.version}/{row.variant}",
+    )
+
+
+# --- telemetry -------------------------------------------------------------------------------
+
+
+class HasDeviceId(Protocol):
+    """A device as the telemetry path knows it: an authenticated identity or a ``DeviceRow``."""
+
+    @property
+    def device_id(self) -> str: ...
+
+
+def ingest_telemetry(
+    session: Session, device: HasDeviceId, reports: Sequence[TelemetryReport], now: datetime
+) -> TelemetryAck:
+    """Store the reports not stored before; ``(device, buffer_id, seq)`` makes this idempotent.
+
+    Reports may come in any order and more than once (an agent resends its buffer after a lost ack).
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` stores a batch: the database says which rows
+    are new, so a concurrent duplicate loses on the unique key without an error, and a batch is two
+    statements and one commit whatever its size. Both statements are built once per dialect, so a
+    request reuses their compiled SQL instead of compiling a statement shaped by its batch.
+    """
+    first: dict[tuple[str, int], TelemetryReport] = {}
+    for report in reports:
+        first.setdefault((report.buffer_id, report.seq), report)
+    insert, touch = _telemetry_statements(session.get_bind().dialect.name)
+    connection = session.connection()
+    stored: set[tuple[str, int]] = set()
+    if first:
+        rows = [_telemetry_row(device.device_id, r, now) for r in first.values()]
+        stored = {(b, s) for b, s in connection.execute(insert, rows)}
+    connection.execute(touch, {"device": device.device_id, "now": now})
+    session.commit()
+    accepted: list[int] = []
+    duplicates: list[int] = []
+    for report in reports:
+        key = (report.buffer_id, report.seq)
+        if key in stored and first.get(key) is report:
+            accepted.append(report.seq)
+        else:
+            duplicates.append(report.seq)
+    return TelemetryAck(accepted=accepted, duplicates=duplicates)
+
+
+@functools.cache
+def _telemetry_statements(dialect: str) -> tuple[Executable, Executable]:
+    """The telemetry insert (many rows, new ones returned) and the ``last_seen`` update."""
+    table = Base.metadata.tables[TelemetryRow.__tablename__]
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    new_rows = insert.on_conflict_do_nothing(
+        index_elements=["device_id", "buffer_id", "seq"]
+    ).returning(table.c.buffer_id, table.c.seq)
+    devices = Base.metadata.tables[DeviceRow.__tablename__]
+    touch = (
+        update(devices)
+        .where(devices.c.device_id == bindparam("device"))
+        .values(last_seen=bindparam("now"))
+    )
+    return new_rows, touch
+
+
+def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "buffer_id": report.buffer_id,
+        "seq": report.seq,
+        "model": report.model,
+        "version": report.version,
+        "variant": report.variant,
+        "running": report.running,
+        "window_start": report.window_start,
+        "window_end": report.window_end,
+        "inferences": report.inferences,
+        "errors": report.errors,
+        "latency": {
+            "bounds_ms": list(report.latency_ms.bounds_ms),
+            "counts": list(report.latency_ms.counts),
+        },
+        "feedback_correct": sum(1 for f in report.feedback if f.predicted == f.label),
+        "feedback_total": len(report.feedback),
+        "dropped_total": report.dropped_total,
+        "received_at": now,
+    }
+
+
+def latest_versions(session: Session, device_ids: list[str]) -> dict[str, str]:
+    """The version of each device's latest report (devices that never reported are left out)."""
+    latest_ids = (
+        select(func.max(TelemetryRow.id))
+        .where(TelemetryRow.device_id.in_(device_ids))
+        .group_by(TelemetryRow.device_id)
+    )
+    rows = session.execute(
+        select(TelemetryRow.device_id, TelemetryRow.version).where(TelemetryRow.id.in_(latest_ids))
+    )
+    return {device_id: version for device_id, version in rows}
+
+
+def observations(
+    session: Session, status: RolloutStatus, now: datetime | None = None
+) -> Observations:
+    """The fleet as ``next_state`` needs it for ``status``: every enrolled device of the policy's
+    classes (silent ones included), the version of its latest report, and per version what it
+    reported since ``status.window_start`` (nothing when the status needs no window)."""
+    del now
+    classes = sorted(status.policy.cohorts)
+    devices = session.scalars(
+        select(DeviceRow).where(DeviceRow.hardware_class.in_(classes)).order_by(DeviceRow.device_id)
+    ).all()
+    ids = [d.device_id for d in devices]
+    running = latest_versions(session, ids)
+    window = status.window_start
+    sums: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"inferences": 0, "errors": 0, "correct": 0, "total": 0, "latency": []}
+    )
+    if window is not None and ids:
+        rows = session.execute(
+            select(
+                TelemetryRow.device_id,
+                TelemetryRow.version,
+                TelemetryRow.inferences,
+                TelemetryRow.errors,
+                TelemetryRow.latency,
+                TelemetryRow.feedback_correct,
+                TelemetryRow.feedback_total,
+            ).where(TelemetryRow.device_id.in_(ids), TelemetryRow.received_at >= window)
+        ).all()
+        for device_id, version, inferences, errors, latency, correct, total in rows:
+            entry = sums[(device_id, version)]
+            entry["inferences"] += inferences
+            entry["errors"] += errors
+            entry["correct"] += correct
+            entry["total"] += total
+            entry["latency"].append(
+                LatencyHistogram(
+                    bounds_ms=tuple(latency["bounds_ms"]), counts=tuple(latency["counts"])
+                )
+            )
+    per_device: dict[str, list[VersionTelemetry]] = defaultdict(list)
+    for (device_id, version), entry in sorted(sums.items()):
+        per_device[device_id].append(
+            VersionTelemetry(
+                version=version,
+                inferences=entry["inferences"],
+                errors=entry["errors"],
+                latency=merge_histograms(entry["latency"]),
+                feedback_correct=entry["correct"],
+                feedback_total=entry["total"],
+            )
+        )
+    return Observations(
+        window_start=window,
+        devices=tuple(
+            DeviceObservation(
+                device_id=d.device_id,
+                hardware_class=d.hardware_class,
+                last_seen=d.last_seen if d.device_id in running else None,
+                running_version=running.get(d.device_id),
+                telemetry=tuple(per_device.get(d.device_id, ())),
+            )
+            for d in devices
+        ),
+    )
+
+
+def without_quarantined(session: Session, device_ids: Iterable[str]) -> list[str]:
+    """``device_ids`` less the devices a playbook quarantined (they take no rollout targets)."""
+    held = set(session.scalars(select(QuarantineRow.device_id)))
+    return [d for d in device_ids if d not in held]
+
+
+def accepted_bounds() -> tuple[float, ...]:
+    """The one latency bucket layout the controller aggregates (the agent's)."""
+    return LATENCY_BOUNDS_MS
+
+
+# --- rollouts --------------------------------------------------------------------------------
+
+
+def new_rollout_id(model: str) -> str:
+    return f"{model}-{uuid.uuid4().hex[:10]}"
+
+
+def insert_rollout(session: Session, status: RolloutStatus, now: datetime) -> RolloutRow:
+    row = RolloutRow(
+        rollout_id=status.rollout_id,
+        model=status.model,
+        phase=str(status.phase),
+        status=status.model_dump(mode="json"),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def load_rollout(session: Session, rollout_id: str, *, lock: bool = False) -> RolloutRow:
+    row = session.get(RolloutRow, rollout_id, with_for_update=lock, populate_existing=True)
+    if row is None:
+        raise RolloutNotFound(f"no rollout {rollout_id}", rollout_id=rollout_id)
+    return row
+
+
+def status_of(row: RolloutRow) -> RolloutStatus:
+    return RolloutStatus.model_validate(row.status)
+
+
+def open_rollouts(session: Session, model: str | None = None) -> list[RolloutRow]:
+    query = select(RolloutRow).where(RolloutRow.phase.in_([str(p) for p in OPEN_PHASES]))
+    if model is not None:
+        query = query.where(RolloutRow.model == model)
+    return list(session.scalars(query.order_by(RolloutRow.created_at)))
+
+
+def active_rollout_ids(session: Session) -> list[str]:
+    """Rollouts a reconcile pass has work for (PENDING waits for ``start``; terminal ones are done)."""
+    phases = [str(p) for p in OPEN_PHASES if p is not RolloutPhase.PENDING]
+    return list(
+        session.scalars(
+            select(RolloutRow.rollout_id)
+            .where(RolloutRow.phase.in_(phases))
+            .order_by(RolloutRow.created_at)
+        )
+    )
+
+
+def list_rollouts(session: Session) -> list[RolloutRow]:
+    return list(session.scalars(select(RolloutRow).order_by(RolloutRow.created_at)))
+
+
+def save_decision(
+    session: Session,
+    row: RolloutRow,
+    new: RolloutStatus,
+    actions: Sequence[Action],
+    now: datetime,
+) -> None:
+    """Persist the new status and its actions (the outbox) in one transaction, before any is done.
+
+    The row's version column turns a concurrent update by another replica into
+    :class:`ConcurrentUpdate` instead of a lost write.
+    """
+    row.status = new.model_dump(mode="json")
+    row.phase = str(new.phase)
+    row.updated_at = now
+    row.last_error = None
+    for position, action in enumerate(actions):
+        session.add(
+            RolloutActionRow(
+                rollout_id=row.rollout_id,
+                attempt=action.attempt,
+                transition=action.transition,
+                position=position,
+                kind=action.kind,
+                action=action.model_dump(mode="json"),
+                done=False,
+                created_at=now,
+            )
+        )
+    try:
+        session.commit()
+    except (StaleDataError, IntegrityError) as exc:
+        session.rollback()
+        raise ConcurrentUpdate(
+            f"rollout {row.rollout_id} was changed by another pass", rollout_id=row.rollout_id
+        ) from exc
+
+
+def pending_actions(session: Session, rollout_id: str) -> list[RolloutActionRow]:
+    return list(
+        session.scalars(
+            select(RolloutActionRow)
+            .where(RolloutActionRow.rollout_id == rollout_id, RolloutActionRow.done.is_(False))
+            .order_by(RolloutActionRow.id)
+        )
+    )
+
+
+def all_actions(session: Session, rollout_id: str) -> list[Action]:
+    rows = session.scalars(
+        select(RolloutActionRow)
+        .where(RolloutActionRow.rollout_id == rollout_id)
+        .order_by(RolloutActionRow.id)
+    )
+    return [ACTION.validate_python(r.action) for r in rows]
+
+
+def summary(row: RolloutRow) -> RolloutSummary:
+    status = status_of(row)
+    return RolloutSummary(
+        rollout_id=row.rollout_id,
+        model=status.model,
+        version=status.canary_version,
+        stable_version=status.stable_version,
+        phase=str(status.phase),
+        stage=status.stage_label(),
+        reason=status.reason,
+        updated_at=row.updated_at,
+    )

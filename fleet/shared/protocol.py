@@ -1,0 +1,229 @@
+"""The wire contract between edge agents and the fleet controller (``/v1``).
+
+Both sides import these models, so the agent and the controller cannot drift apart. Only pydantic and
+the standard library: the agent installs on a small device. Limits on every number make absurd
+telemetry a 422 at the door instead of a poisoned aggregate.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+API_PREFIX = "/v1"
+LONG_POLL_MAX_S = 30.0
+MAX_REPORTS_PER_BATCH = 500
+MAX_FIELD_SAMPLES_PER_BATCH = 1000
+MAX_FEATURES = 4096
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+LATENCY_BOUNDS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+"""Upper bounds (inclusive) of the latency buckets; one more bucket counts everything above 1 s."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- enrolment -------------------------------------------------------------------------------
+
+
+class EnrolmentTokenRequest(_Wire):
+    """Admin: a one-time token for ``uses`` devices, valid for ``ttl_s`` seconds."""
+
+    uses: int = Field(1, ge=1, le=100_000)
+    ttl_s: int = Field(86_400, ge=60, le=30 * 86_400)
+    hardware_class: str | None = Field(None, pattern=NAME, description="restrict to one class")
+
+
+class EnrolmentToken(_Wire):
+    token: str
+    expires_at: AwareDatetime
+    uses: int
+
+
+class EnrolRequest(_Wire):
+    """A device presents a one-time token and says what it is."""
+
+    token: str = Field(min_length=16, max_length=256)
+    device_id: str = Field(pattern=NAME)
+    hardware_class: str = Field(pattern=NAME)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+
+class EnrolResponse(_Wire):
+    """The device's credential, shown once; the controller keeps only its hash."""
+
+    device_id: str
+    credential: str
+    public_key_pem: str = Field(description="the registry key that signs variants")
+
+
+# --- desired state ---------------------------------------------------------------------------
+
+
+class Artifact(_Wire):
+    """The variant of a version for the device's hardware class."""
+
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    variant: str = Field(pattern=NAME)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: str = Field(min_length=1, description="base64 ed25519, see fleet.shared.signature")
+    size_bytes: int = Field(ge=1)
+    url: str = Field(description="path under /v1/artifacts, or a signed object-store URL")
+
+
+class DesiredState(_Wire):
+    """What a device should run. ``revision`` changes whenever anything here changes."""
+
+    device_id: str
+    revision: int = Field(ge=0)
+    artifact: Artifact | None = None
+    rollout_id: str | None = None
+
+
+# --- telemetry -------------------------------------------------------------------------------
+
+
+class LatencyCounts(_Wire):
+    bounds_ms: tuple[float, ...] = Field(min_length=1, max_length=64)
+    counts: tuple[int, ...] = Field(min_length=2, max_length=65)
+
+    @model_validator(mode="after")
+    def _shape(self) -> LatencyCounts:
+        if len(self.counts) != len(self.bounds_ms) + 1:
+            raise ValueError("counts needs one entry per bound plus the overflow bucket")
+        if any(c < 0 for c in self.counts) or any(b <= 0 for b in self.bounds_ms):
+            raise ValueError("bounds must be positive and counts non-negative")
+        if list(self.bounds_ms) != sorted(set(self.bounds_ms)):
+            raise ValueError("bounds must increase strictly")
+        return self
+
+
+class Feedback(_Wire):
+    prediction_id: str | None = None
+    predicted: int = Field(ge=0, le=100_000)
+    label: int = Field(ge=0, le=100_000)
+
+
+class DeviceEvent(_Wire):
+    """A detector's finding on the device (``fleet.shared.drift``); the controller checks the values
+    (finite, in range) and counts a device that sends garbage."""
+
+    kind: Literal["input_drift", "prediction_drift", "latency_regression", "error_burst"]
+    value: float
+    threshold: float
+    window_s: float
+    feature: str | None = Field(None, max_length=128)
+    action: Literal["none", "fallback"] = "none"
+
+
+class TelemetryReport(_Wire):
+    """One window of one version on one device; ``(buffer_id, seq)`` makes it idempotent."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    seq: int = Field(ge=1)
+    buffer_id: str = Field(min_length=1, max_length=64)
+    model: str = Field("", max_length=128)
+    version: str = Field(pattern=NAME)
+    variant: str = Field("", max_length=128)
+    running: bool = True
+    window_start: float = Field(ge=0)
+    window_end: float = Field(ge=0)
+    inferences: int = Field(ge=0, le=10_000_000)
+    errors: int = Field(ge=0, le=10_000_000)
+    latency_ms: LatencyCounts
+    feedback: list[Feedback] = Field(default_factory=list, max_length=10_000)
+    dropped_total: int = Field(0, ge=0)
+    input_stats: dict[str, object] = Field(default_factory=dict)
+    events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TelemetryReport:
+        if self.errors > self.inferences:
+            raise ValueError("errors cannot exceed inferences")
+        if self.window_end < self.window_start:
+            raise ValueError("window_end is before window_start")
+        if sum(self.latency_ms.counts) > self.inferences:
+            raise ValueError("more latency samples than inferences")
+        return self
+
+
+class TelemetryBatch(_Wire):
+    reports: list[TelemetryReport] = Field(min_length=1, max_length=MAX_REPORTS_PER_BATCH)
+
+
+class TelemetryAck(_Wire):
+    """Which sequence numbers were stored now and which had been stored before (both are safe to
+    drop from the device's buffer)."""
+
+    accepted: list[int]
+    duplicates: list[int]
+
+
+# --- field samples ---------------------------------------------------------------------------
+
+
+class FieldSample(_Wire):
+    """One input a device served: features in the model's input order, what it predicted, and the
+    ground-truth label once known."""
+
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    features: list[float] = Field(min_length=1, max_length=MAX_FEATURES)
+    predicted: int | None = Field(None, ge=0, le=100_000)
+    label: int | None = Field(None, ge=0, le=100_000)
+    drifted: bool = False
+
+    @field_validator("features")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"features {bad[:10]} are not finite numbers")
+        return values
+
+
+class FieldSampleBatch(_Wire):
+    """Samples of one device; ``dropped_total`` counts those its bounded outbox dropped so far."""
+
+    samples: list[FieldSample] = Field(min_length=1, max_length=MAX_FIELD_SAMPLES_PER_BATCH)
+    dropped_total: int = Field(0, ge=0)
+
+
+class FieldSampleAck(_Wire):
+    stored: int
+    dropped_oldest: int = Field(description="older samples of this device dropped to stay bounded")
+
+
+# --- rollouts (admin) ------------------------------------------------------------------------
+
+
+class RolloutRequest(_Wire):
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    stable_version: str | None = Field(None, pattern=NAME)
+    policy: dict[str, object] | None = Field(
+        None, description="fleet.controller.rollout.policy; default if None"
+    )
+    supersede: bool = False
+
+
+class RolloutCommand(_Wire):
+    reason: str = Field("", max_length=500)
+
+
+class RolloutSummary(_Wire):
+    rollout_id: str
+    model: str
+    version: str
+    stable_version: str | None
+    phase: str
+    stage: str
+    reason: str | None
+    updated_at: datetime
