@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeloop.core.errors import EdgeloopError
+from fleet.shared.backoff import backoff_delay
 
 
 class SupervisorError(EdgeloopError):
@@ -188,7 +189,9 @@ class Supervisor:
                 f"Last output: {log_tail(child.spec.log, 400)!r}",
                 hint=f"see {child.spec.log}",
             )
-        delay = min(self.backoff_s * 2 ** (child.quick_crashes - 1), self.backoff_max_s)
+        delay = backoff_delay(
+            child.quick_crashes, initial_s=self.backoff_s, max_s=self.backoff_max_s
+        )
         child.restart_at = now + delay
         self.on_event(
             f"{child.spec.name} exited with code {code} after {ran:.1f} s; "

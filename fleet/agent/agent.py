@@ -68,6 +68,7 @@ from fleet.agent.errors import (
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import RESERVED_KEYS, FeedbackPair, TelemetryBuffer
+from fleet.shared.backoff import backoff_delay
 from fleet.shared.drift import DeviceDetector, DriftReference, histogram_p95, local_action
 from fleet.shared.protocol import (
     MAX_FIELD_SAMPLES_PER_BATCH,
@@ -471,9 +472,13 @@ class Agent:
         config = self.config
         if self.status.phase.needs_person():
             return config.backoff_max_s
-        exponent = max(0, self.status.failures - 1)
-        base = min(config.backoff_max_s, config.backoff_initial_s * 2**exponent)
-        return base * (1 - config.backoff_jitter * self._rng.random())
+        return backoff_delay(
+            max(1, self.status.failures),
+            initial_s=config.backoff_initial_s,
+            max_s=config.backoff_max_s,
+            jitter=config.backoff_jitter,
+            rng=self._rng,
+        )
 
     def _emit(self, *event: str) -> None:
         self._events(tuple(event))

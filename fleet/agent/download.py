@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from fleet.agent.errors import ControllerError, ControllerUnreachable, DownloadFailed
+from fleet.shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def download_resumable(
     last: Exception | None = None
     for attempt in range(retries + 1):
         if attempt:
-            sleep(min(backoff_max_s, backoff_s * 2 ** (attempt - 1)))
+            sleep(backoff_delay(attempt, initial_s=backoff_s, max_s=backoff_max_s))
         try:
             _attempt(http, url, dest, expected_size, headers, check)
             return dest

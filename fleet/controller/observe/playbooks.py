@@ -63,6 +63,7 @@ from fleet.controller.storage.observe_tables import (
     QuarantineRow,
     row_dict,
 )
+from fleet.shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,7 @@ def execute_due(
             if run.attempts >= playbook.max_attempts:
                 run.status, run.next_attempt_at = "failed", None
             else:
-                delay = playbook.backoff_s * 2 ** (run.attempts - 1)
+                delay = backoff_delay(run.attempts, initial_s=playbook.backoff_s)
                 run.next_attempt_at = now + timedelta(seconds=delay)
             run.result = message
             log.warning(
