@@ -20,8 +20,8 @@ import pytest
 from servers import uvicorn_controller
 from test_simulate_controller import ADMIN, ADMIN_HEADERS, register, write_model
 
-from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import db
+from fleet.controller.storage import events as stored_events
 from fleet.shared.drift import DetectorPolicy, build_reference
 from fleet.simulate import FaultPlan, FaultWindow, Simulation
 
@@ -226,6 +226,6 @@ def test_a_device_sending_garbage_statistics_gets_422_and_is_counted(
     engine = db.make_engine(controller["db_url"])
     try:
         with db.make_sessionmaker(engine)() as session:
-            assert observe_ingest.rejected_counts(session) == {"broken-1": 3}
+            assert stored_events.rejected_counts(session) == {"broken-1": 3}
     finally:
         engine.dispose()

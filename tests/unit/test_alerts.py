@@ -12,7 +12,7 @@ import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, report
 
 from fleet.controller.observe import alerts
-from fleet.controller.observe import ingest as observe_ingest
+from fleet.controller.storage import events as stored_events
 from fleet.controller.storage.observe_tables import DeviceEventRow, InputStatsRow
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
@@ -127,7 +127,7 @@ def test_garbage_statistics_are_refused_with_422_and_counted(fleet: Fleet, case:
         assert r.status_code == 422, r.text
         assert message in r.json()["detail"] and "report 1" in r.json()["detail"]
         with fleet.app.state.sessions() as session:
-            assert observe_ingest.rejected_counts(session) == {"dev-1": attempt}
+            assert stored_events.rejected_counts(session) == {"dev-1": attempt}
     with fleet.app.state.sessions() as session:  # nothing half-stored
         assert session.query(InputStatsRow).count() == 0
         assert session.query(DeviceEventRow).count() == 0
@@ -154,4 +154,4 @@ def test_events_and_their_input_statistics_are_stored_once(fleet: Fleet) -> None
         assert session.query(InputStatsRow).count() == 1
         (event,) = session.query(DeviceEventRow).all()
         assert (event.kind, event.feature, event.value) == ("input_drift", "f0", 0.5)
-        assert observe_ingest.rejected_counts(session) == {}
+        assert stored_events.rejected_counts(session) == {}

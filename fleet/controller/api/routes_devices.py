@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.api.auth import Admin, CurrentDevice, DeviceIdentity, OwnDevice, SessionDep
 from fleet.controller.observe import ingest as observe_ingest
+from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
 from fleet.controller.storage.db import DeviceRow
 from fleet.shared.protocol import (
@@ -187,7 +188,7 @@ def telemetry(body: TelemetryBatch, request: Request, device: OwnDevice) -> Tele
     garbage = observe_ingest.report_problems(body.reports)
     with request.app.state.sessions() as session:
         if garbage:
-            observe_ingest.count_rejection(session, device.device_id, garbage, now)
+            stored_events.count_rejection(session, device.device_id, garbage, now)
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(garbage))
         ack = store.ingest_telemetry(session, device, body.reports, now)
         observe_ingest.record(session, device.device_id, body.reports, ack.accepted, now)

@@ -22,12 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from fleet.controller.rollout.stats import LatencyHistogram, quantile_ms
-from fleet.controller.storage.db import DeviceRow, TelemetryRow
-from fleet.controller.storage.observe_tables import DeviceEventRow, SeriesPointRow
+from fleet.controller.storage import events, series, store
+from fleet.controller.storage.db import DeviceRow, Session
+from fleet.controller.storage.series import ALL, Scope
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 METRICS = (
@@ -39,15 +37,6 @@ METRICS = (
     "drift_psi",
     "drift_devices",
 )
-ALL = "*"
-
-
-@dataclass(frozen=True)
-class Scope:
-    model: str
-    version: str
-    hardware_class: str
-    label: str = ALL
 
 
 @dataclass
@@ -85,19 +74,6 @@ def _scopes(
     return out
 
 
-def _devices(session: Session, ids: set[str]) -> dict[str, DeviceRow]:
-    """The rows of the devices heard from in a window (not the whole fleet), 500 ids a query."""
-    ordered = sorted(ids)
-    found: dict[str, DeviceRow] = {}
-    for i in range(0, len(ordered), 500):
-        chunk = ordered[i : i + 500]
-        found.update(
-            (d.device_id, d)
-            for d in session.scalars(select(DeviceRow).where(DeviceRow.device_id.in_(chunk)))
-        )
-    return found
-
-
 def aggregate_window(
     session: Session,
     end: datetime,
@@ -111,21 +87,11 @@ def aggregate_window(
     start = end - timedelta(seconds=window_s)
     keys = tuple(label_keys)
     sums: dict[Scope, _Sums] = defaultdict(_Sums)
-    telemetry = session.execute(
-        select(
-            TelemetryRow.device_id, TelemetryRow.model, TelemetryRow.version,
-            TelemetryRow.inferences, TelemetryRow.errors, TelemetryRow.latency,
-            TelemetryRow.feedback_correct, TelemetryRow.feedback_total,
-        ).where(TelemetryRow.received_at >= start, TelemetryRow.received_at < end)
-    ).all()  # fmt: skip
-    events = session.scalars(
-        select(DeviceEventRow).where(
-            DeviceEventRow.kind == "input_drift",
-            DeviceEventRow.received_at >= start,
-            DeviceEventRow.received_at < end,
-        )
-    ).all()
-    devices = _devices(session, {t[0] for t in telemetry} | {e.device_id for e in events})
+    telemetry = series.telemetry_between(session, start, end)
+    drift_events = events.drift_events_between(session, start, end)
+    devices = store.devices_by_id(
+        session, {t[0] for t in telemetry} | {e.device_id for e in drift_events}
+    )
     for device_id, model, version, inferences, errors, latency, correct, labelled in telemetry:
         for scope in _scopes(model, version, devices.get(device_id), keys):
             s = sums[scope]
@@ -142,7 +108,7 @@ def aggregate_window(
                     else list(counts)
                 )
     worst: dict[Scope, tuple[float, str, str, float]] = {}
-    for e in events:
+    for e in drift_events:
         for scope in _scopes(e.model, e.version, devices.get(e.device_id), keys):
             s = sums[scope]
             s.devices.add(e.device_id)
@@ -175,7 +141,7 @@ def aggregate_window(
             if found is not None and merged is not None:
                 metrics[metric] = (found[0], n, merged.total)
         points[scope] = metrics
-        _upsert(session, scope, end, metrics)
+        series.upsert_points(session, scope, end, metrics)
     findings = [
         DriftFinding(
             scope=scope,
@@ -194,56 +160,6 @@ def aggregate_window(
     return points, findings
 
 
-def _upsert(
-    session: Session, scope: Scope, end: datetime, metrics: dict[str, tuple[float, int, int]]
-) -> None:
-    existing = {
-        r.metric: r
-        for r in session.scalars(
-            select(SeriesPointRow).where(
-                SeriesPointRow.model == scope.model,
-                SeriesPointRow.version == scope.version,
-                SeriesPointRow.hardware_class == scope.hardware_class,
-                SeriesPointRow.label == scope.label,
-                SeriesPointRow.window_end == end,
-            )
-        )
-    }
-    for metric, (value, devices, samples) in metrics.items():
-        row = existing.get(metric)
-        if row is None:
-            row = SeriesPointRow(
-                model=scope.model,
-                version=scope.version,
-                hardware_class=scope.hardware_class,
-                label=scope.label,
-                metric=metric,
-                window_end=end,
-            )
-            session.add(row)
-        row.value, row.devices, row.samples = value, devices, samples
-
-
-def history(
-    session: Session, scope: Scope, metric: str, before: datetime, limit: int
-) -> list[float]:
-    """The last ``limit`` values of a series before ``before``, oldest first."""
-    rows = session.scalars(
-        select(SeriesPointRow.value)
-        .where(
-            SeriesPointRow.model == scope.model,
-            SeriesPointRow.version == scope.version,
-            SeriesPointRow.hardware_class == scope.hardware_class,
-            SeriesPointRow.label == scope.label,
-            SeriesPointRow.metric == metric,
-            SeriesPointRow.window_end < before,
-        )
-        .order_by(SeriesPointRow.window_end.desc())
-        .limit(limit)
-    ).all()
-    return list(reversed(rows))
-
-
 def fleet_series(
     session: Session,
     *,
@@ -258,18 +174,10 @@ def fleet_series(
     """Points of one metric for the dashboard, oldest first, as JSON-ready dicts."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    query = select(SeriesPointRow).where(
-        SeriesPointRow.model == model,
-        SeriesPointRow.metric == metric,
-        SeriesPointRow.label == label,
-    )
-    if version is not None:
-        query = query.where(SeriesPointRow.version == version)
-    if hardware_class is not None:
-        query = query.where(SeriesPointRow.hardware_class == hardware_class)
-    if since is not None:
-        query = query.where(SeriesPointRow.window_end >= since)
-    rows = session.scalars(query.order_by(SeriesPointRow.window_end).limit(limit))
+    rows = series.points(
+        session, model=model, metric=metric, version=version, hardware_class=hardware_class,
+        label=label, since=since, limit=limit,
+    )  # fmt: skip
     return [
         {
             "model": r.model,

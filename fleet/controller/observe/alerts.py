@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
+from fleet.controller.storage import alerts as stored
+from fleet.controller.storage.db import Session
 from fleet.controller.storage.observe_tables import AlertRow, row_dict
 
 SCOPE_KEYS = ("model", "version", "class", "label", "device")
@@ -53,62 +52,22 @@ def raise_alert(
     suppressed it. Flushes, does not commit."""
     rules = rules or AlertRules()
     key = scope_key(scope)
-    open_row = session.scalars(
-        select(AlertRow).where(
-            AlertRow.kind == kind, AlertRow.scope_key == key, AlertRow.status == "open"
-        )
-    ).first()
+    open_row = stored.open_alert(session, kind, key)
     if open_row is not None:
-        open_row.occurrences += 1
-        open_row.value, open_row.reason, open_row.last_seen_at = value, reason, now
-        session.flush()
-        return open_row
+        return stored.add_occurrence(session, open_row, value, reason, now)
     since = now - timedelta(seconds=rules.rate_window_s)
-    recent = session.scalar(
-        select(func.count()).where(AlertRow.scope_key == key, AlertRow.opened_at >= since)
-    )
-    if (recent or 0) >= rules.max_new_per_scope:
-        latest = session.scalars(
-            select(AlertRow).where(AlertRow.scope_key == key).order_by(AlertRow.id.desc())
-        ).first()
-        if latest is not None:
-            latest.suppressed += 1
-            session.flush()
+    if stored.opened_since(session, key, since) >= rules.max_new_per_scope:
+        stored.count_suppressed(session, key)
         return None
-    row = AlertRow(
-        kind=kind,
-        scope_key=key,
-        scope={k: v for k, v in scope.items() if v},
-        value=value,
-        threshold=threshold,
-        reason=reason,
-        status="open",
-        occurrences=1,
-        suppressed=0,
-        opened_at=now,
-        last_seen_at=now,
-    )
-    session.add(row)
-    session.flush()
-    return row
+    return stored.insert_alert(
+        session, kind=kind, scope_key=key, scope={k: v for k, v in scope.items() if v},
+        value=value, threshold=threshold, reason=reason, now=now,
+    )  # fmt: skip
 
 
 def close_stale(session: Session, now: datetime, quiet_s: float) -> int:
     """Close open alerts not seen for ``quiet_s``; returns how many. Flushes."""
-    cutoff = now - timedelta(seconds=quiet_s)
-    rows = session.scalars(
-        select(AlertRow).where(AlertRow.status == "open", AlertRow.last_seen_at < cutoff)
-    ).all()
-    for row in rows:
-        row.status, row.closed_at = "closed", now
-    session.flush()
-    return len(rows)
-
-
-def open_alerts(session: Session) -> list[AlertRow]:
-    return list(
-        session.scalars(select(AlertRow).where(AlertRow.status == "open").order_by(AlertRow.id))
-    )
+    return stored.close_seen_before(session, now - timedelta(seconds=quiet_s), now)
 
 
 def alert_dict(row: AlertRow) -> dict[str, Any]:
@@ -119,7 +78,7 @@ def list_alerts(
     session: Session, *, status: Literal["open", "all"] = "open", limit: int = 100, offset: int = 0
 ) -> list[dict[str, Any]]:
     """Alerts, newest first, as JSON-ready dicts (for the API and the dashboard)."""
-    query = select(AlertRow).order_by(AlertRow.id.desc()).limit(limit).offset(offset)
-    if status == "open":
-        query = query.where(AlertRow.status == "open")
-    return [alert_dict(r) for r in session.scalars(query)]
+    return [
+        alert_dict(r)
+        for r in stored.newest_alerts(session, status=status, limit=limit, offset=offset)
+    ]

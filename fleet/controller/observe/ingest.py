@@ -3,7 +3,7 @@ checks that turn garbage statistics into a counted 422.
 
 A device that sends NaN, negative counts, a PSI no detector can produce or statistics whose lengths
 disagree has a bug or is compromised; its batch is refused whole (nothing half-stored), the refusal is
-counted per device (``rejected_reports``) and the answer names what is wrong.
+counted per device (``storage.events.count_rejection``) and the answer names what is wrong.
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from fleet.controller.storage.observe_tables import (
-    DeviceEventRow,
-    InputStatsRow,
-    RejectedReportsRow,
-)
+from fleet.controller.storage import events as stored
+from fleet.controller.storage.db import Session
 from fleet.shared.drift import PSI_MAX
 from fleet.shared.protocol import TelemetryReport
 
@@ -72,27 +66,6 @@ def report_problems(reports: Sequence[TelemetryReport]) -> list[str]:
     return out
 
 
-def count_rejection(
-    session: Session, device_id: str, problems: Sequence[str], now: datetime
-) -> int:
-    """Count one refused batch for ``device_id``; returns its total. Commits."""
-    row = session.get(RejectedReportsRow, device_id, with_for_update=True)
-    if row is None:
-        row = RejectedReportsRow(device_id=device_id, count=0)
-        session.add(row)
-    row.count += 1
-    row.last_reason, row.last_at = "; ".join(problems)[:2000], now
-    session.commit()
-    return row.count
-
-
-def rejected_counts(session: Session) -> dict[str, int]:
-    """Refused batches per device."""
-    return dict(
-        session.execute(select(RejectedReportsRow.device_id, RejectedReportsRow.count)).all()
-    )
-
-
 def record(
     session: Session,
     device_id: str,
@@ -110,23 +83,12 @@ def record(
             continue
         fresh.discard(r.seq)
         for e in r.events:
-            session.add(
-                DeviceEventRow(
-                    device_id=device_id, model=r.model, version=r.version, kind=e.kind,
-                    feature=e.feature, value=e.value, threshold=e.threshold,
-                    window_s=e.window_s, action=e.action, received_at=now,
-                )
-            )  # fmt: skip
+            stored.add_event(session, device_id, r.model, r.version, e, now)
             added += 1
         rows = r.input_stats.get("count", 0)
         if isinstance(rows, int) and rows > 0:
             stats = {k: r.input_stats.get(k) for k in ("count", "mean", "std")}
-            session.add(
-                InputStatsRow(
-                    device_id=device_id, model=r.model, version=r.version, rows=rows,
-                    stats=stats, received_at=now,
-                )
-            )  # fmt: skip
+            stored.add_input_stats(session, device_id, r.model, r.version, rows, stats, now)
             added += 1
     if added:
         session.commit()

@@ -30,20 +30,14 @@ from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.observe import aggregate, alerts, playbooks
 from fleet.controller.observe.anomaly import Direction, RobustZ
-from fleet.controller.storage.db import DeviceRow
-from fleet.controller.storage.observe_tables import (
-    AlertRow,
-    DeviceEventRow,
-    InputStatsRow,
-    SeriesPointRow,
-)
+from fleet.controller.storage import events, series, store
+from fleet.controller.storage.db import Session, SessionFactory
+from fleet.controller.storage.observe_tables import AlertRow
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +117,7 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
                 min_history=settings.anomaly_min_history,
                 direction=direction,
             )
-            past = aggregate.history(session, scope, metric, now, settings.anomaly_history)
+            past = series.history(session, scope, metric, now, settings.anomaly_history)
             if not detector.is_anomaly(past, value):
                 continue
             limit = detector.limit(past)
@@ -143,39 +137,18 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
             )  # fmt: skip
     raised += _device_alerts(session, now, settings)
     alerts.close_stale(session, now, settings.alert_quiet_s)
-    prune(session, now - timedelta(seconds=settings.retention_s))
+    series.prune(session, now - timedelta(seconds=settings.retention_s))
     session.commit()
     return [a for a in raised if a is not None]
-
-
-def prune(session: Session, before: datetime) -> int:
-    """Delete device events, input statistics and series points older than ``before`` (alerts and
-    playbook runs are the record and stay). Returns the rows deleted; flushes, does not commit."""
-    deleted = 0
-    for column in (
-        DeviceEventRow.received_at,
-        InputStatsRow.received_at,
-        SeriesPointRow.window_end,
-    ):
-        result = session.execute(delete(column.class_).where(column < before))
-        deleted += getattr(result, "rowcount", 0) or 0
-    return deleted
 
 
 def _device_alerts(
     session: Session, now: datetime, settings: ObserveSettings
 ) -> list[AlertRow | None]:
     start = now - timedelta(seconds=settings.window_s)
-    events = session.scalars(
-        select(DeviceEventRow).where(
-            DeviceEventRow.kind.in_(DEVICE_KINDS),
-            DeviceEventRow.received_at >= start,
-            DeviceEventRow.received_at < now,
-        )
-    ).all()
     out: list[AlertRow | None] = []
-    for e in events:
-        device = session.get(DeviceRow, e.device_id)
+    for e in events.events_between(session, DEVICE_KINDS, start, now):
+        device = store.device(session, e.device_id)
         reason = (
             f"{e.kind} on device {e.device_id}: {e.value:.4g} > {e.threshold:.4g} over "
             f"{e.window_s:.0f} s ({e.model} {e.version}; device action: {e.action})"
@@ -196,7 +169,7 @@ def _device_alerts(
 
 
 def observe_once(
-    sessions: sessionmaker,
+    sessions: SessionFactory,
     now: datetime,
     settings: ObserveSettings,
     books: list[playbooks.Playbook],
@@ -240,7 +213,7 @@ def configure() -> Observer:
 
 
 async def run_forever(
-    sessions: sessionmaker,
+    sessions: SessionFactory,
     clock: Callable[[], datetime],
     observer: Observer,
     notifier: ChangeNotifier | None = None,
@@ -255,7 +228,7 @@ async def run_forever(
 
 
 def start(
-    sessions: sessionmaker,
+    sessions: SessionFactory,
     clock: Callable[[], datetime],
     notifier: ChangeNotifier,
     observer: Observer,

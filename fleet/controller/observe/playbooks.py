@@ -50,10 +50,11 @@ from sqlalchemy.orm import Session
 
 from fleet.controller.errors import PolicyError
 from fleet.controller.longpoll import ChangeNotifier
-from fleet.controller.observe.alerts import alert_dict, open_alerts
+from fleet.controller.observe.alerts import alert_dict
 from fleet.controller.rollout.decide import abort, pause
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.storage import store
+from fleet.controller.storage.alerts import open_alerts
 from fleet.controller.storage.db import BaselineRow, DeviceRow
 from fleet.controller.storage.observe_tables import (
     AlertRow,

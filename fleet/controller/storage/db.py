@@ -33,7 +33,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    Session as Session,  # re-exported: code outside storage imports no SQLAlchemy
+)
 from sqlalchemy.types import TypeDecorator
+
+SessionFactory = sessionmaker
+"""What makes sessions (``make_sessionmaker``); callers outside storage name it by this alias."""
 
 ID = BigInteger().with_variant(Integer(), "sqlite")
 """Autoincrement keys: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite."""

@@ -51,6 +51,7 @@ from fleet.controller.storage.db import (
     TelemetryRow,
 )
 from fleet.controller.storage.observe_tables import QuarantineRow
+from fleet.shared.admin_protocol import RolloutSummary
 from fleet.shared.protocol import (
     API_PREFIX,
     LATENCY_BOUNDS_MS,
@@ -59,7 +60,6 @@ from fleet.shared.protocol import (
     EnrolmentToken,
     EnrolmentTokenRequest,
     EnrolRequest,
-    RolloutSummary,
     TelemetryAck,
     TelemetryReport,
 )
@@ -155,6 +155,23 @@ def device_by_credential_hash(session: Session, credential_hash: str) -> DeviceR
     ).one_or_none()
 
 
+def device(session: Session, device_id: str) -> DeviceRow | None:
+    return session.get(DeviceRow, device_id)
+
+
+def devices_by_id(session: Session, ids: Iterable[str]) -> dict[str, DeviceRow]:
+    """The rows of ``ids`` (those enrolled), 500 ids a query."""
+    ordered = sorted(set(ids))
+    found: dict[str, DeviceRow] = {}
+    for i in range(0, len(ordered), 500):
+        chunk = ordered[i : i + 500]
+        found.update(
+            (d.device_id, d)
+            for d in session.scalars(select(DeviceRow).where(DeviceRow.device_id.in_(chunk)))
+        )
+    return found
+
+
 # --- desired state ---------------------------------------------------------------------------
 
 
@@ -241,6 +258,12 @@ def targeted(session: Session, model: str, version: str, rollout_id: str | None)
         c: _artifact(r) for c, r in artifacts_of(session, model, version).items() if r.signature
     }
     return Targeted(model=model, version=version, rollout_id=rollout_id, artifacts=signed)
+
+
+def baseline_version(session: Session, model: str) -> str | None:
+    """The version ``model``'s devices run outside any rollout, if one is set."""
+    row = session.get(BaselineRow, model)
+    return row.version if row is not None else None
 
 
 def set_baseline(session: Session, model: str, version: str, now: datetime) -> list[str]:
@@ -524,6 +547,20 @@ def without_quarantined(session: Session, device_ids: Iterable[str]) -> list[str
     """``device_ids`` less the devices a playbook quarantined (they take no rollout targets)."""
     held = set(session.scalars(select(QuarantineRow.device_id)))
     return [d for d in device_ids if d not in held]
+
+
+def quarantine(
+    session: Session, device_id: str, model: str, version: str | None, reason: str, now: datetime
+) -> None:
+    """Hold ``device_id`` on ``version`` of ``model`` (no new rollout targets); a device already held
+    stays as it was. Adds, does not commit."""
+    if session.get(QuarantineRow, device_id) is None:
+        session.add(
+            QuarantineRow(
+                device_id=device_id, model=model, version=version, reason=reason[:2000],
+                created_at=now,
+            )
+        )  # fmt: skip
 
 
 def accepted_bounds() -> tuple[float, ...]:
