@@ -2,9 +2,10 @@
 
 Why a module of its own: a device is configured by its image or its service unit, not by a file in
 a source tree, and the agent installs without the platform's settings machinery. Every setting has
-one environment variable (``EDGELOOP_AGENT_<FIELD>``, upper case), parsed and checked here once, so
-the agent loop and the client receive values that are already known to make sense. A bad value is a
-:class:`ConfigError` naming the variable, at start-up, instead of a confusing failure an hour later.
+one environment variable (``EDGELOOP_AGENT_<FIELD>``), read by pydantic-settings and checked here
+once, so the agent loop and the client receive values that are already known to make sense. A bad
+value is a :class:`ConfigError` naming the variable, at start-up, instead of a confusing failure an
+hour later.
 
 The enrolment token is a secret that is needed once: after enrolment the device keeps its own
 credential (mode 0600) in ``state_dir`` and never needs the token again.
@@ -13,13 +14,12 @@ credential (mode 0600) in ``state_dir`` and never needs the token again.
 from __future__ import annotations
 
 import json
-import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet.agent.errors import ConfigError
 from fleet.shared.protocol import LONG_POLL_MAX_S, MAX_REPORTS_PER_BATCH, NAME
@@ -32,16 +32,19 @@ def _default_device_id() -> str:
     return (host.lstrip("_.-") or "device")[:128]
 
 
-class AgentConfig(BaseModel):
-    """Everything one agent process needs; build it with :meth:`from_env` on a device."""
+class AgentConfig(BaseSettings):
+    """Everything one agent process needs; build it with :meth:`from_env` on a device.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Fields not given as arguments come from ``EDGELOOP_AGENT_<FIELD>`` (any case), then defaults.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     controller_url: str = Field("http://127.0.0.1:8700", description="the controller's base URL")
     state_dir: Path = Field(Path(".edgeloop/agent"), description="credential, models, outbox")
     device_id: str = Field(default_factory=_default_device_id, pattern=NAME)
     hardware_class: str = Field("host-cpu", pattern=NAME)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=16)
+    labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, max_length=16)
     profile: str | None = Field(None, description="hardware profile name or YAML path")
     profiles_dir: Path = Path("hardware-tests/profiles")
     ca_file: Path | None = Field(
@@ -74,6 +77,25 @@ class AgentConfig(BaseModel):
     predict_host: str = "127.0.0.1"
     predict_port: int | None = Field(8701, ge=0, le=65535, description="None: no local server")
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_json(cls, value: Any) -> Any:
+        """``EDGELOOP_AGENT_LABELS`` holds a JSON object."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"must be a JSON object: {exc}") from exc
+
+    @field_validator("predict_port", mode="before")
+    @classmethod
+    def _predict_port_off(cls, value: Any) -> Any:
+        """An empty ``EDGELOOP_AGENT_PREDICT_PORT``, ``off`` or ``none``: no local server."""
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
+        return value
+
     @property
     def credential_path(self) -> Path:
         return self.state_dir / "credential.json"
@@ -91,29 +113,15 @@ class AgentConfig(BaseModel):
         return self.state_dir / "field-samples.db"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
-        """Settings from ``EDGELOOP_AGENT_*`` variables (``labels`` as a JSON object; an empty
-        ``PREDICT_PORT`` or ``off`` turns the local server off), then ``overrides`` on top."""
-        env = os.environ if environ is None else environ
-        raw: dict[str, Any] = {}
-        for field in cls.model_fields:
-            value = env.get(ENV_PREFIX + field.upper())
-            if value is None:
-                continue
-            if field == "labels":
-                try:
-                    raw[field] = json.loads(value)
-                except ValueError as exc:
-                    raise ConfigError(
-                        f"{ENV_PREFIX}LABELS must be a JSON object: {exc}", setting="labels"
-                    ) from exc
-            elif field == "predict_port" and value.strip().lower() in ("", "off", "none"):
-                raw[field] = None
-            else:
-                raw[field] = value
-        raw.update(overrides)
+    def from_env(cls, **overrides: Any) -> AgentConfig:
+        """Settings from ``EDGELOOP_AGENT_*`` variables with ``overrides`` on top (``labels`` as a
+        JSON object; an empty ``PREDICT_PORT`` or ``off`` turns the local server off).
+
+        Raises :class:`ConfigError` naming the variable of the first bad value (all of them in the
+        message), never pydantic's ``ValidationError``.
+        """
         try:
-            config = cls.model_validate(raw)
+            config = cls(**overrides)
         except ValidationError as exc:
             first = exc.errors()[0]
             setting = str(first["loc"][0]) if first["loc"] else "?"

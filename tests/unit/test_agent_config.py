@@ -1,0 +1,101 @@
+"""fleet.agent.config: AgentConfig read from EDGELOOP_AGENT_* by pydantic-settings, bad values as ConfigError."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fleet.agent.config import AgentConfig
+from fleet.agent.errors import ConfigError
+from fleet.shared.protocol import LONG_POLL_MAX_S
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No EDGELOOP_AGENT_* from the machine running the tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("EDGELOOP_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_without_variables() -> None:
+    config = AgentConfig.from_env()
+    assert config.controller_url == "http://127.0.0.1:8700"
+    assert config.state_dir == Path(".edgeloop/agent")
+    assert config.hardware_class == "host-cpu"
+    assert config.labels == {}
+    assert config.long_poll_s == LONG_POLL_MAX_S
+    assert (config.backoff_initial_s, config.backoff_max_s, config.backoff_jitter) == (1, 60, 0.2)
+    assert config.predict_port == 8701
+    assert config.enrolment_token is None
+    assert config.credential_path == Path(".edgeloop/agent/credential.json")
+
+
+def test_reads_each_setting_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", "https://fleet.example:8700")
+    monkeypatch.setenv("EDGELOOP_AGENT_DEVICE_ID", "cam-7")
+    monkeypatch.setenv("EDGELOOP_AGENT_LABELS", '{"site": "north"}')
+    monkeypatch.setenv("EDGELOOP_AGENT_ENROLMENT_TOKEN", "s3cret")
+    monkeypatch.setenv("EDGELOOP_AGENT_TELEMETRY_BATCH", "25")
+    monkeypatch.setenv("EDGELOOP_AGENT_ALLOW_INSECURE", "true")
+    config = AgentConfig.from_env()
+    assert config.controller_url == "https://fleet.example:8700"
+    assert config.device_id == "cam-7"
+    assert config.labels == {"site": "north"}
+    assert config.enrolment_token is not None
+    assert config.enrolment_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(config)
+    assert config.telemetry_batch == 25
+    assert config.allow_insecure is True
+
+
+def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELOOP_AGENT_DEVICE_ID", "from-env")
+    assert AgentConfig.from_env(device_id="from-flag").device_id == "from-flag"
+
+
+@pytest.mark.parametrize("value", ["", "off", "OFF", " none "])
+def test_predict_port_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("EDGELOOP_AGENT_PREDICT_PORT", value)
+    assert AgentConfig.from_env().predict_port is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting", "message"),
+    [
+        ("EDGELOOP_AGENT_LABELS", "{not json", "labels", "EDGELOOP_AGENT_LABELS: .*JSON object"),
+        ("EDGELOOP_AGENT_LABELS", "[1, 2]", "labels", "EDGELOOP_AGENT_LABELS: .*dictionary"),
+        (
+            "EDGELOOP_AGENT_TELEMETRY_BATCH",
+            "0",
+            "telemetry_batch",
+            "TELEMETRY_BATCH: .*greater than or equal to 1",
+        ),
+        ("EDGELOOP_AGENT_DEVICE_ID", "bad id!", "device_id", "EDGELOOP_AGENT_DEVICE_ID: .*pattern"),
+        ("EDGELOOP_AGENT_PREDICT_PORT", "http", "predict_port", "EDGELOOP_AGENT_PREDICT_PORT"),
+        (
+            "EDGELOOP_AGENT_BACKOFF_JITTER",
+            "2",
+            "backoff_jitter",
+            "BACKOFF_JITTER: .*less than or equal to 1",
+        ),
+    ],
+)
+def test_a_bad_value_is_one_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, setting: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message) as info:
+        AgentConfig.from_env()
+    assert info.value.setting == setting
+    assert info.value.message.startswith("invalid agent settings: ")
+
+
+def test_backoff_max_below_initial(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELOOP_AGENT_BACKOFF_INITIAL_S", "10")
+    monkeypatch.setenv("EDGELOOP_AGENT_BACKOFF_MAX_S", "5")
+    with pytest.raises(ConfigError, match=r"BACKOFF_MAX_S .* is below") as info:
+        AgentConfig.from_env()
+    assert info.value.setting == "backoff_max_s"
