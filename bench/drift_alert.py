@@ -39,7 +39,8 @@ from rich.table import Table
 from fleet.agent.telemetry import LatencyHistogram
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.observe import loop as observe
-from fleet.controller.observe import playbooks
+from fleet.controller.observe.playbooks import actions as playbook_actions
+from fleet.controller.observe.playbooks import config as playbook_config
 from fleet.controller.storage import db, store
 from fleet.controller.storage.db import DeviceRow
 from fleet.controller.storage.observe_tables import AlertRow
@@ -102,14 +103,16 @@ def run(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     reference = build_reference(rng.normal(0, 1, size=(20_000, FEATURES)))
     policy = DetectorPolicy(min_rows=args.min_rows)
-    books = playbooks.load_playbooks(PLAYBOOK)
+    books = playbook_config.load_playbooks(PLAYBOOK)
     settings = observe.ObserveSettings(
         enabled=True, period_s=args.observe_s, window_s=args.observe_s,
         playbooks_path=Path("unused.yaml"),
     )  # fmt: skip
     delivered: list[datetime] = []
 
-    def webhook(ctx: playbooks.ActionContext, _action: playbooks.PlaybookAction) -> str:
+    def webhook(
+        ctx: playbook_actions.ActionContext, _action: playbook_config.PlaybookAction
+    ) -> str:
         delivered.append(ctx.now)
         return "delivered"
 

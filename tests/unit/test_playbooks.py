@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 
 from edgeloop.cli import app as cli_app
 from fleet.controller.errors import PolicyError
-from fleet.controller.observe import alerts, playbooks
+from fleet.controller.observe import alerts
+from fleet.controller.observe.playbooks import actions as playbook_actions
+from fleet.controller.observe.playbooks import config as playbook_config
+from fleet.controller.observe.playbooks import runner as playbook_runner
 from fleet.controller.storage import store
 from fleet.controller.storage.observe_tables import AlertRow
 
@@ -33,8 +36,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
-def book(*actions: str, **extra: Any) -> playbooks.Playbook:
-    return playbooks.load_playbooks(
+def book(*actions: str, **extra: Any) -> playbook_config.Playbook:
+    return playbook_config.load_playbooks(
         {
             "playbooks": [
                 {
@@ -66,18 +69,22 @@ class Recorder:
         self.calls = 0
         self.failures = failures
 
-    def __call__(self, ctx: playbooks.ActionContext, action: playbooks.PlaybookAction) -> str:
+    def __call__(
+        self, ctx: playbook_actions.ActionContext, action: playbook_config.PlaybookAction
+    ) -> str:
         self.calls += 1
         if self.calls <= self.failures:
             raise RuntimeError(f"webhook down ({self.calls})")
         return f"done for alert {ctx.alert.id}"
 
 
-def run(fleet: Fleet, books: list[playbooks.Playbook], at: float, fake: Recorder) -> list[Any]:
+def run(
+    fleet: Fleet, books: list[playbook_config.Playbook], at: float, fake: Recorder
+) -> list[Any]:
     with fleet.app.state.sessions() as session:
         now = fleet.clock.at(at)
-        playbooks.schedule(session, books, now)
-        runs = playbooks.execute_due(session, books, now, actions={"notify_webhook": fake})
+        playbook_runner.schedule(session, books, now)
+        runs = playbook_runner.execute_due(session, books, now, actions={"notify_webhook": fake})
         return [(r.status, r.attempts) for r in runs]
 
 
@@ -90,7 +97,7 @@ def test_a_playbook_file_loads(tmp_path: Path) -> None:
         "playbooks:\n  - name: p\n    trigger: {kind: input_drift, threshold: 0.3}\n"
         "    actions: [{action: pause_rollout}, {action: notify_webhook, url: 'http://h/x'}]\n"
     )
-    (loaded,) = playbooks.load_playbooks_file(path)
+    (loaded,) = playbook_config.load_playbooks_file(path)
     assert loaded.trigger.threshold == 0.3 and [a.action for a in loaded.actions] == [
         "pause_rollout",
         "notify_webhook",
@@ -121,19 +128,19 @@ def test_a_playbook_file_loads(tmp_path: Path) -> None:
 )
 def test_bad_playbooks_are_refused_with_the_reason(raw: object, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
-        playbooks.load_playbooks(raw)
+        playbook_config.load_playbooks(raw)
 
 
 def test_a_playbooks_file_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "playbooks.yaml"
     path.write_text("playbooks: [unclosed\n")
     with pytest.raises(PolicyError, match="not valid YAML"):
-        playbooks.load_playbooks_file(path)
+        playbook_config.load_playbooks_file(path)
 
 
 def test_an_unreadable_playbooks_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read playbooks file"):
-        playbooks.load_playbooks_file(tmp_path / "missing.yaml")
+        playbook_config.load_playbooks_file(tmp_path / "missing.yaml")
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -149,7 +156,7 @@ def test_an_action_never_runs_twice_for_the_same_alert(fleet: Fleet) -> None:
         assert run(fleet, books, at, fake) == []
     assert fake.calls == 1
     with fleet.app.state.sessions() as session:
-        (recorded,) = playbooks.list_playbook_runs(session)
+        (recorded,) = playbook_runner.list_playbook_runs(session)
     assert recorded["alert_id"] == alert_id and recorded["playbook"] == "drift"
     assert "input_drift" in recorded["cause"] and "PSI 0.90" in recorded["cause"]
     assert recorded["result"] == f"done for alert {alert_id}"
@@ -193,21 +200,23 @@ def test_a_trigger_matches_kind_scope_and_threshold(fleet: Fleet) -> None:
 # --- the actions -------------------------------------------------------------------------------
 
 
-def context(fleet: Fleet, session: Any, alert_id: int, **changes: Any) -> playbooks.ActionContext:
+def context(
+    fleet: Fleet, session: Any, alert_id: int, **changes: Any
+) -> playbook_actions.ActionContext:
     alert = session.get(AlertRow, alert_id)
-    return playbooks.ActionContext(session, alert, fleet.clock.at(10), **changes)
+    return playbook_actions.ActionContext(session, alert, fleet.clock.at(10), **changes)
 
 
 def test_rollback_cohort_aborts_the_open_rollout(fleet: Fleet) -> None:
     Devices(fleet)
     rollout_id = start_rollout(fleet)
     alert_id = open_alert(fleet)
-    action = playbooks.PlaybookAction(action="rollback_cohort")
+    action = playbook_config.PlaybookAction(action="rollback_cohort")
     with fleet.app.state.sessions() as session:
-        result = playbooks.rollback_cohort(context(fleet, session, alert_id), action)
+        result = playbook_actions.rollback_cohort(context(fleet, session, alert_id), action)
         assert result == f"rolled back {rollout_id}"
         assert store.load_rollout(session, rollout_id).phase in ("rolling_back", "aborted")
-        again = playbooks.rollback_cohort(context(fleet, session, alert_id), action)
+        again = playbook_actions.rollback_cohort(context(fleet, session, alert_id), action)
     assert again.startswith("skipped: no open rollout")
 
 
@@ -215,9 +224,9 @@ def test_pause_rollout_pauses_a_progressing_rollout(fleet: Fleet) -> None:
     Devices(fleet)
     rollout_id = start_rollout(fleet)
     alert_id = open_alert(fleet)
-    action = playbooks.PlaybookAction(action="pause_rollout")
+    action = playbook_config.PlaybookAction(action="pause_rollout")
     with fleet.app.state.sessions() as session:
-        assert playbooks.pause_rollout(context(fleet, session, alert_id), action) == (
+        assert playbook_actions.pause_rollout(context(fleet, session, alert_id), action) == (
             f"paused {rollout_id}"
         )
         assert store.load_rollout(session, rollout_id).phase == "paused"
@@ -230,9 +239,9 @@ def test_quarantine_device_pins_the_baseline(fleet: Fleet) -> None:
     r = fleet.client.put("/v1/baselines/churn", json={"version": "1"}, headers=ADMIN_HEADERS)
     assert r.status_code == 200, r.text
     alert_id = open_alert(fleet, scope={**SCOPE, "device": "dev-0"})
-    action = playbooks.PlaybookAction(action="quarantine_device")
+    action = playbook_config.PlaybookAction(action="quarantine_device")
     with fleet.app.state.sessions() as session:
-        result = playbooks.quarantine_device(context(fleet, session, alert_id), action)
+        result = playbook_actions.quarantine_device(context(fleet, session, alert_id), action)
         assert result == "quarantined dev-0 on churn 1"
         assert store.without_quarantined(session, DEVICES) == DEVICES[1:]
         rollout = store.target_devices(
@@ -245,10 +254,10 @@ def test_quarantine_device_pins_the_baseline(fleet: Fleet) -> None:
 
 def test_open_retrain_without_prefect_is_skipped(fleet: Fleet) -> None:
     alert_id = open_alert(fleet)
-    action = playbooks.PlaybookAction(action="open_retrain")
+    action = playbook_config.PlaybookAction(action="open_retrain")
     with fleet.app.state.sessions() as session:
         ctx = context(fleet, session, alert_id, prefect_api_url=None)
-        assert playbooks.open_retrain(ctx, action).startswith("skipped: no Prefect API")
+        assert playbook_actions.open_retrain(ctx, action).startswith("skipped: no Prefect API")
 
 
 def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> None:
@@ -263,7 +272,7 @@ def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> No
         return httpx.Response(201, json={"id": "run-7"})
 
     alert_id = open_alert(fleet)
-    action = playbooks.PlaybookAction(action="open_retrain")
+    action = playbook_config.PlaybookAction(action="open_retrain")
     with fleet.app.state.sessions() as session:
         ctx = context(
             fleet, session, alert_id,
@@ -271,7 +280,7 @@ def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> No
             http=lambda: httpx.Client(transport=httpx.MockTransport(prefect)),
             field_dir=fleet.tmp / "field",
         )  # fmt: skip
-        result = playbooks.open_retrain(ctx, action)
+        result = playbook_actions.open_retrain(ctx, action)
     assert result.startswith("flow run run-7 of retrain/scheduled")
     field = fleet.tmp / "field" / f"alert-{alert_id}.json"
     assert field.is_file() and str(field) in seen[1].content.decode()
@@ -285,14 +294,14 @@ def test_notify_webhook_posts_the_alert_and_a_refusal_raises(fleet: Fleet) -> No
         return httpx.Response(204 if len(bodies) == 1 else 500)
 
     alert_id = open_alert(fleet)
-    action = playbooks.PlaybookAction(action="notify_webhook", url="http://hooks.test/fleet")
+    action = playbook_config.PlaybookAction(action="notify_webhook", url="http://hooks.test/fleet")
     with fleet.app.state.sessions() as session:
         ctx = context(
             fleet, session, alert_id, http=lambda: httpx.Client(transport=httpx.MockTransport(hook))
         )
-        assert playbooks.notify_webhook(ctx, action) == "POST http://hooks.test/fleet: 204"
+        assert playbook_actions.notify_webhook(ctx, action) == "POST http://hooks.test/fleet: 204"
         with pytest.raises(httpx.HTTPStatusError):
-            playbooks.notify_webhook(ctx, action)
+            playbook_actions.notify_webhook(ctx, action)
     assert b"input drift on feature f3" in bodies[0]
 
 
@@ -300,11 +309,11 @@ def test_two_replicas_never_run_the_same_attempt(fleet: Fleet) -> None:
     open_alert(fleet)
     books = [book("notify_webhook")]
     with fleet.app.state.sessions() as session:
-        playbooks.schedule(session, books, fleet.clock.at(0))
+        playbook_runner.schedule(session, books, fleet.clock.at(0))
     calls: list[int] = []
     started = threading.Barrier(2)
 
-    def slow(ctx: playbooks.ActionContext, _action: playbooks.PlaybookAction) -> str:
+    def slow(ctx: playbook_actions.ActionContext, _action: playbook_config.PlaybookAction) -> str:
         calls.append(ctx.alert.id)
         time.sleep(0.3)
         return "done"
@@ -312,7 +321,7 @@ def test_two_replicas_never_run_the_same_attempt(fleet: Fleet) -> None:
     def replica() -> None:
         with fleet.app.state.sessions() as session:
             started.wait()
-            playbooks.execute_due(
+            playbook_runner.execute_due(
                 session, books, fleet.clock.at(1), actions={"notify_webhook": slow}
             )
 

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime
 from fleet.controller.api.auth import Admin, SessionDep
 from fleet.controller.observe.aggregate import ALL, METRICS, fleet_series
 from fleet.controller.observe.alerts import list_alerts
-from fleet.controller.observe.playbooks import list_playbook_runs
+from fleet.controller.observe.playbooks.runner import list_playbook_runs
 
 router = APIRouter(dependencies=[Admin])
 

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.dashboard import pages
-from fleet.controller.observe import aggregate, alerts, playbooks
+from fleet.controller.observe import aggregate, alerts
+from fleet.controller.observe.playbooks import runner as playbook_runner
 from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.storage import overview
 
@@ -128,7 +129,7 @@ def _overview_data(request: Request) -> pages.OverviewData:
             ],
             reports=overview.recent_reports(session, since=since),
             alerts=alerts.list_alerts(session, status="open", limit=50),
-            playbook_runs=playbooks.list_playbook_runs(session, limit=50),
+            playbook_runs=playbook_runner.list_playbook_runs(session, limit=50),
             drift=_drift(session, now, since),
         )
 

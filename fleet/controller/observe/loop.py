@@ -33,8 +33,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.longpoll import ChangeNotifier
-from fleet.controller.observe import aggregate, alerts, playbooks
+from fleet.controller.observe import aggregate, alerts
 from fleet.controller.observe.anomaly import Direction, RobustZ
+from fleet.controller.observe.playbooks import actions as playbook_actions
+from fleet.controller.observe.playbooks import config as playbook_config
+from fleet.controller.observe.playbooks import runner as playbook_runner
 from fleet.controller.storage import events, series, store
 from fleet.controller.storage.db import Session, SessionFactory
 from fleet.controller.storage.observe_tables import AlertRow
@@ -74,10 +77,10 @@ class ObserveSettings(BaseSettings):
     def rules(self) -> alerts.AlertRules:
         return alerts.AlertRules(self.max_new_alerts_per_scope, self.rate_window_s)
 
-    def load_playbooks(self) -> list[playbooks.Playbook]:
+    def load_playbooks(self) -> list[playbook_config.Playbook]:
         if not self.playbooks_path.is_file():
             return []
-        return playbooks.load_playbooks_file(self.playbooks_path)
+        return playbook_config.load_playbooks_file(self.playbooks_path)
 
 
 def _scope(s: aggregate.Scope) -> dict[str, str]:
@@ -172,23 +175,23 @@ def observe_once(
     sessions: SessionFactory,
     now: datetime,
     settings: ObserveSettings,
-    books: list[playbooks.Playbook],
+    books: list[playbook_config.Playbook],
     notifier: ChangeNotifier | None = None,
-    actions: dict[str, playbooks.ActionFn] | None = None,
+    actions: dict[str, playbook_actions.ActionFn] | None = None,
 ) -> dict[str, Any]:
     """One pass: detect, then schedule and execute playbooks; returns what it did."""
     with sessions() as session:
         raised = detect(session, now, settings)
     with sessions() as session:
-        scheduled = playbooks.schedule(session, books, now)
+        scheduled = playbook_runner.schedule(session, books, now)
 
-        def context(s: Session, alert: AlertRow, at: datetime) -> playbooks.ActionContext:
-            return playbooks.ActionContext(
+        def context(s: Session, alert: AlertRow, at: datetime) -> playbook_actions.ActionContext:
+            return playbook_actions.ActionContext(
                 s, alert, at, notifier=notifier, field_dir=settings.field_dir
             )
 
-        runs = playbooks.execute_due(
-            session, books, now, actions=actions or playbooks.ACTIONS, context=context
+        runs = playbook_runner.execute_due(
+            session, books, now, actions=actions or playbook_actions.ACTIONS, context=context
         )
         return {
             "alerts": [a.id for a in raised],
@@ -202,7 +205,7 @@ class Observer:
     """The pass's settings and playbooks, read once when the app is built."""
 
     settings: ObserveSettings
-    books: list[playbooks.Playbook]
+    books: list[playbook_config.Playbook]
 
 
 def configure() -> Observer:

@@ -1,0 +1,162 @@
+"""Playbooks' actions: what each one does to the fleet or the outside world, given the alert.
+
+Each action takes an :class:`ActionContext` and its :class:`~.config.PlaybookAction` and returns a
+one-line result (``skipped: ...`` when it has nothing to act on); it raises when it failed, and the
+runner retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleet.controller.longpoll import ChangeNotifier
+from fleet.controller.observe.alerts import alert_dict
+from fleet.controller.observe.playbooks.config import PlaybookAction
+from fleet.controller.rollout.decide import abort, pause
+from fleet.controller.rollout.phase import RolloutPhase
+from fleet.controller.storage import events, store
+from fleet.controller.storage.db import Session
+from fleet.controller.storage.observe_tables import AlertRow
+
+
+@dataclass
+class ActionContext:
+    """What an action may use: the database, the alert, the clock and the outside world."""
+
+    session: Session
+    alert: AlertRow
+    now: datetime
+    notifier: ChangeNotifier | None = None
+    http: Callable[[], httpx.Client] = httpx.Client
+    prefect_api_url: str | None = field(default_factory=lambda: os.environ.get("PREFECT_API_URL"))
+    field_dir: Path = Path(".edgeloop/field-data")
+
+
+ActionFn = Callable[[ActionContext, PlaybookAction], str]
+
+
+def _rollouts(ctx: ActionContext, phases: tuple[RolloutPhase, ...]) -> list[str]:
+    model = ctx.alert.scope.get("model")
+    return [
+        r.rollout_id
+        for r in store.open_rollouts(ctx.session, model)
+        if RolloutPhase(r.phase) in phases
+    ]
+
+
+def _decide_open_rollouts(
+    ctx: ActionContext,
+    phases: tuple[RolloutPhase, ...],
+    decide: Callable[..., Any],
+    *,
+    none_left: str,
+    done: str,
+) -> str:
+    """Apply ``decide`` (pause or abort) to the alert model's rollouts in ``phases``."""
+    from fleet.controller.reconcile import apply_decision
+
+    ids = _rollouts(ctx, phases)
+    if not ids:
+        return f"skipped: no {none_left} rollout of {ctx.alert.scope.get('model', 'any model')}"
+    reason = f"alert {ctx.alert.id}: {ctx.alert.reason}"[:400]
+    for rollout_id in ids:
+        apply_decision(
+            ctx.session, rollout_id, lambda s: decide(s, ctx.now, reason=reason), ctx.now,
+            ctx.notifier,
+        )  # fmt: skip
+    return f"{done} {', '.join(ids)}"
+
+
+def pause_rollout(ctx: ActionContext, _action: PlaybookAction) -> str:
+    return _decide_open_rollouts(
+        ctx, (RolloutPhase.PROGRESSING,), pause, none_left="progressing", done="paused"
+    )
+
+
+def rollback_cohort(ctx: ActionContext, _action: PlaybookAction) -> str:
+    phases = (RolloutPhase.PENDING, RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+    return _decide_open_rollouts(ctx, phases, abort, none_left="open", done="rolled back")
+
+
+def quarantine_device(ctx: ActionContext, _action: PlaybookAction) -> str:
+    device_id = ctx.alert.scope.get("device")
+    if not device_id or store.device(ctx.session, device_id) is None:
+        return "skipped: the alert names no enrolled device"
+    model = ctx.alert.scope.get("model", "")
+    version = store.baseline_version(ctx.session, model)
+    reason = f"alert {ctx.alert.id}: {ctx.alert.reason}"
+    store.quarantine(ctx.session, device_id, model, version, reason, ctx.now)
+    changed: list[str] = []
+    if version is not None:
+        changed = store.target_devices(
+            ctx.session, [device_id], model=model, version=version, rollout_id=None, now=ctx.now
+        )
+    ctx.session.commit()
+    if changed and ctx.notifier is not None:
+        ctx.notifier.notify(changed)
+    return f"quarantined {device_id} on {model} {version or '(no baseline)'}"
+
+
+def write_field_data(ctx: ActionContext) -> Path:
+    """The drifted field data of the alert's scope (its model version's device events and input
+    statistics) as one JSON file; returns its path."""
+    drifted, rows = events.drifted_field_data(ctx.session, ctx.alert.scope)
+    data = {
+        "alert": alert_dict(ctx.alert),
+        "events": [
+            {"device": e.device_id, "feature": e.feature, "psi": e.value} for e in drifted.values()
+        ],
+        "input_stats": [{"device": r.device_id, "version": r.version, **r.stats} for r in rows],
+    }
+    ctx.field_dir.mkdir(parents=True, exist_ok=True)
+    path = (ctx.field_dir / f"alert-{ctx.alert.id}.json").resolve()
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def open_retrain(ctx: ActionContext, action: PlaybookAction) -> str:
+    if not ctx.prefect_api_url:
+        return "skipped: no Prefect API (PREFECT_API_URL is not set)"
+    path = write_field_data(ctx)
+    api = ctx.prefect_api_url.rstrip("/")
+    with ctx.http() as client:
+        found = client.get(f"{api}/deployments/name/retrain/{action.deployment}", timeout=10)
+        found.raise_for_status()
+        deployment_id = found.json()["id"]
+        created = client.post(
+            f"{api}/deployments/{deployment_id}/create_flow_run",
+            json={
+                "parameters": dict(action.parameters),
+                "tags": ["edgeloop.playbook", f"edgeloop.alert.{ctx.alert.id}"],
+                "job_variables": {"env": {"EDGELOOP_FIELD_DATA": str(path)}},
+            },
+            timeout=10,
+        )
+        created.raise_for_status()
+    return f"flow run {created.json().get('id')} of retrain/{action.deployment}; field data {path}"
+
+
+def notify_webhook(ctx: ActionContext, action: PlaybookAction) -> str:
+    if not action.url:
+        return "skipped: notify_webhook has no url"
+    with ctx.http() as client:
+        response = client.post(action.url, json=alert_dict(ctx.alert), timeout=10)
+        response.raise_for_status()
+    return f"POST {action.url}: {response.status_code}"
+
+
+ACTIONS: dict[str, ActionFn] = {
+    "pause_rollout": pause_rollout,
+    "rollback_cohort": rollback_cohort,
+    "quarantine_device": quarantine_device,
+    "open_retrain": open_retrain,
+    "notify_webhook": notify_webhook,
+}
