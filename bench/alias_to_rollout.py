@@ -70,9 +70,7 @@ def until(check: Callable[[], Any], timeout: float = 300) -> float:
 
 
 def progressing(admin: AdminClient, version: str) -> Callable[[], bool]:
-    return lambda: any(
-        str(r["version"]) == version and str(r["phase"]) == "progressing" for r in admin.rollouts()
-    )
+    return lambda: any(r.version == version and r.phase == "progressing" for r in admin.rollouts())
 
 
 def measure(served: Serving, interval: float) -> dict[str, float]:
@@ -88,8 +86,8 @@ def measure(served: Serving, interval: float) -> dict[str, float]:
     )
     t0 = set_production(served, "2")
     out["webhook"] = until(progressing(admin, "2")) - t0
-    rollout = next(r for r in admin.rollouts() if str(r["version"]) == "2")
-    admin.command(rollout["rollout_id"], "abort", "benchmark: next measurement")
+    rollout = next(r for r in admin.rollouts() if r.version == "2")
+    admin.command(rollout.rollout_id, "abort", "benchmark: next measurement")
     until(lambda: str(client.get_registered_model(MODEL).aliases.get("production")) == "1")
     for hook in client.list_webhooks():
         client.update_webhook(hook.webhook_id, status="DISABLED")

@@ -1,4 +1,5 @@
-"""The operator's side of the controller API: artifacts, rollouts and enrolment tokens.
+"""The operator's side of the controller API: artifacts, baselines, rollouts, alerts, playbook runs
+and enrolment tokens, each answer a model of ``fleet.shared.admin_protocol``.
 
 Used by the rollout flow and the CLI. Devices never hold the admin token and use
 ``fleet.agent.client`` instead.
@@ -7,12 +8,27 @@ Used by the rollout flow and the CLI. Devices never hold the admin token and use
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import httpx
+from pydantic import BaseModel, TypeAdapter
 
 from edgeloop.core.errors import EdgeloopError
-from fleet.shared.protocol import API_PREFIX, EnrolmentToken, EnrolmentTokenRequest, RolloutRequest
+from fleet.shared.admin_protocol import (
+    Alert,
+    ArtifactRegistration,
+    Baseline,
+    BaselineSet,
+    PlaybookRun,
+    RolloutCommand,
+    RolloutDetail,
+    RolloutRequest,
+    RolloutSummary,
+)
+from fleet.shared.protocol import API_PREFIX, Artifact, EnrolmentToken, EnrolmentTokenRequest
+
+_ROLLOUTS = TypeAdapter(list[RolloutSummary])
+_ALERTS = TypeAdapter(list[Alert])
+_PLAYBOOK_RUNS = TypeAdapter(list[PlaybookRun])
 
 
 class AdminError(RuntimeError):
@@ -35,6 +51,8 @@ def admin_token_from_env(error: type[EdgeloopError], hint: str) -> str:
 
 
 class AdminClient:
+    """The controller's admin API; every answer parsed into its ``fleet.shared.admin_protocol`` model."""
+
     def __init__(
         self, base_url: str, token: str, *, transport: httpx.BaseTransport | None = None
     ) -> None:
@@ -48,9 +66,11 @@ class AdminClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: BaseModel | None = None) -> object:
+        """The answer's JSON (``None`` for an empty body); ``AdminError`` on no answer or a 4xx/5xx."""
+        payload = body.model_dump(mode="json") if body is not None else None
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=payload)
         except httpx.HTTPError as exc:
             raise AdminError(f"fleet controller unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
@@ -64,45 +84,37 @@ class AdminClient:
             )
         return response.json() if response.content else None
 
-    def register_artifact(
-        self,
-        *,
-        model: str,
-        version: str,
-        variant: str,
-        hardware_class: str,
-        path: str,
-        signature: str,
-    ) -> Any:
-        body = {
-            "model": model, "version": version, "variant": variant,
-            "hardware_class": hardware_class, "path": path, "signature": signature,
-        }  # fmt: skip
-        return self._call("POST", "/artifacts", body)
+    def register_artifact(self, registration: ArtifactRegistration) -> Artifact | None:
+        """The device-facing artifact, or ``None`` when the controller will not ship it (unsigned)."""
+        found = self._call("POST", "/artifacts", registration)
+        return None if found is None else Artifact.model_validate(found)
 
-    def set_baseline(self, model: str, version: str) -> dict[str, Any]:
-        return dict(self._call("PUT", f"/baselines/{model}", {"version": version}))
+    def set_baseline(self, model: str, version: str) -> BaselineSet:
+        return BaselineSet.model_validate(
+            self._call("PUT", f"/baselines/{model}", Baseline(version=version))
+        )
 
-    def create_rollout(self, request: RolloutRequest) -> dict[str, Any]:
-        return dict(self._call("POST", "/rollouts", request.model_dump(mode="json")))
+    def create_rollout(self, request: RolloutRequest) -> RolloutDetail:
+        return RolloutDetail.model_validate(self._call("POST", "/rollouts", request))
 
-    def command(self, rollout_id: str, command: str, reason: str = "") -> dict[str, Any]:
-        return dict(self._call("POST", f"/rollouts/{rollout_id}/{command}", {"reason": reason}))
+    def command(self, rollout_id: str, command: str, reason: str = "") -> RolloutDetail:
+        body = RolloutCommand(reason=reason)
+        return RolloutDetail.model_validate(
+            self._call("POST", f"/rollouts/{rollout_id}/{command}", body)
+        )
 
-    def rollout(self, rollout_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/rollouts/{rollout_id}"))
+    def rollout(self, rollout_id: str) -> RolloutDetail:
+        return RolloutDetail.model_validate(self._call("GET", f"/rollouts/{rollout_id}"))
 
-    def rollouts(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/rollouts"))
+    def rollouts(self) -> list[RolloutSummary]:
+        return _ROLLOUTS.validate_python(self._call("GET", "/rollouts"))
 
-    def alerts(self, status: str = "open") -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self._call("GET", f"/alerts?status={status}")
-        return found
+    def alerts(self, status: str = "open") -> list[Alert]:
+        return _ALERTS.validate_python(self._call("GET", f"/alerts?status={status}"))
 
-    def playbook_runs(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self._call("GET", "/playbook-runs")
-        return found
+    def playbook_runs(self) -> list[PlaybookRun]:
+        return _PLAYBOOK_RUNS.validate_python(self._call("GET", "/playbook-runs"))
 
     def enrolment_token(self, uses: int, ttl_s: int = 86_400) -> EnrolmentToken:
-        body = EnrolmentTokenRequest(uses=uses, ttl_s=ttl_s).model_dump(mode="json")
+        body = EnrolmentTokenRequest(uses=uses, ttl_s=ttl_s)
         return EnrolmentToken.model_validate(self._call("POST", "/enrolment-tokens", body))

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient
+from fleet.shared.admin_protocol import Alert, PlaybookRun
 from fleet.shared.drift import DriftReference
 from fleet.simulate import Simulation, make_regressed_variant
 from fleet.simulate.faults import FaultPlan, FaultWindow
@@ -188,23 +190,29 @@ def drift_reference(client: Any, model: str, version: str) -> DriftReference | N
     return DriftReference.load(Path(path))
 
 
-def drift_and_remediate(sim: Simulation, url: str, token: str) -> dict[str, Any]:
+class DriftRemediation(BaseModel):
+    """The demo's drift: the input-drift alert, its finished playbook runs, and how long it took."""
+
+    alert: Alert
+    playbook_runs: list[PlaybookRun]
+    seconds_to_alert: float
+
+
+def drift_and_remediate(sim: Simulation, url: str, token: str) -> DriftRemediation:
     """Start the drift fault now; wait for the input-drift alert and its playbook runs."""
     sim.faults = dataclasses.replace(sim.faults, drift=FaultWindow(DRIFT_SHARE, start_s=sim.now()))
     admin = AdminClient(url, token)
     started = time.monotonic()
     try:
         while time.monotonic() - started < DRIFT_WAIT_S:
-            alerts = [a for a in admin.alerts("all") if a.get("kind") == "input_drift"]
-            runs = [
-                r for r in admin.playbook_runs() if alerts and r.get("alert_id") == alerts[0]["id"]
-            ]
-            if alerts and runs and all(r.get("status") != "pending" for r in runs):
-                return {
-                    "alert": alerts[0],
-                    "playbook_runs": runs,
-                    "seconds_to_alert": round(time.monotonic() - started, 1),
-                }
+            alerts = [a for a in admin.alerts("all") if a.kind == "input_drift"]
+            runs = [r for r in admin.playbook_runs() if alerts and r.alert_id == alerts[0].id]
+            if alerts and runs and all(r.status != "pending" for r in runs):
+                return DriftRemediation(
+                    alert=alerts[0],
+                    playbook_runs=runs,
+                    seconds_to_alert=round(time.monotonic() - started, 1),
+                )
             time.sleep(1)
     finally:
         admin.close()
@@ -276,17 +284,17 @@ def run_fleet_demo(
         outcomes.append(
             rollout(model=model, version=bad, stable_version=current, admin_token=token, url=url)
         )
-        drift: dict[str, Any] | None = None
+        drift: DriftRemediation | None = None
         if reference is not None:
             say(f"input drift on {DRIFT_SHARE:.0%} of the devices; waiting for the alert")
             drift = drift_and_remediate(sim, url, token)
-            actions = ", ".join(f"{r['action']} {r['status']}" for r in drift["playbook_runs"])
-            say(f"alert after {drift['seconds_to_alert']} s: {drift['alert']['reason']}; "
+            actions = ", ".join(f"{r.action} {r.status}" for r in drift.playbook_runs)
+            say(f"alert after {drift.seconds_to_alert} s: {drift.alert.reason}; "
                 f"playbook: {actions}")  # fmt: skip
         fleet = sim.result.versions()
     return {
         "admin_token_file": str(demo_folder(settings) / "admin-token"),
-        "drift": drift,
+        "drift": drift.model_dump(mode="json") if drift is not None else None,
         "controller": url,
         "devices": DEVICES,
         "classes": CLASSES,

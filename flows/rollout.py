@@ -19,9 +19,10 @@ from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient, AdminError, admin_token_from_env
+from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.policy import load_policy
+from fleet.shared.admin_protocol import ArtifactRegistration, RolloutDetail, RolloutRequest
 from fleet.shared.profile import load_profile
-from fleet.shared.protocol import RolloutRequest
 from registry.outcomes import record_outcome
 from registry.tracking import connect
 
@@ -55,8 +56,10 @@ def publish_variants(
             run_id=run_id, artifact_path=f"variants/{variant}.onnx", dst_path=str(folder)
         )
         admin.register_artifact(
-            model=model, version=version, variant=variant, hardware_class=cls,
-            path=str(Path(path).resolve()), signature=signature,
+            ArtifactRegistration(
+                model=model, version=version, variant=variant, hardware_class=cls,
+                path=str(Path(path).resolve()), signature=signature,
+            )
         )  # fmt: skip
         chosen[cls] = variant
     return chosen
@@ -77,40 +80,41 @@ def policy_for(params: Params, settings: Settings) -> dict[str, Any]:
     return load_policy(raw).model_dump(mode="json")
 
 
-def _progress(detail: dict[str, Any]) -> str:
-    status = detail.get("status", {})
+def _progress(detail: RolloutDetail) -> str:
+    status = RolloutStatus.model_validate(detail.status) if detail.status else None
     lines = [
-        f"# Rollout {detail['rollout_id']}: {detail['model']} v{detail['version']}",
+        f"# Rollout {detail.rollout_id}: {detail.model} v{detail.version}",
         "",
-        f"phase **{detail['phase']}**, stage {detail['stage']}; {detail.get('reason') or ''}",
+        f"phase **{detail.phase}**, stage {detail.stage}; {detail.reason or ''}",
         "",
         "| cohort | targeted | confirmed | inferences | feedback | gates |",
         "|---|---|---|---|---|---|",
     ]
-    for cohort in (status.get("last_check") or {}).get("cohorts", []):
-        gates = "; ".join(f"{g['gate']} {g['verdict']} ({g['measured']})" for g in cohort["gates"])
+    check = status.last_check if status is not None else None
+    for cohort in check.cohorts if check is not None else ():
+        gates = "; ".join(f"{g.gate} {g.verdict} ({g.measured})" for g in cohort.gates)
         lines.append(
-            f"| {cohort['hardware_class']} | {cohort['targeted']} | {cohort['confirmed']}"
-            f"/{cohort['required_confirmed']} | {cohort['inferences']} | {cohort['feedback']} | {gates} |"
+            f"| {cohort.hardware_class} | {cohort.targeted} | {cohort.confirmed}"
+            f"/{cohort.required_confirmed} | {cohort.inferences} | {cohort.feedback} | {gates} |"
         )
     return "\n".join(lines)
 
 
-def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float) -> dict[str, Any]:
+def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float) -> RolloutDetail:
     """Poll until the rollout is terminal; publish each change as a Prefect artifact."""
     started = time.monotonic()
     seen: tuple[str, str] | None = None
     aborted = False
     while True:
         detail = admin.rollout(rollout_id)
-        key = (str(detail["phase"]), str(detail["stage"]))
+        key = (detail.phase, detail.stage)
         if key != seen:
             seen = key
             create_markdown_artifact(
                 markdown=_progress(detail), key=f"rollout-{rollout_id}"[:100].lower(),
-                description=f"{detail['phase']} at stage {detail['stage']}",
+                description=f"{detail.phase} at stage {detail.stage}",
             )  # fmt: skip
-        if str(detail["phase"]) in TERMINAL:
+        if detail.phase in TERMINAL:
             return detail
         if not aborted and time.monotonic() - started > deadline_s:
             aborted = True  # once: the controller rolls back; this loop follows it to the end
@@ -128,7 +132,7 @@ def _first_release(
     client: Any, admin: AdminClient, settings: Settings, model: str, version: str
 ) -> dict[str, Any]:
     """No stable version to compare against: the version becomes the fleet's baseline directly."""
-    changed = admin.set_baseline(model, version)["devices_changed"]
+    changed = admin.set_baseline(model, version).devices_changed
     reason = f"first release of {model}: baseline for every device ({changed} targeted now)"
     record_outcome(
         client, model=model, version=version, stable_version=None, outcome="succeeded",
@@ -182,11 +186,11 @@ def rollout_flow(
             policy=policy_for(params, settings), supersede=False,
         )  # fmt: skip
         created = admin.create_rollout(request)
-        rollout_id = str(created["rollout_id"])
+        rollout_id = created.rollout_id
         logger.info("rollout %s of %s v%s created (%s)", rollout_id, model, version, variants)
         admin.command(rollout_id, "start")
         final = follow(admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s)
-        if str(final["phase"]) == "succeeded":
+        if final.phase == "succeeded":
             admin.set_baseline(model, version)  # devices enrolled from now on get it too
     except AdminError as exc:
         raise RolloutError(
@@ -194,19 +198,17 @@ def rollout_flow(
         ) from exc
     finally:
         admin.close()
-    status = final.get("status", {})
-    outcome = str(final["phase"])
-    causes = list(status.get("causes", []))
-    why = "; ".join(
-        f"{c.get('gate')} gate failed on {c.get('cohort')}: {c.get('reason')}" for c in causes
-    )
-    reason = why or str(final.get("reason") or outcome)
+    status = RolloutStatus.model_validate(final.status)
+    outcome = final.phase
+    why = "; ".join(f"{c.gate} gate failed on {c.cohort}: {c.reason}" for c in status.causes)
+    reason = why or final.reason or outcome
+    causes = [c.model_dump(mode="json") for c in status.causes]
     record_outcome(
-        client, model=model, version=version, stable_version=str(status.get("stable_version") or "") or None,
+        client, model=model, version=version, stable_version=status.stable_version or None,
         outcome=outcome, reason=reason, causes=causes, cards_dir=settings.model_cards_dir,
     )  # fmt: skip
     return {
         "rollout_id": rollout_id, "model": model, "version": version,
-        "stable_version": status.get("stable_version"), "outcome": outcome, "reason": reason,
-        "causes": causes, "history": status.get("history", []),
+        "stable_version": status.stable_version, "outcome": outcome, "reason": reason,
+        "causes": causes, "history": [h.model_dump(mode="json") for h in status.history],
     }  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -10,6 +10,9 @@ from rich.table import Table
 
 from edgeloop.cli.common import console, err_console, guard, prepare
 from edgeloop.core.settings import Settings
+
+if TYPE_CHECKING:
+    from fleet.shared.admin_protocol import RolloutDetail
 
 app = typer.Typer()
 fleet_app = typer.Typer(help="The fleet controller and the fleet simulator.")
@@ -267,9 +270,9 @@ def rollout_status(
         admin = AdminClient(base, _admin_token())
 
         def view() -> tuple[Group, bool]:
-            ids = [rollout_id] if rollout_id else [r["rollout_id"] for r in admin.rollouts()]
+            ids = [rollout_id] if rollout_id else [r.rollout_id for r in admin.rollouts()]
             details = [admin.rollout(i) for i in ids]
-            ended = all(RolloutPhase(d["phase"]).is_terminal() for d in details)
+            ended = all(RolloutPhase(d.phase).is_terminal() for d in details)
             return Group(*(_status_table(d) for d in details)), ended
 
         try:
@@ -294,14 +297,16 @@ def rollout_status(
     guard(go)
 
 
-def _status_table(detail: dict[str, Any]) -> Table:
+def _status_table(detail: RolloutDetail) -> Table:
+    from fleet.controller.rollout.decide import RolloutStatus
+
     title = (
-        f"rollout {detail['rollout_id']}: {detail['model']} v{detail['version']} "
-        f"(stable v{detail['stable_version']}) {detail['phase']}, {detail['stage']}"
+        f"rollout {detail.rollout_id}: {detail.model} v{detail.version} "
+        f"(stable v{detail.stable_version}) {detail.phase}, {detail.stage}"
     )
-    status = detail.get("status") or {}
-    caption = detail.get("reason") or ""
-    silent = status.get("silent_devices") or []
+    status = RolloutStatus.model_validate(detail.status) if detail.status else None
+    caption = detail.reason or ""
+    silent = status.silent_devices if status is not None else ()
     if silent:
         caption += f"\nsilent devices ({len(silent)}): {', '.join(silent[:20])}"
         caption += " ..." if len(silent) > 20 else ""
@@ -318,16 +323,16 @@ def _status_table(detail: dict[str, Any]) -> Table:
         "threshold",
     ):
         table.add_column(column)
-    check = status.get("last_check") or {}
-    for cohort in check.get("cohorts", []):
-        for i, gate in enumerate(cohort["gates"]):
+    check = status.last_check if status is not None else None
+    for cohort in check.cohorts if check is not None else ():
+        for i, gate in enumerate(cohort.gates):
             first = i == 0
             table.add_row(
-                cohort["hardware_class"] if first else "",
-                str(cohort["targeted"]) if first else "",
-                f"{cohort['confirmed']}/{cohort['required_confirmed']}" if first else "",
-                f"{cohort['inferences']}/{cohort['required_inferences']}" if first else "",
-                f"{cohort['feedback']}/{cohort['required_feedback']}" if first else "",
-                str(gate["gate"]), str(gate["verdict"]), str(gate["measured"]), str(gate["threshold"]),
+                cohort.hardware_class if first else "",
+                str(cohort.targeted) if first else "",
+                f"{cohort.confirmed}/{cohort.required_confirmed}" if first else "",
+                f"{cohort.inferences}/{cohort.required_inferences}" if first else "",
+                f"{cohort.feedback}/{cohort.required_feedback}" if first else "",
+                str(gate.gate), str(gate.verdict), str(gate.measured), str(gate.threshold),
             )  # fmt: skip
     return table

@@ -2,13 +2,13 @@
 
 Both sides import these models, so the agent and the controller cannot drift apart. Only pydantic and
 the standard library: the agent installs on a small device. Limits on every number make absurd
-telemetry a 422 at the door instead of a poisoned aggregate.
+telemetry a 422 at the door instead of a poisoned aggregate. The operator's (admin) contract is
+``fleet.shared.admin_protocol``.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -199,31 +199,3 @@ class FieldSampleBatch(_Wire):
 class FieldSampleAck(_Wire):
     stored: int
     dropped_oldest: int = Field(description="older samples of this device dropped to stay bounded")
-
-
-# --- rollouts (admin) ------------------------------------------------------------------------
-
-
-class RolloutRequest(_Wire):
-    model: str = Field(pattern=NAME)
-    version: str = Field(pattern=NAME)
-    stable_version: str | None = Field(None, pattern=NAME)
-    policy: dict[str, object] | None = Field(
-        None, description="fleet.controller.rollout.policy; default if None"
-    )
-    supersede: bool = False
-
-
-class RolloutCommand(_Wire):
-    reason: str = Field("", max_length=500)
-
-
-class RolloutSummary(_Wire):
-    rollout_id: str
-    model: str
-    version: str
-    stable_version: str | None
-    phase: str
-    stage: str
-    reason: str | None
-    updated_at: datetime

@@ -109,12 +109,12 @@ def promote_twice(project: Project, served: Served, client: Any, token: str) -> 
     try:
         set_production_like_the_ui(served, "2")
         rollout = wait_for(
-            lambda: next((r for r in admin.rollouts() if str(r["version"]) == "2"), None),
+            lambda: next((r for r in admin.rollouts() if r.version == "2"), None),
             120, "no rollout of v2 was created", served, project,
         )  # fmt: skip
-        assert str(rollout["stable_version"]) == "1"
+        assert rollout.stable_version == "1"
         wait_for(
-            lambda: str(admin.rollout(rollout["rollout_id"])["phase"]) == "progressing",
+            lambda: admin.rollout(rollout.rollout_id).phase == "progressing",
             30, "the rollout of v2 did not reach progressing", served, project,
         )  # fmt: skip
     finally:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 
 import flows.rollout as rollout_mod
 from fleet.admin import AdminError
+from fleet.shared.admin_protocol import RolloutDetail
+
+
+def _detail(rollout_id: str, phase: str) -> RolloutDetail:
+    return RolloutDetail(
+        rollout_id=rollout_id, model="m", version="2", stable_version="1", phase=phase,
+        stage="stage 1/2 (10%)", reason=None, updated_at=datetime.now(UTC), status={},
+    )  # fmt: skip
 
 
 class FakeAdmin:
@@ -18,16 +26,16 @@ class FakeAdmin:
         self.polls = 0
         self.commands: list[str] = []
 
-    def rollout(self, rollout_id: str) -> dict[str, Any]:
+    def rollout(self, rollout_id: str) -> RolloutDetail:
         phase = self.phases[min(self.polls, len(self.phases) - 1)]
         self.polls += 1
-        return {"rollout_id": rollout_id, "model": "m", "version": "2", "phase": phase, "stage": 0}
+        return _detail(rollout_id, phase)
 
-    def command(self, rollout_id: str, command: str, reason: str = "") -> dict[str, Any]:
+    def command(self, rollout_id: str, command: str, reason: str = "") -> RolloutDetail:
         self.commands.append(command)
         if self.phases[min(self.polls - 1, len(self.phases) - 1)] == "rolling_back":
             raise AdminError("cannot abort", status=409)
-        return {}
+        return _detail(rollout_id, self.phases[min(self.polls - 1, len(self.phases) - 1)])
 
 
 @pytest.fixture(autouse=True)
@@ -38,19 +46,19 @@ def no_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_past_its_deadline_a_rollout_is_aborted_once_and_followed_to_its_end() -> None:
     admin = FakeAdmin(["paused", "paused", "rolling_back", "rolling_back", "aborted"])
     final = rollout_mod.follow(admin, "r1", poll_s=0, deadline_s=0)  # type: ignore[arg-type]
-    assert final["phase"] == "aborted"
+    assert final.phase == "aborted"
     assert admin.commands == ["abort"]
 
 
 def test_an_abort_refused_because_the_rollout_is_ending_is_not_an_error() -> None:
     admin = FakeAdmin(["rolling_back", "rolling_back", "rolled_back"])
-    assert rollout_mod.follow(admin, "r1", poll_s=0, deadline_s=0)["phase"] == "rolled_back"  # type: ignore[arg-type]
+    assert rollout_mod.follow(admin, "r1", poll_s=0, deadline_s=0).phase == "rolled_back"  # type: ignore[arg-type]
     assert admin.commands == ["abort"]
 
 
 def test_other_refusals_of_the_abort_are_raised() -> None:
     class Down(FakeAdmin):
-        def command(self, rollout_id: str, command: str, reason: str = "") -> dict[str, Any]:
+        def command(self, rollout_id: str, command: str, reason: str = "") -> RolloutDetail:
             raise AdminError("fleet controller unreachable", status=0)
 
     with pytest.raises(AdminError, match="unreachable"):

@@ -14,7 +14,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.api.auth import Admin, CurrentDevice, DeviceIdentity, OwnDevice, SessionDep
@@ -22,9 +21,9 @@ from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
 from fleet.controller.storage.db import DeviceRow
+from fleet.shared.admin_protocol import ArtifactRegistration, Baseline, BaselineSet
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
-    NAME,
     Artifact,
     DesiredState,
     EnrolmentToken,
@@ -36,22 +35,6 @@ from fleet.shared.protocol import (
 )
 
 router = APIRouter()
-
-
-class ArtifactRegistration(BaseModel):
-    """Admin: record a variant file (already on the controller's disk) for one hardware class.
-
-    Not part of ``fleet.shared.protocol``: only operators and the registry follower call it, never agents.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(pattern=NAME)
-    version: str = Field(pattern=NAME)
-    variant: str = Field(pattern=NAME)
-    hardware_class: str = Field(pattern=NAME)
-    path: str = Field(min_length=1)
-    signature: str | None = Field(None, description="base64 ed25519; unsigned variants never ship")
 
 
 @router.post("/enrolment-tokens", response_model=EnrolmentToken, dependencies=[Admin])
@@ -151,23 +134,12 @@ def register_artifact(
     )
 
 
-class Baseline(BaseModel):
-    """Admin: the version a model's devices run outside any rollout. Not in ``fleet.shared.protocol``:
-    the rollout flow sets it for a model's first release and after each succeeded rollout."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: str = Field(pattern=NAME)
-
-
-@router.put("/baselines/{model}", dependencies=[Admin])
-def put_baseline(
-    model: str, body: Baseline, request: Request, session: SessionDep
-) -> dict[str, object]:
+@router.put("/baselines/{model}", response_model=BaselineSet, dependencies=[Admin])
+def put_baseline(model: str, body: Baseline, request: Request, session: SessionDep) -> BaselineSet:
     changed = store.set_baseline(session, model, body.version, request.app.state.clock())
     session.commit()
     request.app.state.notifier.notify(changed)
-    return {"model": model, "version": body.version, "devices_changed": len(changed)}
+    return BaselineSet(model=model, version=body.version, devices_changed=len(changed))
 
 
 @router.post("/devices/{device_id}/telemetry", response_model=TelemetryAck)

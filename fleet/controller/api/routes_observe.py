@@ -12,6 +12,7 @@ from fleet.controller.api.auth import Admin, SessionDep
 from fleet.controller.observe.aggregate import ALL, METRICS, fleet_series
 from fleet.controller.observe.alerts import list_alerts
 from fleet.controller.observe.playbooks.runner import list_playbook_runs
+from fleet.shared.admin_protocol import Alert, PlaybookRun
 
 router = APIRouter(dependencies=[Admin])
 
@@ -19,7 +20,7 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0)]
 
 
-@router.get("/alerts")
+@router.get("/alerts", response_model=list[Alert])
 def get_alerts(
     session: SessionDep,
     status: Literal["open", "all"] = "open",
@@ -30,7 +31,7 @@ def get_alerts(
     return list_alerts(session, status=status, limit=limit, offset=offset)
 
 
-@router.get("/playbook-runs")
+@router.get("/playbook-runs", response_model=list[PlaybookRun])
 def get_playbook_runs(
     session: SessionDep, limit: Limit = 100, offset: Offset = 0
 ) -> list[dict[str, Any]]:

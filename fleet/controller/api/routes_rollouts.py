@@ -8,10 +8,9 @@ outbox, then act. A refused command (``RolloutCommandError``) becomes 409 in ``a
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Request, status
-from pydantic import ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -34,21 +33,17 @@ from fleet.controller.rollout.policy import RolloutPolicy, default_policy, load_
 from fleet.controller.settings import FleetSettings
 from fleet.controller.storage import store
 from fleet.controller.storage.db import RolloutRow
+from fleet.shared.admin_protocol import (
+    RolloutCommand,
+    RolloutDetail,
+    RolloutRequest,
+    RolloutSummary,
+)
 from fleet.shared.profile import ProfileError
-from fleet.shared.protocol import RolloutCommand, RolloutRequest, RolloutSummary
 
 router = APIRouter(dependencies=[Admin])
 
 Command = Literal["start", "pause", "resume", "abort", "retry"]
-
-
-class RolloutDetail(RolloutSummary):
-    """A summary plus the whole persisted status and the last error of the control loop, if any."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    status: dict[str, Any]
-    last_error: str | None = None
 
 
 def detail(row: RolloutRow) -> RolloutDetail:

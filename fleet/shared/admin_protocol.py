@@ -1,0 +1,127 @@
+"""The operator's wire contract with the fleet controller (``/v1``, admin token): artifacts,
+baselines, rollouts, alerts and playbook runs.
+
+The controller's routes answer with these models (``response_model``) and ``fleet.admin``, the
+operator's client, parses its answers into them, so neither side reads a string-keyed dict. Devices
+never call these endpoints; their contract is ``fleet.shared.protocol``. Only pydantic and the standard
+library, like the rest of ``fleet.shared``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.shared.protocol import NAME
+
+
+class _Admin(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- artifacts and baselines -------------------------------------------------------------------
+
+
+class ArtifactRegistration(_Admin):
+    """Record a variant file (already on the controller's disk) for one hardware class; the answer is
+    the device-facing ``fleet.shared.protocol.Artifact`` (``None`` for an unsigned variant)."""
+
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    variant: str = Field(pattern=NAME)
+    hardware_class: str = Field(pattern=NAME)
+    path: str = Field(min_length=1)
+    signature: str | None = Field(None, description="base64 ed25519; unsigned variants never ship")
+
+
+class Baseline(_Admin):
+    """The version a model's devices run outside any rollout. The rollout flow sets it for a model's
+    first release and after each succeeded rollout."""
+
+    version: str = Field(pattern=NAME)
+
+
+class BaselineSet(_Admin):
+    """The answer to setting a baseline: how many devices it retargeted now."""
+
+    model: str
+    version: str
+    devices_changed: int = Field(ge=0)
+
+
+# --- rollouts ----------------------------------------------------------------------------------
+
+
+class RolloutRequest(_Admin):
+    model: str = Field(pattern=NAME)
+    version: str = Field(pattern=NAME)
+    stable_version: str | None = Field(None, pattern=NAME)
+    policy: dict[str, object] | None = Field(
+        None, description="fleet.controller.rollout.policy; default if None"
+    )
+    supersede: bool = False
+
+
+class RolloutCommand(_Admin):
+    reason: str = Field("", max_length=500)
+
+
+class RolloutSummary(_Admin):
+    rollout_id: str
+    model: str
+    version: str
+    stable_version: str | None
+    phase: str
+    stage: str
+    reason: str | None
+    updated_at: datetime
+
+
+class RolloutDetail(RolloutSummary):
+    """A summary plus the whole persisted status and the last error of the control loop, if any.
+
+    ``status`` is the JSON of ``fleet.controller.rollout.decide.RolloutStatus``, the one definition of
+    a rollout's state; code above the controller (the rollout flow, the CLI) parses it with
+    ``RolloutStatus.model_validate``.
+    """
+
+    status: dict[str, Any]
+    last_error: str | None = None
+
+
+# --- observability -----------------------------------------------------------------------------
+
+
+class Alert(_Admin):
+    """An alert of ``fleet.controller.observe.alerts``; repeats count as ``occurrences``."""
+
+    id: int
+    kind: str
+    scope: dict[str, str]
+    value: float
+    threshold: float
+    reason: str
+    status: str
+    occurrences: int
+    suppressed: int
+    opened_at: datetime
+    last_seen_at: datetime
+    closed_at: datetime | None
+
+
+class PlaybookRun(_Admin):
+    """One action of one playbook for one alert (``fleet.controller.observe.playbooks``)."""
+
+    id: int
+    playbook: str
+    alert_id: int
+    action: str
+    cause: str
+    status: str
+    result: str
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
