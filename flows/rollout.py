@@ -20,9 +20,10 @@ from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient, AdminError, admin_token_from_env
 from fleet.controller.rollout.decide import RolloutStatus
-from fleet.controller.rollout.policy import load_policy
+from fleet.controller.rollout.policy import RolloutPolicy, load_policy
 from fleet.shared.admin_protocol import ArtifactRegistration, RolloutDetail, RolloutRequest
 from fleet.shared.profile import load_profile
+from registry import tags as tag
 from registry.outcomes import record_outcome
 from registry.tracking import connect
 
@@ -43,8 +44,8 @@ def publish_variants(
     run_id = client.get_model_version(model, version).run_id
     chosen: dict[str, str] = {}
     for cls in classes:
-        variant = tags.get(f"edgeloop.hw.{cls}.variant") or tags.get("edgeloop.variant")
-        signature = tags.get(f"edgeloop.variant.{variant}.signature") if variant else None
+        variant = tags.get(tag.hw_variant(cls)) or tags.get(tag.VARIANT)
+        signature = tags.get(tag.variant_signature(variant)) if variant else None
         if not variant or not signature:
             raise RolloutError(
                 f"{model} v{version} has no signed variant for hardware class {cls!r}",
@@ -65,7 +66,7 @@ def publish_variants(
     return chosen
 
 
-def policy_for(params: Params, settings: Settings) -> dict[str, Any]:
+def policy_for(params: Params, settings: Settings) -> RolloutPolicy:
     """params.yaml's rollout policy with one cohort per required profile, at its p95 budget."""
     cohorts = {}
     for name in params.gates.profiles:
@@ -77,7 +78,7 @@ def policy_for(params: Params, settings: Settings) -> dict[str, Any]:
         "gates": params.rollout.gates,
         "on_silence": params.rollout.on_silence,
     }
-    return load_policy(raw).model_dump(mode="json")
+    return load_policy(raw)
 
 
 def _progress(detail: RolloutDetail) -> str:
@@ -183,7 +184,7 @@ def rollout_flow(
         publish_variants(client, admin, model, stable_version, classes, dest)
         request = RolloutRequest(
             model=model, version=version, stable_version=stable_version,
-            policy=policy_for(params, settings), supersede=False,
+            policy=policy_for(params, settings).model_dump(mode="json"), supersede=False,
         )  # fmt: skip
         created = admin.create_rollout(request)
         rollout_id = created.rollout_id

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fleet.shared.protocol import NAME
 
@@ -55,11 +55,20 @@ class BaselineSet(_Admin):
 
 
 class RolloutRequest(_Admin):
+    """Create a rollout of ``version`` against ``stable_version`` (the last succeeded one if None).
+
+    ``policy`` is the JSON of ``fleet.controller.rollout.policy.RolloutPolicy``, the one definition of a
+    policy: the sender builds the model and sends ``model_dump(mode="json")``, and the controller
+    validates it with ``load_policy``, whose refusal (422) names every bad field. The model is not
+    here because it belongs to the rollout core (its stages compute targets and quorums).
+    """
+
     model: str = Field(pattern=NAME)
     version: str = Field(pattern=NAME)
     stable_version: str | None = Field(None, pattern=NAME)
-    policy: dict[str, object] | None = Field(
-        None, description="fleet.controller.rollout.policy; default if None"
+    policy: dict[str, JsonValue] | None = Field(
+        None,
+        description="a RolloutPolicy's JSON (fleet.controller.rollout.policy); the default if None",
     )
     supersede: bool = False
 
