@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.errors import ConcurrentUpdate
@@ -26,6 +25,7 @@ from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.rollout.actions import Action, TargetDevices
 from fleet.controller.rollout.decide import Decision, RolloutStatus, next_state
 from fleet.controller.storage import store
+from fleet.controller.storage.db import Session, SessionFactory
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def perform_pending(
             )
         else:
             log.info("rollout %s: %s %s", rollout_id, action.kind, action.model_dump(mode="json"))
-        pending.done = True
-        pending.done_at = now
+        store.mark_done(pending, now)
         session.commit()
         if version and changed and notifier is not None:  # one broadcast, answered from it
             notifier.publish(store.targeted(session, model, version, rollout_id), changed)
@@ -124,9 +123,7 @@ def reconcile_once(
         message = f"{type(exc).__name__}: {exc}"
         log.exception("reconcile of rollout %s failed", rollout_id)
         try:
-            row = store.load_rollout(session, rollout_id)
-            row.last_error = message[:2000]
-            session.commit()
+            store.record_error(session, rollout_id, message)
         except Exception:
             session.rollback()
             log.exception("could not record the error of rollout %s", rollout_id)
@@ -134,7 +131,7 @@ def reconcile_once(
 
 
 def reconcile_all(
-    sessions: sessionmaker,
+    sessions: SessionFactory,
     now: datetime,
     notifier: ChangeNotifier | None = None,
 ) -> list[PassResult]:
@@ -149,7 +146,7 @@ def reconcile_all(
 
 
 async def run_forever(
-    sessions: sessionmaker,
+    sessions: SessionFactory,
     clock: Callable[[], datetime],
     period_s: float,
     notifier: ChangeNotifier | None = None,

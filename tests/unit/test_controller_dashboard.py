@@ -19,6 +19,8 @@ from test_controller_builders import (
 )
 
 from fleet.controller.api.app import create_app
+from fleet.controller.dashboard import pages
+from fleet.controller.storage import overview
 
 
 @pytest.fixture
@@ -188,3 +190,51 @@ def test_a_quarantined_device_shows_as_quarantined(fleet: Fleet) -> None:
     assert "class='never_seen'>never_seen<" in table  # dev-ok
     page = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
     assert "host-cpu</a></td><td>none</td><td>0</td><td>0</td><td>1</td><td>1</td>" in page
+
+
+HOSTILE = """<script>alert("x")</script>'"""
+HOSTILE_ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&#39;"
+
+
+def _assert_escaped(html: str, at_least: int) -> None:
+    assert "<script" not in html and 'alert("x")' not in html
+    assert html.count(HOSTILE_ESCAPED) >= at_least, html
+
+
+def test_a_hostile_device_id_label_or_class_is_escaped_on_every_page() -> None:
+    """Templates autoescape: markup and quotes from the database never reach the page as markup."""
+    from datetime import timedelta
+
+    from test_next_state import EDGE, obs, started
+
+    from fleet.controller.rollout.decide import next_state
+
+    line = overview.DeviceLine(
+        device_id=HOSTILE, hardware_class=HOSTILE, labels={HOSTILE: HOSTILE},
+        running_version=HOSTILE, desired_version="1", last_seen=None, health="online",
+    )  # fmt: skip
+    table = pages.devices_page(overview.DevicePage([line], page=1, size=1, total=3), HOSTILE)
+    _assert_escaped(table, at_least=6)  # heading, id, class, running, the label's key and value
+    assert "hardware_class=%3Cscript%3E" in table  # the pager's links keep the class, URL-encoded
+
+    status, now = started()
+    now += timedelta(seconds=10)
+    rolled_back, _ = next_state(status, obs(status, now, latency_ms={EDGE: 40.0}), now)
+    rolled_back = rolled_back.model_copy(update={"silent_devices": (HOSTILE,)})
+    page = pages.overview_page(
+        pages.OverviewData(
+            now=now,
+            groups=[overview.DeviceGroup(HOSTILE, HOSTILE, overview.ONLINE, 1)],
+            rollouts=[rolled_back],
+            reports=[],
+            alerts=[{"kind": "input_drift", "scope": {"device": HOSTILE}, "reason": HOSTILE}],
+            playbook_runs=[{"playbook": HOSTILE, "cause": HOSTILE}],
+            drift={HOSTILE: [(-60.0, 0.1), (0.0, 0.4)]},
+        )
+    )
+    # class and version in the group table and the bar charts, the silent device, the alert's
+    # scope and reason, the playbook run, the drift series' legend
+    _assert_escaped(page, at_least=10)
+    assert "hardware_class=%3Cscript%3E" in page
+
+    _assert_escaped(pages.login(HOSTILE), at_least=1)

@@ -68,6 +68,11 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
             "Agent tests run against the agent's own fake controller",
         ),
         ("tests/unit/test_next_state.py", "import sqlalchemy", "Tests of the pure rollout core"),
+        (
+            "fleet/controller/observe/alerts.py",
+            "from sqlalchemy import select",
+            "Only the controller's storage runs SQL",
+        ),
     ],
 )
 def test_a_file_that_crosses_a_line_breaks_its_contract(

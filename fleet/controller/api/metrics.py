@@ -35,13 +35,13 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.storage import overview, store
+from fleet.controller.storage.db import Session, SessionFactory
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,7 +66,7 @@ _HELP = {
 class FleetCollector(Collector):
     """Reads the fleet's series from the database at each scrape."""
 
-    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], datetime]) -> None:
+    def __init__(self, sessions: SessionFactory[Session], clock: Callable[[], datetime]) -> None:
         self._sessions = sessions
         self._clock = clock
         self._lock = threading.Lock()

@@ -20,7 +20,6 @@ from fleet.controller.api.auth import Admin, CurrentDevice, DeviceIdentity, OwnD
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
-from fleet.controller.storage.db import DeviceRow
 from fleet.shared.admin_protocol import ArtifactRegistration, Baseline, BaselineSet
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
@@ -56,7 +55,7 @@ def enrol(body: EnrolRequest, request: Request, session: SessionDep) -> EnrolRes
 
 def _read_desired(request: Request, device: DeviceIdentity) -> DesiredState:
     with request.app.state.sessions() as session:
-        row = session.get(DeviceRow, device.device_id)
+        row = store.device(session, device.device_id)
         assert row is not None
         return store.desired_state(session, row)
 

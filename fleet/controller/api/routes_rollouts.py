@@ -11,8 +11,6 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request, status
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from fleet.controller.api.auth import Admin, SessionDep
 from fleet.controller.errors import PolicyError, RolloutConflict, RolloutInvalid
@@ -32,7 +30,7 @@ from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.rollout.policy import RolloutPolicy, default_policy, load_policy
 from fleet.controller.settings import FleetSettings
 from fleet.controller.storage import store
-from fleet.controller.storage.db import RolloutRow
+from fleet.controller.storage.db import RolloutRow, Session
 from fleet.shared.admin_protocol import (
     RolloutCommand,
     RolloutDetail,
@@ -202,9 +200,5 @@ def post_command(
     state = request.app.state
     reason = body.reason if body is not None else ""
     run_command(session, rollout_id, command, reason, state.clock(), state.notifier)
-    row = session.scalars(
-        select(RolloutRow)
-        .where(RolloutRow.rollout_id == rollout_id)
-        .execution_options(populate_existing=True)
-    ).one()
+    row = store.load_rollout(session, rollout_id)  # read again: the command changed it
     return detail(row)

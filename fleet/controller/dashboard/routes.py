@@ -20,7 +20,6 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.dashboard import pages
@@ -28,6 +27,7 @@ from fleet.controller.observe import aggregate, alerts
 from fleet.controller.observe.playbooks import runner as playbook_runner
 from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.storage import overview
+from fleet.controller.storage.db import Session
 
 COOKIE = "edgeloop_dashboard"
 CHART_WINDOW_S = 3600.0
@@ -182,12 +182,5 @@ async def devices(
 
     result = await run_in_threadpool(read)
     if page > result.pages:
-        return _html(
-            pages.page(
-                "edgeloop fleet: devices",
-                f"<section class='panel'><p id='page-error'>page {page} is past the last page "
-                f"({result.pages}); go to <a href='/dashboard/devices'>page 1</a></p></section>",
-            ),
-            status_code=404,
-        )
+        return _html(pages.past_last_page(page, result.pages), status_code=404)
     return _html(pages.devices_page(result, hardware_class))

@@ -670,6 +670,19 @@ def pending_actions(session: Session, rollout_id: str) -> list[RolloutActionRow]
     )
 
 
+def mark_done(pending: RolloutActionRow, now: datetime) -> None:
+    """Mark one outbox action performed; the caller commits it with the action's effect."""
+    pending.done = True
+    pending.done_at = now
+
+
+def record_error(session: Session, rollout_id: str, message: str) -> None:
+    """Keep the error of a failed pass on the rollout (``last_error``). Commits."""
+    row = load_rollout(session, rollout_id)
+    row.last_error = message[:2000]
+    session.commit()
+
+
 def all_actions(session: Session, rollout_id: str) -> list[Action]:
     rows = session.scalars(
         select(RolloutActionRow)
