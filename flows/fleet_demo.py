@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel
@@ -40,6 +40,9 @@ from fleet.simulate.faults import FaultPlan, FaultWindow
 from fleet.simulate.fleet import load_field
 from registry.outcomes import FORCE_TAG, production_version, promote
 from registry.tracking import connect
+
+if TYPE_CHECKING:
+    from flows.rollout import RolloutOutcome
 
 DEVICES = 50
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
@@ -226,7 +229,7 @@ def run_fleet_demo(
     settings: Settings,
     candidate: str,
     register: Callable[[Path, str], dict[str, Any]],
-    rollout: Callable[..., dict[str, Any]],
+    rollout: Callable[..., RolloutOutcome],
     say: Callable[[str], None],
     *,
     keep_running: bool = False,
@@ -245,7 +248,7 @@ def run_fleet_demo(
     work = settings.work_dir / "fleet-demo"
     work.mkdir(parents=True, exist_ok=True)
     fp32 = settings.work_dir / "variants" / "fp32.onnx"
-    outcomes: list[dict[str, Any]] = []
+    outcomes: list[RolloutOutcome] = []
     reference = drift_reference(client, model, candidate)
     with (
         controller_process(settings, token, keep_running=keep_running) as url,
@@ -275,12 +278,12 @@ def run_fleet_demo(
         outcomes.append(
             rollout(model=model, version=new, stable_version=stable, admin_token=token, url=url)
         )
-        say(f"v{new}: {outcomes[-1]['outcome']}; now a regressed version (wrong on 60% of inputs)")
+        say(f"v{new}: {outcomes[-1].outcome}; now a regressed version (wrong on 60% of inputs)")
         bad_file = make_regressed_variant(fp32, work / "regressed.onnx", "accuracy", share=0.6)
         bad = register(bad_file, model)["version"]
         client.set_model_version_tag(model, bad, FORCE_TAG, "true")  # it failed its gates: forced
         promote(client, model, bad)
-        current = new if outcomes[-1]["outcome"] == "succeeded" else stable
+        current = new if outcomes[-1].outcome == "succeeded" else stable
         outcomes.append(
             rollout(model=model, version=bad, stable_version=current, admin_token=token, url=url)
         )
@@ -298,7 +301,7 @@ def run_fleet_demo(
         "controller": url,
         "devices": DEVICES,
         "classes": CLASSES,
-        "rollouts": outcomes,
+        "rollouts": [o.model_dump(mode="json") for o in outcomes],
         "fleet_versions": {str(k): v for k, v in fleet.items()},
         "production": production_version(client, model),
     }

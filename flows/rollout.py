@@ -14,13 +14,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient, AdminError, admin_token_from_env
-from fleet.controller.rollout.decide import RolloutStatus
+from fleet.controller.rollout.decide import RolloutStatus, Transition
 from fleet.controller.rollout.policy import RolloutPolicy, load_policy
+from fleet.controller.rollout.stats import GateResult
 from fleet.shared.admin_protocol import ArtifactRegistration, RolloutDetail, RolloutRequest
 from fleet.shared.profile import load_profile
 from registry.outcomes import record_outcome
@@ -31,6 +33,22 @@ TERMINAL = {"succeeded", "rolled_back", "failed", "aborted"}
 
 class RolloutError(EdgeloopError):
     """Raised by the rollout flow when a rollout cannot be created or followed."""
+
+
+class RolloutOutcome(BaseModel):
+    """What the rollout flow returns: how the rollout ended and why (``rollout_id`` is ``baseline``
+    for a model's first release, which has no rollout). Its JSON goes into the demo's run summary."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rollout_id: str
+    model: str
+    version: str
+    stable_version: str | None
+    outcome: str = Field(description="the terminal phase: succeeded, rolled_back, failed, aborted")
+    reason: str
+    causes: tuple[GateResult, ...] = Field((), description="the gates that failed")
+    history: tuple[Transition, ...] = ()
 
 
 def publish_variants(
@@ -130,7 +148,7 @@ def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float
 
 def _first_release(
     client: Any, admin: AdminClient, settings: Settings, model: str, version: str
-) -> dict[str, Any]:
+) -> RolloutOutcome:
     """No stable version to compare against: the version becomes the fleet's baseline directly."""
     changed = admin.set_baseline(model, version).devices_changed
     reason = f"first release of {model}: baseline for every device ({changed} targeted now)"
@@ -138,10 +156,10 @@ def _first_release(
         client, model=model, version=version, stable_version=None, outcome="succeeded",
         reason=reason, causes=[], cards_dir=settings.model_cards_dir,
     )  # fmt: skip
-    return {
-        "rollout_id": "baseline", "model": model, "version": version, "stable_version": None,
-        "outcome": "succeeded", "reason": reason, "causes": [], "history": [],
-    }  # fmt: skip
+    return RolloutOutcome(
+        rollout_id="baseline", model=model, version=version, stable_version=None,
+        outcome="succeeded", reason=reason,
+    )  # fmt: skip
 
 
 @flow(name="rollout", log_prints=False, validate_parameters=False)
@@ -152,7 +170,7 @@ def rollout_flow(
     admin_token: str | None = None,
     settings: Settings | None = None,
     rollout_overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RolloutOutcome:
     """Publish, create, start and follow one rollout; record its outcome in the registry.
 
     ``rollout_overrides`` replaces fields of params.yaml's ``rollout`` section (the demo's fast stages).
@@ -207,8 +225,8 @@ def rollout_flow(
         client, model=model, version=version, stable_version=status.stable_version or None,
         outcome=outcome, reason=reason, causes=causes, cards_dir=settings.model_cards_dir,
     )  # fmt: skip
-    return {
-        "rollout_id": rollout_id, "model": model, "version": version,
-        "stable_version": status.stable_version, "outcome": outcome, "reason": reason,
-        "causes": causes, "history": [h.model_dump(mode="json") for h in status.history],
-    }  # fmt: skip
+    return RolloutOutcome(
+        rollout_id=rollout_id, model=model, version=version,
+        stable_version=status.stable_version, outcome=outcome, reason=reason,
+        causes=status.causes, history=status.history,
+    )  # fmt: skip

@@ -13,6 +13,7 @@ from edgeloop.core.settings import Settings
 
 if TYPE_CHECKING:
     from fleet.shared.admin_protocol import RolloutDetail
+    from flows.rollout import RolloutOutcome
 
 app = typer.Typer()
 fleet_app = typer.Typer(help="The fleet controller and the fleet simulator.")
@@ -97,16 +98,16 @@ def fleet_demo(
             )
             return registered
 
-        def rollout(*, url: str, **kwargs: Any) -> dict[str, Any]:
-            result: dict[str, Any] = rollout_flow(
+        def rollout(*, url: str, **kwargs: Any) -> RolloutOutcome:
+            result = rollout_flow(
                 settings=settings,
                 rollout_overrides={**DEMO_POLICY, "controller_url": url},
                 **kwargs,
             )
-            colour = "green" if result["outcome"] == "succeeded" else "red"
+            colour = "green" if result.outcome == "succeeded" else "red"
             console.print(
-                f"  rollout of v{result['version']}: [{colour}]{result['outcome']}[/] "
-                f"{escape(result['reason'])}",
+                f"  rollout of v{result.version}: [{colour}]{result.outcome}[/] "
+                f"{escape(result.reason)}",
                 highlight=False,
             )
             return result
@@ -183,16 +184,15 @@ def promote(
         result = rollout_flow(
             model=name, version=version, stable_version=stable, admin_token=token, settings=settings
         )
-        colour = "green" if result["outcome"] == "succeeded" else "red"
+        colour = "green" if result.outcome == "succeeded" else "red"
         console.print(
-            f"rollout {result['rollout_id']}: [{colour}]{result['outcome']}[/] "
-            f"{escape(result['reason'])}",
+            f"rollout {result.rollout_id}: [{colour}]{result.outcome}[/] {escape(result.reason)}",
             highlight=False,
         )
-        if result["outcome"] != "succeeded":
+        if result.outcome != "succeeded":
             err_console.print(
-                f"[red]error:[/] {name} v{version} was not rolled out: {escape(result['reason'])}; "
-                f"production is back on v{result['stable_version']}",
+                f"[red]error:[/] {name} v{version} was not rolled out: {escape(result.reason)}; "
+                f"production is back on v{result.stable_version}",
                 highlight=False,
                 soft_wrap=True,
             )
