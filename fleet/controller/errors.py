@@ -103,3 +103,8 @@ class ConcurrentUpdate(ControllerError):
     def __init__(self, message: str, *, rollout_id: str) -> None:
         super().__init__(message)
         self.rollout_id = rollout_id
+
+
+class PlaybookActionFailed(ControllerError):
+    """Raised by a playbook action (``fleet.controller.observe.playbooks.actions``) when the outside
+    world refused it; the runner records the message and retries the action with backoff."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from test_controller_loop import DEVICES, Devices, start_rollout
 from typer.testing import CliRunner
 
 from edgeloop.cli import app as cli_app
-from fleet.controller.errors import PolicyError
+from fleet.controller.errors import PlaybookActionFailed, PolicyError
 from fleet.controller.observe import alerts
 from fleet.controller.observe.playbooks import actions as playbook_actions
 from fleet.controller.observe.playbooks import config as playbook_config
@@ -261,29 +262,59 @@ def test_open_retrain_without_prefect_is_skipped(fleet: Fleet) -> None:
 
 
 def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> None:
+    """Through Prefect's own client (``get_client``), against a fake Prefect API."""
     seen: list[httpx.Request] = []
+    deployment_id, run_id, flow_id = (str(uuid.uuid4()) for _ in range(3))
 
     def prefect(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/csrf-token":  # the client asks once; this API has none
+            return httpx.Response(422, json={"detail": "CSRF protection is disabled."})
         seen.append(request)
         if request.method == "GET":
             assert request.url.path == "/api/deployments/name/retrain/scheduled"
-            return httpx.Response(200, json={"id": "dep-1"})
-        assert request.url.path == "/api/deployments/dep-1/create_flow_run"
-        return httpx.Response(201, json={"id": "run-7"})
+            return httpx.Response(
+                200, json={"id": deployment_id, "name": "scheduled", "flow_id": flow_id}
+            )
+        assert request.url.path == f"/api/deployments/{deployment_id}/create_flow_run"
+        return httpx.Response(
+            201,
+            json={"id": run_id, "name": "r", "flow_id": flow_id, "deployment_id": deployment_id},
+        )
 
     alert_id = open_alert(fleet)
     action = playbook_config.PlaybookAction(action="open_retrain")
+    transport = httpx.MockTransport(prefect)
     with fleet.app.state.sessions() as session:
         ctx = context(
             fleet, session, alert_id,
             prefect_api_url="http://prefect.test/api",
-            http=lambda: httpx.Client(transport=httpx.MockTransport(prefect)),
+            prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
             field_dir=fleet.tmp / "field",
         )  # fmt: skip
         result = playbook_actions.open_retrain(ctx, action)
-    assert result.startswith("flow run run-7 of retrain/scheduled")
+    assert result.startswith(f"flow run {run_id} of retrain/scheduled")
     field = fleet.tmp / "field" / f"alert-{alert_id}.json"
     assert field.is_file() and str(field) in seen[1].content.decode()
+
+
+def test_open_retrain_raises_when_prefect_refuses(fleet: Fleet) -> None:
+    """A missing deployment (or any refusal) raises, so the runner retries it with backoff."""
+
+    def prefect(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "Deployment not found"})
+
+    alert_id = open_alert(fleet)
+    action = playbook_config.PlaybookAction(action="open_retrain")
+    transport = httpx.MockTransport(prefect)
+    with fleet.app.state.sessions() as session:
+        ctx = context(
+            fleet, session, alert_id,
+            prefect_api_url="http://prefect.test/api",
+            prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
+            field_dir=fleet.tmp / "field",
+        )  # fmt: skip
+        with pytest.raises(PlaybookActionFailed, match="no Prefect deployment retrain/scheduled"):
+            playbook_actions.open_retrain(ctx, action)
 
 
 def test_notify_webhook_posts_the_alert_and_a_refusal_raises(fleet: Fleet) -> None:

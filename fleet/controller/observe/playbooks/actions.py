@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from fleet.controller.errors import PlaybookActionFailed
 from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.observe.alerts import alert_dict
 from fleet.controller.observe.playbooks.config import PlaybookAction
@@ -25,6 +26,22 @@ from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.storage import events, store
 from fleet.controller.storage.db import Session
 from fleet.controller.storage.observe_tables import AlertRow
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
+
+def prefect_client(api_url: str, httpx_settings: dict[str, Any] | None = None) -> SyncPrefectClient:
+    """Prefect's synchronous client for the API at ``api_url`` (10 s timeout). Prefect is imported
+    here, not at the top: the controller starts without loading it, and only ``open_retrain`` of a
+    controller with ``PREFECT_API_URL`` pays for it."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return get_client(
+            httpx_settings={"timeout": 10, **(httpx_settings or {})}, sync_client=True
+        )
 
 
 @dataclass
@@ -37,6 +54,7 @@ class ActionContext:
     notifier: ChangeNotifier | None = None
     http: Callable[[], httpx.Client] = httpx.Client
     prefect_api_url: str | None = field(default_factory=lambda: os.environ.get("PREFECT_API_URL"))
+    prefect: Callable[[str], SyncPrefectClient] = prefect_client
     field_dir: Path = Path(".edgeloop/field-data")
 
 
@@ -126,22 +144,25 @@ def open_retrain(ctx: ActionContext, action: PlaybookAction) -> str:
     if not ctx.prefect_api_url:
         return "skipped: no Prefect API (PREFECT_API_URL is not set)"
     path = write_field_data(ctx)
-    api = ctx.prefect_api_url.rstrip("/")
-    with ctx.http() as client:
-        found = client.get(f"{api}/deployments/name/retrain/{action.deployment}", timeout=10)
-        found.raise_for_status()
-        deployment_id = found.json()["id"]
-        created = client.post(
-            f"{api}/deployments/{deployment_id}/create_flow_run",
-            json={
-                "parameters": dict(action.parameters),
-                "tags": ["edgeloop.playbook", f"edgeloop.alert.{ctx.alert.id}"],
-                "job_variables": {"env": {"EDGELOOP_FIELD_DATA": str(path)}},
-            },
-            timeout=10,
-        )
-        created.raise_for_status()
-    return f"flow run {created.json().get('id')} of retrain/{action.deployment}; field data {path}"
+    name = f"retrain/{action.deployment}"
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    try:
+        with ctx.prefect(ctx.prefect_api_url) as client:
+            deployment = client.read_deployment_by_name(name)
+            run = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters=dict(action.parameters),
+                tags=["edgeloop.playbook", f"edgeloop.alert.{ctx.alert.id}"],
+                job_variables={"env": {"EDGELOOP_FIELD_DATA": str(path)}},
+            )
+    except ObjectNotFound as exc:
+        raise PlaybookActionFailed(
+            f"no Prefect deployment {name} at {ctx.prefect_api_url}"
+        ) from exc
+    except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
+        raise PlaybookActionFailed(f"Prefect API {ctx.prefect_api_url}: {exc}") from exc
+    return f"flow run {run.id} of {name}; field data {path}"
 
 
 def notify_webhook(ctx: ActionContext, action: PlaybookAction) -> str:
