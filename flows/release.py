@@ -88,7 +88,7 @@ def log_hardware(hardware: dict[str, ProfileChoice]) -> None:
         if choice.passed and choice.result is not None:
             for key, value in choice.result.metrics.items():
                 mlflow.log_metric(f"hw.{profile}.{key}", float(value))
-        mlflow.log_dict(choice.summary(), f"hardware/{profile}/choice.json")
+        mlflow.log_dict(choice.summary().model_dump(mode="json"), f"hardware/{profile}/choice.json")
     for path in {p for c in hardware.values() for p in _attempt_files(c)}:
         variant, profile = path.parent.parent.name, path.parent.name
         mlflow.log_artifact(str(path), artifact_path=f"hardware/{profile}/{variant}")
@@ -182,7 +182,7 @@ def register(
         tags=tags,
         gates=gate_results,
         card=card,
-        hardware={p: c.summary() for p, c in hardware.items()},
+        hardware={p: c.summary().model_dump(mode="json") for p, c in hardware.items()},
         golden=ws.golden,
         drift_reference=drift_reference(ws),
     )

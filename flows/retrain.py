@@ -222,7 +222,7 @@ def _loop(
         ],
         "split_accuracy": evaluation["split_accuracy"],
         "gates": [g.__dict__ for g in gate_results],
-        "hardware": {p: c.summary() for p, c in hardware.items()},
+        "hardware": {p: c.summary().model_dump(mode="json") for p, c in hardware.items()},
         "model_card": {"markdown": str(published.card_markdown), "json": str(published.card_json)},
         "started": started.isoformat(timespec="seconds"),
     }

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from edgeloop.core.errors import HardwareCheckError
 from edgeloop.core.settings import Settings
 from fleet.shared.profile import HardwareProfile, HardwareStatus, ProfileError, load_profile
@@ -49,6 +51,27 @@ class LocalRunner:
         )
 
 
+class Attempt(BaseModel):
+    """One variant tried on one profile: the suite's status and its failures."""
+
+    variant: str
+    status: str
+    failures: list[str]
+
+
+class HardwareSummary(BaseModel):
+    """A profile's verdict as the run summary, the model card and the MLflow run record it."""
+
+    status: str
+    variant: str | None
+    p50_ms: float | None
+    p95_ms: float | None
+    accuracy: float | None
+    peak_rss_mb: float | None
+    reason: str
+    attempts: list[Attempt]
+
+
 @dataclass
 class ProfileChoice:
     """What validation found for one profile: the variant it takes and every attempt."""
@@ -56,7 +79,7 @@ class ProfileChoice:
     profile: str
     variant: str | None = None
     result: ProfileResult | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -64,7 +87,7 @@ class ProfileChoice:
             return PASSED
         if not self.attempts:
             return UNAVAILABLE
-        return str(self.attempts[-1]["status"])
+        return self.attempts[-1].status
 
     @property
     def passed(self) -> bool:
@@ -75,21 +98,24 @@ class ProfileChoice:
         if self.passed:
             return f"{self.variant} meets every budget"
         if self.status == UNAVAILABLE:
-            last = self.attempts[-1]["failures"] if self.attempts else []
+            last = self.attempts[-1].failures if self.attempts else []
             return "; ".join(last) or "no runner answered before the deadline"
         return " | ".join(
-            f"{a['variant']}: {'; '.join(a['failures']) or a['status']}" for a in self.attempts
+            f"{a.variant}: {'; '.join(a.failures) or a.status}" for a in self.attempts
         )
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> HardwareSummary:
         metrics = self.result.metrics if self.result else {}
-        return {
-            "status": self.status,
-            "variant": self.variant,
-            **{k: metrics.get(k) for k in ("p50_ms", "p95_ms", "accuracy", "peak_rss_mb")},
-            "reason": self.reason,
-            "attempts": self.attempts,
-        }
+        return HardwareSummary(
+            status=self.status,
+            variant=self.variant,
+            p50_ms=metrics.get("p50_ms"),
+            p95_ms=metrics.get("p95_ms"),
+            accuracy=metrics.get("accuracy"),
+            peak_rss_mb=metrics.get("peak_rss_mb"),
+            reason=self.reason,
+            attempts=list(self.attempts),
+        )
 
 
 def candidates(evaluation: dict[str, Any], profile: HardwareProfile) -> list[str]:
@@ -113,16 +139,16 @@ def choose(profile: HardwareProfile, order: list[str], runner: Runner) -> Profil
         result = runner.run(variant, profile)
         if result is None:
             choice.attempts.append(
-                {
-                    "variant": variant,
-                    "status": UNAVAILABLE,
-                    "failures": ["no runner answered before the deadline"],
-                }
+                Attempt(
+                    variant=variant,
+                    status=UNAVAILABLE,
+                    failures=["no runner answered before the deadline"],
+                )
             )
             break
         choice.result = result
         choice.attempts.append(
-            {"variant": variant, "status": result.status, "failures": list(result.failures)}
+            Attempt(variant=variant, status=result.status, failures=list(result.failures))
         )
         if result.passed:
             choice.variant = variant

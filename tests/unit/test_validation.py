@@ -82,7 +82,7 @@ def test_first_passing_variant_is_chosen_and_later_ones_are_not_run() -> None:
     choice = choose(profile(), candidates(EVALUATION, profile()), runner)
     assert choice.variant == "int8-static" and choice.status == "passed"
     assert runner.calls == [("edge-small", "pruned-int8"), ("edge-small", "int8-static")]
-    assert [a["status"] for a in choice.attempts] == ["failed", "passed"]
+    assert [a.status for a in choice.attempts] == ["failed", "passed"]
 
 
 def test_no_variant_passes_and_the_reason_names_every_attempt() -> None:
