@@ -38,7 +38,8 @@ from fleet.shared.drift import DriftReference
 from fleet.simulate import Simulation, make_regressed_variant
 from fleet.simulate.faults import FaultPlan, FaultWindow
 from fleet.simulate.fleet import load_field
-from registry.outcomes import FORCE_TAG, production_version, promote
+from registry import tags as tag
+from registry.outcomes import production_version, promote
 from registry.tracking import connect
 
 if TYPE_CHECKING:
@@ -281,7 +282,8 @@ def run_fleet_demo(
         say(f"v{new}: {outcomes[-1].outcome}; now a regressed version (wrong on 60% of inputs)")
         bad_file = make_regressed_variant(fp32, work / "regressed.onnx", "accuracy", share=0.6)
         bad = register(bad_file, model)["version"]
-        client.set_model_version_tag(model, bad, FORCE_TAG, "true")  # it failed its gates: forced
+        # it failed its gates: forced
+        client.set_model_version_tag(model, bad, tag.PROMOTE_FORCE, "true")
         promote(client, model, bad)
         current = new if outcomes[-1].outcome == "succeeded" else stable
         outcomes.append(

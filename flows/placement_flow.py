@@ -22,12 +22,12 @@ from edgeloop.core.settings import Settings
 from flows.placement import Placement, PlacementError, run_placed
 from flows.retrain import retrain
 from flows.workspace import Workspace
+from registry import tags as tag
 from registry.lineage import dvc_dir_hash, git_state
-from registry.run_key import RUN_KEY_TAG, existing_version, run_key
+from registry.run_key import existing_version, run_key
 from registry.tracking import connect, ensure_experiment
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-POOL_TAG = "edgeloop.placement.pool"
 PATHS = ("home", "params_file", "data_dir", "model_cards_dir", "profiles_dir", "hardware_tests_dir")
 
 
@@ -61,7 +61,9 @@ def placed_training(settings: dict[str, str], run_key: str, pool: str) -> str:
         return str(earlier.version)
     root = resolved.work_dir / "placed" / pool
     summary = retrain(
-        resolved, tags={RUN_KEY_TAG: run_key, POOL_TAG: pool}, ws=Workspace(root / "splits", root)
+        resolved,
+        tags={tag.RUN_KEY: run_key, tag.PLACEMENT_POOL: pool},
+        ws=Workspace(root / "splits", root),
     )
     print(f"{params.model_name} v{summary['version']} registered from pool {pool}")
     return str(summary["version"])
@@ -70,10 +72,10 @@ def placed_training(settings: dict[str, str], run_key: str, pool: str) -> str:
 def _log_placement(record: Placement, status: str, reason: str) -> None:
     mlflow.set_tags(
         {
-            "edgeloop.placement.status": status,
-            "edgeloop.placement.reason": reason[:5000],
-            POOL_TAG: record.pool or "none",
-            "edgeloop.placement.attempts": str(len(record.attempts)),
+            tag.PLACEMENT_STATUS: status,
+            tag.PLACEMENT_REASON: reason[:5000],
+            tag.PLACEMENT_POOL: record.pool or "none",
+            tag.PLACEMENT_ATTEMPTS: str(len(record.attempts)),
         }
     )
     mlflow.log_dict(
@@ -102,7 +104,7 @@ def placed_retrain(settings: Settings | None = None) -> dict[str, Any]:
     record = Placement()
     started = datetime.now(UTC)
     with mlflow.start_run(experiment_id=experiment, run_name=f"placement-{started:%Y%m%d-%H%M%S}"):
-        mlflow.set_tags({RUN_KEY_TAG: key, "edgeloop.source": "placement"})
+        mlflow.set_tags({tag.RUN_KEY: key, tag.SOURCE: "placement"})
         mlflow.log_params(
             {
                 **{f"constraints.{k}": v for k, v in placement.constraints.model_dump().items()},

@@ -21,6 +21,7 @@ from flows.pareto import pareto_table
 from flows.plots import pareto_chart
 from flows.validation import ProfileChoice, report_paths
 from flows.workspace import Workspace
+from registry import tags as tag
 from registry.lineage import dvc_dir_hash, git_state
 from registry.publish import GateResult, Published, Release, VariantRecord, publish
 
@@ -110,12 +111,12 @@ def drift_reference(ws: Workspace) -> DriftReference:
 def lineage_tags(settings: Settings, params: Params, ws: Workspace, source: str) -> dict[str, str]:
     state = git_state(Path())
     return {
-        "edgeloop.git_commit": state.commit,
-        "edgeloop.git_dirty": str(state.dirty).lower(),
-        "edgeloop.data.hash": dvc_dir_hash(ws.splits_dir),
-        "edgeloop.params_hash": params.digest(),
-        "edgeloop.dataset": params.data.loader,
-        "edgeloop.source": source,
+        tag.GIT_COMMIT: state.commit,
+        tag.GIT_DIRTY: str(state.dirty).lower(),
+        tag.DATA_HASH: dvc_dir_hash(ws.splits_dir),
+        tag.PARAMS_HASH: params.digest(),
+        tag.DATASET: params.data.loader,
+        tag.SOURCE: source,
     }
 
 
@@ -155,7 +156,7 @@ def register(
         "data": {
             "dataset": schema["name"],
             "description": schema.get("description", ""),
-            "hash": tags["edgeloop.data.hash"],
+            "hash": tags[tag.DATA_HASH],
             "rows": data_report.get("rows", {}),
             "checks": f"{data_report.get('expectations_evaluated', 0)} expectations passed",
         },

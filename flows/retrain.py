@@ -29,6 +29,7 @@ from flows.pool import PoolRunner
 from flows.progress import stage
 from flows.validation import ProfileChoice
 from flows.workspace import Workspace
+from registry import tags as tag
 from registry.tracking import connect, ensure_experiment
 
 TRANSIENT = (ConnectionError, TimeoutError, httpx.TransportError)
@@ -180,12 +181,12 @@ def _loop(
         experiment_id=experiment, run_name=f"{source}-{started:%Y%m%d-%H%M%S}"
     ) as run:
         mlflow.log_params(_flatten("", params.model_dump(mode="json")))
-        mlflow.set_tags({"edgeloop.source": source, **(tags or {})})
+        mlflow.set_tags({tag.SOURCE: source, **(tags or {})})
         ingest_task(params, ws)
         try:
             validate_task(params, ws)
         except DataCheckError:
-            mlflow.set_tag("edgeloop.data_check", "failed")
+            mlflow.set_tag(tag.DATA_CHECK, "failed")
             raise
         if imported is None:
             train_task(params, ws)

@@ -25,6 +25,7 @@ from fleet.controller.rollout.policy import RolloutPolicy, load_policy
 from fleet.controller.rollout.stats import GateResult
 from fleet.shared.admin_protocol import ArtifactRegistration, RolloutDetail, RolloutRequest
 from fleet.shared.profile import load_profile
+from registry import tags as tag
 from registry.outcomes import record_outcome
 from registry.tracking import connect
 
@@ -61,8 +62,8 @@ def publish_variants(
     run_id = client.get_model_version(model, version).run_id
     chosen: dict[str, str] = {}
     for cls in classes:
-        variant = tags.get(f"edgeloop.hw.{cls}.variant") or tags.get("edgeloop.variant")
-        signature = tags.get(f"edgeloop.variant.{variant}.signature") if variant else None
+        variant = tags.get(tag.hw_variant(cls)) or tags.get(tag.VARIANT)
+        signature = tags.get(tag.variant_signature(variant)) if variant else None
         if not variant or not signature:
             raise RolloutError(
                 f"{model} v{version} has no signed variant for hardware class {cls!r}",

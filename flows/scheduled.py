@@ -24,12 +24,10 @@ from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from flows import stages
 from flows.workspace import Workspace
+from registry import tags as tag
 from registry.lineage import dvc_dir_hash
 from registry.publish import CANDIDATE
 
-DATA_TAG = "edgeloop.data.hash"
-TRAINING_TAG = "edgeloop.training.hash"
-RESULT_TAG = "edgeloop.schedule.last_result"
 CODE_ROOT = Path(__file__).resolve().parent  # the flows package: every stage the model goes through
 SHAPING = ("model_name", "seed", "data", "training", "compress", "gates")
 
@@ -57,14 +55,14 @@ def change_reason(latest: Any | None, data_hash: str, code_hash: str) -> str | N
         return "no version registered yet"
     tags = latest.tags
     changes = []
-    if tags.get(DATA_TAG) != data_hash:
-        changes.append(f"data hash {tags.get(DATA_TAG) or 'missing'} -> {data_hash}")
-    if tags.get(TRAINING_TAG) != code_hash:
-        recorded = tags.get(TRAINING_TAG)
+    if tags.get(tag.DATA_HASH) != data_hash:
+        changes.append(f"data hash {tags.get(tag.DATA_HASH) or 'missing'} -> {data_hash}")
+    if tags.get(tag.TRAINING_HASH) != code_hash:
+        recorded = tags.get(tag.TRAINING_HASH)
         changes.append(
             f"training code {recorded[:12]} -> {code_hash[:12]}"
             if recorded
-            else f"v{latest.version} records no {TRAINING_TAG}"
+            else f"v{latest.version} records no {tag.TRAINING_HASH}"
         )
     return "; ".join(changes) or None
 
@@ -81,7 +79,7 @@ def current_data_hash(params: Params, settings: Settings) -> str:
 def _record(client: Any, model: str, markdown: str, result: str) -> None:
     create_markdown_artifact(markdown=markdown, key="scheduled-retrain", description=result)
     if latest_version(client, model) is not None:
-        client.set_registered_model_tag(model, RESULT_TAG, result[:5000])
+        client.set_registered_model_tag(model, tag.SCHEDULE_LAST_RESULT, result[:5000])
 
 
 def _promote_and_roll_out(client: Any, model: str, version: str) -> str:
@@ -128,7 +126,7 @@ def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
     logger.info("retraining %s: %s", model, why)
     summary = retrain_flow(settings=settings)
     version = str(summary["version"])
-    client.set_model_version_tag(model, version, TRAINING_TAG, code_hash)
+    client.set_model_version_tag(model, version, tag.TRAINING_HASH, code_hash)
     result: dict[str, Any] = {"skipped": False, "reason": why, **summary}
     if params.schedule.auto_promote and CANDIDATE in summary["aliases"]:
         result["rollout_run"] = _promote_and_roll_out(client, model, version)

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeloop.core.errors import ConfigError
 from edgeloop.core.settings import Settings
 from flows.hardware import ProfileResult, run_profile
+from registry import tags as tag
 from registry.fetch import fetch_for_profile
 from registry.tracking import connect, ensure_experiment
 
@@ -45,25 +46,25 @@ def validate_registered(
     with mlflow.start_run(experiment_id=experiment, run_name=f"validate-{profile}-v{version}"):
         mlflow.set_tags(
             {
-                "edgeloop.model": name,
-                "edgeloop.model_version": version,
-                "edgeloop.profile": profile,
-                "edgeloop.variant": fetched.variant,
-                "edgeloop.hw.status": result.status,
+                tag.MODEL: name,
+                tag.MODEL_VERSION: version,
+                tag.PROFILE: profile,
+                tag.VARIANT: fetched.variant,
+                tag.HW_STATUS: result.status,
             }
         )
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
         mlflow.log_artifact(str(result.junit_path), artifact_path=f"hardware/{profile}")
         mlflow.log_artifact(str(result.report_path), artifact_path=f"hardware/{profile}")
     tags = {
-        f"edgeloop.hw.{profile}.status": result.status,
-        f"edgeloop.hw.{profile}.variant": fetched.variant,
+        tag.hw_status(profile): result.status,
+        tag.hw_variant(profile): fetched.variant,
     }
     for key in ("p95_ms", "accuracy"):
         if key in result.metrics:
-            tags[f"edgeloop.hw.{profile}.{key}"] = f"{result.metrics[key]:.4g}"
+            tags[tag.hw(profile, key)] = f"{result.metrics[key]:.4g}"
     if not result.passed:
-        tags[f"edgeloop.hw.{profile}.reason"] = "; ".join(result.failures)[:1000] or result.status
+        tags[tag.hw_reason(profile)] = "; ".join(result.failures)[:1000] or result.status
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return result

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 
-KEY_TAGS = ("edgeloop.variant", "edgeloop.gates", "edgeloop.git_commit", "edgeloop.data.hash")
+from registry import tags as tag
+
+KEY_TAGS = (tag.VARIANT, tag.GATES, tag.GIT_COMMIT, tag.DATA_HASH)
 
 
 @dataclass(frozen=True)

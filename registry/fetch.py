@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop.core.errors import EdgeloopError
 from fleet.shared.signature import file_sha256
+from registry import tags as tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -91,13 +92,11 @@ def _resolve(
         ) from exc
     tags = mv.tags or {}
     chosen = (
-        variant
-        or (tags.get(f"edgeloop.hw.{profile}.variant") if profile else None)
-        or tags.get("edgeloop.variant")
+        variant or (tags.get(tag.hw_variant(profile)) if profile else None) or tags.get(tag.VARIANT)
     )
     if not chosen:
         raise FetchError(
-            f"{uri} (version {mv.version}) has no edgeloop.variant tag",
+            f"{uri} (version {mv.version}) has no {tag.VARIANT} tag",
             hint="name the variant to fetch",
         )
     if not mv.run_id:

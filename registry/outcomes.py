@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop.core.errors import RegistryError
+from registry import tags as tag
 from registry.modelcard import render_markdown
-from registry.publish import PRODUCTION, TAG
+from registry.publish import PRODUCTION
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-FORCE_TAG = f"{TAG}promote.force"
-"""Set to ``true`` on a version to promote it without passing hardware results (recorded)."""
 
 
 def _version(client: MlflowClient, model: str, version: str) -> Any:
@@ -38,21 +36,17 @@ def _version(client: MlflowClient, model: str, version: str) -> Any:
 def promotable(client: MlflowClient, model: str, version: str) -> tuple[bool, str]:
     """Whether ``version`` may become ``production``, and why (or why not)."""
     tags = _version(client, model, version).tags
-    if tags.get(FORCE_TAG, "").lower() == "true":
-        return True, f"forced by tag {FORCE_TAG}"
+    if tags.get(tag.PROMOTE_FORCE, "").lower() == "true":
+        return True, f"forced by tag {tag.PROMOTE_FORCE}"
     hardware = {
-        k: v for k, v in tags.items() if k.startswith(f"{TAG}hw.") and k.endswith(".status")
+        profile: v for k, v in tags.items() if (profile := tag.hw_status_profile(k)) is not None
     }
     if not hardware:
         return False, "it has no hardware results"
-    failed = sorted(
-        k.removeprefix(f"{TAG}hw.").removesuffix(".status")
-        for k, v in hardware.items()
-        if v != "passed"
-    )
+    failed = sorted(profile for profile, v in hardware.items() if v != "passed")
     if failed:
         return False, f"hardware profile(s) {', '.join(failed)} did not pass"
-    if tags.get(f"{TAG}gates") != "passed":
+    if tags.get(tag.GATES) != "passed":
         return False, "not every gate passed"
     return True, "every gate and hardware profile passed"
 
@@ -63,7 +57,7 @@ def promote(client: MlflowClient, model: str, version: str) -> str:
     if not ok:
         raise RegistryError(
             f"{model} v{version} cannot be promoted: {why}",
-            hint=f"fix the version, or set tag {FORCE_TAG}=true to force it (recorded)",
+            hint=f"fix the version, or set tag {tag.PROMOTE_FORCE}=true to force it (recorded)",
         )
     client.set_registered_model_alias(model, PRODUCTION, version)
     return why
@@ -79,7 +73,7 @@ def stable_version(client: MlflowClient, model: str, *, exclude: str | None = No
     succeeded = [
         int(v.version)
         for v in client.search_model_versions(f"name = '{model}'")
-        if v.tags.get(f"{TAG}rollout.status") == "succeeded" and str(v.version) != exclude
+        if v.tags.get(tag.ROLLOUT_STATUS) == "succeeded" and str(v.version) != exclude
     ]
     return str(max(succeeded)) if succeeded else None
 
@@ -103,8 +97,8 @@ def record_outcome(
             client.set_registered_model_alias(model, PRODUCTION, stable_version)
         elif production_version(client, model) == version:
             client.delete_registered_model_alias(model, PRODUCTION)
-    client.set_model_version_tag(model, version, f"{TAG}rollout.status", outcome)
-    client.set_model_version_tag(model, version, f"{TAG}rollout.reason", reason[:5000])
+    client.set_model_version_tag(model, version, tag.ROLLOUT_STATUS, outcome)
+    client.set_model_version_tag(model, version, tag.ROLLOUT_REASON, reason[:5000])
     _append_to_card(
         cards_dir,
         model,

@@ -18,15 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from registry.outcomes import FORCE_TAG, production_version, promotable, stable_version
+from registry import tags as tag
+from registry.outcomes import production_version, promotable, stable_version
 from registry.promotion_config import Trigger
 from registry.promotion_store import PromotionStore
-from registry.publish import PRODUCTION, TAG
+from registry.publish import PRODUCTION
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-REFUSED_TAG = f"{TAG}promote.refused"
 log = logging.getLogger("edgeloop.promotion")
 
 
@@ -82,7 +82,7 @@ def _decide_and_start(
 ) -> Outcome:
     ok, why = promotable(client, model, version)  # RegistryError for an unknown model or version
     stable = stable_version(client, model, exclude=version)
-    own_status = client.get_model_version(model, version).tags.get(f"{TAG}rollout.status")
+    own_status = client.get_model_version(model, version).tags.get(tag.ROLLOUT_STATUS)
     if own_status == "succeeded" and (stable is None or int(stable) < int(version)):
         return Outcome("current", model, version, "the fleet already runs it", stable)
     if not ok:
@@ -111,6 +111,6 @@ def refuse(
     client.set_model_version_tag(
         model,
         version,
-        REFUSED_TAG,
-        f"{reason}; set tag {FORCE_TAG}=true on the version to promote it anyway",
+        tag.PROMOTE_REFUSED,
+        f"{reason}; set tag {tag.PROMOTE_FORCE}=true on the version to promote it anyway",
     )

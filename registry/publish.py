@@ -25,13 +25,13 @@ from mlflow.models import infer_signature
 
 from edgeloop.core.errors import RegistryError
 from fleet.shared.drift import DriftReference
+from registry import tags as tag
 from registry.modelcard import write_card
-from registry.run_key import RUN_KEY_TAG, existing_version
+from registry.run_key import existing_version
 from registry.signing import load_or_create_key, public_pem, sign_variant
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
-TAG = "edgeloop."
 
 
 @dataclass(frozen=True)
@@ -147,34 +147,31 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str]:
     tags = dict(release.tags)
-    tags[f"{TAG}variant"] = release.chosen
-    tags[f"{TAG}gates"] = "passed" if release.all_gates_passed else "failed"
+    tags[tag.VARIANT] = release.chosen
+    tags[tag.GATES] = "passed" if release.all_gates_passed else "failed"
     for gate in release.gates:
-        tags[f"{TAG}gate.{gate.name}"] = "passed" if gate.passed else "failed"
+        tags[tag.gate(gate.name)] = "passed" if gate.passed else "failed"
     for v in release.variants:
-        tags[f"{TAG}variant.{v.name}.sha256"] = v.sha256
-        tags[f"{TAG}variant.{v.name}.signature"] = signatures[v.name]
+        tags[tag.variant_sha256(v.name)] = v.sha256
+        tags[tag.variant_signature(v.name)] = signatures[v.name]
     for profile, result in release.hardware.items():
-        tags[f"{TAG}hw.{profile}.status"] = str(result["status"])
+        tags[tag.hw_status(profile)] = str(result["status"])
         if result.get("variant"):
-            tags[f"{TAG}hw.{profile}.variant"] = str(result["variant"])
+            tags[tag.hw_variant(profile)] = str(result["variant"])
         if result["status"] != "passed" and result.get("reason"):
-            tags[f"{TAG}hw.{profile}.reason"] = str(result["reason"])[:1000]
+            tags[tag.hw_reason(profile)] = str(result["reason"])[:1000]
         for key in ("p95_ms", "accuracy"):
             if result.get(key) is not None:
-                tags[f"{TAG}hw.{profile}.{key}"] = f"{result[key]:.4g}"
+                tags[tag.hw(profile, key)] = f"{result[key]:.4g}"
     return tags
 
 
 def _published_from(client: MlflowClient, model_name: str, version: str) -> Published:
     """A version registered earlier, as ``publish`` would have returned it."""
     found = client.get_model_version(model_name, version)
-    card = Path(found.tags.get(f"{TAG}model_card", ""))
-    prefix, suffix = f"{TAG}variant.", ".signature"
+    card = Path(found.tags.get(tag.MODEL_CARD, ""))
     signatures = {
-        k.removeprefix(prefix).removesuffix(suffix): v
-        for k, v in found.tags.items()
-        if k.startswith(prefix) and k.endswith(suffix)
+        variant: v for k, v in found.tags.items() if (variant := tag.signed_variant(k)) is not None
     }
     return Published(
         model_name,
@@ -193,11 +190,11 @@ def publish(
 
     A run tagged with a run key registers at most one version per key: an existing one is returned.
     """
-    key = client.get_run(release.run_id).data.tags.get(RUN_KEY_TAG)
+    key = client.get_run(release.run_id).data.tags.get(tag.RUN_KEY)
     if key and (earlier := existing_version(client, release.model_name, key)) is not None:
         return _published_from(client, release.model_name, earlier.version)
     if key:
-        release.tags[RUN_KEY_TAG] = key
+        release.tags[tag.RUN_KEY] = key
     active = mlflow.active_run()
     in_run = active is not None and active.info.run_id == release.run_id
     with nullcontext() if in_run else mlflow.start_run(run_id=release.run_id):
@@ -263,7 +260,7 @@ def publish(
             mlflow.log_artifact(str(md_path), artifact_path="model-card")
             mlflow.log_artifact(str(json_path), artifact_path="model-card")
             client.set_model_version_tag(
-                release.model_name, version.version, f"{TAG}model_card", str(md_path)
+                release.model_name, version.version, tag.MODEL_CARD, str(md_path)
             )
             for alias in aliases:
                 client.set_registered_model_alias(release.model_name, alias, version.version)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from registry import tags as tag
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-
-RUN_KEY_TAG = "edgeloop.run_key"
 
 
 def run_key(data_hash: str, params_hash: str, code: str) -> str:
@@ -30,7 +30,7 @@ def existing_version(client: MlflowClient, model_name: str, key: str) -> ModelVe
 
     try:
         found = client.search_model_versions(
-            f"name = '{model_name}' and tags.`{RUN_KEY_TAG}` = '{key}'"
+            f"name = '{model_name}' and tags.`{tag.RUN_KEY}` = '{key}'"
         )
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":

@@ -16,6 +16,7 @@ from rich.table import Table
 from edgeloop.cli.common import check_name, check_profiles, console, err_console, guard, prepare
 from edgeloop.cli.prefect_api import start_prefect_api
 from edgeloop.core.settings import Settings
+from registry import tags as tag
 
 app = typer.Typer()
 
@@ -166,10 +167,10 @@ def models(
                 r.model,
                 r.version,
                 ", ".join(r.aliases) or "-",
-                r.tags.get("edgeloop.variant", "-"),
-                r.tags.get("edgeloop.gates", "-"),
-                r.tags.get("edgeloop.git_commit", "-")[:10],
-                r.tags.get("edgeloop.data.hash", "-")[:12],
+                r.tags.get(tag.VARIANT, "-"),
+                r.tags.get(tag.GATES, "-"),
+                r.tags.get(tag.GIT_COMMIT, "-")[:10],
+                r.tags.get(tag.DATA_HASH, "-")[:12],
                 created,
             )
         console.print(table if rows else "no registered versions yet: run `edgeloop run`")

@@ -9,8 +9,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 from promotion_registry import MODEL, PASSED, SUCCEEDED, Recorder, fresh_registry, production
 
+from registry import tags as tag
 from registry.alias_poller import poll_once, run_poller
-from registry.promotion_guard import REFUSED_TAG, handle_production
+from registry.promotion_guard import handle_production
 from registry.promotion_store import PromotionStore
 
 
@@ -59,7 +60,7 @@ def test_a_version_without_hardware_results_is_refused(tmp_path: Path) -> None:
     [outcome] = poll_once(client, store, trigger)
     assert outcome.status == "refused"
     assert production(client) == "1"
-    assert "no hardware results" in client.get_model_version(MODEL, "2").tags[REFUSED_TAG]
+    assert "no hardware results" in client.get_model_version(MODEL, "2").tags[tag.PROMOTE_REFUSED]
     assert poll_once(client, store, trigger) == [] and trigger.calls == []
 
 

@@ -22,10 +22,9 @@ from promotion_registry import (
 from typer.testing import CliRunner
 
 from edgeloop.cli import app as cli_app
+from registry import tags as tag
 from registry.listener import create_listener_app
-from registry.outcomes import FORCE_TAG
 from registry.promotion_config import ListenerSettings
-from registry.promotion_guard import REFUSED_TAG
 
 NOW = 1_800_000_000
 
@@ -100,8 +99,8 @@ def test_version_without_hardware_results_is_refused_and_the_alias_put_back(
     status, body = listener.promote("2")
     assert (status, body["status"]) == (200, "refused")
     assert production(client) == "1"
-    refused = client.get_model_version(MODEL, "2").tags[REFUSED_TAG]
-    assert refused.startswith("it has no hardware results") and FORCE_TAG in refused
+    refused = client.get_model_version(MODEL, "2").tags[tag.PROMOTE_REFUSED]
+    assert refused.startswith("it has no hardware results") and tag.PROMOTE_FORCE in refused
     # MLflow then reports the alias moved back to v1: the fleet runs it already
     status, body = listener.deliver({"name": MODEL, "alias": "production", "version": "1"})
     assert (status, body["status"]) == (200, "duplicate")
@@ -119,7 +118,7 @@ def test_refused_first_release_loses_the_alias(tmp_path: Path) -> None:
 
 
 def test_forced_version_is_rolled_out(tmp_path: Path) -> None:
-    client = fresh_registry(tmp_path, SUCCEEDED, {FORCE_TAG: "true"})
+    client = fresh_registry(tmp_path, SUCCEEDED, {tag.PROMOTE_FORCE: "true"})
     listener = Listener(tmp_path, client)
     status, body = listener.promote("2")
     assert (status, body["status"]) == (200, "started")
@@ -188,7 +187,10 @@ def test_a_late_refusal_leaves_a_newer_alias_alone(tmp_path: Path) -> None:
     client.set_registered_model_alias(MODEL, "production", "3")  # moved on before v2's event came
     status, body = listener.deliver({"name": MODEL, "alias": "production", "version": "2"})
     assert (status, body["status"]) == (200, "refused")
-    assert production(client) == "3" and REFUSED_TAG in client.get_model_version(MODEL, "2").tags
+    assert (
+        production(client) == "3"
+        and tag.PROMOTE_REFUSED in client.get_model_version(MODEL, "2").tags
+    )
     status, body = listener.deliver({"name": MODEL, "alias": "production", "version": "3"})
     assert (status, body["status"]) == (200, "started")
     assert listener.trigger.calls == [(MODEL, "3", "1")]

@@ -10,8 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from edgeloop.core.errors import RegistryError
+from registry import tags as tag
 from registry.modelcard import write_card
-from registry.outcomes import FORCE_TAG, promote, record_outcome
+from registry.outcomes import promote, record_outcome
 
 MODEL = "digits"
 
@@ -65,8 +66,8 @@ def test_promote_refuses_a_failed_profile_and_a_version_without_results(
 
 
 def test_force_tag_promotes_and_says_so(client: MlflowClient) -> None:
-    client.set_model_version_tag(MODEL, "4", FORCE_TAG, "true")
-    assert FORCE_TAG in promote(client, MODEL, "4")
+    client.set_model_version_tag(MODEL, "4", tag.PROMOTE_FORCE, "true")
+    assert tag.PROMOTE_FORCE in promote(client, MODEL, "4")
 
 
 def test_rollback_moves_production_back_tags_and_appends_the_card(

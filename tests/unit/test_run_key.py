@@ -11,8 +11,9 @@ import pytest
 from mlflow import MlflowClient
 from test_fetch import FEATURES, tiny_model
 
+from registry import tags as tag
 from registry.publish import GateResult, Release, VariantRecord, publish
-from registry.run_key import RUN_KEY_TAG, existing_version, run_key
+from registry.run_key import existing_version, run_key
 
 CARD = {
     "intended_use": "tests",
@@ -39,7 +40,7 @@ def release_in_new_run(client: MlflowClient, folder: Path, key: str | None) -> R
         if experiment
         else client.create_experiment("tiny", artifact_location=(folder / "art").as_uri())
     )
-    run_id = client.create_run(experiment_id, tags={RUN_KEY_TAG: key} if key else {}).info.run_id
+    run_id = client.create_run(experiment_id, tags={tag.RUN_KEY: key} if key else {}).info.run_id
     folder.mkdir(parents=True, exist_ok=True)
     path = tiny_model(folder / "fp32.onnx", scale=1.0)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -75,7 +76,7 @@ def test_a_second_registration_with_the_same_key_returns_the_first_version(
     assert second.signatures == first.signatures
     versions = client.search_model_versions("name = 'tiny'")
     assert [str(v.version) for v in versions] == ["1"]
-    assert versions[0].tags[RUN_KEY_TAG] == "k1"
+    assert versions[0].tags[tag.RUN_KEY] == "k1"
     assert str(existing_version(client, "tiny", "k1").version) == "1"  # type: ignore[union-attr]
 
 

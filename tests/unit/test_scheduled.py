@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from edgeloop.core.params import Params
-from flows.scheduled import DATA_TAG, TRAINING_TAG, change_reason, latest_version, training_hash
+from flows.scheduled import change_reason, latest_version, training_hash
 
 
 def version(number: str, **tags: str) -> SimpleNamespace:
@@ -26,7 +26,7 @@ class FakeClient:
 
 
 def test_unchanged_data_and_code_skip() -> None:
-    latest = version("4", **{DATA_TAG: "d1.dir", TRAINING_TAG: "c" * 64})
+    latest = version("4", **{"edgeloop.data.hash": "d1.dir", "edgeloop.training.hash": "c" * 64})
     assert change_reason(latest, "d1.dir", "c" * 64) is None
 
 
@@ -35,15 +35,15 @@ def test_no_version_yet_trains() -> None:
 
 
 def test_changed_data_names_both_hashes() -> None:
-    latest = version("4", **{DATA_TAG: "old.dir", TRAINING_TAG: "c" * 64})
+    latest = version("4", **{"edgeloop.data.hash": "old.dir", "edgeloop.training.hash": "c" * 64})
     assert change_reason(latest, "new.dir", "c" * 64) == "data hash old.dir -> new.dir"
 
 
 def test_changed_code_and_missing_code_tag_train() -> None:
-    changed = version("4", **{DATA_TAG: "d.dir", TRAINING_TAG: "a" * 64})
+    changed = version("4", **{"edgeloop.data.hash": "d.dir", "edgeloop.training.hash": "a" * 64})
     assert change_reason(changed, "d.dir", "b" * 64) == f"training code {'a' * 12} -> {'b' * 12}"
-    untagged = version("2", **{DATA_TAG: "d.dir"})
-    assert change_reason(untagged, "d.dir", "b" * 64) == f"v2 records no {TRAINING_TAG}"
+    untagged = version("2", **{"edgeloop.data.hash": "d.dir"})
+    assert change_reason(untagged, "d.dir", "b" * 64) == "v2 records no edgeloop.training.hash"
 
 
 def test_latest_version_is_the_highest_number_not_the_first_listed() -> None:
