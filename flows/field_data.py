@@ -26,6 +26,7 @@ import httpx
 import pandas as pd
 
 from edgeloop.core.errors import ConfigError, DataCheckError, EdgeloopError
+from fleet.shared.admin_protocol import FieldSamplePage, StoredSample
 from flows.datasets import LABEL, DatasetSchema
 
 PAGE = 1000
@@ -51,8 +52,8 @@ def last_pulled_id(field_dir: Path) -> int:
     return max(ids, default=0)
 
 
-def _pages(client: httpx.Client, since: int) -> list[dict[str, object]]:
-    samples: list[dict[str, object]] = []
+def _pages(client: httpx.Client, since: int) -> list[StoredSample]:
+    samples: list[StoredSample] = []
     while True:
         try:
             r = client.get("/v1/field-samples", params={"since": since, "limit": PAGE})
@@ -68,11 +69,16 @@ def _pages(client: httpx.Client, since: int) -> list[dict[str, object]]:
             )
         if r.status_code != 200:
             raise FieldDataError(f"GET /v1/field-samples answered {r.status_code}: {r.text[:300]}")
-        page = r.json()
-        samples.extend(page["samples"])
-        if len(page["samples"]) < PAGE:
+        try:
+            page = FieldSamplePage.model_validate(r.json())
+        except ValueError as exc:  # not JSON, or not a page (pydantic's ValidationError)
+            raise FieldDataError(
+                f"GET /v1/field-samples answered no page of samples: {exc}"
+            ) from exc
+        samples.extend(page.samples)
+        if len(page.samples) < PAGE:
             return samples
-        since = int(page["next_since"])
+        since = page.next_since
 
 
 def pull(
@@ -95,19 +101,19 @@ def pull(
         transport=transport,
     ) as client:
         fetched = _pages(client, since)
-    ours = [s for s in fetched if s["model"] == model and s.get("label") is not None]
-    wrong = [s["id"] for s in ours if len(s["features"]) != schema.n_features]  # type: ignore[arg-type]
+    ours = [s for s in fetched if s.model == model and s.label is not None]
+    wrong = [s.id for s in ours if len(s.features) != schema.n_features]
     if wrong:
         raise FieldDataError(
             f"field samples {wrong[:10]} of {model} have the wrong number of features "
             f"(the dataset has {schema.n_features})",
             hint="check that the devices run a version trained on this dataset",
         )
-    last = int(fetched[-1]["id"]) if fetched else since  # type: ignore[call-overload]
+    last = fetched[-1].id if fetched else since
     if not ours:
         return PullResult(None, 0, len(fetched), since, last)
-    frame = pd.DataFrame([s["features"] for s in ours], columns=list(schema.feature_names))
-    frame[LABEL] = [int(s["label"]) for s in ours]  # type: ignore[call-overload]
+    frame = pd.DataFrame([s.features for s in ours], columns=list(schema.feature_names))
+    frame[LABEL] = [s.label for s in ours]
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     field_dir.mkdir(parents=True, exist_ok=True)
     path = field_dir / f"field-{stamp}-{since + 1}-{last}.csv"

@@ -1,5 +1,5 @@
 """The operator's wire contract with the fleet controller (``/v1``, admin token): artifacts,
-baselines, rollouts, alerts and playbook runs.
+baselines, rollouts, field samples, alerts and playbook runs.
 
 The controller's routes answer with these models (``response_model``) and ``fleet.admin``, the
 operator's client, parses its answers into them, so neither side reads a string-keyed dict. Devices
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from fleet.shared.protocol import NAME
+from fleet.shared.protocol import NAME, FieldSample
 
 
 class _Admin(BaseModel):
@@ -98,6 +98,24 @@ class RolloutDetail(RolloutSummary):
 
     status: dict[str, Any]
     last_error: str | None = None
+
+
+# --- field samples -----------------------------------------------------------------------------
+
+
+class StoredSample(FieldSample):
+    """A field sample as the controller stored it: its id (the paging cursor), device and time."""
+
+    id: int
+    device_id: str
+    received_at: datetime
+
+
+class FieldSamplePage(_Admin):
+    """``GET /v1/field-samples?since=&limit=``: samples with ids above ``since``, oldest first."""
+
+    samples: list[StoredSample]
+    next_since: int = Field(description="pass as ``since`` for the next page")
 
 
 # --- observability -----------------------------------------------------------------------------

@@ -64,9 +64,12 @@ def test_a_pulled_file_with_other_columns_is_refused(tmp_path: Path) -> None:
 
 
 def fake_controller(samples: list[dict[str, Any]]) -> httpx.MockTransport:
+    """The controller's page (``FieldSamplePage``): each sample stored with its version, device and time."""
+    stored = {"version": "1", "device_id": "d1", "received_at": "2026-01-01T00:00:00Z"}
+
     def answer(request: httpx.Request) -> httpx.Response:
         since = int(request.url.params["since"])
-        page = [s for s in samples if s["id"] > since]
+        page = [{**stored, **s} for s in samples if s["id"] > since]
         return httpx.Response(200, json={"samples": page, "next_since": since})
 
     return httpx.MockTransport(answer)

@@ -7,30 +7,18 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
 
 from fleet.controller.api.auth import Admin, OwnDevice, SessionDep
 from fleet.controller.storage import field_samples
-from fleet.shared.protocol import FieldSample, FieldSampleAck, FieldSampleBatch
+from fleet.shared.admin_protocol import FieldSamplePage, StoredSample
+from fleet.shared.protocol import FieldSampleAck, FieldSampleBatch
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 MAX_PAGE = 5000
-
-
-class StoredSample(FieldSample):
-    id: int
-    device_id: str
-    received_at: datetime
-
-
-class FieldSamplePage(BaseModel):
-    samples: list[StoredSample]
-    next_since: int = Field(description="pass as ``since`` for the next page")
 
 
 @router.post("/devices/{device_id}/field-samples", response_model=FieldSampleAck)
