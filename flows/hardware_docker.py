@@ -192,7 +192,7 @@ class Invocation:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ContainerBehaviour:
     """What the fake container does: its exit code, its log and whether the OOM killer struck."""
 
     exit_code: int = 0
@@ -201,13 +201,13 @@ class Outcome:
     hangs: bool = False
 
 
-def run_on_host(suite_dir: Path) -> Callable[[Invocation], Outcome]:
+def run_on_host(suite_dir: Path) -> Callable[[Invocation], ContainerBehaviour]:
     """A behaviour that runs the container's command on this host, paths mapped through the mounts.
 
     The image is not involved, so this checks the command line and the mounts, not the image.
     """
 
-    def behave(call: Invocation) -> Outcome:
+    def behave(call: Invocation) -> ContainerBehaviour:
         command = [sys.executable if call.command[0] == "python" else call.command[0]]
         for arg in call.command[1:]:
             if arg == SUITE_IN_IMAGE:
@@ -220,7 +220,7 @@ def run_on_host(suite_dir: Path) -> Callable[[Invocation], Outcome]:
                 command.append(arg)
         env = {**os.environ, **call.options.get("environment", {})}
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-        return Outcome(exit_code=proc.returncode, logs=proc.stdout + proc.stderr)
+        return ContainerBehaviour(exit_code=proc.returncode, logs=proc.stdout + proc.stderr)
 
     return behave
 
@@ -228,7 +228,7 @@ def run_on_host(suite_dir: Path) -> Callable[[Invocation], Outcome]:
 class FakeContainer:
     """A finished (or hanging) container; records what is asked of it on its client."""
 
-    def __init__(self, client: FakeDockerClient, outcome: Outcome) -> None:
+    def __init__(self, client: FakeDockerClient, outcome: ContainerBehaviour) -> None:
         self._client = client
         self._outcome = outcome
         self.attrs: dict[str, Any] = {}
@@ -264,7 +264,9 @@ class FakeDockerClient:
     ("reload",), ("remove", True)]``; ``engine_up=False`` makes ``ping`` fail as with no engine.
     """
 
-    behave: Callable[[Invocation], Outcome] = field(default=lambda call: Outcome())
+    behave: Callable[[Invocation], ContainerBehaviour] = field(
+        default=lambda call: ContainerBehaviour()
+    )
     engine_up: bool = True
     calls: list[tuple[Any, ...]] = field(default_factory=list)
 

@@ -31,7 +31,7 @@ class PoolHealth:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class PoolVerdict:
     """One pool in a decision: whether it qualifies, and why it was chosen or skipped."""
 
     pool: str
@@ -45,9 +45,11 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class Decision:
+class PlacementDecision:
+    """Which pool takes the job (None when none can), with every pool's verdict."""
+
     chosen: str | None
-    verdicts: list[Verdict]
+    verdicts: list[PoolVerdict]
 
     def explain(self) -> str:
         return "; ".join(f"{v.pool}: {v.reason}" for v in self.verdicts) or "no pools configured"
@@ -77,7 +79,7 @@ def place(
     pools: Sequence[TrainingPool],
     constraints: PlacementConstraints,
     health: Mapping[str, PoolHealth],
-) -> Decision:
+) -> PlacementDecision:
     """The cheapest healthy pool satisfying ``constraints`` (ties: by name); every pool explained."""
     unknown = PoolHealth(False, "health unknown")
     broken = {p.name: violations(p, constraints) for p in pools}
@@ -101,7 +103,7 @@ def place(
                 f"fallback: costs {p.cost_per_hour:g}/h, {chosen.name} {chosen.cost_per_hour:g}/h"
             )
         verdicts.append(
-            Verdict(
+            PoolVerdict(
                 pool=p.name,
                 provider=p.provider,
                 region=p.region,
@@ -112,7 +114,7 @@ def place(
                 reason=reason,
             )
         )
-    return Decision(chosen.name if chosen else None, verdicts)
+    return PlacementDecision(chosen.name if chosen else None, verdicts)
 
 
 class RunState(StrEnum):
@@ -144,7 +146,7 @@ class Attempt:
 class Placement:
     """Everything a placed job went through: each decision and each attempt."""
 
-    decisions: list[Decision] = field(default_factory=list)
+    decisions: list[PlacementDecision] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
 
     @property

@@ -23,7 +23,7 @@ from flows.validation import ProfileChoice, report_paths
 from flows.workspace import Workspace
 from registry import tags as tag
 from registry.lineage import dvc_dir_hash, git_state
-from registry.publish import GateResult, Published, Release, VariantRecord, publish
+from registry.publish import Published, Release, ReleaseGateResult, VariantRecord, publish
 
 COMPRESSION = {
     "fp32": "ONNX export of the trained model (opset {opset}), raw features in, probabilities out.",
@@ -38,21 +38,21 @@ COMPRESSION = {
 
 def gates(
     params: Params, evaluation: dict[str, Any], hardware: dict[str, ProfileChoice]
-) -> list[GateResult]:
+) -> list[ReleaseGateResult]:
     """Every gate a version must pass to become ``candidate``, with measured value and threshold."""
     by_name = {r["name"]: r for r in evaluation["variants"]}
     chosen = by_name[evaluation["chosen"]]
     test_accuracy = evaluation["split_accuracy"]["test"]
     drop = by_name["fp32"]["accuracy"] - chosen["accuracy"]
     result = [
-        GateResult("data_checks", True, "passed", "passed"),
-        GateResult(
+        ReleaseGateResult("data_checks", True, "passed", "passed"),
+        ReleaseGateResult(
             "test_accuracy",
             test_accuracy >= params.gates.min_test_accuracy,
             round(test_accuracy, 4),
             params.gates.min_test_accuracy,
         ),
-        GateResult(
+        ReleaseGateResult(
             "variant_accuracy_drop",
             drop <= params.compress.max_accuracy_drop,
             round(drop, 4),
@@ -61,7 +61,9 @@ def gates(
     ]
     for profile, choice in hardware.items():
         measured = f"{choice.status}: {choice.reason}"
-        result.append(GateResult(f"hw.{profile}", choice.passed, measured[:500], "all budgets"))
+        result.append(
+            ReleaseGateResult(f"hw.{profile}", choice.passed, measured[:500], "all budgets")
+        )
     return result
 
 
@@ -130,7 +132,7 @@ def register(
     run_id: str,
     evaluation: dict[str, Any],
     hardware: dict[str, ProfileChoice],
-    gate_results: list[GateResult],
+    gate_results: list[ReleaseGateResult],
     source: str,
 ) -> Published:
     import numpy as np

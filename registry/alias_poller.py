@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from registry.outcomes import production_version
 from registry.promotion_config import Trigger
-from registry.promotion_guard import Outcome, handle_production
+from registry.promotion_guard import PromotionOutcome, handle_production
 from registry.promotion_store import UNSEEN, PromotionStore
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def poll_once(
     *,
     models: list[str] | None = None,
     clock: Callable[[], float] = time.time,
-) -> list[Outcome]:
+) -> list[PromotionOutcome]:
     """One pass over the watched models; the outcome of each alias change handled."""
     outcomes = []
     for model in models or model_names(client):
@@ -75,7 +75,7 @@ def run_poller(
     *,
     models: list[str] | None = None,
     stop: threading.Event | None = None,
-    report: Callable[[Outcome], None] = lambda _: None,
+    report: Callable[[PromotionOutcome], None] = lambda _: None,
 ) -> None:
     """Poll every ``interval_s`` until ``stop`` is set; a failed pass is logged and retried."""
     stop = stop or threading.Event()

@@ -31,7 +31,9 @@ log = logging.getLogger("edgeloop.promotion")
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PromotionOutcome:
+    """What :func:`handle_production` did about one alias change, and why."""
+
     status: str  # started | refused | current | duplicate
     model: str
     version: str
@@ -49,11 +51,13 @@ def handle_production(
     *,
     source: str,
     clock: Callable[[], float] = time.time,
-) -> Outcome:
+) -> PromotionOutcome:
     """Handle ``production`` set on ``model`` v``version``; RegistryError when it does not exist."""
     claimed, previous = store.claim(model, version, clock())
     if not claimed:
-        return Outcome("duplicate", model, version, f"{model} v{version} was handled already")
+        return PromotionOutcome(
+            "duplicate", model, version, f"{model} v{version} was handled already"
+        )
     try:
         outcome = _decide_and_start(client, store, trigger, model, version, clock)
     except Exception:
@@ -79,17 +83,17 @@ def _decide_and_start(
     model: str,
     version: str,
     clock: Callable[[], float],
-) -> Outcome:
+) -> PromotionOutcome:
     ok, why = promotable(client, model, version)  # RegistryError for an unknown model or version
     stable = stable_version(client, model, exclude=version)
     own_status = client.get_model_version(model, version).tags.get(tag.ROLLOUT_STATUS)
     if own_status == "succeeded" and (stable is None or int(stable) < int(version)):
-        return Outcome("current", model, version, "the fleet already runs it", stable)
+        return PromotionOutcome("current", model, version, "the fleet already runs it", stable)
     if not ok:
         refuse(client, store, model, version, why, stable, clock)
-        return Outcome("refused", model, version, why, stable)
+        return PromotionOutcome("refused", model, version, why, stable)
     run_id = trigger(model, version, stable)
-    return Outcome("started", model, version, why, stable, run_id)
+    return PromotionOutcome("started", model, version, why, stable, run_id)
 
 
 def refuse(

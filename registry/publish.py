@@ -35,7 +35,7 @@ PRODUCTION = "production"
 
 
 @dataclass(frozen=True)
-class GateResult:
+class ReleaseGateResult:
     """One gate a candidate must pass, with what was measured and the threshold."""
 
     name: str
@@ -65,7 +65,7 @@ class Release:
     chosen: str
     example_input: np.ndarray
     tags: dict[str, str]
-    gates: list[GateResult]
+    gates: list[ReleaseGateResult]
     card: dict[str, Any]
     hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
     golden: Path | None = None  # the golden set hardware runners validate against

@@ -75,7 +75,7 @@ def place(
         from registry.tracking import preflight
 
         preflight(settings.tracking_uri)
-        from flows.placement import Decision, Verdict
+        from flows.placement import PlacementDecision, PoolVerdict
         from flows.placement_flow import placed_retrain
 
         summary = placed_retrain(settings=settings)
@@ -88,7 +88,7 @@ def place(
             )
             return
         for i, raw in enumerate(record["decisions"], 1):
-            decision = Decision(raw["chosen"], [Verdict(**v) for v in raw["pools"]])
+            decision = PlacementDecision(raw["chosen"], [PoolVerdict(**v) for v in raw["pools"]])
             console.print(decision_table(decision, placement.pools, f"placement decision {i}"))
         attempts = Table(title="attempts")
         for column in ("pool", "flow run", "outcome", "seconds", "reason"):

@@ -112,7 +112,7 @@ class Candidate:
         return ArtifactRef(self.model, self.version, self.variant)
 
 
-class Outcome(StrEnum):
+class InstallOutcome(StrEnum):
     """What :meth:`SlotManager.install` did."""
 
     INSTALLED = "installed"
@@ -126,7 +126,7 @@ class Outcome(StrEnum):
 
     def is_serving(self) -> bool:
         """Whether the candidate serves after the call."""
-        return self is not Outcome.REJECTED
+        return self is not InstallOutcome.REJECTED
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class InstallResult:
     """The outcome for one candidate, and what serves now; ``rejection`` is set only when rejected."""
 
     ref: ArtifactRef
-    outcome: Outcome
+    outcome: InstallOutcome
     active: ArtifactRef | None
     rejection: ArtifactRejected | None = None
 
@@ -340,10 +340,10 @@ class SlotManager:
         with self._install_lock:
             with self._change_lock:
                 if _holds(self._active, ref, sha256):
-                    return InstallResult(ref, Outcome.ALREADY_ACTIVE, active=ref)
+                    return InstallResult(ref, InstallOutcome.ALREADY_ACTIVE, active=ref)
                 if _holds(self._previous, ref, sha256):
                     self._swap_back()
-                    return InstallResult(ref, Outcome.REUSED_PREVIOUS, active=ref)
+                    return InstallResult(ref, InstallOutcome.REUSED_PREVIOUS, active=ref)
 
             self._emit("verify", ref.version)
             # A rollback may trade the slots meanwhile, but only an install (serialised by
@@ -391,7 +391,7 @@ class SlotManager:
                 self.store.prune()
             except StoreError as exc:  # installed all the same; pruning is retried next time
                 log.warning("could not prune the model store: %s", exc)
-            return InstallResult(ref, Outcome.INSTALLED, active=ref)
+            return InstallResult(ref, InstallOutcome.INSTALLED, active=ref)
 
     def activate(self, ref: ArtifactRef) -> InstallResult:
         """Serve ``ref`` from what the device already has: the active slot, the previous slot, or
@@ -399,10 +399,10 @@ class SlotManager:
         device does not have it; then the agent loop downloads it and calls :meth:`install`."""
         with self._change_lock:
             if self._active is not None and self._active.ref == ref:
-                return InstallResult(ref, Outcome.ALREADY_ACTIVE, active=ref)
+                return InstallResult(ref, InstallOutcome.ALREADY_ACTIVE, active=ref)
             if self._previous is not None and self._previous.ref == ref:
                 self._swap_back()
-                return InstallResult(ref, Outcome.REUSED_PREVIOUS, active=ref)
+                return InstallResult(ref, InstallOutcome.REUSED_PREVIOUS, active=ref)
         stored = self.store.get(ref)
         return self.install(
             Candidate(
@@ -589,7 +589,7 @@ class SlotManager:
     def _reject_with(self, rejection: ArtifactRejected) -> InstallResult:
         self._emit("reject", rejection.version, rejection.reason.phrase())
         ref = ArtifactRef(rejection.model, rejection.version, rejection.variant)
-        return InstallResult(ref, Outcome.REJECTED, active=self.active, rejection=rejection)
+        return InstallResult(ref, InstallOutcome.REJECTED, active=self.active, rejection=rejection)
 
     def _rejected(self, ref: ArtifactRef, reason: RejectReason, detail: str) -> InstallResult:
         return self._reject_with(self._rejection(ref, reason, detail))

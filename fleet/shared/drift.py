@@ -1,6 +1,6 @@
 """On-device detection: input drift, prediction shift, latency regression and error bursts.
 
-Each detector compares what the device sees now with a reference and raises a :class:`DeviceEvent`
+Each detector compares what the device sees now with a reference and raises a :class:`DriftFinding`
 (kind, value, threshold, window) that travels with the next telemetry report; a
 :class:`DetectorPolicy` says which local action an event calls for (``fallback``: serve the previous
 slot's model again).
@@ -178,8 +178,12 @@ def chance_psi(bins: int, rows: int, reference_rows: int, z: float) -> float:
 
 
 @dataclass(frozen=True)
-class DeviceEvent:
-    """What a detector found; ``feature`` names the input for input drift."""
+class DriftFinding:
+    """What a detector found; ``feature`` names the input for input drift.
+
+    :meth:`to_dict` is what travels: the telemetry report carries it as a
+    :class:`fleet.shared.protocol.DeviceEvent`, the wire model the controller validates.
+    """
 
     kind: EventKind
     value: float
@@ -253,7 +257,7 @@ class DeviceDetector:
         self._clock = clock
         self._acc = self._fresh()
         self._p95_history: list[float] = []
-        self._events: list[DeviceEvent] = []
+        self._events: list[DriftFinding] = []
         self._lock = threading.Lock()
 
     def _fresh(self) -> _Accumulator:
@@ -272,7 +276,7 @@ class DeviceDetector:
         feature: str | None = None,
     ) -> None:
         action = self.policy.action_for(kind)
-        self._events.append(DeviceEvent(kind, value, threshold, window_s, feature, action))
+        self._events.append(DriftFinding(kind, value, threshold, window_s, feature, action))
 
     def observe_inputs(self, x: np.ndarray) -> None:
         """Rows the model scored; rows of another width than the reference are ignored."""
@@ -342,13 +346,13 @@ class DeviceDetector:
             if p95_ms > limit:
                 self._raise("latency_regression", p95_ms, limit, window_s)
 
-    def take_events(self) -> list[DeviceEvent]:
+    def take_events(self) -> list[DriftFinding]:
         with self._lock:
             events, self._events = self._events, []
         return events
 
 
-def local_action(events: Sequence[DeviceEvent]) -> LocalAction:
+def local_action(events: Sequence[DriftFinding]) -> LocalAction:
     """``fallback`` when any event calls for it, else ``none``."""
     return "fallback" if any(e.action == "fallback" for e in events) else "none"
 

@@ -30,8 +30,8 @@ from fleet.agent.errors import (
 )
 from fleet.agent.slots import (
     Candidate,
+    InstallOutcome,
     InstallResult,
-    Outcome,
     Session,
     SlotManager,
     default_session_factory,
@@ -133,7 +133,7 @@ def on_v1(tmp_path: Path, key: Ed25519PrivateKey) -> tuple[SlotManager, list[Eve
 def assert_rejected_and_still_on_v1(
     manager: SlotManager, result: InstallResult, reason: RejectReason
 ) -> None:
-    assert result.outcome is Outcome.REJECTED
+    assert result.outcome is InstallOutcome.REJECTED
     assert result.rejection is not None and result.rejection.reason is reason
     assert result.active == ref("v1")
     with pytest.raises(ArtifactRejected) as raised:
@@ -158,7 +158,7 @@ def test_install_verifies_loads_smokes_then_swaps(tmp_path: Path, key: Ed25519Pr
     second = manager.install(new_candidate(tmp_path / "dl", key, "v2"))
 
     assert log == installed("v1") + installed("v2")
-    assert (first.outcome, second.outcome) == (Outcome.INSTALLED, Outcome.INSTALLED)
+    assert (first.outcome, second.outcome) == (InstallOutcome.INSTALLED, InstallOutcome.INSTALLED)
     assert second.rejection is None and second.ok
     assert (manager.active, manager.previous) == (ref("v2"), ref("v1"))
     prediction = manager.predict(GOLDEN[:3])
@@ -179,7 +179,7 @@ def test_same_model_again_changes_nothing(
 ) -> None:
     manager, log = on_v1
     result = manager.install(new_candidate(tmp_path / "dl", key, "v1"))
-    assert result.outcome is Outcome.ALREADY_ACTIVE
+    assert result.outcome is InstallOutcome.ALREADY_ACTIVE
     assert log == []
 
 
@@ -294,7 +294,7 @@ def test_other_bytes_under_a_served_version_are_rejected(
     other = new_candidate(tmp_path / "other", key, "v1", seed=99)
     result = manager.install(other)
     assert log == [("verify", "v1"), ("reject", "v1", "sha256 mismatch")]
-    assert result.outcome is Outcome.REJECTED
+    assert result.outcome is InstallOutcome.REJECTED
     assert manager.predict(GOLDEN[:1]).ref == ref("v1")
 
 
@@ -372,7 +372,7 @@ def test_rollback_does_not_wait_for_an_install_in_progress(
         release.set()
         installer.join(10)
 
-    assert [r.outcome for r in results] == [Outcome.INSTALLED]
+    assert [r.outcome for r in results] == [InstallOutcome.INSTALLED]
     assert log == [
         ("verify", "v3"),
         ("load", "v3"),
@@ -391,7 +391,7 @@ def test_installing_the_previous_model_swaps_it_back_at_once(
     v1 = new_candidate(tmp_path / "dl", key, "v1")
     manager.install(new_candidate(tmp_path / "dl", key, "v2"))
     result = manager.install(v1)
-    assert result.outcome is Outcome.REUSED_PREVIOUS
+    assert result.outcome is InstallOutcome.REUSED_PREVIOUS
     assert log == [*installed("v2"), ("rollback", "v1")]
     assert manager.active == ref("v1")
 
@@ -405,10 +405,10 @@ def test_activate_from_disk_verifies_again(
     log.clear()
     assert manager.store.versions(MODEL) == ["v1", "v2", "v3"]  # v1 is on disk, in no slot
 
-    assert manager.activate(ref("v2")).outcome is Outcome.REUSED_PREVIOUS
+    assert manager.activate(ref("v2")).outcome is InstallOutcome.REUSED_PREVIOUS
     result = manager.activate(ref("v1"))
 
-    assert result.outcome is Outcome.INSTALLED
+    assert result.outcome is InstallOutcome.INSTALLED
     assert log == [("rollback", "v2"), *installed("v1")]
     assert (manager.active, manager.previous) == (ref("v1"), ref("v2"))
     with pytest.raises(NotStored):

@@ -21,9 +21,9 @@ from fleet.shared.profile import HardwareProfile, load_profile
 from fleet.shared.runtime import usable_cores
 from flows.hardware import SUITE_ENV
 from flows.hardware_docker import (
+    ContainerBehaviour,
     FakeDockerClient,
     Invocation,
-    Outcome,
     container_limits,
     run_on_host,
     run_profile_in_container,
@@ -77,7 +77,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def canned(status: str = "passed", exit_code: int = 0, **extra: Any) -> Any:
     """A behaviour that writes a report like the suite's into the mounted output folder."""
 
-    def behave(call: Invocation) -> Outcome:
+    def behave(call: Invocation) -> ContainerBehaviour:
         report = {
             "profile": "edge",
             "variant": "int8-dynamic",
@@ -91,7 +91,7 @@ def canned(status: str = "passed", exit_code: int = 0, **extra: Any) -> Any:
             "host": {"onnxruntime": "1.x"},
         }
         call.host_path("/mnt/out/report.json").write_text(json.dumps(report))
-        return Outcome(exit_code=exit_code, logs="10 passed\n")
+        return ContainerBehaviour(exit_code=exit_code, logs="10 passed\n")
 
     return behave
 
@@ -191,7 +191,7 @@ def test_failed_and_unavailable_reports_are_results(files: dict[str, Path]) -> N
 
 def test_oom_killed_container_fails_naming_the_cap(files: dict[str, Path]) -> None:
     client = FakeDockerClient(
-        behave=lambda call: Outcome(exit_code=137, logs="Killed\n", oom_killed=True)
+        behave=lambda call: ContainerBehaviour(exit_code=137, logs="Killed\n", oom_killed=True)
     )
     result = run(client, files)
 
@@ -204,7 +204,7 @@ def test_oom_killed_container_fails_naming_the_cap(files: dict[str, Path]) -> No
 
 
 def test_a_container_past_its_timeout_is_killed_and_removed(files: dict[str, Path]) -> None:
-    client = FakeDockerClient(behave=lambda call: Outcome(hangs=True))
+    client = FakeDockerClient(behave=lambda call: ContainerBehaviour(hangs=True))
     with pytest.raises(
         HardwareCheckError, match=r"'edge' in 'edgeloop-agent:test' did not finish within 5 s"
     ):
@@ -213,7 +213,9 @@ def test_a_container_past_its_timeout_is_killed_and_removed(files: dict[str, Pat
 
 
 def test_exit_without_report_is_a_hardware_check_error(files: dict[str, Path]) -> None:
-    client = FakeDockerClient(behave=lambda call: Outcome(exit_code=4, logs="ERROR: bad\n"))
+    client = FakeDockerClient(
+        behave=lambda call: ContainerBehaviour(exit_code=4, logs="ERROR: bad\n")
+    )
     with pytest.raises(
         HardwareCheckError, match=r"could not run \(exit code 4, no report\): ERROR: bad"
     ):
@@ -222,7 +224,7 @@ def test_exit_without_report_is_a_hardware_check_error(files: dict[str, Path]) -
 
 
 def test_an_image_that_will_not_start_is_a_hardware_check_error(files: dict[str, Path]) -> None:
-    def refuse(call: Invocation) -> Outcome:
+    def refuse(call: Invocation) -> ContainerBehaviour:
         raise RuntimeError("404 Client Error: pull access denied for edgeloop-agent")
 
     with pytest.raises(HardwareCheckError, match="could not start image 'edgeloop-agent:test'"):

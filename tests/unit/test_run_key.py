@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from test_fetch import FEATURES, tiny_model
 
 from registry import tags as tag
-from registry.publish import GateResult, Release, VariantRecord, publish
+from registry.publish import Release, ReleaseGateResult, VariantRecord, publish
 from registry.run_key import existing_version, run_key
 
 CARD = {
@@ -51,7 +51,7 @@ def release_in_new_run(client: MlflowClient, folder: Path, key: str | None) -> R
         chosen="fp32",
         example_input=np.ones((1, FEATURES), dtype=np.float32),
         tags={"edgeloop.source": "trained"},
-        gates=[GateResult("test_accuracy", True, 1.0, 0.9)],
+        gates=[ReleaseGateResult("test_accuracy", True, 1.0, 0.9)],
         card=dict(CARD),
     )
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.controller.rollout.stats import GateResult
 
-Outcome = Literal["succeeded", "rolled_back", "failed", "aborted"]
+AttemptOutcome = Literal["succeeded", "rolled_back", "failed", "aborted"]
 """How an attempt ended, as the registry records it (``edgeloop.rollout.status``)."""
 
 
@@ -50,7 +50,7 @@ class RecordOutcome(_Action):
     model: str
     version: str = Field(description="the canary version the outcome is about")
     stable_version: str
-    outcome: Outcome
+    outcome: AttemptOutcome
     reason: str
     causes: tuple[GateResult, ...] = ()
 

@@ -42,7 +42,13 @@ from datetime import datetime
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from fleet.controller.errors import ObservationsError, RolloutCommandError
-from fleet.controller.rollout.actions import Action, Notify, Outcome, RecordOutcome, TargetDevices
+from fleet.controller.rollout.actions import (
+    Action,
+    AttemptOutcome,
+    Notify,
+    RecordOutcome,
+    TargetDevices,
+)
 from fleet.controller.rollout.assignment import Assignment, assign_stage
 from fleet.controller.rollout.evaluate import (
     DeviceGap,
@@ -317,7 +323,7 @@ def _roll_back(
 ) -> Decision:
     """Target every device of the rollout at stable, record the outcome, notify: in this order."""
     devices = status.targeted
-    outcomes: dict[RolloutPhase, Outcome] = {
+    outcomes: dict[RolloutPhase, AttemptOutcome] = {
         RolloutPhase.ROLLED_BACK: "rolled_back",
         RolloutPhase.FAILED: "failed",
         RolloutPhase.ABORTED: "aborted",
@@ -536,7 +542,7 @@ def _notify(new: RolloutStatus, message: str) -> Notify:
 
 
 def _outcome(
-    new: RolloutStatus, outcome: Outcome, reason: str, *, causes: tuple[GateResult, ...]
+    new: RolloutStatus, outcome: AttemptOutcome, reason: str, *, causes: tuple[GateResult, ...]
 ) -> RecordOutcome:
     return RecordOutcome(
         rollout_id=new.rollout_id,
