@@ -157,6 +157,11 @@ def children(plan: ServePlan, env: dict[str, str], pools: list[str]) -> list[Chi
         if plan.allow_loopback_webhooks
         else {}
     )
+    # MLflow's job runner (about ten huey consumer processes) serves GenAI jobs edgeloop never
+    # submits; webhooks are delivered without it. Off unless the operator turns it on.
+    mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = os.environ.get(
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"
+    )
     specs = [
         ChildSpec(
             name="prefect-server",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from training_params import TRAINED_PARAMS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,18 +85,81 @@ class Project:
         return len(self.client().search_model_versions())
 
 
-@pytest.fixture
-def postgres_db() -> Iterator[str]:
-    """A fresh PostgreSQL database (skips with the reason when PostgreSQL is not running)."""
+def _require_postgres() -> None:
     import psycopg
-    from servers import PG, postgres_database
+    from servers import PG
 
     try:
         psycopg.connect(f"{PG}/postgres", connect_timeout=5).close()
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc}")
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[str]:
+    """A fresh PostgreSQL database (skips with the reason when PostgreSQL is not running)."""
+    from servers import postgres_database
+
+    _require_postgres()
     with postgres_database("edgeloop_test") as url:
         yield url
+
+
+# Session servers, one per backend, started on first use and shared by every test that needs one.
+# A test sharing one keeps to names of its own (registered models, work pools, listeners) and
+# filters what it reads back by them, so tests stay independent of each other and of their order.
+
+
+@pytest.fixture(scope="session")
+def prefect_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on SQLite; yields its API URL."""
+    from servers import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-sqlite")) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def prefect_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on a PostgreSQL database of its own; yields its API URL."""
+    from servers import postgres_database, prefect_server
+
+    _require_postgres()
+    folder = tmp_path_factory.mktemp("prefect-postgresql")
+    with postgres_database("edgeloop_prefect") as url, prefect_server(folder, url) as api:
+        yield api
+
+
+# MLflow delivers webhooks only to public https addresses; the session servers may deliver to a
+# listener on loopback over http (tests only), and a disabled webhook stops at once.
+MLFLOW_TEST_SETTINGS = {
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on SQLite with served artifacts; yields its URL."""
+    from servers import mlflow_server
+
+    folder = tmp_path_factory.mktemp("mlflow-sqlite")
+    with mlflow_server(folder, f"sqlite:///{folder / 'mlflow.db'}", **MLFLOW_TEST_SETTINGS) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on a PostgreSQL database of its own, served artifacts; yields its URL."""
+    from servers import mlflow_server, postgres_database
+
+    _require_postgres()
+    folder = tmp_path_factory.mktemp("mlflow-postgresql")
+    with postgres_database("edgeloop_mlflow") as url:
+        backend = url.replace("postgresql://", "postgresql+psycopg://")
+        with mlflow_server(folder, backend, **MLFLOW_TEST_SETTINGS) as server:
+            yield server
 
 
 @pytest.fixture(scope="session")
@@ -103,22 +167,84 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prefect-home")
 
 
-def new_project(root: Path, prefect_home: Path) -> Project:
+def new_project(root: Path, prefect_home: Path, prefect_api: str | None = None) -> Project:
+    """A project folder; with ``prefect_api`` its CLI processes use that Prefect server instead
+    of each booting Prefect's temporary one (about 10 s a process)."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    return Project(root=root, prefect_home=prefect_home)
+    project = Project(root=root, prefect_home=prefect_home)
+    if prefect_api:
+        project.extra_env["PREFECT_API_URL"] = prefect_api
+    return project
 
 
 @pytest.fixture
-def project(tmp_path: Path, prefect_home: Path) -> Project:
+def project(tmp_path: Path, prefect_home: Path, prefect_sqlite: str) -> Project:
+    return new_project(tmp_path / "project", prefect_home, prefect_sqlite)
+
+
+@pytest.fixture
+def bare_project(tmp_path: Path, prefect_home: Path) -> Project:
+    """A project that starts servers of its own (`edgeloop serve`): no session server."""
     return new_project(tmp_path / "project", prefect_home)
 
 
 @pytest.fixture(scope="session")
-def trained(
-    tmp_path_factory: pytest.TempPathFactory, prefect_home: Path
-) -> Iterator[tuple[Project, subprocess.CompletedProcess[str]]]:
-    """One full `edgeloop run`, shared by the tests that inspect its results."""
-    proj = new_project(tmp_path_factory.mktemp("trained") / "project", prefect_home)
+def _trained_once(
+    tmp_path_factory: pytest.TempPathFactory, prefect_home: Path, prefect_sqlite: str
+) -> tuple[Project, subprocess.CompletedProcess[str], Path]:
+    """One full `edgeloop run`, and a snapshot of the project taken before any test touches it."""
+    proj = new_project(tmp_path_factory.mktemp("trained") / "project", prefect_home, prefect_sqlite)
+    proj.set_params(**TRAINED_PARAMS)
     result = proj.edgeloop("run", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
-    yield proj, result
+    snapshot = tmp_path_factory.mktemp("trained-snapshot") / "project"
+    shutil.copytree(proj.root, snapshot, symlinks=True)
+    return proj, result, snapshot
+
+
+@pytest.fixture(scope="session")
+def trained(
+    _trained_once: tuple[Project, subprocess.CompletedProcess[str], Path],
+) -> tuple[Project, subprocess.CompletedProcess[str]]:
+    """One full `edgeloop run`, shared by the tests that inspect its results."""
+    proj, result, _ = _trained_once
+    return proj, result
+
+
+@pytest.fixture
+def registered(
+    _trained_once: tuple[Project, subprocess.CompletedProcess[str], Path],
+    tmp_path: Path,
+    prefect_home: Path,
+    prefect_sqlite: str,
+) -> Project:
+    """A project of its own holding v1 of digits-classifier (alias ``candidate``, hardware
+    passed), copied from the session's `edgeloop run` instead of trained again: its embedded
+    MLflow store, artifacts, signing keys, splits and model cards, with every absolute path in the
+    store moved to the copy."""
+    _, result, snapshot = _trained_once
+    assert result.returncode == 0, result.stdout + result.stderr
+    root = tmp_path / "project"
+    shutil.copytree(snapshot, root, symlinks=True)
+    _move_store_paths(root / ".edgeloop" / "mlflow.db", str(_trained_once[0].root), str(root))
+    proj = Project(root=root, prefect_home=prefect_home)
+    proj.extra_env["PREFECT_API_URL"] = prefect_sqlite
+    return proj
+
+
+def _move_store_paths(db: Path, old: str, new: str) -> None:
+    """Rewrite ``old`` to ``new`` in every text column of the SQLite store at ``db``."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+                name, kind = column[1], (column[2] or "").upper()
+                if "CHAR" in kind or "TEXT" in kind or "CLOB" in kind:
+                    conn.execute(
+                        f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) '
+                        f'WHERE instr("{name}", ?) > 0',
+                        (old, new, old),
+                    )
+    conn.close()

@@ -102,7 +102,14 @@ def edgeloop_serve(project: Any, *args: str, timeout: float = 480) -> Iterator[S
     log = project.root / "serve.out"
     state_file = project.home / "serve.json"
     state_file.unlink(missing_ok=True)
-    env = {**project.env(), "EDGELOOP_HOME": str(project.home)}
+    env = {  # the stack's own servers, never a session server the project may point at
+        **{
+            k: v
+            for k, v in project.env().items()
+            if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")
+        },
+        "EDGELOOP_HOME": str(project.home),
+    }
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edgeloop.cli", "serve", "--base-port", str(base), *args],

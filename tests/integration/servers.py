@@ -311,3 +311,29 @@ def prefect_server(folder: Path, db_url: str | None = None) -> Iterator[str]:
             yield f"http://127.0.0.1:{port}/api"
         finally:
             stop_group(proc)
+
+
+@contextmanager
+def mlflow_server(folder: Path, backend: str, **env: str) -> Iterator[str]:
+    """`mlflow server` (served artifacts in ``folder``) on the SQLAlchemy URL ``backend``; yields
+    its URL. MLflow's job runner (about ten huey consumer processes) is off: no test submits a
+    job. ``env`` adds settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environ.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **env)
+    port, log_path = free_port(), folder / "mlflow-server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            ],
+            env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(proc, f"{url}/health", log_path)
+            yield url
+        finally:
+            stop_group(proc)

@@ -1,6 +1,7 @@
 """Promotion to a fleet, end to end: registry → rollout flow → real controller → simulated devices.
 
-Two versions trained by `edgeloop run` and one regressed version brought in with `edgeloop register`.
+v1 trained by `edgeloop run` (the session's run, copied: ``registered``), v2 the same network brought
+in with `edgeloop register` (through the same gates), and one regressed v3 brought in the same way.
 `edgeloop promote` makes v1 the fleet's baseline, rolls v2 out through staged canaries (it succeeds),
 then rolls out the regressed v3 (forced past its failed gates by the documented tag): the accuracy gate
 fails, every device goes back to v2, and the registry follows (production back on v2, tags, card).
@@ -65,17 +66,17 @@ def controller(project: Project, tmp_path: Path) -> Iterator[str]:
 
 
 def test_promote_first_release_success_then_automatic_rollback(
-    project: Project, tmp_path: Path
+    registered: Project, tmp_path: Path
 ) -> None:
-    project.set_params(
-        training={"epochs": 8},
-        compress={"prune_finetune_epochs": 3},
-        rollout={**FAST_POLICY, "controller_url": "http://127.0.0.1:1"},
-    )
-    for _ in ("1", "2"):
-        result = project.edgeloop("run")
-        assert result.returncode == 0, result.stdout + result.stderr
+    project = registered
+    project.set_params(rollout={**FAST_POLICY, "controller_url": "http://127.0.0.1:1"})
     fp32 = project.home / "work" / "variants" / "fp32.onnx"
+    again = tmp_path / "v2.onnx"
+    again.write_bytes(fp32.read_bytes())
+    result = project.edgeloop(
+        "register", str(again), "--name", MODEL, "--dataset", "sklearn-digits"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # v2: a candidate too
     regressed = make_regressed_variant(fp32, tmp_path / "regressed.onnx", "accuracy", share=0.6)
     result = project.edgeloop(
         "register", str(regressed), "--name", MODEL, "--dataset", "sklearn-digits"

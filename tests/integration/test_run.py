@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
+from training_params import FAST_PARAMS, TRAINED_PARAMS
 
 from fleet.shared.signature import verify_variant
 
@@ -119,9 +120,10 @@ def test_run_logs_params_metrics_and_plots(trained: Trained) -> None:
     proj, _ = trained
     client = proj.client()
     run = client.get_run(client.get_model_version("digits-classifier", "1").run_id)
-    assert run.data.params["training.epochs"] == "30"
+    epochs = TRAINED_PARAMS["training"]["epochs"]  # what the session's run trained
+    assert run.data.params["training.epochs"] == str(epochs)
     assert run.data.metrics["test_accuracy"] >= 0.9
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 30
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == epochs
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/loss.png", "plots/confusion.png", "plots/pareto.png"} <= plots
 
@@ -150,7 +152,9 @@ def test_register_takes_an_external_onnx_through_the_same_gates(trained: Trained
 
 def test_a_failed_gate_registers_without_candidate(project: Project) -> None:
     project.set_params(
-        training={"epochs": 1}, gates={"min_test_accuracy": 0.999, "profiles": ["host-cpu"]}
+        training={"epochs": 1},
+        compress=FAST_PARAMS["compress"],
+        gates={"min_test_accuracy": 0.999, "profiles": ["host-cpu"]},
     )
     result = project.edgeloop("run")
     assert result.returncode == 3, result.stdout + result.stderr

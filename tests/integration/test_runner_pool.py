@@ -1,6 +1,6 @@
 """Runner dispatch through Prefect work pools, against a real `prefect server` and worker.
 
-The server runs on PostgreSQL; the worker is started with `edgeloop runner start --profile P`, the way
+The server (the session's) runs on PostgreSQL; the worker is started with `edgeloop runner start --profile P`, the way
 a device would start it. One pool profile has a runner and passes; the other has none and must come
 back ``unavailable`` by its deadline, which keeps the version from becoming ``candidate``.
 """
@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from servers import prefect_server, stop_group
+from servers import stop_group
 
 pytestmark = pytest.mark.integration
 
 Project = Any  # tests/integration/conftest.py: Project
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def prefect_api(postgres_db: str, tmp_path: Path) -> Iterator[str]:
-    with prefect_server(tmp_path / "prefect-server", postgres_db) as api:
-        yield api
 
 
 def pool_profile(folder: Path, name: str) -> None:
@@ -41,8 +34,11 @@ def pool_profile(folder: Path, name: str) -> None:
 
 
 def test_pool_profile_runs_on_a_worker_and_a_silent_pool_is_unavailable(
-    project: Project, prefect_api: str, tmp_path: Path
+    project: Project, prefect_postgresql: str, tmp_path: Path
 ) -> None:
+    prefect_api = (
+        prefect_postgresql  # the session's server; pools hw-pool-cpu and hw-ghost are ours
+    )
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     pool_profile(profiles, "pool-cpu")

@@ -20,6 +20,12 @@ pytestmark = pytest.mark.integration
 Project = Any  # tests/integration/conftest.py: Project
 
 
+@pytest.fixture
+def project(bare_project: Project) -> Project:
+    """`edgeloop serve` starts the servers this test uses: no session server."""
+    return bare_project
+
+
 def _assert_all_healthy(served: Served) -> None:
     assert httpx.get(f"{served.prefect}/api/health", timeout=5).status_code == 200
     assert httpx.get(f"{served.mlflow}/health", timeout=5).status_code == 200
@@ -59,6 +65,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"{what} within {timeout} s")
 
 
+@pytest.mark.slow  # kills a child and stops the stack: a stack of its own
 def test_serve_on_sqlite_heals_a_crashed_child_and_stops_cleanly(project: Project) -> None:
     with edgeloop_serve(project) as served:
         _assert_all_healthy(served)
@@ -79,6 +86,7 @@ def test_serve_on_sqlite_heals_a_crashed_child_and_stops_cleanly(project: Projec
         _sigterm_leaves_nothing(served)
 
 
+@pytest.mark.slow  # kills a child and stops the stack: a stack of its own
 def test_serve_on_postgresql(project: Project, postgres_db: str) -> None:
     with (
         serve_databases(postgres_db) as names,

@@ -22,6 +22,14 @@ from fleet.simulate.fleet import load_field
 pytestmark = pytest.mark.integration
 
 Project = Any  # tests/integration/conftest.py: Project
+
+
+@pytest.fixture
+def project(bare_project: Project) -> Project:
+    """`edgeloop serve` starts the servers this test uses: no session server."""
+    return bare_project
+
+
 MODEL = "digits-classifier"
 
 

@@ -137,6 +137,7 @@ def test_a_killed_writer_leaves_a_consistent_buffer(tmp_path: Path) -> None:
     writer.kill()
     writer.wait(timeout=10)
     returned += [int(line) for line in writer.stdout.read().split()]
+    writer.stdout.close()
 
     with TelemetryBuffer(path, max_reports=20) as buffer:
         stats = buffer.stats()

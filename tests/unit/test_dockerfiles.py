@@ -35,8 +35,8 @@ NEEDS = {
 
 
 def parsed(path: Path) -> list[dict[str, str]]:
-    parser = DockerfileParser(fileobj=path.open("rb"))
-    return parser.structure  # type: ignore[no-any-return]
+    with path.open("rb") as file:
+        return DockerfileParser(fileobj=file).structure  # type: ignore[no-any-return]
 
 
 def instructions(path: Path, name: str) -> list[str]:

@@ -63,6 +63,19 @@ def test_loopback_webhook_settings_only_when_asked(tmp_path: Path) -> None:
     assert allowed.webhook_allowed and not plan(tmp_path).webhook_allowed
 
 
+def test_mlflow_job_runner_is_off_unless_the_operator_turns_it_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def job_execution() -> str:
+        spec = next(c for c in children(plan(tmp_path), {}, []) if c.name == "mlflow-server")
+        return spec.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    assert job_execution() == "false"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    assert job_execution() == "true"
+
+
 def test_one_worker_per_pool_and_the_controller_where_params_say(tmp_path: Path) -> None:
     specs = {c.name: c for c in children(plan(tmp_path), {}, ["hw-rpi4-arm64"])}
     assert {"worker edgeloop-ops", "worker hw-rpi4-arm64"} <= set(specs)
