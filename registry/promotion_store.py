@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     Column,
@@ -52,8 +54,30 @@ triggers = Table(
     Column("source", String(20), nullable=False),
     Column("at", Float, nullable=False),
 )
-UNSEEN: Any = object()
-"""``seen()`` of a model neither path has looked at yet (distinct from ``None``: no alias)."""
+
+
+class Unseen(Enum):
+    """``seen()`` of a model neither path has looked at yet (distinct from ``None``: no alias)."""
+
+    UNSEEN = "unseen"
+
+
+UNSEEN = Unseen.UNSEEN
+Seen = str | None | Literal[Unseen.UNSEEN]
+"""The last handled ``production`` version of a model: a version, None (no alias) or UNSEEN."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A rollout a promotion started, by the webhook or the poller (``source``), at ``at`` (epoch s)."""
+
+    id: int
+    model: str
+    version: str
+    stable_version: str | None
+    run_id: str
+    source: str
+    at: float
 
 
 class PromotionStore:
@@ -90,7 +114,7 @@ class PromotionStore:
         with self.engine.begin() as conn:
             conn.execute(delete(deliveries).where(deliveries.c.delivery_id == delivery_id))
 
-    def seen(self, model: str) -> Any:
+    def seen(self, model: str) -> Seen:
         """The last handled ``production`` version of ``model``, None for none, or UNSEEN."""
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -102,7 +126,7 @@ class PromotionStore:
         with self.engine.begin() as conn:
             self._write_seen(conn, model, version, now)
 
-    def claim(self, model: str, version: str, now: float) -> tuple[bool, Any]:
+    def claim(self, model: str, version: str, now: float) -> tuple[bool, Seen]:
         """Mark ``version`` as handled; ``(False, version)`` if it already was, else
         ``(True, previous)`` where previous may be UNSEEN."""
         with self.engine.begin() as conn:
@@ -115,7 +139,7 @@ class PromotionStore:
             self._write_seen(conn, model, version, now)
             return True, previous
 
-    def release(self, model: str, previous: Any, now: float) -> None:
+    def release(self, model: str, previous: Seen, now: float) -> None:
         """Undo a claim that was not acted on."""
         with self.engine.begin() as conn:
             if previous is UNSEEN:
@@ -145,10 +169,10 @@ class PromotionStore:
                 )
             )
 
-    def triggered(self) -> list[dict[str, Any]]:
+    def triggered(self) -> list[Trigger]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(triggers).order_by(triggers.c.id)).mappings().all()
-        return [dict(r) for r in rows]
+        return [Trigger(**r) for r in rows]
 
     @staticmethod
     def _write_seen(conn: Any, model: str, version: str | None, now: float) -> None:

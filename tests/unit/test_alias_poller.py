@@ -37,7 +37,7 @@ def test_an_alias_change_starts_one_rollout(tmp_path: Path) -> None:
     assert (outcome.status, outcome.run_id) == ("started", "run-1")
     assert poll_once(client, store, trigger) == []
     assert trigger.calls == [(MODEL, "2", "1")]
-    assert [(t["version"], t["source"]) for t in store.triggered()] == [("2", "poller")]
+    assert [(t.version, t.source) for t in store.triggered()] == [("2", "poller")]
 
 
 def test_a_change_the_webhook_handled_is_not_started_again(tmp_path: Path) -> None:
