@@ -52,10 +52,10 @@ from pydantic import ValidationError
 from fleet.agent.client import ControllerClient
 from fleet.agent.config import ENV_PREFIX, AgentConfig
 from fleet.agent.errors import (
+    AgentConfigError,
     AgentError,
     ArtifactRejected,
-    ConfigError,
-    ControllerError,
+    ControllerCallFailed,
     ControllerUnreachable,
     Forbidden,
     InferenceFailed,
@@ -238,7 +238,7 @@ class Agent:
                 self.status.revision = desired.revision
                 self._converge(desired, credentials)
                 online = True
-        except ControllerError as exc:
+        except ControllerCallFailed as exc:
             self._failed(exc)
         except AgentError as exc:  # a disk or store problem: keep serving, say it
             self._set(AgentPhase.FAILING, exc.message)
@@ -247,7 +247,7 @@ class Agent:
             try:
                 self._send_pending(self.credentials)
                 self._send_field_samples(self.credentials)
-            except ControllerError as exc:
+            except ControllerCallFailed as exc:
                 online = False
                 self._failed(exc)
         self.status.active = self.slots.active
@@ -440,7 +440,7 @@ class Agent:
 
     # --- status and back-off ---------------------------------------------------------------------
 
-    def _failed(self, exc: ControllerError) -> None:
+    def _failed(self, exc: ControllerCallFailed) -> None:
         if isinstance(exc, Unauthorized | Forbidden):
             message = exc.message
             if self.credentials is not None and self.config.enrolment_token is not None:
@@ -656,7 +656,7 @@ def build(config: AgentConfig, *, stop: threading.Event) -> tuple[Agent, Control
     credentials = Credentials.load(config.credential_path)
     while credentials is None and not stop.is_set():
         if config.enrolment_token is None:
-            raise ConfigError(
+            raise AgentConfigError(
                 f"not enrolled and no enrolment token: set {ENV_PREFIX}ENROLMENT_TOKEN",
                 setting="enrolment_token",
             )
@@ -674,12 +674,12 @@ def build(config: AgentConfig, *, stop: threading.Event) -> tuple[Agent, Control
         credentials = Credentials(response.device_id, response.credential, response.public_key_pem)
         credentials.save(config.credential_path)
     if credentials is None:
-        raise ConfigError("stopped before enrolment", setting="enrolment_token")
+        raise AgentConfigError("stopped before enrolment", setting="enrolment_token")
     key = credentials.public_key_pem.encode()
     if config.public_key_file is not None:
         pinned = config.public_key_file.read_bytes()
         if pinned.strip() != key.strip():
-            raise ConfigError(
+            raise AgentConfigError(
                 f"the controller's fleet key differs from the pinned {config.public_key_file}",
                 setting="public_key_file",
             )
@@ -722,7 +722,7 @@ def _detector(config: AgentConfig) -> DeviceDetector | None:
     try:
         return DeviceDetector(DriftReference.load(path))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
+        raise AgentConfigError(
             f"the drift reference {path} is not valid: {exc}", setting="golden_inputs"
         ) from exc
 
@@ -771,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = AgentConfig.from_env(**overrides)
         agent, client = build(config, stop=stop)
-    except ConfigError as exc:
+    except AgentConfigError as exc:
         log.error("%s", exc.message)
         return 2
     except (Unauthorized, Forbidden) as exc:

@@ -35,9 +35,9 @@ from pydantic import BaseModel, ValidationError
 
 from fleet.agent.download import download_resumable, file_size
 from fleet.agent.errors import (
+    AgentConfigError,
     BadResponse,
-    ConfigError,
-    ControllerError,
+    ControllerCallFailed,
     ControllerUnreachable,
     DownloadFailed,
     Forbidden,
@@ -88,7 +88,7 @@ def check_transport(url: httpx.URL, *, allow_insecure: bool) -> None:
     if url.scheme == "https":
         return
     if url.scheme != "http":
-        raise ConfigError(f"{url} is not an http(s) URL", setting="controller_url")
+        raise AgentConfigError(f"{url} is not an http(s) URL", setting="controller_url")
     if not allow_insecure and not is_loopback(url.host):
         raise InsecureTransport(
             f"plain HTTP to {url.host} would send the device credential and models in the clear; "
@@ -133,7 +133,7 @@ class ControllerClient:
         else:
             ca = Path(verify)
             if not ca.is_file():
-                raise ConfigError(f"the CA bundle {ca} does not exist", setting="ca_file")
+                raise AgentConfigError(f"the CA bundle {ca} does not exist", setting="ca_file")
             ssl_verify = ssl.create_default_context(cafile=str(ca))
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -299,8 +299,8 @@ def _raise_for_status(response: httpx.Response, what: str) -> None:
 
 __all__ = [
     "ENROL_PATH",
+    "ControllerCallFailed",
     "ControllerClient",
-    "ControllerError",
     "bearer",
     "check_transport",
     "desired_path",

@@ -4,7 +4,7 @@ Why a module of its own: a device is configured by its image or its service unit
 a source tree, and the agent installs without the platform's settings machinery. Every setting has
 one environment variable (``EDGELOOP_AGENT_<FIELD>``), read by pydantic-settings and checked here
 once, so the agent loop and the client receive values that are already known to make sense. A bad
-value is a :class:`ConfigError` naming the variable, at start-up, instead of a confusing failure an
+value is a :class:`AgentConfigError` naming the variable, at start-up, instead of a confusing failure an
 hour later.
 
 The enrolment token is a secret that is needed once: after enrolment the device keeps its own
@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fleet.agent.errors import ConfigError
+from fleet.agent.errors import AgentConfigError
 from fleet.shared.protocol import LONG_POLL_MAX_S, MAX_REPORTS_PER_BATCH, NAME
 
 ENV_PREFIX = "EDGELOOP_AGENT_"
@@ -117,7 +117,7 @@ class AgentConfig(BaseSettings):
         """Settings from ``EDGELOOP_AGENT_*`` variables with ``overrides`` on top (``labels`` as a
         JSON object; an empty ``PREDICT_PORT`` or ``off`` turns the local server off).
 
-        Raises :class:`ConfigError` naming the variable of the first bad value (all of them in the
+        Raises :class:`AgentConfigError` naming the variable of the first bad value (all of them in the
         message), never pydantic's ``ValidationError``.
         """
         try:
@@ -129,9 +129,9 @@ class AgentConfig(BaseSettings):
                 f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
                 for e in exc.errors()
             )
-            raise ConfigError(f"invalid agent settings: {problems}", setting=setting) from exc
+            raise AgentConfigError(f"invalid agent settings: {problems}", setting=setting) from exc
         if config.backoff_max_s < config.backoff_initial_s:
-            raise ConfigError(
+            raise AgentConfigError(
                 f"{ENV_PREFIX}BACKOFF_MAX_S ({config.backoff_max_s}) is below "
                 f"{ENV_PREFIX}BACKOFF_INITIAL_S ({config.backoff_initial_s})",
                 setting="backoff_max_s",

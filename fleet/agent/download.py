@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from fleet.agent.errors import ControllerError, ControllerUnreachable, DownloadFailed
+from fleet.agent.errors import ControllerCallFailed, ControllerUnreachable, DownloadFailed
 from fleet.shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def download_resumable(
 
     ``check`` raises for an error status (called after the body is read). Transport errors, short
     bodies and what ``check`` raises as :class:`ControllerUnreachable` (5xx) are retried up to
-    ``retries`` times with exponential back-off; any other :class:`ControllerError` from ``check``
+    ``retries`` times with exponential back-off; any other :class:`ControllerCallFailed` from ``check``
     propagates at once. Raises :class:`DownloadFailed` when the retries are spent.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def _attempt(
         if response.status_code >= 300:
             response.read()
             check(response)
-            raise ControllerError(
+            raise ControllerCallFailed(
                 f"artifact download answered {response.status_code}",
                 status_code=response.status_code,
             )

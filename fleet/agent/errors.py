@@ -14,9 +14,9 @@ Hierarchy::
     │   └── NotStored            a version asked for by name is not on disk (store, slots)
     ├── TelemetryError           a report cannot be buffered (telemetry)
     │   └── ReportTooLarge       one report is bigger than the whole buffer may hold
-    ├── ConfigError              agent settings that cannot work (config, client); also a ValueError
+    ├── AgentConfigError         agent settings that cannot work (config, client); also a ValueError
     │   └── InsecureTransport    plain HTTP to a host that is not loopback, without ``allow_insecure``
-    └── ControllerError          talking to the controller failed (client); ``status_code`` when it answered
+    └── ControllerCallFailed     talking to the controller failed (client); ``status_code`` when it answered
         ├── ControllerUnreachable  offline: a transport error, a timeout or a 5xx; retried later
         ├── Unauthorized         401: enrolment token or device credential refused; never retried silently
         ├── Forbidden            403: a valid credential used for another device or resource
@@ -32,7 +32,10 @@ that prefer an exception. Outside exceptions (``OSError``, ``sqlite3.Error``, on
 converted at the boundary with the cause kept (``raise ... from exc``).
 
 These classes deliberately do not derive from ``edgeloop.core.errors.EdgeloopError``: the agent installs and
-runs on its own, and depends on nothing outside ``fleet.agent`` but its few third-party packages.
+runs on its own, and depends on nothing outside ``fleet.agent`` but its few third-party packages. Their
+names stay apart from the platform's: ``AgentConfigError`` is not ``edgeloop.core.errors.ConfigError``
+(params.yaml), and ``ControllerCallFailed`` (the agent's call to the controller failed) is not
+``fleet.controller.errors.ControllerError`` (the controller's own errors).
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ class ReportTooLarge(TelemetryError):
         self.max_bytes = max_bytes
 
 
-class ConfigError(AgentError, ValueError):
+class AgentConfigError(AgentError, ValueError):
     """Raised by ``AgentConfig`` and ``ControllerClient`` for settings that cannot work; names the setting."""
 
     def __init__(self, message: str, *, setting: str) -> None:
@@ -152,7 +155,7 @@ class ConfigError(AgentError, ValueError):
         self.setting = setting
 
 
-class InsecureTransport(ConfigError):
+class InsecureTransport(AgentConfigError):
     """Raised by ``ControllerClient`` for a plain-HTTP URL to a host that is not loopback.
 
     A credential or a model sent in the clear can be read or replaced on the way; plain HTTP is for a
@@ -160,7 +163,7 @@ class InsecureTransport(ConfigError):
     """
 
 
-class ControllerError(AgentError):
+class ControllerCallFailed(AgentError):
     """Raised by ``ControllerClient``; ``status_code`` is the HTTP status when the controller answered.
 
     The agent loop turns these into status (STYLE rule 5); library callers get the exception.
@@ -171,7 +174,7 @@ class ControllerError(AgentError):
         self.status_code = status_code
 
 
-class ControllerUnreachable(ControllerError):
+class ControllerUnreachable(ControllerCallFailed):
     """Raised by ``ControllerClient`` on a transport error, a timeout or a 5xx answer.
 
     The device is offline as far as the agent is concerned: it keeps serving, buffers telemetry and
@@ -179,7 +182,7 @@ class ControllerUnreachable(ControllerError):
     """
 
 
-class Unauthorized(ControllerError):
+class Unauthorized(ControllerCallFailed):
     """Raised by ``ControllerClient`` on a 401: the enrolment token or the device credential was refused.
 
     Never answered by enrolling again on its own: an enrolment token is one-time, so a used one would
@@ -187,11 +190,11 @@ class Unauthorized(ControllerError):
     """
 
 
-class Forbidden(ControllerError):
+class Forbidden(ControllerCallFailed):
     """Raised by ``ControllerClient`` on a 403: the credential is valid but not for this device."""
 
 
-class BadResponse(ControllerError):
+class BadResponse(ControllerCallFailed):
     """Raised by ``ControllerClient`` when an answer does not parse against ``fleet.shared.protocol`` or has
     a status the client does not expect (404, 409, 422, ...); ``detail`` holds the start of the body."""
 
@@ -200,7 +203,7 @@ class BadResponse(ControllerError):
         self.detail = detail
 
 
-class DownloadFailed(ControllerError):
+class DownloadFailed(ControllerCallFailed):
     """Raised by ``ControllerClient.download`` when an artifact could not be fetched whole within the
     retries; a partial file is kept for the next try to resume. The last error is the ``__cause__``."""
 

@@ -37,7 +37,7 @@ from fleet.agent.agent import Agent
 from fleet.agent.client import ControllerClient
 from fleet.agent.config import AgentConfig
 from fleet.agent.errors import (
-    ControllerError,
+    ControllerCallFailed,
     ControllerUnreachable,
     Forbidden,
     InsecureTransport,
@@ -136,7 +136,7 @@ class Reporter:
                 pending.append(report(self.seq[device], version, buffer_id=device))
                 batch = TelemetryBatch.model_validate({"reports": pending})
                 ack = client.send_telemetry(device, credential, batch)
-            except ControllerError:
+            except ControllerCallFailed:
                 continue  # offline or restarting: keep the reports, resend them
             self.accepted.setdefault(device, set()).update(ack.accepted)
             self.stored.setdefault(device, set()).update(ack.accepted, ack.duplicates)

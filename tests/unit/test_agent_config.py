@@ -1,4 +1,4 @@
-"""fleet.agent.config: AgentConfig read from EDGELOOP_AGENT_* by pydantic-settings, bad values as ConfigError."""
+"""fleet.agent.config: AgentConfig read from EDGELOOP_AGENT_* by pydantic-settings, bad values as AgentConfigError."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.agent.config import AgentConfig
-from fleet.agent.errors import ConfigError
+from fleet.agent.errors import AgentConfigError
 from fleet.shared.protocol import LONG_POLL_MAX_S
 
 
@@ -87,7 +87,7 @@ def test_a_bad_value_is_one_config_error_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, setting: str, message: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    with pytest.raises(ConfigError, match=message) as info:
+    with pytest.raises(AgentConfigError, match=message) as info:
         AgentConfig.from_env()
     assert info.value.setting == setting
     assert info.value.message.startswith("invalid agent settings: ")
@@ -96,6 +96,6 @@ def test_a_bad_value_is_one_config_error_naming_the_variable(
 def test_backoff_max_below_initial(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGELOOP_AGENT_BACKOFF_INITIAL_S", "10")
     monkeypatch.setenv("EDGELOOP_AGENT_BACKOFF_MAX_S", "5")
-    with pytest.raises(ConfigError, match=r"BACKOFF_MAX_S .* is below") as info:
+    with pytest.raises(AgentConfigError, match=r"BACKOFF_MAX_S .* is below") as info:
         AgentConfig.from_env()
     assert info.value.setting == "backoff_max_s"

@@ -13,7 +13,7 @@ from test_agent_loop import DEVICE, Device, key, new_device, on_v1, pem, publish
 
 from fleet.agent.agent import PredictServer, _detector
 from fleet.agent.config import AgentConfig
-from fleet.agent.errors import ConfigError, InferenceFailed
+from fleet.agent.errors import AgentConfigError, InferenceFailed
 from fleet.agent.fake_controller import FakeController
 from fleet.shared.drift import (
     PSI_MAX,
@@ -199,7 +199,7 @@ def test_a_broken_drift_reference_next_to_the_golden_inputs_is_refused(tmp_path:
     np.save(golden, np.zeros((2, 4), dtype=np.float32))
     (tmp_path / "drift-reference.json").write_text('{"edges": [[0.0]], "shares": [[1.0]]}')
     config = AgentConfig(state_dir=tmp_path / "state", device_id="d", golden_inputs=golden)
-    with pytest.raises(ConfigError, match=r"drift reference .* is not valid"):
+    with pytest.raises(AgentConfigError, match=r"drift reference .* is not valid"):
         _detector(config)
     (tmp_path / "drift-reference.json").unlink()
     assert _detector(config) is None
