@@ -9,18 +9,15 @@ addresses unless told otherwise; the server here is allowed loopback and http fo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from servers import PG, free_port, postgres_database, stop_group, wait_healthy
+from servers import free_port, stop_group, wait_healthy
 
 from registry.promotion_store import PromotionStore
 from registry.webhooks import ensure_webhook
@@ -32,52 +29,10 @@ SECRET = "webhook-test-secret"
 PASSED = {"edgeloop.gates": "passed", "edgeloop.hw.host-cpu.status": "passed"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def mlflow_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """One server per backend for this module; each test uses its own model name."""
-    tmp_path = tmp_path_factory.mktemp(f"mlflow-{request.param}")
-    with ExitStack() as stack:
-        if request.param == "postgresql":
-            import psycopg
-
-            try:
-                pg = stack.enter_context(postgres_database("edgeloop_test"))
-            except psycopg.OperationalError as exc:
-                pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc}")
-            backend = pg.replace("postgresql://", "postgresql+psycopg://")
-        else:
-            backend = f"sqlite:///{tmp_path / 'mlflow-server.db'}"
-        yield from _serve_mlflow(backend, tmp_path)
-
-
-def _serve_mlflow(backend: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path / "mlflow-server.log"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # loopback listener: tests only
-        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",  # plain http: tests only
-        "MLFLOW_WEBHOOK_CACHE_TTL": "1",  # a disabled webhook stops at once
-    }
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", backend,
-                "--artifacts-destination", (tmp_path / "artifacts").as_uri(),
-                "--serve-artifacts",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(proc, f"{url}/health", log_path)
-            yield url
-        finally:
-            stop_group(proc)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mlflow_server(request: pytest.FixtureRequest) -> str:
+    """The session's MLflow server of each backend; each test uses its own model name."""
+    return str(request.getfixturevalue(f"mlflow_{request.param}"))
 
 
 @pytest.fixture
@@ -102,6 +57,10 @@ def listener(project: Project, mlflow_server: str) -> Iterator[str]:
             yield f"{base}/webhooks/mlflow"
         finally:
             stop_group(proc)
+            client = project.client()  # the server outlives this test: drop its webhooks
+            for hook in client.list_webhooks():
+                if hook.url == f"{base}/webhooks/mlflow":
+                    client.delete_webhook(hook.webhook_id)
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
