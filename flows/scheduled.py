@@ -15,7 +15,7 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -27,6 +27,10 @@ from flows.workspace import Workspace
 from registry import tags as tag
 from registry.lineage import dvc_dir_hash
 from registry.publish import CANDIDATE
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 CODE_ROOT = Path(__file__).resolve().parent  # the flows package: every stage the model goes through
 SHAPING = ("model_name", "seed", "data", "training", "compress", "gates")
@@ -43,13 +47,13 @@ def training_hash(params: Params, code_root: Path = CODE_ROOT) -> str:
     return digest.hexdigest()
 
 
-def latest_version(client: Any, model: str) -> Any | None:
+def latest_version(client: MlflowClient, model: str) -> ModelVersion | None:
     """The model's newest version, or None when it has none (or does not exist yet)."""
     versions = client.search_model_versions(f"name = '{model}'")
     return max(versions, key=lambda v: int(v.version), default=None)
 
 
-def change_reason(latest: Any | None, data_hash: str, code_hash: str) -> str | None:
+def change_reason(latest: ModelVersion | None, data_hash: str, code_hash: str) -> str | None:
     """Why a retrain is due, or None when neither the data nor the training code changed."""
     if latest is None:
         return "no version registered yet"

@@ -20,9 +20,10 @@ from registry.publish import PRODUCTION
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 
-def _version(client: MlflowClient, model: str, version: str) -> Any:
+def _version(client: MlflowClient, model: str, version: str) -> ModelVersion:
     from mlflow.exceptions import MlflowException
 
     try:
