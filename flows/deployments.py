@@ -2,7 +2,7 @@
 
 - ``rollout/promoted``: the rollout flow (:mod:`flows.rollout`), started for a version that became
   ``production``; its worker holds ``EDGELOOP_FLEET_ADMIN_TOKEN``, so no run carries the token.
-- ``retrain/scheduled``: the scheduled retrain (:mod:`flows.scheduled`) on the cron schedule of
+- ``scheduled-retrain/scheduled``: the scheduled retrain (:mod:`flows.scheduled`) on the cron schedule of
   params.yaml's ``schedule`` section (paused when ``schedule.enabled`` is false).
 
 Both run from this checkout (``flow.from_source``) on a process pool, as the hardware pools do.
@@ -16,7 +16,7 @@ from edgeloop.core.schedule_params import ScheduleParams
 from flows.pool import OPS_POOL, deploy_from_source, ensure_process_pools
 
 ROLLOUT_DEPLOYMENT = "rollout/promoted"
-SCHEDULED_DEPLOYMENT = "retrain/scheduled"
+SCHEDULED_DEPLOYMENT = "scheduled-retrain/scheduled"  # <flow name>/<deployment name>
 
 
 def _deploy(entrypoint: str, name: str, **options: Any) -> str:

@@ -103,7 +103,7 @@ def _promote_and_roll_out(client: Any, model: str, version: str) -> str:
     return str(getattr(run, "name", run))
 
 
-@flow(name="retrain", log_prints=False, validate_parameters=False)
+@flow(name="scheduled-retrain", log_prints=False, validate_parameters=False)
 def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
     """Retrain when the data or the training code changed since the last version; else skip."""
     from datetime import UTC, datetime

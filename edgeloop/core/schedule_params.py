@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ScheduleParams(BaseModel):
-    """Scheduled retraining (the Prefect deployment ``retrain/scheduled``)."""
+    """Scheduled retraining (the Prefect deployment ``scheduled-retrain/scheduled``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,4 +1,4 @@
-"""Scheduled retraining through real servers: `prefect deployment run 'retrain/scheduled'` on the
+"""Scheduled retraining through real servers: `prefect deployment run 'scheduled-retrain/scheduled'` on the
 worker `edgeloop serve` starts produces a version; run again with nothing changed, it records a skip
 with its reason and trains nothing."""
 
@@ -27,7 +27,7 @@ MODEL = "digits-classifier"
 
 def run_deployment(project: Project, served: Served) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "prefect", "deployment", "run", "retrain/scheduled",
+        [sys.executable, "-m", "prefect", "deployment", "run", "scheduled-retrain/scheduled",
          "--watch", "--watch-timeout", "600", "--watch-interval", "2"],
         cwd=project.root, env={**project.env(), "PREFECT_API_URL": f"{served.prefect}/api"},
         capture_output=True, text=True, timeout=660,

@@ -32,10 +32,12 @@ def _assert_all_healthy(served: Served) -> None:
     assert httpx.get(f"{served.controller}/v1/health", timeout=5).status_code == 200
     assert httpx.get(f"{served.listener}/health", timeout=5).status_code == 200
     assert pool_has_live_worker(f"{served.prefect}/api", "edgeloop-ops")
-    for name in ("rollout/promoted", "retrain/scheduled"):
+    for name in ("rollout/promoted", "scheduled-retrain/scheduled"):
         found = httpx.get(f"{served.prefect}/api/deployments/name/{name}", timeout=5)
         assert found.status_code == 200, name
-    scheduled = httpx.get(f"{served.prefect}/api/deployments/name/retrain/scheduled").json()
+    scheduled = httpx.get(
+        f"{served.prefect}/api/deployments/name/scheduled-retrain/scheduled"
+    ).json()
     assert scheduled["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
     assert set(served.state["children"]) == {
         "prefect-server", "mlflow-server", "fleet-controller", "promotion-listener",

@@ -271,7 +271,7 @@ def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> No
             return httpx.Response(422, json={"detail": "CSRF protection is disabled."})
         seen.append(request)
         if request.method == "GET":
-            assert request.url.path == "/api/deployments/name/retrain/scheduled"
+            assert request.url.path == "/api/deployments/name/scheduled-retrain/scheduled"
             return httpx.Response(
                 200, json={"id": deployment_id, "name": "scheduled", "flow_id": flow_id}
             )
@@ -292,7 +292,7 @@ def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> No
             field_dir=fleet.tmp / "field",
         )  # fmt: skip
         result = playbook_actions.open_retrain(ctx, action)
-    assert result.startswith(f"flow run {run_id} of retrain/scheduled")
+    assert result.startswith(f"flow run {run_id} of scheduled-retrain/scheduled")
     field = fleet.tmp / "field" / f"alert-{alert_id}.json"
     assert field.is_file() and str(field) in seen[1].content.decode()
 
@@ -313,7 +313,9 @@ def test_open_retrain_raises_when_prefect_refuses(fleet: Fleet) -> None:
             prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
             field_dir=fleet.tmp / "field",
         )  # fmt: skip
-        with pytest.raises(PlaybookActionFailed, match="no Prefect deployment retrain/scheduled"):
+        with pytest.raises(
+            PlaybookActionFailed, match="no Prefect deployment scheduled-retrain/scheduled"
+        ):
             playbook_actions.open_retrain(ctx, action)
 
 

@@ -25,7 +25,7 @@ Actions:
 - ``rollback_cohort``: abort the model's open rollouts; every targeted device goes back to stable.
 - ``quarantine_device``: the alert's device runs the model's baseline version and takes no new targets.
 - ``open_retrain``: write the scope's drifted field data (events and input statistics) to a JSON file
-  and create a run of the Prefect deployment ``retrain/<deployment>`` through Prefect's REST API with
+  and create a run of the Prefect deployment ``scheduled-retrain/<deployment>`` through Prefect's REST API with
   the file's path attached; without ``PREFECT_API_URL`` it records ``skipped: no Prefect API``.
 
 The package: ``config`` (the YAML schema and loading), ``actions`` (what each action does) and

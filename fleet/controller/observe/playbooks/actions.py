@@ -30,6 +30,10 @@ from fleet.controller.storage.observe_tables import AlertRow
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
+RETRAIN_FLOW = "scheduled-retrain"
+"""The Prefect flow of ``flows/scheduled.py`` whose deployment ``open_retrain`` runs; spelled out here
+because the controller is a layer below ``flows`` and cannot import ``flows.deployments``."""
+
 
 def prefect_client(api_url: str, httpx_settings: dict[str, Any] | None = None) -> SyncPrefectClient:
     """Prefect's synchronous client for the API at ``api_url`` (10 s timeout). Prefect is imported
@@ -144,7 +148,7 @@ def open_retrain(ctx: ActionContext, action: PlaybookAction) -> str:
     if not ctx.prefect_api_url:
         return "skipped: no Prefect API (PREFECT_API_URL is not set)"
     path = write_field_data(ctx)
-    name = f"retrain/{action.deployment}"
+    name = f"{RETRAIN_FLOW}/{action.deployment}"
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     try:
@@ -153,6 +157,7 @@ def open_retrain(ctx: ActionContext, action: PlaybookAction) -> str:
             run = client.create_flow_run_from_deployment(
                 deployment.id,
                 parameters=dict(action.parameters),
+                # Prefect flow-run tags (seen in Prefect's UI), not MLflow registry tags
                 tags=["edgeloop.playbook", f"edgeloop.alert.{ctx.alert.id}"],
                 job_variables={"env": {"EDGELOOP_FIELD_DATA": str(path)}},
             )

@@ -38,7 +38,9 @@ class Trigger(_Config):
 class PlaybookAction(_Config):
     action: ActionName
     url: str | None = Field(None, description="notify_webhook: where to POST")
-    deployment: str = Field("scheduled", description="open_retrain: deployment of flow `retrain`")
+    deployment: str = Field(
+        "scheduled", description="open_retrain: deployment of flow `scheduled-retrain`"
+    )
     parameters: dict[str, Any] = Field(default_factory=dict, description="open_retrain")
 
 
