@@ -1,5 +1,5 @@
 """The operator's wire contract with the fleet controller (``/v1``, admin token): artifacts,
-baselines, rollouts, field samples, alerts and playbook runs.
+baselines, rollouts, field samples, alerts, playbook runs and metric series.
 
 The controller's routes answer with these models (``response_model``) and ``fleet.admin``, the
 operator's client, parses its answers into them, so neither side reads a string-keyed dict. Devices
@@ -136,6 +136,22 @@ class Alert(_Admin):
     opened_at: datetime
     last_seen_at: datetime
     closed_at: datetime | None
+
+
+class SeriesPoint(_Admin):
+    """``GET /v1/series``: one window's value of one metric (``fleet.controller.observe.aggregate``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    model: str
+    version: str
+    hardware_class: str = Field(alias="class")
+    label: str
+    metric: str
+    window_end: datetime
+    value: float
+    devices: int
+    samples: int
 
 
 class PlaybookRun(_Admin):

@@ -12,7 +12,7 @@ from fleet.controller.api.auth import Admin, SessionDep
 from fleet.controller.observe.aggregate import ALL, METRICS, fleet_series
 from fleet.controller.observe.alerts import list_alerts
 from fleet.controller.observe.playbooks.runner import list_playbook_runs
-from fleet.shared.admin_protocol import Alert, PlaybookRun
+from fleet.shared.admin_protocol import Alert, PlaybookRun, SeriesPoint
 
 router = APIRouter(dependencies=[Admin])
 
@@ -39,7 +39,7 @@ def get_playbook_runs(
     return list_playbook_runs(session, limit=limit, offset=offset)
 
 
-@router.get("/series")
+@router.get("/series", response_model=list[SeriesPoint])
 def get_series(
     session: SessionDep,
     model: str,
