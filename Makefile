@@ -33,6 +33,7 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_generated_state.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -43,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/loop_overhead.py
 
 clean:
-	rm -rf .edgeloop data/splits model-cards/*/ dvc.lock
+	rm -rf .edgeloop data/splits model-cards/*/
