@@ -44,6 +44,7 @@ from registry.tracking import connect
 
 if TYPE_CHECKING:
     from flows.rollout import RolloutOutcome
+    from flows.run_summary import RunSummary
 
 DEVICES = 50
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
@@ -229,7 +230,7 @@ def drift_and_remediate(sim: Simulation, url: str, token: str) -> DriftRemediati
 def run_fleet_demo(
     settings: Settings,
     candidate: str,
-    register: Callable[[Path, str], dict[str, Any]],
+    register: Callable[[Path, str], RunSummary],
     rollout: Callable[..., RolloutOutcome],
     say: Callable[[str], None],
     *,
@@ -274,14 +275,14 @@ def run_fleet_demo(
         say(f"v{stable} runs on the fleet; a retrained copy goes out through staged canaries")
         retrained = work / "retrained.onnx"
         retrained.write_bytes(fp32.read_bytes())
-        new = register(retrained, model)["version"]
+        new = register(retrained, model).version
         promote(client, model, new)
         outcomes.append(
             rollout(model=model, version=new, stable_version=stable, admin_token=token, url=url)
         )
         say(f"v{new}: {outcomes[-1].outcome}; now a regressed version (wrong on 60% of inputs)")
         bad_file = make_regressed_variant(fp32, work / "regressed.onnx", "accuracy", share=0.6)
-        bad = register(bad_file, model)["version"]
+        bad = register(bad_file, model).version
         # it failed its gates: forced
         client.set_model_version_tag(model, bad, tag.PROMOTE_FORCE, "true")
         promote(client, model, bad)

@@ -65,8 +65,8 @@ def placed_training(settings: dict[str, str], run_key: str, pool: str) -> str:
         tags={tag.RUN_KEY: run_key, tag.PLACEMENT_POOL: pool},
         ws=Workspace(root / "splits", root),
     )
-    print(f"{params.model_name} v{summary['version']} registered from pool {pool}")
-    return str(summary["version"])
+    print(f"{params.model_name} v{summary.version} registered from pool {pool}")
+    return summary.version
 
 
 def _log_placement(record: Placement, status: str, reason: str) -> None:

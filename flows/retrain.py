@@ -27,6 +27,7 @@ from flows.onnxfile import check_model_file
 from flows.plots import confusion_matrix, loss_curve
 from flows.pool import PoolRunner
 from flows.progress import stage
+from flows.run_summary import RunSummary, VariantSummary
 from flows.validation import ProfileChoice
 from flows.workspace import Workspace
 from registry import tags as tag
@@ -170,7 +171,7 @@ def _loop(
     model_name: str,
     imported: Path | None,
     tags: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run every stage inside one MLflow run; data-check failures mark the run and register nothing."""
     client = connect(settings.tracking_uri)
     artifacts = settings.artifacts_dir if settings.uses_embedded_mlflow() else None
@@ -211,33 +212,34 @@ def _loop(
             gate_results=gate_results,
             source=source,
         )
-    return {
-        "model": published.model_name,
-        "version": published.version,
-        "aliases": published.aliases,
-        "mlflow_run_id": run.info.run_id,
-        "tracking_uri": settings.tracking_uri,
-        "chosen_variant": evaluation["chosen"],
-        "variants": [
-            {**r, "signature": published.signatures[r["name"]]} for r in evaluation["variants"]
+    return RunSummary(
+        model=published.model_name,
+        version=published.version,
+        aliases=published.aliases,
+        mlflow_run_id=run.info.run_id,
+        tracking_uri=settings.tracking_uri,
+        chosen_variant=evaluation["chosen"],
+        variants=[
+            VariantSummary(**r, signature=published.signatures[r["name"]])
+            for r in evaluation["variants"]
         ],
-        "split_accuracy": evaluation["split_accuracy"],
-        "gates": [g.__dict__ for g in gate_results],
-        "hardware": {p: c.summary().model_dump(mode="json") for p, c in hardware.items()},
-        "model_card": {"markdown": str(published.card_markdown), "json": str(published.card_json)},
-        "started": started.isoformat(timespec="seconds"),
-    }
+        split_accuracy=evaluation["split_accuracy"],
+        gates=list(gate_results),
+        hardware={p: c.summary() for p, c in hardware.items()},
+        model_card={"markdown": str(published.card_markdown), "json": str(published.card_json)},
+        started=started.isoformat(timespec="seconds"),
+    )
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=False)
-def retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
+def retrain_flow(settings: Settings | None = None) -> RunSummary:
     """Data checks → train → compress → evaluate → hardware → register."""
     return retrain(settings or Settings())
 
 
 def retrain(
     settings: Settings, tags: dict[str, str] | None = None, ws: Workspace | None = None
-) -> dict[str, Any]:
+) -> RunSummary:
     """The loop on the configured data and model; ``tags`` go on the MLflow run (e.g. a run key)."""
     params = load_params(settings.params_file)
     ws = ws or Workspace(settings.splits_dir, settings.work_dir)
@@ -247,7 +249,7 @@ def retrain(
 @flow(name="register-model", log_prints=False, validate_parameters=False)
 def register_flow(
     model_path: Path, model_name: str, dataset: str, settings: Settings | None = None
-) -> dict[str, Any]:
+) -> RunSummary:
     """A model trained elsewhere, through the same checks, compression, hardware and registration."""
     settings = settings or Settings()
     base = load_params(settings.params_file)

@@ -129,11 +129,11 @@ def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
         return {"skipped": True, "reason": reason, "model": model, "version": str(latest.version)}
     logger.info("retraining %s: %s", model, why)
     summary = retrain_flow(settings=settings)
-    version = str(summary["version"])
+    version = summary.version
     client.set_model_version_tag(model, version, tag.TRAINING_HASH, code_hash)
-    result: dict[str, Any] = {"skipped": False, "reason": why, **summary}
-    if params.schedule.auto_promote and CANDIDATE in summary["aliases"]:
+    result: dict[str, Any] = {"skipped": False, "reason": why, **summary.model_dump(mode="json")}
+    if params.schedule.auto_promote and CANDIDATE in summary.aliases:
         result["rollout_run"] = _promote_and_roll_out(client, model, version)
-    outcome = f"retrained: v{version} ({', '.join(summary['aliases']) or 'no alias'})"
+    outcome = f"retrained: v{version} ({', '.join(summary.aliases) or 'no alias'})"
     _record(client, model, f"# Scheduled retrain\n\n{why}\n\n{outcome}", f"{now} {outcome}")
     return result

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from flows.run_summary import RunSummary
 
 
 class StageDisplay:
@@ -49,28 +52,28 @@ class StageDisplay:
         return table
 
 
-def variants_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['model']} v{summary['version']}: variants (1 thread, batch 1)")
+def variants_table(summary: RunSummary) -> Table:
+    table = Table(title=f"{summary.model} v{summary.version}: variants (1 thread, batch 1)")
     for column in ("variant", "size KB", "test acc", "p50 ms", "p95 ms", ""):
         table.add_column(column)
-    for v in summary["variants"]:
-        chosen = "chosen" if v["name"] == summary["chosen_variant"] else ""
+    for v in summary.variants:
+        chosen = "chosen" if v.name == summary.chosen_variant else ""
         table.add_row(
-            v["name"],
-            f"{v['size_bytes'] / 1024:.0f}",
-            f"{v['accuracy']:.4f}",
-            f"{v['p50_ms']:.4f}",
-            f"{v['p95_ms']:.4f}",
+            v.name,
+            f"{v.size_bytes / 1024:.0f}",
+            f"{v.accuracy:.4f}",
+            f"{v.p50_ms:.4f}",
+            f"{v.p95_ms:.4f}",
             chosen,
         )
     return table
 
 
-def gates_table(summary: dict[str, Any]) -> Table:
+def gates_table(summary: RunSummary) -> Table:
     table = Table(title="gates")
     for column in ("gate", "result", "measured", "threshold"):
         table.add_column(column)
-    for g in summary["gates"]:
-        result = "[green]pass[/]" if g["passed"] else "[red]fail[/]"
-        table.add_row(g["name"], result, str(g["measured"]), str(g["threshold"]))
+    for g in summary.gates:
+        result = "[green]pass[/]" if g.passed else "[red]fail[/]"
+        table.add_row(g.name, result, str(g.measured), str(g.threshold))
     return table

@@ -14,6 +14,7 @@ from edgeloop.core.settings import Settings
 if TYPE_CHECKING:
     from fleet.shared.admin_protocol import RolloutDetail
     from flows.rollout import RolloutOutcome
+    from flows.run_summary import RunSummary
 
 app = typer.Typer()
 fleet_app = typer.Typer(help="The fleet controller and the fleet simulator.")
@@ -92,11 +93,10 @@ def fleet_demo(
 
         api.join()
 
-        def register(path: Any, model: str) -> dict[str, Any]:
-            registered: dict[str, Any] = register_flow(
+        def register(path: Any, model: str) -> RunSummary:
+            return register_flow(
                 model_path=path, model_name=model, dataset=summary_dataset, settings=settings
             )
-            return registered
 
         def rollout(*, url: str, **kwargs: Any) -> RolloutOutcome:
             result = rollout_flow(

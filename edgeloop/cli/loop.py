@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -18,10 +18,13 @@ from edgeloop.cli.prefect_api import start_prefect_api
 from edgeloop.core.settings import Settings
 from registry import tags as tag
 
+if TYPE_CHECKING:
+    from flows.run_summary import RunSummary
+
 app = typer.Typer()
 
 
-def _run_flow(settings: Settings, start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _run_flow(settings: Settings, start: Callable[[], RunSummary]) -> RunSummary:
     from edgeloop.cli.display import StageDisplay, gates_table, variants_table
     from flows.progress import add_listener, remove_listener
 
@@ -33,32 +36,33 @@ def _run_flow(settings: Settings, start: Callable[[], dict[str, Any]]) -> dict[s
     finally:
         remove_listener(display)
         console.print(display.stage_table())
-    summary["stages"] = [
+    written = summary.model_dump(mode="json")
+    written["stages"] = [
         {"stage": s, "ok": ok, "seconds": round(sec, 2), "detail": d}
         for s, ok, sec, d in display.rows
     ]
-    summary["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    written["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     settings.last_run_file.parent.mkdir(parents=True, exist_ok=True)
-    settings.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
+    settings.last_run_file.write_text(json.dumps(written, indent=2, default=str))
     console.print(variants_table(summary))
     console.print(gates_table(summary))
-    aliases = ", ".join(summary["aliases"]) or "none (a gate failed; see above)"
+    aliases = ", ".join(summary.aliases) or "none (a gate failed; see above)"
     console.print(
-        f"[bold]{summary['model']} v{summary['version']}[/] registered, aliases: {aliases}\n"
-        f"model card: {summary['model_card']['markdown']}\n"
-        f"summary: {settings.last_run_file}   tracking: {summary['tracking_uri']}",
+        f"[bold]{summary.model} v{summary.version}[/] registered, aliases: {aliases}\n"
+        f"model card: {summary.model_card['markdown']}\n"
+        f"summary: {settings.last_run_file}   tracking: {summary.tracking_uri}",
         highlight=False,
     )
     return summary
 
 
-def _exit_on_failed_gates(summary: dict[str, Any]) -> None:
+def _exit_on_failed_gates(summary: RunSummary) -> None:
     """Exit 3 when the version was registered but did not become ``candidate``."""
-    if "candidate" in summary["aliases"]:
+    if "candidate" in summary.aliases:
         return
-    failed = ", ".join(g["name"] for g in summary["gates"] if not g["passed"])
+    failed = ", ".join(summary.failed_gates())
     err_console.print(
-        f"[red]error:[/] {summary['model']} v{summary['version']} is registered without alias "
+        f"[red]error:[/] {summary.model} v{summary.version} is registered without alias "
         f"candidate: gate(s) failed: {escape(failed)}",
         highlight=False,
         soft_wrap=True,
