@@ -23,7 +23,6 @@ import httpx
 
 from edgeloop.cli.supervisor import ChildSpec
 from edgeloop.core.errors import ConfigError
-from flows.pool import OPS_POOL
 
 SERVICES = ("prefect", "mlflow", "fleet")
 
@@ -206,6 +205,10 @@ def children(plan: ServePlan, env: dict[str, str], pools: list[str]) -> list[Chi
             url=plan.webhook_url,
         )
     )  # fmt: skip
+    # Imported here: flows.pool imports Prefect, which reads its settings once, and `edgeloop
+    # serve` sets PREFECT_API_URL only after importing this module.
+    from flows.pool import OPS_POOL
+
     for pool in [OPS_POOL, *pools]:
         specs.append(
             ChildSpec(
