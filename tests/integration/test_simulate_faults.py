@@ -186,22 +186,32 @@ def test_input_drift_lowers_the_field_accuracy_the_controller_records(fleet: Fle
         FaultPlan(drift=FaultWindow(0.5, start_s=0.0), drift_shift=0.0, drift_noise=50.0)
     )
     drifted = fleet.sim.hit["drift"]
+    assert drifted
+    clean_ids = set(fleet.ids) - drifted
     start = fleet.rows("select max(id) from telemetry_reports")[0][0]
-    settle(fleet, 2.0)
 
-    def accuracy(devices: set[str]) -> float:
+    def labelled(devices: set[str]) -> tuple[int, int]:
         marks = ",".join("?" * len(devices))
         correct, total = fleet.rows(
-            "select sum(feedback_correct), sum(feedback_total) from telemetry_reports "
-            f"where id > ? and device_id in ({marks})",
+            "select coalesce(sum(feedback_correct), 0), coalesce(sum(feedback_total), 0) "
+            f"from telemetry_reports where id > ? and device_id in ({marks})",
             start,
             *sorted(devices),
         )[0]
-        assert total > 50
-        return float(correct) / float(total)
+        return int(correct), int(total)
 
-    assert drifted
-    clean = accuracy(set(fleet.ids) - drifted)
+    # run until both groups have enough labelled predictions stored (a loaded machine is slower)
+    fleet.sim.run_sync(
+        until=lambda: min(labelled(clean_ids)[1], labelled(drifted)[1]) > 50, timeout_s=30
+    )
+    settle(fleet, 0.5)
+
+    def accuracy(devices: set[str]) -> float:
+        correct, total = labelled(devices)
+        assert total > 50
+        return correct / total
+
+    clean = accuracy(clean_ids)
     assert clean == 1.0  # the field labels are the model's own answers on clean inputs
     assert accuracy(set(drifted)) < 0.9 * clean
 
