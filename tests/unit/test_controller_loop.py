@@ -171,3 +171,35 @@ def test_outbox_actions_left_by_a_crash_are_performed_by_the_next_pass(fleet: Fl
     assert [devices.running(d) for d in DEVICES] == ["1"] * 4
     assert reconcile(fleet, rollout_id, 2) == "progressing"
     assert sorted(devices.running(d) for d in DEVICES) == ["1", "1", "2", "2"]
+
+
+def test_a_first_report_landing_between_the_reads_counts_the_device_as_silent(
+    fleet: Fleet,
+) -> None:
+    """observations() reads the devices, then their reports: a device whose first report is
+    committed between the two reads has a report but no ``last_seen`` in what was read. It counts
+    as silent until the next pass instead of failing the pass (once a 500 on rollout start)."""
+    from sqlalchemy import update
+
+    from fleet.controller.storage.db import DeviceRow
+
+    devices = Devices(fleet)
+    fleet.artifact("churn", "1")
+    fleet.artifact("churn", "2")
+    devices.report_all(at=1)
+    r = fleet.client.post(
+        "/v1/rollouts",
+        json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
+        headers=ADMIN_HEADERS,
+    )
+    rollout_id = r.json()["rollout_id"]
+    with fleet.app.state.sessions() as session:
+        session.execute(
+            update(DeviceRow).where(DeviceRow.device_id == "dev-0").values(last_seen=None)
+        )
+        session.commit()
+        status = store.status_of(store.load_rollout(session, rollout_id))
+        seen = {d.device_id: d for d in store.observations(session, status).devices}
+    assert seen["dev-0"].running_version is None and seen["dev-0"].last_seen is None
+    assert [seen[d].running_version for d in DEVICES[1:]] == ["1", "1", "1"]
+    assert all(seen[d].last_seen is not None for d in DEVICES[1:])

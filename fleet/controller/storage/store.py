@@ -528,14 +528,18 @@ def observations(
                 feedback_total=entry["total"],
             )
         )
+    # A device's first report can land between reading the devices and reading the reports:
+    # until the next pass it counts as silent, as the device row read says.
+    reported = [d for d in devices if d.device_id in running and d.last_seen is not None]
+    seen = {d.device_id: (d.last_seen, running[d.device_id]) for d in reported}
     return Observations(
         window_start=window,
         devices=tuple(
             DeviceObservation(
                 device_id=d.device_id,
                 hardware_class=d.hardware_class,
-                last_seen=d.last_seen if d.device_id in running else None,
-                running_version=running.get(d.device_id),
+                last_seen=seen.get(d.device_id, (None, None))[0],
+                running_version=seen.get(d.device_id, (None, None))[1],
                 telemetry=tuple(per_device.get(d.device_id, ())),
             )
             for d in devices
