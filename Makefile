@@ -22,8 +22,13 @@ demo: $(STAMP)
 browser:
 	sh scripts/ensure-browser
 
+# The suite runs on pytest-xdist workers, a test file to a worker (a file's tests share its fixtures
+# and run in order); tests/held.py shares the session servers between the workers. Most of a test's
+# time is spent waiting on servers and subprocesses, so there are more workers than cores.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -7,6 +7,7 @@ migrated once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import held
 import pytest
 import yaml
 from training_params import TRAINED_PARAMS
@@ -105,61 +107,36 @@ def postgres_db() -> Iterator[str]:
         yield url
 
 
-# Session servers, one per backend, started on first use and shared by every test that needs one.
-# A test sharing one keeps to names of its own (registered models, work pools, listeners) and
-# filters what it reads back by them, so tests stay independent of each other and of their order.
+# Session servers, one per backend, started on first use and shared by every test (and every
+# pytest-xdist worker) that needs one (held.py). A test sharing one keeps to names of its own
+# (registered models, work pools, listeners) and filters what it reads back by them, so tests stay
+# independent of each other, of their order and of the tests running beside them.
 
 
 @pytest.fixture(scope="session")
-def prefect_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`prefect server start` on SQLite; yields its API URL."""
-    from servers import prefect_server
-
-    with prefect_server(tmp_path_factory.mktemp("prefect-sqlite")) as api:
-        yield api
+def prefect_sqlite() -> str:
+    """`prefect server start` on SQLite; its API URL."""
+    return held.server("prefect-sqlite")
 
 
 @pytest.fixture(scope="session")
-def prefect_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`prefect server start` on a PostgreSQL database of its own; yields its API URL."""
-    from servers import postgres_database, prefect_server
-
+def prefect_postgresql() -> str:
+    """`prefect server start` on a PostgreSQL database of its own; its API URL."""
     _require_postgres()
-    folder = tmp_path_factory.mktemp("prefect-postgresql")
-    with postgres_database("edgeloop_prefect") as url, prefect_server(folder, url) as api:
-        yield api
-
-
-# MLflow delivers webhooks only to public https addresses; the session servers may deliver to a
-# listener on loopback over http (tests only), and a disabled webhook stops at once.
-MLFLOW_TEST_SETTINGS = {
-    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-}
+    return held.server("prefect-postgresql")
 
 
 @pytest.fixture(scope="session")
-def mlflow_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on SQLite with served artifacts; yields its URL."""
-    from servers import mlflow_server
-
-    folder = tmp_path_factory.mktemp("mlflow-sqlite")
-    with mlflow_server(folder, f"sqlite:///{folder / 'mlflow.db'}", **MLFLOW_TEST_SETTINGS) as url:
-        yield url
+def mlflow_sqlite() -> str:
+    """`mlflow server` on SQLite with served artifacts; its URL."""
+    return held.server("mlflow-sqlite")
 
 
 @pytest.fixture(scope="session")
-def mlflow_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on a PostgreSQL database of its own, served artifacts; yields its URL."""
-    from servers import mlflow_server, postgres_database
-
+def mlflow_postgresql() -> str:
+    """`mlflow server` on a PostgreSQL database of its own, served artifacts; its URL."""
     _require_postgres()
-    folder = tmp_path_factory.mktemp("mlflow-postgresql")
-    with postgres_database("edgeloop_mlflow") as url:
-        backend = url.replace("postgresql://", "postgresql+psycopg://")
-        with mlflow_server(folder, backend, **MLFLOW_TEST_SETTINGS) as server:
-            yield server
+    return held.server("mlflow-postgresql")
 
 
 @pytest.fixture(scope="session")
@@ -191,15 +168,27 @@ def bare_project(tmp_path: Path, prefect_home: Path) -> Project:
 
 @pytest.fixture(scope="session")
 def _trained_once(
-    tmp_path_factory: pytest.TempPathFactory, prefect_home: Path, prefect_sqlite: str
+    prefect_home: Path, prefect_sqlite: str
 ) -> tuple[Project, subprocess.CompletedProcess[str], Path]:
-    """One full `edgeloop run`, and a snapshot of the project taken before any test touches it."""
-    proj = new_project(tmp_path_factory.mktemp("trained") / "project", prefect_home, prefect_sqlite)
-    proj.set_params(**TRAINED_PARAMS)
-    result = proj.edgeloop("run", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
-    snapshot = tmp_path_factory.mktemp("trained-snapshot") / "project"
-    shutil.copytree(proj.root, snapshot, symlinks=True)
-    return proj, result, snapshot
+    """One full `edgeloop run` per test run (the first worker that asks makes it; the others wait
+    for it), and a snapshot of the project taken before any test touches it."""
+    with held.locked("trained") as folder:
+        done = folder / "result.json"
+        if done.exists():
+            proj = Project(root=folder / "project", prefect_home=prefect_home)
+            proj.extra_env["PREFECT_API_URL"] = prefect_sqlite
+        else:
+            proj = new_project(folder / "project", prefect_home, prefect_sqlite)
+            proj.set_params(**TRAINED_PARAMS)
+            ran = proj.edgeloop("run", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
+            shutil.copytree(proj.root, folder / "snapshot" / "project", symlinks=True)
+            outcome = {"returncode": ran.returncode, "stdout": ran.stdout, "stderr": ran.stderr}
+            done.write_text(json.dumps(outcome))
+        outcome = json.loads(done.read_text())
+    result = subprocess.CompletedProcess(
+        ["edgeloop", "run"], outcome["returncode"], outcome["stdout"], outcome["stderr"]
+    )
+    return proj, result, folder / "snapshot" / "project"
 
 
 @pytest.fixture(scope="session")

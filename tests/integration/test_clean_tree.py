@@ -22,7 +22,7 @@ MODEL = "digits-classifier"
 CHECK = "scripts/check_generated_state.py"
 FAST: dict[str, dict[str, Any]] = {
     "training": {"epochs": 5},
-    "compress": {"prune_finetune_epochs": 2},
+    "compress": {"prune_finetune_epochs": 2, "warmup_runs": 5, "latency_runs": 50},
     "gates": {"profiles": ["host-cpu"]},
 }
 
@@ -45,10 +45,10 @@ def unlisted(root: Path, listed: list[str]) -> list[str]:
 
 
 def test_edgeloop_run_then_dvc_repro_leave_a_fresh_clone_clean(
-    tmp_path: Path, prefect_home: Path
+    tmp_path: Path, prefect_home: Path, prefect_sqlite: str
 ) -> None:
     root = clone_project(tmp_path / "clone", **FAST)
-    env = environment(prefect_home)
+    env = {**environment(prefect_home), "PREFECT_API_URL": prefect_sqlite}
     head = git(root, "rev-parse", "HEAD").strip()
     check = run(root, env, sys.executable, CHECK)
     assert check.returncode == 0, check.stdout + check.stderr

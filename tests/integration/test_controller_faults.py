@@ -488,10 +488,11 @@ def test_sigkill_mid_rollout_resumes_without_losing_or_double_counting(
             ctl.kill(signal.SIGKILL)  # mid-stage: no shutdown, no flush, reports in flight
             time.sleep(0.5)
             ctl.start()
+            desired = desired_versions(ctl, creds)  # first: the stage can only move on after it
             resumed = ctl.status(rollout_id)
             assert resumed["phase"] == "progressing"
             assert resumed["status"]["stage"] >= persisted["status"]["stage"]
-            assert desired_versions(ctl, creds) == before or resumed["status"]["stage"] > 0
+            assert desired == before or resumed["status"]["stage"] > 0
             final = wait_until(
                 "the rollout to end",
                 lambda: (s := ctl.status(rollout_id))["phase"] != "progressing" and s,

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from project_clone import clone_project, environment, git, run
+from training_params import FAST_PARAMS
 
 from registry.lineage import dvc_dir_hash
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_dvc_repro_runs_end_to_end_and_hashes_match(tmp_path: Path) -> None:
-    work = clone_project(tmp_path / "clone", training={"epochs": 3})
+    work = clone_project(tmp_path / "clone", training={"epochs": 3}, **FAST_PARAMS)
     env = environment()
     first = run(work, env, "dvc", "repro")
     assert first.returncode == 0, first.stdout + first.stderr

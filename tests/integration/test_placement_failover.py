@@ -89,6 +89,15 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def online(api: str, pool: str) -> bool:
+    """Whether ``pool`` has a worker the server counts as online (no pool yet: no)."""
+    response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, timeout=10)
+    if response.status_code == 404:  # the worker creates its pool when it starts
+        return False
+    response.raise_for_status()
+    return any(worker["status"] == "ONLINE" for worker in response.json())
+
+
 def flow_runs(api: str, flow_name: str) -> list[dict[str, Any]]:
     return post(api, "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})  # type: ignore[no-any-return]
 
@@ -133,14 +142,19 @@ def workers_on_both_pools(
         pool: start_worker(project, api, pool, logs / f"{pool}.log") for pool in (CHEAP, DEAR)
     }
     try:
+        wait_for(
+            "a live worker on each pool",
+            lambda: all(online(api, pool) for pool in (CHEAP, DEAR)),
+            timeout=120,
+        )
         dry = wait_for(
-            "both pools live",
+            "both pools live to `edgeloop place`",
             lambda: (
                 (r := project.edgeloop("place", "--dry-run", timeout=120)).returncode == 0
                 and r.stdout.count("fallback") == 1
                 and r
             ),
-            timeout=120,
+            timeout=60,
         )
         assert "chosen" in dry.stdout and "cheapest healthy pool" in dry.stdout, dry.stdout
         yield workers

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
+from training_params import FAST_PARAMS
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def test_run_registers_on_mlflow_server_backed_by_postgresql(
     mlflow_server = mlflow_postgresql  # the session's server: a model name of this test's own
     model = f"digits-{uuid.uuid4().hex[:8]}"
     project.extra_env["MLFLOW_TRACKING_URI"] = mlflow_server
-    project.set_params(model_name=model, training={"epochs": 5})
+    project.set_params(model_name=model, training={"epochs": 5}, **FAST_PARAMS)
     result = project.edgeloop("run")
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((project.home / "last-run.json").read_text())

@@ -224,7 +224,7 @@ def test_a_budget_breach_on_one_profile_keeps_candidate_and_says_why(
     edge["budgets"]["p95_latency_ms"] = 0.0001
     (profiles / "edge-small.yaml").write_text(yaml.safe_dump(edge))
     project.extra_env["EDGELOOP_PROFILES_DIR"] = str(profiles)
-    project.set_params(training={"epochs": 5}, compress={"prune_finetune_epochs": 2})
+    project.set_params(training={"epochs": 5}, compress=FAST_PARAMS["compress"])
     result = project.edgeloop("run")
     assert result.returncode == 3, result.stdout + result.stderr
     assert "gate(s) failed: hw.edge-small" in result.stderr

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from serve_process import Served, edgeloop_serve
+from training_params import FAST_PARAMS
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def run_deployment(project: Project, served: Served) -> subprocess.CompletedProc
 
 
 def test_scheduled_run_trains_then_skips_with_the_reason(project: Project) -> None:
-    project.set_params(training={"epochs": 3}, compress={"prune_finetune_epochs": 1})
+    project.set_params(training={"epochs": 3}, **FAST_PARAMS)
     with edgeloop_serve(project) as served:
         project.extra_env["MLFLOW_TRACKING_URI"] = served.mlflow
         first = run_deployment(project, served)

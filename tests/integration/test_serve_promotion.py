@@ -1,7 +1,9 @@
 """Promotion from the MLflow UI with `edgeloop serve` running: setting alias ``production`` through
 MLflow's REST API (the call the UI makes) starts a rollout, through the webhook, the listener, the
 rollout deployment and the ops worker. The first release becomes the fleet's baseline; the next one
-is a staged rollout that reaches phase ``progressing`` on the controller."""
+is a staged rollout that reaches phase ``progressing`` on the controller. Both versions are the
+session's trained network brought in with `edgeloop register` (through the same gates), so no test
+here trains."""
 
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ Project = Any  # tests/integration/conftest.py: Project
 
 
 @pytest.fixture
-def project(bare_project: Project) -> Project:
-    """`edgeloop serve` starts the servers this test uses: no session server."""
-    return bare_project
+def project(registered: Project) -> Project:
+    """A copy of the session's trained project (its splits, variants and signing key); `edgeloop
+    serve` starts the servers this test uses: no session server."""
+    registered.extra_env.pop("PREFECT_API_URL", None)
+    return registered
 
 
 MODEL = "digits-classifier"
@@ -87,16 +91,21 @@ def backend(request: pytest.FixtureRequest) -> Iterator[list[str]]:
 def test_alias_set_through_the_mlflow_api_starts_a_rollout(
     project: Project, backend: list[str]
 ) -> None:
-    project.set_params(training={"epochs": 3}, compress={"prune_finetune_epochs": 1})
     with edgeloop_serve(project, "--allow-loopback-webhooks", *backend) as served:
         servers = {"MLFLOW_TRACKING_URI": served.mlflow, "PREFECT_API_URL": f"{served.prefect}/api"}
         project.extra_env.update(servers)
-        trained = project.edgeloop("run")
-        assert trained.returncode == 0, trained.stdout + trained.stderr
+        first = register_fp32(project)
+        assert first.returncode == 0, first.stdout + first.stderr
         client = project.client()
         token = (project.home / "secrets" / "fleet-admin-token").read_text().strip()
         with devices(project, served.controller, token):
             promote_twice(project, served, client, token)
+
+
+def register_fp32(project: Project) -> Any:
+    """`edgeloop register` of the trained fp32 variant: the next version, a candidate."""
+    fp32 = project.home / "work" / "variants" / "fp32.onnx"
+    return project.edgeloop("register", str(fp32), "--name", MODEL, "--dataset", "sklearn-digits")
 
 
 def promote_twice(project: Project, served: Served, client: Any, token: str) -> None:
@@ -110,8 +119,7 @@ def promote_twice(project: Project, served: Served, client: Any, token: str) -> 
     assert tags["edgeloop.rollout.status"] == "succeeded"
     assert "first release" in tags["edgeloop.rollout.reason"]
 
-    fp32 = project.home / "work" / "variants" / "fp32.onnx"
-    second = project.edgeloop("register", str(fp32), "--name", MODEL, "--dataset", "sklearn-digits")
+    second = register_fp32(project)
     assert second.returncode == 0, second.stdout + second.stderr
     admin = AdminClient(served.controller, token)
     try:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 CLASSES = {"host-cpu": 0.6, "edge-small": 0.4}
 SCALE = {"host-cpu": 1.0, "edge-small": 20.0}
 POLICY = {
-    "cohorts": {"host-cpu": {"p95_latency_ms": 50}, "edge-small": {"p95_latency_ms": 5}},
+    "cohorts": {"host-cpu": {"p95_latency_ms": 50}, "edge-small": {"p95_latency_ms": 20}},
     "stages": [
         {
             "fraction": f,

@@ -149,16 +149,18 @@ def test_a_slow_device_reports_its_latency(fleet: Fleet) -> None:
         parsed = LatencyHistogram.model_validate_json(latency)
         histograms[device].append(parsed)
 
-    def p95(devices: set[str]) -> float:
+    def median(devices: set[str]) -> float:
         merged = merge_histograms(h for d in devices for h in histograms[d])
         assert merged is not None
-        found = quantile_ms(merged, 0.95)
+        found = quantile_ms(merged, 0.5)
         assert found is not None
         return found[0]
 
+    # Medians: the timings are real, and on a loaded machine a p95 of the healthy devices is the
+    # machine's scheduling hiccups more than their inference.
     assert slow
-    slow_p95, other_p95 = p95(set(slow)), p95(set(fleet.ids) - slow)
-    assert math.isfinite(other_p95) and slow_p95 > 3 * other_p95, (slow_p95, other_p95)
+    slow_ms, other_ms = median(set(slow)), median(set(fleet.ids) - slow)
+    assert math.isfinite(other_ms) and slow_ms > 3 * other_ms, (slow_ms, other_ms)
 
 
 def test_a_corrupted_download_is_never_served_and_is_counted(fleet: Fleet) -> None:
