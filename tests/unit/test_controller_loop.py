@@ -57,7 +57,8 @@ class Devices:
             assert r.status_code == 200, r.text
 
 
-def start_rollout(fleet: Fleet) -> str:
+def create_rollout(fleet: Fleet) -> str:
+    """Versions 1 and 2 of ``churn`` and a rollout of 2 from 1, created but not started."""
     fleet.artifact("churn", "1")
     fleet.artifact("churn", "2")
     r = fleet.client.post(
@@ -65,7 +66,11 @@ def start_rollout(fleet: Fleet) -> str:
         json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
         headers=ADMIN_HEADERS,
     )
-    rollout_id = str(r.json()["rollout_id"])
+    return str(r.json()["rollout_id"])
+
+
+def start_rollout(fleet: Fleet) -> str:
+    rollout_id = create_rollout(fleet)
     r = fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
     assert r.status_code == 200, r.text
     return rollout_id
@@ -152,14 +157,7 @@ def test_a_failing_pass_becomes_status_and_the_loop_goes_on(fleet: Fleet) -> Non
 
 def test_outbox_actions_left_by_a_crash_are_performed_by_the_next_pass(fleet: Fleet) -> None:
     devices = Devices(fleet)
-    fleet.artifact("churn", "1")
-    fleet.artifact("churn", "2")
-    r = fleet.client.post(
-        "/v1/rollouts",
-        json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
-        headers=ADMIN_HEADERS,
-    )
-    rollout_id = r.json()["rollout_id"]
+    rollout_id = create_rollout(fleet)
     # The controller saved the start decision and died before acting on it.
     from fleet.controller.rollout.decide import start
 
@@ -184,15 +182,8 @@ def test_a_first_report_landing_between_the_reads_counts_the_device_as_silent(
     from fleet.controller.storage.db import DeviceRow
 
     devices = Devices(fleet)
-    fleet.artifact("churn", "1")
-    fleet.artifact("churn", "2")
+    rollout_id = create_rollout(fleet)
     devices.report_all(at=1)
-    r = fleet.client.post(
-        "/v1/rollouts",
-        json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
-        headers=ADMIN_HEADERS,
-    )
-    rollout_id = r.json()["rollout_id"]
     with fleet.app.state.sessions() as session:
         session.execute(
             update(DeviceRow).where(DeviceRow.device_id == "dev-0").values(last_seen=None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,19 @@ def context(
     return playbook_actions.ActionContext(session, alert, fleet.clock.at(10), **changes)
 
 
+def retrain_context(
+    fleet: Fleet, session: Any, alert_id: int, prefect: Callable[[httpx.Request], httpx.Response]
+) -> playbook_actions.ActionContext:
+    """A context whose Prefect client answers with ``prefect`` and whose field data goes to tmp."""
+    transport = httpx.MockTransport(prefect)
+    return context(
+        fleet, session, alert_id,
+        prefect_api_url="http://prefect.test/api",
+        prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
+        field_dir=fleet.tmp / "field",
+    )  # fmt: skip
+
+
 def test_rollback_cohort_aborts_the_open_rollout(fleet: Fleet) -> None:
     Devices(fleet)
     rollout_id = start_rollout(fleet)
@@ -283,14 +296,8 @@ def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> No
 
     alert_id = open_alert(fleet)
     action = playbook_config.PlaybookAction(action="open_retrain")
-    transport = httpx.MockTransport(prefect)
     with fleet.app.state.sessions() as session:
-        ctx = context(
-            fleet, session, alert_id,
-            prefect_api_url="http://prefect.test/api",
-            prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
-            field_dir=fleet.tmp / "field",
-        )  # fmt: skip
+        ctx = retrain_context(fleet, session, alert_id, prefect)
         result = playbook_actions.open_retrain(ctx, action)
     assert result.startswith(f"flow run {run_id} of scheduled-retrain/scheduled")
     field = fleet.tmp / "field" / f"alert-{alert_id}.json"
@@ -305,14 +312,8 @@ def test_open_retrain_raises_when_prefect_refuses(fleet: Fleet) -> None:
 
     alert_id = open_alert(fleet)
     action = playbook_config.PlaybookAction(action="open_retrain")
-    transport = httpx.MockTransport(prefect)
     with fleet.app.state.sessions() as session:
-        ctx = context(
-            fleet, session, alert_id,
-            prefect_api_url="http://prefect.test/api",
-            prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
-            field_dir=fleet.tmp / "field",
-        )  # fmt: skip
+        ctx = retrain_context(fleet, session, alert_id, prefect)
         with pytest.raises(
             PlaybookActionFailed, match="no Prefect deployment scheduled-retrain/scheduled"
         ):
