@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -231,14 +232,20 @@ def test_simulated_devices_send_labelled_field_samples_that_a_pull_writes_to_csv
         finally:
             sim.close()
         sent = sum(d.field_samples_sent for d in devices.values())
+        # a post the stop cut off may have reached the controller without its answer reaching
+        # the device: those samples are still in the device's outbox, and stored once
+        in_flight = sum(d.field_samples_pending for d in devices.values())
         assert all(d.field_samples_sent >= 10 for d in devices.values()), devices
         pulled = cli(repo, "fleet", "pull-field-data", "--url", base)
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
-    assert f"wrote {sent} labelled field samples" in pulled.stdout
+    written_count = re.search(r"wrote (\d+) labelled field samples", pulled.stdout)
+    assert written_count, pulled.stdout
+    assert sent <= int(written_count[1]) <= sent + in_flight, (sent, in_flight, pulled.stdout)
     [written] = field_files(repo)
     assert dvc_tracked(written)
     frame = pd.read_csv(written)
-    assert list(frame.columns) == [*schema.feature_names, LABEL] and len(frame) == sent
+    assert list(frame.columns) == [*schema.feature_names, LABEL]
+    assert len(frame) == int(written_count[1])
     known = {(*row, label) for row, label in zip(field_x.tolist(), field_y.tolist(), strict=True)}
     rows = {tuple(r) for r in frame.astype(float).itertuples(index=False)}
     assert rows <= {tuple(float(v) for v in k) for k in known}  # field rows, with their labels
