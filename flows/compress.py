@@ -25,7 +25,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from fleet.shared.modelspec import ModelSpec
 from fleet.shared.signature import file_sha256
+from flows.datasets import DatasetSchema
+from flows.model_contract import derive_spec, write_spec
 from flows.models import Classifier, Probabilities
 
 INPUT_NAME = "features"
@@ -47,8 +50,10 @@ def describe(name: str, path: Path) -> Variant:
     return Variant(name=name, path=path, sha256=file_sha256(path), size_bytes=path.stat().st_size)
 
 
-def export_onnx(model: Classifier, n_features: int, path: Path, opset: int) -> Path:
-    """Export raw features → class probabilities, with a dynamic batch dimension, as one file."""
+def export_onnx(model: Classifier, schema: DatasetSchema, path: Path, opset: int) -> ModelSpec:
+    """Export raw features → class probabilities, with a dynamic batch dimension, as one file with
+    its contract stored in it; returns the contract."""
+    n_features = schema.n_features
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Probabilities(model).eval()
     batch = torch.export.Dim("batch", min=1)
@@ -66,16 +71,21 @@ def export_onnx(model: Classifier, n_features: int, path: Path, opset: int) -> P
     )
     assert program is not None
     program.save(str(path), external_data=False)
-    return path
+    spec = derive_spec(onnx.load(str(path)), schema)
+    write_spec(path, spec)
+    return spec
 
 
 class _Calibration(CalibrationDataReader):
-    def __init__(self, rows: np.ndarray) -> None:
-        self._rows = iter(rows.astype(np.float32))
+    """Calibration samples one at a time, every input fed by name as the contract says."""
+
+    def __init__(self, rows: np.ndarray, spec: ModelSpec) -> None:
+        self._rows = iter(rows)
+        self._spec = spec
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         row = next(self._rows, None)
-        return None if row is None else {INPUT_NAME: row[None, :]}
+        return None if row is None else self._spec.feed(row[None, :])
 
 
 def _prepared(src: Path, tmp: Path) -> Path:
@@ -85,7 +95,7 @@ def _prepared(src: Path, tmp: Path) -> Path:
     return prepared
 
 
-def quantise_static(src: Path, dst: Path, calibration: np.ndarray) -> Path:
+def quantise_static(src: Path, dst: Path, calibration: np.ndarray, spec: ModelSpec) -> Path:
     """QDQ int8: weights int8 per tensor, activations uint8 calibrated on ``calibration`` rows.
 
     Softmax stays in float: quantising its output to uint8 makes the probabilities of a row sum to 1
@@ -97,21 +107,26 @@ def quantise_static(src: Path, dst: Path, calibration: np.ndarray) -> Path:
         quantize_static(
             prepared,
             dst,
-            _Calibration(calibration),
+            _Calibration(calibration, spec),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=False,
             nodes_to_exclude=softmax,
         )
+    write_spec(dst, spec)
     return dst
 
 
-def quantise(fp32: Path, out_dir: Path, calibration: np.ndarray) -> dict[str, Path]:
-    """Write the int8 variants of ``fp32`` into ``out_dir``; return every variant's path by name."""
+def quantise(
+    fp32: Path, out_dir: Path, calibration: np.ndarray, spec: ModelSpec
+) -> dict[str, Path]:
+    """Write the int8 variants of ``fp32`` into ``out_dir``, each with ``spec`` stored in it;
+    return every variant's path by name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dynamic = out_dir / "int8-dynamic.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         quantize_dynamic(_prepared(fp32, Path(tmp)), dynamic, weight_type=QuantType.QInt8)
-    static = quantise_static(fp32, out_dir / "int8-static.onnx", calibration)
+    write_spec(dynamic, spec)
+    static = quantise_static(fp32, out_dir / "int8-static.onnx", calibration, spec)
     return {"fp32": fp32, "int8-dynamic": dynamic, "int8-static": static}

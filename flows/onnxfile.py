@@ -1,30 +1,43 @@
 """Checks on a model file trained elsewhere, before it enters the loop through `edgeloop register`.
 
 Each failure names the file and what is wrong with it in one line: not ONNX at all, structurally
-invalid, not loadable by onnxruntime, or an input or output that does not fit the dataset.
+invalid, not loadable by onnxruntime, or an input or output that does not fit the dataset or the
+model contract (``flows.model_contract``).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from edgeloop.core.errors import ModelFileError
+from fleet.shared.modelspec import ModelSpec
 from flows.datasets import DatasetSchema
+from flows.model_contract import (
+    ContractOverrides,
+    check_runs,
+    derive_spec,
+    make_batch_dynamic,
+    write_spec,
+)
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    shape = value_info.type.tensor_type.shape
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+def check_model_file(
+    path: Path,
+    schema: DatasetSchema,
+    overrides: ContractOverrides | None = None,
+    dest: Path | None = None,
+) -> ModelSpec:
+    """Check ``path`` as a model of ``schema``'s data and derive its contract; with ``dest``, write
+    the model there as the loop takes it (batch made dynamic where it was a fixed 1, contract stored).
 
-
-def check_model_file(path: Path, schema: DatasetSchema) -> None:
-    hint = (
-        "export a float32 classifier with input [batch, n_features] and output [batch, n_classes]"
-    )
+    Raises :class:`ModelFileError` with one line naming the file and the input or output at fault.
+    """
+    hint = "export an ONNX model whose inputs take one dataset row per sample (see the README)"
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist", hint="check the path")
     try:
@@ -42,37 +55,33 @@ def check_model_file(path: Path, schema: DatasetSchema) -> None:
         raise ModelFileError(
             f"{path} is a corrupt or invalid ONNX model: {first}", hint=hint
         ) from exc
-    initialisers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initialisers]
-    if len(inputs) != 1:
-        raise ModelFileError(
-            f"{path} has {len(inputs)} inputs; edgeloop needs exactly one", hint=hint
-        )
-    dims = _dims(inputs[0])
-    if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ModelFileError(f"{path}: input {inputs[0].name!r} is not float32", hint=hint)
-    if len(dims) != 2 or dims[1] != schema.n_features:
-        raise ModelFileError(
-            f"{path}: input {inputs[0].name!r} has shape [{', '.join(map(str, dims))}] but dataset {schema.name!r} "
-            f"has {schema.n_features} features per row",
-            hint=hint,
-        )
-    if isinstance(dims[0], int) and dims[0] != 0:
-        raise ModelFileError(
-            f"{path}: input {inputs[0].name!r} has a fixed batch size {dims[0]}",
-            hint="export with a dynamic batch dimension",
-        )
-    from fleet.shared.runtime import open_session, predict
-
+    made_dynamic = make_batch_dynamic(model)
     try:
-        out = predict(open_session(str(path)), np.zeros((2, schema.n_features), dtype=np.float32))
-    except Exception as exc:
+        spec = derive_spec(model, schema, overrides)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc.message}", hint=exc.hint) from exc
+    if spec.row_size != schema.n_features:
         raise ModelFileError(
-            f"onnxruntime cannot run {path}: {str(exc).splitlines()[0]}", hint=hint
-        ) from exc
-    if out.shape != (2, len(schema.classes)):
-        raise ModelFileError(
-            f"{path}: output has shape {list(out.shape)[1:]} per row but dataset {schema.name!r} "
-            f"has {len(schema.classes)} classes",
-            hint=hint,
+            f"{path}: its inputs take {spec.row_size} values per sample "
+            f"({', '.join(i.describe() for i in spec.inputs)}) but dataset {schema.name!r} has "
+            f"{schema.n_features} features per row",
+            hint="export inputs whose sizes add up to one dataset row",
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "model.onnx"
+        onnx.save(model, str(staged))
+        write_spec(staged, spec)
+        problem = check_runs(staged, spec)
+        if problem:
+            if made_dynamic:
+                raise ModelFileError(
+                    f"{path}: exported with a fixed batch of 1 ({', '.join(made_dynamic)}) and it "
+                    f"does not run on a batch of 2 once made dynamic: {problem}",
+                    hint="export with a dynamic batch (torch.onnx.export(..., dynamic_axes="
+                    "{name: {0: 'batch'}}) or dynamic_shapes)",
+                )
+            raise ModelFileError(f"{path}: {problem}", hint=hint)
+        if dest is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staged, dest)
+    return spec

@@ -23,6 +23,7 @@ from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from flows import release, stages, validation
 from flows.datasets import read_splits, xy
+from flows.model_contract import ContractOverrides
 from flows.onnxfile import check_model_file
 from flows.plots import confusion_matrix, loss_curve
 from flows.pool import PoolRunner
@@ -170,6 +171,7 @@ def _loop(
     *,
     model_name: str,
     imported: Path | None,
+    contract: ContractOverrides | None = None,
     tags: dict[str, str] | None = None,
 ) -> RunSummary:
     """Run every stage inside one MLflow run; data-check failures mark the run and register nothing."""
@@ -193,10 +195,11 @@ def _loop(
             train_task(params, ws)
         else:
             schema, _ = read_splits(ws.splits_dir)
-            with stage("import"):
-                check_model_file(imported, schema)
+            with stage("import") as note:
+                spec = check_model_file(imported, schema, contract, dest=ws.imported)
+                note.detail = spec.summary()
             mlflow.log_artifact(str(imported), artifact_path="imported")
-        compress_task(params, ws, imported)
+        compress_task(params, ws, ws.imported if imported else None)
         evaluation = evaluate_task(params, ws)
         hardware = hardware_task(settings, params, ws, evaluation, run.info.run_id)
         gate_results = release.gates(params, evaluation, hardware)
@@ -248,9 +251,14 @@ def retrain(
 
 @flow(name="register-model", log_prints=False, validate_parameters=False)
 def register_flow(
-    model_path: Path, model_name: str, dataset: str, settings: Settings | None = None
+    model_path: Path,
+    model_name: str,
+    dataset: str,
+    settings: Settings | None = None,
+    contract: Path | None = None,
 ) -> RunSummary:
-    """A model trained elsewhere, through the same checks, compression, hardware and registration."""
+    """A model trained elsewhere, through the same checks, compression, hardware and registration;
+    ``contract`` is a YAML of what its graph cannot say (:class:`ContractOverrides`)."""
     settings = settings or Settings()
     base = load_params(settings.params_file)
     params = base.model_copy(
@@ -258,4 +266,7 @@ def register_flow(
     )
     root = settings.work_dir / "import" / model_name
     ws = Workspace(root / "splits", root)
-    return _loop(settings, params, ws, model_name=model_name, imported=model_path)
+    overrides = ContractOverrides.load(contract) if contract else None
+    return _loop(
+        settings, params, ws, model_name=model_name, imported=model_path, contract=overrides
+    )

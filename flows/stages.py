@@ -23,6 +23,7 @@ from flows.datacheck import check_splits
 from flows.datasets import load_dataset, read_splits, split_dataset, write_splits, xy
 from flows.field_data import merge_field, read_field_rows
 from flows.hardware import write_golden
+from flows.model_contract import read_file_spec
 from flows.models import Classifier, build_model
 from flows.prune import NotPrunable, prune_and_finetune
 from flows.train import train
@@ -88,7 +89,7 @@ def compress(params: Params, ws: Workspace) -> dict[str, str]:
     if ws.variants_dir.exists():
         shutil.rmtree(ws.variants_dir)
     model = load_trained(params, ws)
-    export_onnx(model, schema.n_features, ws.fp32, params.compress.opset)
+    spec = export_onnx(model, schema, ws.fp32, params.compress.opset)
     paths = quantise_variants(params, ws)
     torch.manual_seed(params.seed)
     try:
@@ -104,12 +105,11 @@ def compress(params: Params, ws: Workspace) -> dict[str, str]:
     except NotPrunable:
         return paths  # a user's architecture we cannot prune structurally: no pruned variant
     with tempfile.TemporaryDirectory() as tmp:
-        pruned_fp32 = export_onnx(
-            pruned, schema.n_features, Path(tmp) / "pruned.onnx", params.compress.opset
-        )
+        pruned_fp32 = Path(tmp) / "pruned.onnx"
+        export_onnx(pruned, schema, pruned_fp32, params.compress.opset)
         target = ws.variants_dir / "pruned-int8.onnx"
         paths["pruned-int8"] = str(
-            quantise_static(pruned_fp32, target, _calibration_rows(params, ws))
+            quantise_static(pruned_fp32, target, _calibration_rows(params, ws), spec)
         )
     return paths
 
@@ -122,8 +122,10 @@ def _calibration_rows(params: Params, ws: Workspace) -> np.ndarray:
 
 
 def quantise_variants(params: Params, ws: Workspace) -> dict[str, str]:
-    """Build the int8 variants from ``ws.fp32``, calibrated on training rows."""
-    paths = quantise(ws.fp32, ws.variants_dir, _calibration_rows(params, ws))
+    """Build the int8 variants from ``ws.fp32`` (which holds its contract), calibrated on training
+    rows."""
+    spec = read_file_spec(ws.fp32)
+    paths = quantise(ws.fp32, ws.variants_dir, _calibration_rows(params, ws), spec)
     return {name: str(path) for name, path in paths.items()}
 
 

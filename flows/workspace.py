@@ -32,6 +32,11 @@ class Workspace:
         return self.variants_dir / "fp32.onnx"
 
     @property
+    def imported(self) -> Path:
+        """A model trained elsewhere as the loop takes it (dynamic batch, contract stored)."""
+        return self.work_dir / "imported.onnx"
+
+    @property
     def evaluation(self) -> Path:
         return self.work_dir / "evaluation.json"
 

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 
+from fleet.shared.modelspec import ModelSpec, read_spec  # noqa: E402
 from fleet.shared.profile import (  # noqa: E402
     HardwareProfile,
     HardwareStatus,
@@ -58,7 +59,7 @@ from fleet.shared.runtime import (  # noqa: E402
     open_session,
     peak_rss_mb,
     pin_to_cores,
-    predict,
+    scored_output,
     session_latency,
 )
 
@@ -421,7 +422,9 @@ class Loaded:
     """
 
     session: ort.InferenceSession | None = None
-    outputs: np.ndarray | None = None
+    spec: ModelSpec | None = None
+    raw: np.ndarray | None = None  # the scored output as the graph emits it
+    outputs: np.ndarray | None = None  # its scores: probabilities (softmax of logits) or values
     problem: str = ""
     kind: str = ""  # "provider" or "memory" when problem is set
 
@@ -449,7 +452,8 @@ def loaded(run: _Run, profile: HardwareProfile, golden: tuple[np.ndarray, np.nda
         )
         run.metrics["load_ms"] = (time.perf_counter() - start) * 1e3
         run.host["session_providers"] = list(session.get_providers())
-        outputs = predict(session, golden[0])
+        spec = read_spec(session)
+        raw = scored_output(session, golden[0], spec)
     except ProviderUnavailableError as exc:
         return Loaded(
             problem=f"execution provider(s) {exc.missing} of profile {profile.name} are not "
@@ -460,7 +464,12 @@ def loaded(run: _Run, profile: HardwareProfile, golden: tuple[np.ndarray, np.nda
         if is_allocation_failure(exc):
             return _does_not_fit(profile, exc)
         raise
-    return Loaded(session=session, outputs=outputs)
+    return Loaded(
+        session=session,
+        spec=spec,
+        raw=raw,
+        outputs=spec.scores({spec.scored.name: raw}),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -472,10 +481,26 @@ def model_session(loaded: Loaded) -> ort.InferenceSession:
 
 @pytest.fixture(scope="session")
 def outputs(loaded: Loaded) -> np.ndarray:
-    """The model's outputs on the whole golden set, in one batch."""
+    """The model's scores on the whole golden set, in one batch (``ModelSpec.scores``)."""
     if loaded.outputs is None:
         pytest.skip(f"not measured: {loaded.problem}")
     return loaded.outputs
+
+
+@pytest.fixture(scope="session")
+def raw_outputs(loaded: Loaded) -> np.ndarray:
+    """The scored output on the golden set as the graph emits it (before any softmax)."""
+    if loaded.raw is None:
+        pytest.skip(f"not measured: {loaded.problem}")
+    return loaded.raw
+
+
+@pytest.fixture(scope="session")
+def spec(loaded: Loaded) -> ModelSpec:
+    """The model's contract, as stored in its file."""
+    if loaded.spec is None:
+        pytest.skip(f"not measured: {loaded.problem}")
+    return loaded.spec
 
 
 @pytest.fixture(scope="session")
@@ -485,10 +510,13 @@ def metrics(
     model_session: ort.InferenceSession,
     golden: tuple[np.ndarray, np.ndarray],
     outputs: np.ndarray,
+    spec: ModelSpec,
 ) -> dict[str, float]:
     """Latency, accuracy, size and peak memory, measured the way the device runs the model."""
     x, y = golden
-    stats = session_latency(model_session, x, warmup=profile.warmup_runs, runs=profile.timed_runs)
+    stats = session_latency(
+        model_session, x, warmup=profile.warmup_runs, runs=profile.timed_runs, spec=spec
+    )
     run.metrics.update(
         p50_ms=stats.p50_ms,
         p95_ms=stats.p95_ms,
@@ -498,7 +526,7 @@ def metrics(
         runs=stats.runs,
         model_size_mb=run.model.stat().st_size / MB,
     )
-    if outputs.ndim == 2 and len(outputs) == len(y):
+    if spec.task == "classification" and outputs.ndim == 2 and len(outputs) == len(y):
         run.metrics["accuracy"] = float(np.mean(np.argmax(outputs, axis=1) == y))
     # Before the reference model is loaded, which would count against this model's memory.
     run.metrics["peak_rss_mb"] = peak_rss_mb()
@@ -518,7 +546,7 @@ def disagreement(
     """Share of golden rows whose argmax differs from the reference model's; None without one."""
     if run.reference is None:
         return None
-    theirs = predict(open_session(str(run.reference)), golden[0])
+    theirs = _scores(open_session(str(run.reference)), golden[0])
     if theirs.shape != outputs.shape:
         pytest.fail(
             f"reference outputs have shape {theirs.shape}, the model's {outputs.shape}",
@@ -528,6 +556,11 @@ def disagreement(
     metrics["disagreement"] = value
     metrics["agreement"] = 1.0 - value
     return value
+
+
+def _scores(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
+    spec = read_spec(session)
+    return spec.scores({spec.scored.name: scored_output(session, rows, spec)})
 
 
 def _sha256(path: Path) -> str:

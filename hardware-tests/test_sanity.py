@@ -1,4 +1,4 @@
-"""Output sanity: the model must emit one probability row per golden row before any budget matters.
+"""Output sanity: the model must emit one row of scores per golden row before any budget matters.
 
 A model that emits NaN, the wrong shape or unnormalised scores can still do well on latency and
 size; these tests make such a variant fail on its own line rather than hide in an accuracy number.
@@ -7,9 +7,9 @@ size; these tests make such a variant fail on its own line rather than hide in a
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from fleet.shared.modelspec import ModelSpec
 from fleet.shared.profile import HardwareProfile
 
 ROW_SUM_TOLERANCE = 1e-3
@@ -18,18 +18,19 @@ ROW_SUM_TOLERANCE = 1e-3
 def test_output_shape(
     outputs: np.ndarray,
     golden: tuple[np.ndarray, np.ndarray],
-    model_session: ort.InferenceSession,
+    spec: ModelSpec,
     profile: HardwareProfile,
 ) -> None:
     n = len(golden[0])
-    declared = model_session.get_outputs()[0].shape
-    classes = declared[1] if len(declared) == 2 and isinstance(declared[1], int) else None
-    if outputs.ndim != 2 or outputs.shape[0] != n or classes not in (None, outputs.shape[1]):
-        expected = f"({n}, {classes if classes is not None else 'n_classes'})"
+    expected = (n, spec.scored.width)
+    if outputs.shape != expected:
         pytest.fail(
-            f"output shape {outputs.shape} is not {expected} on profile {profile.name}",
+            f"output {spec.scored.name!r} has shape {outputs.shape}, not {expected} on profile "
+            f"{profile.name}",
             pytrace=False,
         )
+    if spec.task != "classification":
+        return
     labels = int(golden[1].max()) + 1
     if outputs.shape[1] < labels:
         pytest.fail(
@@ -39,17 +40,23 @@ def test_output_shape(
         )
 
 
-def test_outputs_finite(outputs: np.ndarray, profile: HardwareProfile) -> None:
-    bad = int(np.size(outputs) - np.count_nonzero(np.isfinite(outputs)))
+def test_outputs_finite(raw_outputs: np.ndarray, profile: HardwareProfile) -> None:
+    bad = int(np.size(raw_outputs) - np.count_nonzero(np.isfinite(raw_outputs)))
     if bad:
         pytest.fail(
-            f"{bad} of {outputs.size} output values are NaN or Inf on profile {profile.name}",
+            f"{bad} of {raw_outputs.size} output values are NaN or Inf on profile {profile.name}",
             pytrace=False,
         )
 
 
-def test_outputs_are_probabilities(outputs: np.ndarray, profile: HardwareProfile) -> None:
-    probs = np.asarray(outputs, dtype=np.float64)
+def test_outputs_are_probabilities(
+    raw_outputs: np.ndarray, spec: ModelSpec, profile: HardwareProfile
+) -> None:
+    """Only an output the contract calls probabilities must be one; logits and regression values
+    are checked for being finite alone."""
+    if spec.scored.kind != "probabilities":
+        pytest.skip(f"output {spec.scored.name!r} holds {spec.scored.kind}, not probabilities")
+    probs = np.asarray(raw_outputs, dtype=np.float64)
     # Written as "not within" so that NaN counts as out of range.
     out_of_range = int(np.count_nonzero(~((probs >= 0.0) & (probs <= 1.0))))
     if out_of_range:

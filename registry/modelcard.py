@@ -22,10 +22,42 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
+def _contract_lines(contract: dict[str, Any]) -> list[str]:
+    """The model contract (``fleet.shared.modelspec.ModelSpec`` as JSON) as a short section."""
+    lines = [f"Task: {contract['task']}.", ""]
+    lines += _table(
+        ["input", "dtype", "shape", "layout", "value range"],
+        [
+            [
+                i["name"],
+                i.get("dtype", "float32"),
+                "[N, " + ", ".join(map(str, i["shape"])) + "]",
+                i.get("layout") or "-",
+                i.get("value_range") or "-",
+            ]
+            for i in contract["inputs"]
+        ],
+    )
+    lines += [
+        "",
+        *_table(
+            ["output", "meaning", "values per sample"],
+            [[o["name"], o["kind"], o.get("width", 1)] for o in contract["outputs"]],
+        ),
+    ]
+    if contract.get("class_names"):
+        lines += ["", "Classes: " + ", ".join(f"`{c}`" for c in contract["class_names"]) + "."]
+    if contract.get("preprocessing"):
+        lines += ["", f"Preprocessing: {contract['preprocessing']}."]
+    return lines
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {card['model']} v{card['version']}", ""]
     lines += [f"Registered {card['created']}. Aliases: {', '.join(card['aliases']) or 'none'}.", ""]
     lines += ["## Intended use", "", card["intended_use"], ""]
+    if card.get("contract"):
+        lines += ["## Model contract", "", *_contract_lines(card["contract"]), ""]
     data = card["data"]
     lines += ["## Data", "", f"Dataset `{data['dataset']}`: {data['description']}", ""]
     lines += [f"DVC data hash `{data['hash']}`. Rows per split:", ""]

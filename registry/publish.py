@@ -21,10 +21,12 @@ import numpy as np
 import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from edgeloop.core.errors import RegistryError
 from fleet.shared.drift import DriftReference
+from fleet.shared.modelspec import ModelSpec
 from registry import tags as tag
 from registry.modelcard import write_card
 from registry.run_key import existing_version
@@ -183,6 +185,24 @@ def _published_from(client: MlflowClient, model_name: str, version: str) -> Publ
     )
 
 
+def _contract(path: Path) -> ModelSpec:
+    from fleet.shared.modelspec import read_spec
+    from fleet.shared.runtime import open_session
+
+    return read_spec(open_session(str(path)))
+
+
+def mlflow_signature(spec: ModelSpec) -> ModelSignature:
+    """The contract as MLflow's own signature (the MLflow UI shows it): each input a named tensor
+    with a variable batch, the scored output a named tensor of its width."""
+    inputs = Schema(
+        [TensorSpec(np.dtype(i.dtype), (-1, *i.shape), name=i.name) for i in spec.inputs]
+    )
+    out = spec.scored
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, out.width), name=out.name)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def publish(
     client: MlflowClient, release: Release, *, keys_dir: Path, cards_dir: Path
 ) -> Published:
@@ -201,15 +221,13 @@ def publish(
         try:
             signatures = _log_variants(release, keys_dir)
             chosen = release.variant(release.chosen)
-            example = release.example_input[:1].astype(np.float32)
-            from fleet.shared.runtime import open_session, predict
-
-            output = predict(open_session(str(chosen.path)), example)
+            spec = _contract(chosen.path)
+            release.card["contract"] = spec.model_dump(mode="json", exclude_defaults=True)
             info = mlflow.onnx.log_model(
                 onnx.load(str(chosen.path)),
                 name="model",
-                signature=infer_signature(example, output),
-                input_example=example,
+                signature=mlflow_signature(spec),
+                input_example=spec.feed(release.example_input[:1]),
                 pip_requirements=["onnxruntime", "onnx", "numpy"],
                 onnx_execution_providers=["CPUExecutionProvider"],
                 save_as_external_data=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -57,3 +58,13 @@ def sign(key: Ed25519PrivateKey, variant: str, data: bytes) -> str:
     """The base64 ed25519 signature of a variant's bytes, as the registry makes it."""
     message = signed_message(variant, hashlib.sha256(data).hexdigest())
     return base64.b64encode(key.sign(message)).decode()
+
+
+def make_serving_model_raise(slots: Any, monkeypatch: Any) -> None:
+    """The serving onnxruntime session of ``slots`` (a ``SlotManager``) raises on every call, as a
+    model that fails at run time does; requests that do not fit its contract are refused before."""
+
+    def fail(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("simulated onnxruntime failure")
+
+    monkeypatch.setattr(slots._active.session, "run", fail)

@@ -111,18 +111,36 @@ def register(
     dataset: Annotated[
         str, typer.Option("--dataset", help="Dataset loader name it was trained on.")
     ],
+    contract: Annotated[
+        Path | None,
+        typer.Option(
+            "--contract",
+            help="YAML of what the graph cannot say: task, class_names, inputs: {NAME: {layout, "
+            "value_range}}, outputs: {NAME: probabilities|logits|label|regression}, "
+            "preprocessing. Default: MODEL.yaml beside the model when it exists.",
+        ),
+    ] = None,
 ) -> None:
-    """Take a model trained elsewhere through the same checks, compression and registration."""
+    """Take a model trained elsewhere through the same checks, compression and registration.
+
+    Its inputs take one dataset row per sample, split across the inputs in order and reshaped to
+    each input's shape (a [N, 1, 8, 8] input takes the 64 pixels of a digits row)."""
 
     def go() -> None:
         settings = Settings()
         prepare(settings)
         from flows.datasets import load_dataset
+        from flows.model_contract import ContractOverrides
         from flows.onnxfile import check_model_file
         from registry.tracking import preflight
 
         check_name(name)
-        check_model_file(path, load_dataset(dataset).schema)
+        stated = contract
+        if stated is None and path.with_suffix(".yaml").is_file():
+            stated = path.with_suffix(".yaml")
+        overrides = ContractOverrides.load(stated) if stated else None
+        spec = check_model_file(path, load_dataset(dataset).schema, overrides)
+        console.print(f"contract: {escape(spec.summary())}")
         preflight(settings.tracking_uri)
         api = start_prefect_api()
         from flows.retrain import register_flow
@@ -132,7 +150,11 @@ def register(
             _run_flow(
                 settings,
                 lambda: register_flow(
-                    model_path=path, model_name=name, dataset=dataset, settings=settings
+                    model_path=path,
+                    model_name=name,
+                    dataset=dataset,
+                    settings=settings,
+                    contract=stated,
                 ),
             )
         )

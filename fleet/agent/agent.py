@@ -59,6 +59,7 @@ from fleet.agent.errors import (
     ControllerUnreachable,
     Forbidden,
     InferenceFailed,
+    InvalidInput,
     NoModelServing,
     NotStored,
     StoreError,
@@ -70,6 +71,7 @@ from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import RESERVED_KEYS, FeedbackPair, TelemetryBuffer
 from fleet.shared.backoff import backoff_delay
 from fleet.shared.drift import DeviceDetector, DriftReference, histogram_p95, local_action
+from fleet.shared.modelspec import ModelSpec
 from fleet.shared.protocol import (
     MAX_FIELD_SAMPLES_PER_BATCH,
     Artifact,
@@ -597,14 +599,15 @@ def _handler_for(
 
         def _predict(self, body: Any) -> None:
             try:
-                x = np.asarray(body["inputs"], dtype=np.float32)
-                if x.ndim == 1:
-                    x = x.reshape(1, -1)
-            except (KeyError, TypeError, ValueError):
-                self._reply(400, {"detail": 'expected {"inputs": [[number, ...], ...]}'})
+                x = _request_rows(body, slots.active_spec)
+            except InvalidInput as exc:
+                self._reply(400, {"detail": exc.message})
                 return
             try:
                 prediction = slots.predict(x)
+            except InvalidInput as exc:
+                self._reply(400, {"detail": exc.message})
+                return
             except NoModelServing as exc:
                 self._reply(503, {"detail": exc.message})
                 return
@@ -635,6 +638,36 @@ def _handler_for(
             self._reply(200 if known else 404, {"recorded": known})
 
     return Handler
+
+
+_PREDICT_BODY = (
+    'expected {"inputs": [[number, ...], ...]} (flat rows) or {"inputs": {"NAME": nested arrays '
+    "of shape [N, ...]}} (the model's named inputs)"
+)
+
+
+def _request_rows(body: Any, spec: ModelSpec | None) -> np.ndarray:
+    """A ``/predict`` body as flat rows: rows as they are, or the model's named inputs flattened
+    by its contract. Raises :class:`InvalidInput` naming what does not fit."""
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise InvalidInput(_PREDICT_BODY)
+    inputs = body["inputs"]
+    try:
+        if isinstance(inputs, dict):
+            if spec is None:
+                raise InvalidInput("no model is serving yet, so named inputs cannot be read")
+            tensors = {str(k): np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
+            return spec.flatten(tensors)
+        x = np.asarray(inputs, dtype=np.float32)
+    except InvalidInput:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{_PREDICT_BODY}: {exc}") from exc
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2:
+        raise InvalidInput(f"flat rows must be [N, values], received shape {list(x.shape)}")
+    return x
 
 
 # --- wiring --------------------------------------------------------------------------------------

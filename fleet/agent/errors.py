@@ -117,6 +117,12 @@ class InferenceFailed(AgentError):
         self.version = version
 
 
+class InvalidInput(AgentError, ValueError):
+    """Raised by ``SlotManager.predict`` when a request's inputs do not fit the serving model's
+    contract (the message names the input, the expected and the received shape); not counted as a
+    model error, and the model keeps serving."""
+
+
 class StoreError(AgentError):
     """Raised by ``ModelStore`` when the state directory cannot be read or written."""
 

@@ -6,8 +6,9 @@ A new model reaches the active slot only through one fixed sequence, each step a
    announced, then its ed25519 signature against the fleet key (:func:`verify_variant`, which also
    binds the variant's name);
 2. load: open a NEW onnxruntime session (the second slot) while the active one keeps serving;
-3. smoke: run the golden inputs; the output must be ``(n, expected_outputs)`` probabilities with no
-   NaN or Inf;
+3. smoke: run the golden inputs through the model's contract (``fleet.shared.modelspec``, stored in
+   the file); its scored output must be ``(n, width)`` with no NaN or Inf, probabilities where the
+   contract says probabilities, and a classifier must have ``expected_outputs`` classes;
 4. swap: under a lock, the new slot becomes active and the old active becomes previous.
 
 A candidate that fails any step is rejected, never served, and removed from disk; the device stays on
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fleet.agent.errors import (
     ArtifactRejected,
     InferenceFailed,
+    InvalidInput,
     NoModelServing,
     NoPreviousModel,
     RejectReason,
@@ -52,6 +54,7 @@ from fleet.agent.errors import (
 )
 from fleet.agent.store import ArtifactRef, ModelStore, Slots, StoredArtifact
 from fleet.agent.telemetry import AwaitingLabels, FeedbackPair, TelemetryWindow
+from fleet.shared.modelspec import ModelSpec, ModelSpecError, Task, read_spec
 from fleet.shared.protocol import MAX_FEATURES
 from fleet.shared.runtime import open_session
 from fleet.shared.signature import file_sha256, verify_variant
@@ -60,7 +63,6 @@ log = logging.getLogger(__name__)
 
 GOLDEN_ROWS = 8
 """Rows synthesised for the smoke test when no golden inputs are given."""
-PROBABILITY_TOLERANCE = 1e-3
 """How far a row of probabilities may sum from 1 (float32 softmax on many classes)."""
 
 
@@ -75,6 +77,8 @@ class Session(Protocol):
     """The part of ``onnxruntime.InferenceSession`` the slots use; a fake may stand in for it."""
 
     def get_inputs(self) -> Sequence[_Input]: ...
+    def get_outputs(self) -> Sequence[_Input]: ...
+    def get_modelmeta(self) -> Any: ...
     def run(self, output_names: Any, input_feed: dict[str, Any]) -> Sequence[Any]: ...
 
 
@@ -164,7 +168,7 @@ class _Slot:
     ref: ArtifactRef
     sha256: str
     session: Session
-    input_name: str
+    spec: ModelSpec
 
 
 def _holds(slot: _Slot | None, ref: ArtifactRef, sha256: str) -> bool:
@@ -234,6 +238,13 @@ class SlotManager:
         slot = self._previous
         return slot.ref if slot else None
 
+    @property
+    def active_spec(self) -> ModelSpec | None:
+        """The serving model's contract (how a request's named inputs become rows)."""
+        with self._swap_lock:
+            slot = self._active
+        return slot.spec if slot else None
+
     def predict(self, x: np.ndarray, *, await_labels: bool = True) -> Prediction:
         """Score ``x`` (rows of features) with the active model; record latency or the error.
 
@@ -246,9 +257,14 @@ class SlotManager:
         if slot is None:
             raise NoModelServing("no model is installed on this device yet")
         features = np.asarray(x, dtype=np.float32)
+        try:
+            feed = slot.spec.feed(features)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
         start = time.perf_counter()
         try:
-            probabilities = np.asarray(slot.session.run(None, {slot.input_name: features})[0])
+            raw = slot.session.run([slot.spec.scored.name], feed)[0]
+            probabilities = slot.spec.scores({slot.spec.scored.name: raw})
         except Exception as exc:
             with self._swap_lock:
                 self._window(slot.ref).record_error()
@@ -497,49 +513,43 @@ class SlotManager:
         self._emit("load", ref.version)
         try:
             session = self._factory(stored.path)
-            input_name = session.get_inputs()[0].name
         except Exception as exc:
             raise self._rejection(ref, RejectReason.LOAD, f"{type(exc).__name__}: {exc}") from exc
-        self._emit("smoke", ref.version)
-        golden = self._golden if self._golden is not None else self._synthesise(session, ref)
         try:
-            output = np.asarray(session.run(None, {input_name: golden})[0])
+            spec = read_spec(session, classes=self._expected_outputs)
+        except ModelSpecError as exc:
+            raise self._rejection(ref, RejectReason.LOAD, str(exc)) from exc
+        self._emit("smoke", ref.version)
+        golden = self._golden if self._golden is not None else self._synthesise(spec)
+        try:
+            output = np.asarray(session.run([spec.scored.name], spec.feed(golden))[0])
         except Exception as exc:
             raise self._rejection(
                 ref, RejectReason.SMOKE, f"it raised on the golden inputs: {exc}"
             ) from exc
-        problem = self._smoke_problem(output, len(golden))
+        problem = self._smoke_problem(spec, output, len(golden))
         if problem:
             raise self._rejection(ref, RejectReason.SMOKE, problem)
-        return _Slot(ref=ref, sha256=stored.sha256, session=session, input_name=input_name)
+        return _Slot(ref=ref, sha256=stored.sha256, session=session, spec=spec)
 
-    def _synthesise(self, session: Session, ref: ArtifactRef) -> np.ndarray:
-        shape = list(session.get_inputs()[0].shape)
-        width = shape[-1] if len(shape) == 2 else None
-        if not isinstance(width, int) or width < 1:
-            raise self._rejection(
-                ref,
-                RejectReason.SMOKE,
-                f"no golden inputs were given and the input shape {shape} has no fixed width",
-            )
-        return np.random.default_rng(0).standard_normal((GOLDEN_ROWS, width)).astype(np.float32)
+    @staticmethod
+    def _synthesise(spec: ModelSpec) -> np.ndarray:
+        """Golden rows drawn inside each input's value range, when the device was given none."""
+        rng = np.random.default_rng(0)
+        parts = [
+            rng.uniform(*(i.value_range or (-1.0, 1.0)), size=(GOLDEN_ROWS, i.size))
+            for i in spec.inputs
+        ]
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def _smoke_problem(self, output: np.ndarray, rows: int) -> str:
+    def _smoke_problem(self, spec: ModelSpec, output: np.ndarray, rows: int) -> str:
         """Why ``output`` is not a usable answer to ``rows`` golden rows ('' when it is)."""
-        expected = (rows, self._expected_outputs)
-        if output.shape != expected:
-            return f"output shape {output.shape}, expected {expected}"
-        if not np.issubdtype(output.dtype, np.floating):
-            return f"output dtype {output.dtype} is not floating point"
-        if not np.isfinite(output).all():
-            return f"{int((~np.isfinite(output)).sum())} output value(s) are NaN or Inf"
-        if (output < -PROBABILITY_TOLERANCE).any() or (output > 1 + PROBABILITY_TOLERANCE).any():
-            return "output values outside [0, 1] are not probabilities"
-        sums = output.sum(axis=1)
-        worst = float(np.abs(sums - 1).max())
-        if worst > PROBABILITY_TOLERANCE:
-            return f"output rows sum to values up to {worst:.4g} away from 1"
-        return ""
+        if spec.task is Task.CLASSIFICATION and spec.scored.width != self._expected_outputs:
+            return (
+                f"output {spec.scored.name!r} has {spec.scored.width} classes, this device "
+                f"expects {self._expected_outputs}"
+            )
+        return spec.output_problem(output, rows)
 
     def _swap_in(self, slot: _Slot) -> None:
         """Make ``slot`` active and the active one previous: persisted first, then in memory.

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from fleet.shared.modelspec import ModelSpec, read_spec
+
 MB = 1024 * 1024
 
 # How onnxruntime, the C++ runtime and Python word an allocation that the address-space cap refused.
@@ -177,10 +179,20 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def predict(session: ort.InferenceSession, features: np.ndarray) -> np.ndarray:
-    """Run one batch; the first input and output are the model's features and probabilities."""
-    name = session.get_inputs()[0].name
-    return np.asarray(session.run(None, {name: features.astype(np.float32, copy=False)})[0])
+def scored_output(session: ort.InferenceSession, rows: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The raw values of the contract's scored output for flat ``rows`` (probabilities, logits or
+    regression values, as the graph emits them); only that output is computed."""
+    return np.asarray(session.run([spec.scored.name], spec.feed(rows))[0])
+
+
+def predict(
+    session: ort.InferenceSession, rows: np.ndarray, spec: ModelSpec | None = None
+) -> np.ndarray:
+    """Scores of one batch of flat ``rows`` as the contract defines them: class probabilities
+    (softmax of logits) for a classifier, predicted values for a regressor; ``spec`` defaults to
+    the one stored in the model."""
+    spec = spec or read_spec(session)
+    return spec.scores({spec.scored.name: scored_output(session, rows, spec)})
 
 
 @dataclass(frozen=True)
@@ -230,8 +242,19 @@ def time_batch1(
 
 
 def session_latency(
-    session: ort.InferenceSession, rows: np.ndarray, *, warmup: int, runs: int
+    session: ort.InferenceSession,
+    rows: np.ndarray,
+    *,
+    warmup: int,
+    runs: int,
+    spec: ModelSpec | None = None,
 ) -> LatencyStats:
-    name = session.get_inputs()[0].name
-    rows = rows.astype(np.float32, copy=False)
-    return time_batch1(lambda row: session.run(None, {name: row}), rows, warmup=warmup, runs=runs)
+    """Batch-1 latency of the scored output; the rows are turned into the graph's inputs before
+    the clock starts, so the figure is the model's alone."""
+    spec = spec or read_spec(session)
+    feeds = [spec.feed(rows[i : i + 1]) for i in range(len(rows))]
+    wanted = [spec.scored.name]
+    index = np.arange(len(feeds)).reshape(-1, 1)
+    return time_batch1(
+        lambda i: session.run(wanted, feeds[int(i[0, 0])]), index, warmup=warmup, runs=runs
+    )

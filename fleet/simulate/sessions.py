@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from fleet.shared.modelspec import read_spec
 from fleet.shared.runtime import open_session
 
 
@@ -45,14 +46,13 @@ class SessionCache:
     @staticmethod
     def run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, float]:
         """Predicted classes of the rows of ``x`` and the wall time of the call in ms."""
-        name = session.get_inputs()[0].name
+        spec = read_spec(session)
+        feed = spec.feed(np.asarray(x, dtype=np.float32))
         started = time.perf_counter()
-        out = session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        out = session.run([spec.scored.name], feed)[0]
         elapsed_ms = (time.perf_counter() - started) * 1000
-        preds = np.asarray(out)
-        if preds.ndim == 2:
-            preds = preds.argmax(axis=1)
-        return preds.astype(np.int64).reshape(-1), elapsed_ms
+        preds = spec.scores({spec.scored.name: out})
+        return preds.argmax(axis=1).astype(np.int64).reshape(-1), elapsed_ms
 
     async def predict(self, sha256: str, path: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`run` on the shared session of ``sha256``, off the event loop."""

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import make_serving_model_raise
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_agent_loop import DEVICE, Device, key, new_device, on_v1, pem, publish, ref
 
 from fleet.agent.agent import PredictServer, _detector
 from fleet.agent.config import AgentConfig
-from fleet.agent.errors import AgentConfigError, InferenceFailed
+from fleet.agent.errors import AgentConfigError, InferenceFailed, InvalidInput
 from fleet.agent.fake_controller import FakeController
 from fleet.shared.drift import (
     PSI_MAX,
@@ -151,7 +152,7 @@ def test_histogram_p95() -> None:
 
 
 def test_an_error_burst_falls_back_to_the_previous_model_and_reports_why(
-    tmp_path: Path, key: Ed25519PrivateKey
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeController(public_key_pem=pem(key))
     device = new_device(tmp_path / "state", key, fake)
@@ -162,9 +163,12 @@ def test_an_error_burst_falls_back_to_the_previous_model_and_reports_why(
         fake.target(DEVICE, publish(fake, key, version))
         agent.run_once()
     assert (agent.slots.active, agent.slots.previous) == (ref("v2"), ref("v1"))
-    for _ in range(4):  # inputs of the wrong width: the model raises, each call is an error
+    with pytest.raises(InvalidInput):  # a request that does not fit is refused, not an error
+        agent.slots.predict(np.zeros((1, 3), dtype=np.float32))
+    make_serving_model_raise(agent.slots, monkeypatch)
+    for _ in range(4):  # the model raises: each call is an error
         with pytest.raises(InferenceFailed):
-            agent.slots.predict(np.zeros((1, 3), dtype=np.float32))
+            agent.slots.predict(np.zeros((1, 64), dtype=np.float32))
     device.steps()
     agent._buffer_windows()
     assert agent.slots.active == ref("v1")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import make_serving_model_raise
 from builders import sign as sign_bytes
 from builders import write_model as tiny_model_file
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet.agent.errors import (
     ArtifactRejected,
     InferenceFailed,
+    InvalidInput,
     NoModelServing,
     NoPreviousModel,
     NotStored,
@@ -282,7 +284,7 @@ def test_wrong_output_shape_fails_the_smoke_test(
     result = manager.install(new_candidate(tmp_path / "dl", key, "v2", outputs=3))
     assert log[-1] == ("reject", "v2", "smoke test failed")
     assert result.rejection is not None
-    assert "output shape (8, 3), expected (8, 10)" in result.rejection.detail
+    assert "has 3 classes, this device expects 10" in result.rejection.detail
     assert_rejected_and_still_on_v1(manager, result, RejectReason.SMOKE)
 
 
@@ -567,12 +569,19 @@ def test_concurrent_predict_during_swaps_never_fails(
 
 
 def test_telemetry_credits_each_version_and_labels_follow_their_prediction(
-    tmp_path: Path, key: Ed25519PrivateKey, on_v1: tuple[SlotManager, list[Event]]
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    on_v1: tuple[SlotManager, list[Event]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     manager, _ = on_v1
     before = manager.predict(GOLDEN[:2])
-    with pytest.raises(InferenceFailed) as failed:
-        manager.predict(np.zeros((1, 5), dtype=np.float32))
+    with pytest.raises(InvalidInput, match=r"rows of shape \[1, 5\].*64 values per sample"):
+        manager.predict(np.zeros((1, 5), dtype=np.float32))  # refused: not counted as an error
+    with monkeypatch.context() as patched:
+        make_serving_model_raise(manager, patched)
+        with pytest.raises(InferenceFailed) as failed:
+            manager.predict(GOLDEN[:1])
     assert failed.value.version == "v1" and failed.value.__cause__ is not None
     manager.install(new_candidate(tmp_path / "dl", key, "v2"))
     after = manager.predict(GOLDEN[:1])
