@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
+from fleet.shared.modelspec import METADATA_KEY, ModelSpec
 from fleet.shared.signature import signed_message
 
 FEATURES, CLASSES = 64, 10
@@ -68,3 +69,65 @@ def make_serving_model_raise(slots: Any, monkeypatch: Any) -> None:
         raise RuntimeError("simulated onnxruntime failure")
 
     monkeypatch.setattr(slots._active.session, "run", fail)
+
+
+# --- models with a contract (fleet.shared.modelspec) --------------------------------------------
+
+
+def onnx_model(
+    inputs: list[ValueInfoProto],
+    nodes: list[NodeProto],
+    outputs: list[ValueInfoProto],
+    initialisers: list[TensorProto],
+) -> ModelProto:
+    graph = helper.make_graph(nodes, "model", inputs, outputs, initialisers)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    model.ir_version = 8
+    return model
+
+
+def weights_tensor(n_in: int, n_out: int) -> TensorProto:
+    w = np.random.default_rng(0).standard_normal((n_in, n_out)).astype(np.float32) / 8
+    return numpy_helper.from_array(w, "W")
+
+
+def image_classifier(batch: str | int = "N", fixed_reshape: bool = False) -> ModelProto:
+    """``input`` [batch, 1, 8, 8] -> Flatten (or a Reshape to [1, 64]) -> MatMul -> ``logits``."""
+    if fixed_reshape:
+        shape = numpy_helper.from_array(np.array([1, 64], dtype=np.int64), "shape")
+        flatten = helper.make_node("Reshape", ["input", "shape"], ["flat"])
+        extra = [shape]
+    else:
+        flatten = helper.make_node("Flatten", ["input"], ["flat"], axis=1)
+        extra = []
+    return onnx_model(
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [flatten, helper.make_node("MatMul", ["flat", "W"], ["logits"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
+        [weights_tensor(64, 10), *extra],
+    )
+
+
+def two_inputs(n_a: int = 4, n_b: int = 60) -> ModelProto:
+    """``a`` [N, n_a] and ``b`` [N, n_b] -> Concat -> MatMul -> Softmax -> probabilities."""
+    return onnx_model(
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", n_a]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", n_b]),
+        ],
+        [
+            helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+            helper.make_node("MatMul", ["ab", "W"], ["scores"]),
+            helper.make_node("Softmax", ["scores"], ["probabilities"], axis=-1),
+        ],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        [weights_tensor(n_a + n_b, 10)],
+    )
+
+
+def with_contract(model: ModelProto, spec: ModelSpec) -> ModelProto:
+    """``model`` with ``spec`` stored in its metadata, as the build side stores it."""
+    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    return model

@@ -523,7 +523,10 @@ def field_sample_sink(buffer: TelemetryBuffer) -> Callable[[ArtifactRef, Feedbac
 
 
 class PredictServer:
-    """``POST /predict`` (``{"inputs": [[...], ...]}``), ``POST /label``
+    """``POST /predict`` (``{"inputs": [[...], ...]}`` flat rows, ``{"inputs": {"NAME": nested
+    arrays}}`` by input name, or one ``.npy`` tensor with ``Content-Type: application/x-npy``;
+    a request that does not fit the model's contract gets 400 naming the input, the expected and
+    the received shape), ``POST /label``
     (``{"prediction_id": ..., "label": n}``) and ``GET /healthz`` on a local port, in a thread.
 
     Why stdlib ``http.server``: the device's applications are on the same machine, the server must
@@ -573,9 +576,18 @@ def _handler_for(
             self.end_headers()
             self.wfile.write(data)
 
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            return json.loads(self.rfile.read(length) or b"null")
+        def _raw(self) -> bytes | None:
+            """The request body, or None after answering 411/413 for one without a length or
+            above :data:`MAX_PREDICT_BODY` (nothing of it is read)."""
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0 or length > MAX_PREDICT_BODY:
+                self.close_connection = True
+                self._reply(413, {"detail": f"a body must be 0 to {MAX_PREDICT_BODY} bytes"})
+                return None
+            return self.rfile.read(length)
 
         def do_GET(self) -> None:
             if self.path != "/healthz":
@@ -585,21 +597,29 @@ def _handler_for(
             self._reply(200 if active else 503, {"active": None if active is None else str(active)})
 
         def do_POST(self) -> None:
+            if self.path not in ("/predict", "/label"):
+                self._reply(404, {"detail": "not found"})
+                return
+            raw = self._raw()
+            if raw is None:
+                return
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            if self.path == "/predict" and content_type == NPY:
+                self._predict(lambda: _npy_rows(raw, slots.active_spec))
+                return
             try:
-                body = self._body()
+                body = json.loads(raw or b"null")
             except ValueError:
                 self._reply(400, {"detail": "the body is not JSON"})
                 return
             if self.path == "/predict":
-                self._predict(body)
-            elif self.path == "/label":
-                self._label(body)
+                self._predict(lambda: _request_rows(body, slots.active_spec))
             else:
-                self._reply(404, {"detail": "not found"})
+                self._label(body)
 
-        def _predict(self, body: Any) -> None:
+        def _predict(self, rows: Callable[[], np.ndarray]) -> None:
             try:
-                x = _request_rows(body, slots.active_spec)
+                x = rows()
             except InvalidInput as exc:
                 self._reply(400, {"detail": exc.message})
                 return
@@ -617,17 +637,7 @@ def _handler_for(
             if detector is not None:
                 detector.observe_inputs(x)
                 detector.observe_predictions(prediction.probabilities.argmax(axis=1))
-            self._reply(
-                200,
-                {
-                    "model": prediction.ref.model,
-                    "version": prediction.ref.version,
-                    "variant": prediction.ref.variant,
-                    "ids": list(prediction.ids),
-                    "predicted": [int(i) for i in prediction.probabilities.argmax(axis=1)],
-                    "probabilities": prediction.probabilities.tolist(),
-                },
-            )
+            self._reply(200, _answer(prediction, slots.active_spec))
 
         def _label(self, body: Any) -> None:
             try:
@@ -638,6 +648,59 @@ def _handler_for(
             self._reply(200 if known else 404, {"recorded": known})
 
     return Handler
+
+
+NPY = "application/x-npy"
+"""``POST /predict`` with this content type: the body is one tensor in NumPy's ``.npy`` format
+(``numpy.save``), read without pickles, for a model with one input."""
+
+MAX_PREDICT_BODY = 32 * 1024 * 1024
+"""A request body above this many bytes is refused with 413 before it is read."""
+
+
+def _answer(prediction: Any, spec: ModelSpec | None) -> dict[str, Any]:
+    """The ``/predict`` answer by task: classes and probabilities, or the predicted values."""
+    ref = prediction.ref
+    answer: dict[str, Any] = {
+        "model": ref.model,
+        "version": ref.version,
+        "variant": ref.variant,
+        "ids": list(prediction.ids),
+    }
+    scores = prediction.probabilities
+    if spec is not None and spec.task == "regression":
+        answer["values"] = scores.tolist()
+        return answer
+    predicted = [int(i) for i in scores.argmax(axis=1)]
+    answer["predicted"] = predicted
+    if spec is not None and spec.class_names is not None:
+        answer["classes"] = [spec.class_names[i] for i in predicted]
+    answer["probabilities"] = scores.tolist()
+    return answer
+
+
+def _npy_rows(raw: bytes, spec: ModelSpec | None) -> np.ndarray:
+    """An ``application/x-npy`` body as flat rows of the serving model's single input."""
+    import io
+
+    if spec is None:
+        raise InvalidInput("no model is serving yet, so a tensor body cannot be read")
+    if len(spec.inputs) != 1:
+        names = ", ".join(i.name for i in spec.inputs)
+        raise InvalidInput(
+            f"a tensor body carries one input and this model takes {len(spec.inputs)} ({names}): "
+            'send JSON {"inputs": {"NAME": [...], ...}}'
+        )
+    try:
+        tensor = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInput(f"the body is not a .npy tensor: {exc}") from exc
+    if not isinstance(tensor, np.ndarray) or tensor.dtype.kind not in "biuf":
+        raise InvalidInput("the body must hold one numeric tensor")
+    try:
+        return spec.flatten({spec.inputs[0].name: tensor})
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 _PREDICT_BODY = (
@@ -657,7 +720,10 @@ def _request_rows(body: Any, spec: ModelSpec | None) -> np.ndarray:
             if spec is None:
                 raise InvalidInput("no model is serving yet, so named inputs cannot be read")
             tensors = {str(k): np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
-            return spec.flatten(tensors)
+            try:
+                return spec.flatten(tensors)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from exc
         x = np.asarray(inputs, dtype=np.float32)
     except InvalidInput:
         raise

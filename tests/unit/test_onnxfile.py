@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import image_classifier, onnx_model, two_inputs, weights_tensor
+from onnx import TensorProto, helper
 
 from edgeloop.core.errors import ModelFileError
 from fleet.shared.modelspec import OutputKind, read_spec
@@ -19,25 +20,6 @@ from flows.onnxfile import check_model_file
 @pytest.fixture(scope="module")
 def schema() -> DatasetSchema:
     return sklearn_digits().schema
-
-
-def _model(
-    inputs: list[onnx.ValueInfoProto],
-    nodes: list[onnx.NodeProto],
-    outputs: list[onnx.ValueInfoProto],
-    initialisers: list[onnx.TensorProto],
-) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "model", inputs, outputs, initialisers)
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
-    )
-    model.ir_version = 8
-    return model
-
-
-def _weights(n_in: int, n_out: int) -> onnx.TensorProto:
-    w = np.random.default_rng(0).standard_normal((n_in, n_out)).astype(np.float32) / 8
-    return numpy_helper.from_array(w, "W")
 
 
 def classifier(
@@ -58,45 +40,11 @@ def classifier(
     nodes.append(helper.make_node("MatMul", [source, "W"], ["scores" if softmax else out]))
     if softmax:
         nodes.append(helper.make_node("Softmax", ["scores"], [out], axis=-1))
-    return _model(
+    return onnx_model(
         [helper.make_tensor_value_info(name, elem, [batch, n_in])],
         nodes,
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, n_out])],
-        [_weights(n_in, n_out)],
-    )
-
-
-def image_classifier(batch: str | int = "N", fixed_reshape: bool = False) -> onnx.ModelProto:
-    """``input`` [batch, 1, 8, 8] -> Flatten (or a Reshape to [1, 64]) -> MatMul -> ``logits``."""
-    if fixed_reshape:
-        shape = numpy_helper.from_array(np.array([1, 64], dtype=np.int64), "shape")
-        flatten = helper.make_node("Reshape", ["input", "shape"], ["flat"])
-        extra = [shape]
-    else:
-        flatten = helper.make_node("Flatten", ["input"], ["flat"], axis=1)
-        extra = []
-    return _model(
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, 8, 8])],
-        [flatten, helper.make_node("MatMul", ["flat", "W"], ["logits"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
-        [_weights(64, 10), *extra],
-    )
-
-
-def two_inputs(n_a: int = 4, n_b: int = 60) -> onnx.ModelProto:
-    """``a`` [N, n_a] and ``b`` [N, n_b] -> Concat -> MatMul -> Softmax -> probabilities."""
-    return _model(
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", n_a]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", n_b]),
-        ],
-        [
-            helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
-            helper.make_node("MatMul", ["ab", "W"], ["scores"]),
-            helper.make_node("Softmax", ["scores"], ["probabilities"], axis=-1),
-        ],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
-        [_weights(n_a + n_b, 10)],
+        [weights_tensor(n_in, n_out)],
     )
 
 
@@ -129,11 +77,11 @@ def label_then_probabilities(zipmap: bool) -> onnx.ModelProto:
         probabilities = helper.make_tensor_value_info(
             "probability_tensor", TensorProto.FLOAT, ["N", 10]
         )
-    return _model(
+    return onnx_model(
         [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, ["N", 64])],
         nodes,
         [label, probabilities],
-        [_weights(64, 10)],
+        [weights_tensor(64, 10)],
     )
 
 
@@ -180,7 +128,7 @@ def test_empty_file_is_not_onnx(tmp_path: Path, schema: DatasetSchema) -> None:
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -1])
-def test_truncated_model(tmp_path: Path, schema: DatasetSchema, keep: float) -> None:
+def test_truncatedonnx_model(tmp_path: Path, schema: DatasetSchema, keep: float) -> None:
     blob = save(classifier(), tmp_path / "good.onnx").read_bytes()
     cut = len(blob) - 1 if keep == -1 else int(len(blob) * keep)
     path = tmp_path / "truncated.onnx"
