@@ -28,7 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from fleet.shared.modelspec import ModelSpec
 from fleet.shared.signature import file_sha256
 from flows.datasets import DatasetSchema
-from flows.model_contract import derive_spec, write_spec
+from flows.model_contract import ContractOverrides, derive_spec, write_spec
 from flows.models import Classifier, Probabilities
 
 INPUT_NAME = "features"
@@ -53,16 +53,17 @@ def describe(name: str, path: Path) -> Variant:
 def export_onnx(model: Classifier, schema: DatasetSchema, path: Path, opset: int) -> ModelSpec:
     """Export raw features → class probabilities, with a dynamic batch dimension, as one file with
     its contract stored in it; returns the contract."""
-    n_features = schema.n_features
+
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Probabilities(model).eval()
     batch = torch.export.Dim("batch", min=1)
     # The exporter reports its progress with print() and INFO logs; keep the CLI's display clean.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    dtype = torch.uint8 if schema.input_dtype == "uint8" else torch.float32
     program = torch.onnx.export(
         wrapper,
-        (torch.zeros(2, n_features),),
-        input_names=[INPUT_NAME],
+        (torch.zeros(2, *schema.sample_shape, dtype=dtype),),
+        input_names=["image" if schema.input_shape else INPUT_NAME],
         output_names=[OUTPUT_NAME],
         opset_version=opset,
         dynamic_shapes=({0: batch},),
@@ -71,7 +72,12 @@ def export_onnx(model: Classifier, schema: DatasetSchema, path: Path, opset: int
     )
     assert program is not None
     program.save(str(path), external_data=False)
-    spec = derive_spec(onnx.load(str(path)), schema)
+    low, high = schema.value_range
+    overrides = ContractOverrides(
+        preprocessing=f"{schema.input_dtype} input, scaled from [{low:g}, {high:g}] to [0, 1] "
+        "inside the graph"
+    )
+    spec = derive_spec(onnx.load(str(path)), schema, overrides)
     write_spec(path, spec)
     return spec
 

@@ -31,10 +31,20 @@ class DatasetSchema:
     value_range: tuple[float, float]
     classes: tuple[int, ...]
     description: str = ""
+    input_shape: tuple[int, ...] | None = None
+    """One sample's shape as the model takes it (``(1, 8, 8)`` for a one-channel image, NCHW);
+    None: a flat vector of the features. A row holds the sample's values in C order."""
+    input_dtype: str = "float32"
+    """What the model's input takes: ``float32``, or ``uint8`` for raw image bytes."""
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape: :attr:`input_shape`, or ``(n_features,)``."""
+        return self.input_shape or (self.n_features,)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -48,6 +58,10 @@ class DatasetSchema:
             value_range=(float(raw["value_range"][0]), float(raw["value_range"][1])),
             classes=tuple(int(c) for c in raw["classes"]),
             description=raw.get("description", ""),
+            input_shape=tuple(int(d) for d in raw["input_shape"])
+            if raw.get("input_shape")
+            else None,
+            input_dtype=str(raw.get("input_dtype", "float32")),
         )
 
 
@@ -80,7 +94,31 @@ def sklearn_digits() -> Dataset:
     return Dataset(schema, bunch.data.astype(np.float32), bunch.target.astype(np.int64))
 
 
-LOADERS: dict[str, Callable[..., Dataset]] = {"sklearn-digits": sklearn_digits}
+def sklearn_digits_images(scale: int = 15) -> Dataset:
+    """The same digits as one-channel 8x8 uint8 images (pixel values times ``scale``, 0-240), as a
+    camera would deliver them; a model takes them as ``[N, 1, 8, 8]`` uint8."""
+    digits = sklearn_digits()
+    if not 1 <= scale <= 15:
+        raise PluginError(
+            f"sklearn-digits-images: scale {scale} is outside 1-15",
+            hint="pixel values are 0-16, and 16 x scale must fit in a byte",
+        )
+    schema = DatasetSchema(
+        name="sklearn-digits-images",
+        feature_names=digits.schema.feature_names,
+        value_range=(0.0, 255.0),
+        classes=digits.schema.classes,
+        description=f"{digits.schema.description} As 1x8x8 uint8 images, pixel values x{scale}.",
+        input_shape=(1, 8, 8),
+        input_dtype="uint8",
+    )
+    return Dataset(schema, digits.features * scale, digits.labels)
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "sklearn-digits": sklearn_digits,
+    "sklearn-digits-images": sklearn_digits_images,
+}
 
 
 def load_dataset(name: str, **kwargs: Any) -> Dataset:
@@ -91,7 +129,38 @@ def load_dataset(name: str, **kwargs: Any) -> Dataset:
             f"dataset loader {name!r} returned {type(dataset).__name__}, not a Dataset",
             hint="return flows.datasets.Dataset from your loader",
         )
+    problem = _shape_problem(dataset)
+    if problem:
+        raise PluginError(
+            f"dataset loader {name!r}: {problem}",
+            hint="return features as one float row per sample (an image flattened in C order, "
+            "its shape in DatasetSchema.input_shape) and one label per row",
+        )
     return dataset
+
+
+def _shape_problem(dataset: Dataset) -> str:
+    """What is wrong with the arrays of ``dataset`` ('' when nothing is)."""
+    schema = dataset.schema
+    try:
+        features = np.asarray(dataset.features, dtype=np.float32)
+    except (ValueError, TypeError):
+        return "its features are ragged or not numbers (rows of different lengths?)"
+    labels = np.asarray(dataset.labels)
+    if features.ndim != 2:
+        return f"its features have shape {list(features.shape)}, not [rows, values]"
+    if labels.ndim != 1 or len(labels) != len(features):
+        return f"{len(features)} feature rows but labels of shape {list(labels.shape)}"
+    if features.shape[1] != schema.n_features:
+        return f"rows of {features.shape[1]} values but {schema.n_features} feature names"
+    if schema.input_shape is not None and int(np.prod(schema.input_shape)) != schema.n_features:
+        return (
+            f"input_shape {list(schema.input_shape)} holds {int(np.prod(schema.input_shape))} "
+            f"values, the rows {schema.n_features}"
+        )
+    if schema.input_dtype not in ("float32", "uint8"):
+        return f"input_dtype {schema.input_dtype!r} is not float32 or uint8"
+    return ""
 
 
 def split_dataset(

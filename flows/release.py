@@ -26,12 +26,13 @@ from registry.lineage import dvc_dir_hash, git_state
 from registry.publish import Published, Release, ReleaseGateResult, VariantRecord, publish
 
 COMPRESSION = {
-    "fp32": "ONNX export of the trained model (opset {opset}), raw features in, probabilities out.",
+    "fp32": "ONNX export of the model (opset {opset}), raw input in, as its contract says.",
     "int8-dynamic": "weights int8 per tensor; activations quantised at run time "
     "(onnxruntime quantize_dynamic).",
     "int8-static": "QDQ, weights int8, activations uint8 calibrated (MinMax) on {n} training rows "
     "(onnxruntime quantize_static).",
-    "pruned-int8": "structured pruning keeping {keep:.0%} of each hidden layer's units (L1 norm), "
+    "pruned-int8": "structured pruning keeping {keep:.0%} of each hidden layer's units or each "
+    "convolution's channels (L1 norm), "
     "{epochs} fine-tuning epochs, then int8 static as above.",
 }
 
@@ -172,7 +173,8 @@ def register(
             )
             for name, text in COMPRESSION.items()
             if name in {r["name"] for r in evaluation["variants"]}
-        },
+        }
+        | {name: f"not built: {reason}" for name, reason in evaluation.get("skipped", {}).items()},
         "pareto": pareto_table(evaluation["variants"]),
         "lineage": {**tags, "params_file": str(settings.params_file)},
     }

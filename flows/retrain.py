@@ -106,7 +106,18 @@ def compress_task(params: Params, ws: Workspace, fp32: Path | None = None) -> di
             ws.variants_dir.mkdir(parents=True)
             shutil.copyfile(fp32, ws.fp32)
             paths = stages.quantise_variants(params, ws)
-        note.detail = ", ".join(paths)
+            stages.skip_variant(
+                ws,
+                "pruned-int8",
+                "the model was trained elsewhere: only a model trained here is pruned and "
+                "fine-tuned",
+            )
+        skipped = (
+            json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
+        )
+        note.detail = ", ".join(paths) + "".join(
+            f"; {name} not built: {reason}" for name, reason in skipped.items()
+        )
     return paths
 
 
@@ -235,9 +246,15 @@ def _loop(
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=False)
-def retrain_flow(settings: Settings | None = None) -> RunSummary:
-    """Data checks → train → compress → evaluate → hardware → register."""
-    return retrain(settings or Settings())
+def retrain_flow(settings: Settings | None = None, own_workspace: bool = False) -> RunSummary:
+    """Data checks → train → compress → evaluate → hardware → register; ``own_workspace``: in a
+    work folder named for the model (another params file than the project's)."""
+    settings = settings or Settings()
+    if not own_workspace:
+        return retrain(settings)
+    name = load_params(settings.params_file).model_name
+    root = settings.work_dir / "models" / name
+    return retrain(settings, ws=Workspace(root / "splits", root))
 
 
 def retrain(

@@ -20,7 +20,14 @@ from edgeloop.core.params import Params
 from fleet.shared.runtime import open_session, predict, session_latency
 from flows.compress import VARIANTS, describe, export_onnx, quantise, quantise_static
 from flows.datacheck import check_splits
-from flows.datasets import load_dataset, read_splits, split_dataset, write_splits, xy
+from flows.datasets import (
+    DatasetSchema,
+    load_dataset,
+    read_splits,
+    split_dataset,
+    write_splits,
+    xy,
+)
 from flows.field_data import merge_field, read_field_rows
 from flows.hardware import write_golden
 from flows.model_contract import read_file_spec
@@ -57,18 +64,21 @@ def validate(params: Params, ws: Workspace) -> dict[str, Any]:
     return report
 
 
-def _model(
-    params: Params, n_features: int, n_classes: int, value_range: tuple[float, float]
-) -> Classifier:
+def _model(params: Params, schema: DatasetSchema) -> Classifier:
     return build_model(
-        params.training.builder, n_features, n_classes, value_range, **params.training.builder_args
+        params.training.builder,
+        schema.n_features,
+        len(schema.classes),
+        schema.value_range,
+        schema.input_shape,
+        **params.training.builder_args,
     )
 
 
 def train_model(params: Params, ws: Workspace) -> list[dict[str, float]]:
     schema, splits = read_splits(ws.splits_dir)
     torch.manual_seed(params.seed)  # the initial weights too, so a re-run trains the same model
-    model = _model(params, schema.n_features, len(schema.classes), schema.value_range)
+    model = _model(params, schema)
     result = train(model, xy(splits["train"]), xy(splits["val"]), params.training, params.seed)
     ws.work_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), ws.model_state)
@@ -78,7 +88,7 @@ def train_model(params: Params, ws: Workspace) -> list[dict[str, float]]:
 
 def load_trained(params: Params, ws: Workspace) -> Classifier:
     schema, _ = read_splits(ws.splits_dir)
-    model = _model(params, schema.n_features, len(schema.classes), schema.value_range)
+    model = _model(params, schema)
     model.load_state_dict(torch.load(ws.model_state, weights_only=True))
     return model.eval()
 
@@ -102,8 +112,9 @@ def compress(params: Params, ws: Workspace) -> dict[str, str]:
             params.training,
             params.seed,
         )
-    except NotPrunable:
-        return paths  # a user's architecture we cannot prune structurally: no pruned variant
+    except NotPrunable as exc:  # a user's architecture we cannot prune structurally
+        skip_variant(ws, "pruned-int8", str(exc))
+        return paths
     with tempfile.TemporaryDirectory() as tmp:
         pruned_fp32 = Path(tmp) / "pruned.onnx"
         export_onnx(pruned, schema, pruned_fp32, params.compress.opset)
@@ -112,6 +123,14 @@ def compress(params: Params, ws: Workspace) -> dict[str, str]:
             quantise_static(pruned_fp32, target, _calibration_rows(params, ws), spec)
         )
     return paths
+
+
+def skip_variant(ws: Workspace, name: str, reason: str) -> None:
+    """Record that variant ``name`` was not built, and why (the evaluation and card say so)."""
+    ws.variants_dir.mkdir(parents=True, exist_ok=True)
+    skipped = json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
+    skipped[name] = reason
+    ws.skipped_variants.write_text(json.dumps(skipped, indent=2))
 
 
 def _calibration_rows(params: Params, ws: Workspace) -> np.ndarray:
@@ -166,9 +185,11 @@ def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
         split: float((predict(fp32, x).argmax(axis=1) == y).mean())
         for split, (x, y) in ((s, xy(splits[s])) for s in ("train", "val", "test"))
     }
+    skipped = json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
     evaluation = {
         "split_accuracy": split_accuracy,
         "variants": records,
+        "skipped": skipped,
         "chosen": choose_variant(records, params.compress.max_accuracy_drop),
         "max_accuracy_drop": params.compress.max_accuracy_drop,
     }

@@ -32,6 +32,11 @@ class Workspace:
         return self.variants_dir / "fp32.onnx"
 
     @property
+    def skipped_variants(self) -> Path:
+        """Why a variant was not built (JSON: name → reason), beside the variants."""
+        return self.variants_dir / "skipped.json"
+
+    @property
     def imported(self) -> Path:
         """A model trained elsewhere as the loop takes it (dynamic batch, contract stored)."""
         return self.work_dir / "imported.onnx"

@@ -21,6 +21,7 @@ LONGEST_FIRST = (
     "integration/test_promote_rollout.py",
     "integration/test_production_profile.py",
     "integration/test_serve.py",
+    "integration/test_examples.py",
     "integration/test_user_models.py",
     "integration/test_webhook_promotion.py",
     "integration/test_bad_input.py",

@@ -89,17 +89,29 @@ def _preflight(settings: Settings) -> threading.Thread:
 
 
 @app.command()
-def run() -> None:
+def run(
+    params: Annotated[
+        Path | None,
+        typer.Option(
+            "--params",
+            help="Another parameters file (e.g. examples/digits-cnn/params.yaml); its model "
+            "gets a work folder of its own, so the project's own model is left as it is.",
+        ),
+    ] = None,
+) -> None:
     """Run the offline loop once: data checks, train, compress, hardware check, register."""
 
     def go() -> None:
-        settings = Settings()
+        settings = Settings() if params is None else Settings(params_file=params)
         prepare(settings)
         api = _preflight(settings)
         from flows.retrain import retrain_flow
 
         api.join()
-        _exit_on_failed_gates(_run_flow(settings, lambda: retrain_flow(settings=settings)))
+        own = params is not None
+        _exit_on_failed_gates(
+            _run_flow(settings, lambda: retrain_flow(settings=settings, own_workspace=own))
+        )
 
     guard(go)
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from servers import ADMIN_HEADERS
+from servers import ADMIN, ADMIN_HEADERS
 
 from fleet.controller.storage import db, store
 from fleet.shared.signature import file_sha256, signed_message
@@ -53,3 +54,79 @@ def target_all(db_url: str, device_ids: list[str], version: str, model: str = "d
             session.commit()
     finally:
         engine.dispose()
+
+
+# A canary policy small enough for a test: two stages, 40 inferences and 20 labels per arm.
+CANARY_POLICY = {
+    "cohorts": {"host-cpu": {"p95_latency_ms": 200}},
+    "stages": [
+        {
+            "fraction": f,
+            "bake_s": 1.0,
+            "deadline_s": 40,
+            "min_confirmed_fraction": 0.8,
+            "min_inferences": 40,
+            "min_feedback": 20,
+        }
+        for f in (0.5, 1.0)
+    ],
+    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.1, "alpha": 0.05, "min_samples": 20}},
+    "rollback_timeout_s": 30,
+}
+
+
+def roll_out_on_simulated_devices(
+    base: str,
+    db_url: str,
+    key: Ed25519PrivateKey,
+    model: str,
+    stable: Path,
+    canary: Path,
+    field_x: np.ndarray,
+    field_y: np.ndarray,
+    devices: int = 6,
+) -> None:
+    """``stable`` as version 1 on simulated host-cpu devices that score ``field_x`` (labelled by
+    ``field_y``), then ``canary`` as version 2 by a staged rollout, which must succeed and leave
+    every device on version 2."""
+    from fleet.simulate import Simulation
+
+    http = httpx.Client(base_url=base, timeout=30)
+    register(http, key, "1", "host-cpu", stable, model=model)
+    register(http, key, "2", "host-cpu", canary, model=model)
+    repeat = max(1, 600 // len(field_x))
+    sim = Simulation(
+        base,
+        ADMIN,
+        devices=devices,
+        classes={"host-cpu": 1.0},
+        field_x=np.tile(field_x, (repeat, 1)),
+        field_y=np.tile(field_y, repeat),
+        feedback_rate=0.5,
+        report_interval_s=0.25,
+        rows_per_report=30,
+        seed=3,
+    )
+    try:
+        result = sim.result
+        sim.run_sync(until=lambda: all(d.enrolled for d in result.devices.values()), timeout_s=20)
+        target_all(db_url, list(result.devices), "1", model=model)
+        sim.run_sync(until=lambda: result.versions() == {"1": devices}, timeout_s=20)
+        assert result.versions() == {"1": devices}
+        body = {"model": model, "version": "2", "stable_version": "1", "policy": CANARY_POLICY}
+        r = http.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS)
+        assert r.status_code == 201, r.text
+        rollout = str(r.json()["rollout_id"])
+        assert http.post(f"/v1/rollouts/{rollout}/start", headers=ADMIN_HEADERS).status_code == 200
+
+        def phase() -> str:
+            return str(http.get(f"/v1/rollouts/{rollout}", headers=ADMIN_HEADERS).json()["phase"])
+
+        sim.run_sync(until=lambda: phase() in {"succeeded", "rolled_back", "failed"}, timeout_s=90)
+        detail = http.get(f"/v1/rollouts/{rollout}", headers=ADMIN_HEADERS).json()
+        assert detail["phase"] == "succeeded", detail
+        sim.run_sync(until=lambda: result.versions() == {"2": devices}, timeout_s=20)
+        assert result.versions() == {"2": devices}
+    finally:
+        sim.close()
+        http.close()

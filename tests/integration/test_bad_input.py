@@ -135,3 +135,51 @@ def test_failed_data_checks_register_nothing_and_mark_the_run(project: Project) 
     runs = project.client().search_runs(project.client().search_experiments()[0].experiment_id)
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["edgeloop.data_check"] == "failed"
+
+
+RAGGED_LOADER = """
+import numpy as np
+from flows.datasets import Dataset, sklearn_digits
+
+
+def ragged():
+    digits = sklearn_digits()
+    rows = np.empty(len(digits.features), dtype=object)
+    rows[:] = [row[: 64 - i % 2] for i, row in enumerate(digits.features)]
+    return Dataset(digits.schema, rows, digits.labels)
+"""
+
+
+def test_a_loader_returning_ragged_rows(project: Project) -> None:
+    (project.root / "my_loaders.py").write_text(RAGGED_LOADER)
+    project.set_params(data={"loader": "my_loaders:ragged"})
+    assert_one_line_failure(project.edgeloop("run"), "dataset loader 'my_loaders:ragged'", "ragged")
+    assert project.version_count() == 0
+
+
+def test_register_with_a_contract_that_contradicts_the_graph(project: Project) -> None:
+    model = classifier(project.root / "model.onnx")
+    contract = project.root / "contract.yaml"
+    contract.write_text("inputs:\n  pixels: {layout: NCHW}\n")
+    args = ["register", str(model), "--name", "x", "--dataset", "sklearn-digits"]
+    assert_one_line_failure(
+        project.edgeloop(*args, "--contract", str(contract)),
+        "the contract names 'pixels', which is not an input or output of the graph",
+        "inputs features; outputs probabilities",
+    )
+    contract.write_text("inputs:\n  features: {layout: NHWC, value_range: [0, 16]}\n")
+    assert_one_line_failure(
+        project.edgeloop(*args, "--contract", str(contract)),
+        "input 'features': layout NHWC needs a [C, H, W]-like shape",
+    )
+    assert project.version_count() == 0
+
+
+def test_register_with_class_names_beside_the_model_that_do_not_fit(project: Project) -> None:
+    model = classifier(project.root / "model.onnx")
+    (project.root / "model.yaml").write_text("class_names: [cat, dog]\n")
+    assert_one_line_failure(
+        project.edgeloop("register", str(model), "--name", "x", "--dataset", "sklearn-digits"),
+        "2 class names but output 'probabilities' has 10 values per sample",
+    )
+    assert project.version_count() == 0

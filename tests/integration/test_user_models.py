@@ -12,13 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleet_builders import register as register_signed
-from fleet_builders import target_all
-from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
+from fleet_builders import roll_out_on_simulated_devices
+from servers import uvicorn_controller, write_public_key
 from training_params import FAST_PARAMS
 
 from flows.datasets import read_splits, xy
@@ -27,24 +24,6 @@ pytestmark = pytest.mark.integration
 
 Project = Any  # tests/integration/conftest.py: Project
 MODEL = "digits-cnn"
-POLICY = {
-    "cohorts": {"host-cpu": {"p95_latency_ms": 200}},
-    "stages": [
-        {
-            "fraction": f,
-            "bake_s": 1.0,
-            "deadline_s": 40,
-            "min_confirmed_fraction": 0.8,
-            "min_inferences": 40,
-            "min_feedback": 20,
-        }
-        for f in (0.5, 1.0)
-    ],
-    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.1, "alpha": 0.05, "min_samples": 20}},
-    "rollback_timeout_s": 30,
-}
-
-
 # A user's own training script: a two-convolution CNN on the digits as 1x8x8 images, exported
 # the way its author would (input ``input``, output ``logits``, a dynamic batch). It runs in its
 # own process, as a user's script does.
@@ -154,58 +133,13 @@ def test_a_torch_cnn_registers_passes_the_profiles_and_rolls_out(
     server = tmp_path / "controller"
     server.mkdir()
     with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
-        _roll_out(base, db_url, key, work / "variants", field_x, field_y)
-
-
-def _roll_out(
-    base: str,
-    db_url: str,
-    key: Ed25519PrivateKey,
-    variants: Path,
-    field_x: np.ndarray,
-    field_y: np.ndarray,
-) -> None:
-    """int8-static as version 1 on six simulated devices, then fp32 as version 2 by a rollout."""
-    from fleet.simulate import Simulation
-
-    http = httpx.Client(base_url=base, timeout=30)
-    register_signed(http, key, "1", "host-cpu", variants / "int8-static.onnx", model=MODEL)
-    register_signed(http, key, "2", "host-cpu", variants / "fp32.onnx", model=MODEL)
-    sim = Simulation(
-        base,
-        ADMIN,
-        devices=6,
-        classes={"host-cpu": 1.0},
-        field_x=np.tile(field_x, (3, 1)),
-        field_y=np.tile(field_y, 3),
-        feedback_rate=0.5,
-        report_interval_s=0.25,
-        rows_per_report=30,
-        seed=3,
-    )
-    try:
-        result = sim.result
-        sim.run_sync(until=lambda: all(d.enrolled for d in result.devices.values()), timeout_s=20)
-        target_all(db_url, list(result.devices), "1", model=MODEL)
-        sim.run_sync(until=lambda: result.versions() == {"1": 6}, timeout_s=20)
-        assert result.versions() == {"1": 6}
-        r = http.post(
-            "/v1/rollouts",
-            json={"model": MODEL, "version": "2", "stable_version": "1", "policy": POLICY},
-            headers=ADMIN_HEADERS,
+        roll_out_on_simulated_devices(
+            base,
+            db_url,
+            key,
+            MODEL,
+            work / "variants" / "int8-static.onnx",
+            work / "variants" / "fp32.onnx",
+            field_x,
+            field_y,
         )
-        assert r.status_code == 201, r.text
-        rollout = str(r.json()["rollout_id"])
-        assert http.post(f"/v1/rollouts/{rollout}/start", headers=ADMIN_HEADERS).status_code == 200
-
-        def phase() -> str:
-            return str(http.get(f"/v1/rollouts/{rollout}", headers=ADMIN_HEADERS).json()["phase"])
-
-        sim.run_sync(until=lambda: phase() in {"succeeded", "rolled_back", "failed"}, timeout_s=90)
-        detail = http.get(f"/v1/rollouts/{rollout}", headers=ADMIN_HEADERS).json()
-        assert detail["phase"] == "succeeded", detail
-        sim.run_sync(until=lambda: result.versions() == {"2": 6}, timeout_s=20)
-        assert result.versions() == {"2": 6}
-    finally:
-        sim.close()
-        http.close()

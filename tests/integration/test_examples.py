@@ -1,0 +1,70 @@
+"""The built-in example workloads as a user runs them: `edgeloop run --params
+examples/<name>/params.yaml` to a `candidate` (data checks, training, compression, hardware
+profiles, registration), then a simulated canary rollout of two of its variants."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleet_builders import roll_out_on_simulated_devices
+from servers import uvicorn_controller, write_public_key
+
+from flows.datasets import read_splits, xy
+
+pytestmark = pytest.mark.integration
+
+Project = Any  # tests/integration/conftest.py: Project
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_example(project: Project, name: str) -> Path:
+    """`edgeloop run --params examples/NAME/params.yaml` in ``project``; its work folder."""
+    target = project.root / "examples" / name
+    shutil.copytree(REPO / "examples" / name, target)
+    result = project.edgeloop("run", "--params", f"examples/{name}/params.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return (
+        project.home
+        / "work"
+        / "models"
+        / json.loads((project.home / "last-run.json").read_text())["model"]
+    )
+
+
+def test_the_image_cnn_example_reaches_candidate_with_a_channel_pruned_variant_and_rolls_out(
+    project: Project, tmp_path: Path
+) -> None:
+    work = run_example(project, "digits-cnn")
+    summary = json.loads((project.home / "last-run.json").read_text())
+    assert summary["model"] == "digits-cnn" and summary["aliases"] == ["candidate"]
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert set(variants) == {"fp32", "int8-dynamic", "int8-static", "pruned-int8"}
+    assert variants["pruned-int8"]["size_bytes"] < 0.5 * variants["fp32"]["size_bytes"]
+    card = json.loads((project.root / "model-cards" / "digits-cnn" / "v1.json").read_text())
+    (image,) = card["contract"]["inputs"]
+    assert (image["name"], image["dtype"], image["shape"]) == ("image", "uint8", [1, 8, 8])
+    assert "inside the graph" in card["contract"]["preprocessing"]
+    # The project's own model and its data are left alone.
+    assert not (project.root / "data" / "splits").exists()
+    _, splits = read_splits(work / "splits")
+    field_x, field_y = xy(splits["field"])
+    assert field_x.max() == 240  # raw bytes, scaled by the graph
+    key = Ed25519PrivateKey.generate()
+    server = tmp_path / "controller"
+    server.mkdir()
+    with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
+        roll_out_on_simulated_devices(
+            base,
+            db_url,
+            key,
+            "digits-cnn",
+            work / "variants" / "fp32.onnx",
+            work / "variants" / f"{summary['chosen_variant']}.onnx",
+            field_x,
+            field_y,
+        )
