@@ -59,7 +59,7 @@ def main() -> None:
 
     outcome["hardware"] = timed("hardware", hardware)
     outcome["chosen"] = chosen
-    outcome["test_accuracy"] = evaluation["split_accuracy"]["test"]
+    outcome["test_accuracy"] = evaluation[f"split_{evaluation['metric']}"]["test"]
     seconds["total_in_process"] = time.perf_counter() - STARTED
     print(json.dumps({"seconds": seconds, **outcome}))
 

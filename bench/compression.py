@@ -56,12 +56,14 @@ from rich.table import Table
 
 from edgeloop.core.params import load_params
 from edgeloop.core.settings import Settings
+from fleet.shared.modelspec import read_spec
 from fleet.shared.profile import load_profile
 from fleet.shared.runtime import LatencyStats, open_session, predict, time_batch1
 from flows import stages
 from flows.compress import VARIANTS
 from flows.datasets import read_splits, xy
-from flows.models import Probabilities
+from flows.models import Probabilities, Values
+from flows.quality import metric_for
 from flows.validation import LocalRunner, candidates, choose
 from flows.workspace import Workspace
 
@@ -75,7 +77,9 @@ TARGETS = {
     "p50_ratio_vs_fp32": 0.65,  # int8-static p50 / fp32 ONNX p50
     "p50_ratio_vs_torch": 0.25,  # int8-static p50 / torch eager p50
 }
+REGRESSION_TARGETS = {"mae_increase_pct": 2.0}  # int8-static test MAE within 2% of fp32
 TARGET_LABELS = {
+    "mae_increase_pct": "MAE increase vs fp32 ONNX (%)",
     "size_ratio_vs_fp32": "size vs fp32 ONNX",
     "accuracy_drop_points": "accuracy drop vs fp32 ONNX (points)",
     "p50_ratio_vs_fp32": "p50 vs fp32 ONNX",
@@ -83,9 +87,25 @@ TARGET_LABELS = {
 }
 
 
-def run_stages(params_file: Path, ws: Workspace) -> tuple[Any, dict[str, float]]:
+def loader_args(pairs: list[str]) -> dict[str, int]:
+    """``KEY=INT`` pairs as a mapping."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        out[key] = int(value)
+    return out
+
+
+def run_stages(
+    params_file: Path, ws: Workspace, overrides: dict[str, int] | None = None
+) -> tuple[Any, dict[str, float]]:
     """Run ingest to evaluate into ``ws``; return the params and each stage's seconds."""
     params = load_params(params_file)
+    if overrides:
+        data = params.data.model_copy(
+            update={"loader_args": {**params.data.loader_args, **overrides}}
+        )
+        params = params.model_copy(update={"data": data})
     seconds: dict[str, float] = {}
     steps: list[tuple[str, Callable[[], object]]] = [
         ("ingest", lambda: stages.ingest(params, ws)),
@@ -118,27 +138,34 @@ def measure(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], int]:
     """Size, accuracy and batch-1 latency of each model, plus the ``session.run`` floor."""
     torch.set_num_threads(1)
-    _, splits = read_splits(ws.splits_dir)
+    schema, splits = read_splits(ws.splits_dir)
+    metric = metric_for(schema.task)
     x_test, y_test = xy(splits["test"])
     x_test = np.ascontiguousarray(x_test, dtype=np.float32)
 
-    model = Probabilities(stages.load_trained(params, ws)).eval()
+    trained = stages.load_trained(params, ws)
+    model = (Values(trained) if schema.task == "regression" else Probabilities(trained)).eval()
     with torch.inference_mode():
-        eager_pred = model(torch.from_numpy(x_test)).argmax(dim=1).numpy()
+        eager_scores = model(torch.from_numpy(x_test)).numpy()
     paths = {"torch-eager": ws.model_state}
-    accuracy = {"torch-eager": float((eager_pred == y_test).mean())}
+    quality = {"torch-eager": metric.of(eager_scores, y_test)}
     calls: dict[str, Callable[[np.ndarray], object]] = {
         "torch-eager": lambda row: model(torch.from_numpy(row))
     }
-    onnx_paths = {name: ws.variants_dir / f"{name}.onnx" for name in VARIANTS}
-    onnx_paths[FLOOR] = identity_model(ws.work_dir / "identity.onnx", x_test.shape[1])
-    for name, path in onnx_paths.items():
+    for name in VARIANTS:
+        path = ws.variants_dir / f"{name}.onnx"
+        if not path.is_file():
+            continue
         session = open_session(str(path), threads=1)
-        input_name = session.get_inputs()[0].name
-        calls[name] = lambda row, s=session, n=input_name: s.run(None, {n: row})
+        spec = read_spec(session)
+        wanted = [spec.scored.name]
+        # Each row is fed by the model's contract (reshaped to an image, cast to uint8, ...).
+        calls[name] = lambda row, s=session, c=spec, w=wanted: s.run(w, c.feed(row))
         paths[name] = path
-        if name != FLOOR:
-            accuracy[name] = float((predict(session, x_test).argmax(axis=1) == y_test).mean())
+        quality[name] = metric.of(predict(session, x_test, spec), y_test)
+    floor = open_session(str(identity_model(ws.work_dir / "identity.onnx", x_test.shape[1])))
+    calls[FLOOR] = lambda row: floor.run(None, {"x": row})
+    paths[FLOOR] = ws.work_dir / "identity.onnx"
 
     per_round: dict[str, list[LatencyStats]] = {name: [] for name in calls}
     with torch.inference_mode():
@@ -146,17 +173,21 @@ def measure(
             for name, call in calls.items():
                 stats = time_batch1(call, x_test, warmup=warmup // rounds, runs=runs // rounds)
                 per_round[name].append(stats)
-    records = {name: _record(paths[name], accuracy.get(name), per_round[name]) for name in calls}
+    records = {
+        name: _record(paths[name], metric.key, quality.get(name), per_round[name]) for name in calls
+    }
     floor = records.pop(FLOOR)
     return records, floor, len(x_test)
 
 
-def _record(path: Path, accuracy: float | None, rounds: list[LatencyStats]) -> dict[str, Any]:
+def _record(
+    path: Path, key: str, quality: float | None, rounds: list[LatencyStats]
+) -> dict[str, Any]:
     p50s = [r.p50_ms for r in rounds]
     return {
         "path": path.name,
         "size_bytes": path.stat().st_size,
-        "accuracy": accuracy,
+        key: quality,
         "p50_ms": float(np.median(p50s)),
         "p95_ms": float(np.median([r.p95_ms for r in rounds])),
         "p99_ms": float(np.median([r.p99_ms for r in rounds])),
@@ -172,7 +203,10 @@ def add_ratios(results: dict[str, dict[str, Any]], floor_ms: float) -> None:
     fp32, eager = results["fp32"], results["torch-eager"]
     for record in results.values():
         record["size_ratio_vs_fp32"] = record["size_bytes"] / fp32["size_bytes"]
-        record["accuracy_drop_points"] = (fp32["accuracy"] - record["accuracy"]) * 100
+        if "mae" in record:
+            record["mae_increase_pct"] = (record["mae"] - fp32["mae"]) / fp32["mae"] * 100
+        else:
+            record["accuracy_drop_points"] = (fp32["accuracy"] - record["accuracy"]) * 100
         record["p50_ratio_vs_fp32"] = record["p50_ms"] / fp32["p50_ms"]
         record["p50_ratio_vs_torch"] = record["p50_ms"] / eager["p50_ms"]
         # Informational: the ratio once the fixed cost of a session.run call is taken off both.
@@ -182,6 +216,7 @@ def add_ratios(results: dict[str, dict[str, Any]], floor_ms: float) -> None:
 
 
 def check_targets(record: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = REGRESSION_TARGETS if "mae" in record else TARGETS
     return [
         {
             "target": key,
@@ -191,7 +226,7 @@ def check_targets(record: dict[str, Any]) -> list[dict[str, Any]]:
             "limit": limit,
             "passed": bool(record[key] <= limit),
         }
-        for key, limit in TARGETS.items()
+        for key, limit in targets.items()
     ]
 
 
@@ -200,24 +235,25 @@ def results_table(results: dict[str, dict[str, Any]], floor: dict[str, Any], tit
     table.add_column("model", no_wrap=True)
     for column in (
         "KB",
-        "acc",
+        "acc/MAE",
         "p50 ms",
         "p95 ms",
         "size/fp32",
-        "drop pt",
+        "loss",
         "p50/fp32",
         "p50/torch",
     ):
         table.add_column(column, justify="right", no_wrap=True)
     for name, r in results.items():
+        regression = "mae" in r
         table.add_row(
             name,
             f"{r['size_bytes'] / 1024:.1f}",
-            f"{r['accuracy']:.4f}",
+            f"{r['mae']:.3f}" if regression else f"{r['accuracy']:.4f}",
             f"{r['p50_ms']:.4f}",
             f"{r['p95_ms']:.4f}",
             f"{r['size_ratio_vs_fp32']:.3f}",
-            f"{r['accuracy_drop_points']:+.2f}",
+            f"{r['mae_increase_pct']:+.2f}%" if regression else f"{r['accuracy_drop_points']:+.2f}",
             f"{r['p50_ratio_vs_fp32']:.3f}",
             f"{r['p50_ratio_vs_torch']:.3f}",
         )
@@ -269,7 +305,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="untimed calls per model")
     parser.add_argument("--runs", type=int, default=2000, help="timed calls per model")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model")
-    parser.add_argument("--params", type=Path, default=None, help="params.yaml to use")
+    parser.add_argument(
+        "--params", type=Path, default=None, help="params.yaml to use (or an example's)"
+    )
+    parser.add_argument(
+        "--loader-arg",
+        action="append",
+        default=[],
+        metavar="KEY=INT",
+        help="override one of data.loader_args (e.g. upsample=4 for 32x32 digit images)",
+    )
     parser.add_argument("--out", type=Path, default=Path(".edgeloop/bench") / f"{NAME}.json")
     args = parser.parse_args()
     if args.rounds < 1 or args.runs < args.rounds:
@@ -286,13 +331,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-compression-") as tmp:
         ws = Workspace(Path(tmp) / "splits", Path(tmp) / "work")
         with console.status("running ingest, validate, train, compress, evaluate…"):
-            params, stage_seconds = run_stages(params_file, ws)
+            params, stage_seconds = run_stages(params_file, ws, loader_args(args.loader_arg))
         with console.status(f"timing {len(VARIANTS) + 2} models, {warmup} + {runs} calls each…"):
             timing_start = time.perf_counter()
             results, floor, n_test = measure(params, ws, warmup, runs, args.rounds)
             timing_seconds = time.perf_counter() - timing_start
-        with console.status("compression search: the variant validation picks for edge-small…"):
-            search = edge_small_search(ws, results)
+        search = None
+        if "accuracy" in results["fp32"]:
+            with console.status("compression search: the variant validation picks for edge-small…"):
+                search = edge_small_search(ws, results)
     load_after = os.getloadavg()
     add_ratios(results, floor["p50_ms"])
     checks = check_targets(results[TARGET])
@@ -305,10 +352,12 @@ def main() -> None:
     console.print(targets_table(checks))
     missed = [c["label"] for c in checks if not c["passed"]]
     static = results[TARGET]
-    console.print(targets_table(search["targets"], "compression search for edge-small"))
-    console.print(
-        f"edge-small takes {search['variant']} (attempts: {search['attempts']})", highlight=False
-    )
+    if search is not None:
+        console.print(targets_table(search["targets"], "compression search for edge-small"))
+        console.print(
+            f"edge-small takes {search['variant']} (attempts: {search['attempts']})",
+            highlight=False,
+        )
     console.print(
         f"{len(checks) - len(missed)}/{len(checks)} targets met"
         + (f"; missed: {', '.join(missed)}" if missed else "")
@@ -336,6 +385,7 @@ def main() -> None:
         "targets": checks,
         "all_passed": not missed,
         "edge_small_search": search,
+        "loader_args": loader_args(args.loader_arg),
         "machine": machine_info() | {"loadavg_before": load_before, "loadavg_after": load_after},
     }
     write_report(console, args.out, report)

@@ -25,11 +25,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from fleet.shared.modelspec import ModelSpec
+from fleet.shared.modelspec import ModelSpec, Task
 from fleet.shared.signature import file_sha256
 from flows.datasets import DatasetSchema
 from flows.model_contract import ContractOverrides, derive_spec, write_spec
-from flows.models import Classifier, Probabilities
+from flows.models import Classifier, Probabilities, Values
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
@@ -51,11 +51,12 @@ def describe(name: str, path: Path) -> Variant:
 
 
 def export_onnx(model: Classifier, schema: DatasetSchema, path: Path, opset: int) -> ModelSpec:
-    """Export raw features → class probabilities, with a dynamic batch dimension, as one file with
-    its contract stored in it; returns the contract."""
-
+    """Export raw input → class probabilities (a regressor: predicted values in the target's
+    units), with a dynamic batch dimension, as one file with its contract stored in it; returns
+    the contract."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = Probabilities(model).eval()
+    regression = schema.task == "regression"
+    wrapper = (Values(model) if regression else Probabilities(model)).eval()
     batch = torch.export.Dim("batch", min=1)
     # The exporter reports its progress with print() and INFO logs; keep the CLI's display clean.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -64,7 +65,7 @@ def export_onnx(model: Classifier, schema: DatasetSchema, path: Path, opset: int
         wrapper,
         (torch.zeros(2, *schema.sample_shape, dtype=dtype),),
         input_names=["image" if schema.input_shape else INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=["prediction" if regression else OUTPUT_NAME],
         opset_version=opset,
         dynamic_shapes=({0: batch},),
         dynamo=True,
@@ -74,8 +75,9 @@ def export_onnx(model: Classifier, schema: DatasetSchema, path: Path, opset: int
     program.save(str(path), external_data=False)
     low, high = schema.value_range
     overrides = ContractOverrides(
+        task=Task.REGRESSION if regression else Task.CLASSIFICATION,
         preprocessing=f"{schema.input_dtype} input, scaled from [{low:g}, {high:g}] to [0, 1] "
-        "inside the graph"
+        "inside the graph",
     )
     spec = derive_spec(onnx.load(str(path)), schema, overrides)
     write_spec(path, spec)

@@ -22,6 +22,7 @@ from edgeloop.core.params import DataParams
 from flows.datasets import LABEL, DatasetSchema
 
 EXAMPLES = 5
+MIN_REGRESSION_ROWS = 10
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,34 @@ def row_hashes(frame: pd.DataFrame, feature_names: tuple[str, ...]) -> pd.Series
     )
 
 
+def _balance(name: str, table: pd.DataFrame, schema: DatasetSchema, params: DataParams) -> _View:
+    """Each class's share of the split against a uniform share, within the configured limits."""
+    import great_expectations.expectations as gxe
+
+    uniform = 1.0 / len(schema.classes)
+    counts = table[LABEL].value_counts().reindex(list(schema.classes), fill_value=0)
+    balance = pd.DataFrame(
+        {
+            "class": counts.index,
+            "count": counts.values,
+            "share_of_uniform": counts.values / max(len(table), 1) / uniform,
+        }
+    )
+    return _View(
+        name,
+        "balance",
+        balance,
+        [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="share_of_uniform",
+                min_value=params.min_class_share,
+                max_value=params.max_class_share,
+            )
+        ],
+        ["class", "count"],
+    )
+
+
 def _views(
     schema: DatasetSchema, splits: dict[str, pd.DataFrame], params: DataParams
 ) -> list[_View]:
@@ -55,10 +84,25 @@ def _views(
         else None
         for name, frame in splits.items()
     }
-    uniform = 1.0 / len(schema.classes)
+    regression = schema.task == "regression"
     views: list[_View] = []
     for name, frame in splits.items():
         table = frame.reset_index(drop=True).rename_axis("row").reset_index()
+        if regression:
+            assert schema.target_range is not None
+            target: list[Any] = [
+                gxe.ExpectTableRowCountToBeBetween(min_value=MIN_REGRESSION_ROWS),
+                gxe.ExpectColumnValuesToNotBeNull(column=LABEL),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=LABEL, min_value=schema.target_range[0], max_value=schema.target_range[1]
+                ),
+            ]
+        else:
+            target = [
+                gxe.ExpectTableRowCountToBeBetween(min_value=len(schema.classes)),
+                gxe.ExpectColumnValuesToNotBeNull(column=LABEL),
+                gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=list(schema.classes)),
+            ]
         views.append(
             _View(
                 name,
@@ -66,9 +110,7 @@ def _views(
                 table,
                 [
                     gxe.ExpectTableColumnsToMatchOrderedList(column_list=["row", *features, LABEL]),
-                    gxe.ExpectTableRowCountToBeBetween(min_value=len(schema.classes)),
-                    gxe.ExpectColumnValuesToNotBeNull(column=LABEL),
-                    gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=list(schema.classes)),
+                    *target,
                 ],
                 ["row"],
             )
@@ -91,29 +133,8 @@ def _views(
                 ["row", "feature"],
             )
         )
-        counts = table[LABEL].value_counts().reindex(list(schema.classes), fill_value=0)
-        balance = pd.DataFrame(
-            {
-                "class": counts.index,
-                "count": counts.values,
-                "share_of_uniform": counts.values / max(len(table), 1) / uniform,
-            }
-        )
-        views.append(
-            _View(
-                name,
-                "balance",
-                balance,
-                [
-                    gxe.ExpectColumnValuesToBeBetween(
-                        column="share_of_uniform",
-                        min_value=params.min_class_share,
-                        max_value=params.max_class_share,
-                    )
-                ],
-                ["class", "count"],
-            )
-        )
+        if not regression:
+            views.append(_balance(name, table, schema, params))
         own = hashes[name]
         others = {h for other, s in hashes.items() if other != name and s is not None for h in s}
         if own is not None:

@@ -36,6 +36,10 @@ class DatasetSchema:
     None: a flat vector of the features. A row holds the sample's values in C order."""
     input_dtype: str = "float32"
     """What the model's input takes: ``float32``, or ``uint8`` for raw image bytes."""
+    task: str = "classification"
+    """``classification`` (labels are ``classes``) or ``regression`` (a continuous target)."""
+    target_range: tuple[float, float] | None = None
+    """A regression target's plausible range, which the data checks enforce."""
 
     @property
     def n_features(self) -> int:
@@ -62,6 +66,12 @@ class DatasetSchema:
             if raw.get("input_shape")
             else None,
             input_dtype=str(raw.get("input_dtype", "float32")),
+            task=str(raw.get("task", "classification")),
+            target_range=(
+                (float(raw["target_range"][0]), float(raw["target_range"][1]))
+                if raw.get("target_range")
+                else None
+            ),
         )
 
 
@@ -71,7 +81,7 @@ class Dataset:
 
     schema: DatasetSchema
     features: np.ndarray  # float32, shape (n, d)
-    labels: np.ndarray  # int64, shape (n,)
+    labels: np.ndarray  # int64 classes, or float32 regression targets; shape (n,)
 
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.features, columns=list(self.schema.feature_names))
@@ -94,28 +104,59 @@ def sklearn_digits() -> Dataset:
     return Dataset(schema, bunch.data.astype(np.float32), bunch.target.astype(np.int64))
 
 
-def sklearn_digits_images(scale: int = 15) -> Dataset:
-    """The same digits as one-channel 8x8 uint8 images (pixel values times ``scale``, 0-240), as a
-    camera would deliver them; a model takes them as ``[N, 1, 8, 8]`` uint8."""
+def sklearn_digits_images(scale: int = 15, upsample: int = 1) -> Dataset:
+    """The same digits as one-channel uint8 images (pixel values times ``scale``, 0-240), as a
+    camera would deliver them, each pixel repeated ``upsample`` times along both axes (8x8, or
+    16x16 with 2, ...); a model takes them as ``[N, 1, H, W]`` uint8."""
     digits = sklearn_digits()
     if not 1 <= scale <= 15:
         raise PluginError(
             f"sklearn-digits-images: scale {scale} is outside 1-15",
             hint="pixel values are 0-16, and 16 x scale must fit in a byte",
         )
+    if not 1 <= upsample <= 8:
+        raise PluginError(
+            f"sklearn-digits-images: upsample {upsample} is outside 1-8",
+            hint="1 keeps the 8x8 images; 4 makes them 32x32",
+        )
+    side = 8 * upsample
+    images = digits.features.reshape(-1, 8, 8) * scale
+    images = np.kron(images, np.ones((1, upsample, upsample), dtype=np.float32))
     schema = DatasetSchema(
         name="sklearn-digits-images",
-        feature_names=digits.schema.feature_names,
+        feature_names=tuple(f"px_{i}" for i in range(side * side)),
         value_range=(0.0, 255.0),
         classes=digits.schema.classes,
-        description=f"{digits.schema.description} As 1x8x8 uint8 images, pixel values x{scale}.",
-        input_shape=(1, 8, 8),
+        description=f"{digits.schema.description} As 1x{side}x{side} uint8 images, pixel "
+        f"values x{scale}.",
+        input_shape=(1, side, side),
         input_dtype="uint8",
     )
-    return Dataset(schema, digits.features * scale, digits.labels)
+    return Dataset(schema, images.reshape(len(images), -1), digits.labels)
+
+
+def sklearn_diabetes() -> Dataset:
+    """scikit-learn's bundled diabetes data (442 patients, no download): ten baseline variables,
+    mean-centred and scaled, and a measure of disease progression one year later (25-346)."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    schema = DatasetSchema(
+        name="sklearn-diabetes",
+        feature_names=tuple(bunch.feature_names),
+        value_range=(-0.2, 0.2),
+        classes=(),
+        description="Ten baseline variables of 442 diabetes patients (age, sex, BMI, blood "
+        "pressure, six serum measurements), centred and scaled; target: disease progression "
+        "one year later (Efron et al., 2004).",
+        task="regression",
+        target_range=(0.0, 400.0),
+    )
+    return Dataset(schema, bunch.data.astype(np.float32), bunch.target.astype(np.float32))
 
 
 LOADERS: dict[str, Callable[..., Dataset]] = {
+    "sklearn-diabetes": sklearn_diabetes,
     "sklearn-digits": sklearn_digits,
     "sklearn-digits-images": sklearn_digits_images,
 }
@@ -151,6 +192,10 @@ def _shape_problem(dataset: Dataset) -> str:
         return f"its features have shape {list(features.shape)}, not [rows, values]"
     if labels.ndim != 1 or len(labels) != len(features):
         return f"{len(features)} feature rows but labels of shape {list(labels.shape)}"
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        bad = np.flatnonzero(~np.isfinite(labels))
+        rows = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        return f"{len(bad)} target(s) are NaN or infinite (rows {rows})"
     if features.shape[1] != schema.n_features:
         return f"rows of {features.shape[1]} values but {schema.n_features} feature names"
     if schema.input_shape is not None and int(np.prod(schema.input_shape)) != schema.n_features:
@@ -160,6 +205,12 @@ def _shape_problem(dataset: Dataset) -> str:
         )
     if schema.input_dtype not in ("float32", "uint8"):
         return f"input_dtype {schema.input_dtype!r} is not float32 or uint8"
+    if schema.task not in ("classification", "regression"):
+        return f"task {schema.task!r} is not classification or regression"
+    if schema.task == "regression" and (schema.classes or schema.target_range is None):
+        return "a regression dataset has no classes and needs a target_range"
+    if schema.task == "classification" and not schema.classes:
+        return "a classification dataset needs its classes"
     return ""
 
 
@@ -176,8 +227,11 @@ def split_dataset(
     out: dict[str, pd.DataFrame] = {}
     for name in SPLITS[:-1]:
         share = fractions[name] / remaining_share
+        strata = remaining[LABEL]
+        if dataset.schema.task == "regression":  # by target quintile, so every split spans it
+            strata = pd.qcut(remaining[LABEL], q=5, labels=False, duplicates="drop")
         taken, remaining = train_test_split(
-            remaining, train_size=share, random_state=seed, stratify=remaining[LABEL]
+            remaining, train_size=share, random_state=seed, stratify=strata
         )
         out[name] = taken.reset_index(drop=True)
         remaining_share -= fractions[name]
@@ -201,6 +255,8 @@ def read_splits(directory: Path) -> tuple[DatasetSchema, dict[str, pd.DataFrame]
 
 
 def xy(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Features as float32 and labels as int64, in column order."""
+    """Features as float32 and labels as int64 (classes) or float32 (regression targets, stored
+    as floats), in column order."""
     features = frame.drop(columns=[LABEL]).to_numpy(dtype=np.float32, copy=True)
-    return features, frame[LABEL].to_numpy(dtype=np.int64, copy=True)
+    continuous = pd.api.types.is_float_dtype(frame[LABEL])
+    return features, frame[LABEL].to_numpy(dtype=np.float32 if continuous else np.int64, copy=True)

@@ -213,7 +213,7 @@ def derive_spec(
 
     Raises :class:`ModelFileError` naming the input or output that does not fit."""
     overrides = overrides or ContractOverrides()
-    task = overrides.task or Task.CLASSIFICATION
+    task = overrides.task or Task(schema.task)
     inputs = graph_inputs(model)
     unknown = sorted(
         (set(overrides.inputs) - {i.name for i in inputs})

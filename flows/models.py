@@ -64,6 +64,9 @@ class Classifier(nn.Module):
     and flat rows are reshaped to it, so training feeds the rows it has while the exported graph
     takes the image; any integer input (uint8 pixels) is cast to float inside the graph."""
 
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(
         self,
         body: nn.Module,
@@ -76,6 +79,9 @@ class Classifier(nn.Module):
         self.low = float(low)
         self.scale = float(high - low) or 1.0
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
+        # A regressor learns the standardised target; these turn it back (flows.train sets them).
+        self.register_buffer("target_mean", torch.zeros(1))
+        self.register_buffer("target_std", torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_shape is not None and x.dim() == 2:
@@ -92,6 +98,17 @@ class Probabilities(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.classifier(x), dim=-1)
+
+
+class Values(nn.Module):
+    """The exported graph of a regressor: the network's output in the target's units."""
+
+    def __init__(self, regressor: Classifier) -> None:
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regressor(x) * self.regressor.target_std + self.regressor.target_mean
 
 
 def build_model(

@@ -154,8 +154,10 @@ def prune_and_finetune(
     val_xy: tuple[np.ndarray, np.ndarray],
     training: TrainingParams,
     seed: int,
+    task: str = "classification",
 ) -> Classifier:
     pruned = prune_hidden_units(model, keep)
     if epochs:
-        train(pruned, train_xy, val_xy, training.model_copy(update={"epochs": epochs}), seed)
+        finetune = training.model_copy(update={"epochs": epochs})
+        train(pruned, train_xy, val_xy, finetune, seed, task)
     return pruned.eval()

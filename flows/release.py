@@ -19,6 +19,7 @@ from fleet.shared.drift import DriftReference, build_reference
 from flows.datasets import read_splits, xy
 from flows.pareto import pareto_table
 from flows.plots import pareto_chart
+from flows.quality import ACCURACY, metric_of
 from flows.validation import ProfileChoice, report_paths
 from flows.workspace import Workspace
 from registry import tags as tag
@@ -43,23 +44,37 @@ def gates(
     """Every gate a version must pass to become ``candidate``, with measured value and threshold."""
     by_name = {r["name"]: r for r in evaluation["variants"]}
     chosen = by_name[evaluation["chosen"]]
-    test_accuracy = evaluation["split_accuracy"]["test"]
-    drop = by_name["fp32"]["accuracy"] - chosen["accuracy"]
-    result = [
-        ReleaseGateResult("data_checks", True, "passed", "passed"),
-        ReleaseGateResult(
+    metric = metric_of(evaluation)
+    test = evaluation[f"split_{metric.key}"]["test"]
+    loss = metric.loss(by_name["fp32"][metric.key], chosen[metric.key])
+    if metric is ACCURACY:
+        quality = ReleaseGateResult(
             "test_accuracy",
-            test_accuracy >= params.gates.min_test_accuracy,
-            round(test_accuracy, 4),
+            test >= params.gates.min_test_accuracy,
+            round(test, 4),
             params.gates.min_test_accuracy,
-        ),
-        ReleaseGateResult(
+        )
+        compression = ReleaseGateResult(
             "variant_accuracy_drop",
-            drop <= params.compress.max_accuracy_drop,
-            round(drop, 4),
+            loss <= params.compress.max_accuracy_drop,
+            round(loss, 4),
             params.compress.max_accuracy_drop,
-        ),
-    ]
+        )
+    else:
+        limit = params.gates.max_test_mae
+        quality = ReleaseGateResult(
+            "test_mae",
+            limit is not None and test <= limit,
+            round(test, 4),
+            limit if limit is not None else "not set: set gates.max_test_mae",
+        )
+        compression = ReleaseGateResult(
+            "variant_mae_increase",
+            loss <= params.compress.max_mae_increase,
+            round(loss, 4),
+            params.compress.max_mae_increase,
+        )
+    result = [ReleaseGateResult("data_checks", True, "passed", "passed"), quality, compression]
     for profile, choice in hardware.items():
         measured = f"{choice.status}: {choice.reason}"
         result.append(
@@ -70,19 +85,20 @@ def gates(
 
 def log_evaluation(evaluation: dict[str, Any], ws: Workspace) -> None:
     """Metrics per split and variant, the Pareto table and its plot."""
-    for split, value in evaluation["split_accuracy"].items():
-        mlflow.log_metric(f"{split}_accuracy", value)
+    metric = metric_of(evaluation)
+    for split, value in evaluation[f"split_{metric.key}"].items():
+        mlflow.log_metric(f"{split}_{metric.key}", value)
     for r in evaluation["variants"]:
-        for key in ("size_bytes", "accuracy", "p50_ms", "p95_ms"):
+        for key in ("size_bytes", metric.key, "p50_ms", "p95_ms"):
             mlflow.log_metric(f"variant.{r['name']}.{key}", float(r[key]))
     mlflow.log_artifact(str(ws.evaluation), artifact_path="evaluation")
-    pareto = pareto_table(evaluation["variants"])
+    pareto = pareto_table(evaluation["variants"], metric)
     mlflow.log_table(
-        {k: [r[k] for r in pareto] for k in ("name", "size_bytes", "accuracy", "p95_ms", "pareto")},
+        {k: [r[k] for r in pareto] for k in ("name", "size_bytes", metric.key, "p95_ms", "pareto")},
         artifact_file="evaluation/pareto.json",
     )
     mlflow.log_artifact(
-        str(pareto_chart(pareto, ws.work_dir / "pareto.png")), artifact_path="plots"
+        str(pareto_chart(pareto, ws.work_dir / "pareto.png", metric)), artifact_path="plots"
     )
 
 
@@ -147,7 +163,8 @@ def register(
             path=ws.variants_dir / f"{r['name']}.onnx",
             sha256=r["sha256"],
             size_bytes=r["size_bytes"],
-            accuracy=r["accuracy"],
+            accuracy=r.get("accuracy"),
+            mae=r.get("mae"),
             p50_ms=r["p50_ms"],
             p95_ms=r["p95_ms"],
         )
@@ -163,7 +180,8 @@ def register(
             "rows": data_report.get("rows", {}),
             "checks": f"{data_report.get('expectations_evaluated', 0)} expectations passed",
         },
-        "metrics": evaluation["split_accuracy"],
+        "metric": metric_of(evaluation).key,
+        "metrics": evaluation[f"split_{metric_of(evaluation).key}"],
         "compression": {
             name: text.format(
                 opset=params.compress.opset,
@@ -175,7 +193,7 @@ def register(
             if name in {r["name"] for r in evaluation["variants"]}
         }
         | {name: f"not built: {reason}" for name, reason in evaluation.get("skipped", {}).items()},
-        "pareto": pareto_table(evaluation["variants"]),
+        "pareto": pareto_table(evaluation["variants"], metric_of(evaluation)),
         "lineage": {**tags, "params_file": str(settings.params_file)},
     }
     release = Release(

@@ -25,9 +25,10 @@ from flows import release, stages, validation
 from flows.datasets import read_splits, xy
 from flows.model_contract import ContractOverrides
 from flows.onnxfile import check_model_file
-from flows.plots import confusion_matrix, loss_curve
+from flows.plots import confusion_matrix, loss_curve, predicted_vs_true
 from flows.pool import PoolRunner
 from flows.progress import stage
+from flows.quality import metric_of
 from flows.run_summary import RunSummary, VariantSummary
 from flows.validation import ProfileChoice
 from flows.workspace import Workspace
@@ -88,10 +89,18 @@ def train_task(params: Params, ws: Workspace) -> list[dict[str, float]]:
         import torch
 
         with torch.no_grad():
-            pred = model(torch.from_numpy(x_test)).argmax(dim=1).numpy()
-        path = confusion_matrix(y_test, pred, list(schema.classes), ws.work_dir / "confusion.png")
+            out = model(torch.from_numpy(x_test))
+        if schema.task == "regression":
+            values = (out[:, 0] * model.target_std + model.target_mean).numpy()
+            path = predicted_vs_true(y_test, values, ws.work_dir / "predicted-vs-true.png")
+            note.detail = f"{len(history)} epochs, val MAE {history[-1]['val_mae']:.4g}"
+        else:
+            pred = out.argmax(dim=1).numpy()
+            path = confusion_matrix(
+                y_test, pred, list(schema.classes), ws.work_dir / "confusion.png"
+            )
+            note.detail = f"{len(history)} epochs, val accuracy {history[-1]['val_accuracy']:.4f}"
         mlflow.log_artifact(str(path), artifact_path="plots")
-        note.detail = f"{len(history)} epochs, val accuracy {history[-1]['val_accuracy']:.4f}"
     return history
 
 
@@ -237,7 +246,8 @@ def _loop(
             VariantSummary(**r, signature=published.signatures[r["name"]])
             for r in evaluation["variants"]
         ],
-        split_accuracy=evaluation["split_accuracy"],
+        metric=metric_of(evaluation).key,
+        split_metric=evaluation[f"split_{metric_of(evaluation).key}"],
         gates=list(gate_results),
         hardware={p: c.summary() for p, c in hardware.items()},
         model_card={"markdown": str(published.card_markdown), "json": str(published.card_json)},

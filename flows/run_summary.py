@@ -20,7 +20,8 @@ class VariantSummary(BaseModel):
     name: str
     sha256: str
     size_bytes: int
-    accuracy: float
+    accuracy: float | None = None
+    mae: float | None = None
     p50_ms: float
     p95_ms: float
     signature: str
@@ -38,7 +39,9 @@ class RunSummary(BaseModel):
     tracking_uri: str
     chosen_variant: str
     variants: list[VariantSummary]
-    split_accuracy: dict[str, float]
+    metric: str = "accuracy"
+    """``accuracy`` (a classifier) or ``mae`` (a regressor): what ``split_metric`` holds."""
+    split_metric: dict[str, float]
     gates: list[ReleaseGateResult]
     hardware: dict[str, HardwareSummary]
     model_card: dict[str, str]

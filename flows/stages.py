@@ -33,6 +33,7 @@ from flows.hardware import write_golden
 from flows.model_contract import read_file_spec
 from flows.models import Classifier, build_model
 from flows.prune import NotPrunable, prune_and_finetune
+from flows.quality import ACCURACY, QualityMetric, metric_for
 from flows.train import train
 from flows.workspace import Workspace
 
@@ -68,7 +69,7 @@ def _model(params: Params, schema: DatasetSchema) -> Classifier:
     return build_model(
         params.training.builder,
         schema.n_features,
-        len(schema.classes),
+        len(schema.classes) if schema.task == "classification" else 1,
         schema.value_range,
         schema.input_shape,
         **params.training.builder_args,
@@ -79,7 +80,9 @@ def train_model(params: Params, ws: Workspace) -> list[dict[str, float]]:
     schema, splits = read_splits(ws.splits_dir)
     torch.manual_seed(params.seed)  # the initial weights too, so a re-run trains the same model
     model = _model(params, schema)
-    result = train(model, xy(splits["train"]), xy(splits["val"]), params.training, params.seed)
+    result = train(
+        model, xy(splits["train"]), xy(splits["val"]), params.training, params.seed, schema.task
+    )
     ws.work_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), ws.model_state)
     ws.history.write_text(json.dumps(result.history, indent=2))
@@ -111,6 +114,7 @@ def compress(params: Params, ws: Workspace) -> dict[str, str]:
             xy(splits["val"]),
             params.training,
             params.seed,
+            schema.task,
         )
     except NotPrunable as exc:  # a user's architecture we cannot prune structurally
         skip_variant(ws, "pruned-int8", str(exc))
@@ -148,18 +152,33 @@ def quantise_variants(params: Params, ws: Workspace) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
-def choose_variant(records: list[dict[str, Any]], max_drop: float) -> str:
-    """The smallest variant within ``max_drop`` test accuracy of fp32, then the fastest."""
+def choose_variant(
+    records: list[dict[str, Any]], max_loss: float, metric: QualityMetric = ACCURACY
+) -> str:
+    """The smallest variant within ``max_loss`` of fp32 on ``metric`` (accuracy points, or the
+    relative MAE increase), then the fastest."""
     fp32 = next((r for r in records if r["name"] == "fp32"), None)
     if fp32 is None:
-        raise ValueError("choose_variant needs the fp32 variant as the accuracy baseline")
-    eligible = [r for r in records if fp32["accuracy"] - r["accuracy"] <= max_drop + 1e-9]
+        raise ValueError("choose_variant needs the fp32 variant as the quality baseline")
+    eligible = [
+        r for r in records if metric.loss(fp32[metric.key], r[metric.key]) <= max_loss + 1e-9
+    ]
     return str(min(eligible, key=lambda r: (r["size_bytes"], r["p50_ms"]))["name"])
 
 
+def allowed_loss(params: Params, metric: QualityMetric) -> float:
+    """How much worse than fp32 a variant may be: ``compress.max_accuracy_drop`` (points) or
+    ``compress.max_mae_increase`` (relative)."""
+    if metric is ACCURACY:
+        return params.compress.max_accuracy_drop
+    return params.compress.max_mae_increase
+
+
 def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
-    """Size, test accuracy and single-thread batch-1 latency of every variant; pick one."""
-    _, splits = read_splits(ws.splits_dir)
+    """Size, test quality (accuracy, or MAE for a regressor) and single-thread batch-1 latency of
+    every variant; pick one."""
+    schema, splits = read_splits(ws.splits_dir)
+    metric = metric_for(schema.task)
     x_test, y_test = xy(splits["test"])
     records = []
     for name in VARIANTS:
@@ -175,23 +194,26 @@ def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
                 "name": name,
                 "sha256": variant.sha256,
                 "size_bytes": variant.size_bytes,
-                "accuracy": float((predict(session, x_test).argmax(axis=1) == y_test).mean()),
+                metric.key: metric.of(predict(session, x_test), y_test),
                 "p50_ms": stats.p50_ms,
                 "p95_ms": stats.p95_ms,
             }
         )
     fp32 = open_session(str(ws.fp32), threads=1)
-    split_accuracy = {
-        split: float((predict(fp32, x).argmax(axis=1) == y).mean())
+    per_split = {
+        split: metric.of(predict(fp32, x), y)
         for split, (x, y) in ((s, xy(splits[s])) for s in ("train", "val", "test"))
     }
     skipped = json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
+    loss = allowed_loss(params, metric)
     evaluation = {
-        "split_accuracy": split_accuracy,
+        "task": schema.task,
+        "metric": metric.key,
+        f"split_{metric.key}": per_split,
         "variants": records,
         "skipped": skipped,
-        "chosen": choose_variant(records, params.compress.max_accuracy_drop),
-        "max_accuracy_drop": params.compress.max_accuracy_drop,
+        "chosen": choose_variant(records, loss, metric),
+        "max_accuracy_drop" if metric is ACCURACY else "max_mae_increase": loss,
     }
     ws.evaluation.write_text(json.dumps(evaluation, indent=2))
     write_golden(x_test, y_test, ws.golden)

@@ -18,27 +18,32 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    model.eval()
-    with torch.no_grad():
-        pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()
-    return float((pred == y).mean())
-
-
 def train(
     model: Classifier,
     train_xy: tuple[np.ndarray, np.ndarray],
     val_xy: tuple[np.ndarray, np.ndarray],
     params: TrainingParams,
     seed: int,
+    task: str = "classification",
 ) -> TrainResult:
-    """Adam on cross-entropy; records train loss, val loss and val accuracy per epoch."""
+    """Adam on cross-entropy (classification) or on the squared error of the standardised target
+    (regression); records train loss, val loss and val accuracy (or val MAE, in the target's
+    units) per epoch."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train = (torch.from_numpy(a) for a in train_xy)
     x_val, y_val = (torch.from_numpy(a) for a in val_xy)
+    regression = task == "regression"
+    if regression:
+        std = float(y_train.std()) or 1.0
+        model.target_mean.fill_(float(y_train.mean()))
+        model.target_std.fill_(std)
+        y_fit = (y_train - model.target_mean) / model.target_std
+        loss_fn: nn.Module = nn.MSELoss()
+    else:
+        y_fit = y_train
+        loss_fn = nn.CrossEntropyLoss()
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
-    loss_fn = nn.CrossEntropyLoss()
     result = TrainResult(model=model)
     for epoch in range(params.epochs):
         model.train()
@@ -47,22 +52,24 @@ def train(
         for start in range(0, len(order), params.batch_size):
             idx = order[start : start + params.batch_size]
             optimiser.zero_grad()
-            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            out = model(x_train[idx])
+            loss = loss_fn(out[:, 0] if regression else out, y_fit[idx])
             loss.backward()
             optimiser.step()
             total += loss.item() * len(idx)
         model.eval()
         with torch.no_grad():
-            val_logits = model(x_val)
-            val_loss = float(loss_fn(val_logits, y_val))
-            val_acc = float((val_logits.argmax(dim=1) == y_val).float().mean())
-        result.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / len(x_train),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-            }
-        )
+            out = model(x_val)
+            row = {"epoch": epoch, "train_loss": total / len(x_train)}
+            if regression:
+                predicted = out[:, 0] * model.target_std + model.target_mean
+                row["val_loss"] = float(
+                    loss_fn(out[:, 0], (y_val - model.target_mean) / model.target_std)
+                )
+                row["val_mae"] = float((predicted - y_val).abs().mean())
+            else:
+                row["val_loss"] = float(loss_fn(out, y_val))
+                row["val_accuracy"] = float((out.argmax(dim=1) == y_val).float().mean())
+        result.history.append(row)
     model.eval()
     return result

@@ -402,7 +402,8 @@ def golden(run: _Run) -> tuple[np.ndarray, np.ndarray]:
     with np.load(run.golden) as data:
         if "x" not in data or "y" not in data:
             pytest.fail(f"golden set {run.golden} must hold arrays 'x' and 'y'", pytrace=False)
-        x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"], dtype=np.int64)
+        x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
+        y = y.astype(np.float32 if y.dtype.kind == "f" else np.int64)  # targets, or class labels
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
         pytest.fail(
             f"golden set {run.golden}: x must be n by d and y n labels (got {x.shape}, {y.shape})",
@@ -526,8 +527,11 @@ def metrics(
         runs=stats.runs,
         model_size_mb=run.model.stat().st_size / MB,
     )
-    if spec.task == "classification" and outputs.ndim == 2 and len(outputs) == len(y):
-        run.metrics["accuracy"] = float(np.mean(np.argmax(outputs, axis=1) == y))
+    if outputs.ndim == 2 and len(outputs) == len(y):
+        if spec.task == "classification":
+            run.metrics["accuracy"] = float(np.mean(np.argmax(outputs, axis=1) == y))
+        else:
+            run.metrics["mae"] = float(np.mean(np.abs(outputs[:, 0] - y)))
     # Before the reference model is loaded, which would count against this model's memory.
     run.metrics["peak_rss_mb"] = peak_rss_mb()
     peak_vm = address_space_mb("VmPeak")  # what an address-space cap is measured against
@@ -543,8 +547,9 @@ def disagreement(
     metrics: dict[str, float],
     outputs: np.ndarray,
 ) -> float | None:
-    """Share of golden rows whose argmax differs from the reference model's; None without one."""
-    if run.reference is None:
+    """Share of golden rows whose argmax differs from the reference model's; None without one,
+    or for a regressor (whose closeness to the reference its MAE budget measures)."""
+    if run.reference is None or outputs.shape[1] == 1:
         return None
     theirs = _scores(open_session(str(run.reference)), golden[0])
     if theirs.shape != outputs.shape:

@@ -63,15 +63,17 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += [f"DVC data hash `{data['hash']}`. Rows per split:", ""]
     lines += _table(["split", "rows"], [[k, v] for k, v in data["rows"].items()])
     lines += ["", "## Metrics per split (fp32)", ""]
-    lines += _table(["split", "accuracy"], [[k, v] for k, v in card["metrics"].items()])
+    metric = card.get("metric", "accuracy")
+    label = "MAE" if metric == "mae" else "accuracy"
+    lines += _table(["split", label], [[k, v] for k, v in card["metrics"].items()])
     lines += ["", "## Variants", ""]
     lines += _table(
-        ["variant", "size (KB)", "test accuracy", "p50 (ms)", "p95 (ms)", "sha256"],
+        ["variant", "size (KB)", f"test {label}", "p50 (ms)", "p95 (ms)", "sha256"],
         [
             [
                 v["name"],
                 v["size_bytes"] / 1024,
-                v["accuracy"],
+                v.get(metric),
                 v["p50_ms"],
                 v["p95_ms"],
                 v["sha256"][:16],
@@ -94,14 +96,14 @@ def render_markdown(card: dict[str, Any]) -> str:
         ],
     )
     if card.get("pareto"):
-        lines += ["", "## Pareto front (size, accuracy, p95 on the build host)", ""]
+        lines += ["", f"## Pareto front (size, {label}, p95 on the build host)", ""]
         lines += _table(
-            ["variant", "size (KB)", "test accuracy", "p95 (ms)", "Pareto-optimal"],
+            ["variant", "size (KB)", f"test {label}", "p95 (ms)", "Pareto-optimal"],
             [
                 [
                     r["name"],
                     r["size_bytes"] / 1024,
-                    r["accuracy"],
+                    r.get(metric),
                     r["p95_ms"],
                     "yes" if r["pareto"] else "no",
                 ]

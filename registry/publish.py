@@ -52,9 +52,10 @@ class VariantRecord:
     path: Path
     sha256: str
     size_bytes: int
-    accuracy: float
+    accuracy: float | None
     p50_ms: float
     p95_ms: float
+    mae: float | None = None
 
 
 @dataclass

@@ -54,14 +54,17 @@ class StageDisplay:
 
 def variants_table(summary: RunSummary) -> Table:
     table = Table(title=f"{summary.model} v{summary.version}: variants (1 thread, batch 1)")
-    for column in ("variant", "size KB", "test acc", "p50 ms", "p95 ms", ""):
+    regression = summary.metric == "mae"
+    quality = "test MAE" if regression else "test acc"
+    for column in ("variant", "size KB", quality, "p50 ms", "p95 ms", ""):
         table.add_column(column)
     for v in summary.variants:
         chosen = "chosen" if v.name == summary.chosen_variant else ""
+        value = v.mae if regression else v.accuracy
         table.add_row(
             v.name,
             f"{v.size_bytes / 1024:.0f}",
-            f"{v.accuracy:.4f}",
+            f"{value:.4g}" if regression and value is not None else f"{value or 0:.4f}",
             f"{v.p50_ms:.4f}",
             f"{v.p95_ms:.4f}",
             chosen,

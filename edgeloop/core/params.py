@@ -59,6 +59,9 @@ class CompressParams(_Strict):
     opset: int = Field(18, ge=13)
     calibration_samples: int = Field(256, ge=8)
     max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    max_mae_increase: float = Field(
+        0.02, ge=0, description="a regressor's variant may have at most this relative MAE increase"
+    )
     prune_keep: float = Field(
         0.5, gt=0, lt=1, description="share of hidden units the pruned variant keeps"
     )
@@ -69,6 +72,9 @@ class CompressParams(_Strict):
 
 class GateParams(_Strict):
     min_test_accuracy: float = Field(0.9, ge=0, le=1)
+    max_test_mae: float | None = Field(
+        None, gt=0, description="a regressor's test MAE must not exceed this (required for one)"
+    )
     profiles: list[str] = Field(default_factory=lambda: ["host-cpu", "edge-small"], min_length=1)
     runner_deadline_s: float = Field(
         600, gt=0, description="how long a pool profile may stay silent"

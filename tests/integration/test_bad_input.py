@@ -183,3 +183,27 @@ def test_register_with_class_names_beside_the_model_that_do_not_fit(project: Pro
         "2 class names but output 'probabilities' has 10 values per sample",
     )
     assert project.version_count() == 0
+
+
+NAN_TARGETS = """
+import numpy as np
+from flows.datasets import Dataset, sklearn_diabetes
+
+
+def nan_targets():
+    data = sklearn_diabetes()
+    labels = data.labels.copy()
+    labels[::40] = np.nan
+    return Dataset(data.schema, data.features, labels)
+"""
+
+
+def test_a_regression_target_with_nan_is_refused_naming_the_rows(project: Project) -> None:
+    (project.root / "my_loaders.py").write_text(NAN_TARGETS)
+    project.set_params(data={"loader": "my_loaders:nan_targets"}, gates={"max_test_mae": 60})
+    assert_one_line_failure(
+        project.edgeloop("run"),
+        "dataset loader 'my_loaders:nan_targets'",
+        "12 target(s) are NaN or infinite (rows 0, 40, 80, 120, 160, ...)",
+    )
+    assert project.version_count() == 0

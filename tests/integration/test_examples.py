@@ -68,3 +68,24 @@ def test_the_image_cnn_example_reaches_candidate_with_a_channel_pruned_variant_a
             field_x,
             field_y,
         )
+
+
+def test_the_regression_example_reaches_candidate_gated_on_mae(project: Project) -> None:
+    work = run_example(project, "diabetes-regression")
+    summary = json.loads((project.home / "last-run.json").read_text())
+    assert summary["model"] == "diabetes-regression" and summary["aliases"] == ["candidate"]
+    assert summary["metric"] == "mae" and summary["split_metric"]["test"] < 55
+    gates = {g["name"]: g for g in summary["gates"]}
+    assert gates["test_mae"]["passed"] and gates["variant_mae_increase"]["passed"]
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert variants["int8-static"]["mae"] <= 1.02 * variants["fp32"]["mae"]
+    assert all(v["accuracy"] is None for v in variants.values())
+    card = (project.root / "model-cards" / "diabetes-regression" / "v1.md").read_text()
+    assert "Task: regression." in card and "| split | MAE |" in card
+    client = project.client()
+    version = client.get_model_version_by_alias("diabetes-regression", "candidate")
+    assert version.tags["edgeloop.hw.edge-small.status"] == "passed"
+    plots = {a.path for a in client.list_artifacts(version.run_id, "plots")}
+    assert "plots/predicted-vs-true.png" in plots
+    _, splits = read_splits(work / "splits")
+    assert splits["test"]["label"].dtype.kind == "f"  # continuous targets kept as they are
