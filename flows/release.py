@@ -124,7 +124,10 @@ def drift_reference(ws: Workspace) -> DriftReference:
     schema, splits = read_splits(ws.splits_dir)
     x, y = xy(splits["train"])
     classes = max(schema.classes, default=-1) + 1
-    return build_reference(x, predictions=y, classes=classes, feature_names=schema.feature_names)
+    image = schema.input_shape if schema.input_shape and len(schema.input_shape) == 3 else None
+    return build_reference(
+        x, predictions=y, classes=classes, feature_names=schema.feature_names, image=image
+    )
 
 
 def lineage_tags(settings: Settings, params: Params, ws: Workspace, source: str) -> dict[str, str]:

@@ -565,6 +565,10 @@ def _handler_for(
     slots: SlotManager, detector: DeviceDetector | None = None
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive: an application on the device reuses its connection instead of paying a
+        # TCP handshake and a new server thread per prediction.
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("predict server: " + format, *args)
 
@@ -577,8 +581,12 @@ def _handler_for(
             self.wfile.write(data)
 
         def _raw(self) -> bytes | None:
-            """The request body, or None after answering 411/413 for one without a length or
-            above :data:`MAX_PREDICT_BODY` (nothing of it is read)."""
+            """The request body, or None after answering 411 for a chunked one or 413 for one
+            above :data:`MAX_PREDICT_BODY` (nothing of it is read, and the connection closes)."""
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                self._reply(411, {"detail": "send the body with a Content-Length"})
+                return None
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:

@@ -5,8 +5,8 @@ Each detector compares what the device sees now with a reference and raises a :c
 :class:`DetectorPolicy` says which local action an event calls for (``fallback``: serve the previous
 slot's model again).
 
-Input drift is measured by the population stability index (PSI) of each feature against the training
-reference: per-feature bin edges (deciles of the training split) and the share of training rows in
+Input drift is measured by the population stability index (PSI) of each feature (of an image: of
+each channel's mean and spread, :func:`channel_stats`) against the training reference: per-feature bin edges (deciles of the training split) and the share of training rows in
 each bin, computed once at registration (:func:`build_reference`) and shipped with the variant.
 ``PSI = sum((a - e) * ln(a / e))`` over the bins, ``e`` the reference share and ``a`` the share seen
 on the device, both floored at ``PSI_FLOOR`` so an empty bin is finite. Rules of thumb: below 0.1 no
@@ -50,6 +50,31 @@ LocalAction = Literal["none", "fallback"]
 # --- the reference ---------------------------------------------------------------------------
 
 
+def channel_stats(rows: np.ndarray, image: Sequence[int]) -> np.ndarray:
+    """Per image (a flat row of an NCHW ``[C, H, W]`` image) and per channel: the mean and the
+    standard deviation of its pixels, ``2 * C`` values in all. Brightness, contrast and exposure
+    shifts move these; one PSI per pixel would cost a small device thousands of histograms and
+    raise alarms on noise."""
+    c, h, w = (int(d) for d in image)
+    pixels = np.asarray(rows, dtype=np.float64).reshape(len(rows), c, h * w)
+    return np.concatenate([pixels.mean(axis=2), pixels.std(axis=2)], axis=1)
+
+
+def channel_stat_names(channels: int) -> tuple[str, ...]:
+    return tuple(f"c{i}.mean" for i in range(channels)) + tuple(
+        f"c{i}.std" for i in range(channels)
+    )
+
+
+def _image_shape(value: Any) -> tuple[int, int, int] | None:
+    if not value:
+        return None
+    c, h, w = (int(v) for v in value)
+    if min(c, h, w) < 1:
+        raise ValueError(f"a drift reference's image shape must be positive, got {value}")
+    return c, h, w
+
+
 @dataclass(frozen=True)
 class DriftReference:
     """Per feature: the inner bin edges and the training share of each bin; and the share of each
@@ -61,6 +86,9 @@ class DriftReference:
     feature_names: tuple[str, ...] = ()
     rows: int = 0
     """Training rows the shares come from (0: unknown, read as many)."""
+    image: tuple[int, int, int] | None = None
+    """Set for an image input (``[C, H, W]``, NCHW): the reference is over :func:`channel_stats`
+    of each image (a mean and a spread per channel) instead of one PSI per pixel."""
 
     def __post_init__(self) -> None:
         if len(self.edges) != len(self.shares) or not self.edges:
@@ -85,6 +113,7 @@ class DriftReference:
             "class_shares": list(self.class_shares),
             "feature_names": list(self.feature_names),
             "rows": self.rows,
+            **({"image": list(self.image)} if self.image else {}),
         }
 
     @classmethod
@@ -95,7 +124,12 @@ class DriftReference:
             class_shares=tuple(float(v) for v in data.get("class_shares", ())),
             feature_names=tuple(str(n) for n in data.get("feature_names", ())),
             rows=int(data.get("rows", 0)),
+            image=_image_shape(data.get("image")),
         )
+
+    def summarise(self, rows: np.ndarray) -> np.ndarray:
+        """What the reference is over: the rows themselves, or each image's channel statistics."""
+        return rows if self.image is None else channel_stats(rows, self.image)
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(self.to_dict()))
@@ -113,11 +147,17 @@ def build_reference(
     classes: int = 0,
     bins: int = 10,
     feature_names: Sequence[str] = (),
+    image: Sequence[int] | None = None,
 ) -> DriftReference:
     """The reference of a training split ``x`` (n by d): quantile edges per feature (repeated
     quantiles merged) and the training share of each bin; with ``predictions`` (class indices) and
-    ``classes``, the share of each predicted class too."""
+    ``classes``, the share of each predicted class too. With ``image`` (``[C, H, W]``) the
+    features are each image's :func:`channel_stats`, not its pixels."""
     x = np.asarray(x, dtype=np.float64)
+    shape = _image_shape(image)
+    if shape is not None:
+        x = channel_stats(x, shape)
+        feature_names = channel_stat_names(shape[0])
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"the training split must be a non-empty n by d array, got {x.shape}")
     if bins < 2:
@@ -134,7 +174,7 @@ def build_reference(
         counts = np.bincount(np.asarray(predictions, dtype=np.int64), minlength=classes)[:classes]
         class_shares = tuple(float(v) for v in counts / max(1, counts.sum()))
     return DriftReference(
-        tuple(edges), tuple(shares), class_shares, tuple(feature_names), rows=len(x)
+        tuple(edges), tuple(shares), class_shares, tuple(feature_names), rows=len(x), image=shape
     )
 
 
@@ -283,6 +323,11 @@ class DeviceDetector:
         rows = np.asarray(x, dtype=np.float64)
         if rows.ndim == 1:
             rows = rows.reshape(1, -1)
+        image = self.reference.image
+        if image is not None:
+            if rows.ndim != 2 or rows.shape[1] != image[0] * image[1] * image[2]:
+                return
+            rows = channel_stats(rows, image)
         if rows.ndim != 2 or rows.shape[1] < self.reference.features:
             return
         counts = [bin_counts(rows[:, i], e) for i, e in enumerate(self.reference.edges)]

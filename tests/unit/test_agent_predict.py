@@ -6,6 +6,7 @@ fit gets 400 naming the input with the expected and received shape, and the devi
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import urllib.error
@@ -164,3 +165,22 @@ def test_two_inputs_by_name_or_as_one_row(two_url: str) -> None:
     assert status == 400 and answer["detail"] == "input 'b' is missing: expected b float32[N, 60]"
     status, answer = post(two_url, npy(rows[:, :4]), NPY)
     assert status == 400 and "this model takes 2 (a, b)" in answer["detail"]
+
+
+def test_a_kept_alive_connection_serves_many_predictions(image_url: str) -> None:
+    host, port = image_url.removeprefix("http://").split("/")[0].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for _ in range(3):
+            connection.request("POST", "/predict", npy(IMAGES[:1]), {"Content-Type": NPY})
+            answer = connection.getresponse()
+            assert answer.status == 200 and len(json.loads(answer.read())["predicted"]) == 1
+        connection.putrequest("POST", "/predict")  # chunked: refused, connection closed
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        connection.send(b"0\r\n\r\n")
+        answer = connection.getresponse()
+        assert answer.status == 411
+        answer.read()
+    finally:
+        connection.close()
