@@ -473,35 +473,33 @@ def loaded(run: _Run, profile: HardwareProfile, golden: tuple[np.ndarray, np.nda
     )
 
 
+def _measured(value: Any, loaded: Loaded) -> Any:
+    if value is None:
+        pytest.skip(f"not measured: {loaded.problem}")
+    return value
+
+
 @pytest.fixture(scope="session")
 def model_session(loaded: Loaded) -> ort.InferenceSession:
-    if loaded.session is None:
-        pytest.skip(f"not measured: {loaded.problem}")
-    return loaded.session
+    return _measured(loaded.session, loaded)
 
 
 @pytest.fixture(scope="session")
 def outputs(loaded: Loaded) -> np.ndarray:
     """The model's scores on the whole golden set, in one batch (``ModelSpec.scores``)."""
-    if loaded.outputs is None:
-        pytest.skip(f"not measured: {loaded.problem}")
-    return loaded.outputs
+    return _measured(loaded.outputs, loaded)
 
 
 @pytest.fixture(scope="session")
 def raw_outputs(loaded: Loaded) -> np.ndarray:
     """The scored output on the golden set as the graph emits it (before any softmax)."""
-    if loaded.raw is None:
-        pytest.skip(f"not measured: {loaded.problem}")
-    return loaded.raw
+    return _measured(loaded.raw, loaded)
 
 
 @pytest.fixture(scope="session")
 def spec(loaded: Loaded) -> ModelSpec:
     """The model's contract, as stored in its file."""
-    if loaded.spec is None:
-        pytest.skip(f"not measured: {loaded.problem}")
-    return loaded.spec
+    return _measured(loaded.spec, loaded)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,7 @@ from fleet.shared.protocol import (
     FieldSampleBatch,
     TelemetryBatch,
     TelemetryReport,
+    values_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -414,10 +415,11 @@ class Agent:
         buffer = self.field_buffer
         if buffer is None:
             return
-        for _ in range(buffer.stats().pending // MAX_FIELD_SAMPLES_PER_BATCH + 2):
+        for _ in range(buffer.stats().pending + 2):
             pending = buffer.pending(MAX_FIELD_SAMPLES_PER_BATCH)
             if not pending:
                 return
+            pending = pending[: values_prefix([len(raw.get("features", ())) for raw in pending])]
             samples, invalid = [], []
             for raw in pending:
                 try:

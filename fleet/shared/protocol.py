@@ -17,7 +17,12 @@ API_PREFIX = "/v1"
 LONG_POLL_MAX_S = 30.0
 MAX_REPORTS_PER_BATCH = 500
 MAX_FIELD_SAMPLES_PER_BATCH = 1000
-MAX_FEATURES = 4096
+MAX_FEATURES = 65_536
+"""Values in one field sample: 256 KiB as float32 (a 1x256x256 or 3x128x128 image, or a window of
+sensor readings); a sample of a larger input is not kept."""
+MAX_FIELD_BATCH_VALUES = 1_048_576
+"""Values in one batch of field samples, all samples together (4 MiB as float32): a batch is
+bounded by its size, not only by its number of samples (:func:`values_prefix`)."""
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 LATENCY_BOUNDS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
@@ -194,6 +199,29 @@ class FieldSampleBatch(_Wire):
 
     samples: list[FieldSample] = Field(min_length=1, max_length=MAX_FIELD_SAMPLES_PER_BATCH)
     dropped_total: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> FieldSampleBatch:
+        values = sum(len(s.features) for s in self.samples)
+        if values > MAX_FIELD_BATCH_VALUES:
+            raise ValueError(
+                f"the batch holds {values} feature values, more than {MAX_FIELD_BATCH_VALUES}: "
+                "send fewer samples per batch"
+            )
+        return self
+
+
+def values_prefix(sizes: list[int], limit: int | None = None) -> int:
+    """How many of the samples (their sizes in values, in order) fit one batch of ``limit``
+    values (default :data:`MAX_FIELD_BATCH_VALUES`): at least one, so a sample that alone fills a
+    batch still goes."""
+    limit = MAX_FIELD_BATCH_VALUES if limit is None else limit
+    total = 0
+    for n, size in enumerate(sizes):
+        total += size
+        if total > limit and n > 0:
+            return n
+    return len(sizes)
 
 
 class FieldSampleAck(_Wire):

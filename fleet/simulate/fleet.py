@@ -55,6 +55,7 @@ from fleet.shared.protocol import (
     DesiredState,
     EnrolResponse,
     TelemetryAck,
+    values_prefix,
 )
 from fleet.shared.signature import verify_variant
 from fleet.simulate.faults import (
@@ -393,6 +394,7 @@ class _Device:
         url = f"{self.sim.base}/v1/devices/{self.id}/field-samples"
         while self.disk.field_outbox and not self.offline():
             batch = self.disk.field_outbox[:MAX_FIELD_SAMPLES_PER_BATCH]
+            batch = batch[: values_prefix([len(sample["features"]) for sample in batch])]
             body = {"samples": batch, "dropped_total": self.disk.field_dropped}
             try:
                 async with self.sim.http.post(url, json=body, headers=self.auth) as r:

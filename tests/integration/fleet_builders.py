@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from servers import ADMIN, ADMIN_HEADERS
+from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
 from fleet.controller.storage import db, store
 from fleet.shared.signature import file_sha256, signed_message
@@ -56,23 +57,30 @@ def target_all(db_url: str, device_ids: list[str], version: str, model: str = "d
         engine.dispose()
 
 
-# A canary policy small enough for a test: two stages, 40 inferences and 20 labels per arm.
-CANARY_POLICY = {
-    "cohorts": {"host-cpu": {"p95_latency_ms": 200}},
-    "stages": [
-        {
-            "fraction": f,
-            "bake_s": 1.0,
-            "deadline_s": 40,
-            "min_confirmed_fraction": 0.8,
-            "min_inferences": 40,
-            "min_feedback": 20,
-        }
-        for f in (0.5, 1.0)
-    ],
-    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.1, "alpha": 0.05, "min_samples": 20}},
-    "rollback_timeout_s": 30,
-}
+def two_stage_policy(
+    p95_budgets_ms: dict[str, float], *, deadline_s: float = 40, min_inferences: int = 40
+) -> dict[str, Any]:
+    """A canary policy small enough for a test: stages of half then all of each cohort (p95
+    budget per cohort), 1 s bakes, 20 labels per arm for the accuracy gate."""
+    return {
+        "cohorts": {c: {"p95_latency_ms": ms} for c, ms in p95_budgets_ms.items()},
+        "stages": [
+            {
+                "fraction": f,
+                "bake_s": 1.0,
+                "deadline_s": deadline_s,
+                "min_confirmed_fraction": 0.8,
+                "min_inferences": min_inferences,
+                "min_feedback": 20,
+            }
+            for f in (0.5, 1.0)
+        ],
+        "gates": {
+            "max_error_rate": 0.05,
+            "accuracy": {"delta": 0.1, "alpha": 0.05, "min_samples": 20},
+        },
+        "rollback_timeout_s": 30,
+    }
 
 
 def roll_out_on_simulated_devices(
@@ -113,7 +121,8 @@ def roll_out_on_simulated_devices(
         target_all(db_url, list(result.devices), "1", model=model)
         sim.run_sync(until=lambda: result.versions() == {"1": devices}, timeout_s=20)
         assert result.versions() == {"1": devices}
-        body = {"model": model, "version": "2", "stable_version": "1", "policy": CANARY_POLICY}
+        policy = two_stage_policy({"host-cpu": 200})
+        body = {"model": model, "version": "2", "stable_version": "1", "policy": policy}
         r = http.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS)
         assert r.status_code == 201, r.text
         rollout = str(r.json()["rollout_id"])
@@ -130,3 +139,28 @@ def roll_out_on_simulated_devices(
     finally:
         sim.close()
         http.close()
+
+
+def roll_out_workspace_variants(
+    tmp: Path, model: str, work: Path, stable: str, canary: str
+) -> None:
+    """Variants ``stable`` then ``canary`` of the loop's workspace ``work`` rolled out by a real
+    controller (its state in ``tmp``) to simulated devices whose traffic is the field split."""
+    from flows.datasets import read_splits, xy
+
+    _, splits = read_splits(work / "splits")
+    field_x, field_y = xy(splits["field"])
+    key = Ed25519PrivateKey.generate()
+    server = tmp / "controller"
+    server.mkdir()
+    with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
+        roll_out_on_simulated_devices(
+            base,
+            db_url,
+            key,
+            model,
+            work / "variants" / f"{stable}.onnx",
+            work / "variants" / f"{canary}.onnx",
+            field_x,
+            field_y,
+        )

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleet_builders import roll_out_on_simulated_devices
-from servers import uvicorn_controller, write_public_key
+from fleet_builders import roll_out_workspace_variants
 
 from flows.datasets import read_splits, xy
 
@@ -52,22 +50,8 @@ def test_the_image_cnn_example_reaches_candidate_with_a_channel_pruned_variant_a
     # The project's own model and its data are left alone.
     assert not (project.root / "data" / "splits").exists()
     _, splits = read_splits(work / "splits")
-    field_x, field_y = xy(splits["field"])
-    assert field_x.max() == 240  # raw bytes, scaled by the graph
-    key = Ed25519PrivateKey.generate()
-    server = tmp_path / "controller"
-    server.mkdir()
-    with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
-        roll_out_on_simulated_devices(
-            base,
-            db_url,
-            key,
-            "digits-cnn",
-            work / "variants" / "fp32.onnx",
-            work / "variants" / f"{summary['chosen_variant']}.onnx",
-            field_x,
-            field_y,
-        )
+    assert xy(splits["field"])[0].max() == 240  # raw bytes, scaled by the graph
+    roll_out_workspace_variants(tmp_path, "digits-cnn", work, "fp32", summary["chosen_variant"])
 
 
 def test_the_regression_example_reaches_candidate_gated_on_mae(project: Project) -> None:

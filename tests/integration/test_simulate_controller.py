@@ -14,7 +14,7 @@ import pytest
 from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_builders import register as register_signed
-from fleet_builders import target_all
+from fleet_builders import target_all, two_stage_policy
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
 from fleet.simulate import Simulation, make_regressed_variant
@@ -23,22 +23,7 @@ pytestmark = pytest.mark.integration
 
 CLASSES = {"host-cpu": 0.6, "edge-small": 0.4}
 SCALE = {"host-cpu": 1.0, "edge-small": 20.0}
-POLICY = {
-    "cohorts": {"host-cpu": {"p95_latency_ms": 50}, "edge-small": {"p95_latency_ms": 20}},
-    "stages": [
-        {
-            "fraction": f,
-            "bake_s": 1.0,
-            "deadline_s": 20,
-            "min_confirmed_fraction": 0.8,
-            "min_inferences": 50,
-            "min_feedback": 20,
-        }
-        for f in (0.5, 1.0)
-    ],
-    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.1, "alpha": 0.05, "min_samples": 20}},
-    "rollback_timeout_s": 30,
-}
+POLICY = two_stage_policy({"host-cpu": 50, "edge-small": 20}, deadline_s=20, min_inferences=50)
 
 
 @pytest.fixture

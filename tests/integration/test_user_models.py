@@ -13,12 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleet_builders import roll_out_on_simulated_devices
-from servers import uvicorn_controller, write_public_key
+from fleet_builders import roll_out_workspace_variants
 from training_params import FAST_PARAMS
-
-from flows.datasets import read_splits, xy
 
 pytestmark = pytest.mark.integration
 
@@ -127,19 +123,4 @@ def test_a_torch_cnn_registers_passes_the_profiles_and_rolls_out(
 
     # Two variants of the CNN as two versions, rolled out to simulated devices.
     work = proj.home / "work" / "import" / MODEL
-    _, splits = read_splits(work / "splits")
-    field_x, field_y = xy(splits["field"])
-    key = Ed25519PrivateKey.generate()
-    server = tmp_path / "controller"
-    server.mkdir()
-    with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
-        roll_out_on_simulated_devices(
-            base,
-            db_url,
-            key,
-            MODEL,
-            work / "variants" / "int8-static.onnx",
-            work / "variants" / "fp32.onnx",
-            field_x,
-            field_y,
-        )
+    roll_out_workspace_variants(tmp_path, MODEL, work, "int8-static", "fp32")

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from test_agent_loop import DEVICE, GOLDEN, MODEL, Device, key, new_device, pem, publish, ref
 
 from fleet.agent.agent import AgentPhase
 from fleet.agent.fake_controller import FakeController
 from fleet.agent.slots import Prediction
+from fleet.shared import protocol
 from fleet.simulate import Simulation
 
 __all__ = ["key"]  # a fixture of test_agent_loop, used here
@@ -132,3 +134,24 @@ def test_the_simulator_refuses_a_field_outbox_of_no_samples(tmp_path: Path) -> N
             field_outbox_limit=0,
             workdir=tmp_path,
         )
+
+
+def test_batches_are_bounded_by_their_values_not_only_their_count(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "MAX_FIELD_BATCH_VALUES", 150)  # two 64-value samples a batch
+    device = serving_v1(tmp_path / "state", key)
+    prediction = predict(device, GOLDEN[:5])
+    for pid in prediction.ids:
+        device.agent.slots.record_label(pid, 2)
+    assert device.agent.run_once() == 0
+    sizes = [n for call, _, n in [c for c in device.calls() if c[0] == "field-samples"]]
+    assert sizes == [2, 2, 1] and len(device.fake.field_samples) == 5
+    with pytest.raises(ValidationError, match="more than 150"):
+        protocol.FieldSampleBatch(samples=[s for _, s, _ in device.fake.field_samples[:3]])
+
+
+def test_values_prefix_always_lets_one_sample_through() -> None:
+    assert protocol.values_prefix([40, 40, 40], limit=100) == 2
+    assert protocol.values_prefix([500, 1], limit=100) == 1
+    assert protocol.values_prefix([], limit=100) == 0

@@ -11,6 +11,7 @@ import pytest
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
 
 from fleet.controller.storage import field_samples
+from fleet.shared.protocol import MAX_FEATURES
 
 
 @pytest.fixture
@@ -80,8 +81,12 @@ def test_empty_and_oversized_batches_are_refused(fleet: Fleet) -> None:
     credential = fleet.enrol("dev-a")
     assert post(fleet, "dev-a", credential, []).status_code == 422
     assert post(fleet, "dev-a", credential, [sample(1)] * 1001).status_code == 422
-    too_wide = sample(1, features=[1.0] * 5000)
+    too_wide = sample(1, features=[1.0] * (MAX_FEATURES + 1))
     assert post(fleet, "dev-a", credential, [too_wide]).status_code == 422
+    wide = sample(1, features=[1.0] * MAX_FEATURES)  # one fits; 17 exceed a batch's values
+    assert post(fleet, "dev-a", credential, [wide]).status_code == 200
+    too_much = post(fleet, "dev-a", credential, [wide] * 17)
+    assert too_much.status_code == 422 and "send fewer samples per batch" in too_much.text
 
 
 def test_listing_needs_the_admin_token_and_a_sane_page(fleet: Fleet) -> None:
