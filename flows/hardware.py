@@ -80,8 +80,13 @@ class ProfileResult:
 
 
 def write_golden(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
-    """Save the golden set the suite reads: ``x`` float32 n by d, ``y`` int64 labels."""
-    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    """Save the golden set the suite reads: ``x`` float32 n by d, ``y`` int64 labels (float32
+    targets for a regressor)."""
+    y = np.asarray(y)
+    x, y = (
+        np.asarray(x, dtype=np.float32),
+        y.astype(np.float32 if y.dtype.kind == "f" else np.int64),
+    )
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"golden x must be n by d and y n labels (got {x.shape}, {y.shape})")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,9 @@ from fleet.shared.runtime import (  # noqa: E402
 MB = 1024 * 1024
 EXIT_UNAVAILABLE = 6
 """pytest's exit code when this host cannot stand in for the profile (pytest itself uses 0 to 5)."""
+GOLDEN_BATCH = 16
+"""Golden rows run through the model this many at a time: a device runs small batches, and one
+batch of the whole golden set would hold activations a small device never holds."""
 SUITE_SHARE = 0.9  # the suite alone may use this share of a memory cap before the model loads
 SUITE_ENV_HINT = "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 MALLOC_ARENA_MAX=2 and -p no:cacheprovider"
 
@@ -454,7 +457,7 @@ def loaded(run: _Run, profile: HardwareProfile, golden: tuple[np.ndarray, np.nda
         run.metrics["load_ms"] = (time.perf_counter() - start) * 1e3
         run.host["session_providers"] = list(session.get_providers())
         spec = read_spec(session)
-        raw = scored_output(session, golden[0], spec)
+        raw = scored_output(session, golden[0], spec, batch=GOLDEN_BATCH)
     except ProviderUnavailableError as exc:
         return Loaded(
             problem=f"execution provider(s) {exc.missing} of profile {profile.name} are not "
@@ -563,7 +566,7 @@ def disagreement(
 
 def _scores(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
     spec = read_spec(session)
-    return spec.scores({spec.scored.name: scored_output(session, rows, spec)})
+    return spec.scores({spec.scored.name: scored_output(session, rows, spec, batch=GOLDEN_BATCH)})
 
 
 def _sha256(path: Path) -> str:

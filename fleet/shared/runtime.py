@@ -179,10 +179,21 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def scored_output(session: ort.InferenceSession, rows: np.ndarray, spec: ModelSpec) -> np.ndarray:
+def scored_output(
+    session: ort.InferenceSession, rows: np.ndarray, spec: ModelSpec, *, batch: int | None = None
+) -> np.ndarray:
     """The raw values of the contract's scored output for flat ``rows`` (probabilities, logits or
-    regression values, as the graph emits them); only that output is computed."""
-    return np.asarray(session.run([spec.scored.name], spec.feed(rows))[0])
+    regression values, as the graph emits them); only that output is computed. With ``batch``,
+    ``rows`` go through in chunks of that many, so the activations held at once are those of one
+    chunk (a small device's memory cap is for the model, not for the size of a test set)."""
+    wanted = [spec.scored.name]
+    if batch is None or len(rows) <= batch:
+        return np.asarray(session.run(wanted, spec.feed(rows))[0])
+    parts = [
+        np.asarray(session.run(wanted, spec.feed(rows[i : i + batch]))[0])
+        for i in range(0, len(rows), batch)
+    ]
+    return np.concatenate(parts)
 
 
 def predict(

@@ -418,3 +418,49 @@ def test_read_result_refuses_a_report_that_is_not_the_suites(tmp_path: Path) -> 
         HardwareCheckError, match=r"ValueError: 'skipped' is not a valid HardwareStatus"
     ):
         read_result("p", report, tmp_path / "junit.xml")
+
+
+def wide_activation_model(path: Path) -> Path:
+    """features[N, 64] -> Tile to [N, 64, 4096] (1 MiB a row) -> ReduceMean -> MatMul -> Softmax:
+    a model whose activations grow with the batch, as a conv net's do."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["features", "axis2"], ["column"]),
+        helper.make_node("Tile", ["column", "repeats"], ["wide"]),
+        helper.make_node("ReduceMean", ["wide", "axis2"], ["back"], keepdims=0),
+        helper.make_node("MatMul", ["back", "W"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(IDENTITY, "W"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+        numpy_helper.from_array(np.array([1, 1, 4096], dtype=np.int64), "repeats"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_the_golden_set_runs_in_small_batches_under_a_memory_cap(work: Path) -> None:
+    """400 golden rows of 1 MiB activations each would need 400 MiB in one batch, beyond the cap;
+    a device runs small batches, and so does the suite."""
+    x = np.random.default_rng(1).normal(size=(400, FEATURES)).astype(np.float32)
+    golden = write_golden(x, np.argmax(x[:, :CLASSES], axis=1), work / "golden-400.npz")
+    result = run_profile(
+        wide_activation_model(work / "wide.onnx"),
+        "capped",
+        golden,
+        work / "out" / "wide",
+        suite_dir=SUITE,
+        profiles_dir=work / "profiles",
+        timeout_s=120,
+    )
+    assert result.passed, result.failures
+    assert result.metrics["accuracy"] == 1.0 and result.metrics["peak_vm_mb"] < CAP_MB
