@@ -115,8 +115,8 @@ def main() -> None:
         wanted = [spec.scored.name]
         calls: dict[str, Callable[[np.ndarray], object]] = {
             "bare": lambda i: session.run(wanted, feeds[int(i[0, 0])]),
-            "agent-npy": lambda i: post(host, port, npy_bodies[int(i[0, 0])], NPY),
-            "agent-json": lambda i: post(host, port, json_bodies[int(i[0, 0])], "application/json"),
+            "agent-npy": lambda i: post(connection, npy_bodies[int(i[0, 0])], NPY),
+            "agent-json": lambda i: post(connection, json_bodies[int(i[0, 0])], "application/json"),
         }
         rounds: dict[str, list[LatencyStats]] = {name: [] for name in calls}
         with console.status(f"timing {args.runs} calls each in {args.rounds} rounds…"):
