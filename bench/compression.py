@@ -296,7 +296,7 @@ def edge_small_search(ws: Workspace, results: dict[str, dict[str, Any]]) -> dict
         {"label": "edge-small accuracy drop (points)", "measured": round(drop, 3),
          "limit": 1.0, "passed": drop <= 1.0},
     ]  # fmt: skip
-    attempts = ", ".join(f"{a['variant']} {a['status']}" for a in choice.attempts)
+    attempts = ", ".join(f"{a.variant} {a.status}" for a in choice.attempts)
     return {"variant": variant, "attempts": attempts, "targets": checks}
 
 

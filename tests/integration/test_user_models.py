@@ -124,3 +124,46 @@ def test_a_torch_cnn_registers_passes_the_profiles_and_rolls_out(
     # Two variants of the CNN as two versions, rolled out to simulated devices.
     work = proj.home / "work" / "import" / MODEL
     roll_out_workspace_variants(tmp_path, MODEL, work, "int8-static", "fp32")
+
+
+# A scikit-learn user's conversion: a logistic regression on the digits, by skl2onnx, with the
+# probabilities as a tensor (zipmap False) or, by default, as ZipMap's list of dicts.
+CONVERT_SKLEARN = """
+import sys
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from skl2onnx import to_onnx
+
+digits = load_digits()
+x = digits.data.astype("float32")
+model = LogisticRegression(max_iter=500).fit(x, digits.target)
+options = {id(model): {"zipmap": sys.argv[2] == "zipmap"}}
+onnx_model = to_onnx(model, x[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+with open(sys.argv[1], "wb") as f:
+    f.write(onnx_model.SerializeToString())
+"""
+
+
+def convert_sklearn(path: Path, zipmap: bool) -> Path:
+    args = [sys.executable, "-c", CONVERT_SKLEARN, str(path), "zipmap" if zipmap else "tensor"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return path
+
+
+def test_a_scikit_learn_classifier_converted_by_skl2onnx(project: Project) -> None:
+    project.set_params(compress=FAST_PARAMS["compress"])
+    zipmap = convert_sklearn(project.root / "zipmap.onnx", zipmap=True)
+    args = ["--name", "digits-logreg", "--dataset", "sklearn-digits"]
+    refused = project.edgeloop("register", str(zipmap), *args)
+    assert refused.returncode == 1 and project.version_count() == 0
+    assert "output 'output_probability' is a sequence (skl2onnx's ZipMap)" in refused.stderr
+    assert "'zipmap': False" in refused.stderr
+    tensor = convert_sklearn(project.root / "logreg.onnx", zipmap=False)
+    result = project.edgeloop("register", str(tensor), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "contract: classification: X float32[N, 64] → probabilities" in result.stdout
+    version = project.client().get_model_version_by_alias("digits-logreg", "candidate")
+    assert version.tags["edgeloop.hw.edge-small.status"] == "passed"
+    card = json.loads((project.root / "model-cards" / "digits-logreg" / "v1.json").read_text())
+    assert [o["kind"] for o in card["contract"]["outputs"]] == ["label", "probabilities"]
