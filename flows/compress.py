@@ -128,13 +128,32 @@ def quantise_static(src: Path, dst: Path, calibration: np.ndarray, spec: ModelSp
 
 def quantise(
     fp32: Path, out_dir: Path, calibration: np.ndarray, spec: ModelSpec
-) -> dict[str, Path]:
-    """Write the int8 variants of ``fp32`` into ``out_dir``, each with ``spec`` stored in it;
-    return every variant's path by name."""
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write the int8 variants of ``fp32`` into ``out_dir``, each with ``spec`` stored in it.
+
+    Returns every built variant's path by name, and why a variant was not built: onnxruntime's
+    quantiser refuses some graphs a user brings (operators it cannot handle), and the version is
+    still registered with the variants that could be built."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    dynamic = out_dir / "int8-dynamic.onnx"
-    with tempfile.TemporaryDirectory() as tmp:
-        quantize_dynamic(_prepared(fp32, Path(tmp)), dynamic, weight_type=QuantType.QInt8)
-    write_spec(dynamic, spec)
-    static = quantise_static(fp32, out_dir / "int8-static.onnx", calibration, spec)
-    return {"fp32": fp32, "int8-dynamic": dynamic, "int8-static": static}
+    built: dict[str, Path] = {"fp32": fp32}
+    skipped: dict[str, str] = {}
+
+    def dynamic(target: Path) -> Path:
+        with tempfile.TemporaryDirectory() as tmp:
+            quantize_dynamic(_prepared(fp32, Path(tmp)), target, weight_type=QuantType.QInt8)
+        write_spec(target, spec)
+        return target
+
+    steps = {
+        "int8-dynamic": dynamic,
+        "int8-static": lambda target: quantise_static(fp32, target, calibration, spec),
+    }
+    for name, build in steps.items():
+        target = out_dir / f"{name}.onnx"
+        try:
+            built[name] = build(target)
+        except Exception as exc:  # onnxruntime.quantization raises plain exceptions
+            target.unlink(missing_ok=True)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            skipped[name] = f"onnxruntime's quantiser failed: {first[:300]}"
+    return built, skipped

@@ -26,6 +26,23 @@ from flows.model_contract import (
 )
 
 
+DEFAULT_OPSET = 17
+
+
+def _one_opset_per_domain(model: onnx.ModelProto) -> None:
+    """One opset import per domain, the default one declared: skl2onnx can write the default
+    domain twice, or leave it out of a graph of ai.onnx.ml operators, and onnxruntime's quantiser
+    then refuses the model ("Failed to find proper ai.onnx domain")."""
+    versions: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        versions[domain] = max(versions.get(domain, 0), opset.version)
+    versions.setdefault("", DEFAULT_OPSET)
+    del model.opset_import[:]
+    for domain, version in versions.items():
+        model.opset_import.add(domain=domain, version=version)
+
+
 def check_model_file(
     path: Path,
     schema: DatasetSchema,
@@ -55,6 +72,7 @@ def check_model_file(
         raise ModelFileError(
             f"{path} is a corrupt or invalid ONNX model: {first}", hint=hint
         ) from exc
+    _one_opset_per_domain(model)
     made_dynamic = make_batch_dynamic(model)
     try:
         spec = derive_spec(model, schema, overrides)

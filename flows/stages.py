@@ -148,7 +148,9 @@ def quantise_variants(params: Params, ws: Workspace) -> dict[str, str]:
     """Build the int8 variants from ``ws.fp32`` (which holds its contract), calibrated on training
     rows."""
     spec = read_file_spec(ws.fp32)
-    paths = quantise(ws.fp32, ws.variants_dir, _calibration_rows(params, ws), spec)
+    paths, skipped = quantise(ws.fp32, ws.variants_dir, _calibration_rows(params, ws), spec)
+    for name, reason in skipped.items():
+        skip_variant(ws, name, reason)
     return {name: str(path) for name, path in paths.items()}
 
 

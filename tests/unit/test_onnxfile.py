@@ -269,3 +269,17 @@ def test_schema_decides_what_fits(tmp_path: Path) -> None:
     small = DatasetSchema("toy", tuple(f"f{i}" for i in range(32)), (0.0, 1.0), (0, 1, 2, 3, 4))
     spec = check_model_file(save(classifier(n_in=32, n_out=5), tmp_path / "toy.onnx"), small)
     assert spec.row_size == 32 and spec.scored.width == 5
+
+
+def test_opset_imports_are_one_per_domain_with_the_default_declared(
+    tmp_path: Path, schema: DatasetSchema
+) -> None:
+    """As skl2onnx can write them: the default domain twice (or not at all, for a graph of
+    ai.onnx.ml operators only); onnxruntime's quantiser refuses both."""
+    model = classifier()
+    model.opset_import.add(domain="", version=17)
+    model.opset_import.add(domain="ai.onnx.ml", version=3)
+    dest = tmp_path / "taken.onnx"
+    check_model_file(save(model, tmp_path / "twice.onnx"), schema, dest=dest)
+    opsets = sorted((o.domain, o.version) for o in onnx.load(str(dest)).opset_import)
+    assert opsets == [("", 17), ("ai.onnx.ml", 3)]
