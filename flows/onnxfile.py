@@ -25,7 +25,6 @@ from flows.model_contract import (
     write_spec,
 )
 
-
 DEFAULT_OPSET = 17
 
 
