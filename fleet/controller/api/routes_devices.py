@@ -96,11 +96,15 @@ def artifact(
     variant: str,
     request: Request,
     device: CurrentDevice,
-    session: SessionDep,
 ) -> Response:
     """The variant file, for devices of its hardware class: ``ETag`` is the quoted sha256, ``Range``
-    resumes a download (206), ``If-None-Match`` answers 304."""
-    row = store.artifact_row(session, model, version, variant, device.hardware_class)
+    resumes a download (206), ``If-None-Match`` answers 304. The database session closes before
+    the file is sent: a slow download must not hold one of the pool's connections (50 devices
+    fetching a new version at once exhausted the pool and timed out every other request)."""
+    with request.app.state.sessions() as session:
+        row = store.artifact_row(session, model, version, variant, device.hardware_class)
+        if row is not None:
+            session.expunge(row)
     if row is None or not row.signature:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such artifact")
     etag = f'"{row.sha256}"'
