@@ -121,9 +121,7 @@ def compress_task(params: Params, ws: Workspace, fp32: Path | None = None) -> di
                 "the model was trained elsewhere: only a model trained here is pruned and "
                 "fine-tuned",
             )
-        skipped = (
-            json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
-        )
+        skipped = stages.skipped_variants(ws)
         note.detail = ", ".join(paths) + "".join(
             f"; {name} not built: {reason}" for name, reason in skipped.items()
         )

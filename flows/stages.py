@@ -129,10 +129,17 @@ def compress(params: Params, ws: Workspace) -> dict[str, str]:
     return paths
 
 
+def skipped_variants(ws: Workspace) -> dict[str, str]:
+    """The variants not built in ``ws``, each with why."""
+    if not ws.skipped_variants.exists():
+        return {}
+    return dict(json.loads(ws.skipped_variants.read_text()))
+
+
 def skip_variant(ws: Workspace, name: str, reason: str) -> None:
     """Record that variant ``name`` was not built, and why (the evaluation and card say so)."""
     ws.variants_dir.mkdir(parents=True, exist_ok=True)
-    skipped = json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
+    skipped = skipped_variants(ws)
     skipped[name] = reason
     ws.skipped_variants.write_text(json.dumps(skipped, indent=2))
 
@@ -206,7 +213,7 @@ def evaluate(params: Params, ws: Workspace) -> dict[str, Any]:
         split: metric.of(predict(fp32, x), y)
         for split, (x, y) in ((s, xy(splits[s])) for s in ("train", "val", "test"))
     }
-    skipped = json.loads(ws.skipped_variants.read_text()) if ws.skipped_variants.exists() else {}
+    skipped = skipped_variants(ws)
     loss = allowed_loss(params, metric)
     evaluation = {
         "task": schema.task,
