@@ -11,7 +11,6 @@ layout, its value range, an output's meaning) a small YAML beside the model stat
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -304,15 +303,3 @@ def check_runs(path: Path, spec: ModelSpec, rows: int = 2) -> str:
     except Exception as exc:
         return f"onnxruntime cannot run it on a batch of {rows}: {str(exc).splitlines()[0]}"
     return spec.output_problem(raw, rows)
-
-
-def stamp_copy(src: Path, dst: Path, spec: ModelSpec) -> Path:
-    """Copy ``src`` to ``dst`` with ``spec`` stored in it."""
-    model = onnx.load(str(src))
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "model.onnx"
-        onnx.save(model, str(staged))
-        write_spec(staged, spec)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(staged.read_bytes())
-    return dst
