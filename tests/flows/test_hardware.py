@@ -60,14 +60,20 @@ def make_model(path: Path, weights: np.ndarray, *, nan: bool = False, ballast_mb
     if ballast_mb:
         ballast = np.zeros(ballast_mb * 2**20 // 4, dtype=np.float32)
         inits.append(numpy_helper.from_array(ballast, "ballast"))
+    return save_classifier(path, nodes, inits)
+
+
+def save_classifier(path: Path, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> Path:
+    """``nodes`` as a model from ``features`` [N, 64] to ``probabilities`` [N, 10], checked and
+    saved at ``path``."""
     graph = helper.make_graph(
         nodes,
-        "tiny",
+        path.stem,
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, path)
@@ -435,17 +441,7 @@ def wide_activation_model(path: Path) -> Path:
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
         numpy_helper.from_array(np.array([1, 1, 4096], dtype=np.int64), "repeats"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "wide",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_classifier(path, nodes, inits)
 
 
 def test_the_golden_set_runs_in_small_batches_under_a_memory_cap(work: Path) -> None:
