@@ -49,18 +49,25 @@ if TYPE_CHECKING:
 DEVICES = 50
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
 DRIFT_SHARE = 0.1
+FEEDBACK_RATE = 0.6
+"""Share of predictions whose label comes back, outside the label-free canaries."""
 DRIFT_WAIT_S = 120.0
 DEMO_POLICY = {
     "stages": [
         {"fraction": f, "bake_s": 2, "deadline_s": 45, "min_confirmed_fraction": 0.8,
-         "min_inferences": 40, "min_feedback": 20}
+         "min_inferences": 40, "min_feedback": 0}
         for f in (0.2, 0.5, 1.0)
     ],
-    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 20}},
-    "on_silence": "fail",
+    "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 20},
+              "agreement": {"max_disagreement": 0.05, "alpha": 0.05, "min_samples": 100}},
+    "shadow": {"rate": 0.5, "cpu_budget": 0.5},
+    "required_gates": ["p95_latency", "error_rate", "agreement"],
+    "on_inconclusive": "fail",
     "poll_s": 0.5,
     "deadline_s": 300,
 }  # fmt: skip
+"""The demo's canaries: a fleet that sends no labels, judged by agreement with the stable model
+(devices compare the two in shadow on half their rows), latency and errors."""
 
 
 def _free_port() -> int:
@@ -166,7 +173,7 @@ def simulated_fleet(
     later = FaultPlan(drift=FaultWindow(DRIFT_SHARE, start_s=math.inf))
     sim = Simulation(
         url, admin_token, devices=DEVICES, classes=CLASSES, field_x=x, field_y=y,
-        feedback_rate=0.6, report_interval_s=0.5, seed=7, faults=later, drift_reference=reference,
+        feedback_rate=FEEDBACK_RATE, report_interval_s=0.5, seed=7, faults=later, drift_reference=reference,
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
@@ -177,6 +184,15 @@ def simulated_fleet(
         stop.set()
         thread.join(timeout=40)
         sim.close()
+
+
+def _labels_sent(sim: Simulation) -> int:
+    """Labelled predictions the simulated devices have produced so far (each becomes a field
+    sample, sent or waiting in an outbox)."""
+    devices = sim.result.devices.values()
+    return sum(
+        d.field_samples_sent + d.field_samples_pending + d.field_samples_dropped for d in devices
+    )
 
 
 def drift_reference(client: Any, model: str, version: str) -> DriftReference | None:
@@ -272,7 +288,13 @@ def run_fleet_demo(
                     model=model, version=stable, stable_version=None, admin_token=token, url=url
                 )
             )
-        say(f"v{stable} runs on the fleet; a retrained copy goes out through staged canaries")
+        say(
+            f"v{stable} runs on the fleet; a retrained copy goes out through staged canaries, "
+            "and the devices stop sending labels: the canaries are judged by agreement with "
+            f"v{stable}, which the devices run in shadow"
+        )
+        labelled_before = _labels_sent(sim)
+        sim.feedback_rate = 0.0
         retrained = work / "retrained.onnx"
         retrained.write_bytes(fp32.read_bytes())
         new = register(retrained, model).version
@@ -290,6 +312,8 @@ def run_fleet_demo(
         outcomes.append(
             rollout(model=model, version=bad, stable_version=current, admin_token=token, url=url)
         )
+        labels_during_canaries = _labels_sent(sim) - labelled_before
+        sim.feedback_rate = FEEDBACK_RATE
         drift: DriftRemediation | None = None
         if reference is not None:
             say(f"input drift on {DRIFT_SHARE:.0%} of the devices; waiting for the alert")
@@ -305,6 +329,7 @@ def run_fleet_demo(
         "devices": DEVICES,
         "classes": CLASSES,
         "rollouts": [o.model_dump(mode="json") for o in outcomes],
+        "labels_during_canaries": labels_during_canaries,
         "fleet_versions": {str(k): v for k, v in fleet.items()},
         "production": production_version(client, model),
     }

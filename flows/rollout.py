@@ -86,15 +86,18 @@ def publish_variants(
 
 def policy_for(params: Params, settings: Settings) -> RolloutPolicy:
     """params.yaml's rollout policy with one cohort per required profile, at its p95 budget."""
-    cohorts = {}
+    cohorts: dict[str, dict[str, object]] = {}
     for name in params.gates.profiles:
         budget = load_profile(name, settings.profiles_dir).budgets.p95_latency_ms
         cohorts[name] = {"p95_latency_ms": budget or 1000.0}
+        if params.rollout.required_gates is not None:
+            cohorts[name]["required"] = params.rollout.required_gates
     raw = {
         "cohorts": cohorts,
         "stages": params.rollout.stages,
         "gates": params.rollout.gates,
-        "on_silence": params.rollout.on_silence,
+        "shadow": params.rollout.shadow,
+        "on_inconclusive": params.rollout.on_inconclusive,
     }
     return load_policy(raw)
 

@@ -117,7 +117,15 @@ class RolloutParams(_Strict):
             "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 200},
         }
     )
-    on_silence: str = "fail"
+    shadow: dict[str, Any] | None = Field(
+        None, description="shadow comparisons on canary devices (rate, cpu_budget, tolerance)"
+    )
+    required_gates: list[str] | None = Field(
+        None,
+        description="gates every cohort must pass; default p95_latency, error_rate, accuracy. "
+        "A fleet without labels requires agreement instead of accuracy",
+    )
+    on_inconclusive: str = "fail"
     poll_s: float = Field(1.0, gt=0)
     deadline_s: float = Field(
         4 * 3600, gt=0, description="the flow aborts a rollout older than this"

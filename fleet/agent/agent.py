@@ -301,6 +301,7 @@ class Agent:
         return credentials
 
     def _converge(self, desired: DesiredState, credentials: Credentials) -> None:
+        self.slots.plan_shadow(desired.shadow)
         artifact = desired.artifact
         if artifact is None:
             return

@@ -25,11 +25,18 @@ Every step is reported to an injectable event sink as a tuple, ``("verify", vers
 
 Telemetry is recorded per served artifact (a :class:`TelemetryWindow` each), so an inference is
 always credited to the version that actually ran it, even when a swap happens between two reports.
+
+Shadow comparison (``fleet.shared.shadow``): during a canary the controller names the stable version
+(:meth:`SlotManager.plan_shadow`); when the previous slot holds it, a sampled share of the rows the
+active model served is handed to one background thread that scores them with the previous model and
+counts agreement in the active model's window. Serving never waits for it: a full queue or a spent
+CPU budget skips the rows (counted), and a shadow model that raises is counted as failed.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -55,11 +62,15 @@ from fleet.agent.errors import (
 from fleet.agent.store import ArtifactRef, ModelStore, Slots, StoredArtifact
 from fleet.agent.telemetry import AwaitingLabels, FeedbackPair, TelemetryWindow
 from fleet.shared.modelspec import ModelSpec, ModelSpecError, Task, read_spec
-from fleet.shared.protocol import MAX_FEATURES
+from fleet.shared.protocol import MAX_FEATURES, ShadowPlan
 from fleet.shared.runtime import open_session
+from fleet.shared.shadow import ShadowBudget, sample_rows
 from fleet.shared.signature import file_sha256, verify_variant
 
 log = logging.getLogger(__name__)
+
+SHADOW_QUEUE = 8
+"""Batches waiting for the shadow thread; more are skipped, never queued without bound."""
 
 GOLDEN_ROWS = 8
 """Rows synthesised for the smoke test when no golden inputs are given."""
@@ -171,6 +182,18 @@ class _Slot:
     spec: ModelSpec
 
 
+@dataclass(frozen=True)
+class _ShadowJob:
+    """Rows the active model served, its scores, and the stable slot to compare them with."""
+
+    ref: ArtifactRef
+    task: Task
+    stable: _Slot
+    features: np.ndarray
+    scores: np.ndarray
+    plan: ShadowPlan
+
+
 def _holds(slot: _Slot | None, ref: ArtifactRef, sha256: str) -> bool:
     """Whether ``slot`` holds exactly these bytes of ``ref``."""
     return slot is not None and slot.ref == ref and slot.sha256 == sha256
@@ -225,6 +248,11 @@ class SlotManager:
         self._active: _Slot | None = None
         self._previous: _Slot | None = None
         self._windows: dict[ArtifactRef, TelemetryWindow] = {}
+        self._shadow_plan: ShadowPlan | None = None
+        self._shadow_budget: ShadowBudget | None = None
+        self._shadow_jobs: queue.Queue[_ShadowJob] = queue.Queue(SHADOW_QUEUE)
+        self._shadow_thread: threading.Thread | None = None
+        self._rng = np.random.default_rng()
 
     # --- what serves -----------------------------------------------------------------------------
 
@@ -278,6 +306,7 @@ class SlotManager:
             self._window(slot.ref).record_inference(
                 latency_ms, rows=len(probabilities), inputs=features
             )
+        self._offer_shadow(slot, features, probabilities, latency_ms)
         ids = tuple(uuid.uuid4().hex for _ in range(len(probabilities)))
         if await_labels and probabilities.ndim == 2:
             keep = self._on_label is not None and features.ndim == 2
@@ -288,6 +317,83 @@ class SlotManager:
                 row = features[i].copy() if keep else None
                 self._labels.expect(pid, slot.ref, int(predicted), row)
         return Prediction(probabilities=probabilities, ref=slot.ref, ids=ids)
+
+    # --- shadow comparison -----------------------------------------------------------------------
+
+    def plan_shadow(self, plan: ShadowPlan | None) -> None:
+        """Compare the active model with ``plan.version`` from now on (None: stop comparing)."""
+        with self._swap_lock:
+            if plan == self._shadow_plan:
+                return
+            self._shadow_plan = plan
+            self._shadow_budget = ShadowBudget(plan.cpu_budget) if plan is not None else None
+
+    def _offer_shadow(
+        self, slot: _Slot, features: np.ndarray, scores: np.ndarray, latency_ms: float
+    ) -> None:
+        """Hand a sampled share of what ``slot`` just served to the shadow thread, or count it
+        skipped; never blocks."""
+        with self._swap_lock:
+            plan, budget, stable = self._shadow_plan, self._shadow_budget, self._previous
+        if plan is None or budget is None or stable is None:
+            return
+        if stable.ref.version != plan.version or slot.ref.version == plan.version:
+            return
+        budget.served(latency_ms)
+        rows = sample_rows(self._rng, len(scores), plan.rate)
+        if not len(rows):
+            return
+        job = _ShadowJob(slot.ref, slot.spec.task, stable, features[rows], scores[rows], plan)
+        if budget.allows():
+            try:
+                self._shadow_jobs.put_nowait(job)
+                self._start_shadow_thread()
+                return
+            except queue.Full:
+                pass
+        with self._swap_lock, self._window(slot.ref).shadow(plan.version) as tally:
+            tally.skip(len(rows))
+
+    def _start_shadow_thread(self) -> None:
+        if self._shadow_thread is None:
+            self._shadow_thread = threading.Thread(
+                target=self._shadow_loop, name="shadow", daemon=True
+            )
+            self._shadow_thread.start()
+
+    def _shadow_loop(self) -> None:
+        while True:
+            job = self._shadow_jobs.get()
+            try:
+                self.run_shadow(job)
+            finally:
+                self._shadow_jobs.task_done()
+
+    def run_shadow(self, job: _ShadowJob) -> None:
+        """Score one job's rows with the stable model and count the comparison in the window of
+        the version that served them (the shadow thread's work; tests call it directly)."""
+        started = time.perf_counter()
+        try:
+            feed = job.stable.spec.feed(job.features)
+            raw = job.stable.session.run([job.stable.spec.scored.name], feed)[0]
+            stable_scores = job.stable.spec.scores({job.stable.spec.scored.name: raw})
+            busy_ms = (time.perf_counter() - started) * 1e3
+            with self._swap_lock, self._window(job.ref).shadow(job.plan.version) as tally:
+                tally.add(
+                    job.scores,
+                    stable_scores,
+                    task=job.task,
+                    tolerance=job.plan.tolerance,
+                    busy_ms=busy_ms,
+                )
+        except Exception as exc:
+            busy_ms = (time.perf_counter() - started) * 1e3
+            log.warning("shadow inference with %s failed: %s", job.stable.ref, exc)
+            with self._swap_lock, self._window(job.ref).shadow(job.plan.version) as tally:
+                tally.fail(len(job.features), busy_ms)
+        budget = self._shadow_budget
+        if budget is not None:
+            budget.spent(busy_ms)
 
     def record_label(self, prediction_id: str, label: int) -> bool:
         """Pair a ground-truth label with an earlier prediction; the pair goes to the telemetry of

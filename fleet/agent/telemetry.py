@@ -42,6 +42,7 @@ import numpy as np
 
 from fleet.agent.errors import ReportTooLarge, TelemetryError
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.shadow import ShadowTally
 
 RESERVED_KEYS = ("seq", "dropped_total", "buffer_id")
 """Keys :class:`TelemetryBuffer` adds to each report; a report may not carry them itself."""
@@ -245,6 +246,7 @@ class TelemetryWindow:
         self.inputs = InputStats(self._max_features)
         self.feedback: deque[FeedbackPair] = deque(maxlen=self._max_feedback)
         self.feedback_dropped = 0
+        self._shadow: ShadowTally | None = None
 
     def record_inference(
         self, latency_ms: float, *, rows: int = 1, inputs: np.ndarray | None = None
@@ -268,6 +270,17 @@ class TelemetryWindow:
             if len(self.feedback) == self.feedback.maxlen:
                 self.feedback_dropped += 1  # the deque drops the oldest pair
             self.feedback.append(pair)
+
+    @contextlib.contextmanager
+    def shadow(self, against: str) -> Iterator[ShadowTally]:
+        """This window's shadow counts against the stable version ``against``, under the lock.
+
+        A window compares against one version; a plan that names another one mid-window starts the
+        counts afresh (the controller would not pair them with the new stable version anyway)."""
+        with self._lock:
+            if self._shadow is None or self._shadow.against != against:
+                self._shadow = ShadowTally(against)
+            yield self._shadow
 
     @property
     def is_empty(self) -> bool:
@@ -299,6 +312,8 @@ class TelemetryWindow:
                 "feedback": [pair.to_dict() for pair in self.feedback],
                 "feedback_dropped": self.feedback_dropped,
             }
+            if self._shadow is not None:
+                report["shadow"] = self._shadow.to_dict()
             self._reset(started_at=ended_at)
         return report
 

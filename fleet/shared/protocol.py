@@ -82,6 +82,25 @@ class Artifact(_Wire):
     url: str = Field(description="path under /v1/artifacts, or a signed object-store URL")
 
 
+class ShadowPlan(_Wire):
+    """During a canary: score a sampled share of real inputs with the stable version too.
+
+    The device runs ``version`` (the model it served before the canary, kept in its other slot) on
+    ``rate`` of the inputs it serves, off the serving path, and never spends more than ``cpu_budget``
+    of its serving time on it; it reports how often the two agree (:class:`ShadowReport`). Labels are
+    not needed, so a fleet without ground truth can still judge a canary.
+    """
+
+    version: str = Field(pattern=NAME, description="the stable version to run in shadow")
+    rate: float = Field(gt=0, le=1, description="share of served rows scored in shadow")
+    cpu_budget: float = Field(
+        gt=0, le=1, description="shadow inference time at most this share of serving time"
+    )
+    tolerance: float = Field(
+        0.0, ge=0, description="regressors: |canary - stable| above this is a disagreement"
+    )
+
+
 class DesiredState(_Wire):
     """What a device should run. ``revision`` changes whenever anything here changes."""
 
@@ -89,6 +108,7 @@ class DesiredState(_Wire):
     revision: int = Field(ge=0)
     artifact: Artifact | None = None
     rollout_id: str | None = None
+    shadow: ShadowPlan | None = None
 
 
 # --- telemetry -------------------------------------------------------------------------------
@@ -127,6 +147,54 @@ class DeviceEvent(_Wire):
     action: Literal["none", "fallback"] = "none"
 
 
+MAX_SHADOW_CLASSES = 1000
+"""Distinct predicted classes one shadow report may count (per model)."""
+
+
+class ShadowReport(_Wire):
+    """Paired comparisons in one window: the reporting version against ``against`` (the stable
+    version run in shadow) on the same inputs. A row is compared, failed (the shadow model raised) or
+    skipped (sampled, but the CPU budget was spent or the shadow queue was full)."""
+
+    against: str = Field(pattern=NAME)
+    compared: int = Field(ge=0, le=100_000_000)
+    disagreed: int = Field(ge=0, le=100_000_000)
+    failed: int = Field(0, ge=0, le=100_000_000)
+    skipped: int = Field(0, ge=0, le=100_000_000)
+    busy_ms: float = Field(0.0, ge=0, le=1e12, description="time spent in shadow inference")
+    canary_classes: dict[str, int] = Field(
+        default_factory=dict,
+        max_length=MAX_SHADOW_CLASSES,
+        description="top class of the reporting version on the compared rows (classifiers)",
+    )
+    stable_classes: dict[str, int] = Field(
+        default_factory=dict,
+        max_length=MAX_SHADOW_CLASSES,
+        description="top class of the shadow model on the same rows",
+    )
+
+    def problems(self, served_rows: int) -> list[str]:
+        """What is impossible about these counts for a window that served ``served_rows`` rows."""
+        out = []
+        if self.disagreed > self.compared:
+            out.append(
+                f"shadow: disagreed ({self.disagreed}) is more than compared ({self.compared})"
+            )
+        sampled = self.compared + self.failed + self.skipped
+        if sampled > served_rows:
+            out.append(
+                f"shadow: {sampled} rows compared, failed or skipped, more than the {served_rows} "
+                "the report served"
+            )
+        for name, classes in (("canary", self.canary_classes), ("stable", self.stable_classes)):
+            if any(n < 0 for n in classes.values()) or sum(classes.values()) > self.compared:
+                out.append(
+                    f"shadow: {name}_classes must be non-negative and add up to at most "
+                    f"compared ({self.compared})"
+                )
+        return out
+
+
 class TelemetryReport(_Wire):
     """One window of one version on one device; ``(buffer_id, seq)`` makes it idempotent."""
 
@@ -142,11 +210,20 @@ class TelemetryReport(_Wire):
     window_end: float = Field(ge=0)
     inferences: int = Field(ge=0, le=10_000_000)
     errors: int = Field(ge=0, le=10_000_000)
+    rows: int | None = Field(
+        None, ge=0, le=1_000_000_000, description="rows scored (a call may score several)"
+    )
     latency_ms: LatencyCounts
     feedback: list[Feedback] = Field(default_factory=list, max_length=10_000)
     dropped_total: int = Field(0, ge=0)
     input_stats: dict[str, object] = Field(default_factory=dict)
     events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
+    shadow: ShadowReport | None = None
+
+    @property
+    def served_rows(self) -> int:
+        """Rows this window served: ``rows`` when the device counts them, else its inferences."""
+        return max(self.rows or 0, self.inferences)
 
     @model_validator(mode="after")
     def _consistent(self) -> TelemetryReport:

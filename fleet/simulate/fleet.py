@@ -47,6 +47,7 @@ import numpy as np
 
 from fleet.agent.telemetry import FeedbackPair, TelemetryWindow
 from fleet.shared.drift import DetectorPolicy, DeviceDetector, DriftReference
+from fleet.shared.modelspec import Task
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
     MAX_FIELD_SAMPLES_PER_BATCH,
@@ -54,9 +55,11 @@ from fleet.shared.protocol import (
     Artifact,
     DesiredState,
     EnrolResponse,
+    ShadowPlan,
     TelemetryAck,
     values_prefix,
 )
+from fleet.shared.shadow import ShadowBudget, sample_rows
 from fleet.shared.signature import verify_variant
 from fleet.simulate.faults import (
     FAULT_KINDS,
@@ -144,6 +147,8 @@ class _Device:
 
     def _reset_memory(self) -> None:
         self.revision: int | None = None
+        self.shadow: ShadowPlan | None = None
+        self.budget: ShadowBudget | None = None
         self.window = TelemetryWindow()
         self.retry_at = 0.0
         ref = self.sim.drift_reference
@@ -241,6 +246,9 @@ class _Device:
 
     async def reconcile(self, state: DesiredState) -> bool:
         """Move to the desired artifact; False when it was rejected (retry later)."""
+        if state.shadow != self.shadow:
+            self.shadow = state.shadow
+            self.budget = ShadowBudget(state.shadow.cpu_budget) if state.shadow else None
         want = state.artifact
         if want is None:
             return True
@@ -303,13 +311,17 @@ class _Device:
             x += sim.faults.drift_shift
             x += self.rng.normal(0, sim.faults.drift_noise, x.shape).astype(np.float32)
         try:
-            preds, batch_ms = await sim.sessions.predict(active.sha256, sim.model_path(active), x)
+            scores, batch_ms, spec = await sim.sessions.predict(
+                active.sha256, sim.model_path(active), x
+            )
         except Exception:  # a failing model is a reported error, as on a device
             for _ in range(k):
                 self.window.record_error()
             return
         if self.disk.active is not active:
             return  # swapped while scoring: this batch belongs to no window
+        preds = scores.argmax(axis=1).astype(np.int64)
+        await self._shadow(active, x, scores, batch_ms, spec.task)
         factor = sim.latency_scale.get(self.cls, 1.0)
         if self.fault("slow"):
             factor *= sim.faults.slow_factor
@@ -325,6 +337,38 @@ class _Device:
             pair = FeedbackPair(uuid.uuid4().hex[:16], int(preds[i]), int(sim.field_y[rows[i]]))
             self.window.record_feedback(pair)
         self._keep_field_samples(active, x[labelled], preds[labelled], sim.field_y[rows[labelled]])
+
+    async def _shadow(
+        self, active: Artifact, x: np.ndarray, scores: np.ndarray, batch_ms: float, task: Task
+    ) -> None:
+        """Score the sampled rows with the stable model too, as the agent does, within budget."""
+        plan, budget = self.shadow, self.budget
+        stable = self.disk.models.get(plan.version) if plan is not None else None
+        if plan is None or budget is None or stable is None or plan.version == active.version:
+            return
+        budget.served(batch_ms)
+        rows = sample_rows(self.rng, len(x), plan.rate)
+        if not len(rows):
+            return
+        if not budget.allows():
+            with self.window.shadow(plan.version) as tally:
+                tally.skip(len(rows))
+            return
+        try:
+            stable_scores, shadow_ms, _ = await self.sim.sessions.predict(
+                stable.sha256, self.sim.model_path(stable), x[rows]
+            )
+        except Exception:
+            with self.window.shadow(plan.version) as tally:
+                tally.fail(len(rows))
+            return
+        budget.spent(shadow_ms)
+        if self.disk.active is not active:
+            return
+        with self.window.shadow(plan.version) as tally:
+            tally.add(
+                scores[rows], stable_scores, task=task, tolerance=plan.tolerance, busy_ms=shadow_ms
+            )
 
     def _keep_field_samples(
         self, active: Artifact, x: np.ndarray, preds: np.ndarray, labels: np.ndarray

@@ -45,21 +45,28 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def spec(self, session: ort.InferenceSession) -> ModelSpec:
+        """The contract of a session this cache opened."""
+        return self._specs.get(id(session)) or read_spec(session)
+
     def run(self, session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """Predicted classes of the rows of ``x`` and the wall time of the call in ms."""
-        spec = self._specs.get(id(session)) or read_spec(session)
+        """The scored output of the rows of ``x`` (``(n, width)``: class scores or values) and the
+        wall time of the call in ms."""
+        spec = self.spec(session)
         feed = spec.feed(np.asarray(x, dtype=np.float32))
         started = time.perf_counter()
         out = session.run([spec.scored.name], feed)[0]
         elapsed_ms = (time.perf_counter() - started) * 1000
-        preds = spec.scores({spec.scored.name: out})
-        return preds.argmax(axis=1).astype(np.int64).reshape(-1), elapsed_ms
+        return spec.scores({spec.scored.name: out}), elapsed_ms
 
-    async def predict(self, sha256: str, path: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """:meth:`run` on the shared session of ``sha256``, off the event loop."""
+    async def predict(
+        self, sha256: str, path: Path, x: np.ndarray
+    ) -> tuple[np.ndarray, float, ModelSpec]:
+        """:meth:`run` on the shared session of ``sha256``, off the event loop, with its contract."""
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._pool, self.get, sha256, path)
-        return await loop.run_in_executor(self._pool, self.run, session, x)
+        scores, elapsed_ms = await loop.run_in_executor(self._pool, self.run, session, x)
+        return scores, elapsed_ms, self.spec(session)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

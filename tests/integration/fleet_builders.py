@@ -83,6 +83,23 @@ def two_stage_policy(
     }
 
 
+LABEL_FREE_GATES = ["p95_latency", "error_rate", "agreement"]
+
+
+def label_free_policy(p95_budgets_ms: dict[str, float], **stage: Any) -> dict[str, Any]:
+    """:func:`two_stage_policy` for a fleet that sends no labels: no feedback minimum, and every
+    cohort requires agreement with the stable model (shadow on half the rows, within 50% of the
+    serving time) instead of accuracy."""
+    raw = two_stage_policy(p95_budgets_ms, **stage)
+    for stage_policy in raw["stages"]:
+        stage_policy["min_feedback"] = 0
+    for cohort in raw["cohorts"].values():
+        cohort["required"] = LABEL_FREE_GATES
+    raw["gates"]["agreement"] = {"max_disagreement": 0.05, "alpha": 0.05, "min_samples": 100}
+    raw["shadow"] = {"rate": 0.5, "cpu_budget": 0.5}
+    return raw
+
+
 def roll_out_on_simulated_devices(
     base: str,
     db_url: str,

@@ -213,7 +213,7 @@ class Controller:
 
 
 def policy(
-    cls: str, *, bake_s: float = 1.0, deadline_s: float = 30.0, on_silence: str = "fail"
+    cls: str, *, bake_s: float = 1.0, deadline_s: float = 30.0, on_inconclusive: str = "fail"
 ) -> dict[str, Any]:
     return {
         "cohorts": {cls: {"p95_latency_ms": 50}},
@@ -233,7 +233,7 @@ def policy(
             "max_error_rate": 0.05,
             "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 50},
         },
-        "on_silence": on_silence,
+        "on_inconclusive": on_inconclusive,
         "rollback_timeout_s": 60,
     }
 

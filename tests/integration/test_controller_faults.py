@@ -441,7 +441,7 @@ def test_device_offline_mid_stage_is_not_success_and_converges_after_reconnect(
         "offm",
         cls,
         key,
-        policy=policy(cls, bake_s=1.0, deadline_s=3.0, on_silence="pause"),
+        policy=policy(cls, bake_s=1.0, deadline_s=3.0, on_inconclusive="pause"),
     )
     targeted = sorted(d for d, (_, v) in desired_versions(controller, creds).items() if v == "2")
     assert len(targeted) == 2

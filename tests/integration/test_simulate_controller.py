@@ -1,6 +1,7 @@
 """The fleet simulator against a real controller process (uvicorn, SQLite in tmp): 20 devices in two
 classes enrol, converge on v1, take v2 through a staged rollout that succeeds, and roll a latency-
-regressed v3 (on edge-small) back automatically. Faults: test_simulate_faults.py."""
+regressed v3 (on edge-small) back automatically; a fleet that sends no labels at all does the same on
+the agreement gate (shadow comparisons on the devices). Faults: test_simulate_faults.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleet_builders import label_free_policy, target_all, two_stage_policy
 from fleet_builders import register as register_signed
-from fleet_builders import target_all, two_stage_policy
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
 from fleet.simulate import Simulation, make_regressed_variant
@@ -37,10 +38,12 @@ def register(c: dict[str, Any], client: httpx.Client, version: str, cls: str, pa
     register_signed(client, c["key"], version, cls, path)
 
 
-def rollout(client: httpx.Client, version: str, stable: str) -> str:
+def rollout(
+    client: httpx.Client, version: str, stable: str, policy: dict[str, Any] = POLICY
+) -> str:
     r = client.post(
         "/v1/rollouts",
-        json={"model": "digits", "version": version, "stable_version": stable, "policy": POLICY},
+        json={"model": "digits", "version": version, "stable_version": stable, "policy": policy},
         headers=ADMIN_HEADERS,
     )
     assert r.status_code == 201, r.text
@@ -115,5 +118,70 @@ def test_simulated_fleet_rolls_out_and_rolls_back(controller: dict[str, Any]) ->
             sent = sum(d.reports_sent for d in result.devices.values())
             acked = sum(d.reports_acked for d in result.devices.values())
             assert sent > 0 and acked == sent
+        finally:
+            sim.close()
+
+
+def test_a_fleet_without_labels_rolls_out_on_agreement_and_rolls_back_a_disagreeing_canary(
+    controller: dict[str, Any],
+) -> None:
+    tmp: Path = controller["tmp"]
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 10))
+    field_x = rng.integers(0, 17, size=(3000, 64)).astype(np.float32)
+    v1 = write_model(tmp / "v1.onnx", w)
+    v2 = write_model(tmp / "v2.onnx", w + rng.normal(0, 1e-3, size=w.shape))
+    v3_wrong = make_regressed_variant(v2, tmp / "v3-wrong.onnx", "accuracy", share=0.6)
+    policy = label_free_policy({"host-cpu": 50, "edge-small": 50}, deadline_s=30)
+    with httpx.Client(base_url=controller["base"], timeout=30) as client:
+        for cls in CLASSES:
+            register(controller, client, "1", cls, v1)
+            register(controller, client, "2", cls, v2)
+            register(controller, client, "3", cls, v3_wrong)
+        sim = Simulation(
+            controller["base"],
+            ADMIN,
+            devices=12,
+            classes=CLASSES,
+            field_x=field_x,
+            field_y=np.zeros(len(field_x), dtype=np.int64),  # never sent: no feedback at all
+            feedback_rate=0.0,
+            report_interval_s=0.25,
+            rows_per_report=50,
+            seed=2,
+        )
+        try:
+            ids = list(sim.result.devices)
+            result = sim.run_sync(
+                until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15
+            )
+            target_all(controller["db_url"], ids, "1")
+            result = sim.run_sync(until=lambda: result.versions() == {"1": 12}, timeout_s=15)
+
+            def detail(rollout_id: str) -> dict[str, Any]:
+                r = client.get(f"/v1/rollouts/{rollout_id}", headers=ADMIN_HEADERS)
+                return dict(r.json())
+
+            terminal = {"succeeded", "rolled_back", "failed", "aborted"}
+            r2 = rollout(client, "2", "1", policy)
+            sim.run_sync(until=lambda: detail(r2)["phase"] in terminal, timeout_s=60)
+            done = detail(r2)
+            assert done["phase"] == "succeeded", done["reason"]
+            for cohort in done["status"]["last_check"]["cohorts"]:
+                gates = {g["gate"]: g for g in cohort["gates"]}
+                assert cohort["feedback"] == 0
+                assert gates["accuracy"]["verdict"] == "inconclusive"
+                assert gates["agreement"]["verdict"] == "pass"
+                assert gates["agreement"]["samples"] >= 100
+            sim.run_sync(until=lambda: result.versions() == {"2": 12}, timeout_s=10)
+
+            r3 = rollout(client, "3", "2", policy)
+            sim.run_sync(until=lambda: detail(r3)["phase"] in terminal, timeout_s=60)
+            done = detail(r3)
+            assert done["phase"] == "rolled_back", done["reason"]
+            causes = {c["gate"] for c in done["status"]["causes"]}
+            assert causes == {"agreement"}, done["reason"]
+            sim.run_sync(until=lambda: result.versions() == {"2": 12}, timeout_s=10)
+            assert result.versions() == {"2": 12}
         finally:
             sim.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from fleet.agent.slots import (
 )
 from fleet.agent.store import ArtifactRef, ModelStore, Slots
 from fleet.agent.telemetry import TelemetryBuffer
+from fleet.shared.protocol import ShadowPlan
 from fleet.shared.signature import file_sha256
 
 FEATURES, CLASSES = 64, 10
@@ -617,3 +619,81 @@ def test_telemetry_credits_each_version_and_labels_follow_their_prediction(
     # The next flush: only the running version, empty.
     (again,) = manager.flush_telemetry()
     assert (again["version"], again["inferences"], again["running"]) == ("v2", 0, True)
+
+
+# --- shadow comparison ---------------------------------------------------------------------------
+
+
+def shadow_report(manager: SlotManager, version: str) -> dict[str, object]:
+    """The shadow counts in the report of ``version``, waiting for the shadow thread to finish."""
+    deadline = time.monotonic() + 10
+    while manager._shadow_jobs.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (report,) = [r for r in manager.flush_telemetry() if r["version"] == version]
+    shadow = report["shadow"]
+    assert isinstance(shadow, dict)
+    return shadow
+
+
+def test_the_previous_model_runs_in_shadow_and_agreement_goes_to_the_canary(
+    tmp_path: Path, key: Ed25519PrivateKey, on_v1: tuple[SlotManager, list[Event]]
+) -> None:
+    manager, _ = on_v1
+    manager.install(new_candidate(tmp_path / "dl", key, "v2"))  # other weights: some disagree
+    manager.plan_shadow(ShadowPlan(version="v1", rate=1.0, cpu_budget=1.0))
+    x = np.random.default_rng(1).standard_normal((200, FEATURES)).astype(np.float32)
+    served = [manager.predict(x[i : i + 20]) for i in range(0, 200, 20)]
+    shadow = shadow_report(manager, "v2")
+    v1 = x @ np.random.default_rng(1).standard_normal((FEATURES, CLASSES)).astype(np.float32)
+    expected = int(
+        (np.concatenate([p.probabilities for p in served]).argmax(1) != v1.argmax(1)).sum()
+    )
+    assert shadow["against"] == "v1"
+    assert shadow["compared"] + shadow["skipped"] == 200 and shadow["failed"] == 0
+    if shadow["skipped"] == 0:
+        assert shadow["disagreed"] == expected
+    assert 0 < shadow["disagreed"] < shadow["compared"]
+    manager.plan_shadow(None)
+    manager.predict(x[:5])
+    (report,) = [r for r in manager.flush_telemetry() if r["version"] == "v2"]
+    assert "shadow" not in report
+
+
+def test_shadow_failures_and_spent_budgets_are_counted_and_serving_goes_on(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    on_v1: tuple[SlotManager, list[Event]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, _ = on_v1
+    manager.install(new_candidate(tmp_path / "dl", key, "v2"))
+    previous = manager._previous
+    assert previous is not None
+
+    def fail(*_: object, **__: object) -> object:
+        raise RuntimeError("simulated shadow failure")
+
+    monkeypatch.setattr(previous.session, "run", fail)
+    manager.plan_shadow(ShadowPlan(version="v1", rate=1.0, cpu_budget=1.0))
+    assert manager.predict(GOLDEN).probabilities.shape == (8, CLASSES)
+    shadow = shadow_report(manager, "v2")
+    assert (shadow["compared"], shadow["failed"]) == (0, 8)
+
+    manager.plan_shadow(ShadowPlan(version="v1", rate=1.0, cpu_budget=0.01))
+    budget = manager._shadow_budget
+    assert budget is not None
+    budget.spent(1e6)  # as if the shadow model had been very slow
+    manager.predict(GOLDEN)
+    shadow = shadow_report(manager, "v2")
+    assert (shadow["compared"], shadow["failed"], shadow["skipped"]) == (0, 0, 8)
+
+
+def test_no_shadow_when_the_previous_slot_holds_another_version(
+    tmp_path: Path, key: Ed25519PrivateKey, on_v1: tuple[SlotManager, list[Event]]
+) -> None:
+    manager, _ = on_v1
+    manager.install(new_candidate(tmp_path / "dl", key, "v2"))
+    manager.plan_shadow(ShadowPlan(version="v7", rate=1.0, cpu_budget=1.0))
+    manager.predict(GOLDEN)
+    (report,) = [r for r in manager.flush_telemetry() if r["version"] == "v2"]
+    assert "shadow" not in report

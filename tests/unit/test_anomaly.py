@@ -108,7 +108,9 @@ def test_old_observations_are_pruned_and_alerts_kept(fleet: Fleet) -> None:
     headers = {"Authorization": f"Bearer {credential}"}
     fleet.clock.at(5)
     assert fleet.client.post("/v1/devices/dev-1/telemetry", json=body, headers=headers).is_success
-    settings = ObserveSettings(window_s=10, retention_s=60, playbooks_path=fleet.tmp / "x")
+    settings = ObserveSettings(
+        window_s=10, retention_s=60, playbooks_path=fleet.tmp / "x", drift_min_devices=1
+    )
     with fleet.app.state.sessions() as session:
         (alert,) = detect(session, fleet.clock.at(10), settings)
         assert "feature f1: PSI 0.90" in alert.reason
@@ -118,6 +120,26 @@ def test_old_observations_are_pruned_and_alerts_kept(fleet: Fleet) -> None:
         assert session.query(DeviceEventRow).count() == 0
         assert session.query(SeriesPointRow).count() == 0
         assert session.query(AlertRow).count() == 1
+
+
+def test_one_device_reporting_drift_raises_no_alert_two_do(fleet: Fleet) -> None:
+    event = {"kind": "input_drift", "value": 0.9, "threshold": 0.25, "window_s": 5, "feature": "f1"}
+    settings = ObserveSettings(window_s=10, playbooks_path=fleet.tmp / "x")
+    credentials = {d: fleet.enrol(d) for d in ("dev-0", "dev-1")}
+
+    def drift(at: float, devices: list[str], seq: int) -> list[AlertRow]:
+        fleet.clock.at(at)
+        for device_id in devices:
+            body = {"reports": [{**report(seq, "1"), "events": [event]}]}
+            headers = {"Authorization": f"Bearer {credentials[device_id]}"}
+            r = fleet.client.post(f"/v1/devices/{device_id}/telemetry", json=body, headers=headers)
+            assert r.is_success
+        with fleet.app.state.sessions() as session:
+            return detect(session, fleet.clock.at(at + 5), settings)
+
+    assert drift(5, ["dev-0"], 1) == []  # one device of two: its noise, or its lie
+    (alert,) = drift(25, ["dev-0", "dev-1"], 2)
+    assert "on 2/2 devices" in alert.reason
 
 
 def test_series_api_refuses_an_unknown_metric(fleet: Fleet) -> None:

@@ -74,7 +74,13 @@ def test_enrol_gives_a_credential_that_reads_desired_state(fleet: Fleet) -> None
     credential = fleet.enrol("dev-1")
     r = fleet.client.get("/v1/devices/dev-1/desired", headers=auth(credential))
     assert r.status_code == 200
-    assert r.json() == {"device_id": "dev-1", "revision": 0, "artifact": None, "rollout_id": None}
+    assert r.json() == {
+        "device_id": "dev-1",
+        "revision": 0,
+        "artifact": None,
+        "rollout_id": None,
+        "shadow": None,
+    }
 
 
 def test_admin_endpoints_need_the_admin_token(fleet: Fleet) -> None:
@@ -417,3 +423,62 @@ def test_a_broken_profile_refuses_the_rollout_with_the_reason(tmp_path: Path) ->
     code, body = _default_policy_budgets(tmp_path, profiles_dir=profiles)
     assert code == 422
     assert body["reason"].startswith("hardware profile:") and "host-cpu" in body["reason"]
+
+
+# --- shadow comparisons -----------------------------------------------------------------------
+
+
+def label_free_policy() -> dict[str, Any]:
+    raw = policy()
+    raw["cohorts"]["host-cpu"]["required"] = ["p95_latency", "error_rate", "agreement"]
+    raw["gates"]["agreement"] = {"max_disagreement": 0.05, "min_samples": 100}
+    raw["shadow"] = {"rate": 0.2, "cpu_budget": 0.3, "tolerance": 0.5}
+    return raw
+
+
+def shadow_counts(compared: int, disagreed: int) -> dict[str, Any]:
+    return {"against": "1", "compared": compared, "disagreed": disagreed}
+
+
+def test_canary_devices_are_told_to_compare_with_stable_and_their_counts_are_summed(
+    fleet: Fleet,
+) -> None:
+    from fleet.controller.storage import store
+    from fleet.controller.storage.observe_tables import RejectedReportsRow
+
+    credentials = {f"dev-{i}": fleet.enrol(f"dev-{i}") for i in range(2)}
+    fleet.artifact("churn", "1")
+    fleet.artifact("churn", "2")
+    body = {"model": "churn", "version": "2", "stable_version": "1", "policy": label_free_policy()}
+    rollout_id = fleet.client.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS).json()[
+        "rollout_id"
+    ]
+    assert fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS).is_success
+    plans = {}
+    for device_id, credential in credentials.items():
+        state = fleet.client.get(f"/v1/devices/{device_id}/desired", headers=auth(credential))
+        plans[device_id] = (state.json()["artifact"] or {}).get("version"), state.json()["shadow"]
+    canary = next(d for d, (version, _) in plans.items() if version == "2")
+    assert plans[canary][1] == {"version": "1", "rate": 0.2, "cpu_budget": 0.3, "tolerance": 0.5}
+    assert all(shadow is None for d, (_, shadow) in plans.items() if d != canary)
+
+    url = f"/v1/devices/{canary}/telemetry"
+    headers = auth(credentials[canary])
+    first = {**report(1, "2"), "shadow": shadow_counts(150, 3)}
+    second = {**report(2, "2"), "shadow": shadow_counts(50, 1)}
+    late = {**report(3, "1"), "running": False}  # labels for the model it replaced, after the swap
+    r = fleet.client.post(url, json={"reports": [first, second, late]}, headers=headers)
+    assert r.status_code == 200, r.text
+    lying = {**report(4, "2"), "shadow": shadow_counts(500, 0)}  # 500 rows of 200 served
+    r = fleet.client.post(url, json={"reports": [lying]}, headers=headers)
+    assert r.status_code == 422 and "more than the 200 the report served" in r.text
+
+    with fleet.app.state.sessions() as session:
+        assert session.get(RejectedReportsRow, canary).count == 1
+        status = store.status_of(store.load_rollout(session, rollout_id))
+        seen = store.observations(session, status).by_id()[canary]
+    assert seen.running_version == "2"  # not the late report's version
+    canary_telemetry = seen.of_version("2")
+    assert canary_telemetry is not None
+    summed = canary_telemetry.shadow_against("1")
+    assert summed is not None and (summed.compared, summed.disagreed) == (200, 4)

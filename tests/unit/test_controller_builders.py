@@ -145,6 +145,6 @@ def policy(fractions: tuple[float, ...] = (0.5, 1.0), p95_ms: float = 5.0) -> di
             "max_error_rate": 0.05,
             "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
         },
-        "on_silence": "fail",
+        "on_inconclusive": "fail",
         "rollback_timeout_s": 120,
     }

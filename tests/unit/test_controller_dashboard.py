@@ -238,3 +238,29 @@ def test_a_hostile_device_id_label_or_class_is_escaped_on_every_page() -> None:
     assert "hardware_class=%3Cscript%3E" in page
 
     _assert_escaped(pages.login(HOSTILE), at_least=1)
+
+
+def test_agreement_in_shadow_is_charted_per_version_and_class() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    latency = {"bounds_ms": [1.0, 2.0], "counts": [10, 0, 0]}
+
+    def sample(
+        seconds_ago: float, version: str, shadow: dict[str, object] | None
+    ) -> overview.ReportSample:
+        return overview.ReportSample(
+            now - timedelta(seconds=seconds_ago), version, "host-cpu", latency, 10, 0, 0, 0, shadow
+        )
+
+    reports = [
+        sample(100, "2", None),
+        sample(50, "3", {"compared": 40, "disagreed": 10}),
+        sample(49, "3", {"compared": 60, "disagreed": 0}),
+    ]
+    series = pages.chart_series(reports, now)
+    assert series.accuracy == {}  # no label anywhere
+    assert list(series.agreement) == ["v3 host-cpu"]
+    ((_, agreement),) = series.agreement["v3 host-cpu"]
+    assert agreement == pytest.approx(0.9)
+    assert set(series.latency) == {"v2 host-cpu", "v3 host-cpu"}

@@ -25,7 +25,12 @@ from fleet.controller.rollout.decide import (
     retry,
     start,
 )
-from fleet.controller.rollout.observations import DeviceObservation, Observations, VersionTelemetry
+from fleet.controller.rollout.observations import (
+    DeviceObservation,
+    Observations,
+    ShadowSums,
+    VersionTelemetry,
+)
 from fleet.controller.rollout.phase import RolloutPhase, Verdict
 from fleet.controller.rollout.policy import RolloutPolicy, load_policy
 from fleet.controller.rollout.stats import Gate, LatencyHistogram
@@ -61,7 +66,7 @@ def policy(**changes: object) -> RolloutPolicy:
             "max_error_rate": 0.05,
             "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
         },
-        "on_silence": "fail",
+        "on_inconclusive": "fail",
         "rollback_timeout_s": 120,
     }
     raw |= {k: v for k, v in changes.items() if not k.startswith("stage_")}
@@ -88,6 +93,7 @@ def telemetry(
     latency_ms: float = 1.0,
     labels: int = 100,
     accuracy: float = 0.95,
+    shadow: ShadowSums | None = None,
 ) -> VersionTelemetry:
     return VersionTelemetry(
         version=version,
@@ -96,6 +102,22 @@ def telemetry(
         latency=LatencyHistogram.of([latency_ms] * inferences),
         feedback_correct=round(accuracy * labels),
         feedback_total=labels,
+        shadow=(shadow,) if shadow is not None else (),
+    )
+
+
+def compared(rows: int, disagreement: float, shifted: float = 0.0) -> ShadowSums:
+    """``rows`` shadow comparisons against STABLE; the canary moves ``shifted`` of its answers from
+    class 0 to class 1 (the stable model splits evenly over classes 0..3)."""
+    stable = {str(c): rows // 4 for c in range(4)}
+    moved = round(shifted * rows)
+    canary = stable | {"0": stable["0"] - moved, "1": stable["1"] + moved}
+    return ShadowSums(
+        against=STABLE,
+        compared=rows,
+        disagreed=max(round(disagreement * rows), moved),
+        canary_classes=canary,
+        stable_classes=stable,
     )
 
 
@@ -129,6 +151,7 @@ def obs(
     labels: int = 100,
     inferences: int = 200,
     errors: int = 0,
+    shadow: ShadowSums | None = None,
 ) -> Observations:
     """The fleet at ``now`` as the controller would aggregate it for ``status``.
 
@@ -158,6 +181,7 @@ def obs(
             latency_ms=latency.get(hardware_class, 1.0),
             labels=labels,
             accuracy=canary_accuracy if canary else stable_accuracy,
+            shadow=shadow if canary else None,
         )
         devices.append(
             device(device_id, version, seen=now, window=[window], hardware_class=hardware_class)
@@ -345,7 +369,7 @@ def test_clearly_worse_accuracy_rolls_back_with_its_p_value() -> None:
         (Gate.ACCURACY, HOST),
     ]
     cause = new.causes[0]
-    assert cause.p_value is not None and cause.p_value < 1e-4
+    assert cause.p_value is not None and cause.p_value < status.policy.stage_alpha(0.05)
     assert cause.measured == pytest.approx(0.70 - 0.95)
     assert cause.threshold == -0.02
     assert "p=" in new.reason and "canary 70.00%" in new.reason
@@ -371,9 +395,13 @@ def test_too_few_labels_waits_then_fails_at_the_deadline_naming_devices() -> Non
     assert summary(actions)[1] == ("outcome", "failed")
 
 
-@pytest.mark.parametrize(("on_silence", "phase"), [("fail", P.ROLLING_BACK), ("pause", P.PAUSED)])
-def test_silent_devices_at_the_deadline_are_named(on_silence: str, phase: RolloutPhase) -> None:
-    status, now = started(on_silence=on_silence)
+@pytest.mark.parametrize(
+    ("on_inconclusive", "phase"), [("fail", P.ROLLING_BACK), ("pause", P.PAUSED)]
+)
+def test_silent_devices_at_the_deadline_are_named(
+    on_inconclusive: str, phase: RolloutPhase
+) -> None:
+    status, now = started(on_inconclusive=on_inconclusive)
     quiet = canaries(1)[0]
     at = now + timedelta(seconds=299)
     waited, _ = next_state(status, obs(status, at, silent=[quiet]), at)
@@ -644,11 +672,14 @@ step = st.tuples(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(steps=st.lists(step, min_size=1, max_size=20), on_silence=st.sampled_from(["fail", "pause"]))
-def test_no_sequence_promotes_on_silence_or_skips_a_stage(
-    steps: list[tuple[int, dict[str, str], str | None]], on_silence: str
+@given(
+    steps=st.lists(step, min_size=1, max_size=20),
+    on_inconclusive=st.sampled_from(["fail", "pause"]),
+)
+def test_no_sequence_promotes_on_inconclusive_or_skips_a_stage(
+    steps: list[tuple[int, dict[str, str], str | None]], on_inconclusive: str
 ) -> None:
-    status = new_status(on_silence=on_silence)
+    status = new_status(on_inconclusive=on_inconclusive)
     now = T0
     status, _ = start(status, observed(status, now, {}), now)
     passed: set[int] = set()  # stages of the current attempt passed on data the oracle accepts
@@ -696,3 +727,83 @@ def test_no_sequence_promotes_on_silence_or_skips_a_stage(
             assert (first.version, first.device_ids) == (STABLE, status.targeted)
         assert roundtrip(status) == status
     event(f"ended {status.phase.value} at stage {status.stage + 1}, attempt {status.attempt}")
+
+
+# --- fleets without labels: shadow comparisons ---------------------------------------------------
+
+LABEL_FREE = {
+    "cohorts": {
+        HOST: {"p95_latency_ms": 5, "required": ["p95_latency", "error_rate", "agreement"]},
+        EDGE: {"p95_latency_ms": 20, "required": ["p95_latency", "error_rate", "agreement"]},
+    },
+    "gates": {
+        "max_error_rate": 0.05,
+        "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
+        "agreement": {"max_disagreement": 0.05, "alpha": 0.05, "min_samples": 100},
+        "prediction_shift": {"max_distance": 0.1, "alpha": 0.05, "min_samples": 100},
+    },
+    "shadow": {"rate": 0.2, "cpu_budget": 0.5},
+    "stage_min_feedback": 0,
+}
+
+
+def test_a_fleet_without_labels_succeeds_on_agreement_latency_and_errors() -> None:
+    status = new_status(**LABEL_FREE)
+    status, _ = start(status, obs(status, T0, labels=0), T0)
+    now = T0
+    for _ in range(3):
+        now += timedelta(seconds=61)
+        status, _ = next_state(status, obs(status, now, labels=0, shadow=compared(400, 0.01)), now)
+    assert status.phase is P.SUCCEEDED, status.reason
+    assert status.last_check is not None
+    for cohort in status.last_check.cohorts:
+        verdicts = {g.gate: g.verdict for g in cohort.gates}
+        assert verdicts[Gate.ACCURACY] is Verdict.INCONCLUSIVE  # no label ever came
+        assert verdicts[Gate.AGREEMENT] is Verdict.PASS
+        assert verdicts[Gate.PREDICTION_SHIFT] is Verdict.PASS
+
+
+def test_a_canary_that_disagrees_with_stable_rolls_back_on_the_agreement_gate() -> None:
+    status = new_status(**LABEL_FREE)
+    status, _ = start(status, obs(status, T0, labels=0), T0)
+    now = T0 + timedelta(seconds=20)
+    new, _ = next_state(status, obs(status, now, labels=0, shadow=compared(400, 0.3)), now)
+    assert new.phase is P.ROLLING_BACK
+    assert {(c.gate, c.cohort) for c in new.causes} >= {
+        (Gate.AGREEMENT, EDGE),
+        (Gate.AGREEMENT, HOST),
+    }
+    assert "disagree" in new.reason
+
+
+def test_a_shifted_class_distribution_rolls_back_on_prediction_shift() -> None:
+    status = new_status(**LABEL_FREE)
+    status, _ = start(status, obs(status, T0, labels=0), T0)
+    now = T0 + timedelta(seconds=20)
+    shifted = compared(2000, 0.0, shifted=0.2)  # a fifth of the answers move from class 0 to 1
+    new, _ = next_state(status, obs(status, now, labels=0, shadow=shifted), now)
+    assert new.phase is P.ROLLING_BACK
+    assert Gate.PREDICTION_SHIFT in {c.gate for c in new.causes}
+
+
+def test_without_shadow_comparisons_a_required_agreement_gate_is_missing_at_the_deadline() -> None:
+    status = new_status(**LABEL_FREE)
+    status, _ = start(status, obs(status, T0, labels=0), T0)
+    now = T0 + timedelta(seconds=61)
+    status, _ = next_state(status, obs(status, now, labels=0), now)
+    assert status.phase is P.PROGRESSING and status.stage == 0  # waits for comparisons
+    now = T0 + timedelta(seconds=301)
+    status, _ = next_state(status, obs(status, now, labels=0), now)
+    assert status.phase is P.ROLLING_BACK
+    assert {c.gate for c in status.causes} == {Gate.AGREEMENT}
+    assert "agreement on edge-small" in status.reason
+
+
+def test_a_gate_the_cohort_does_not_require_still_rolls_back_when_it_fails() -> None:
+    status = new_status(**LABEL_FREE)
+    status, _ = start(status, obs(status, T0), T0)
+    now = T0 + timedelta(seconds=20)
+    labelled = obs(status, now, canary_accuracy=0.5, labels=400, shadow=compared(400, 0.0))
+    new, _ = next_state(status, labelled, now)
+    assert new.phase is P.ROLLING_BACK
+    assert {c.gate for c in new.causes} == {Gate.ACCURACY}

@@ -28,7 +28,7 @@ stages:
 gates:
   max_error_rate: 0.02
   accuracy: {delta: 0.03, alpha: 0.01, min_samples: 150}
-on_silence: pause
+on_inconclusive: pause
 """
 
 
@@ -51,7 +51,7 @@ def test_a_policy_from_yaml() -> None:
     assert policy.stages[0].min_confirmed_fraction == 0.8  # default
     assert policy.stages[1].min_feedback == 0
     assert (policy.gates.accuracy.delta, policy.gates.accuracy.alpha) == (0.03, 0.01)
-    assert policy.on_silence == "pause" and policy.rollback_timeout_s == 600
+    assert policy.on_inconclusive == "pause" and policy.rollback_timeout_s == 600
     assert policy.last_stage == 2
     assert RolloutPolicy.model_validate(policy.model_dump(mode="json")) == policy
 
@@ -65,14 +65,14 @@ def test_the_default_policy() -> None:
         s.min_inferences for s in policy.stages
     )
     assert policy.cohorts["edge-small"].p95_latency_ms == 20
-    assert policy.on_silence == "fail"
+    assert policy.on_inconclusive == "fail"
     assert policy_from_yaml(yaml.safe_dump(policy.model_dump(mode="json"))) == policy
 
 
 def test_a_policy_is_immutable() -> None:
     policy = policy_from_yaml(POLICY_YAML)
     with pytest.raises(ValueError, match="frozen"):
-        policy.on_silence = "fail"  # type: ignore[misc]
+        policy.on_inconclusive = "fail"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_a_policy_is_immutable() -> None:
         (("gates", "accuracy", "min_samples"), 0, "gates.accuracy.min_samples: Input should be"),
         (("gates", "max_error_rate"), 1.5, "gates.max_error_rate: Input should be less than"),
         (("cohorts", "edge-small", "p95_latency_ms"), -1, "cohorts.edge-small.p95_latency_ms:"),
-        (("on_silence",), "ignore", "on_silence: Input should be 'fail' or 'pause'"),
+        (("on_inconclusive",), "ignore", "on_inconclusive: Input should be 'fail' or 'pause'"),
         (("rollback_timeout_s",), 0, "rollback_timeout_s: Input should be greater than 0"),
     ],
 )
@@ -186,3 +186,46 @@ def test_required_confirmed_never_exceeds_the_targeted(
         min_confirmed_fraction=min_fraction,
     )
     assert stage.required_confirmed(targeted) == required
+
+
+def test_a_label_free_policy_requires_agreement_with_shadow_comparisons() -> None:
+    label_free = raw()
+    required = ["p95_latency", "error_rate", "agreement"]
+    label_free["cohorts"] = {"host-cpu": {"p95_latency_ms": 5, "required": required}}
+    label_free["gates"]["agreement"] = {"max_disagreement": 0.05}  # type: ignore[index]
+    label_free["shadow"] = {"rate": 0.1}
+    policy = load_policy(label_free)
+    assert policy.cohorts["host-cpu"].required == tuple(required)
+    assert policy.shadow is not None and policy.shadow.cpu_budget == 0.25  # default
+    assert policy.gates.agreement is not None and policy.gates.agreement.min_samples == 200
+    assert policy.stage_alpha(0.05) == pytest.approx(0.05 / 3)
+    assert default_policy({"host-cpu": 5}).cohorts["host-cpu"].required == (
+        "p95_latency",
+        "error_rate",
+        "accuracy",
+    )
+
+
+def test_a_gate_the_devices_cannot_report_is_refused_naming_gate_and_cohort() -> None:
+    broken = raw()
+    broken["cohorts"]["edge-small"]["required"] = ["agreement", "prediction_shift"]  # type: ignore[index]
+    message = problems(broken)
+    assert (
+        "cohorts.edge-small.required: gate agreement has no limits: add gates.agreement" in message
+    )
+    assert "gate prediction_shift has no limits" in message
+    broken["gates"]["agreement"] = {"max_disagreement": 0.05}  # type: ignore[index]
+    broken["gates"]["prediction_shift"] = {"max_distance": 0.1}  # type: ignore[index]
+    message = problems(broken)
+    assert (
+        "cohorts.edge-small.required: the devices of edge-small cannot report agreement "
+        "without shadow comparisons" in message
+    )
+    broken["cohorts"]["edge-small"]["required"] = ["latency"]  # type: ignore[index]
+    assert "cohorts.edge-small.required.0" in problems(broken)
+
+
+def test_a_policy_stored_with_the_older_on_silence_key_still_loads() -> None:
+    older = raw()
+    older["on_silence"] = older.pop("on_inconclusive")
+    assert load_policy(older).on_inconclusive == "pause"

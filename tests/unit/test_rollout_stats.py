@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,12 +13,15 @@ from scipy.stats import norm
 from fleet.controller.rollout.phase import VERDICT_ORDER, RolloutPhase, Verdict, worst
 from fleet.controller.rollout.stats import (
     Gate,
+    GateResult,
     LatencyHistogram,
     accuracy_gate,
     accuracy_test,
+    agreement_gate,
     error_rate_gate,
     latency_gate,
     merge_histograms,
+    prediction_shift_gate,
     quantile_ms,
 )
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
@@ -67,16 +71,29 @@ def test_phase_behaviour() -> None:
 # --- accuracy ---------------------------------------------------------------------------------------------
 
 
-def test_p_value_matches_a_hand_computed_reference() -> None:
+def test_no_evidence_at_a_few_hundred_labels_is_a_pass() -> None:
     # canary 85% of 200, stable 90% of 200, δ = 0.02:
-    # SE = sqrt(.85*.15/200 + .9*.1/200) = 0.0329773; z = (-.05 + .02)/SE = -0.909718; p = Φ(z)
+    # V = .85*.15/200 + .9*.1/200 = 0.0010875, SE = 0.0329773; z = (-.05 + .02)/SE = -0.909718
+    # log Λ = ½ ln(V/(V + τ²)) + τ²(θ̂ - θ0)²/(2V(V + τ²)), τ = 0.05, θ̂ - θ0 = -0.03
+    #       = ½ ln(0.0010875/0.0035875) + 0.0025 * 0.0009/(2 * 0.0010875 * 0.0035875)
+    #       = -0.596787 + 0.288358 = -0.308429: Λ < 1, p = 1
     result = acc(170, 200, 180, 200)
     assert result.z == pytest.approx(-0.9097177, abs=1e-6)
-    assert result.p_value == pytest.approx(0.1814857, abs=1e-6)
-    assert result.p_value == pytest.approx(norm.cdf(result.z), rel=1e-12)
+    assert result.log_ratio == pytest.approx(-0.308429, abs=1e-6)
+    assert result.p_value == 1.0
     assert result.verdict is Verdict.PASS
     assert (result.canary_accuracy, result.stable_accuracy) == (0.85, 0.9)
-    assert "no evidence" in result.reason
+    assert "no evidence" in result.reason and "mSPRT" in result.reason
+
+
+def reference_log_ratio(cc: int, cn: int, sc: int, sn: int, delta: float, tau: float) -> float:
+    """log of N(θ̂; -δ, V + τ²)/N(θ̂; -δ, V), from scipy's normal densities."""
+    p_c, p_s = cc / cn, sc / sn
+    variance = p_c * (1 - p_c) / cn + p_s * (1 - p_s) / sn
+    spread = math.sqrt(variance + tau**2)
+    return float(
+        norm.logpdf(p_c - p_s, -delta, spread) - norm.logpdf(p_c - p_s, -delta, math.sqrt(variance))
+    )
 
 
 @given(
@@ -87,7 +104,7 @@ def test_p_value_matches_a_hand_computed_reference() -> None:
     delta=st.floats(min_value=0, max_value=0.1),
 )
 @settings(max_examples=100, database=None, deadline=None)
-def test_p_value_matches_scipy_for_the_wald_statistic(
+def test_accuracy_test_matches_a_scipy_reference(
     cn: int, sn: int, pc: float, ps: float, delta: float
 ) -> None:
     cc, sc = max(1, min(cn - 1, round(pc * cn))), max(1, min(sn - 1, round(ps * sn)))
@@ -95,19 +112,37 @@ def test_p_value_matches_scipy_for_the_wald_statistic(
     z = (p_c - p_s + delta) / math.sqrt(p_c * (1 - p_c) / cn + p_s * (1 - p_s) / sn)
     result = acc(cc, cn, sc, sn, delta=delta, minimum=1)
     assert result.z == pytest.approx(z, rel=1e-9, abs=1e-12)
-    assert result.p_value == pytest.approx(norm.cdf(z), rel=1e-6, abs=1e-300)
-    assert result.verdict is (Verdict.FAIL if norm.cdf(z) < 0.05 else Verdict.PASS)
+    log_ratio = reference_log_ratio(cc, cn, sc, sn, delta, 0.05)
+    assert result.log_ratio == pytest.approx(log_ratio, rel=1e-9, abs=1e-9)
+    worse = p_c - p_s < -delta
+    p_value = min(1.0, math.exp(-log_ratio)) if worse else 1.0
+    assert result.p_value == pytest.approx(p_value, rel=1e-6, abs=1e-300)
+    assert result.verdict is (Verdict.FAIL if worse and log_ratio >= math.log(20) else Verdict.PASS)
 
 
 def test_a_clearly_worse_canary_fails() -> None:
+    # 80% of 500 against 90% of 1000, δ = 0.02: V = .8*.2/500 + .9*.1/1000 = 0.00041
+    # log Λ = ½ ln(0.00041/0.00291) + 0.0025 * 0.08²/(2 * 0.00041 * 0.00291)
+    #       = -0.979876 + 6.705222 = 5.725346; p = e^-5.725346 = 0.0032622
     result = acc(400, 500, 900, 1000)
-    assert result.p_value == pytest.approx(3.8925936e-05, rel=1e-6)
+    assert result.log_ratio == pytest.approx(5.725346, abs=1e-6)
+    assert result.p_value == pytest.approx(0.0032622, rel=1e-4)
     assert result.verdict is Verdict.FAIL
     assert "canary worse than stable by more than δ" in result.reason
+    assert "mSPRT Λ=307" in result.reason and "p=0.00326 ≤ alpha=0.05" in result.reason
     gate = accuracy_gate(result, "edge-small")
     assert (gate.gate, gate.cohort, gate.verdict) == (Gate.ACCURACY, "edge-small", Verdict.FAIL)
     assert gate.measured == pytest.approx(-0.1) and gate.threshold == -0.02
     assert gate.p_value == result.p_value
+
+
+def test_the_same_drop_on_fewer_labels_is_not_yet_evidence() -> None:
+    # 75% vs 90% of 200 each: Λ = 30 ≥ 20 fails; 80% vs 90%: Λ = 3.2, a pass
+    failing = acc(150, 200, 180, 200)
+    assert failing.verdict is Verdict.FAIL and failing.p_value == pytest.approx(0.0333291, rel=1e-5)
+    passing = acc(160, 200, 180, 200)
+    assert passing.verdict is Verdict.PASS and passing.p_value == pytest.approx(0.3143147, rel=1e-5)
+    assert passing.z is not None and passing.z < -1.645, "the old fixed-sample test failed it"
 
 
 def test_worse_canary_means_smaller_p() -> None:
@@ -137,7 +172,7 @@ def test_p_is_monotone_in_canary_accuracy(n: int, stable: float, a: float, b: fl
 def test_inconclusive_under_the_minimum_on_either_arm(cn: int, sn: int) -> None:
     result = acc(0, cn, 0, sn)
     assert result.verdict is Verdict.INCONCLUSIVE
-    assert result.z is None and result.p_value is None
+    assert result.z is None and result.p_value is None and result.log_ratio is None
     short = [arm for arm, n in (("canary", cn), ("stable", sn)) if n < 100]
     for arm in short:
         assert f"{arm} has" in result.reason and "(need 100)" in result.reason
@@ -153,6 +188,18 @@ def test_all_correct_arms_keep_z_finite() -> None:
 def test_counts_must_add_up() -> None:
     with pytest.raises(ValueError, match="canary"):
         acc(11, 10, 0, 10)
+    with pytest.raises(ValueError, match="stable"):
+        acc(1, 10, -1, 10)
+    with pytest.raises(ValueError, match="alpha"):
+        accuracy_test(
+            canary_correct=1,
+            canary_total=1,
+            stable_correct=1,
+            stable_total=1,
+            delta=0,
+            alpha=0,
+            min_samples=1,
+        )
 
 
 # --- latency --------------------------------------------------------------------------------------------
@@ -225,16 +272,143 @@ def test_malformed_histograms_are_refused(
         LatencyHistogram(bounds_ms=bounds, counts=counts)
 
 
-# --- error rate ---------------------------------------------------------------------------------------------
+# --- error rate -----------------------------------------------------------------------------------------
+
+
+def rate(errors: int, inferences: int, **changes: object) -> GateResult:
+    args: dict[str, Any] = dict(max_rate=0.01, min_samples=100, cohort="h") | changes
+    return error_rate_gate(errors=errors, inferences=inferences, **args)
 
 
 def test_error_rate_gate() -> None:
-    ok = error_rate_gate(errors=1, inferences=200, max_rate=0.01, min_samples=100, cohort="h")
-    assert (ok.verdict, ok.measured, ok.threshold) == (Verdict.PASS, 0.005, 0.01)
-    bad = error_rate_gate(errors=3, inferences=200, max_rate=0.01, min_samples=100, cohort="h")
-    assert bad.verdict is Verdict.FAIL
-    assert bad.reason == "error rate 1.50% (3/200) > 1.00% on h"
-    few = error_rate_gate(errors=50, inferences=99, max_rate=0.01, min_samples=100, cohort="h")
-    assert few.verdict is Verdict.INCONCLUSIVE and few.measured is None
+    ok = rate(1, 200)
+    assert (ok.verdict, ok.measured, ok.threshold, ok.p_value) == (Verdict.PASS, 0.005, 0.01, 1.0)
+    assert ok.reason == "error rate 0.50% (1/200) ≤ 1.00% on h"
+    # 8/200 = 4% against 1%: V = .01*.99/200 = 4.95e-5, τ = 0.01
+    # log Λ = ½ ln(4.95e-5/1.495e-4) + 1e-4 * 0.03²/(2 * 4.95e-5 * 1.495e-4) = -0.552662 + 6.080876
+    bad = rate(8, 200)
+    assert bad.verdict is Verdict.FAIL and bad.measured == 0.04
+    assert bad.p_value == pytest.approx(math.exp(-(-0.552662 + 6.080876)), rel=1e-5)
+    assert bad.reason == (
+        "error rate 4.00% (8/200) > 1.00% on h: mSPRT Λ=252 (τ=0.01), p=0.00397 ≤ alpha=0.05"
+    )
+    few = rate(50, 99)
+    assert few.verdict is Verdict.INCONCLUSIVE and few.measured is None and few.p_value is None
+    assert few.reason == "99 inferences on h (need 100)"
     with pytest.raises(ValueError):
-        error_rate_gate(errors=5, inferences=4, max_rate=0.01, min_samples=1, cohort="h")
+        rate(5, 4, min_samples=1)
+    with pytest.raises(ValueError, match="max_rate"):
+        rate(0, 4, max_rate=1.5)
+
+
+def test_an_error_rate_over_the_limit_needs_evidence() -> None:
+    # 3/200 = 1.5% is over 1% but Λ = 0.68; the plain compare used to roll back on it
+    over = rate(3, 200)
+    assert over.verdict is Verdict.PASS and over.measured == 0.015
+    assert "not significantly" in over.reason and over.p_value == 1.0
+    # the same 2% fails on 1,000 inferences (Λ = 29.7) but not on 200 (Λ = 1.13)
+    assert rate(4, 200).verdict is Verdict.PASS
+    assert rate(20, 1000).verdict is Verdict.FAIL
+    assert rate(20, 1000, alpha=0.01).verdict is Verdict.PASS
+
+
+def test_no_error_allowed() -> None:
+    assert rate(0, 500, max_rate=0.0).verdict is Verdict.PASS
+    one = rate(1, 500, max_rate=0.0)
+    assert (one.verdict, one.p_value) == (Verdict.FAIL, 0.0)
+    assert "none is allowed" in one.reason
+    assert rate(1, 50, max_rate=0.0).verdict is Verdict.INCONCLUSIVE
+
+
+# --- agreement (paired shadow comparisons) -----------------------------------------------------------------
+
+
+def agree(disagreed: int, compared: int, **changes: object) -> GateResult:
+    args: dict[str, Any] = (
+        dict(max_disagreement=0.10, alpha=0.05, min_samples=100, cohort="edge-small") | changes
+    )
+    return agreement_gate(compared=compared, disagreed=disagreed, **args)
+
+
+def test_agreement_gate_verdicts() -> None:
+    # 60/400 = 15% against 10%: V = .1*.9/400 = 2.25e-4, τ = 0.05
+    # log Λ = ½ ln(2.25e-4/2.725e-3) + 0.0025 * 0.05²/(2 * 2.25e-4 * 2.725e-3)
+    #       = -1.247062 + 5.096840 = 3.849778, Λ = 46.99 ≥ 1/0.05
+    bad = agree(60, 400)
+    assert (bad.gate, bad.cohort, bad.verdict) == (Gate.AGREEMENT, "edge-small", Verdict.FAIL)
+    assert (bad.measured, bad.threshold, bad.samples) == (0.15, 0.10, 400)
+    assert bad.p_value == pytest.approx(math.exp(-3.849778), rel=1e-5)
+    assert "disagreement rate 15.00% (60/400) > 10.00%" in bad.reason
+    # 52/400 = 13%: log Λ = -1.247062 + 0.0025 * 0.03²/1.22625e-6 = 0.587801, p = 0.556
+    weak = agree(52, 400)
+    assert weak.verdict is Verdict.PASS and weak.p_value == pytest.approx(math.exp(-0.587801))
+    ok = agree(40, 400)
+    assert (ok.verdict, ok.measured, ok.p_value) == (Verdict.PASS, 0.10, 1.0)
+    few = agree(90, 99)
+    assert few.verdict is Verdict.INCONCLUSIVE and few.measured is None
+    assert few.reason == "99 shadow comparisons on edge-small (need 100)"
+    assert agree(0, 0, min_samples=0).verdict is Verdict.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(("disagreed", "compared"), [(5, 4), (-1, 4), (0, -1)])
+def test_agreement_counts_are_checked(disagreed: int, compared: int) -> None:
+    with pytest.raises(ValueError, match="disagreed"):
+        agree(disagreed, compared)
+
+
+def test_agreement_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_disagreement"):
+        agree(1, 100, max_disagreement=-0.1)
+    with pytest.raises(ValueError, match="alpha"):
+        agree(1, 100, alpha=1.5)
+    with pytest.raises(ValueError, match="mixture_sd"):
+        agree(1, 100, mixture_sd=0.0)
+
+
+# --- prediction shift --------------------------------------------------------------------------------------
+
+
+def shift(canary: dict[str, int], stable: dict[str, int], **changes: object) -> GateResult:
+    args: dict[str, Any] = dict(max_distance=0.1, alpha=0.05, min_samples=10, cohort="host-cpu") | (
+        changes
+    )
+    return prediction_shift_gate(canary_counts=canary, stable_counts=stable, **args)
+
+
+def test_prediction_shift_needs_evidence_and_size() -> None:
+    # 60/40 against 40/60: χ² = 8 on 1 dof, p = erfc(2) = 0.00468; total variation 0.2
+    moved = shift({"cat": 60, "dog": 40}, {"cat": 40, "dog": 60})
+    assert (moved.gate, moved.verdict) == (Gate.PREDICTION_SHIFT, Verdict.FAIL)
+    assert moved.measured == pytest.approx(0.2) and moved.threshold == 0.1
+    assert moved.p_value == pytest.approx(math.erfc(2.0)) and moved.samples == 100
+    assert "shifted" in moved.reason and "dof 1" in moved.reason
+    # the same shift under a looser distance: significant, but too small to matter
+    assert shift({"cat": 60, "dog": 40}, {"cat": 40, "dog": 60}, max_distance=0.25).verdict is (
+        Verdict.PASS
+    )
+    # many samples: 51/49 against 49/51 is just as significant (χ² = 8), but moved 0.02
+    tiny = shift({"cat": 5100, "dog": 4900}, {"cat": 4900, "dog": 5100})
+    assert tiny.verdict is Verdict.PASS and tiny.p_value == pytest.approx(math.erfc(2.0))
+    assert tiny.measured == pytest.approx(0.02)
+    # few samples: 6/4 against 4/6 moved 0.2, but χ² = 0.8 (p = 0.37) is no evidence
+    noisy = shift({"cat": 6, "dog": 4}, {"cat": 4, "dog": 6})
+    assert noisy.verdict is Verdict.PASS and noisy.measured == pytest.approx(0.2)
+
+
+def test_prediction_shift_classes_missing_from_one_arm() -> None:
+    # classes seen by one arm only count as zero in the other; one seen by neither is dropped
+    moved = shift({"cat": 50, "bird": 50, "fish": 0}, {"cat": 50, "dog": 50})
+    assert moved.verdict is Verdict.FAIL and moved.measured == pytest.approx(0.5)
+    assert "dof 2" in moved.reason
+
+
+def test_prediction_shift_inconclusive_and_bad_counts() -> None:
+    few = shift({"cat": 9}, {"cat": 50, "dog": 50})
+    assert few.verdict is Verdict.INCONCLUSIVE and few.measured is None
+    assert "canary has 9 predictions (need 10)" in few.reason
+    empty = shift({}, {}, min_samples=0)
+    assert empty.verdict is Verdict.INCONCLUSIVE and empty.samples == 0
+    with pytest.raises(ValueError, match="stable_counts"):
+        shift({"cat": 5}, {"cat": -1})
+    with pytest.raises(ValueError, match="max_distance"):
+        shift({"cat": 5}, {"cat": 5}, max_distance=2)

@@ -50,8 +50,8 @@ def task() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def accuracy(cache: SessionCache, path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    preds, _ = cache.run(cache.get(path.name, path), x)
-    return float((preds == y).mean())
+    scores, _ = cache.run(cache.get(path.name, path), x)
+    return float((scores.argmax(axis=1) == y).mean())
 
 
 def test_classes_by_fraction_are_deterministic_by_seed() -> None:

@@ -108,7 +108,7 @@ class OverviewData:
 
 
 def overview_page(data: OverviewData) -> str:
-    latency, accuracy = chart_series(data.reports, data.now)
+    series = chart_series(data.reports, data.now)
     return _render(
         "overview.html",
         refresh_s=REFRESH_S,
@@ -116,8 +116,9 @@ def overview_page(data: OverviewData) -> str:
         rollouts=data.rollouts,
         reports=len(data.reports),
         trends=[
-            charts.lines("p95 latency per version and class", latency, " ms"),
-            charts.lines("accuracy on labelled feedback", accuracy),
+            charts.lines("p95 latency per version and class", series.latency, " ms"),
+            charts.lines("accuracy on labelled feedback", series.accuracy),
+            charts.lines("agreement with the stable version (shadow)", series.agreement),
             charts.lines("largest input drift (PSI) per version and class", data.drift or {}),
         ],
         alerts=data.alerts,
@@ -173,41 +174,65 @@ def _devices_panel(groups: Sequence[overview.DeviceGroup]) -> DevicesPanel:
     )
 
 
-def chart_series(
-    reports: Sequence[overview.ReportSample], now: datetime
-) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[tuple[float, float]]]]:
-    """p95 latency and accuracy per ``v<version> <class>``, in up to ``CHART_BUCKETS`` windows."""
+Series = dict[str, list[tuple[float, float]]]
+"""Points ``(seconds from now, value)`` per ``v<version> <class>``."""
+
+
+@dataclass(frozen=True)
+class TrendSeries:
+    """The overview's trend charts."""
+
+    latency: Series
+    accuracy: Series
+    agreement: Series
+
+
+@dataclass
+class _Bucket:
+    histograms: list[LatencyHistogram]
+    correct: int = 0
+    labelled: int = 0
+    compared: int = 0
+    disagreed: int = 0
+
+
+def chart_series(reports: Sequence[overview.ReportSample], now: datetime) -> TrendSeries:
+    """p95 latency, accuracy on labels and agreement in shadow per ``v<version> <class>``, in up
+    to ``CHART_BUCKETS`` windows."""
     if not reports:
-        return {}, {}
+        return TrendSeries({}, {}, {})
     start = min(r.received_at for r in reports)
     width = max((now - start).total_seconds(), 1.0) / CHART_BUCKETS
-    hist: dict[tuple[str, int], list[LatencyHistogram]] = defaultdict(list)
-    labels: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    buckets: dict[tuple[str, int], _Bucket] = defaultdict(lambda: _Bucket([]))
     for r in reports:
         key = (
             f"v{r.version} {r.hardware_class}",
             int((r.received_at - start).total_seconds() // width),
         )
-        hist[key].append(
+        bucket = buckets[key]
+        bucket.histograms.append(
             LatencyHistogram(
                 bounds_ms=tuple(r.latency["bounds_ms"]), counts=tuple(r.latency["counts"])
             )
         )
-        labels[key][0] += r.feedback_correct
-        labels[key][1] += r.feedback_total
+        bucket.correct += r.feedback_correct
+        bucket.labelled += r.feedback_total
+        if r.shadow is not None:
+            bucket.compared += int(r.shadow.get("compared", 0))
+            bucket.disagreed += int(r.shadow.get("disagreed", 0))
     ago = (now - start).total_seconds()
-    latency: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    accuracy: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for (name, bucket), hs in sorted(hist.items()):
-        x = -(ago - (bucket + 0.5) * width)
-        merged = merge_histograms(hs)
+    series = TrendSeries(defaultdict(list), defaultdict(list), defaultdict(list))
+    for (name, index), bucket in sorted(buckets.items()):
+        x = -(ago - (index + 0.5) * width)
+        merged = merge_histograms(bucket.histograms)
         p95 = quantile_ms(merged, 0.95) if merged is not None else None
         if p95 is not None:
-            latency[name].append((x, p95[0]))
-        correct, total = labels[(name, bucket)]
-        if total:
-            accuracy[name].append((x, correct / total))
-    return dict(latency), dict(accuracy)
+            series.latency[name].append((x, p95[0]))
+        if bucket.labelled:
+            series.accuracy[name].append((x, bucket.correct / bucket.labelled))
+        if bucket.compared:
+            series.agreement[name].append((x, 1 - bucket.disagreed / bucket.compared))
+    return TrendSeries(dict(series.latency), dict(series.accuracy), dict(series.agreement))
 
 
 def devices_page(result: overview.DevicePage, hardware_class: str | None) -> str:

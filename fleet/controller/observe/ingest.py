@@ -55,6 +55,8 @@ def report_problems(reports: Sequence[TelemetryReport]) -> list[str]:
     out: list[str] = []
     for r in reports:
         problems = stats_problems(r.input_stats)
+        if r.shadow is not None:
+            problems.extend(r.shadow.problems(r.served_rows))
         for e in r.events:
             if not _finite((e.value, e.threshold, e.window_s)):
                 problems.append(f"event {e.kind}: value, threshold and window_s must be finite")

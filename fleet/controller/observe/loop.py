@@ -60,8 +60,15 @@ class ObserveSettings(BaseSettings):
     enabled: bool = Field(True, description="run the observation pass in the background")
     period_s: float = Field(5.0, gt=0, description="how often the pass runs")
     window_s: float = Field(30.0, gt=0, description="the window each pass aggregates")
-    drift_min_devices: int = Field(1, ge=1, description="devices reporting drift before an alert")
-    drift_min_fraction: float = Field(0.0, ge=0, le=1, description="share of a scope's devices")
+    drift_min_devices: int = Field(
+        2,
+        ge=1,
+        description="devices reporting drift before an alert: one device's noise (or one "
+        "device lying) never raises one",
+    )
+    drift_min_fraction: float = Field(
+        0.05, ge=0, le=1, description="and at least this share of the scope's devices"
+    )
     anomaly_threshold: float = Field(3.5, gt=0, description="robust z beyond which a point alerts")
     anomaly_history: int = Field(24, ge=4, description="past windows an anomaly is judged against")
     anomaly_min_history: int = Field(8, ge=3)

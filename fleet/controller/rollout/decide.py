@@ -21,7 +21,7 @@ Rules, in the order a pass applies them to a stage (PROGRESSING; PAUSED applies 
    targeted at stable, then the outcome is recorded, then people are told (STYLE rule 4);
 2. the bake time has elapsed and every cohort PASSES (data minimums and gates, worst wins) → the next
    stage, or SUCCEEDED after the last;
-3. the deadline has passed → silence, never success: with ``on_silence: fail`` ROLLING_BACK towards
+3. the deadline has passed → silence, never success: with ``on_inconclusive: fail`` ROLLING_BACK towards
    FAILED, with ``pause`` PAUSED; either way the reason names the silent devices and the missing data;
 4. otherwise wait.
 
@@ -302,7 +302,7 @@ def _silence(status: RolloutStatus, check: StageCheck, now: datetime) -> Decisio
         f"silence is not success. Silent devices: {describe_gaps(gaps) if gaps else 'none'}. "
         "Missing: " + "; ".join(f"{r.gate} on {r.cohort}: {r.reason}" for r in missing)
     )
-    if status.policy.on_silence == "pause":
+    if status.policy.on_inconclusive == "pause":
         new = _moved(
             status, now, RolloutPhase.PAUSED, reason, causes=missing, silent_devices=silent
         )

@@ -15,8 +15,15 @@ Who counts for what, per cohort:
   left to run stable in the window, so the arm is the **baseline**: the stable arm the status kept from
   the last stage that measured one. Without either, the accuracy gate stays INCONCLUSIVE.
 
+* **shadow** (agreement and prediction shift): the canary arm's paired comparisons against the
+  stable version, made on the canary devices themselves; no stable device and no label is needed, so
+  these gates work in the last stage and on fleets that never send labels.
+
 The minimums (``Gate.DATA``) PASS or stay INCONCLUSIVE; only a gate breaking its limit on enough data
-FAILS. A stage passes when every cohort's verdicts combine (worst wins) to PASS.
+FAILS. A stage passes when every cohort's data minimums and **required** gates (``CohortPolicy.required``)
+combine (worst wins) to PASS; a gate the cohort does not require still rolls back when it FAILS, and its
+INCONCLUSIVE holds nothing. Each sequential test spends ``policy.stage_alpha(alpha)`` of its alpha per
+stage window, so the rollout as a whole stays at alpha (``stats`` explains the test).
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ from datetime import datetime
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from fleet.controller.rollout.assignment import Assignment
-from fleet.controller.rollout.observations import DeviceObservation, Observations
+from fleet.controller.rollout.observations import (
+    DeviceObservation,
+    Observations,
+    ShadowSums,
+    VersionTelemetry,
+)
 from fleet.controller.rollout.phase import Verdict, worst
 from fleet.controller.rollout.policy import RolloutPolicy
 from fleet.controller.rollout.stats import (
@@ -36,9 +48,11 @@ from fleet.controller.rollout.stats import (
     GateResult,
     accuracy_gate,
     accuracy_test,
+    agreement_gate,
     error_rate_gate,
     latency_gate,
     merge_histograms,
+    prediction_shift_gate,
 )
 
 NAMES_IN_REASON = 20
@@ -79,19 +93,30 @@ class CohortCheck(BaseModel):
     feedback: int
     required_feedback: int
     stable_arm: str = Field(description="'window', 'baseline from stage N' or 'none'")
+    shadow_compared: int = Field(0, description="rows the canary arm compared with stable")
     gaps: tuple[DeviceGap, ...] = Field(description="targeted devices short of something")
     data: GateResult
-    gates: tuple[GateResult, ...] = Field(description="p95 latency, error rate, accuracy")
+    gates: tuple[GateResult, ...] = Field(
+        description="p95 latency, error rate, accuracy, and agreement and prediction shift "
+        "when the policy sets them"
+    )
+    required: tuple[str, ...] = Field(
+        ("p95_latency", "error_rate", "accuracy"), description="gates that must reach a verdict"
+    )
     accuracy: AccuracyTest
 
     @property
     def results(self) -> tuple[GateResult, ...]:
-        """The data minimums and every gate."""
-        return (self.data, *self.gates)
+        """What the stage waits on: the data minimums, every required gate, and any gate that
+        FAILED (a failure rolls back whether the gate is required or not)."""
+        counted = tuple(
+            g for g in self.gates if g.gate in self.required or g.verdict is Verdict.FAIL
+        )
+        return (self.data, *counted)
 
     @property
     def verdict(self) -> Verdict:
-        """Worst of the data minimums and every gate."""
+        """Worst of the data minimums, the required gates and any failed gate."""
         return worst(r.verdict for r in self.results)
 
 
@@ -184,6 +209,7 @@ def _check_cohort(
     correct = sum(t.feedback_correct for t in canary_arm)
     feedback = sum(t.feedback_total for t in canary_arm)
     required = rules.required_confirmed(len(targeted))
+    shadow = _shadow_sums(_canary_shadow(canary_arm, stable), stable)
 
     short_inferences = inferences < rules.min_inferences
     short_feedback = feedback < rules.min_feedback
@@ -204,6 +230,8 @@ def _check_cohort(
         f"(need {required}), {inferences} inferences (need {rules.min_inferences}), "
         f"{feedback} labelled (need {rules.min_feedback})"
     )
+    if policy.shadow is not None:
+        data_reason += f", {shadow.compared} compared in shadow with {stable}"
     if gaps:
         data_reason += f"; short: {describe_gaps(gaps)}"
     data = GateResult(
@@ -239,7 +267,7 @@ def _check_cohort(
         stable_correct=stable_correct,
         stable_total=stable_total,
         delta=gates.accuracy.delta,
-        alpha=gates.accuracy.alpha,
+        alpha=policy.stage_alpha(gates.accuracy.alpha),
         min_samples=gates.accuracy.min_samples,
     )
     if arm != "window":
@@ -261,8 +289,10 @@ def _check_cohort(
             max_rate=gates.max_error_rate,
             min_samples=rules.min_inferences,
             cohort=cohort,
+            alpha=policy.stage_alpha(gates.error_alpha),
         ),
         accuracy_gate(test, cohort),
+        *_shadow_gates(policy, cohort, shadow),
     )
     return CohortCheck(
         hardware_class=cohort,
@@ -274,11 +304,55 @@ def _check_cohort(
         feedback=feedback,
         required_feedback=rules.min_feedback,
         stable_arm=arm,
+        shadow_compared=shadow.compared,
         gaps=gaps,
         data=data,
         gates=results,
+        required=policy.cohorts[cohort].required,
         accuracy=test,
     )
+
+
+def _canary_shadow(canary_arm: Iterable[VersionTelemetry], stable: str) -> Iterable[ShadowSums]:
+    """The canary arm's shadow comparisons against ``stable`` (those against another version are
+    from an earlier rollout and are left out)."""
+    return (s for t in canary_arm if (s := t.shadow_against(stable)) is not None)
+
+
+def _shadow_sums(parts: Iterable[ShadowSums], stable: str) -> ShadowSums:
+    total = ShadowSums(against=stable)
+    for part in parts:
+        total = total.plus(part)
+    return total
+
+
+def _shadow_gates(policy: RolloutPolicy, cohort: str, shadow: ShadowSums) -> tuple[GateResult, ...]:
+    """Agreement and prediction shift, each only when the policy sets its limits."""
+    gates = policy.gates
+    out = []
+    if gates.agreement is not None:
+        out.append(
+            agreement_gate(
+                compared=shadow.compared,
+                disagreed=shadow.disagreed,
+                max_disagreement=gates.agreement.max_disagreement,
+                alpha=policy.stage_alpha(gates.agreement.alpha),
+                min_samples=gates.agreement.min_samples,
+                cohort=cohort,
+            )
+        )
+    if gates.prediction_shift is not None:
+        out.append(
+            prediction_shift_gate(
+                canary_counts=shadow.canary_classes,
+                stable_counts=shadow.stable_classes,
+                max_distance=gates.prediction_shift.max_distance,
+                alpha=policy.stage_alpha(gates.prediction_shift.alpha),
+                min_samples=gates.prediction_shift.min_samples,
+                cohort=cohort,
+            )
+        )
+    return tuple(out)
 
 
 def _gaps(

@@ -23,6 +23,40 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from fleet.controller.rollout.stats import LatencyHistogram
 
 
+class ShadowSums(BaseModel):
+    """Paired shadow comparisons of one version against the stable version ``against``, summed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    against: str
+    compared: int = Field(0, ge=0, description="rows scored by both and compared")
+    disagreed: int = Field(0, ge=0, description="compared rows whose answers differ")
+    failed: int = Field(0, ge=0, description="sampled rows on which the shadow model raised")
+    skipped: int = Field(0, ge=0, description="sampled rows the device's budget left unscored")
+    canary_classes: dict[str, int] = Field(default_factory=dict)
+    stable_classes: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _disagreed_within_compared(self) -> ShadowSums:
+        if self.disagreed > self.compared:
+            raise ValueError(f"disagreed: {self.disagreed} is more than compared ({self.compared})")
+        return self
+
+    def plus(self, other: ShadowSums) -> ShadowSums:
+        """Both sums added (same ``against``)."""
+        if other.against != self.against:
+            raise ValueError(f"against: cannot add {other.against} to {self.against}")
+        return ShadowSums(
+            against=self.against,
+            compared=self.compared + other.compared,
+            disagreed=self.disagreed + other.disagreed,
+            failed=self.failed + other.failed,
+            skipped=self.skipped + other.skipped,
+            canary_classes=dict(Counter(self.canary_classes) + Counter(other.canary_classes)),
+            stable_classes=dict(Counter(self.stable_classes) + Counter(other.stable_classes)),
+        )
+
+
 class VersionTelemetry(BaseModel):
     """What one device reported while running one version, summed over the window."""
 
@@ -34,6 +68,13 @@ class VersionTelemetry(BaseModel):
     latency: LatencyHistogram | None = None
     feedback_correct: int = Field(0, ge=0, description="labelled predictions that were right")
     feedback_total: int = Field(0, ge=0, description="predictions whose label arrived")
+    shadow: tuple[ShadowSums, ...] = Field(
+        (), description="shadow comparisons, one entry per stable version compared against"
+    )
+
+    def shadow_against(self, stable: str) -> ShadowSums | None:
+        """The comparisons against ``stable``, if the device made any."""
+        return next((s for s in self.shadow if s.against == stable), None)
 
     @model_validator(mode="after")
     def _parts_within_totals(self) -> VersionTelemetry:

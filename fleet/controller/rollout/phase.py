@@ -20,9 +20,9 @@ class RolloutPhase(StrEnum):
     PENDING      --abort-->   ABORTED
     PROGRESSING  --stage k passes-->   PROGRESSING (stage k+1)
     PROGRESSING  --last stage passes-->   SUCCEEDED
-    PROGRESSING  --pause, or deadline without data and on_silence: pause-->   PAUSED
+    PROGRESSING  --pause, or deadline without data and on_inconclusive: pause-->   PAUSED
     PAUSED       --resume (the stage's window restarts)-->   PROGRESSING
-    PROGRESSING, PAUSED  --a gate fails / abort / no data, on_silence: fail-->   ROLLING_BACK
+    PROGRESSING, PAUSED  --a gate fails / abort / no data, on_inconclusive: fail-->   ROLLING_BACK
     ROLLING_BACK --every device reports stable, or rollback timeout-->   its ending:
                                                  ROLLED_BACK | ABORTED | FAILED
     ROLLED_BACK, ABORTED, FAILED  --retry (attempt + 1)-->   PROGRESSING (stage 1)
@@ -33,7 +33,7 @@ class RolloutPhase(StrEnum):
     PROGRESSING = "progressing"
     """A stage's devices are targeted at the canary; its gates are checked on every pass."""
     PAUSED = "paused"
-    """A stage on hold (operator, or ``on_silence: pause`` at its deadline); a failing gate still rolls back."""
+    """A stage on hold (operator, or ``on_inconclusive: pause`` at its deadline); a failing gate still rolls back."""
     ROLLING_BACK = "rolling_back"
     """Every device of the rollout is targeted at the stable version; waiting for them to report it."""
     SUCCEEDED = "succeeded"
@@ -41,7 +41,7 @@ class RolloutPhase(StrEnum):
     ROLLED_BACK = "rolled_back"
     """A gate failed; every device of the rollout is targeted at the stable version."""
     FAILED = "failed"
-    """A stage lacked data at its deadline (``on_silence: fail``); every device is targeted at stable."""
+    """A stage lacked data at its deadline (``on_inconclusive: fail``); every device is targeted at stable."""
     ABORTED = "aborted"
     """An operator aborted; every device the rollout targeted is targeted at the stable version."""
 

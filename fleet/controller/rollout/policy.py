@@ -1,9 +1,15 @@
 """The rollout policy: cohorts, stages and gates, as data an operator writes in YAML.
 
-A policy is the whole contract of a rollout: which hardware classes take part and the p95 latency budget
-of each (the caller copies it from the class's hardware profile), the stages with their share of each
-cohort, how long each stage bakes, by when it must have its data and how much data that is, and the limits
-the canary must meet. It is data, not code, so it can be reviewed, stored in the rollout's status (a
+A policy is the whole contract of a rollout: which hardware classes take part, the p95 latency budget
+of each (the caller copies it from the class's hardware profile) and the gates each cohort must pass,
+the stages with their share of each cohort, how long each stage bakes, by when it must have its data and
+how much data that is, the limits the canary must meet, and whether devices compare the canary with
+the stable model in shadow.
+
+Gates and labels: a gate a cohort **requires** must reach a verdict for a stage to pass; any gate that
+FAILS rolls back, required or not. A fleet without labels requires ``p95_latency``, ``error_rate`` and
+``agreement`` (shadow comparisons need no label); accuracy is still judged where feedback arrives and
+still rolls back a canary it catches, but its silence does not hold the rollout. It is data, not code, so it can be reviewed, stored in the rollout's status (a
 restart judges by the policy the rollout started with, not by whatever the file says now) and validated
 before anything is targeted.
 
@@ -34,12 +40,27 @@ HardwareClass = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$"
 """A hardware class name, the same spelling as a hardware profile's ``name``."""
 
 
+GateName = Literal["p95_latency", "error_rate", "accuracy", "agreement", "prediction_shift"]
+"""A gate a cohort may require (``fleet.controller.rollout.stats.Gate``, less the data minimums)."""
+
+LABELLED_GATES: tuple[GateName, ...] = ("p95_latency", "error_rate", "accuracy")
+"""What a cohort requires unless its policy says otherwise."""
+
+SHADOW_GATES: tuple[GateName, ...] = ("agreement", "prediction_shift")
+"""Gates judged from shadow comparisons on the devices."""
+
+
 class CohortPolicy(BaseModel):
-    """One hardware class taking part in the rollout, and the limit specific to it."""
+    """One hardware class taking part in the rollout, and the limits specific to it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     p95_latency_ms: float = Field(gt=0, description="p95 latency budget; the hardware profile's")
+    required: tuple[GateName, ...] = Field(
+        LABELLED_GATES,
+        min_length=1,
+        description="gates that must reach a verdict before a stage passes",
+    )
 
 
 class StagePolicy(BaseModel):
@@ -95,13 +116,54 @@ class AccuracyGate(BaseModel):
     min_samples: int = Field(ge=1, description="labelled feedback needed on EACH arm for a verdict")
 
 
+class AgreementGate(BaseModel):
+    """The canary may disagree with the stable model (run in shadow on the same inputs) on at most
+    ``max_disagreement`` of the rows (sequential one-sided test)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_disagreement: float = Field(ge=0, lt=1, description="0.05 = 5% of rows")
+    alpha: float = Field(0.05, gt=0, lt=1, description="false-rollback rate of the whole rollout")
+    min_samples: int = Field(200, ge=1, description="paired comparisons needed for a verdict")
+
+
+class PredictionShiftGate(BaseModel):
+    """The canary's predicted-class distribution may not move away from the stable model's by more
+    than ``max_distance`` (total variation), with evidence (chi-square test at ``alpha``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_distance: float = Field(gt=0, le=1, description="total variation distance, 0.1 = 10%")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_samples: int = Field(200, ge=1, description="compared rows needed for a verdict")
+
+
+class ShadowPolicy(BaseModel):
+    """Devices running the canary also score ``rate`` of their inputs with the stable model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float = Field(0.1, gt=0, le=1, description="share of served rows scored in shadow")
+    cpu_budget: float = Field(
+        0.25, gt=0, le=1, description="shadow time at most this share of serving time"
+    )
+    tolerance: float = Field(
+        0.0, ge=0, description="regressors: |canary - stable| above this is a disagreement"
+    )
+
+
 class Gates(BaseModel):
     """Limits checked per cohort on every pass; one failing gate rolls the rollout back."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_error_rate: float = Field(ge=0, le=1, description="errors / inferences on the canary")
+    error_alpha: float = Field(
+        0.05, gt=0, lt=1, description="false-rollback rate of the error-rate test"
+    )
     accuracy: AccuracyGate
+    agreement: AgreementGate | None = None
+    prediction_shift: PredictionShiftGate | None = None
 
 
 class RolloutPolicy(BaseModel):
@@ -112,14 +174,47 @@ class RolloutPolicy(BaseModel):
     cohorts: dict[HardwareClass, CohortPolicy] = Field(min_length=1)
     stages: tuple[StagePolicy, ...] = Field(min_length=1)
     gates: Gates
-    on_silence: Literal["fail", "pause"] = Field(
-        "fail", description="a stage short of data at its deadline fails (rolls back) or pauses"
+    shadow: ShadowPolicy | None = Field(
+        None, description="shadow comparisons on canary devices; off when absent"
+    )
+    on_inconclusive: Literal["fail", "pause"] = Field(
+        "fail",
+        description="a stage whose data or required gates have no verdict at its deadline "
+        "fails (rolls back) or pauses",
     )
     rollback_timeout_s: float = Field(
         600,
         gt=0,
         description="a rollback ends after this even if some devices never reported stable",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        """``on_silence`` is the older name of ``on_inconclusive`` (rollouts stored before)."""
+        if isinstance(data, dict) and "on_silence" in data and "on_inconclusive" not in data:
+            data = {**data, "on_inconclusive": data["on_silence"]}
+            del data["on_silence"]
+        return data
+
+    @model_validator(mode="after")
+    def _required_gates_can_be_judged(self) -> RolloutPolicy:
+        """A cohort may require only gates the policy gives limits to and its devices can report."""
+        problems = []
+        for name, cohort in self.cohorts.items():
+            for gate in cohort.required:
+                if gate in SHADOW_GATES and getattr(self.gates, gate) is None:
+                    problems.append(
+                        f"cohorts.{name}.required: gate {gate} has no limits: add gates.{gate}"
+                    )
+                elif gate in SHADOW_GATES and self.shadow is None:
+                    problems.append(
+                        f"cohorts.{name}.required: the devices of {name} cannot report {gate} "
+                        "without shadow comparisons: add shadow (rate, cpu_budget)"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _stages_grow_to_everyone(self) -> RolloutPolicy:
@@ -150,6 +245,11 @@ class RolloutPolicy(BaseModel):
     def stage(self, index: int) -> StagePolicy:
         """The stage at ``index`` (0-based)."""
         return self.stages[index]
+
+    def stage_alpha(self, alpha: float) -> float:
+        """The share of ``alpha`` one stage's sequential test may spend (Bonferroni over stages),
+        so that the whole rollout stays at ``alpha`` per gate and cohort."""
+        return alpha / len(self.stages)
 
     @property
     def last_stage(self) -> int:
@@ -195,7 +295,7 @@ def default_policy(budgets: Mapping[str, float]) -> RolloutPolicy:
                 "max_error_rate": 0.01,
                 "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 200},
             },
-            "on_silence": "fail",
+            "on_inconclusive": "fail",
             "rollback_timeout_s": 600,
         }
     )

@@ -1,48 +1,90 @@
-"""The gates' arithmetic: a one-sided accuracy test, p95 latency from histograms, the error rate.
+"""The gates' arithmetic: sequential tests on accuracy, error and disagreement rates, p95 latency, prediction shift.
 
 Each gate is a pure function from counts to a :class:`GateResult`: a verdict, the measured value, the
 threshold it was held against and a reason a person can read. Keeping the statistics apart from the
 rollout logic lets them be checked against reference values on their own, and keeps the decision code
-free of arithmetic. Only the standard library is used here (``math.erfc``): the controller does not
-depend on scipy.
+free of arithmetic. Only the standard library is used here and in :mod:`.sequential`: the controller does
+not depend on scipy.
 
-Accuracy: the hypothesis, chosen so that only evidence rolls a canary back
---------------------------------------------------------------------------
+Looking on every pass: sequential tests, so that only evidence rolls a canary back
+------------------------------------------------------------------------------------
+The controller judges a stage on every pass over data that keeps accumulating, an unknown number of
+times. A fixed-sample test at level ``alpha`` repeated on every look would roll back a canary that meets
+its limit with a probability well above ``alpha`` (every look is another chance of a false alarm). The
+accuracy, error-rate and agreement gates are therefore mixture sequential probability ratio tests
+(mSPRT, see :mod:`fleet.controller.rollout.sequential` for the derivation): for an estimate
+``θ̂ ~ N(θ, V)`` and ``H0: θ = θ0``, with a normal mixture ``N(θ0, τ²)`` over the alternatives::
+
+    Λ = sqrt(V / (V + τ²)) · exp( τ² (θ̂ - θ0)² / (2 V (V + τ²)) ),   p = min(1, 1/Λ)
+
+A gate FAILS when ``θ̂`` lies on the alternative's side of ``θ0`` and ``Λ ≥ 1/alpha`` (``p ≤ alpha``). By
+Ville's inequality the probability that this ever happens, at any of however many looks, is at most
+``alpha`` when H0 holds. No state is kept between looks: a failure ends the rollout.
+
+Each stage's window is its own sequential test (the window restarts with the stage, and on resume).
+Over a rollout of ``S`` stages the caller spends ``alpha`` across them, passing ``alpha / S`` to each
+stage's gates (Bonferroni), so that the whole rollout rolls back a canary that meets a limit with
+probability at most ``alpha`` per gate and cohort.
+
+Each sequential gate needs ``min_samples`` observations before any verdict: below it, it is
+INCONCLUSIVE (a handful of labels neither rolls back nor passes). Above it, it PASSES unless it fails.
+These are guards against regressions, not proofs of non-inferiority: a PASS means no evidence of harm so
+far, and their power grows with the data.
+
+Accuracy
+--------
 With ``p_c`` and ``p_s`` the accuracies of the canary and the stable version on labelled field feedback
 from the same cohort and window, and ``δ`` the tolerated drop::
 
-    H0: p_c ≥ p_s - δ      (the canary is not worse by more than δ)
-    H1: p_c < p_s - δ      (the canary is worse by more than δ)
+    H0: p_c - p_s ≥ -δ      (the canary is not worse by more than δ)
+    H1: p_c - p_s < -δ      (the canary is worse by more than δ)
 
-    z = (p̂_c - p̂_s + δ) / SE,   SE = sqrt(p̂_c(1 - p̂_c)/n_c + p̂_s(1 - p̂_s)/n_s)   (unpooled, Wald)
-    p-value = Φ(z)   (lower tail)
+    θ̂ = p̂_c - p̂_s,   θ0 = -δ,   V = p̂_c(1 - p̂_c)/n_c + p̂_s(1 - p̂_s)/n_s   (unpooled),   τ = mixture_sd
 
-The gate FAILS when ``p < alpha``: significant evidence that the canary is worse by more than δ. It PASSES
-when H0 cannot be rejected and both arms have at least ``min_samples`` labels, and is INCONCLUSIVE below
-that, so a canary cannot pass on a handful of labels. This is a guard against regressions, not a proof of
-non-inferiority: its power grows with the labels. At 200 labels per arm and accuracies near 90%, a drop of
-about δ + 5 points is caught half the time; more labels (a longer bake, a larger stage) catch smaller drops. The
-gate is evaluated on every pass over accumulating data, so a canary exactly δ worse is rolled back at
-some pass with probability above alpha; a canary no worse than stable has z centred at δ/SE > 0 and is
-rarely rolled back. An arm that is all right (or all wrong) would add no variance, and with both so SE
-would be zero; such an arm's variance is taken at p = (x + 1/2)/(n + 1) instead (a Haldane-style
-correction), which keeps z finite.
+An arm that is all right (or all wrong) would add no variance, and with both so V would be zero; such an
+arm's variance is taken at p = (x + 1/2)/(n + 1) instead (a Haldane-style correction). The Wald
+``z = (θ̂ - θ0)/sqrt(V)`` is reported for reading, not for the decision.
+
+Error rate and agreement
+------------------------
+One proportion against a bound ``b`` (``max_error_rate``, or ``max_disagreement`` for the share of
+shadow comparisons on which the canary and stable disagree): ``H0: rate ≤ b`` against ``H1: rate > b``,
+with ``θ̂`` the observed rate, ``θ0 = b`` and ``V = b(1 - b)/n``, the variance at the null's boundary. At
+``b = 0`` a single error refutes H0 outright: it FAILS (p = 0) once ``n ≥ min_samples``.
+
+Prediction shift
+----------------
+The canary's distribution of predicted classes against the stable model's, on the same cohort and
+window. It FAILS only when both Pearson's chi-square test of homogeneity gives ``p < alpha`` (evidence of
+a shift at all, which small samples cannot give) and the total variation distance exceeds
+``max_distance`` (a shift big enough to matter, which large samples cannot fake). This gate is not
+sequential: its chi-square p-value is a fixed-sample one, so looking on every pass raises its
+false-failure rate above ``alpha``, most for a canary whose true distance is just under
+``max_distance`` (the observed distance then crosses it often while the chi-square is significant).
+The test also treats the arms as independent samples; shadow predictions on the same inputs are
+positively correlated, which makes it conservative.
 
 Latency: histograms from many devices are merged bucket by bucket (they must share bucket bounds, see
 :data:`LATENCY_BOUNDS_MS`) and the p95 is interpolated linearly inside its bucket, as Prometheus'
 ``histogram_quantile`` does. A p95 in the overflow bucket is above the last bound: a failure when that
-bound is already over budget, inconclusive otherwise.
+bound is already over budget, inconclusive otherwise. It is a budget check, not a test.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.controller.rollout.phase import Verdict
+from fleet.controller.rollout.sequential import (
+    SequentialTest,
+    chi_square_homogeneity,
+    one_sided_test,
+    total_variation,
+)
 
 # Upper bounds (ms, inclusive) of the latency buckets agents report: one definition, the agent's.
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
@@ -56,7 +98,11 @@ class Gate(StrEnum):
     ERROR_RATE = "error_rate"
     """Failed inferences / inferences of the canary on a cohort."""
     ACCURACY = "accuracy"
-    """Canary accuracy minus stable accuracy on labelled feedback, one-sided test against -δ."""
+    """Canary accuracy minus stable accuracy on labelled feedback, one-sided mSPRT against -δ."""
+    AGREEMENT = "agreement"
+    """Share of paired shadow comparisons on which canary and stable disagree, mSPRT against a bound."""
+    PREDICTION_SHIFT = "prediction_shift"
+    """Total variation distance between canary and stable predicted-class distributions (with χ²)."""
     DATA = "data"
     """The stage's minimums: confirmed devices, inferences and labelled feedback (never FAIL by itself)."""
 
@@ -77,7 +123,7 @@ class GateResult(BaseModel):
 
 
 class AccuracyTest(BaseModel):
-    """The one-sided accuracy test, with everything needed to check it by hand."""
+    """The one-sided sequential accuracy test, with everything needed to check it by hand."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,9 +137,13 @@ class AccuracyTest(BaseModel):
     delta: float
     alpha: float
     min_samples: int
-    z: float | None = Field(description="None when inconclusive for lack of samples")
-    p_value: float | None
+    z: float | None = Field(
+        description="Wald z, for reading; None when inconclusive for lack of samples"
+    )
+    p_value: float | None = Field(description="always-valid p-value min(1, 1/Λ); 1 when not worse")
     reason: str
+    log_ratio: float | None = Field(None, description="log Λ of the mSPRT; None when not tested")
+    mixture_sd: float = Field(0.05, gt=0, description="τ, the mSPRT's mixing standard deviation")
 
     @property
     def difference(self) -> float | None:
@@ -108,6 +158,24 @@ def _check_counts(correct: int, total: int, arm: str) -> None:
         raise ValueError(f"{arm}: correct ({correct}) must be within 0..total ({total})")
 
 
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: {alpha} is not in (0, 1)")
+
+
+def _check_level(alpha: float, mixture_sd: float) -> None:
+    _check_alpha(alpha)
+    if not mixture_sd > 0:
+        raise ValueError(f"mixture_sd: {mixture_sd} must be positive")
+
+
+def _ratio_text(test: SequentialTest) -> str:
+    """``Λ`` for a reason, without overflowing on a very large one."""
+    if test.log_ratio < 700:
+        return f"{math.exp(test.log_ratio):.3g}"
+    return f"e^{test.log_ratio:.0f}"
+
+
 def accuracy_test(
     *,
     canary_correct: int,
@@ -117,10 +185,12 @@ def accuracy_test(
     delta: float,
     alpha: float,
     min_samples: int,
+    mixture_sd: float = 0.05,
 ) -> AccuracyTest:
-    """Is the canary worse than stable by more than ``delta``? See the module docstring for the test."""
+    """Is the canary worse than stable by more than ``delta``? A one-sided mSPRT; see the module docstring."""
     _check_counts(canary_correct, canary_total, "canary")
     _check_counts(stable_correct, stable_total, "stable")
+    _check_level(alpha, mixture_sd)
     acc_c = canary_correct / canary_total if canary_total else None
     acc_s = stable_correct / stable_total if stable_total else None
     counts = dict(
@@ -133,35 +203,42 @@ def accuracy_test(
         delta=delta,
         alpha=alpha,
         min_samples=min_samples,
+        mixture_sd=mixture_sd,
     )
     short = [
         f"{arm} has {n} labelled predictions (need {min_samples})"
         for arm, n in (("canary", canary_total), ("stable", stable_total))
-        if n < min_samples
+        if n < min_samples or n == 0
     ]
     if short:
         return AccuracyTest(
             verdict=Verdict.INCONCLUSIVE, z=None, p_value=None, reason="; ".join(short), **counts
         )
     assert acc_c is not None and acc_s is not None
-    se = math.sqrt(
-        _variance(canary_correct, canary_total) + _variance(stable_correct, stable_total)
+    variance = _variance(canary_correct, canary_total) + _variance(stable_correct, stable_total)
+    test = one_sided_test(
+        estimate=acc_c - acc_s,
+        null=-delta,
+        variance=variance,
+        tau=mixture_sd,
+        alpha=alpha,
+        alternative="less",
     )
-    z = (acc_c - acc_s + delta) / se
-    p_value = 0.5 * math.erfc(-z / math.sqrt(2))
-    worse = p_value < alpha
+    z = (acc_c - acc_s + delta) / math.sqrt(variance)
     summary = (
         f"canary {acc_c:.2%} ({canary_correct}/{canary_total}) vs stable {acc_s:.2%} "
-        f"({stable_correct}/{stable_total}), δ={delta:g}: z={z:.2f}, p={p_value:.3g}"
+        f"({stable_correct}/{stable_total}), δ={delta:g}: z={z:.2f}, "
+        f"mSPRT Λ={_ratio_text(test)} (τ={mixture_sd:g}), p={test.p_value:.3g}"
     )
-    if worse:
-        reason = f"{summary} < alpha={alpha:g}: canary worse than stable by more than δ"
+    if test.reject:
+        reason = f"{summary} ≤ alpha={alpha:g}: canary worse than stable by more than δ"
     else:
-        reason = f"{summary} ≥ alpha={alpha:g}: no evidence the canary is worse by more than δ"
+        reason = f"{summary} > alpha={alpha:g}: no evidence the canary is worse by more than δ"
     return AccuracyTest(
-        verdict=Verdict.FAIL if worse else Verdict.PASS,
+        verdict=Verdict.FAIL if test.reject else Verdict.PASS,
         z=z,
-        p_value=p_value,
+        p_value=test.p_value,
+        log_ratio=test.log_ratio,
         reason=reason,
         **counts,
     )
@@ -323,26 +400,215 @@ def latency_gate(
     )
 
 
-def error_rate_gate(
-    *, errors: int, inferences: int, max_rate: float, min_samples: int, cohort: str
+def _exceeds(count: int, n: int, bound: float, *, alpha: float, tau: float) -> SequentialTest:
+    """``H0: rate ≤ bound`` against ``rate > bound`` at any number of looks; ``n`` must be positive.
+
+    The variance is the null boundary's, ``bound(1 - bound)/n``. At ``bound = 0`` one event refutes H0
+    outright (p = 0), and a rate at or under the bound never rejects (p = 1).
+    """
+    rate = count / n
+    if rate <= bound:
+        return SequentialTest(log_ratio=0.0, p_value=1.0, reject=False)
+    if bound == 0:
+        return SequentialTest(log_ratio=math.inf, p_value=0.0, reject=True)
+    return one_sided_test(
+        estimate=rate,
+        null=bound,
+        variance=bound * (1 - bound) / n,
+        tau=tau,
+        alpha=alpha,
+        alternative="greater",
+    )
+
+
+def _check_bound(name: str, bound: float) -> None:
+    if not 0 <= bound <= 1:
+        raise ValueError(f"{name}: {bound} is not in [0, 1]")
+
+
+def _rate_gate(
+    *,
+    gate: Gate,
+    what: str,
+    unit: str,
+    count: int,
+    n: int,
+    bound: float,
+    alpha: float,
+    min_samples: int,
+    cohort: str,
+    mixture_sd: float,
 ) -> GateResult:
-    """Failed inferences over inferences against ``max_rate``; INCONCLUSIVE below ``min_samples``."""
+    """``count / n`` against ``bound`` by :func:`_exceeds`; INCONCLUSIVE below ``min_samples``."""
+    if n < min_samples or n == 0:
+        return GateResult(
+            gate=gate,
+            cohort=cohort,
+            verdict=Verdict.INCONCLUSIVE,
+            measured=None,
+            threshold=bound,
+            samples=n,
+            reason=f"{n} {unit} on {cohort} (need {min_samples})",
+        )
+    rate = count / n
+    test = _exceeds(count, n, bound, alpha=alpha, tau=mixture_sd)
+    observed = f"{what} rate {rate:.2%} ({count}/{n})"
+    if rate <= bound:
+        reason = f"{observed} ≤ {bound:.2%} on {cohort}"
+    elif bound == 0:
+        reason = f"{observed} > 0 on {cohort}: none is allowed"
+    else:
+        evidence = f"mSPRT Λ={_ratio_text(test)} (τ={mixture_sd:g}), p={test.p_value:.3g}"
+        reason = (
+            f"{observed} > {bound:.2%} on {cohort}: {evidence} ≤ alpha={alpha:g}"
+            if test.reject
+            else f"{observed} > {bound:.2%} on {cohort}, not significantly: "
+            f"{evidence} > alpha={alpha:g}"
+        )
+    return GateResult(
+        gate=gate,
+        cohort=cohort,
+        verdict=Verdict.FAIL if test.reject else Verdict.PASS,
+        measured=rate,
+        threshold=bound,
+        samples=n,
+        reason=reason,
+        p_value=test.p_value,
+    )
+
+
+def error_rate_gate(
+    *,
+    errors: int,
+    inferences: int,
+    max_rate: float,
+    min_samples: int,
+    cohort: str,
+    alpha: float = 0.05,
+    mixture_sd: float = 0.01,
+) -> GateResult:
+    """Failed inferences over inferences against ``max_rate``: FAIL on sequential evidence it is above.
+
+    A one-sided mSPRT of ``H0: rate ≤ max_rate`` (see the module docstring); INCONCLUSIVE below
+    ``min_samples`` inferences, PASS otherwise unless it fails.
+    """
     if errors < 0 or inferences < 0 or errors > inferences:
         raise ValueError(f"errors ({errors}) must be within 0..inferences ({inferences})")
-    if inferences < min_samples:
-        verdict, measured = Verdict.INCONCLUSIVE, None
-        reason = f"{inferences} inferences on {cohort} (need {min_samples})"
-    else:
-        rate = errors / inferences
-        verdict, measured = (Verdict.FAIL, rate) if rate > max_rate else (Verdict.PASS, rate)
-        sign = ">" if verdict is Verdict.FAIL else "≤"
-        reason = f"error rate {rate:.2%} ({errors}/{inferences}) {sign} {max_rate:.2%} on {cohort}"
-    return GateResult(
+    _check_bound("max_rate", max_rate)
+    _check_level(alpha, mixture_sd)
+    return _rate_gate(
         gate=Gate.ERROR_RATE,
+        what="error",
+        unit="inferences",
+        count=errors,
+        n=inferences,
+        bound=max_rate,
+        alpha=alpha,
+        min_samples=min_samples,
         cohort=cohort,
-        verdict=verdict,
-        measured=measured,
-        threshold=max_rate,
-        samples=inferences,
-        reason=reason,
+        mixture_sd=mixture_sd,
     )
+
+
+def agreement_gate(
+    *,
+    compared: int,
+    disagreed: int,
+    max_disagreement: float,
+    alpha: float,
+    min_samples: int,
+    cohort: str,
+    mixture_sd: float = 0.05,
+) -> GateResult:
+    """Paired shadow comparisons: FAIL on sequential evidence that disagreement exceeds the bound.
+
+    The canary and the stable model run on the same inputs on a device; a comparison disagrees when
+    their top classes differ (or, for a regressor, their outputs differ by more than a tolerance). A
+    one-sided mSPRT of ``H0: disagreement ≤ max_disagreement``, as for the error rate.
+    """
+    if compared < 0 or disagreed < 0 or disagreed > compared:
+        raise ValueError(f"disagreed ({disagreed}) must be within 0..compared ({compared})")
+    _check_bound("max_disagreement", max_disagreement)
+    _check_level(alpha, mixture_sd)
+    return _rate_gate(
+        gate=Gate.AGREEMENT,
+        what="disagreement",
+        unit="shadow comparisons",
+        count=disagreed,
+        n=compared,
+        bound=max_disagreement,
+        alpha=alpha,
+        min_samples=min_samples,
+        cohort=cohort,
+        mixture_sd=mixture_sd,
+    )
+
+
+def _aligned(
+    canary: Mapping[str, int], stable: Mapping[str, int]
+) -> tuple[list[str], list[int], list[int]]:
+    """The union of classes, sorted, and each arm's counts over it (0 where absent)."""
+    for arm, counts in (("canary", canary), ("stable", stable)):
+        bad = sorted(k for k, v in counts.items() if v < 0)
+        if bad:
+            raise ValueError(f"{arm}_counts: negative counts for {', '.join(bad)}")
+    classes = sorted(set(canary) | set(stable))
+    return classes, [canary.get(k, 0) for k in classes], [stable.get(k, 0) for k in classes]
+
+
+def prediction_shift_gate(
+    *,
+    canary_counts: Mapping[str, int],
+    stable_counts: Mapping[str, int],
+    max_distance: float,
+    alpha: float,
+    min_samples: int,
+    cohort: str,
+) -> GateResult:
+    """Has the canary's predicted-class distribution moved away from stable's by more than ``max_distance``?
+
+    FAIL when the chi-square test of homogeneity gives ``p < alpha`` AND the total variation distance
+    exceeds ``max_distance``; PASS when each arm has ``min_samples`` predictions and it does not fail;
+    INCONCLUSIVE otherwise. ``measured`` is the distance.
+    """
+    _, canary, stable = _aligned(canary_counts, stable_counts)
+    _check_bound("max_distance", max_distance)
+    _check_alpha(alpha)
+    n_c, n_s = sum(canary), sum(stable)
+
+    def result(
+        verdict: Verdict, measured: float | None, reason: str, p: float | None
+    ) -> GateResult:
+        return GateResult(
+            gate=Gate.PREDICTION_SHIFT,
+            cohort=cohort,
+            verdict=verdict,
+            measured=measured,
+            threshold=max_distance,
+            samples=min(n_c, n_s),
+            reason=reason,
+            p_value=p,
+        )
+
+    short = [
+        f"{arm} has {n} predictions (need {min_samples})"
+        for arm, n in (("canary", n_c), ("stable", n_s))
+        if n < min_samples or n == 0
+    ]
+    if short:
+        return result(Verdict.INCONCLUSIVE, None, f"{cohort}: {'; '.join(short)}", None)
+    distance = total_variation(canary, stable)
+    chi2 = chi_square_homogeneity(canary, stable)
+    shifted = chi2.p_value < alpha
+    large = distance > max_distance
+    summary = (
+        f"predicted classes on {cohort}: total variation {distance:.3f} "
+        f"{'>' if large else '≤'} {max_distance:g}, χ²={chi2.statistic:.3g} "
+        f"(dof {chi2.dof}), p={chi2.p_value:.3g} {'<' if shifted else '≥'} alpha={alpha:g} "
+        f"(canary n={n_c}, stable n={n_s})"
+    )
+    if shifted and large:
+        return result(
+            Verdict.FAIL, distance, f"{summary}: the canary's predictions shifted", chi2.p_value
+        )
+    return result(Verdict.PASS, distance, summary, chi2.p_value)

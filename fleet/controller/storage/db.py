@@ -115,6 +115,7 @@ class TelemetryRow(Base):
     feedback_total: Mapped[int] = mapped_column(Integer)
     dropped_total: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class DesiredStateRow(Base):

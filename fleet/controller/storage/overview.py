@@ -213,6 +213,7 @@ class ReportSample:
     errors: int
     feedback_correct: int
     feedback_total: int
+    shadow: dict[str, Any] | None = None
 
 
 def recent_reports(
@@ -234,6 +235,7 @@ def recent_reports(
             TelemetryRow.errors,
             TelemetryRow.feedback_correct,
             TelemetryRow.feedback_total,
+            TelemetryRow.shadow,
         )
         .join(DeviceRow, DeviceRow.device_id == TelemetryRow.device_id)
         .where(TelemetryRow.id > after_id)

@@ -36,8 +36,14 @@ from fleet.controller.errors import (
 from fleet.controller.longpoll import Targeted
 from fleet.controller.rollout.actions import Action
 from fleet.controller.rollout.decide import RolloutStatus
-from fleet.controller.rollout.observations import DeviceObservation, Observations, VersionTelemetry
+from fleet.controller.rollout.observations import (
+    DeviceObservation,
+    Observations,
+    ShadowSums,
+    VersionTelemetry,
+)
 from fleet.controller.rollout.phase import RolloutPhase
+from fleet.controller.rollout.policy import ShadowPolicy
 from fleet.controller.rollout.stats import LatencyHistogram, merge_histograms
 from fleet.controller.storage.db import (
     ArtifactRow,
@@ -60,6 +66,7 @@ from fleet.shared.protocol import (
     EnrolmentToken,
     EnrolmentTokenRequest,
     EnrolRequest,
+    ShadowPlan,
     TelemetryAck,
     TelemetryReport,
 )
@@ -185,11 +192,40 @@ def desired_state(session: Session, device: DeviceRow) -> DesiredState:
         found = session.get(ArtifactRow, (row.model, row.version, device.hardware_class))
         if found is not None and found.signature:
             artifact = _artifact(found)
+    shadow = None
+    if artifact is not None and row.rollout_id is not None:
+        shadow = _shadow_plan(session, row.rollout_id, artifact.version)
     return DesiredState(
         device_id=device.device_id,
         revision=row.revision,
         artifact=artifact,
         rollout_id=row.rollout_id,
+        shadow=shadow,
+    )
+
+
+SHADOWING_PHASES = (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value)
+
+
+def _shadow_plan(session: Session, rollout_id: str, version: str) -> ShadowPlan | None:
+    """What a device on ``version`` compares in shadow: the rollout's stable version, while the
+    rollout is in a stage, ``version`` is its canary and its policy asks for shadow comparisons.
+
+    Reads three keys of the stored status instead of validating all of it: every long-poll answer
+    of every device of the rollout asks."""
+    rollout = session.get(RolloutRow, rollout_id)
+    if rollout is None or rollout.phase not in SHADOWING_PHASES:
+        return None
+    stored = rollout.status
+    wanted = stored.get("policy", {}).get("shadow")
+    if wanted is None or stored.get("canary_version") != version:
+        return None
+    policy = ShadowPolicy.model_validate(wanted)
+    return ShadowPlan(
+        version=stored["stable_version"],
+        rate=policy.rate,
+        cpu_budget=policy.cpu_budget,
+        tolerance=policy.tolerance,
     )
 
 
@@ -460,14 +496,17 @@ def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> di
         "feedback_total": len(report.feedback),
         "dropped_total": report.dropped_total,
         "received_at": now,
+        "shadow": report.shadow.model_dump() if report.shadow is not None else None,
     }
 
 
 def latest_versions(session: Session, device_ids: list[str]) -> dict[str, str]:
-    """The version of each device's latest report (devices that never reported are left out)."""
+    """The version each device runs: that of its latest report marked ``running`` (devices that
+    never sent one are left out). A report of a version swapped out (late labels for the model it
+    replaced, say) arrives after the running one and says nothing of what runs now."""
     latest_ids = (
         select(func.max(TelemetryRow.id))
-        .where(TelemetryRow.device_id.in_(device_ids))
+        .where(TelemetryRow.device_id.in_(device_ids), TelemetryRow.running.is_(True))
         .group_by(TelemetryRow.device_id)
     )
     rows = session.execute(
@@ -491,7 +530,14 @@ def observations(
     running = latest_versions(session, ids)
     window = status.window_start
     sums: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"inferences": 0, "errors": 0, "correct": 0, "total": 0, "latency": []}
+        lambda: {
+            "inferences": 0,
+            "errors": 0,
+            "correct": 0,
+            "total": 0,
+            "latency": [],
+            "shadow": {},
+        }
     )
     if window is not None and ids:
         rows = session.execute(
@@ -503,9 +549,10 @@ def observations(
                 TelemetryRow.latency,
                 TelemetryRow.feedback_correct,
                 TelemetryRow.feedback_total,
+                TelemetryRow.shadow,
             ).where(TelemetryRow.device_id.in_(ids), TelemetryRow.received_at >= window)
         ).all()
-        for device_id, version, inferences, errors, latency, correct, total in rows:
+        for device_id, version, inferences, errors, latency, correct, total, shadow in rows:
             entry = sums[(device_id, version)]
             entry["inferences"] += inferences
             entry["errors"] += errors
@@ -516,6 +563,8 @@ def observations(
                     bounds_ms=tuple(latency["bounds_ms"]), counts=tuple(latency["counts"])
                 )
             )
+            if shadow is not None:
+                _add_shadow(entry["shadow"], shadow)
     per_device: dict[str, list[VersionTelemetry]] = defaultdict(list)
     for (device_id, version), entry in sorted(sums.items()):
         per_device[device_id].append(
@@ -526,6 +575,7 @@ def observations(
                 latency=merge_histograms(entry["latency"]),
                 feedback_correct=entry["correct"],
                 feedback_total=entry["total"],
+                shadow=tuple(entry["shadow"][k] for k in sorted(entry["shadow"])),
             )
         )
     # A device's first report can land between reading the devices and reading the reports:
@@ -545,6 +595,21 @@ def observations(
             for d in devices
         ),
     )
+
+
+def _add_shadow(by_stable: dict[str, ShadowSums], stored: dict[str, Any]) -> None:
+    """Add one stored :class:`ShadowReport` to the sums kept per stable version."""
+    report = ShadowSums(
+        against=stored["against"],
+        compared=stored["compared"],
+        disagreed=stored["disagreed"],
+        failed=stored.get("failed", 0),
+        skipped=stored.get("skipped", 0),
+        canary_classes=stored.get("canary_classes", {}),
+        stable_classes=stored.get("stable_classes", {}),
+    )
+    before = by_stable.get(report.against)
+    by_stable[report.against] = report if before is None else before.plus(report)
 
 
 def without_quarantined(session: Session, device_ids: Iterable[str]) -> list[str]:

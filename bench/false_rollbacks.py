@@ -1,0 +1,546 @@
+"""False rollbacks and power of the canary gates when they are looked at on every controller pass.
+
+Simulates ``--rollouts`` rollouts of one cohort of ``--devices`` devices through stages targeting 5%,
+25%, 50% and 100% of them, each baked ``--bake-s`` seconds and judged every ``--look-s`` seconds on the
+data of its own window (120 looks a stage, 480 a rollout, by default). Each canary device sends
+labelled feedback (Poisson, ``--labels-per-s`` per device), runs inferences (``--inferences-per-s``)
+and scores ``--shadow-per-s`` of its inputs with the stable model too (paired shadow comparisons). The
+stable arm of the accuracy gate is the cohort's devices left on stable; in the last stage, when none is
+left, it is the baseline kept from the stage before, as ``evaluate`` does.
+
+Two procedures judge the same simulated data:
+
+* old: what the gates did before the sequential tests. Accuracy: the one-sided Wald z-test at
+  ``alpha`` on every look. Error rate: the plain compare ``errors / inferences > max_rate``.
+  Agreement (a new gate): a one-sided z-test at ``alpha`` on every look, as the accuracy gate did.
+* new: the controller's gates (``fleet.controller.rollout.stats``), mSPRTs at ``alpha / stages`` per
+  stage window (Bonferroni over stages, as ``RolloutPolicy.stage_alpha`` spends it).
+
+Scenarios: a canary exactly as good as stable (accuracy equal; also exactly δ worse, the edge of what
+the accuracy gate tolerates; disagreement exactly at its bound; error rate exactly at its limit): every
+rollback is a false one. Then a canary 5 points worse (accuracy 85% against 90%; disagreement 5 points
+above its bound): the share rolled back, and how many samples (canary labels, or comparisons, in the
+stage's window) and seconds it took.
+
+The looks are computed with numpy over all rollouts at once; every new-procedure verdict is the same
+arithmetic as the controller's, and a sample of looks (all the first rollbacks, and random others) is
+checked against the controller's gate functions themselves: the bench stops on a mismatch.
+
+    python bench/false_rollbacks.py [--rollouts 1000] [--seed 1] [--alpha 0.05]
+
+Measured (defaults, seed 1; 500 devices, 0.02 labels/s, 1 inference/s and 0.1 comparisons/s per device;
+δ = 0.02, error limit 1%, disagreement bound 5%; under a second):
+
+| gate       | canary           | old: rolled back | new: rolled back |
+| ---------- | ---------------- | ---------------- | ---------------- |
+| accuracy   | = stable (90%)   | 4.6%             | 0.0%             |
+| accuracy   | δ worse (88%)    | 55.2%            | 0.9%             |
+| agreement  | at the bound     | 75.7%            | 1.2%             |
+| error rate | at the limit     | 100.0%           | 1.3%             |
+
+A canary 5 points worse: accuracy (85% against 90%) rolled back 100% old, 89.5% new (median 223
+against 1,398 canary labels, 575 s against 1,465 s); agreement (10% against 5%) 100% both (median 207
+against 231 comparisons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from _common import machine_info, write_report
+from rich.console import Console
+from rich.table import Table
+
+from fleet.controller.rollout.phase import Verdict
+from fleet.controller.rollout.stats import accuracy_test, agreement_gate, error_rate_gate
+
+FRACTIONS = (0.05, 0.25, 0.5, 1.0)
+STABLE_ACCURACY = 0.90
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The fleet, its stages and the gates' limits."""
+
+    rollouts: int
+    devices: int
+    bake_s: float
+    look_s: float
+    labels_per_s: float
+    inferences_per_s: float
+    shadow_per_s: float
+    alpha: float
+    delta: float
+    accuracy_min: int
+    max_error_rate: float
+    min_inferences: int
+    max_disagreement: float
+    agreement_min: int
+    accuracy_tau: float = 0.05
+    error_tau: float = 0.01
+    agreement_tau: float = 0.05
+
+    @property
+    def looks(self) -> int:
+        """Looks per stage."""
+        return int(self.bake_s // self.look_s)
+
+    @property
+    def stage_alpha(self) -> float:
+        """What each stage's sequential test may spend."""
+        return self.alpha / len(FRACTIONS)
+
+    def canary_devices(self, stage: int) -> int:
+        return math.ceil(FRACTIONS[stage] * self.devices)
+
+
+Arrays = dict[str, np.ndarray]
+"""Cumulative counts in one stage's window, rollouts x looks."""
+
+
+def cumulative(
+    rng: np.random.Generator, setup: Setup, rate_per_device_s: float, devices: int
+) -> np.ndarray:
+    """Arrivals up to each look: Poisson counts per look, summed."""
+    mean = rate_per_device_s * devices * setup.look_s
+    return rng.poisson(mean, size=(setup.rollouts, setup.looks)).cumsum(axis=1)
+
+
+def successes(rng: np.random.Generator, total: np.ndarray, p: float) -> np.ndarray:
+    """Binomial successes among the arrivals of each look, summed like ``total``."""
+    per_look = np.diff(total, axis=1, prepend=0)
+    return rng.binomial(per_look, p).cumsum(axis=1)
+
+
+def accuracy_stages(rng: np.random.Generator, setup: Setup, canary: float) -> list[Arrays]:
+    """Canary and stable labelled feedback per stage; the last stage's stable arm is the baseline."""
+    stages: list[Arrays] = []
+    for stage in range(len(FRACTIONS)):
+        on_canary = setup.canary_devices(stage)
+        cn = cumulative(rng, setup, setup.labels_per_s, on_canary)
+        cx = successes(rng, cn, canary)
+        if on_canary < setup.devices:
+            sn = cumulative(rng, setup, setup.labels_per_s, setup.devices - on_canary)
+            sx = successes(rng, sn, STABLE_ACCURACY)
+        else:
+            previous = stages[-1]
+            sn = np.repeat(previous["stable_n"][:, -1:], setup.looks, axis=1)
+            sx = np.repeat(previous["stable_x"][:, -1:], setup.looks, axis=1)
+        stages.append({"n": cn, "x": cx, "stable_n": sn, "stable_x": sx})
+    return stages
+
+
+def rate_stages(rng: np.random.Generator, setup: Setup, per_s: float, rate: float) -> list[Arrays]:
+    """Events (inferences, comparisons) and their failures (errors, disagreements) per stage."""
+    stages: list[Arrays] = []
+    for stage in range(len(FRACTIONS)):
+        n = cumulative(rng, setup, per_s, setup.canary_devices(stage))
+        stages.append({"n": n, "x": successes(rng, n, rate)})
+    return stages
+
+
+def log_ratio(estimate: np.ndarray, null: float, variance: np.ndarray, tau: float) -> np.ndarray:
+    """The Gaussian mSPRT's log Λ, elementwise (``sequential.log_mixture_ratio``)."""
+    spread = variance + tau * tau
+    return 0.5 * np.log(variance / spread) + tau * tau * (estimate - null) ** 2 / (
+        2 * variance * spread
+    )
+
+
+def haldane_variance(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """p(1 - p)/n, at p = (x + 1/2)/(n + 1) for an arm all right or all wrong (as the gate does)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where((x > 0) & (x < n), x / np.maximum(n, 1), (x + 0.5) / (n + 1))
+        return p * (1 - p) / np.maximum(n, 1)
+
+
+def accuracy_old(setup: Setup, s: Arrays) -> np.ndarray:
+    """The former gate: Wald z = (θ̂ + δ)/SE, FAIL when Φ(z) < alpha, at every look."""
+    enough = (s["n"] >= setup.accuracy_min) & (s["stable_n"] >= setup.accuracy_min)
+    variance = haldane_variance(s["x"], s["n"]) + haldane_variance(s["stable_x"], s["stable_n"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = s["x"] / s["n"] - s["stable_x"] / s["stable_n"]
+        z = (diff + setup.delta) / np.sqrt(variance)
+    return enough & (z < NormalDist().inv_cdf(setup.alpha))
+
+
+def accuracy_new(setup: Setup, s: Arrays) -> np.ndarray:
+    """The mSPRT accuracy gate at alpha / stages."""
+    enough = (s["n"] >= setup.accuracy_min) & (s["stable_n"] >= setup.accuracy_min)
+    variance = haldane_variance(s["x"], s["n"]) + haldane_variance(s["stable_x"], s["stable_n"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = s["x"] / s["n"] - s["stable_x"] / s["stable_n"]
+        evidence = log_ratio(diff, -setup.delta, variance, setup.accuracy_tau)
+    return enough & (diff < -setup.delta) & (evidence >= -math.log(setup.stage_alpha))
+
+
+def error_old(setup: Setup, s: Arrays) -> np.ndarray:
+    """The former gate: the plain compare errors / inferences > max_rate."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (s["n"] >= setup.min_inferences) & (s["x"] / s["n"] > setup.max_error_rate)
+
+
+def one_sample_new(s: Arrays, bound: float, minimum: int, tau: float, alpha: float) -> np.ndarray:
+    """The mSPRT of rate ≤ bound with the null boundary's variance."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = s["x"] / s["n"]
+        evidence = log_ratio(rate, bound, bound * (1 - bound) / s["n"], tau)
+    return (s["n"] >= minimum) & (rate > bound) & (evidence >= -math.log(alpha))
+
+
+def error_new(setup: Setup, s: Arrays) -> np.ndarray:
+    return one_sample_new(
+        s, setup.max_error_rate, setup.min_inferences, setup.error_tau, setup.stage_alpha
+    )
+
+
+def agreement_old(setup: Setup, s: Arrays) -> np.ndarray:
+    """A z-test at alpha on every look, as the accuracy gate was."""
+    b = setup.max_disagreement
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (s["x"] / s["n"] - b) / np.sqrt(b * (1 - b) / s["n"])
+    return (s["n"] >= setup.agreement_min) & (z > NormalDist().inv_cdf(1 - setup.alpha))
+
+
+def agreement_new(setup: Setup, s: Arrays) -> np.ndarray:
+    return one_sample_new(
+        s, setup.max_disagreement, setup.agreement_min, setup.agreement_tau, setup.stage_alpha
+    )
+
+
+Procedure = Callable[[Setup, Arrays], np.ndarray]
+Controller = Callable[[Setup, Arrays, int, int], bool]
+"""The controller's own gate on one rollout (row) at one look (column): does it FAIL?"""
+
+
+def accuracy_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+    test = accuracy_test(
+        canary_correct=int(s["x"][row, col]),
+        canary_total=int(s["n"][row, col]),
+        stable_correct=int(s["stable_x"][row, col]),
+        stable_total=int(s["stable_n"][row, col]),
+        delta=setup.delta,
+        alpha=setup.stage_alpha,
+        min_samples=setup.accuracy_min,
+        mixture_sd=setup.accuracy_tau,
+    )
+    return test.verdict is Verdict.FAIL
+
+
+def error_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+    gate = error_rate_gate(
+        errors=int(s["x"][row, col]),
+        inferences=int(s["n"][row, col]),
+        max_rate=setup.max_error_rate,
+        min_samples=setup.min_inferences,
+        cohort="bench",
+        alpha=setup.stage_alpha,
+        mixture_sd=setup.error_tau,
+    )
+    return gate.verdict is Verdict.FAIL
+
+
+def agreement_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+    gate = agreement_gate(
+        compared=int(s["n"][row, col]),
+        disagreed=int(s["x"][row, col]),
+        max_disagreement=setup.max_disagreement,
+        alpha=setup.stage_alpha,
+        min_samples=setup.agreement_min,
+        cohort="bench",
+        mixture_sd=setup.agreement_tau,
+    )
+    return gate.verdict is Verdict.FAIL
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Per rollout: rolled back or not, and at which look with how many canary samples."""
+
+    rolled_back: np.ndarray
+    look: np.ndarray
+    samples: np.ndarray
+
+
+def outcome(fails: list[np.ndarray], samples: list[np.ndarray]) -> Outcome:
+    """The first failing look over the stages, in order."""
+    failed = np.concatenate(fails, axis=1)
+    counts = np.concatenate(samples, axis=1)
+    rolled_back = np.asarray(failed.any(axis=1))
+    look = np.where(rolled_back, failed.argmax(axis=1), -1)
+    at = counts[np.arange(len(look)), np.maximum(look, 0)]
+    return Outcome(rolled_back=rolled_back, look=look, samples=np.where(rolled_back, at, -1))
+
+
+def check_against_controller(
+    rng: np.random.Generator,
+    setup: Setup,
+    stages: list[Arrays],
+    fails: list[np.ndarray],
+    controller: Controller,
+    sample: int,
+) -> int:
+    """Compare the vectorised verdicts with the controller's gates; raise on any difference."""
+    checked = 0
+    for stage, (s, failed) in enumerate(zip(stages, fails, strict=True)):
+        firsts = [(int(r), int(failed[r].argmax())) for r in np.flatnonzero(failed.any(axis=1))]
+        rows = rng.integers(0, setup.rollouts, size=sample)
+        cols = rng.integers(0, setup.looks, size=sample)
+        for row, col in [*firsts[:sample], *zip(rows.tolist(), cols.tolist(), strict=True)]:
+            if controller(setup, s, row, col) != bool(failed[row, col]):
+                raise AssertionError(
+                    f"stage {stage + 1}, rollout {row}, look {col}: the controller's gate and the "
+                    f"bench disagree on { ({k: int(v[row, col]) for k, v in s.items()}) }"
+                )
+            checked += 1
+    return checked
+
+
+@dataclass(frozen=True)
+class Scenario:
+    gate: str
+    canary: str
+    stages: Callable[[np.random.Generator, Setup], list[Arrays]]
+    old: Procedure
+    new: Procedure
+    controller: Controller
+
+
+def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
+    """(no worse than allowed: every rollback is false, 5 points worse: every rollback is right)."""
+    worse_by_delta = STABLE_ACCURACY - setup.delta
+    bound = setup.max_disagreement
+    return (
+        [
+            Scenario(
+                "accuracy",
+                f"= stable ({STABLE_ACCURACY:.0%})",
+                lambda rng, s: accuracy_stages(rng, s, STABLE_ACCURACY),
+                accuracy_old,
+                accuracy_new,
+                accuracy_controller,
+            ),
+            Scenario(
+                "accuracy",
+                f"δ worse ({worse_by_delta:.0%})",
+                lambda rng, s: accuracy_stages(rng, s, worse_by_delta),
+                accuracy_old,
+                accuracy_new,
+                accuracy_controller,
+            ),
+            Scenario(
+                "agreement",
+                f"at the bound ({bound:.0%})",
+                lambda rng, s: rate_stages(rng, s, s.shadow_per_s, bound),
+                agreement_old,
+                agreement_new,
+                agreement_controller,
+            ),
+            Scenario(
+                "error rate",
+                f"at the limit ({setup.max_error_rate:.0%})",
+                lambda rng, s: rate_stages(rng, s, s.inferences_per_s, s.max_error_rate),
+                error_old,
+                error_new,
+                error_controller,
+            ),
+        ],
+        [
+            Scenario(
+                "accuracy",
+                f"{STABLE_ACCURACY - 0.05:.0%} vs {STABLE_ACCURACY:.0%}",
+                lambda rng, s: accuracy_stages(rng, s, STABLE_ACCURACY - 0.05),
+                accuracy_old,
+                accuracy_new,
+                accuracy_controller,
+            ),
+            Scenario(
+                "agreement",
+                f"{bound + 0.05:.0%} vs {bound:.0%}",
+                lambda rng, s: rate_stages(rng, s, s.shadow_per_s, bound + 0.05),
+                agreement_old,
+                agreement_new,
+                agreement_controller,
+            ),
+        ],
+    )
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarise(result: Outcome, setup: Setup) -> dict[str, Any]:
+    n = len(result.rolled_back)
+    k = int(result.rolled_back.sum())
+    low, high = wilson(k, n)
+    looks = result.look[result.rolled_back]
+    samples = result.samples[result.rolled_back]
+    return {
+        "rolled_back": k,
+        "rollouts": n,
+        "rate": k / n,
+        "wilson95": [low, high],
+        "median_samples": float(np.median(samples)) if k else None,
+        "median_seconds": float(np.median((looks + 1) * setup.look_s)) if k else None,
+        "by_stage": [int(((looks // setup.looks) == s).sum()) for s in range(len(FRACTIONS))],
+    }
+
+
+def run_scenario(scenario: Scenario, setup: Setup, seed: int, check_sample: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    stages = scenario.stages(rng, setup)
+    samples = [s["n"] for s in stages]
+    old_fails = [scenario.old(setup, s) for s in stages]
+    new_fails = [scenario.new(setup, s) for s in stages]
+    checked = check_against_controller(
+        rng, setup, stages, new_fails, scenario.controller, check_sample
+    )
+    return {
+        "gate": scenario.gate,
+        "canary": scenario.canary,
+        "old": summarise(outcome(old_fails, samples), setup),
+        "new": summarise(outcome(new_fails, samples), setup),
+        "checked_against_controller": checked,
+    }
+
+
+def rate_cell(summary: dict[str, Any]) -> str:
+    low, high = summary["wilson95"]
+    return f"{summary['rate']:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def median_cell(summary: dict[str, Any], key: str, unit: str = "") -> str:
+    value = summary[key]
+    return "—" if value is None else f"{value:,.0f}{unit}"
+
+
+def false_table(rows: list[dict[str, Any]], setup: Setup) -> Table:
+    table = Table(
+        title=f"false rollbacks: {setup.rollouts} rollouts, {len(FRACTIONS)} stages x "
+        f"{setup.bake_s:g} s, a look every {setup.look_s:g} s, alpha={setup.alpha:g}"
+    )
+    table.add_column("gate")
+    table.add_column("canary")
+    table.add_column("old [95% CI]", justify="right")
+    table.add_column(f"mSPRT, alpha/{len(FRACTIONS)} [95% CI]", justify="right")
+    for row in rows:
+        table.add_row(row["gate"], row["canary"], rate_cell(row["old"]), rate_cell(row["new"]))
+    return table
+
+
+def power_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="power: a canary 5 points worse")
+    table.add_column("gate")
+    table.add_column("canary")
+    table.add_column("test")
+    table.add_column("rolled back [95% CI]", justify="right")
+    table.add_column("median n", justify="right")
+    table.add_column("median s", justify="right")
+    table.add_column("by stage", justify="right")
+    for row in rows:
+        for name in ("old", "new"):
+            summary = row[name]
+            table.add_row(
+                row["gate"] if name == "old" else "",
+                row["canary"] if name == "old" else "",
+                name,
+                rate_cell(summary),
+                median_cell(summary, "median_samples"),
+                median_cell(summary, "median_seconds"),
+                "/".join(str(n) for n in summary["by_stage"]),
+            )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rollouts", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--devices", type=int, default=500, help="devices in the cohort")
+    parser.add_argument("--bake-s", type=float, default=600, help="seconds each stage bakes")
+    parser.add_argument("--look-s", type=float, default=5, help="seconds between controller passes")
+    parser.add_argument("--labels-per-s", type=float, default=0.02, help="per device")
+    parser.add_argument("--inferences-per-s", type=float, default=1.0, help="per device")
+    parser.add_argument("--shadow-per-s", type=float, default=0.1, help="per device")
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--delta", type=float, default=0.02, help="tolerated accuracy drop")
+    parser.add_argument("--accuracy-min", type=int, default=200, help="labels on each arm")
+    parser.add_argument("--max-error-rate", type=float, default=0.01)
+    parser.add_argument("--min-inferences", type=int, default=1000)
+    parser.add_argument("--max-disagreement", type=float, default=0.05)
+    parser.add_argument("--agreement-min", type=int, default=200, help="comparisons")
+    parser.add_argument(
+        "--check", type=int, default=200, help="looks per stage checked against the controller"
+    )
+    parser.add_argument("--out", type=Path, default=Path(".edgeloop/bench/false_rollbacks.json"))
+    args = parser.parse_args()
+    setup = Setup(
+        rollouts=args.rollouts,
+        devices=args.devices,
+        bake_s=args.bake_s,
+        look_s=args.look_s,
+        labels_per_s=args.labels_per_s,
+        inferences_per_s=args.inferences_per_s,
+        shadow_per_s=args.shadow_per_s,
+        alpha=args.alpha,
+        delta=args.delta,
+        accuracy_min=args.accuracy_min,
+        max_error_rate=args.max_error_rate,
+        min_inferences=args.min_inferences,
+        max_disagreement=args.max_disagreement,
+        agreement_min=args.agreement_min,
+    )
+    console = Console()
+    started = time.perf_counter()
+    null, worse = scenarios(setup)
+    false_rows = [run_scenario(s, setup, args.seed + i, args.check) for i, s in enumerate(null)]
+    power_rows = [
+        run_scenario(s, setup, args.seed + 100 + i, args.check) for i, s in enumerate(worse)
+    ]
+    elapsed = time.perf_counter() - started
+    console.print(false_table(false_rows, setup))
+    console.print(power_table(power_rows))
+    per_stage = ", ".join(
+        f"{setup.canary_devices(k) * setup.labels_per_s * setup.bake_s:,.0f}/"
+        f"{setup.canary_devices(k) * setup.shadow_per_s * setup.bake_s:,.0f}"
+        for k in range(len(FRACTIONS))
+    )
+    checked = sum(r["checked_against_controller"] for r in false_rows + power_rows)
+    console.print(
+        "old: Wald z-test at alpha on every look (error rate: rate > limit); new: the controller's "
+        "gates. median n: canary labels (accuracy) or comparisons (agreement) in the stage's "
+        "window at rollback; median s: from the rollout's start. Expected canary "
+        f"labels/comparisons per stage: {per_stage}. {checked:,} looks checked against the "
+        f"controller's gates, all agree; {elapsed:.1f} s.",
+        highlight=False,
+    )
+    write_report(
+        console,
+        args.out,
+        {
+            "bench": "false_rollbacks",
+            "machine": machine_info(("numpy",)),
+            "setup": {**vars(setup), "fractions": FRACTIONS, "looks_per_stage": setup.looks},
+            "seed": args.seed,
+            "false_rollbacks": false_rows,
+            "power": power_rows,
+            "seconds": elapsed,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
