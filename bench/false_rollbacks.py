@@ -13,14 +13,23 @@ Two procedures judge the same simulated data:
 * old: what the gates did before the sequential tests. Accuracy: the one-sided Wald z-test at
   ``alpha`` on every look. Error rate: the plain compare ``errors / inferences > max_rate``.
   Agreement (a new gate): a one-sided z-test at ``alpha`` on every look, as the accuracy gate did.
+  Prediction shift: Pearson's chi-square test of homogeneity at ``alpha / stages`` (what the controller
+  passed it) and the total variation distance above ``max_distance``, on every look.
 * new: the controller's gates (``fleet.controller.rollout.stats``), mSPRTs at ``alpha / stages`` per
-  stage window (Bonferroni over stages, as ``RolloutPolicy.stage_alpha`` spends it).
+  stage window (Bonferroni over stages, as ``RolloutPolicy.stage_alpha`` spends it); for prediction
+  shift, the anytime lower confidence bound of the distance (per-class confidence sequences dual to the
+  mSPRT, Bonferroni over the classes) above ``max_distance``.
+
+Shadow comparisons are paired: stable's class is drawn from a 5-class distribution, and the canary keeps
+it or, with probability ``r``, draws afresh from a shifted distribution, so that its marginal is at a
+known total variation (``0.45 r``) from stable's and the two arms' counts are positively correlated.
 
 Scenarios: a canary exactly as good as stable (accuracy equal; also exactly δ worse, the edge of what
 the accuracy gate tolerates; disagreement exactly at its bound; error rate exactly at its limit): every
-rollback is a false one. Then a canary 5 points worse (accuracy 85% against 90%; disagreement 5 points
-above its bound): the share rolled back, and how many samples (canary labels, or comparisons, in the
-stage's window) and seconds it took.
+rollback is a false one; a canary whose class distribution is at total variation exactly
+``max_distance`` from stable's, too. Then a canary 5 points worse (accuracy 85% against 90%;
+disagreement 5 points above its bound; total variation 15% against a bound of 10%): the share rolled
+back, and how many samples (canary labels, or comparisons, in the stage's window) and seconds it took.
 
 The looks are computed with numpy over all rollouts at once; every new-procedure verdict is the same
 arithmetic as the controller's, and a sample of looks (all the first rollbacks, and random others) is
@@ -29,18 +38,22 @@ checked against the controller's gate functions themselves: the bench stops on a
     python bench/false_rollbacks.py [--rollouts 1000] [--seed 1] [--alpha 0.05]
 
 Measured (defaults, seed 1; 500 devices, 0.02 labels/s, 1 inference/s and 0.1 comparisons/s per device;
-δ = 0.02, error limit 1%, disagreement bound 5%; under a second):
+δ = 0.02, error limit 1%, disagreement bound 5%, distance bound 10%; about 3 s):
 
-| gate       | canary           | old: rolled back | new: rolled back |
-| ---------- | ---------------- | ---------------- | ---------------- |
-| accuracy   | = stable (90%)   | 4.6%             | 0.0%             |
-| accuracy   | δ worse (88%)    | 55.2%            | 0.9%             |
-| agreement  | at the bound     | 75.7%            | 1.2%             |
-| error rate | at the limit     | 100.0%           | 1.3%             |
+| gate             | canary           | old: rolled back | new: rolled back |
+| ---------------- | ---------------- | ---------------- | ---------------- |
+| accuracy         | = stable (90%)   | 4.6%             | 0.0%             |
+| accuracy         | δ worse (88%)    | 55.2%            | 0.9%             |
+| agreement        | at the bound     | 75.7%            | 1.2%             |
+| error rate       | at the limit     | 100.0%           | 1.3%             |
+| prediction shift | TV at the bound  | 100.0%           | 0.0%             |
 
 A canary 5 points worse: accuracy (85% against 90%) rolled back 100% old, 89.5% new (median 223
 against 1,398 canary labels, 575 s against 1,465 s); agreement (10% against 5%) 100% both (median 207
-against 231 comparisons).
+against 231 comparisons); prediction shift (TV 15% against 10%) 100% both, but the sequential bound
+needs far more comparisons (median 218 against 10,418: the third stage's window, 1,615 s, against the
+first's, 90 s). That is the price of a bound that holds at every look; the old rule's speed is that of
+a rule that also rolled back every canary exactly at the bound.
 """
 
 from __future__ import annotations
@@ -60,10 +73,19 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.controller.rollout.phase import Verdict
-from fleet.controller.rollout.stats import accuracy_test, agreement_gate, error_rate_gate
+from fleet.controller.rollout.stats import (
+    accuracy_test,
+    agreement_gate,
+    error_rate_gate,
+    prediction_shift_gate,
+)
 
 FRACTIONS = (0.05, 0.25, 0.5, 1.0)
 STABLE_ACCURACY = 0.90
+STABLE_CLASSES = np.array([0.40, 0.25, 0.15, 0.12, 0.08])
+"""The stable model's predicted-class distribution (5 classes)."""
+REDRAWN = np.array([0.10, 0.10, 0.20, 0.30, 0.30])
+"""Where a canary's answer goes when it does not keep stable's: at total variation 0.45 from stable."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +106,12 @@ class Setup:
     min_inferences: int
     max_disagreement: float
     agreement_min: int
+    max_distance: float
+    shift_min: int
     accuracy_tau: float = 0.05
     error_tau: float = 0.01
     agreement_tau: float = 0.05
+    shift_tau: float = 0.05
 
     @property
     def looks(self) -> int:
@@ -144,6 +169,24 @@ def rate_stages(rng: np.random.Generator, setup: Setup, per_s: float, rate: floa
     for stage in range(len(FRACTIONS)):
         n = cumulative(rng, setup, per_s, setup.canary_devices(stage))
         stages.append({"n": n, "x": successes(rng, n, rate)})
+    return stages
+
+
+def shift_stages(rng: np.random.Generator, setup: Setup, tv: float) -> list[Arrays]:
+    """Paired shadow comparisons per stage: both models' class counts on the same inputs.
+
+    Stable's class is drawn from STABLE_CLASSES; the canary keeps it with probability ``r`` = tv/0.45
+    and otherwise draws afresh from REDRAWN, so the canary's marginal is at total variation ``tv`` from
+    stable's, and the two arms' counts are positively correlated, as on a device.
+    """
+    r = tv / float(0.5 * np.abs(REDRAWN - STABLE_CLASSES).sum())
+    stages: list[Arrays] = []
+    for stage in range(len(FRACTIONS)):
+        n = cumulative(rng, setup, setup.shadow_per_s, setup.canary_devices(stage))
+        stable = rng.multinomial(np.diff(n, axis=1, prepend=0), STABLE_CLASSES)
+        changed = rng.binomial(stable, r)
+        canary = stable - changed + rng.multinomial(changed.sum(axis=2), REDRAWN)
+        stages.append({"n": n, "canary": canary.cumsum(axis=1), "stable": stable.cumsum(axis=1)})
     return stages
 
 
@@ -216,6 +259,76 @@ def agreement_new(setup: Setup, s: Arrays) -> np.ndarray:
     )
 
 
+def chi2_sf(statistic: float, dof: int) -> float:
+    """``P(χ²(dof) ≥ statistic)`` for a positive integer ``dof``, in closed form (Poisson sums, erfc)."""
+    half = statistic / 2
+    if dof % 2 == 0:
+        term = total = math.exp(-half)
+        for j in range(1, dof // 2):
+            term *= half / j
+            total += term
+        return total
+    total = math.erfc(math.sqrt(half))
+    term = math.exp(-half) * math.sqrt(half) / math.gamma(1.5)
+    for j in range(1, (dof - 1) // 2 + 1):
+        total += term
+        term *= half / (j + 0.5)
+    return total
+
+
+def chi2_critical(alpha: float, dof: int) -> float:
+    """The statistic at which ``chi2_sf`` falls to ``alpha`` (bisection): p < alpha beyond it."""
+    low, high = 0.0, 1.0
+    while chi2_sf(high, dof) >= alpha:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if chi2_sf(middle, dof) >= alpha else (low, middle)
+    return high
+
+
+def shift_old(setup: Setup, s: Arrays) -> np.ndarray:
+    """The former gate at every look: Pearson's χ² p < alpha / stages (what the controller passed it)
+    and the total variation distance above ``max_distance``."""
+    n = s["n"][..., None]
+    column = s["canary"] + s["stable"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = n * column / (2 * n)  # both arms have n rows: canary's and stable's alike
+        terms = 2 * (s["canary"] - expected) ** 2 / expected
+        statistic = np.where(column > 0, terms, 0.0).sum(axis=2)
+        distance = 0.5 * np.abs(s["canary"] - s["stable"]).sum(axis=2) / s["n"]
+    dof = (column > 0).sum(axis=2) - 1
+    critical = np.array(
+        [math.inf] + [chi2_critical(setup.stage_alpha, k) for k in range(1, len(STABLE_CLASSES))]
+    )
+    significant = statistic > critical[np.maximum(dof, 0)]
+    return (s["n"] >= setup.shift_min) & significant & (distance > setup.max_distance)
+
+
+def shift_new(setup: Setup, s: Arrays) -> np.ndarray:
+    """The sequential gate: the anytime lower bound of the distance above ``max_distance``.
+
+    Per class, the confidence-sequence radius at alpha / stages / K (``sequential.confidence_radius``);
+    TV_low is the larger of the sums of the differences' positive and negative parts beyond it.
+    """
+    n = s["n"][..., None]
+    canary, stable = s["canary"], s["stable"]
+    seen = (canary + stable) > 0
+    level = setup.stage_alpha / np.maximum(seen.sum(axis=2, keepdims=True), 1)
+    tau2 = setup.shift_tau**2
+    variance = haldane_variance(canary, n) + haldane_variance(stable, n)
+    spread = variance + tau2
+    radius = np.sqrt(
+        2 * variance * spread / tau2 * (-np.log(level) + 0.5 * np.log(spread / variance))
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        difference = (canary - stable) / n
+    above = np.where(seen, np.maximum(0.0, difference - radius), 0.0).sum(axis=2)
+    below = np.where(seen, np.maximum(0.0, -difference - radius), 0.0).sum(axis=2)
+    enough = (s["n"] >= setup.shift_min) & (s["n"] > 0)
+    return enough & (np.maximum(above, below) > setup.max_distance)
+
+
 Procedure = Callable[[Setup, Arrays], np.ndarray]
 Controller = Callable[[Setup, Arrays, int, int], bool]
 """The controller's own gate on one rollout (row) at one look (column): does it FAIL?"""
@@ -261,6 +374,19 @@ def agreement_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
     return gate.verdict is Verdict.FAIL
 
 
+def shift_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+    gate = prediction_shift_gate(
+        canary_counts={str(k): int(c) for k, c in enumerate(s["canary"][row, col])},
+        stable_counts={str(k): int(c) for k, c in enumerate(s["stable"][row, col])},
+        max_distance=setup.max_distance,
+        alpha=setup.stage_alpha,
+        min_samples=setup.shift_min,
+        cohort="bench",
+        mixture_sd=setup.shift_tau,
+    )
+    return gate.verdict is Verdict.FAIL
+
+
 @dataclass(frozen=True)
 class Outcome:
     """Per rollout: rolled back or not, and at which look with how many canary samples."""
@@ -298,7 +424,7 @@ def check_against_controller(
             if controller(setup, s, row, col) != bool(failed[row, col]):
                 raise AssertionError(
                     f"stage {stage + 1}, rollout {row}, look {col}: the controller's gate and the "
-                    f"bench disagree on { ({k: int(v[row, col]) for k, v in s.items()}) }"
+                    f"bench disagree on { ({k: v[row, col].tolist() for k, v in s.items()}) }"
                 )
             checked += 1
     return checked
@@ -318,6 +444,7 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
     """(no worse than allowed: every rollback is false, 5 points worse: every rollback is right)."""
     worse_by_delta = STABLE_ACCURACY - setup.delta
     bound = setup.max_disagreement
+    distance = setup.max_distance
     return (
         [
             Scenario(
@@ -352,6 +479,14 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 error_new,
                 error_controller,
             ),
+            Scenario(
+                "prediction shift",
+                f"TV at the bound ({distance:.0%})",
+                lambda rng, s: shift_stages(rng, s, s.max_distance),
+                shift_old,
+                shift_new,
+                shift_controller,
+            ),
         ],
         [
             Scenario(
@@ -369,6 +504,14 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 agreement_old,
                 agreement_new,
                 agreement_controller,
+            ),
+            Scenario(
+                "prediction shift",
+                f"TV {distance + 0.05:.0%} vs {distance:.0%}",
+                lambda rng, s: shift_stages(rng, s, s.max_distance + 0.05),
+                shift_old,
+                shift_new,
+                shift_controller,
             ),
         ],
     )
@@ -482,6 +625,8 @@ def main() -> None:
     parser.add_argument("--min-inferences", type=int, default=1000)
     parser.add_argument("--max-disagreement", type=float, default=0.05)
     parser.add_argument("--agreement-min", type=int, default=200, help="comparisons")
+    parser.add_argument("--max-distance", type=float, default=0.1, help="total variation")
+    parser.add_argument("--shift-min", type=int, default=200, help="comparisons")
     parser.add_argument(
         "--check", type=int, default=200, help="looks per stage checked against the controller"
     )
@@ -502,6 +647,8 @@ def main() -> None:
         min_inferences=args.min_inferences,
         max_disagreement=args.max_disagreement,
         agreement_min=args.agreement_min,
+        max_distance=args.max_distance,
+        shift_min=args.shift_min,
     )
     console = Console()
     started = time.perf_counter()
@@ -520,9 +667,10 @@ def main() -> None:
     )
     checked = sum(r["checked_against_controller"] for r in false_rows + power_rows)
     console.print(
-        "old: Wald z-test at alpha on every look (error rate: rate > limit); new: the controller's "
-        "gates. median n: canary labels (accuracy) or comparisons (agreement) in the stage's "
-        "window at rollback; median s: from the rollout's start. Expected canary "
+        "old: Wald z-test at alpha on every look (error rate: rate > limit; prediction shift: "
+        "χ² p < alpha/stages and distance > bound); new: the controller's gates. median n: canary "
+        "labels (accuracy) or comparisons (agreement, prediction shift) in the stage's window at "
+        "rollback; median s: from the rollout's start. Expected canary "
         f"labels/comparisons per stage: {per_stage}. {checked:,} looks checked against the "
         f"controller's gates, all agree; {elapsed:.1f} s.",
         highlight=False,

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,12 @@ from _serve import scrubbed_env
 from rich.console import Console
 from rich.table import Table
 
+from fleet.shared.ports import free_port
+
 NAME = "promotion_trigger"
 MODEL = "bench-model"
 SECRET = "bench-secret"
 PASSED = {"edgeloop.gates": "passed", "edgeloop.hw.host-cpu.status": "passed"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -62,6 +62,8 @@ from _common import machine_info, write_report
 from rich.console import Console
 from rich.table import Table
 
+from fleet.shared.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = "bench-admin-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -165,14 +167,6 @@ class ControllerProcess:
                 "signature": "c2lnbmF0dXJl",  # devices here do not verify; the controller needs one
             },
         )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def enrol_all(base: str, token: str, n: int, prefix: str) -> dict[str, str]:

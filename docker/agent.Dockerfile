@@ -1,6 +1,13 @@
 # The edge agent image: onnxruntime, the on-device code (fleet/) and the hardware-tests suite, and
-# nothing of the build side (no torch, mlflow or prefect). flows/hardware_docker.py runs the suite in
-# it under a profile's CPU and memory limits; a device can run the same image.
+# nothing of the build side (no torch, mlflow or prefect). Its command is the agent; settings come
+# from EDGELOOP_AGENT_* variables (`edgeloop agent --help` lists them), state lives in the volume
+# /var/lib/edgeloop. flows/hardware_docker.py runs the suite in the same image under a profile's CPU
+# and memory limits, giving its own command.
+#
+# Run the agent on a device (host network: the controller and its local /predict on loopback):
+#   docker run -d --network host -v edgeloop-agent:/var/lib/edgeloop \
+#     -e EDGELOOP_AGENT_CONTROLLER_URL=https://fleet.example:8700 -e EDGELOOP_AGENT_ENROLMENT_TOKEN=... \
+#     -e EDGELOOP_AGENT_HARDWARE_CLASS=edge-small edgeloop-agent
 #
 # Build from the repository root:
 #   docker build -f docker/agent.Dockerfile -t edgeloop-agent .
@@ -27,11 +34,15 @@ RUN pip install ".[agent]"
 COPY hardware-tests/ ./hardware-tests/
 
 # Runs unprivileged; flows/hardware_docker.py passes the caller's uid so reports stay theirs.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin edgeloop
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin edgeloop \
+    && mkdir -p /var/lib/edgeloop && chown 10001 /var/lib/edgeloop
+ENV EDGELOOP_AGENT_STATE_DIR=/var/lib/edgeloop/agent \
+    EDGELOOP_AGENT_PROFILES_DIR=/opt/edgeloop/hardware-tests/profiles
+VOLUME ["/var/lib/edgeloop"]
 USER 10001
 
 # Healthy when onnxruntime and the on-device code load (the suite and the agent need both).
 HEALTHCHECK --interval=60s --timeout=10s --retries=3 \
     CMD ["python", "-c", "import onnxruntime, fleet.shared.runtime"]
 
-CMD ["python", "-m", "pytest", "/opt/edgeloop/hardware-tests", "--help"]
+CMD ["python", "-m", "fleet.agent.agent"]

@@ -16,8 +16,8 @@ import dataclasses
 import math
 import os
 import secrets
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +35,9 @@ from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient
 from fleet.shared.admin_protocol import Alert, PlaybookRun
 from fleet.shared.drift import DriftReference
+from fleet.shared.ports import free_port
 from fleet.simulate import Simulation, make_regressed_variant
+from fleet.simulate.agents import RealAgents
 from fleet.simulate.faults import FaultPlan, FaultWindow
 from fleet.simulate.fleet import load_field
 from registry import tags as tag
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 DEVICES = 50
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
 DRIFT_SHARE = 0.1
+REAL_AGENTS = 3
+"""``edgeloop agent`` processes among the demo's devices (the rest are simulated)."""
 FEEDBACK_RATE = 0.6
 """Share of predictions whose label comes back, outside the label-free canaries."""
 DRIFT_WAIT_S = 120.0
@@ -68,12 +72,6 @@ DEMO_POLICY = {
 }  # fmt: skip
 """The demo's canaries: a fleet that sends no labels, judged by agreement with the stable model
 (devices compare the two in shadow on half their rows), latency and errors."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_folder(settings: Settings) -> Path:
@@ -114,7 +112,7 @@ def controller_process(
     folder.mkdir(parents=True, exist_ok=True)
     stop_demo_controller(settings)
     (folder / "fleet.db").unlink(missing_ok=True)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
     env.update(
         EDGELOOP_FLEET_DB_URL=f"sqlite:///{(folder / 'fleet.db').resolve()}",
@@ -184,6 +182,22 @@ def simulated_fleet(
         stop.set()
         thread.join(timeout=40)
         sim.close()
+
+
+@contextmanager
+def real_agents(settings: Settings, url: str, admin_token: str) -> Iterator[RealAgents]:
+    """``REAL_AGENTS`` ``edgeloop agent`` processes of host-cpu beside the simulated devices, with
+    traffic on their local /predict; their state and logs are under the demo's folder."""
+    x, _ = load_field(settings.splits_dir / "field.parquet")
+    folder = demo_folder(settings) / "agents"
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh controller: the agents enrol afresh
+    admin = AdminClient(url, admin_token)
+    try:
+        token = admin.enrolment_token(uses=REAL_AGENTS).token
+    finally:
+        admin.close()
+    with RealAgents(url, token, x, folder, count=REAL_AGENTS) as agents:
+        yield agents
 
 
 def _labels_sent(sim: Simulation) -> int:
@@ -271,8 +285,12 @@ def run_fleet_demo(
     with (
         controller_process(settings, token, keep_running=keep_running) as url,
         simulated_fleet(settings, url, token, reference) as sim,
+        real_agents(settings, url, token) as agents,
     ):
-        say(f"fleet controller {url}; {DEVICES} simulated devices ({CLASSES})")
+        say(
+            f"fleet controller {url}; {DEVICES} simulated devices ({CLASSES}) and "
+            f"{REAL_AGENTS} real agent processes (host-cpu)"
+        )
         stable = production_version(client, model)
         if stable is None:
             promote(client, model, candidate)
@@ -322,6 +340,9 @@ def run_fleet_demo(
             say(f"alert after {drift.seconds_to_alert} s: {drift.alert.reason}; "
                 f"playbook: {actions}")  # fmt: skip
         fleet = sim.result.versions()
+        ran = agents.versions()
+        served = {a.device_id: a.served for a in agents.agents}
+        say(f"real agents run {ran}; /predict calls served {served}")
     return {
         "admin_token_file": str(demo_folder(settings) / "admin-token"),
         "drift": drift.model_dump(mode="json") if drift is not None else None,
@@ -331,5 +352,6 @@ def run_fleet_demo(
         "rollouts": [o.model_dump(mode="json") for o in outcomes],
         "labels_during_canaries": labels_during_canaries,
         "fleet_versions": {str(k): v for k, v in fleet.items()},
+        "real_agents": {"versions": ran, "predict_calls_served": served},
         "production": production_version(client, model),
     }

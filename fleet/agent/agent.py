@@ -607,7 +607,10 @@ def _handler_for(
                 self._reply(404, {"detail": "not found"})
                 return
             active = slots.active
-            self._reply(200 if active else 503, {"active": None if active is None else str(active)})
+            body: dict[str, str | None] = {"active": None, "model": None, "version": None}
+            if active is not None:
+                body = {"active": str(active), "model": active.model, "version": active.version}
+            self._reply(200 if active else 503, body)
 
         def do_POST(self) -> None:
             if self.path not in ("/predict", "/label"):

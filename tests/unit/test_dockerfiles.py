@@ -81,6 +81,14 @@ def test_agent_image_installs_only_the_agent_extra() -> None:
         assert heavy not in runs
 
 
+def test_agent_image_runs_the_agent_with_its_state_in_a_volume() -> None:
+    path = REPO / "docker" / "agent.Dockerfile"
+    assert instructions(path, "CMD") == ['["python", "-m", "fleet.agent.agent"]']
+    assert "/var/lib/edgeloop" in instructions(path, "VOLUME")[0]
+    env = " ".join(instructions(path, "ENV"))
+    assert "EDGELOOP_AGENT_STATE_DIR=/var/lib/edgeloop/agent" in env
+
+
 def test_trainer_image_runs_a_worker_on_its_pool() -> None:
     path = REPO / "docker" / "trainer.Dockerfile"
     assert '".[platform]"' in " ".join(instructions(path, "RUN"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import norm
+from scipy.stats import chi2, norm
 
 from fleet.controller.rollout.phase import VERDICT_ORDER, RolloutPhase, Verdict, worst
+from fleet.controller.rollout.sequential import confidence_radius, total_variation
 from fleet.controller.rollout.stats import (
     Gate,
     GateResult,
@@ -23,6 +25,7 @@ from fleet.controller.rollout.stats import (
     merge_histograms,
     prediction_shift_gate,
     quantile_ms,
+    total_variation_lower_bound,
 )
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
@@ -375,31 +378,94 @@ def shift(canary: dict[str, int], stable: dict[str, int], **changes: object) -> 
     return prediction_shift_gate(canary_counts=canary, stable_counts=stable, **args)
 
 
-def test_prediction_shift_needs_evidence_and_size() -> None:
-    # 60/40 against 40/60: χ² = 8 on 1 dof, p = erfc(2) = 0.00468; total variation 0.2
-    moved = shift({"cat": 60, "dog": 40}, {"cat": 40, "dog": 60})
-    assert (moved.gate, moved.verdict) == (Gate.PREDICTION_SHIFT, Verdict.FAIL)
-    assert moved.measured == pytest.approx(0.2) and moved.threshold == 0.1
-    assert moved.p_value == pytest.approx(math.erfc(2.0)) and moved.samples == 100
-    assert "shifted" in moved.reason and "dof 1" in moved.reason
-    # the same shift under a looser distance: significant, but too small to matter
-    assert shift({"cat": 60, "dog": 40}, {"cat": 40, "dog": 60}, max_distance=0.25).verdict is (
+def test_prediction_shift_needs_evidence_of_more_than_the_bound() -> None:
+    # 60/40 against 40/60 on 100 rows each: d̂ = ±0.2, TV 0.2. Two classes, alpha/K = 0.025, τ = 0.05:
+    # V = .6*.4/100 + .4*.6/100 = 0.0048, w = sqrt(2V(V + τ²)/τ² (log 40 + ½ log((V + τ²)/V)))
+    #   = sqrt(0.028032 * (3.688879 + 0.209629)) = 0.330580 > 0.2: TV_low = 0, no evidence
+    few = shift({"cat": 60, "dog": 40}, {"cat": 40, "dog": 60})
+    assert (few.gate, few.verdict) == (Gate.PREDICTION_SHIFT, Verdict.PASS)
+    assert few.measured == pytest.approx(0.2) and few.threshold == 0.1 and few.samples == 100
+    assert "at least 0.000 with 95% confidence over every look ≤ 0.1" in few.reason
+    assert few.p_value is None
+    # the same shares on 1,000 rows each: V = 0.00048, V + τ² = 0.00298, 2V(V + τ²)/τ² = 0.00114432,
+    # log 40 + ½ log(0.00298/0.00048) = 3.688879 + 0.912946, w = sqrt(0.005265962) = 0.072567;
+    # TV_low = 0.2 - 0.072567 = 0.127433 > 0.1
+    moved = shift({"cat": 600, "dog": 400}, {"cat": 400, "dog": 600})
+    assert moved.verdict is Verdict.FAIL and moved.measured == pytest.approx(0.2)
+    assert moved.samples == 1000 and "shifted" in moved.reason
+    assert "total variation 0.200, at least 0.127 with 95% confidence over every look > 0.1" in (
+        moved.reason
+    )
+    assert total_variation_lower_bound([600, 400], [400, 600], alpha=0.05, tau=0.05) == (
+        pytest.approx(0.127433, abs=1e-6)
+    )
+    # the same evidence under a looser bound: shifted, but not by more than 0.15
+    assert shift({"cat": 600, "dog": 400}, {"cat": 400, "dog": 600}, max_distance=0.15).verdict is (
         Verdict.PASS
     )
-    # many samples: 51/49 against 49/51 is just as significant (χ² = 8), but moved 0.02
+    # many rows: 51/49 against 49/51 is a real shift, but of 0.02, inside the bound
     tiny = shift({"cat": 5100, "dog": 4900}, {"cat": 4900, "dog": 5100})
-    assert tiny.verdict is Verdict.PASS and tiny.p_value == pytest.approx(math.erfc(2.0))
-    assert tiny.measured == pytest.approx(0.02)
-    # few samples: 6/4 against 4/6 moved 0.2, but χ² = 0.8 (p = 0.37) is no evidence
-    noisy = shift({"cat": 6, "dog": 4}, {"cat": 4, "dog": 6})
-    assert noisy.verdict is Verdict.PASS and noisy.measured == pytest.approx(0.2)
+    assert tiny.verdict is Verdict.PASS and tiny.measured == pytest.approx(0.02)
+    # the alpha in the reason is the stage's, e.g. 0.05/4
+    assert "98.75% confidence" in shift({"cat": 60}, {"cat": 60}, alpha=0.0125).reason
 
 
 def test_prediction_shift_classes_missing_from_one_arm() -> None:
-    # classes seen by one arm only count as zero in the other; one seen by neither is dropped
-    moved = shift({"cat": 50, "bird": 50, "fish": 0}, {"cat": 50, "dog": 50})
+    # classes seen by one arm only count as zero in the other; one seen by neither is dropped (K = 3).
+    # bird: d̂ = 0.5, V = .5*.5/1000 + q(1 - q)/1000 with q = 0.5/1001 for stable's empty class;
+    # dog the same, negated; cat d̂ = 0. TV_low = 0.5 - w at alpha/3.
+    moved = shift({"cat": 500, "bird": 500, "fish": 0}, {"cat": 500, "dog": 500})
+    q = 0.5 / 1001
+    w = confidence_radius(0.25 / 1000 + q * (1 - q) / 1000, 0.05, 0.05 / 3)
     assert moved.verdict is Verdict.FAIL and moved.measured == pytest.approx(0.5)
-    assert "dof 2" in moved.reason
+    assert f"at least {0.5 - w:.3f}" in moved.reason and "(3 classes" in moved.reason
+    # a class only one arm has, on a handful of rows, is not evidence
+    rare = shift({"cat": 95, "bird": 5}, {"cat": 100})
+    assert rare.verdict is Verdict.PASS and rare.measured == pytest.approx(0.05)
+
+
+def test_the_lower_bound_uses_both_sides_of_the_shift() -> None:
+    """Σ_k d_k = 0, so TV is the sum of the positive differences and of the negative ones alike.
+
+    A canary that moves 15% of the answers into one class spreads the loss over the four others: the
+    side where it is concentrated bounds TV from below much more tightly than ½ Σ_k (|d̂_k| - w_k)⁺.
+    """
+    stable = [800, 500, 300, 240, 160]  # 2,000 rows
+    canary = [680, 425, 255, 204, 436]  # 15% of each class's answers moved to the last one
+    low = total_variation_lower_bound(canary, stable, alpha=0.05, tau=0.05)
+    n = 2000
+    radii = [
+        confidence_radius(
+            (c / n) * (1 - c / n) / n + (s / n) * (1 - s / n) / n, 0.05, 0.05 / len(stable)
+        )
+        for c, s in zip(canary, stable, strict=True)
+    ]
+    differences = [(c - s) / n for c, s in zip(canary, stable, strict=True)]
+    above = sum(max(0.0, d - w) for d, w in zip(differences, radii, strict=True))
+    below = sum(max(0.0, -d - w) for d, w in zip(differences, radii, strict=True))
+    assert low == pytest.approx(max(above, below)) and low == pytest.approx(above)
+    assert low > 0.5 * (above + below) + 0.03
+    assert low <= total_variation(canary, stable) == pytest.approx(0.138)
+
+
+@given(
+    table=st.integers(min_value=1, max_value=8).flatmap(
+        lambda k: st.tuples(
+            st.lists(st.integers(min_value=0, max_value=3000), min_size=k, max_size=k),
+            st.lists(st.integers(min_value=0, max_value=3000), min_size=k, max_size=k),
+        )
+    ),
+    alpha=st.floats(min_value=1e-4, max_value=0.5),
+)
+@settings(max_examples=200, database=None, deadline=None)
+def test_the_lower_bound_is_below_the_estimate(
+    table: tuple[list[int], list[int]], alpha: float
+) -> None:
+    canary, stable = table
+    if sum(canary) == 0 or sum(stable) == 0:
+        return
+    low = total_variation_lower_bound(canary, stable, alpha=alpha, tau=0.05)
+    assert 0 <= low <= total_variation(canary, stable) + 1e-12
 
 
 def test_prediction_shift_inconclusive_and_bad_counts() -> None:
@@ -412,3 +478,101 @@ def test_prediction_shift_inconclusive_and_bad_counts() -> None:
         shift({"cat": 5}, {"cat": -1})
     with pytest.raises(ValueError, match="max_distance"):
         shift({"cat": 5}, {"cat": 5}, max_distance=2)
+    with pytest.raises(ValueError, match="alpha"):
+        shift({"cat": 5}, {"cat": 5}, alpha=0)
+    with pytest.raises(ValueError, match="mixture_sd"):
+        shift({"cat": 5}, {"cat": 5}, mixture_sd=0)
+
+
+# --- prediction shift under repeated looks: a seeded simulation of paired shadow comparisons -----------
+
+STABLE_CLASSES = np.array([0.40, 0.25, 0.15, 0.12, 0.08])
+"""The stable model's predicted-class distribution."""
+REDRAWN = np.array([0.10, 0.10, 0.20, 0.30, 0.30])
+"""Where the canary's answer goes when it does not keep stable's: TV 0.45 from STABLE_CLASSES."""
+SHIFT_ALPHA = 0.05
+SHIFT_RUNS = 300
+SHIFT_STEP = 50  # a look every 50 paired rows
+SHIFT_ROWS = 3000
+SHIFT_MIN = 200
+SHIFT_MONTE_CARLO = 3 * math.sqrt(SHIFT_ALPHA * (1 - SHIFT_ALPHA) / SHIFT_RUNS)
+
+
+def paired_shadow(rng: np.random.Generator, tv: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative class counts (runs x looks x classes) of canary and stable on the same inputs.
+
+    Stable's class is drawn from STABLE_CLASSES; the canary keeps it with probability ``1 - r`` and
+    otherwise draws afresh from REDRAWN, so its marginal is ``(1 - r) STABLE_CLASSES + r REDRAWN``, at
+    total variation ``r · 0.45`` from stable's. At ``tv = 0`` the canary disagrees on 20% of the rows
+    but redraws from stable's own distribution: noisy, not shifted.
+    """
+    k = len(STABLE_CLASSES)
+    redrawn, r = (STABLE_CLASSES, 0.2) if tv == 0 else (REDRAWN, tv / 0.45)
+    stable = rng.choice(k, size=(SHIFT_RUNS, SHIFT_ROWS), p=STABLE_CLASSES)
+    fresh = rng.choice(k, size=(SHIFT_RUNS, SHIFT_ROWS), p=redrawn)
+    canary = np.where(rng.random((SHIFT_RUNS, SHIFT_ROWS)) < r, fresh, stable)
+    looks = np.arange(SHIFT_STEP - 1, SHIFT_ROWS, SHIFT_STEP)
+
+    def counts(classes: np.ndarray) -> np.ndarray:
+        return (classes[..., None] == np.arange(k)).cumsum(axis=1, dtype=np.int32)[:, looks]
+
+    return counts(canary), counts(stable)
+
+
+def rows_at_looks() -> np.ndarray:
+    return SHIFT_STEP * np.arange(1, SHIFT_ROWS // SHIFT_STEP + 1)
+
+
+def shift_gate_failed(canary: np.ndarray, stable: np.ndarray, max_distance: float) -> float:
+    """Share of runs the gate fails at some look, each run stopping at its first failure.
+
+    ``TV_low ≤ TV̂``, so only looks whose point estimate is above the bound are put to the gate.
+    """
+    n = rows_at_looks()
+    estimate = 0.5 * np.abs(canary - stable).sum(axis=2) / n
+    hits = 0
+    for run in range(SHIFT_RUNS):
+        for look in np.flatnonzero((estimate[run] > max_distance) & (n >= SHIFT_MIN)):
+            gate = prediction_shift_gate(
+                canary_counts={str(k): int(c) for k, c in enumerate(canary[run, look])},
+                stable_counts={str(k): int(c) for k, c in enumerate(stable[run, look])},
+                max_distance=max_distance,
+                alpha=SHIFT_ALPHA,
+                min_samples=SHIFT_MIN,
+                cohort="sim",
+            )
+            if gate.verdict is Verdict.FAIL:
+                hits += 1
+                break
+    return hits / SHIFT_RUNS
+
+
+def chi_square_and_distance_failed(
+    canary: np.ndarray, stable: np.ndarray, max_distance: float
+) -> float:
+    """The former rule at every look: Pearson's χ² p < alpha and the distance above the bound."""
+    n = rows_at_looks()[None, :, None]
+    column = canary + stable
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(column > 0, 2 * (canary - column / 2) ** 2 / (column / 2), 0.0)
+    statistic = terms.sum(axis=2)
+    dof = (column > 0).sum(axis=2) - 1
+    p = chi2.sf(statistic, np.maximum(dof, 1))
+    distance = 0.5 * np.abs(canary - stable).sum(axis=2) / n[..., 0]
+    failed = (p < SHIFT_ALPHA) & (distance > max_distance) & (n[..., 0] >= SHIFT_MIN)
+    return float(failed.any(axis=1).mean())
+
+
+@pytest.mark.parametrize("tv", [0.0, 0.08, 0.1])
+def test_prediction_shift_holds_alpha_under_repeated_looks(tv: float) -> None:
+    canary, stable = paired_shadow(np.random.default_rng(int(tv * 1000) + 3), tv)
+    failed = shift_gate_failed(canary, stable, 0.1)
+    assert failed <= SHIFT_ALPHA + SHIFT_MONTE_CARLO, f"true TV {tv}: failed {failed:.1%} of runs"
+    if tv > 0:  # the former rule fails such a canary several times as often as alpha
+        old = chi_square_and_distance_failed(canary, stable, 0.1)
+        assert old > 2 * SHIFT_ALPHA, f"χ² and distance at every look failed {old:.1%}"
+
+
+def test_prediction_shift_catches_a_large_shift() -> None:
+    canary, stable = paired_shadow(np.random.default_rng(25), 0.25)
+    assert shift_gate_failed(canary, stable, 0.1) > 0.9

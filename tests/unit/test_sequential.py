@@ -1,4 +1,4 @@
-"""fleet.controller.rollout.sequential: the mSPRT, the chi-square test and what looking often costs."""
+"""fleet.controller.rollout.sequential: the mSPRT, its confidence sequence and what looking often costs."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
-from scipy.stats import chi2, chi2_contingency, norm
+from scipy.stats import norm
 
 from fleet.controller.rollout.sequential import (
     Alternative,
     always_valid_p,
-    chi2_sf,
-    chi_square_homogeneity,
+    confidence_radius,
     log_mixture_ratio,
     mixture_ratio,
     one_sided_test,
-    regularized_gamma_q,
     total_variation,
 )
 
@@ -123,44 +121,75 @@ def test_mixture_ratio_refuses_bad_arguments(
         one_sided_test(estimate=0, null=0, variance=1, tau=1, alpha=1.0, alternative="less")
 
 
-# --- chi-square -----------------------------------------------------------------------------------------
-
-STATISTICS = [0.0, 1e-6, 0.01, 0.3, 0.99, 1.0, 2.5, 3.84, 7.0, 12.0, 19.9, 20.0, 21.0, 35.0, 60.0]
-LARGE = [100.0, 250.0, 700.0, 1400.0]
+# --- the confidence sequence ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dof", range(1, 21))
-def test_chi2_survival_matches_scipy(dof: int) -> None:
-    for x in STATISTICS + LARGE:
-        expected = float(chi2.sf(x, dof))
-        assert chi2_sf(x, dof) == pytest.approx(expected, rel=1e-10, abs=1e-300), (x, dof)
-    assert chi2_sf(1e6, dof) == 0.0 == float(chi2.sf(1e6, dof))
+@pytest.mark.parametrize(
+    ("variance", "tau", "alpha"),
+    [
+        (1e-3, 0.05, 0.05),
+        (4.8e-3, 0.05, 0.025),
+        (2.1e-4, 0.05, 0.0025),
+        (1e-6, 0.01, 0.05),
+        (0.25, 1.0, 0.5),
+        (1e-2, 0.3, 1e-6),
+    ],
+)
+def test_confidence_radius_inverts_the_msprt(variance: float, tau: float, alpha: float) -> None:
+    """A null just outside the radius is rejected, one just inside is not, on either side."""
+    w = confidence_radius(variance, tau, alpha)
+    for estimate in (0.0, 0.37, -0.2):
+        for side in (1, -1):
+            for scale, rejects in ((1 + 1e-9, True), (1 - 1e-9, False)):
+                null = estimate + side * w * scale
+                log_ratio = log_mixture_ratio(estimate, null, variance, tau)
+                assert (log_ratio >= -math.log(alpha)) is rejects, (estimate, side, scale)
+                alternative: Alternative = "less" if side > 0 else "greater"
+                test = one_sided_test(
+                    estimate=estimate,
+                    null=null,
+                    variance=variance,
+                    tau=tau,
+                    alpha=alpha,
+                    alternative=alternative,
+                )
+                assert test.reject is rejects
 
 
-def test_upper_gamma_edges() -> None:
-    assert regularized_gamma_q(3.0, 0.0) == 1.0
-    assert regularized_gamma_q(0.5, math.inf) == 0.0
-    assert regularized_gamma_q(1.0, 2.0) == pytest.approx(math.exp(-2.0), rel=1e-13)
-    assert regularized_gamma_q(0.5, 2.0) == pytest.approx(math.erfc(math.sqrt(2.0)), rel=1e-12)
-    assert chi2_sf(5.0, 0) == 1.0
-    for bad in ((0.0, 1.0), (1.0, -1.0), (1.0, math.nan)):
-        with pytest.raises(ValueError):
-            regularized_gamma_q(*bad)
-    with pytest.raises(ValueError):
-        chi2_sf(-1.0, 2)
+def test_confidence_radius_by_hand() -> None:
+    # V = 0.0048, τ = 0.05, alpha = 0.025: V + τ² = 0.0073, 2V(V + τ²)/τ² = 0.028032,
+    # log(1/alpha) + ½ log(0.0073/0.0048) = 3.688879 + 0.209629 = 3.898508, w = sqrt(0.109283) = 0.330580
+    assert confidence_radius(0.0048, 0.05, 0.025) == pytest.approx(0.330580, abs=1e-6)
+    # it shrinks with more data, and widens at a smaller alpha
+    assert confidence_radius(0.00048, 0.05, 0.025) < confidence_radius(0.0048, 0.05, 0.025)
+    assert confidence_radius(0.0048, 0.05, 0.0025) > confidence_radius(0.0048, 0.05, 0.025)
 
 
-def test_homogeneity_by_hand() -> None:
-    # 60/40 against 40/60: every expected count is 50, χ² = 4 · 10²/50 = 8 on 1 dof, p = erfc(2)
-    result = chi_square_homogeneity([60, 40], [40, 60])
-    assert result.statistic == pytest.approx(8.0) and result.dof == 1
-    assert result.p_value == pytest.approx(math.erfc(2.0), rel=1e-12)
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((0.0, 0.05, 0.05), "variance"),
+        ((math.inf, 0.05, 0.05), "variance"),
+        ((1e-3, 0.0, 0.05), "tau"),
+        ((1e-3, 0.05, 0.0), "alpha"),
+        ((1e-3, 0.05, 1.0), "alpha"),
+    ],
+)
+def test_confidence_radius_refuses_bad_arguments(
+    args: tuple[float, float, float], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        confidence_radius(*args)
+
+
+# --- total variation ---------------------------------------------------------------------------------------
+
+
+def test_total_variation_by_hand() -> None:
     assert total_variation([60, 40], [40, 60]) == pytest.approx(0.2)
-    # a category empty in both arms is dropped: same statistic, same dof
-    assert chi_square_homogeneity([60, 0, 40], [40, 0, 60]) == result
-    same = chi_square_homogeneity([10, 20, 30], [20, 40, 60])
-    assert same.statistic == pytest.approx(0.0, abs=1e-12) and same.p_value == pytest.approx(1.0)
-    assert chi_square_homogeneity([5, 0], [7, 0]) == (0.0, 0, 1.0)
+    assert total_variation([60, 0, 40], [40, 0, 60]) == pytest.approx(0.2)
+    assert total_variation([10, 20, 30], [20, 40, 60]) == pytest.approx(0.0, abs=1e-15)
+    assert total_variation([5, 0], [0, 7]) == pytest.approx(1.0)
 
 
 @given(
@@ -172,16 +201,10 @@ def test_homogeneity_by_hand() -> None:
     )
 )
 @settings(max_examples=200, database=None, deadline=None)
-def test_homogeneity_matches_scipy(table: tuple[list[int], list[int]]) -> None:
+def test_total_variation_matches_numpy(table: tuple[list[int], list[int]]) -> None:
     a, b = table
-    kept = [(x, y) for x, y in zip(a, b, strict=True) if x + y]
-    if sum(a) == 0 or sum(b) == 0 or len(kept) < 2:
+    if sum(a) == 0 or sum(b) == 0:
         return
-    statistic, p, dof, _ = chi2_contingency(np.array(kept).T, correction=False)
-    result = chi_square_homogeneity(a, b)
-    assert result.dof == dof
-    assert result.statistic == pytest.approx(statistic, rel=1e-9, abs=1e-9)
-    assert result.p_value == pytest.approx(p, rel=1e-8, abs=1e-300)
     tv = 0.5 * np.abs(np.array(a) / sum(a) - np.array(b) / sum(b)).sum()
     assert total_variation(a, b) == pytest.approx(tv, rel=1e-12, abs=1e-15)
 
@@ -191,8 +214,6 @@ def test_homogeneity_matches_scipy(table: tuple[list[int], list[int]]) -> None:
     [([1, 2], [1, 2, 3], "categories"), ([1, -1], [1, 1], "negative"), ([0, 0], [1, 1], "one")],
 )
 def test_count_vectors_are_checked(a: list[int], b: list[int], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        chi_square_homogeneity(a, b)
     with pytest.raises(ValueError, match=match):
         total_variation(a, b)
 
@@ -293,3 +314,17 @@ def test_the_msprt_catches_a_canary_five_points_worse() -> None:
     assert rejected_at_some_look(difference, variance, msprt(0.0, 0.05, "less")) > 0.9
     rate, boundary = one_arm(rng, 0.15, 0.10)
     assert rejected_at_some_look(rate, boundary, msprt(0.10, 0.05, "greater")) > 0.9
+
+
+def test_the_confidence_sequence_covers_at_every_look() -> None:
+    """A proportion's running estimate stays within w of the truth at all 100 looks in ≥ 1 - alpha of runs."""
+    rng = np.random.default_rng(11)
+    rate, tau = 0.3, 0.05
+    n = BATCH * np.arange(1, LOOKS + 1)
+    estimate = rng.binomial(BATCH, rate, size=(RUNS, LOOKS)).cumsum(axis=1) / n
+    radius = np.array([confidence_radius(rate * (1 - rate) / k, tau, ALPHA) for k in n])
+    missed = (np.abs(estimate - rate) >= radius).any(axis=1).mean()
+    assert missed <= ALPHA + MONTE_CARLO, f"the sequence missed in {missed:.1%} of runs"
+    # a fixed-sample 95% interval, recomputed at every look, misses far more often
+    fixed = (np.abs(estimate - rate) >= 1.96 * np.sqrt(rate * (1 - rate) / n)).any(axis=1).mean()
+    assert fixed > 3 * ALPHA

@@ -129,7 +129,8 @@ class AgreementGate(BaseModel):
 
 class PredictionShiftGate(BaseModel):
     """The canary's predicted-class distribution may not move away from the stable model's by more
-    than ``max_distance`` (total variation), with evidence (chi-square test at ``alpha``)."""
+    than ``max_distance`` (total variation): it fails when a lower bound of the distance that holds
+    over every look with probability ``1 - alpha`` is above it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

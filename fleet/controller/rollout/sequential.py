@@ -1,4 +1,4 @@
-"""Always-valid sequential tests for the canary gates, and a chi-square test of two count vectors.
+"""Always-valid sequential tests and confidence sequences for the canary gates.
 
 The controller looks at a stage's gates on every pass over data that keeps accumulating, and it does not
 know in advance how many passes a stage will take (the bake, the deadline, pauses and the arrival of
@@ -29,12 +29,26 @@ rollout, so the first look at which ``Λ`` crosses ``1/alpha`` is the only one t
 mixing standard deviation) is the size of effect the test is most sensitive to; it does not affect
 validity, only how fast a given effect is caught.
 
-Shifts in a categorical distribution (the canary's predicted classes against the stable model's) are
-tested with Pearson's chi-square test of homogeneity, and sized with the total variation distance
-between the two normalised count vectors. The chi-square survival function is the regularised upper
-incomplete gamma function ``Q(k/2, x/2)``, computed as in Numerical Recipes' ``gammq``: its series
-for ``x < a + 1`` and its continued fraction (modified Lentz) above. Only the standard library is
-used: the controller does not depend on scipy.
+The confidence sequence
+-----------------------
+Inverting the two-sided mSPRT gives a confidence interval that holds at every look at once. The test of
+``H0: θ = θ0`` rejects when ``log Λ ≥ log(1/alpha)``, that is when::
+
+    τ² (θ̂ - θ0)² / (2 V (V + τ²)) ≥ log(1/alpha) + ½ log((V + τ²) / V)
+
+so it does not reject exactly when ``|θ̂ - θ0| < w``, with the radius (:func:`confidence_radius`)::
+
+    w = sqrt( 2 V (V + τ²) / τ² · ( log(1/alpha) + ½ log((V + τ²) / V) ) )
+
+The true ``θ`` is a null that holds, so by Ville's inequality the probability that ``|θ̂ - θ| ≥ w`` at
+any look at all is at most ``alpha``: ``{θ : |θ̂ - θ| < w}``, recomputed at every look, contains ``θ``
+at every look at once with probability at least ``1 - alpha``. Nothing is carried from look to look;
+``w`` shrinks like ``sqrt(log(n)/n)``, a little slower than a fixed-sample interval's ``1/sqrt(n)``:
+that is the price of looking as often as one likes.
+
+The total variation distance between two normalised count vectors (:func:`total_variation`) sizes a
+shift in a categorical distribution (the canary's predicted classes against the stable model's). Only
+the standard library is used: the controller does not depend on scipy.
 """
 
 from __future__ import annotations
@@ -46,9 +60,12 @@ from typing import Literal, NamedTuple
 Alternative = Literal["less", "greater"]
 """Which side of the null value H1 lies on."""
 
-_EPS = 1e-15
-_TINY = 1e-300
-_MAX_ITERATIONS = 100_000
+
+def _check_variance_and_tau(variance: float, tau: float) -> None:
+    if not (variance > 0 and math.isfinite(variance)):
+        raise ValueError(f"variance: {variance} must be positive and finite")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"tau: {tau} must be positive and finite")
 
 
 def log_mixture_ratio(estimate: float, null: float, variance: float, tau: float) -> float:
@@ -56,10 +73,7 @@ def log_mixture_ratio(estimate: float, null: float, variance: float, tau: float)
 
     Computed in log space, so that a large effect on many samples does not overflow.
     """
-    if not (variance > 0 and math.isfinite(variance)):
-        raise ValueError(f"variance: {variance} must be positive and finite")
-    if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"tau: {tau} must be positive and finite")
+    _check_variance_and_tau(variance, tau)
     if not (math.isfinite(estimate) and math.isfinite(null)):
         raise ValueError(f"estimate ({estimate}) and null ({null}) must be finite")
     spread = variance + tau * tau
@@ -113,75 +127,19 @@ def one_sided_test(
     )
 
 
-def regularized_gamma_q(a: float, x: float) -> float:
-    """``Q(a, x) = Γ(a, x) / Γ(a)``, the regularised upper incomplete gamma function (``gammq``)."""
-    if not math.isfinite(a) or a <= 0 or math.isnan(x) or x < 0:
-        raise ValueError(f"Q(a, x) needs a > 0 and x ≥ 0, got a={a}, x={x}")
-    if x == 0:
-        return 1.0
-    if math.isinf(x):
-        return 0.0
-    if x < a + 1:
-        return max(0.0, 1.0 - _gamma_p_series(a, x))
-    return _gamma_q_continued_fraction(a, x)
+def confidence_radius(variance: float, tau: float, alpha: float) -> float:
+    """``w``: the mSPRT of ``H0: θ = θ0`` does not reject at ``alpha`` exactly when ``|θ̂ - θ0| < w``.
 
-
-def _log_prefactor(a: float, x: float) -> float:
-    """``log(e^-x x^a / Γ(a))``, the factor both expansions share."""
-    return -x + a * math.log(x) - math.lgamma(a)
-
-
-def _gamma_p_series(a: float, x: float) -> float:
-    """``P(a, x)`` by its series, which converges quickly for ``x < a + 1``."""
-    term = total = 1.0 / a
-    ap = a
-    for _ in range(_MAX_ITERATIONS):
-        ap += 1
-        term *= x / ap
-        total += term
-        if abs(term) < abs(total) * _EPS:
-            return total * math.exp(_log_prefactor(a, x))
-    raise ArithmeticError(f"the series for P({a}, {x}) did not converge")
-
-
-def _gamma_q_continued_fraction(a: float, x: float) -> float:
-    """``Q(a, x)`` by its continued fraction (modified Lentz), which converges for ``x ≥ a + 1``."""
-    b = x + 1 - a
-    c = 1 / _TINY
-    d = 1 / b
-    h = d
-    for i in range(1, _MAX_ITERATIONS):
-        an = -i * (i - a)
-        b += 2
-        d = an * d + b
-        d = d if abs(d) >= _TINY else _TINY
-        c = b + an / c
-        c = c if abs(c) >= _TINY else _TINY
-        d = 1 / d
-        step = d * c
-        h *= step
-        if abs(step - 1) < _EPS:
-            return math.exp(_log_prefactor(a, x)) * h
-    raise ArithmeticError(f"the continued fraction for Q({a}, {x}) did not converge")
-
-
-def chi2_sf(statistic: float, dof: int) -> float:
-    """``P(X ≥ statistic)`` for ``X ~ χ²(dof)``; 1 for ``dof = 0`` (no freedom, no evidence)."""
-    if dof < 0:
-        raise ValueError(f"dof: {dof} must not be negative")
-    if statistic < 0:
-        raise ValueError(f"statistic: {statistic} must not be negative")
-    if dof == 0:
-        return 1.0
-    return regularized_gamma_q(dof / 2, statistic / 2)
-
-
-class ChiSquare(NamedTuple):
-    """Pearson's chi-square test of homogeneity of two count vectors."""
-
-    statistic: float
-    dof: int
-    p_value: float
+    ``w = sqrt(2V(V + τ²)/τ² · (log(1/alpha) + ½ log((V + τ²)/V)))``, the radius of the confidence
+    sequence dual to the mSPRT: ``|θ̂ - θ| < w`` at every look at once with probability at least
+    ``1 - alpha`` (see the module docstring).
+    """
+    _check_variance_and_tau(variance, tau)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: {alpha} is not in (0, 1)")
+    spread = variance + tau * tau
+    threshold = -math.log(alpha) + 0.5 * math.log(spread / variance)
+    return math.sqrt(2 * variance * spread / (tau * tau) * threshold)
 
 
 def _check_vectors(a: Sequence[int], b: Sequence[int]) -> None:
@@ -191,30 +149,6 @@ def _check_vectors(a: Sequence[int], b: Sequence[int]) -> None:
         raise ValueError("counts: must not be negative")
     if sum(a) == 0 or sum(b) == 0:
         raise ValueError("counts: each vector needs at least one count")
-
-
-def chi_square_homogeneity(a: Sequence[int], b: Sequence[int]) -> ChiSquare:
-    """Do two arms share one categorical distribution? Pearson's test on the two-row table.
-
-    Categories empty in both arms are dropped (they carry no information and would divide by zero);
-    ``dof`` is the number of categories left minus one. No continuity correction. The chi-square
-    approximation wants expected counts of about 5 or more; with fewer its p-value is rough.
-    """
-    _check_vectors(a, b)
-    total_a, total_b = sum(a), sum(b)
-    total = total_a + total_b
-    statistic = 0.0
-    kept = 0
-    for x, y in zip(a, b, strict=True):
-        column = x + y
-        if column == 0:
-            continue
-        kept += 1
-        expected_a = total_a * column / total
-        expected_b = total_b * column / total
-        statistic += (x - expected_a) ** 2 / expected_a + (y - expected_b) ** 2 / expected_b
-    dof = kept - 1
-    return ChiSquare(statistic=statistic, dof=dof, p_value=chi2_sf(statistic, dof))
 
 
 def total_variation(a: Sequence[int], b: Sequence[int]) -> float:
