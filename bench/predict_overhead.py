@@ -53,8 +53,9 @@ VARIANT = "int8-static"
 TARGET = 1.3
 
 
-def serve(model: Path, state: Path) -> tuple[PredictServer, SlotManager]:
-    """``model`` installed the way the agent installs a download, behind a predict server."""
+def install(model: Path, state: Path, versions: tuple[str, ...] = ("1",)) -> SlotManager:
+    """``model`` installed as each of ``versions`` in turn, the way the agent installs a download
+    (the last serves, the one before it waits in the previous slot)."""
     key = Ed25519PrivateKey.generate()
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -62,10 +63,11 @@ def serve(model: Path, state: Path) -> tuple[PredictServer, SlotManager]:
     sha = file_sha256(model)
     signature = base64.b64encode(key.sign(signed_message(VARIANT, sha))).decode()
     slots = SlotManager(ModelStore(state), pem, None, 10)
-    result = slots.install(Candidate("digits-cnn", "1", VARIANT, model, sha, signature))
-    if slots.active is None:
-        raise SystemExit(f"the agent refused the model: {result}")
-    return PredictServer(slots).start(), slots
+    for version in versions:
+        result = slots.install(Candidate("digits-cnn", version, VARIANT, model, sha, signature))
+        if not result.ok:
+            raise SystemExit(f"the agent refused the model: {result}")
+    return slots
 
 
 def post(connection: http.client.HTTPConnection, body: bytes, content_type: str) -> None:
@@ -108,7 +110,7 @@ def main() -> None:
             json_bodies.append(
                 json.dumps({"inputs": {image.name: feed[image.name].tolist()}}).encode()
             )
-        server, _ = serve(model, Path(tmp) / "agent")
+        server = PredictServer(install(model, Path(tmp) / "agent")).start()
         host, port = server.address
         connection = http.client.HTTPConnection(host, port, timeout=10)
         index = np.arange(len(feeds)).reshape(-1, 1)

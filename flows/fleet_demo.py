@@ -34,7 +34,7 @@ from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient
 from fleet.shared.admin_protocol import Alert, PlaybookRun
-from fleet.shared.drift import DriftReference
+from fleet.shared.drift import DetectorPolicy, DriftReference
 from fleet.shared.ports import free_port
 from fleet.simulate import Simulation, make_regressed_variant
 from fleet.simulate.agents import RealAgents
@@ -52,6 +52,10 @@ DEVICES = 50
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
 DRIFT_SHARE = 0.1
 REAL_AGENTS = 3
+DETECTOR = DetectorPolicy(min_rows=2000)
+"""Devices judge input drift on 2,000 rows: the demo's devices resample a field split of under 200
+rows, whose own sampling error puts some 500-row windows above the PSI threshold with no drift at
+all (1.3% of windows in a measurement, none at 2,000 rows)."""
 """``edgeloop agent`` processes among the demo's devices (the rest are simulated)."""
 FEEDBACK_RATE = 0.6
 """Share of predictions whose label comes back, outside the label-free canaries."""
@@ -171,7 +175,8 @@ def simulated_fleet(
     later = FaultPlan(drift=FaultWindow(DRIFT_SHARE, start_s=math.inf))
     sim = Simulation(
         url, admin_token, devices=DEVICES, classes=CLASSES, field_x=x, field_y=y,
-        feedback_rate=FEEDBACK_RATE, report_interval_s=0.5, seed=7, faults=later, drift_reference=reference,
+        feedback_rate=FEEDBACK_RATE, report_interval_s=0.5, rows_per_report=40, seed=7,
+        faults=later, drift_reference=reference, detector_policy=DETECTOR,
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
