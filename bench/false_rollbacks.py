@@ -8,17 +8,24 @@ and scores ``--shadow-per-s`` of its inputs with the stable model too (paired sh
 stable arm of the accuracy gate is the cohort's devices left on stable; in the last stage, when none is
 left, it is the baseline kept from the stage before, as ``evaluate`` does.
 
-Two procedures judge the same simulated data:
+Three procedures judge the same simulated data:
 
 * old: what the gates did before the sequential tests. Accuracy: the one-sided Wald z-test at
   ``alpha`` on every look. Error rate: the plain compare ``errors / inferences > max_rate``.
   Agreement (a new gate): a one-sided z-test at ``alpha`` on every look, as the accuracy gate did.
   Prediction shift: Pearson's chi-square test of homogeneity at ``alpha / stages`` (what the controller
   passed it) and the total variation distance above ``max_distance``, on every look.
-* new: the controller's gates (``fleet.controller.rollout.stats``), mSPRTs at ``alpha / stages`` per
-  stage window (Bonferroni over stages, as ``RolloutPolicy.stage_alpha`` spends it); for prediction
-  shift, the anytime lower confidence bound of the distance (per-class confidence sequences dual to the
-  mSPRT, Bonferroni over the classes) above ``max_distance``.
+* mSPRT alpha/stages: the former sequential gates, each stage window a test of its own at
+  ``alpha / stages`` (Bonferroni over stages): the two-sided mixture ratio ``Λ ≥ stages/alpha`` with
+  the estimate on H1's side. For prediction shift, the anytime lower confidence bound of the distance
+  (per-class confidence sequences dual to the mSPRT, Bonferroni over the classes) above
+  ``max_distance``, at ``alpha / stages``.
+* e-values carried: the controller's gates (``fleet.controller.rollout.stats``) as the controller
+  uses them: one-sided e-values (the mSPRT's normal mixture truncated to H1's side) at the FULL
+  ``alpha``, each stage's multiplied by the final e-values of the earlier stages' windows, each carried
+  as ``max(E, floor)/(1 + floor)`` (``--carry-floor``, 0.1 as the controller's ``evaluate`` carries
+  it; 0 carries ``E`` itself). Prediction shift: the same bound at ``alpha / stages`` as in the column
+  before; it does not carry over.
 
 Shadow comparisons are paired: stable's class is drawn from a 5-class distribution, and the canary keeps
 it or, with probability ``r``, draws afresh from a shifted distribution, so that its marginal is at a
@@ -31,29 +38,36 @@ rollback is a false one; a canary whose class distribution is at total variation
 disagreement 5 points above its bound; total variation 15% against a bound of 10%): the share rolled
 back, and how many samples (canary labels, or comparisons, in the stage's window) and seconds it took.
 
-The looks are computed with numpy over all rollouts at once; every new-procedure verdict is the same
-arithmetic as the controller's, and a sample of looks (all the first rollbacks, and random others) is
-checked against the controller's gate functions themselves: the bench stops on a mismatch.
+The looks are computed with numpy over all rollouts at once; every e-values-carried verdict is the
+same arithmetic as the controller's, and a sample of looks (all the first rollbacks, random others, and
+random rollouts' last looks, whose e-values are carried) is checked against the controller's gate
+functions themselves, verdicts and log e-values: the bench stops on a mismatch.
 
-    python bench/false_rollbacks.py [--rollouts 1000] [--seed 1] [--alpha 0.05]
+    python bench/false_rollbacks.py [--rollouts 1000] [--seed 1] [--alpha 0.05] [--carry-floor 0.1]
 
 Measured (defaults, seed 1; 500 devices, 0.02 labels/s, 1 inference/s and 0.1 comparisons/s per device;
-δ = 0.02, error limit 1%, disagreement bound 5%, distance bound 10%; about 3 s):
+δ = 0.02, error limit 1%, disagreement bound 5%, distance bound 10%; about 3 s), rolled back:
 
-| gate             | canary           | old: rolled back | new: rolled back |
-| ---------------- | ---------------- | ---------------- | ---------------- |
-| accuracy         | = stable (90%)   | 4.6%             | 0.0%             |
-| accuracy         | δ worse (88%)    | 55.2%            | 0.9%             |
-| agreement        | at the bound     | 75.7%            | 1.2%             |
-| error rate       | at the limit     | 100.0%           | 1.3%             |
-| prediction shift | TV at the bound  | 100.0%           | 0.0%             |
+| gate             | canary           | old    | mSPRT alpha/4 | e-values carried, alpha |
+| ---------------- | ---------------- | ------ | ------------- | ----------------------- |
+| accuracy         | = stable (90%)   | 4.6%   | 0.0%          | 0.1%                    |
+| accuracy         | δ worse (88%)    | 55.2%  | 0.9%          | 1.4%                    |
+| agreement        | at the bound     | 75.7%  | 1.2%          | 4.3% [3.2%, 5.7%]       |
+| error rate       | at the limit     | 100.0% | 1.3%          | 3.7% [2.7%, 5.1%]       |
+| prediction shift | TV at the bound  | 100.0% | 0.0%          | 0.0% (alpha/4, as before) |
 
-A canary 5 points worse: accuracy (85% against 90%) rolled back 100% old, 89.5% new (median 223
-against 1,398 canary labels, 575 s against 1,465 s); agreement (10% against 5%) 100% both (median 207
-against 231 comparisons); prediction shift (TV 15% against 10%) 100% both, but the sequential bound
-needs far more comparisons (median 218 against 10,418: the third stage's window, 1,615 s, against the
-first's, 90 s). That is the price of a bound that holds at every look; the old rule's speed is that of
-a rule that also rolled back every canary exactly at the bound.
+Carrying spends the alpha that the split over stages left unused: the rate gates' false rollbacks rise
+towards alpha, most of them in the first stage's window, where the whole alpha is now at stake on a few
+hundred comparisons (4,000 rollouts, seed 7: agreement 3.1%, error rate 3.6%, accuracy at δ 1.6%).
+
+A canary 5 points worse: accuracy (85% against 90%) rolled back 100% old, 89.5% by the mSPRT at
+alpha/4, 99.6% [99.0%, 99.8%] by the carried e-values (median 223, 1,398 and 610 canary labels; 575 s,
+1,465 s and 945 s: most now in the second stage, with the first's evidence carried in); agreement (10%
+against 5%) 100% by all three (median 207, 231 and 210 comparisons); prediction shift (TV 15% against
+10%) 100% by all, but the sequential bound needs far more comparisons (median 218 against 10,418: the
+third stage's window, 1,615 s, against the first's, 90 s). That is the price of a bound that holds at
+every look; the old rule's speed is that of a rule that also rolled back every canary exactly at the
+bound.
 """
 
 from __future__ import annotations
@@ -112,6 +126,9 @@ class Setup:
     error_tau: float = 0.01
     agreement_tau: float = 0.05
     shift_tau: float = 0.05
+    carry_floor: float = 0.1
+    """An ended window's e-value is carried as ``max(E, floor)/(1 + floor)``, as the controller
+    carries it (``evaluate.EVIDENCE_FLOOR``); 0 carries ``E`` itself."""
 
     @property
     def looks(self) -> int:
@@ -120,7 +137,7 @@ class Setup:
 
     @property
     def stage_alpha(self) -> float:
-        """What each stage's sequential test may spend."""
+        """What each stage's test may spend where nothing carries over (Bonferroni over stages)."""
         return self.alpha / len(FRACTIONS)
 
     def canary_devices(self, stage: int) -> int:
@@ -191,11 +208,44 @@ def shift_stages(rng: np.random.Generator, setup: Setup, tv: float) -> list[Arra
 
 
 def log_ratio(estimate: np.ndarray, null: float, variance: np.ndarray, tau: float) -> np.ndarray:
-    """The Gaussian mSPRT's log Λ, elementwise (``sequential.log_mixture_ratio``)."""
+    """The two-sided Gaussian mSPRT's log Λ, elementwise (``sequential.log_mixture_ratio``)."""
     spread = variance + tau * tau
     return 0.5 * np.log(variance / spread) + tau * tau * (estimate - null) ** 2 / (
         2 * variance * spread
     )
+
+
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def erfc(values: np.ndarray) -> np.ndarray:
+    """``math.erfc`` elementwise (numpy has none; this is the function ``sequential`` uses)."""
+    return np.asarray(_erfc(values), dtype=float)
+
+
+def log_scaled_normal_cdf(x: np.ndarray) -> np.ndarray:
+    """``x²/2 + log Φ(x)`` elementwise, NaN where ``x`` is, as ``sequential`` computes it."""
+    x = np.asarray(x, dtype=float)
+    out = np.full(x.shape, np.nan)
+    with np.errstate(invalid="ignore"):
+        above, middle, below = x > 0, (x <= 0) & (x >= -35), x < -35
+    xa, xm, xb = x[above], x[middle], x[below]
+    out[above] = 0.5 * xa * xa + np.log1p(-0.5 * erfc(xa / math.sqrt(2)))
+    out[middle] = 0.5 * xm * xm + np.log(0.5 * erfc(-xm / math.sqrt(2)))
+    r = 1 / (xb * xb)
+    series = 1 - r * (1 - 3 * r * (1 - 5 * r * (1 - 7 * r)))
+    out[below] = -np.log(-xb) - 0.5 * math.log(2 * math.pi) + np.log(series)
+    return out
+
+
+def log_e(
+    estimate: np.ndarray, null: float, variance: np.ndarray, tau: float, side: int
+) -> np.ndarray:
+    """The one-sided (half-normal) mixture's log E, elementwise (``sequential.log_e_value``);
+    ``side`` is -1 when H1 is below ``null``, +1 when above."""
+    spread = variance + tau * tau
+    x = side * (estimate - null) * tau / np.sqrt(variance * spread)
+    return 0.5 * np.log(variance / spread) + math.log(2) + log_scaled_normal_cdf(x)
 
 
 def haldane_variance(x: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -215,8 +265,8 @@ def accuracy_old(setup: Setup, s: Arrays) -> np.ndarray:
     return enough & (z < NormalDist().inv_cdf(setup.alpha))
 
 
-def accuracy_new(setup: Setup, s: Arrays) -> np.ndarray:
-    """The mSPRT accuracy gate at alpha / stages."""
+def accuracy_msprt(setup: Setup, s: Arrays) -> np.ndarray:
+    """The former sequential gate: two-sided Λ ≥ stages/alpha, estimate on H1's side, per stage."""
     enough = (s["n"] >= setup.accuracy_min) & (s["stable_n"] >= setup.accuracy_min)
     variance = haldane_variance(s["x"], s["n"]) + haldane_variance(s["stable_x"], s["stable_n"])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -225,24 +275,50 @@ def accuracy_new(setup: Setup, s: Arrays) -> np.ndarray:
     return enough & (diff < -setup.delta) & (evidence >= -math.log(setup.stage_alpha))
 
 
+def accuracy_evidence(setup: Setup, s: Arrays) -> tuple[np.ndarray, np.ndarray]:
+    """The accuracy gate's log E in its window (NaN where an arm has no label), and where it may
+    give a verdict."""
+    enough = (s["n"] >= setup.accuracy_min) & (s["stable_n"] >= setup.accuracy_min)
+    variance = haldane_variance(s["x"], s["n"]) + haldane_variance(s["stable_x"], s["stable_n"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = s["x"] / s["n"] - s["stable_x"] / s["stable_n"]
+        evidence = log_e(diff, -setup.delta, variance, setup.accuracy_tau, -1)
+    return evidence, enough
+
+
 def error_old(setup: Setup, s: Arrays) -> np.ndarray:
     """The former gate: the plain compare errors / inferences > max_rate."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return (s["n"] >= setup.min_inferences) & (s["x"] / s["n"] > setup.max_error_rate)
 
 
-def one_sample_new(s: Arrays, bound: float, minimum: int, tau: float, alpha: float) -> np.ndarray:
-    """The mSPRT of rate ≤ bound with the null boundary's variance."""
+def one_sample_msprt(s: Arrays, bound: float, minimum: int, tau: float, alpha: float) -> np.ndarray:
+    """The former sequential gate of rate ≤ bound (null boundary's variance): two-sided Λ ≥ 1/alpha
+    and the rate above the bound."""
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = s["x"] / s["n"]
         evidence = log_ratio(rate, bound, bound * (1 - bound) / s["n"], tau)
     return (s["n"] >= minimum) & (rate > bound) & (evidence >= -math.log(alpha))
 
 
-def error_new(setup: Setup, s: Arrays) -> np.ndarray:
-    return one_sample_new(
+def one_sample_evidence(
+    s: Arrays, bound: float, minimum: int, tau: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """log E of rate ≤ bound against rate > bound (NaN without data), and where it may give a verdict."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = s["x"] / s["n"]
+        evidence = log_e(rate, bound, bound * (1 - bound) / s["n"], tau, 1)
+    return evidence, s["n"] >= minimum
+
+
+def error_msprt(setup: Setup, s: Arrays) -> np.ndarray:
+    return one_sample_msprt(
         s, setup.max_error_rate, setup.min_inferences, setup.error_tau, setup.stage_alpha
     )
+
+
+def error_evidence(setup: Setup, s: Arrays) -> tuple[np.ndarray, np.ndarray]:
+    return one_sample_evidence(s, setup.max_error_rate, setup.min_inferences, setup.error_tau)
 
 
 def agreement_old(setup: Setup, s: Arrays) -> np.ndarray:
@@ -253,10 +329,14 @@ def agreement_old(setup: Setup, s: Arrays) -> np.ndarray:
     return (s["n"] >= setup.agreement_min) & (z > NormalDist().inv_cdf(1 - setup.alpha))
 
 
-def agreement_new(setup: Setup, s: Arrays) -> np.ndarray:
-    return one_sample_new(
+def agreement_msprt(setup: Setup, s: Arrays) -> np.ndarray:
+    return one_sample_msprt(
         s, setup.max_disagreement, setup.agreement_min, setup.agreement_tau, setup.stage_alpha
     )
+
+
+def agreement_evidence(setup: Setup, s: Arrays) -> tuple[np.ndarray, np.ndarray]:
+    return one_sample_evidence(s, setup.max_disagreement, setup.agreement_min, setup.agreement_tau)
 
 
 def chi2_sf(statistic: float, dof: int) -> float:
@@ -330,51 +410,93 @@ def shift_new(setup: Setup, s: Arrays) -> np.ndarray:
 
 
 Procedure = Callable[[Setup, Arrays], np.ndarray]
-Controller = Callable[[Setup, Arrays, int, int], bool]
-"""The controller's own gate on one rollout (row) at one look (column): does it FAIL?"""
+"""One stage window's verdicts: FAIL at each look, rollouts x looks."""
+Evidence = Callable[[Setup, Arrays], tuple[np.ndarray, np.ndarray]]
+"""One stage window's log e-values (NaN where there is none) and where the gate may give a verdict."""
+Staged = Callable[[Setup, list[Arrays]], list[np.ndarray]]
+"""Every stage's verdicts at once, for procedures that carry something from stage to stage."""
+Controller = Callable[[Setup, Arrays, int, int], tuple[bool, float | None]]
+"""The controller's own gate on one rollout (row) at one look (column): does it FAIL, and its log_e."""
 
 
-def accuracy_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+def per_stage(procedure: Procedure) -> Staged:
+    """A procedure that judges each stage's window on its own."""
+    return lambda setup, stages: [procedure(setup, s) for s in stages]
+
+
+def carried(evidence: Evidence) -> Staged:
+    """E-values at the full alpha, each stage's multiplied by the earlier stages' final ones.
+
+    A window's final log E is carried as ``log(max(E, floor)/(1 + floor))`` (the controller's
+    ``carry_evidence``); a window without one carries nothing. Each stage's ``log_e`` and ``prior`` are
+    kept in its arrays, for the check against the controller.
+    """
+
+    def staged(setup: Setup, stages: list[Arrays]) -> list[np.ndarray]:
+        prior = np.zeros(setup.rollouts)
+        fails = []
+        for s in stages:
+            values, enough = evidence(setup, s)
+            s["log_e"] = values
+            s["prior"] = np.repeat(prior[:, None], values.shape[1], axis=1)
+            with np.errstate(invalid="ignore"):
+                fails.append(enough & (prior[:, None] + values >= -math.log(setup.alpha)))
+            final = values[:, -1]
+            if setup.carry_floor > 0:
+                floored = np.maximum(np.exp(np.minimum(final, 700.0)), setup.carry_floor)
+                step = np.log(floored) - math.log1p(setup.carry_floor)
+            else:
+                step = final
+            prior = prior + np.where(np.isnan(final), 0.0, step)
+        return fails
+
+    return staged
+
+
+def accuracy_controller(setup: Setup, s: Arrays, row: int, col: int) -> tuple[bool, float | None]:
     test = accuracy_test(
         canary_correct=int(s["x"][row, col]),
         canary_total=int(s["n"][row, col]),
         stable_correct=int(s["stable_x"][row, col]),
         stable_total=int(s["stable_n"][row, col]),
         delta=setup.delta,
-        alpha=setup.stage_alpha,
+        alpha=setup.alpha,
         min_samples=setup.accuracy_min,
         mixture_sd=setup.accuracy_tau,
+        prior_log_e=float(s["prior"][row, col]),
     )
-    return test.verdict is Verdict.FAIL
+    return test.verdict is Verdict.FAIL, test.log_e
 
 
-def error_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+def error_controller(setup: Setup, s: Arrays, row: int, col: int) -> tuple[bool, float | None]:
     gate = error_rate_gate(
         errors=int(s["x"][row, col]),
         inferences=int(s["n"][row, col]),
         max_rate=setup.max_error_rate,
         min_samples=setup.min_inferences,
         cohort="bench",
-        alpha=setup.stage_alpha,
+        alpha=setup.alpha,
         mixture_sd=setup.error_tau,
+        prior_log_e=float(s["prior"][row, col]),
     )
-    return gate.verdict is Verdict.FAIL
+    return gate.verdict is Verdict.FAIL, gate.log_e
 
 
-def agreement_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+def agreement_controller(setup: Setup, s: Arrays, row: int, col: int) -> tuple[bool, float | None]:
     gate = agreement_gate(
         compared=int(s["n"][row, col]),
         disagreed=int(s["x"][row, col]),
         max_disagreement=setup.max_disagreement,
-        alpha=setup.stage_alpha,
+        alpha=setup.alpha,
         min_samples=setup.agreement_min,
         cohort="bench",
         mixture_sd=setup.agreement_tau,
+        prior_log_e=float(s["prior"][row, col]),
     )
-    return gate.verdict is Verdict.FAIL
+    return gate.verdict is Verdict.FAIL, gate.log_e
 
 
-def shift_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
+def shift_controller(setup: Setup, s: Arrays, row: int, col: int) -> tuple[bool, float | None]:
     gate = prediction_shift_gate(
         canary_counts={str(k): int(c) for k, c in enumerate(s["canary"][row, col])},
         stable_counts={str(k): int(c) for k, c in enumerate(s["stable"][row, col])},
@@ -384,7 +506,7 @@ def shift_controller(setup: Setup, s: Arrays, row: int, col: int) -> bool:
         cohort="bench",
         mixture_sd=setup.shift_tau,
     )
-    return gate.verdict is Verdict.FAIL
+    return gate.verdict is Verdict.FAIL, gate.log_e
 
 
 @dataclass(frozen=True)
@@ -414,17 +536,33 @@ def check_against_controller(
     controller: Controller,
     sample: int,
 ) -> int:
-    """Compare the vectorised verdicts with the controller's gates; raise on any difference."""
+    """Compare the vectorised verdicts (and log e-values, where carried) with the controller's gates;
+    raise on any difference. Checked: the first failing looks, random looks, and random rollouts'
+    last looks (the values carried into the next stage)."""
     checked = 0
     for stage, (s, failed) in enumerate(zip(stages, fails, strict=True)):
         firsts = [(int(r), int(failed[r].argmax())) for r in np.flatnonzero(failed.any(axis=1))]
-        rows = rng.integers(0, setup.rollouts, size=sample)
-        cols = rng.integers(0, setup.looks, size=sample)
-        for row, col in [*firsts[:sample], *zip(rows.tolist(), cols.tolist(), strict=True)]:
-            if controller(setup, s, row, col) != bool(failed[row, col]):
+        rows = rng.integers(0, setup.rollouts, size=sample).tolist()
+        cols = rng.integers(0, setup.looks, size=sample).tolist()
+        lasts = rng.integers(0, setup.rollouts, size=sample).tolist()
+        looks = [
+            *firsts[:sample],
+            *zip(rows, cols, strict=True),
+            *((row, setup.looks - 1) for row in lasts),
+        ]
+        for row, col in looks:
+            verdict, log_e_there = controller(setup, s, row, col)
+            expected = s["log_e"][row, col] if "log_e" in s else None
+            same_log_e = expected is None or (
+                math.isnan(expected)
+                if log_e_there is None
+                else math.isclose(log_e_there, expected, rel_tol=1e-9, abs_tol=1e-9)
+            )
+            if verdict != bool(failed[row, col]) or not same_log_e:
                 raise AssertionError(
-                    f"stage {stage + 1}, rollout {row}, look {col}: the controller's gate and the "
-                    f"bench disagree on { ({k: v[row, col].tolist() for k, v in s.items()}) }"
+                    f"stage {stage + 1}, rollout {row}, look {col}: the controller's gate "
+                    f"({verdict}, log_e {log_e_there}) and the bench disagree on "
+                    f"{ ({k: v[row, col].tolist() for k, v in s.items()}) }"
                 )
             checked += 1
     return checked
@@ -436,8 +574,13 @@ class Scenario:
     canary: str
     stages: Callable[[np.random.Generator, Setup], list[Arrays]]
     old: Procedure
-    new: Procedure
+    """What the gate did before the sequential tests."""
+    msprt: Procedure
+    """The former sequential gate: two-sided mSPRT with a side condition at alpha / stages."""
+    new: Staged
+    """The controller's gate: one-sided e-values at alpha, carried across stages."""
     controller: Controller
+    """The controller's gate itself, to check ``new`` against."""
 
 
 def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
@@ -452,7 +595,8 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 f"= stable ({STABLE_ACCURACY:.0%})",
                 lambda rng, s: accuracy_stages(rng, s, STABLE_ACCURACY),
                 accuracy_old,
-                accuracy_new,
+                accuracy_msprt,
+                carried(accuracy_evidence),
                 accuracy_controller,
             ),
             Scenario(
@@ -460,7 +604,8 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 f"δ worse ({worse_by_delta:.0%})",
                 lambda rng, s: accuracy_stages(rng, s, worse_by_delta),
                 accuracy_old,
-                accuracy_new,
+                accuracy_msprt,
+                carried(accuracy_evidence),
                 accuracy_controller,
             ),
             Scenario(
@@ -468,7 +613,8 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 f"at the bound ({bound:.0%})",
                 lambda rng, s: rate_stages(rng, s, s.shadow_per_s, bound),
                 agreement_old,
-                agreement_new,
+                agreement_msprt,
+                carried(agreement_evidence),
                 agreement_controller,
             ),
             Scenario(
@@ -476,7 +622,8 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 f"at the limit ({setup.max_error_rate:.0%})",
                 lambda rng, s: rate_stages(rng, s, s.inferences_per_s, s.max_error_rate),
                 error_old,
-                error_new,
+                error_msprt,
+                carried(error_evidence),
                 error_controller,
             ),
             Scenario(
@@ -485,6 +632,7 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 lambda rng, s: shift_stages(rng, s, s.max_distance),
                 shift_old,
                 shift_new,
+                per_stage(shift_new),
                 shift_controller,
             ),
         ],
@@ -494,7 +642,8 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 f"{STABLE_ACCURACY - 0.05:.0%} vs {STABLE_ACCURACY:.0%}",
                 lambda rng, s: accuracy_stages(rng, s, STABLE_ACCURACY - 0.05),
                 accuracy_old,
-                accuracy_new,
+                accuracy_msprt,
+                carried(accuracy_evidence),
                 accuracy_controller,
             ),
             Scenario(
@@ -502,7 +651,8 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 f"{bound + 0.05:.0%} vs {bound:.0%}",
                 lambda rng, s: rate_stages(rng, s, s.shadow_per_s, bound + 0.05),
                 agreement_old,
-                agreement_new,
+                agreement_msprt,
+                carried(agreement_evidence),
                 agreement_controller,
             ),
             Scenario(
@@ -511,6 +661,7 @@ def scenarios(setup: Setup) -> tuple[list[Scenario], list[Scenario]]:
                 lambda rng, s: shift_stages(rng, s, s.max_distance + 0.05),
                 shift_old,
                 shift_new,
+                per_stage(shift_new),
                 shift_controller,
             ),
         ],
@@ -542,12 +693,17 @@ def summarise(result: Outcome, setup: Setup) -> dict[str, Any]:
     }
 
 
+PROCEDURES = ("old", "msprt", "new")
+LABELS = {"old": "old", "msprt": "mSPRT alpha/stages", "new": "e-values carried"}
+
+
 def run_scenario(scenario: Scenario, setup: Setup, seed: int, check_sample: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     stages = scenario.stages(rng, setup)
     samples = [s["n"] for s in stages]
     old_fails = [scenario.old(setup, s) for s in stages]
-    new_fails = [scenario.new(setup, s) for s in stages]
+    msprt_fails = [scenario.msprt(setup, s) for s in stages]
+    new_fails = scenario.new(setup, stages)
     checked = check_against_controller(
         rng, setup, stages, new_fails, scenario.controller, check_sample
     )
@@ -555,6 +711,7 @@ def run_scenario(scenario: Scenario, setup: Setup, seed: int, check_sample: int)
         "gate": scenario.gate,
         "canary": scenario.canary,
         "old": summarise(outcome(old_fails, samples), setup),
+        "msprt": summarise(outcome(msprt_fails, samples), setup),
         "new": summarise(outcome(new_fails, samples), setup),
         "checked_against_controller": checked,
     }
@@ -578,9 +735,10 @@ def false_table(rows: list[dict[str, Any]], setup: Setup) -> Table:
     table.add_column("gate")
     table.add_column("canary")
     table.add_column("old [95% CI]", justify="right")
-    table.add_column(f"mSPRT, alpha/{len(FRACTIONS)} [95% CI]", justify="right")
+    table.add_column(f"mSPRT alpha/{len(FRACTIONS)} [95% CI]", justify="right")
+    table.add_column(f"e-values carried, alpha={setup.alpha:g} [95% CI]", justify="right")
     for row in rows:
-        table.add_row(row["gate"], row["canary"], rate_cell(row["old"]), rate_cell(row["new"]))
+        table.add_row(row["gate"], row["canary"], *(rate_cell(row[p]) for p in PROCEDURES))
     return table
 
 
@@ -594,12 +752,12 @@ def power_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("median s", justify="right")
     table.add_column("by stage", justify="right")
     for row in rows:
-        for name in ("old", "new"):
+        for name in PROCEDURES:
             summary = row[name]
             table.add_row(
                 row["gate"] if name == "old" else "",
                 row["canary"] if name == "old" else "",
-                name,
+                LABELS[name],
                 rate_cell(summary),
                 median_cell(summary, "median_samples"),
                 median_cell(summary, "median_seconds"),
@@ -628,6 +786,12 @@ def main() -> None:
     parser.add_argument("--max-distance", type=float, default=0.1, help="total variation")
     parser.add_argument("--shift-min", type=int, default=200, help="comparisons")
     parser.add_argument(
+        "--carry-floor",
+        type=float,
+        default=0.1,
+        help="an ended window's e-value is carried as max(E, floor)/(1 + floor); 0: E itself",
+    )
+    parser.add_argument(
         "--check", type=int, default=200, help="looks per stage checked against the controller"
     )
     parser.add_argument("--out", type=Path, default=Path(".edgeloop/bench/false_rollbacks.json"))
@@ -649,6 +813,7 @@ def main() -> None:
         agreement_min=args.agreement_min,
         max_distance=args.max_distance,
         shift_min=args.shift_min,
+        carry_floor=args.carry_floor,
     )
     console = Console()
     started = time.perf_counter()
@@ -668,11 +833,16 @@ def main() -> None:
     checked = sum(r["checked_against_controller"] for r in false_rows + power_rows)
     console.print(
         "old: Wald z-test at alpha on every look (error rate: rate > limit; prediction shift: "
-        "χ² p < alpha/stages and distance > bound); new: the controller's gates. median n: canary "
-        "labels (accuracy) or comparisons (agreement, prediction shift) in the stage's window at "
-        "rollback; median s: from the rollout's start. Expected canary "
+        "χ² p < alpha/stages and distance > bound). mSPRT alpha/stages: the former sequential gates, "
+        "two-sided Λ ≥ stages/alpha with the estimate on H1's side, each stage on its own. "
+        "e-values carried: the controller's gates, one-sided (half-normal) e-values at the full "
+        "alpha, each stage's multiplied by the earlier stages' final ones (carried as "
+        f"max(E, {setup.carry_floor:g})/{1 + setup.carry_floor:g}); prediction shift has no "
+        "e-value and keeps its anytime bound at alpha/stages in both sequential columns. "
+        "median n: canary labels (accuracy) or comparisons (agreement, prediction shift) in the "
+        "stage's window at rollback; median s: from the rollout's start. Expected canary "
         f"labels/comparisons per stage: {per_stage}. {checked:,} looks checked against the "
-        f"controller's gates, all agree; {elapsed:.1f} s.",
+        f"controller's gates (verdicts and log e-values), all agree; {elapsed:.1f} s.",
         highlight=False,
     )
     write_report(

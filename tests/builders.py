@@ -14,7 +14,14 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
-from fleet.shared.modelspec import METADATA_KEY, ModelSpec
+from fleet.shared.modelspec import (
+    METADATA_KEY,
+    InputSpec,
+    ModelSpec,
+    OutputKind,
+    OutputSpec,
+    Task,
+)
 from fleet.shared.signature import signed_message
 
 FEATURES, CLASSES = 64, 10
@@ -131,3 +138,27 @@ def with_contract(model: ModelProto, spec: ModelSpec) -> ModelProto:
     """``model`` with ``spec`` stored in its metadata, as the build side stores it."""
     model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
     return model
+
+
+def regressor(weights: np.ndarray, bias: float = 0.0) -> ModelProto:
+    """``features`` [N, d] -> MatMul -> Add ``bias`` -> ``value`` [N, 1], with its regression
+    contract stored (weights of shape [d, 1])."""
+    d = weights.shape[0]
+    model = onnx_model(
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", d])],
+        [
+            helper.make_node("MatMul", ["features", "W"], ["raw"]),
+            helper.make_node("Add", ["raw", "B"], ["value"]),
+        ],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", 1])],
+        [
+            numpy_helper.from_array(weights.astype(np.float32).reshape(d, 1), "W"),
+            numpy_helper.from_array(np.array([bias], dtype=np.float32), "B"),
+        ],
+    )
+    spec = ModelSpec(
+        task=Task.REGRESSION,
+        inputs=(InputSpec(name="features", shape=(d,)),),
+        outputs=(OutputSpec(name="value", kind=OutputKind.REGRESSION, width=1),),
+    )
+    return with_contract(model, spec)

@@ -17,7 +17,11 @@ releases a thousand long-polls in well under a second where httpx took many) and
   holds ``outbox_limit`` reports, drops the oldest beyond that and reports the count (``dropped_total``).
   Each labelled row is also a field sample (the row as the device saw it, the prediction, the label,
   the version, whether drift was injected): kept in a second outbox of ``field_outbox_limit`` samples
-  (the same drop rule) and posted to ``/v1/devices/{id}/field-samples`` after the telemetry.
+  (the same drop rule) and posted to ``/v1/devices/{id}/field-samples`` after the telemetry. A
+  regressor's rows give no feedback and no field sample (their labels are values, not classes);
+- when its desired state carries a shadow plan and the plan's stable version is on its disk, it also
+  scores a sampled share of the rows with that version within the plan's CPU budget and reports the
+  paired comparisons (:mod:`fleet.shared.shadow`), as the agent does.
 
 What survives a simulated crash is exactly the device's "disk": credential, public key, downloaded
 models, the active model and the outbox with its sequence counter. The open telemetry window and the
@@ -320,7 +324,6 @@ class _Device:
             return
         if self.disk.active is not active:
             return  # swapped while scoring: this batch belongs to no window
-        preds = scores.argmax(axis=1).astype(np.int64)
         await self._shadow(active, x, scores, batch_ms, spec.task)
         factor = sim.latency_scale.get(self.cls, 1.0)
         if self.fault("slow"):
@@ -331,6 +334,10 @@ class _Device:
         self.window.inputs.update(x)
         if self.detector is not None:
             self.detector.observe_inputs(x)
+        if spec.task is Task.REGRESSION:
+            return  # a regressor's labels are values: feedback and field samples carry classes
+        preds = scores.argmax(axis=1).astype(np.int64)
+        if self.detector is not None:
             self.detector.observe_predictions(preds)
         labelled = np.flatnonzero(self.rng.random(k) < sim.feedback_rate)
         for i in labelled:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from builders import write_model
+from builders import regressor, write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_builders import label_free_policy, target_all, two_stage_policy
 from fleet_builders import register as register_signed
@@ -183,5 +183,63 @@ def test_a_fleet_without_labels_rolls_out_on_agreement_and_rolls_back_a_disagree
             assert causes == {"agreement"}, done["reason"]
             sim.run_sync(until=lambda: result.versions() == {"2": 12}, timeout_s=10)
             assert result.versions() == {"2": 12}
+        finally:
+            sim.close()
+
+
+def test_a_regressor_rolls_out_on_agreement_within_its_tolerance_and_a_biased_one_rolls_back(
+    controller: dict[str, Any],
+) -> None:
+    tmp: Path = controller["tmp"]
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=10)
+    field_x = rng.normal(size=(2000, 10)).astype(np.float32)
+    versions = {
+        "1": regressor(w),
+        "2": regressor(w + rng.normal(0, 1e-3, size=w.shape)),  # within the tolerance
+        "3": regressor(w, bias=5.0),  # every value 5 off
+    }
+    policy = label_free_policy({"host-cpu": 50, "edge-small": 50}, deadline_s=30)
+    policy["shadow"]["tolerance"] = 0.5
+    with httpx.Client(base_url=controller["base"], timeout=30) as client:
+        for version, model in versions.items():
+            path = tmp / f"r{version}.onnx"
+            path.write_bytes(model.SerializeToString())
+            for cls in CLASSES:
+                register(controller, client, version, cls, path)
+        sim = Simulation(
+            controller["base"],
+            ADMIN,
+            devices=8,
+            classes=CLASSES,
+            field_x=field_x,
+            field_y=np.zeros(len(field_x), dtype=np.int64),
+            feedback_rate=0.5,  # a regressor's labels are values: none is sent
+            report_interval_s=0.25,
+            rows_per_report=50,
+            seed=4,
+        )
+        try:
+            ids = list(sim.result.devices)
+            result = sim.run_sync(
+                until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15
+            )
+            target_all(controller["db_url"], ids, "1")
+            result = sim.run_sync(until=lambda: result.versions() == {"1": 8}, timeout_s=15)
+
+            def phase(rollout_id: str) -> str:
+                r = client.get(f"/v1/rollouts/{rollout_id}", headers=ADMIN_HEADERS)
+                return str(r.json()["phase"])
+
+            terminal = {"succeeded", "rolled_back", "failed", "aborted"}
+            r2 = rollout(client, "2", "1", policy)
+            sim.run_sync(until=lambda: phase(r2) in terminal, timeout_s=60)
+            assert phase(r2) == "succeeded"
+            r3 = rollout(client, "3", "2", policy)
+            sim.run_sync(until=lambda: phase(r3) in terminal, timeout_s=60)
+            detail = client.get(f"/v1/rollouts/{r3}", headers=ADMIN_HEADERS).json()
+            assert detail["phase"] == "rolled_back", detail["reason"]
+            assert {c["gate"] for c in detail["status"]["causes"]} == {"agreement"}
+            assert sum(d.field_samples_sent for d in result.devices.values()) == 0
         finally:
             sim.close()

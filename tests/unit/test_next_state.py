@@ -25,6 +25,11 @@ from fleet.controller.rollout.decide import (
     retry,
     start,
 )
+from fleet.controller.rollout.evaluate import (
+    EVIDENCE_FLOOR,
+    CarriedEvidence,
+    carry_evidence,
+)
 from fleet.controller.rollout.observations import (
     DeviceObservation,
     Observations,
@@ -369,7 +374,7 @@ def test_clearly_worse_accuracy_rolls_back_with_its_p_value() -> None:
         (Gate.ACCURACY, HOST),
     ]
     cause = new.causes[0]
-    assert cause.p_value is not None and cause.p_value < status.policy.stage_alpha(0.05)
+    assert cause.p_value is not None and cause.p_value < 0.05
     assert cause.measured == pytest.approx(0.70 - 0.95)
     assert cause.threshold == -0.02
     assert "p=" in new.reason and "canary 70.00%" in new.reason
@@ -807,3 +812,50 @@ def test_a_gate_the_cohort_does_not_require_still_rolls_back_when_it_fails() -> 
     new, _ = next_state(status, labelled, now)
     assert new.phase is P.ROLLING_BACK
     assert {c.gate for c in new.causes} == {Gate.ACCURACY}
+
+
+# --- evidence carried across stage windows ---------------------------------------------------------
+
+
+def test_evidence_from_earlier_windows_tips_a_gate_that_one_window_would_pass() -> None:
+    status = new_status()
+    status, _ = start(status, obs(status, T0), T0)
+    now = T0 + timedelta(seconds=20)
+    slightly_worse = obs(status, now, canary_accuracy=0.90)
+    alone, _ = next_state(status, slightly_worse, now)
+    assert alone.phase is P.PROGRESSING and alone.last_check is not None
+    (edge,) = [c for c in alone.last_check.cohorts if c.hardware_class == EDGE]
+    log_e = edge.accuracy.log_e
+    assert log_e is not None and 0 < log_e < math.log(20)  # some evidence, not enough alone
+    banked = CarriedEvidence(
+        gate=Gate.ACCURACY, cohort=EDGE, log_e=math.log(20) - log_e / 2, windows=1
+    )
+    carried = status.model_copy(update={"evidence": (banked,)})
+    new, _ = next_state(carried, slightly_worse, now)
+    assert new.phase is P.ROLLING_BACK
+    assert [(c.gate, c.cohort) for c in new.causes] == [(Gate.ACCURACY, EDGE)]
+    assert "carried from earlier stages" in new.reason
+
+
+def test_each_ended_window_is_carried_floored_and_a_retry_starts_afresh() -> None:
+    d = Driver(new_status())
+    d.command("start")
+    d.tick(61)
+    d.step()  # stage 1 passes on healthy numbers: its windows' evidence is carried
+    assert d.status.stage == 1
+    carried = {(c.gate, c.cohort): c for c in d.status.evidence}
+    assert set(carried) == {(g, c) for g in (Gate.ACCURACY, Gate.ERROR_RATE) for c in (EDGE, HOST)}
+    floor = math.log(EVIDENCE_FLOOR) - math.log1p(EVIDENCE_FLOOR)
+    assert all(c.windows == 1 and floor <= c.log_e < 0 for c in carried.values())
+    check = d.status.last_check
+    assert check is not None
+    twice = carry_evidence(d.status.evidence, check)
+    assert all(c.windows == 2 for c in twice)
+    d.command("pause")
+    d.command("resume")  # the paused window ends: its evidence is carried too
+    assert all(c.windows == 2 for c in d.status.evidence)
+    d.step(latency_ms={EDGE: 40.0})
+    d.tick(5)
+    d.step()
+    d.command("retry")
+    assert d.status.evidence == ()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import log_ndtr
 from scipy.stats import chi2, norm
 
 from fleet.controller.rollout.phase import VERDICT_ORDER, RolloutPhase, Verdict, worst
@@ -30,7 +31,9 @@ from fleet.controller.rollout.stats import (
 from fleet.shared.protocol import LATENCY_BOUNDS_MS
 
 
-def acc(cc: int, cn: int, sc: int, sn: int, *, delta: float = 0.02, minimum: int = 100):
+def acc(
+    cc: int, cn: int, sc: int, sn: int, *, delta: float = 0.02, minimum: int = 100, prior: float = 0
+):
     return accuracy_test(
         canary_correct=cc,
         canary_total=cn,
@@ -39,6 +42,7 @@ def acc(cc: int, cn: int, sc: int, sn: int, *, delta: float = 0.02, minimum: int
         delta=delta,
         alpha=0.05,
         min_samples=minimum,
+        prior_log_e=prior,
     )
 
 
@@ -79,14 +83,18 @@ def test_no_evidence_at_a_few_hundred_labels_is_a_pass() -> None:
     # V = .85*.15/200 + .9*.1/200 = 0.0010875, SE = 0.0329773; z = (-.05 + .02)/SE = -0.909718
     # log Λ = ½ ln(V/(V + τ²)) + τ²(θ̂ - θ0)²/(2V(V + τ²)), τ = 0.05, θ̂ - θ0 = -0.03
     #       = ½ ln(0.0010875/0.0035875) + 0.0025 * 0.0009/(2 * 0.0010875 * 0.0035875)
-    #       = -0.596787 + 0.288358 = -0.308429: Λ < 1, p = 1
+    #       = -0.596787 + 0.288358 = -0.308429: Λ < 1
+    # one-sided: x = 0.03 * 0.05 / sqrt(0.0010875 * 0.0035875) = 0.759418, 2Φ(x) = 1.552397,
+    # log E = -0.308429 + 0.439800 = 0.131371, E = 1.14: p = 0.876893
     result = acc(170, 200, 180, 200)
     assert result.z == pytest.approx(-0.9097177, abs=1e-6)
     assert result.log_ratio == pytest.approx(-0.308429, abs=1e-6)
-    assert result.p_value == 1.0
+    assert result.log_e == pytest.approx(0.131371, abs=1e-6)
+    assert result.p_value == pytest.approx(0.876893, abs=1e-6)
     assert result.verdict is Verdict.PASS
     assert (result.canary_accuracy, result.stable_accuracy) == (0.85, 0.9)
-    assert "no evidence" in result.reason and "mSPRT" in result.reason
+    assert "no evidence" in result.reason and "one-sided mSPRT e=1.14" in result.reason
+    assert "carried" not in result.reason
 
 
 def reference_log_ratio(cc: int, cn: int, sc: int, sn: int, delta: float, tau: float) -> float:
@@ -117,34 +125,42 @@ def test_accuracy_test_matches_a_scipy_reference(
     assert result.z == pytest.approx(z, rel=1e-9, abs=1e-12)
     log_ratio = reference_log_ratio(cc, cn, sc, sn, delta, 0.05)
     assert result.log_ratio == pytest.approx(log_ratio, rel=1e-9, abs=1e-9)
-    worse = p_c - p_s < -delta
-    p_value = min(1.0, math.exp(-log_ratio)) if worse else 1.0
-    assert result.p_value == pytest.approx(p_value, rel=1e-6, abs=1e-300)
-    assert result.verdict is (Verdict.FAIL if worse and log_ratio >= math.log(20) else Verdict.PASS)
+    # the half-normal mixture: log Λ + log(2 Φ(-(θ̂ + δ) τ / sqrt(V (V + τ²))))
+    variance = p_c * (1 - p_c) / cn + p_s * (1 - p_s) / sn
+    x = -(p_c - p_s + delta) * 0.05 / math.sqrt(variance * (variance + 0.05**2))
+    log_e = log_ratio + math.log(2) + float(log_ndtr(x))
+    assert result.log_e == pytest.approx(log_e, rel=1e-9, abs=1e-9)
+    assert result.p_value == pytest.approx(min(1.0, math.exp(-log_e)), rel=1e-6, abs=1e-300)
+    assert result.verdict is (Verdict.FAIL if log_e >= math.log(20) else Verdict.PASS)
+    if result.verdict is Verdict.FAIL:
+        assert p_c - p_s < -delta, "only an estimate on H1's side is rejected"
 
 
 def test_a_clearly_worse_canary_fails() -> None:
     # 80% of 500 against 90% of 1000, δ = 0.02: V = .8*.2/500 + .9*.1/1000 = 0.00041
     # log Λ = ½ ln(0.00041/0.00291) + 0.0025 * 0.08²/(2 * 0.00041 * 0.00291)
-    #       = -0.979876 + 6.705222 = 5.725346; p = e^-5.725346 = 0.0032622
+    #       = -0.979876 + 6.705222 = 5.725346
+    # x = 0.08 * 0.05 / sqrt(0.00041 * 0.00291) = 3.662027, log(2Φ(x)) = 0.693022:
+    # log E = 6.418368, E = 613, p = 0.00163132 (the two-sided Λ = 307 gave 0.0032622)
     result = acc(400, 500, 900, 1000)
     assert result.log_ratio == pytest.approx(5.725346, abs=1e-6)
-    assert result.p_value == pytest.approx(0.0032622, rel=1e-4)
+    assert result.log_e == pytest.approx(6.418368, abs=1e-6)
+    assert result.p_value == pytest.approx(0.00163132, rel=1e-4)
     assert result.verdict is Verdict.FAIL
     assert "canary worse than stable by more than δ" in result.reason
-    assert "mSPRT Λ=307" in result.reason and "p=0.00326 ≤ alpha=0.05" in result.reason
+    assert "one-sided mSPRT e=613 (τ=0.05), p=0.00163 ≤ alpha=0.05" in result.reason
     gate = accuracy_gate(result, "edge-small")
     assert (gate.gate, gate.cohort, gate.verdict) == (Gate.ACCURACY, "edge-small", Verdict.FAIL)
     assert gate.measured == pytest.approx(-0.1) and gate.threshold == -0.02
-    assert gate.p_value == result.p_value
+    assert gate.p_value == result.p_value and gate.log_e == result.log_e
 
 
 def test_the_same_drop_on_fewer_labels_is_not_yet_evidence() -> None:
-    # 75% vs 90% of 200 each: Λ = 30 ≥ 20 fails; 80% vs 90%: Λ = 3.2, a pass
+    # 75% vs 90% of 200 each: E = 59.9 ≥ 20 fails; 80% vs 90%: E = 6.16, a pass
     failing = acc(150, 200, 180, 200)
-    assert failing.verdict is Verdict.FAIL and failing.p_value == pytest.approx(0.0333291, rel=1e-5)
+    assert failing.verdict is Verdict.FAIL and failing.p_value == pytest.approx(0.0167074, rel=1e-5)
     passing = acc(160, 200, 180, 200)
-    assert passing.verdict is Verdict.PASS and passing.p_value == pytest.approx(0.3143147, rel=1e-5)
+    assert passing.verdict is Verdict.PASS and passing.p_value == pytest.approx(0.162409, rel=1e-5)
     assert passing.z is not None and passing.z < -1.645, "the old fixed-sample test failed it"
 
 
@@ -179,6 +195,31 @@ def test_inconclusive_under_the_minimum_on_either_arm(cn: int, sn: int) -> None:
     short = [arm for arm, n in (("canary", cn), ("stable", sn)) if n < 100]
     for arm in short:
         assert f"{arm} has" in result.reason and "(need 100)" in result.reason
+    # the window's e-value exists as soon as both arms have labels, for the caller to carry
+    assert (result.log_e is None) is (cn == 0 or sn == 0)
+    assert accuracy_gate(result, "c").log_e == result.log_e
+
+
+def test_accuracy_evidence_carried_from_earlier_stages() -> None:
+    """log E of 80% vs 90% on 200 each is 1.817638: a pass alone, a failure with e^1.2 carried in."""
+    alone = acc(160, 200, 180, 200)
+    assert alone.log_e == pytest.approx(1.817638, abs=1e-6) and alone.prior_log_e == 0
+    carried = acc(160, 200, 180, 200, prior=1.2)
+    assert carried.log_e == alone.log_e and carried.prior_log_e == 1.2
+    assert carried.verdict is Verdict.FAIL
+    assert carried.p_value == pytest.approx(math.exp(-(1.817638 + 1.2)), rel=1e-5)
+    assert "e=6.16 · 3.32 carried from earlier stages = 20.4" in carried.reason
+    # evidence for the null carried in holds a later stage back
+    against = acc(150, 200, 180, 200, prior=-1.5)
+    assert (
+        against.verdict is Verdict.PASS and "· 0.223 carried from earlier stages" in against.reason
+    )
+    assert acc(150, 200, 180, 200).verdict is Verdict.FAIL
+    # a canary better than stable cannot fail on a carried prior short of the threshold
+    better = acc(190, 200, 180, 200, prior=math.log(20) - 1e-9)
+    assert better.verdict is Verdict.PASS and better.log_e is not None and better.log_e < 0
+    with pytest.raises(ValueError, match="prior_log_e"):
+        acc(150, 200, 180, 200, prior=math.nan)
 
 
 def test_all_correct_arms_keep_z_finite() -> None:
@@ -288,16 +329,25 @@ def test_error_rate_gate() -> None:
     assert (ok.verdict, ok.measured, ok.threshold, ok.p_value) == (Verdict.PASS, 0.005, 0.01, 1.0)
     assert ok.reason == "error rate 0.50% (1/200) ≤ 1.00% on h"
     # 8/200 = 4% against 1%: V = .01*.99/200 = 4.95e-5, τ = 0.01
-    # log Λ = ½ ln(4.95e-5/1.495e-4) + 1e-4 * 0.03²/(2 * 4.95e-5 * 1.495e-4) = -0.552662 + 6.080876
+    # log Λ = ½ ln(4.95e-5/1.495e-4) + 1e-4 * 0.03²/(2 * 4.95e-5 * 1.495e-4) = -0.552662 + 6.080876;
+    # x = 0.03 * 0.01 / sqrt(4.95e-5 * 1.495e-4) = 3.487370, log(2Φ(x)) = 0.692903: log E = 6.221117
     bad = rate(8, 200)
     assert bad.verdict is Verdict.FAIL and bad.measured == 0.04
-    assert bad.p_value == pytest.approx(math.exp(-(-0.552662 + 6.080876)), rel=1e-5)
+    assert bad.log_e == pytest.approx(6.221117, abs=1e-6)
+    assert bad.p_value == pytest.approx(math.exp(-6.221117), rel=1e-5)
     assert bad.reason == (
-        "error rate 4.00% (8/200) > 1.00% on h: mSPRT Λ=252 (τ=0.01), p=0.00397 ≤ alpha=0.05"
+        "error rate 4.00% (8/200) > 1.00% on h: one-sided mSPRT e=503 (τ=0.01), p=0.00199 "
+        "≤ alpha=0.05"
     )
+    # under the limit the window still has an e-value, below 1: x = -0.581228, log E = -0.961629
+    assert ok.log_e == pytest.approx(-0.961629, abs=1e-6)
     few = rate(50, 99)
     assert few.verdict is Verdict.INCONCLUSIVE and few.measured is None and few.p_value is None
     assert few.reason == "99 inferences on h (need 100)"
+    assert (
+        few.log_e is not None and few.log_e > 0
+    )  # below the minimum, but there is a value to carry
+    assert rate(0, 0, min_samples=0).log_e is None
     with pytest.raises(ValueError):
         rate(5, 4, min_samples=1)
     with pytest.raises(ValueError, match="max_rate"):
@@ -305,22 +355,49 @@ def test_error_rate_gate() -> None:
 
 
 def test_an_error_rate_over_the_limit_needs_evidence() -> None:
-    # 3/200 = 1.5% is over 1% but Λ = 0.68; the plain compare used to roll back on it
+    # 3/200 = 1.5% is over 1% but E = 0.98; the plain compare used to roll back on it
     over = rate(3, 200)
     assert over.verdict is Verdict.PASS and over.measured == 0.015
     assert "not significantly" in over.reason and over.p_value == 1.0
-    # the same 2% fails on 1,000 inferences (Λ = 29.7) but not on 200 (Λ = 1.13)
+    # the same 2% fails on 1,000 inferences (E = 59.4) but not on 200 (E = 1.98)
     assert rate(4, 200).verdict is Verdict.PASS
     assert rate(20, 1000).verdict is Verdict.FAIL
     assert rate(20, 1000, alpha=0.01).verdict is Verdict.PASS
 
 
+def test_error_evidence_carried_from_earlier_stages() -> None:
+    # 4/200 = 2%: E = 1.98 alone (x = 1.162457, log E = 0.685431); with e^2.4 carried, 21.9 ≥ 20
+    alone = rate(4, 200)
+    assert alone.verdict is Verdict.PASS and alone.log_e == pytest.approx(0.685431, abs=1e-6)
+    carried = rate(4, 200, prior_log_e=2.4)
+    assert carried.verdict is Verdict.FAIL and carried.log_e == alone.log_e
+    assert carried.p_value == pytest.approx(math.exp(-(0.685431 + 2.4)), rel=1e-5)
+    assert carried.reason == (
+        "error rate 2.00% (4/200) > 1.00% on h: one-sided mSPRT e=1.98 · 11 carried from earlier "
+        "stages = 21.9 (τ=0.01), p=0.0457 ≤ alpha=0.05"
+    )
+    # under the limit, a carried prior short of the threshold fails nothing, and says what it was
+    under = rate(1, 200, prior_log_e=2.9)
+    assert under.verdict is Verdict.PASS and "carried from earlier stages" in under.reason
+    # one already over the threshold (a caller's mistake: it would have failed before) still fails
+    mistaken = rate(1, 200, prior_log_e=4.5)
+    assert (
+        mistaken.verdict is Verdict.FAIL and "≤ 1.00% on h, but one-sided mSPRT" in mistaken.reason
+    )
+    with pytest.raises(ValueError, match="prior_log_e"):
+        rate(1, 200, prior_log_e=math.inf)
+
+
 def test_no_error_allowed() -> None:
-    assert rate(0, 500, max_rate=0.0).verdict is Verdict.PASS
+    none = rate(0, 500, max_rate=0.0)
+    assert none.verdict is Verdict.PASS and none.log_e == 0.0  # no evidence either way
     one = rate(1, 500, max_rate=0.0)
-    assert (one.verdict, one.p_value) == (Verdict.FAIL, 0.0)
+    assert (one.verdict, one.p_value, one.log_e) == (Verdict.FAIL, 0.0, math.inf)
     assert "none is allowed" in one.reason
     assert rate(1, 50, max_rate=0.0).verdict is Verdict.INCONCLUSIVE
+    # a limit of 100% cannot be exceeded: E = 1
+    anything = rate(500, 500, max_rate=1.0)
+    assert (anything.verdict, anything.log_e, anything.p_value) == (Verdict.PASS, 0.0, 1.0)
 
 
 # --- agreement (paired shadow comparisons) -----------------------------------------------------------------
@@ -336,17 +413,25 @@ def agree(disagreed: int, compared: int, **changes: object) -> GateResult:
 def test_agreement_gate_verdicts() -> None:
     # 60/400 = 15% against 10%: V = .1*.9/400 = 2.25e-4, τ = 0.05
     # log Λ = ½ ln(2.25e-4/2.725e-3) + 0.0025 * 0.05²/(2 * 2.25e-4 * 2.725e-3)
-    #       = -1.247062 + 5.096840 = 3.849778, Λ = 46.99 ≥ 1/0.05
+    #       = -1.247062 + 5.096840 = 3.849778, Λ = 46.99; one-sided: x = 0.05 * 0.05 /
+    # sqrt(2.25e-4 * 2.725e-3) = 3.192754, log(2Φ(x)) = 0.692442, log E = 4.542221, E = 93.9 ≥ 1/0.05
     bad = agree(60, 400)
     assert (bad.gate, bad.cohort, bad.verdict) == (Gate.AGREEMENT, "edge-small", Verdict.FAIL)
     assert (bad.measured, bad.threshold, bad.samples) == (0.15, 0.10, 400)
-    assert bad.p_value == pytest.approx(math.exp(-3.849778), rel=1e-5)
+    assert bad.log_e == pytest.approx(4.542221, abs=1e-6)
+    assert bad.p_value == pytest.approx(math.exp(-4.542221), rel=1e-5)
     assert "disagreement rate 15.00% (60/400) > 10.00%" in bad.reason
-    # 52/400 = 13%: log Λ = -1.247062 + 0.0025 * 0.03²/1.22625e-6 = 0.587801, p = 0.556
+    # 52/400 = 13%: log Λ = -1.247062 + 0.0025 * 0.03²/1.22625e-6 = 0.587801, x = 1.915653,
+    # log E = 0.587801 + 0.665052 = 1.252852, p = 0.286
     weak = agree(52, 400)
-    assert weak.verdict is Verdict.PASS and weak.p_value == pytest.approx(math.exp(-0.587801))
+    assert weak.verdict is Verdict.PASS and weak.p_value == pytest.approx(math.exp(-1.252852))
+    # carried from earlier stages: e^1.8 more and it fails
+    assert agree(52, 400, prior_log_e=1.8).verdict is Verdict.FAIL
+    assert agree(52, 400, prior_log_e=1.7).verdict is Verdict.PASS
     ok = agree(40, 400)
     assert (ok.verdict, ok.measured, ok.p_value) == (Verdict.PASS, 0.10, 1.0)
+    # at the bound exactly: E = sqrt(V/(V + τ²)) = e^-1.247062
+    assert ok.log_e == pytest.approx(-1.247062, abs=1e-6)
     few = agree(90, 99)
     assert few.verdict is Verdict.INCONCLUSIVE and few.measured is None
     assert few.reason == "99 shadow comparisons on edge-small (need 100)"
@@ -366,6 +451,8 @@ def test_agreement_settings_are_checked() -> None:
         agree(1, 100, alpha=1.5)
     with pytest.raises(ValueError, match="mixture_sd"):
         agree(1, 100, mixture_sd=0.0)
+    with pytest.raises(ValueError, match="prior_log_e"):
+        agree(1, 100, prior_log_e=math.nan)
 
 
 # --- prediction shift --------------------------------------------------------------------------------------
@@ -386,7 +473,7 @@ def test_prediction_shift_needs_evidence_of_more_than_the_bound() -> None:
     assert (few.gate, few.verdict) == (Gate.PREDICTION_SHIFT, Verdict.PASS)
     assert few.measured == pytest.approx(0.2) and few.threshold == 0.1 and few.samples == 100
     assert "at least 0.000 with 95% confidence over every look ≤ 0.1" in few.reason
-    assert few.p_value is None
+    assert few.p_value is None and few.log_e is None  # a bound, not an e-value: nothing to carry
     # the same shares on 1,000 rows each: V = 0.00048, V + τ² = 0.00298, 2V(V + τ²)/τ² = 0.00114432,
     # log 40 + ½ log(0.00298/0.00048) = 3.688879 + 0.912946, w = sqrt(0.005265962) = 0.072567;
     # TV_low = 0.2 - 0.072567 = 0.127433 > 0.1

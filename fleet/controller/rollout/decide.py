@@ -51,9 +51,11 @@ from fleet.controller.rollout.actions import (
 )
 from fleet.controller.rollout.assignment import Assignment, assign_stage
 from fleet.controller.rollout.evaluate import (
+    CarriedEvidence,
     DeviceGap,
     StableBaseline,
     StageCheck,
+    carry_evidence,
     describe_gaps,
     device_problem,
     evaluate_stage,
@@ -98,6 +100,9 @@ class RolloutStatus(BaseModel):
     )
     assignments: tuple[Assignment, ...] = Field((), description="devices targeted at the canary")
     baselines: tuple[StableBaseline, ...] = ()
+    evidence: tuple[CarriedEvidence, ...] = Field(
+        (), description="e-values of the ended windows of this attempt, per gate and cohort"
+    )
     ending: RolloutPhase | None = Field(
         None, description="while ROLLING_BACK: the terminal phase it ends in"
     )
@@ -211,6 +216,7 @@ def next_state(status: RolloutStatus, observations: Observations, now: datetime)
         observations=observations,
         stage_started_at=status.stage_started_at,
         now=now,
+        evidence=status.evidence,
     )
     status = status.model_copy(update={"last_check": check})
     failed = check.with_verdict(Verdict.FAIL)
@@ -268,6 +274,7 @@ def _advance(
         stage_started_at=now,
         assignments=assignments,
         baselines=_baselines(status, check),
+        evidence=carry_evidence(status.evidence, check),
     )
     actions: list[Action] = []
     if added:
@@ -406,6 +413,7 @@ def retry(status: RolloutStatus, observations: Observations, now: datetime) -> D
             "stage": 0,
             "assignments": (),
             "baselines": (),
+            "evidence": (),
             "causes": (),
             "silent_devices": (),
             "last_check": None,
@@ -435,12 +443,14 @@ def resume(status: RolloutStatus, now: datetime) -> Decision:
     _aware(now)
     _allowed(status, "resume", status.phase is RolloutPhase.PAUSED)
     reason = f"{status.stage_label()} resumed; its window restarts"
+    check = status.last_check
     new = _moved(
         status,
         now,
         RolloutPhase.PROGRESSING,
         reason,
         stage_started_at=now,
+        evidence=carry_evidence(status.evidence, check) if check else status.evidence,
         causes=(),
         silent_devices=(),
         last_check=None,

@@ -22,12 +22,21 @@ Who counts for what, per cohort:
 The minimums (``Gate.DATA``) PASS or stay INCONCLUSIVE; only a gate breaking its limit on enough data
 FAILS. A stage passes when every cohort's data minimums and **required** gates (``CohortPolicy.required``)
 combine (worst wins) to PASS; a gate the cohort does not require still rolls back when it FAILS, and its
-INCONCLUSIVE holds nothing. Each sequential test spends ``policy.stage_alpha(alpha)`` of its alpha per
-stage window, so the rollout as a whole stays at alpha (``stats`` explains the test).
+INCONCLUSIVE holds nothing.
+
+Evidence that carries over: accuracy, agreement and error rate are e-processes (``stats`` and
+``sequential`` explain them). A stage's window is a fresh one, but the e-values of the earlier windows
+of the same rollout, gate and cohort multiply into it (:class:`CarriedEvidence`), so evidence gathered in
+stage 1 still counts in stage 3 and the rollout as a whole stays at the gate's alpha with no split over
+stages. What is carried is each ended window's final e-value ``E`` floored as ``max(E, FLOOR) / (1 +
+FLOOR)``, itself an e-value: a canary that looked fine early cannot bank so much evidence for "fine"
+that a later failure goes unseen, at a cost of ``log(1 + FLOOR)`` per window. The prediction-shift bound
+does not carry over; it spends ``policy.stage_alpha(alpha)`` per window.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -68,6 +77,46 @@ class StableBaseline(BaseModel):
     correct: int = Field(ge=0)
     total: int = Field(ge=0)
     stage: int = Field(ge=0, description="the stage whose window measured it")
+
+
+CARRIED_GATES = (Gate.ACCURACY, Gate.AGREEMENT, Gate.ERROR_RATE)
+"""Gates whose evidence multiplies across stage windows."""
+
+EVIDENCE_FLOOR = 0.1
+"""An ended window's e-value is carried as ``max(E, EVIDENCE_FLOOR) / (1 + EVIDENCE_FLOOR)``."""
+
+
+class CarriedEvidence(BaseModel):
+    """The summed log e-values of the ended windows of one gate on one cohort."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gate: Gate
+    cohort: str
+    log_e: float
+    windows: int = Field(ge=1, description="ended windows behind it")
+
+
+def carry_evidence(
+    carried: tuple[CarriedEvidence, ...], check: StageCheck
+) -> tuple[CarriedEvidence, ...]:
+    """``carried`` with the final e-values of ``check``'s window added (each floored, see the module
+    docstring); called when the window ends: its stage passed, or a resume restarts it."""
+    sums = {(c.gate, c.cohort): c for c in carried}
+    for cohort in check.cohorts:
+        for result in cohort.gates:
+            if result.gate not in CARRIED_GATES or result.log_e is None:
+                continue
+            floored = math.log(max(math.exp(min(result.log_e, 700.0)), EVIDENCE_FLOOR))
+            step = floored - math.log1p(EVIDENCE_FLOOR)
+            before = sums.get((result.gate, result.cohort))
+            sums[(result.gate, result.cohort)] = CarriedEvidence(
+                gate=result.gate,
+                cohort=result.cohort,
+                log_e=step + (before.log_e if before is not None else 0.0),
+                windows=1 + (before.windows if before is not None else 0),
+            )
+    return tuple(sums[key] for key in sorted(sums))
 
 
 class DeviceGap(BaseModel):
@@ -157,10 +206,13 @@ def evaluate_stage(
     observations: Observations,
     stage_started_at: datetime,
     now: datetime,
+    evidence: tuple[CarriedEvidence, ...] = (),
 ) -> StageCheck:
-    """Judge ``stage`` from observations summed since ``stage_started_at``; see the module docstring."""
+    """Judge ``stage`` from observations summed since ``stage_started_at``, with the ``evidence``
+    carried from earlier windows; see the module docstring."""
     devices = observations.by_id()
     kept = {b.hardware_class: b for b in baselines}
+    prior = {(c.gate, c.cohort): c.log_e for c in evidence}
     cohorts = tuple(
         _check_cohort(
             policy=policy,
@@ -172,6 +224,7 @@ def evaluate_stage(
             baseline=kept.get(a.hardware_class),
             devices=devices,
             window_start=stage_started_at,
+            prior=prior,
         )
         for a in sorted(assignments, key=lambda a: a.hardware_class)
         if a.device_ids and a.hardware_class in policy.cohorts
@@ -197,6 +250,7 @@ def _check_cohort(
     baseline: StableBaseline | None,
     devices: dict[str, DeviceObservation],
     window_start: datetime,
+    prior: dict[tuple[Gate, str], float],
 ) -> CohortCheck:
     rules = policy.stage(stage)
     gates = policy.gates
@@ -267,8 +321,9 @@ def _check_cohort(
         stable_correct=stable_correct,
         stable_total=stable_total,
         delta=gates.accuracy.delta,
-        alpha=policy.stage_alpha(gates.accuracy.alpha),
+        alpha=gates.accuracy.alpha,
         min_samples=gates.accuracy.min_samples,
+        prior_log_e=prior.get((Gate.ACCURACY, cohort), 0.0),
     )
     if arm != "window":
         note = "every device of the cohort is targeted, so stable is " + (
@@ -289,10 +344,11 @@ def _check_cohort(
             max_rate=gates.max_error_rate,
             min_samples=rules.min_inferences,
             cohort=cohort,
-            alpha=policy.stage_alpha(gates.error_alpha),
+            alpha=gates.error_alpha,
+            prior_log_e=prior.get((Gate.ERROR_RATE, cohort), 0.0),
         ),
         accuracy_gate(test, cohort),
-        *_shadow_gates(policy, cohort, shadow),
+        *_shadow_gates(policy, cohort, shadow, prior),
     )
     return CohortCheck(
         hardware_class=cohort,
@@ -326,7 +382,9 @@ def _shadow_sums(parts: Iterable[ShadowSums], stable: str) -> ShadowSums:
     return total
 
 
-def _shadow_gates(policy: RolloutPolicy, cohort: str, shadow: ShadowSums) -> tuple[GateResult, ...]:
+def _shadow_gates(
+    policy: RolloutPolicy, cohort: str, shadow: ShadowSums, prior: dict[tuple[Gate, str], float]
+) -> tuple[GateResult, ...]:
     """Agreement and prediction shift, each only when the policy sets its limits."""
     gates = policy.gates
     out = []
@@ -336,9 +394,10 @@ def _shadow_gates(policy: RolloutPolicy, cohort: str, shadow: ShadowSums) -> tup
                 compared=shadow.compared,
                 disagreed=shadow.disagreed,
                 max_disagreement=gates.agreement.max_disagreement,
-                alpha=policy.stage_alpha(gates.agreement.alpha),
+                alpha=gates.agreement.alpha,
                 min_samples=gates.agreement.min_samples,
                 cohort=cohort,
+                prior_log_e=prior.get((Gate.AGREEMENT, cohort), 0.0),
             )
         )
     if gates.prediction_shift is not None:

@@ -248,8 +248,9 @@ class RolloutPolicy(BaseModel):
         return self.stages[index]
 
     def stage_alpha(self, alpha: float) -> float:
-        """The share of ``alpha`` one stage's sequential test may spend (Bonferroni over stages),
-        so that the whole rollout stays at ``alpha`` per gate and cohort."""
+        """The share of ``alpha`` one stage may spend on a bound that does not carry over between
+        stage windows (Bonferroni over stages; the prediction-shift bound), so that the whole
+        rollout stays at ``alpha``. The e-value gates carry their evidence instead."""
         return alpha / len(self.stages)
 
     @property

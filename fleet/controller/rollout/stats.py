@@ -11,20 +11,28 @@ Looking on every pass: sequential tests, so that only evidence rolls a canary ba
 The controller judges a stage on every pass over data that keeps accumulating, an unknown number of
 times. A fixed-sample test at level ``alpha`` repeated on every look would roll back a canary that meets
 its limit with a probability well above ``alpha`` (every look is another chance of a false alarm). The
-accuracy, error-rate and agreement gates are therefore mixture sequential probability ratio tests
-(mSPRT, see :mod:`fleet.controller.rollout.sequential` for the derivation): for an estimate
-``θ̂ ~ N(θ, V)`` and ``H0: θ = θ0``, with a normal mixture ``N(θ0, τ²)`` over the alternatives::
+accuracy, error-rate and agreement gates are therefore one-sided mixture sequential probability ratio
+tests (mSPRT), e-processes (see :mod:`fleet.controller.rollout.sequential` for the derivation): for an
+estimate ``θ̂ ~ N(θ, V)``, ``H0: θ ≥ θ0`` against ``H1: θ < θ0`` (or mirrored), with the normal mixture
+``N(θ0, τ²)`` truncated to H1's side (a half-normal)::
 
-    Λ = sqrt(V / (V + τ²)) · exp( τ² (θ̂ - θ0)² / (2 V (V + τ²)) ),   p = min(1, 1/Λ)
+    E = 2 Φ(x) · sqrt(V / (V + τ²)) · exp(x²/2),   x = s (θ̂ - θ0) τ / sqrt(V (V + τ²))
 
-A gate FAILS when ``θ̂`` lies on the alternative's side of ``θ0`` and ``Λ ≥ 1/alpha`` (``p ≤ alpha``). By
-Ville's inequality the probability that this ever happens, at any of however many looks, is at most
-``alpha`` when H0 holds. No state is kept between looks: a failure ends the rollout.
+with ``s = -1`` when H1 is below ``θ0`` and ``+1`` when above. Under every ``θ`` of the composite H0,
+``E`` is a nonnegative supermartingale starting at 1 as the data accumulate, and it stays below 1 unless
+``θ̂`` lies on H1's side.
 
-Each stage's window is its own sequential test (the window restarts with the stage, and on resume).
-Over a rollout of ``S`` stages the caller spends ``alpha`` across them, passing ``alpha / S`` to each
-stage's gates (Bonferroni), so that the whole rollout rolls back a canary that meets a limit with
-probability at most ``alpha`` per gate and cohort.
+Each stage's window is a fresh e-process (the window restarts with the stage, and on resume), and the
+e-values of successive windows multiply: a gate FAILS when ``E_carried · E ≥ 1/alpha``, that is when
+``prior_log_e + log E ≥ log(1/alpha)``, where ``prior_log_e`` is the sum of the log e-values the earlier
+windows of the same rollout, gate and cohort ended with (the caller carries them; each result's
+``log_e`` is its window's). By Ville's inequality the probability that this ever happens, at any of
+however many looks in any stage, is at most ``alpha`` when H0 holds: the caller passes the gate's FULL
+alpha to every stage (no Bonferroni split over stages), and evidence gathered in stage 1 still counts
+in stage 3. The always-valid p-value is ``min(1, 1/(E_carried · E))``. The caller must carry each ended
+window's final value (or an e-value of it, such as ``max(E, f)/(1 + f)``), never a value it chose by
+looking; a window without data carries ``E = 1``. Nothing else is kept between looks: a failure ends
+the rollout.
 
 Each sequential gate needs ``min_samples`` observations before any verdict: below it, it is
 INCONCLUSIVE (a handful of labels neither rolls back nor passes). Above it, it PASSES unless it fails.
@@ -43,7 +51,10 @@ from the same cohort and window, and ``δ`` the tolerated drop::
 
 An arm that is all right (or all wrong) would add no variance, and with both so V would be zero; such an
 arm's variance is taken at p = (x + 1/2)/(n + 1) instead (a Haldane-style correction). The Wald
-``z = (θ̂ - θ0)/sqrt(V)`` is reported for reading, not for the decision.
+``z = (θ̂ - θ0)/sqrt(V)`` is reported for reading, not for the decision. When every device of a cohort
+runs the canary (the last stage), the stable arm is a baseline kept from an earlier window: that window's
+stable data is used twice, so the last stage's factor is an e-value given the past only approximately
+(``bench/false_rollbacks.py`` simulates this, and the rollout's false rollbacks stay under alpha).
 
 Error rate and agreement
 ------------------------
@@ -73,9 +84,11 @@ both distributions sum to 1 (``Σ_k d_k = 0``, so ``TV = Σ_k max(0, d_k) = Σ_k
 
 at every look (each is at least ``½ Σ_k max(0, |d̂_k| - w_k)``; a class never seen contributes nothing
 and is not counted in ``K``). The gate FAILS when ``TV_low > max_distance``: a canary whose true distance
-is at most ``max_distance`` is failed at some look with probability at most ``alpha``. A handful of rows
-gives wide intervals and cannot fail it; a trivial shift on millions of rows has ``TV ≤ max_distance``
-and cannot either. ``measured`` is the point estimate of ``TV``; the reason gives ``TV_low`` too.
+is at most ``max_distance`` is failed at some look with probability at most ``alpha``. Unlike the
+e-values above, the bound is recomputed from each stage window's data and does not carry over from one
+window to the next: the gate takes whatever alpha it is given, and the caller gives it
+``alpha / stages`` (Bonferroni over the stages). A handful of rows gives wide intervals and cannot fail
+it; a trivial shift on millions of rows has ``TV ≤ max_distance`` and cannot either. ``measured`` is the point estimate of ``TV``; the reason gives ``TV_low`` too.
 
 ``τ`` (``mixture_sd``, default 0.05) sets the sample size at which the intervals are narrowest; it does
 not affect validity. ``w_k`` is within a few percent of its smallest for ``τ²`` between about 5 and 30
@@ -108,7 +121,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet.controller.rollout.phase import Verdict
 from fleet.controller.rollout.sequential import (
     SequentialTest,
+    always_valid_p,
     confidence_radius,
+    log_e_value,
     one_sided_test,
     total_variation,
 )
@@ -147,6 +162,12 @@ class GateResult(BaseModel):
     samples: int = Field(ge=0, description="observations behind ``measured``")
     reason: str
     p_value: float | None = None
+    log_e: float | None = Field(
+        None,
+        description="log e-value of this stage window's sequential test, the value to carry into "
+        "the next window of the same gate and cohort; None when it has none (no samples, or a gate "
+        "that is not an e-process)",
+    )
 
 
 class AccuracyTest(BaseModel):
@@ -167,10 +188,22 @@ class AccuracyTest(BaseModel):
     z: float | None = Field(
         description="Wald z, for reading; None when inconclusive for lack of samples"
     )
-    p_value: float | None = Field(description="always-valid p-value min(1, 1/Λ); 1 when not worse")
+    p_value: float | None = Field(
+        description="always-valid p-value min(1, 1/(E_carried · E)); None when inconclusive"
+    )
     reason: str
-    log_ratio: float | None = Field(None, description="log Λ of the mSPRT; None when not tested")
+    log_ratio: float | None = Field(
+        None, description="log Λ of the two-sided mSPRT, for reading; None when not tested"
+    )
     mixture_sd: float = Field(0.05, gt=0, description="τ, the mSPRT's mixing standard deviation")
+    log_e: float | None = Field(
+        None,
+        description="log E of this window's one-sided e-process, also below min_samples; None "
+        "when an arm has no labelled predictions",
+    )
+    prior_log_e: float = Field(
+        0.0, description="the summed final log e-values of the earlier windows, as carried in"
+    )
 
     @property
     def difference(self) -> float | None:
@@ -196,11 +229,27 @@ def _check_level(alpha: float, mixture_sd: float) -> None:
         raise ValueError(f"mixture_sd: {mixture_sd} must be positive")
 
 
-def _ratio_text(test: SequentialTest) -> str:
-    """``Λ`` for a reason, without overflowing on a very large one."""
-    if test.log_ratio < 700:
-        return f"{math.exp(test.log_ratio):.3g}"
-    return f"e^{test.log_ratio:.0f}"
+def _exp_text(log_value: float) -> str:
+    """``exp(log_value)`` for a reason, without overflowing on a very large one."""
+    if -700 < log_value < 700:
+        return f"{math.exp(log_value):.3g}"
+    return f"e^{log_value:.0f}"
+
+
+def _evidence_text(test: SequentialTest, tau: float) -> str:
+    """This window's e-value, what was carried into it when anything was, and the p-value."""
+    evidence = f"e={_exp_text(test.log_e)}"
+    if test.prior_log_e != 0:
+        evidence += (
+            f" · {_exp_text(test.prior_log_e)} carried from earlier stages "
+            f"= {_exp_text(test.log_e + test.prior_log_e)}"
+        )
+    return f"one-sided mSPRT {evidence} (τ={tau:g}), p={test.p_value:.3g}"
+
+
+def _check_prior(prior_log_e: float) -> None:
+    if math.isnan(prior_log_e) or prior_log_e == math.inf:
+        raise ValueError(f"prior_log_e: {prior_log_e} must be a number below infinity")
 
 
 def accuracy_test(
@@ -213,11 +262,18 @@ def accuracy_test(
     alpha: float,
     min_samples: int,
     mixture_sd: float = 0.05,
+    prior_log_e: float = 0.0,
 ) -> AccuracyTest:
-    """Is the canary worse than stable by more than ``delta``? A one-sided mSPRT; see the module docstring."""
+    """Is the canary worse than stable by more than ``delta``? A one-sided mSPRT; see the module docstring.
+
+    ``prior_log_e`` is the sum of the log e-values (``log_e``) the earlier stage windows of the same
+    rollout and cohort ended with: each window's FINAL value, not one chosen by looking. With it,
+    ``alpha`` is the rollout's, not a stage's share.
+    """
     _check_counts(canary_correct, canary_total, "canary")
     _check_counts(stable_correct, stable_total, "stable")
     _check_level(alpha, mixture_sd)
+    _check_prior(prior_log_e)
     acc_c = canary_correct / canary_total if canary_total else None
     acc_s = stable_correct / stable_total if stable_total else None
     counts = dict(
@@ -231,6 +287,12 @@ def accuracy_test(
         alpha=alpha,
         min_samples=min_samples,
         mixture_sd=mixture_sd,
+        prior_log_e=prior_log_e,
+    )
+    variance = (
+        _variance(canary_correct, canary_total) + _variance(stable_correct, stable_total)
+        if canary_total and stable_total
+        else None
     )
     short = [
         f"{arm} has {n} labelled predictions (need {min_samples})"
@@ -238,11 +300,19 @@ def accuracy_test(
         if n < min_samples or n == 0
     ]
     if short:
+        log_e = None
+        if variance is not None and acc_c is not None and acc_s is not None:
+            # the window's e-process has a value to carry even before it may give a verdict
+            log_e = log_e_value(acc_c - acc_s, -delta, variance, mixture_sd, "less")
         return AccuracyTest(
-            verdict=Verdict.INCONCLUSIVE, z=None, p_value=None, reason="; ".join(short), **counts
+            verdict=Verdict.INCONCLUSIVE,
+            z=None,
+            p_value=None,
+            reason="; ".join(short),
+            log_e=log_e,
+            **counts,
         )
-    assert acc_c is not None and acc_s is not None
-    variance = _variance(canary_correct, canary_total) + _variance(stable_correct, stable_total)
+    assert acc_c is not None and acc_s is not None and variance is not None
     test = one_sided_test(
         estimate=acc_c - acc_s,
         null=-delta,
@@ -250,12 +320,13 @@ def accuracy_test(
         tau=mixture_sd,
         alpha=alpha,
         alternative="less",
+        prior_log_e=prior_log_e,
     )
     z = (acc_c - acc_s + delta) / math.sqrt(variance)
     summary = (
         f"canary {acc_c:.2%} ({canary_correct}/{canary_total}) vs stable {acc_s:.2%} "
         f"({stable_correct}/{stable_total}), δ={delta:g}: z={z:.2f}, "
-        f"mSPRT Λ={_ratio_text(test)} (τ={mixture_sd:g}), p={test.p_value:.3g}"
+        f"{_evidence_text(test, mixture_sd)}"
     )
     if test.reject:
         reason = f"{summary} ≤ alpha={alpha:g}: canary worse than stable by more than δ"
@@ -266,6 +337,7 @@ def accuracy_test(
         z=z,
         p_value=test.p_value,
         log_ratio=test.log_ratio,
+        log_e=test.log_e,
         reason=reason,
         **counts,
     )
@@ -288,6 +360,7 @@ def accuracy_gate(test: AccuracyTest, cohort: str) -> GateResult:
         samples=min(test.canary_total, test.stable_total),
         reason=test.reason,
         p_value=test.p_value,
+        log_e=test.log_e,
     )
 
 
@@ -427,24 +500,33 @@ def latency_gate(
     )
 
 
-def _exceeds(count: int, n: int, bound: float, *, alpha: float, tau: float) -> SequentialTest:
+def _exceeds(
+    count: int, n: int, bound: float, *, alpha: float, tau: float, prior_log_e: float
+) -> SequentialTest:
     """``H0: rate ≤ bound`` against ``rate > bound`` at any number of looks; ``n`` must be positive.
 
-    The variance is the null boundary's, ``bound(1 - bound)/n``. At ``bound = 0`` one event refutes H0
-    outright (p = 0), and a rate at or under the bound never rejects (p = 1).
+    The variance is the null boundary's, ``bound(1 - bound)/n`` (a rate under a bound of at most ½ has
+    less, so there this errs on the safe side). At ``bound = 0`` one event refutes H0 outright (``E = ∞``, p = 0) and
+    none is no evidence either way (``E = 1``); at ``bound = 1`` nothing can exceed it (``E = 1``).
     """
-    rate = count / n
-    if rate <= bound:
-        return SequentialTest(log_ratio=0.0, p_value=1.0, reject=False)
-    if bound == 0:
-        return SequentialTest(log_ratio=math.inf, p_value=0.0, reject=True)
-    return one_sided_test(
-        estimate=rate,
-        null=bound,
-        variance=bound * (1 - bound) / n,
-        tau=tau,
-        alpha=alpha,
-        alternative="greater",
+    if 0 < bound < 1:
+        return one_sided_test(
+            estimate=count / n,
+            null=bound,
+            variance=bound * (1 - bound) / n,
+            tau=tau,
+            alpha=alpha,
+            alternative="greater",
+            prior_log_e=prior_log_e,
+        )
+    log_e = math.inf if bound == 0 and count > 0 else 0.0
+    total = prior_log_e + log_e
+    return SequentialTest(
+        log_ratio=log_e,
+        p_value=always_valid_p(total),
+        reject=total >= -math.log(alpha),
+        log_e=log_e,
+        prior_log_e=prior_log_e,
     )
 
 
@@ -465,8 +547,13 @@ def _rate_gate(
     min_samples: int,
     cohort: str,
     mixture_sd: float,
+    prior_log_e: float,
 ) -> GateResult:
-    """``count / n`` against ``bound`` by :func:`_exceeds`; INCONCLUSIVE below ``min_samples``."""
+    """``count / n`` against ``bound`` by :func:`_exceeds`; INCONCLUSIVE below ``min_samples``.
+
+    Below ``min_samples`` (but with some data) the window's ``log_e`` is still given, for the caller
+    to carry when the window ends there.
+    """
     if n < min_samples or n == 0:
         return GateResult(
             gate=gate,
@@ -476,21 +563,29 @@ def _rate_gate(
             threshold=bound,
             samples=n,
             reason=f"{n} {unit} on {cohort} (need {min_samples})",
+            log_e=(
+                _exceeds(count, n, bound, alpha=alpha, tau=mixture_sd, prior_log_e=0.0).log_e
+                if n
+                else None
+            ),
         )
     rate = count / n
-    test = _exceeds(count, n, bound, alpha=alpha, tau=mixture_sd)
+    test = _exceeds(count, n, bound, alpha=alpha, tau=mixture_sd, prior_log_e=prior_log_e)
     observed = f"{what} rate {rate:.2%} ({count}/{n})"
-    if rate <= bound:
-        reason = f"{observed} ≤ {bound:.2%} on {cohort}"
-    elif bound == 0:
+    evidence = _evidence_text(test, mixture_sd)
+    if bound == 0 and count > 0:
         reason = f"{observed} > 0 on {cohort}: none is allowed"
+    elif rate <= bound:
+        reason = f"{observed} ≤ {bound:.2%} on {cohort}"
+        if test.reject:  # only with a carried value that had crossed the threshold already
+            reason += f", but {evidence} ≤ alpha={alpha:g}"
+        elif prior_log_e != 0:
+            reason += f" ({evidence})"
+    elif test.reject:
+        reason = f"{observed} > {bound:.2%} on {cohort}: {evidence} ≤ alpha={alpha:g}"
     else:
-        evidence = f"mSPRT Λ={_ratio_text(test)} (τ={mixture_sd:g}), p={test.p_value:.3g}"
         reason = (
-            f"{observed} > {bound:.2%} on {cohort}: {evidence} ≤ alpha={alpha:g}"
-            if test.reject
-            else f"{observed} > {bound:.2%} on {cohort}, not significantly: "
-            f"{evidence} > alpha={alpha:g}"
+            f"{observed} > {bound:.2%} on {cohort}, not significantly: {evidence} > alpha={alpha:g}"
         )
     return GateResult(
         gate=gate,
@@ -501,6 +596,7 @@ def _rate_gate(
         samples=n,
         reason=reason,
         p_value=test.p_value,
+        log_e=test.log_e,
     )
 
 
@@ -513,16 +609,19 @@ def error_rate_gate(
     cohort: str,
     alpha: float = 0.05,
     mixture_sd: float = 0.01,
+    prior_log_e: float = 0.0,
 ) -> GateResult:
     """Failed inferences over inferences against ``max_rate``: FAIL on sequential evidence it is above.
 
-    A one-sided mSPRT of ``H0: rate ≤ max_rate`` (see the module docstring); INCONCLUSIVE below
-    ``min_samples`` inferences, PASS otherwise unless it fails.
+    A one-sided mSPRT of ``H0: rate ≤ max_rate`` (see the module docstring), with the log e-values
+    carried from the earlier windows of the same rollout and cohort (``prior_log_e``, each window's
+    final value); INCONCLUSIVE below ``min_samples`` inferences, PASS otherwise unless it fails.
     """
     if errors < 0 or inferences < 0 or errors > inferences:
         raise ValueError(f"errors ({errors}) must be within 0..inferences ({inferences})")
     _check_bound("max_rate", max_rate)
     _check_level(alpha, mixture_sd)
+    _check_prior(prior_log_e)
     return _rate_gate(
         gate=Gate.ERROR_RATE,
         what="error",
@@ -534,6 +633,7 @@ def error_rate_gate(
         min_samples=min_samples,
         cohort=cohort,
         mixture_sd=mixture_sd,
+        prior_log_e=prior_log_e,
     )
 
 
@@ -546,17 +646,20 @@ def agreement_gate(
     min_samples: int,
     cohort: str,
     mixture_sd: float = 0.05,
+    prior_log_e: float = 0.0,
 ) -> GateResult:
     """Paired shadow comparisons: FAIL on sequential evidence that disagreement exceeds the bound.
 
     The canary and the stable model run on the same inputs on a device; a comparison disagrees when
     their top classes differ (or, for a regressor, their outputs differ by more than a tolerance). A
-    one-sided mSPRT of ``H0: disagreement ≤ max_disagreement``, as for the error rate.
+    one-sided mSPRT of ``H0: disagreement ≤ max_disagreement``, as for the error rate, with the log
+    e-values carried from the earlier windows (``prior_log_e``).
     """
     if compared < 0 or disagreed < 0 or disagreed > compared:
         raise ValueError(f"disagreed ({disagreed}) must be within 0..compared ({compared})")
     _check_bound("max_disagreement", max_disagreement)
     _check_level(alpha, mixture_sd)
+    _check_prior(prior_log_e)
     return _rate_gate(
         gate=Gate.AGREEMENT,
         what="disagreement",
@@ -568,6 +671,7 @@ def agreement_gate(
         min_samples=min_samples,
         cohort=cohort,
         mixture_sd=mixture_sd,
+        prior_log_e=prior_log_e,
     )
 
 
@@ -622,7 +726,8 @@ def prediction_shift_gate(
     :func:`total_variation_lower_bound` at ``alpha`` with ``τ = mixture_sd``, exceeds ``max_distance``
     (valid however often it is looked at, see the module docstring); PASS when each arm has
     ``min_samples`` predictions and it does not fail; INCONCLUSIVE otherwise. ``measured`` is the point
-    estimate of the distance.
+    estimate of the distance. The bound does not carry from one stage window to the next (there is no
+    ``log_e``), so the caller passes ``alpha / stages`` here, not the rollout's alpha.
     """
     _, canary, stable = _aligned(canary_counts, stable_counts)
     _check_bound("max_distance", max_distance)
