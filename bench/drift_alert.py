@@ -36,7 +36,6 @@ from _common import machine_info, write_report
 from rich.console import Console
 from rich.table import Table
 
-from fleet.agent.telemetry import LatencyHistogram
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.observe import loop as observe
 from fleet.controller.observe.playbooks import actions as playbook_actions
@@ -45,6 +44,7 @@ from fleet.controller.storage import db, store
 from fleet.controller.storage.db import DeviceRow
 from fleet.controller.storage.observe_tables import AlertRow
 from fleet.shared.drift import DetectorPolicy, DeviceDetector, build_reference
+from fleet.shared.latency import LatencyRecorder
 from fleet.shared.protocol import EnrolmentTokenRequest, EnrolRequest, TelemetryReport
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -71,7 +71,7 @@ class Device:
     def report(self, t: float, rows: int, shift: float, interval: float) -> TelemetryReport:
         x = self.rng.normal(0, 1, size=(rows, FEATURES)) + shift
         self.detector.observe_inputs(x)
-        hist = LatencyHistogram()
+        hist = LatencyRecorder()
         for ms in self.rng.lognormal(np.log(3.0), 0.25, size=rows):
             hist.observe(float(ms))
         self.seq += 1

@@ -188,8 +188,7 @@ async def enrol_all(base: str, token: str, n: int, prefix: str) -> dict[str, str
 
 def latency_counts() -> dict[str, list[float] | list[int]]:
     sys.path.insert(0, str(REPO))
-    from fleet.controller.rollout.stats import LatencyHistogram
-    from fleet.shared.protocol import LATENCY_BOUNDS_MS
+    from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram
 
     hist = LatencyHistogram.of([1.0] * 100, LATENCY_BOUNDS_MS)
     return {"bounds_ms": list(hist.bounds_ms), "counts": list(hist.counts)}

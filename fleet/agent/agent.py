@@ -70,7 +70,8 @@ from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import RESERVED_KEYS, FeedbackPair, TelemetryBuffer
 from fleet.shared.backoff import backoff_delay
-from fleet.shared.drift import DeviceDetector, DriftReference, histogram_p95, local_action
+from fleet.shared.drift import DeviceDetector, DriftReference, local_action
+from fleet.shared.latency import LatencyHistogram, p95_ms
 from fleet.shared.modelspec import ModelSpec
 from fleet.shared.protocol import (
     MAX_FIELD_SAMPLES_PER_BATCH,
@@ -370,7 +371,7 @@ class Agent:
         detector.observe_window(
             inferences=report["inferences"],
             errors=report["errors"],
-            p95_ms=histogram_p95(latency["bounds_ms"], latency["counts"]),
+            p95_ms=p95_ms(LatencyHistogram.model_validate(latency)),
             window_s=report["window_end"] - report["window_start"],
         )
         events = detector.take_events()

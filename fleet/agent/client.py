@@ -46,7 +46,7 @@ from fleet.agent.errors import (
 )
 from fleet.shared.net import is_loopback
 from fleet.shared.protocol import (
-    API_PREFIX,
+    ENROL_PATH,
     LONG_POLL_MAX_S,
     Artifact,
     DesiredState,
@@ -56,27 +56,17 @@ from fleet.shared.protocol import (
     FieldSampleBatch,
     TelemetryAck,
     TelemetryBatch,
+    desired_path,
+    field_samples_path,
+    telemetry_path,
 )
 
 log = logging.getLogger(__name__)
 
-ENROL_PATH = f"{API_PREFIX}/enrol"
 LONG_POLL_MARGIN_S = 10.0
 """Added to the long-poll wait for the read timeout: the controller answers at ``wait`` at the latest."""
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def desired_path(device_id: str) -> str:
-    return f"{API_PREFIX}/devices/{device_id}/desired"
-
-
-def telemetry_path(device_id: str) -> str:
-    return f"{API_PREFIX}/devices/{device_id}/telemetry"
-
-
-def field_samples_path(device_id: str) -> str:
-    return f"{API_PREFIX}/devices/{device_id}/field-samples"
 
 
 def bearer(credential: str) -> dict[str, str]:
@@ -298,12 +288,8 @@ def _raise_for_status(response: httpx.Response, what: str) -> None:
 
 
 __all__ = [
-    "ENROL_PATH",
     "ControllerCallFailed",
     "ControllerClient",
     "bearer",
     "check_transport",
-    "desired_path",
-    "field_samples_path",
-    "telemetry_path",
 ]

@@ -25,7 +25,6 @@ never reused, even across restarts, which makes sending idempotent per (device, 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import sqlite3
@@ -41,7 +40,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from fleet.agent.errors import ReportTooLarge, TelemetryError
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyRecorder
 from fleet.shared.shadow import ShadowTally
 
 RESERVED_KEYS = ("seq", "dropped_total", "buffer_id")
@@ -51,30 +50,6 @@ K = TypeVar("K", bound=Hashable)
 
 
 # --- aggregation ---------------------------------------------------------------------------------
-
-
-class LatencyHistogram:
-    """Counts per fixed bucket: ``counts[i]`` holds values ``<= bounds[i]`` (and above the bound
-    before), the last count holds values above every bound. Fixed bounds let the controller add
-    histograms from many devices and windows, and read a p95 off the sum."""
-
-    def __init__(self, bounds_ms: Iterable[float] = LATENCY_BOUNDS_MS) -> None:
-        self.bounds_ms = tuple(float(b) for b in bounds_ms)
-        if not self.bounds_ms or any(
-            a >= b for a, b in zip(self.bounds_ms, self.bounds_ms[1:], strict=False)
-        ):
-            raise ValueError(f"bucket bounds must be non-empty and increasing: {self.bounds_ms}")
-        self.counts = [0] * (len(self.bounds_ms) + 1)
-
-    def observe(self, value_ms: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds_ms, value_ms)] += 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bounds_ms": list(self.bounds_ms), "counts": list(self.counts)}
 
 
 class InputStats:
@@ -242,7 +217,7 @@ class TelemetryWindow:
         self.inferences = 0
         self.errors = 0
         self.rows = 0
-        self.latency = LatencyHistogram(self._bounds_ms)
+        self.latency = LatencyRecorder(self._bounds_ms)
         self.inputs = InputStats(self._max_features)
         self.feedback: deque[FeedbackPair] = deque(maxlen=self._max_feedback)
         self.feedback_dropped = 0

@@ -400,18 +400,3 @@ class DeviceDetector:
 def local_action(events: Sequence[DriftFinding]) -> LocalAction:
     """``fallback`` when any event calls for it, else ``none``."""
     return "fallback" if any(e.action == "fallback" for e in events) else "none"
-
-
-def histogram_p95(bounds_ms: Sequence[float], counts: Sequence[int]) -> float | None:
-    """The upper bound of the bucket holding the 95th percentile (the overflow bucket reads as twice
-    the last bound); None for an empty histogram."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    target = 0.95 * total
-    running = 0
-    for i, c in enumerate(counts):
-        running += c
-        if running >= target:
-            return float(bounds_ms[i]) if i < len(bounds_ms) else 2.0 * float(bounds_ms[-1])
-    return 2.0 * float(bounds_ms[-1])

@@ -13,7 +13,11 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleet.shared.latency import LatencyHistogram
+
 API_PREFIX = "/v1"
+ENROL_PATH = f"{API_PREFIX}/enrol"
+ENROLMENT_TOKENS_PATH = f"{API_PREFIX}/enrolment-tokens"
 LONG_POLL_MAX_S = 30.0
 MAX_REPORTS_PER_BATCH = 500
 MAX_FIELD_SAMPLES_PER_BATCH = 1000
@@ -25,12 +29,24 @@ MAX_FIELD_BATCH_VALUES = 1_048_576
 bounded by its size, not only by its number of samples (:func:`values_prefix`)."""
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
-LATENCY_BOUNDS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
-"""Upper bounds (inclusive) of the latency buckets; one more bucket counts everything above 1 s."""
-
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def desired_path(device_id: str) -> str:
+    """Where a device long-polls its :class:`DesiredState`."""
+    return f"{API_PREFIX}/devices/{device_id}/desired"
+
+
+def telemetry_path(device_id: str) -> str:
+    """Where a device posts its :class:`TelemetryBatch`."""
+    return f"{API_PREFIX}/devices/{device_id}/telemetry"
+
+
+def field_samples_path(device_id: str) -> str:
+    """Where a device posts its :class:`FieldSampleBatch`."""
+    return f"{API_PREFIX}/devices/{device_id}/field-samples"
 
 
 # --- enrolment -------------------------------------------------------------------------------
@@ -112,21 +128,6 @@ class DesiredState(_Wire):
 
 
 # --- telemetry -------------------------------------------------------------------------------
-
-
-class LatencyCounts(_Wire):
-    bounds_ms: tuple[float, ...] = Field(min_length=1, max_length=64)
-    counts: tuple[int, ...] = Field(min_length=2, max_length=65)
-
-    @model_validator(mode="after")
-    def _shape(self) -> LatencyCounts:
-        if len(self.counts) != len(self.bounds_ms) + 1:
-            raise ValueError("counts needs one entry per bound plus the overflow bucket")
-        if any(c < 0 for c in self.counts) or any(b <= 0 for b in self.bounds_ms):
-            raise ValueError("bounds must be positive and counts non-negative")
-        if list(self.bounds_ms) != sorted(set(self.bounds_ms)):
-            raise ValueError("bounds must increase strictly")
-        return self
 
 
 class Feedback(_Wire):
@@ -213,7 +214,7 @@ class TelemetryReport(_Wire):
     rows: int | None = Field(
         None, ge=0, le=1_000_000_000, description="rows scored (a call may score several)"
     )
-    latency_ms: LatencyCounts
+    latency_ms: LatencyHistogram
     feedback: list[Feedback] = Field(default_factory=list, max_length=10_000)
     dropped_total: int = Field(0, ge=0)
     input_stats: dict[str, object] = Field(default_factory=dict)

@@ -53,6 +53,8 @@ from fleet.agent.telemetry import FeedbackPair, TelemetryWindow
 from fleet.shared.drift import DetectorPolicy, DeviceDetector, DriftReference
 from fleet.shared.modelspec import Task
 from fleet.shared.protocol import (
+    ENROL_PATH,
+    ENROLMENT_TOKENS_PATH,
     LONG_POLL_MAX_S,
     MAX_FIELD_SAMPLES_PER_BATCH,
     MAX_REPORTS_PER_BATCH,
@@ -61,6 +63,9 @@ from fleet.shared.protocol import (
     EnrolResponse,
     ShadowPlan,
     TelemetryAck,
+    desired_path,
+    field_samples_path,
+    telemetry_path,
     values_prefix,
 )
 from fleet.shared.shadow import ShadowBudget, sample_rows
@@ -196,7 +201,7 @@ class _Device:
                 continue
             body = {"token": self.sim.token, "device_id": self.id, "hardware_class": self.cls}
             try:
-                async with self.sim.http.post(f"{self.sim.base}/v1/enrol", json=body) as r:
+                async with self.sim.http.post(f"{self.sim.base}{ENROL_PATH}", json=body) as r:
                     text = await r.text()
                     if r.status != 200:
                         raise RuntimeError(f"enrol {self.id}: {r.status} {text}")
@@ -226,7 +231,7 @@ class _Device:
             params: dict[str, str] = {"wait": f"{max(wait, 0.0):.3f}"}
             if self.revision is not None:
                 params["revision"] = str(self.revision)
-            url = f"{self.sim.base}/v1/devices/{self.id}/desired"
+            url = f"{self.sim.base}{desired_path(self.id)}"
             try:
                 async with self.sim.http.get(url, params=params, headers=self.auth) as r:
                     text = await r.text()
@@ -421,7 +426,7 @@ class _Device:
         self.result.reports_pending = len(self.disk.outbox)
 
     async def send(self) -> None:
-        url = f"{self.sim.base}/v1/devices/{self.id}/telemetry"
+        url = f"{self.sim.base}{telemetry_path(self.id)}"
         while self.disk.outbox and not self.offline():
             batch = self.disk.outbox[:MAX_REPORTS_PER_BATCH]
             try:
@@ -442,7 +447,7 @@ class _Device:
         await self.send_field_samples()
 
     async def send_field_samples(self) -> None:
-        url = f"{self.sim.base}/v1/devices/{self.id}/field-samples"
+        url = f"{self.sim.base}{field_samples_path(self.id)}"
         while self.disk.field_outbox and not self.offline():
             batch = self.disk.field_outbox[:MAX_FIELD_SAMPLES_PER_BATCH]
             batch = batch[: values_prefix([len(sample["features"]) for sample in batch])]
@@ -605,7 +610,7 @@ class Simulation:
         headers = {"Authorization": f"Bearer {self.admin_token}"}
         body = {"uses": max(1, len(self.devices))}
         async with self.http.post(
-            f"{self.base}/v1/enrolment-tokens", json=body, headers=headers
+            f"{self.base}{ENROLMENT_TOKENS_PATH}", json=body, headers=headers
         ) as r:
             text = await r.text()
             if r.status != 200:

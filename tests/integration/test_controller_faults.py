@@ -48,9 +48,9 @@ from fleet.agent.store import ModelStore
 from fleet.agent.telemetry import TelemetryBuffer
 from fleet.controller.api.serve import check_serving
 from fleet.controller.errors import ControllerError as ServingRefused
-from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.shared.protocol import LATENCY_BOUNDS_MS, Artifact, TelemetryBatch
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram
+from fleet.shared.protocol import Artifact, TelemetryBatch
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,9 @@ from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller
 
 from fleet.controller.api.app import create_app
 from fleet.controller.reconcile import reconcile_once
-from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
 from fleet.controller.storage import store
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram
 
 pytestmark = pytest.mark.integration
 

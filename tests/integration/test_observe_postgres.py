@@ -10,9 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleet.controller.api.app import create_app
-from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_builders import register, target_all
 from servers import ADMIN, uvicorn_controller, write_public_key
 
-from fleet.controller.rollout.stats import LatencyHistogram, merge_histograms, quantile_ms
+from fleet.shared.latency import LatencyHistogram, merge_histograms, quantile_ms
 from fleet.simulate import FaultPlan, FaultWindow, Simulation
 
 pytestmark = pytest.mark.integration

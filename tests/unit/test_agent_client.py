@@ -21,7 +21,8 @@ from fleet.agent.errors import (
     Unauthorized,
 )
 from fleet.agent.fake_controller import FakeController
-from fleet.shared.protocol import Artifact, LatencyCounts, TelemetryBatch, TelemetryReport
+from fleet.shared.latency import LatencyHistogram
+from fleet.shared.protocol import Artifact, TelemetryBatch, TelemetryReport
 
 URL = "http://127.0.0.1:8700"
 DATA = bytes(range(256)) * 40  # 10 240 bytes
@@ -58,7 +59,7 @@ def report(seq: int) -> TelemetryReport:
         window_end=1,
         inferences=1,
         errors=0,
-        latency_ms=LatencyCounts(bounds_ms=(1.0,), counts=(1, 0)),
+        latency_ms=LatencyHistogram(bounds_ms=(1.0,), counts=(1, 0)),
     )
 
 

@@ -23,10 +23,10 @@ from fleet.shared.drift import (
     DriftReference,
     build_reference,
     chance_psi,
-    histogram_p95,
     local_action,
     psi,
 )
+from fleet.shared.latency import LatencyHistogram, p95_ms, quantile_ms
 
 __all__ = ["key", "on_v1"]  # fixtures of test_agent_loop, used here
 
@@ -142,10 +142,15 @@ def test_error_burst_calls_for_a_local_fallback_by_policy() -> None:
     assert events[0].to_dict()["action"] == "fallback"
 
 
-def test_histogram_p95() -> None:
-    assert histogram_p95((1, 2, 4), (0, 0, 0, 0)) is None
-    assert histogram_p95((1, 2, 4), (90, 5, 5, 0)) == 2.0
-    assert histogram_p95((1, 2, 4), (0, 0, 0, 10)) == 8.0
+def test_the_device_reads_its_p95_as_the_gate_does() -> None:
+    def p95(counts: tuple[int, ...]) -> float | None:
+        return p95_ms(LatencyHistogram(bounds_ms=(1, 2, 4), counts=counts))
+
+    assert p95((0, 0, 0, 0)) is None
+    assert p95((90, 5, 5, 0)) == 1.0 + (95 - 90) / 5  # interpolated inside (1, 2]
+    assert p95((0, 0, 0, 10)) == 4.0  # the overflow bucket reads as the last bound
+    h = LatencyHistogram(bounds_ms=(1, 2, 4), counts=(50, 30, 20, 0))
+    assert p95_ms(h) == quantile_ms(h, 0.95)[0]  # type: ignore[index]
 
 
 # --- in the agent ------------------------------------------------------------------------------

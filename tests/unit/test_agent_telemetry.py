@@ -16,11 +16,10 @@ from fleet.agent.errors import ReportTooLarge, TelemetryError
 from fleet.agent.telemetry import (
     AwaitingLabels,
     FeedbackPair,
-    LatencyHistogram,
     TelemetryBuffer,
     TelemetryWindow,
 )
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram, LatencyRecorder
 
 
 def new_buffer(path: Path, max_reports: int = 100, max_bytes: int = 1 << 20) -> TelemetryBuffer:
@@ -197,7 +196,7 @@ def test_every_appended_report_is_acked_pending_or_counted_dropped(
 
 
 def test_histogram_bucket_edges() -> None:
-    histogram = LatencyHistogram()
+    histogram = LatencyRecorder()
     assert len(histogram.counts) == len(LATENCY_BOUNDS_MS) + 1 == 13
     for value in (0.0, 0.1, 0.1000001, 1.0, 1000.0, 1000.5, 1e9):
         histogram.observe(value)
@@ -209,8 +208,11 @@ def test_histogram_bucket_edges() -> None:
     assert counts[-1] == 2  # above every bound
     assert histogram.total == 7
     assert histogram.to_dict()["bounds_ms"] == list(LATENCY_BOUNDS_MS)
+    assert histogram.snapshot() == LatencyHistogram.of(
+        [0.0, 0.1, 0.1000001, 1.0, 1000.0, 1000.5, 1e9]
+    )  # the recorder and the controller's histogram bucket alike
     with pytest.raises(ValueError, match="increasing"):
-        LatencyHistogram([1, 1, 2])
+        LatencyRecorder([1, 1, 2])
 
 
 def test_window_flush_reports_then_resets() -> None:

@@ -10,9 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from fleet.controller.api.app import create_app
-from fleet.controller.rollout.stats import LatencyHistogram
 from fleet.controller.settings import FleetSettings
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ADMIN = "admin-secret-token"

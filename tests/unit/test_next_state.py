@@ -38,7 +38,8 @@ from fleet.controller.rollout.observations import (
 )
 from fleet.controller.rollout.phase import RolloutPhase, Verdict
 from fleet.controller.rollout.policy import RolloutPolicy, load_policy
-from fleet.controller.rollout.stats import Gate, LatencyHistogram
+from fleet.controller.rollout.stats import Gate
+from fleet.shared.latency import LatencyHistogram
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 STABLE, CANARY = "3", "4"

@@ -17,18 +17,15 @@ from fleet.controller.rollout.sequential import confidence_radius, total_variati
 from fleet.controller.rollout.stats import (
     Gate,
     GateResult,
-    LatencyHistogram,
     accuracy_gate,
     accuracy_test,
     agreement_gate,
     error_rate_gate,
     latency_gate,
-    merge_histograms,
     prediction_shift_gate,
-    quantile_ms,
     total_variation_lower_bound,
 )
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram, merge_histograms, quantile_ms
 
 
 def acc(
@@ -250,9 +247,9 @@ def test_counts_must_add_up() -> None:
 
 
 def test_default_bounds_are_the_agents() -> None:
-    from fleet.agent.telemetry import LatencyHistogram as AgentHistogram
+    from fleet.agent.telemetry import TelemetryWindow
 
-    assert AgentHistogram().bounds_ms == LatencyHistogram.model_fields["bounds_ms"].default
+    assert TelemetryWindow().latency.bounds_ms == LatencyHistogram.model_fields["bounds_ms"].default
     assert LatencyHistogram.model_fields["bounds_ms"].default == LATENCY_BOUNDS_MS
 
 

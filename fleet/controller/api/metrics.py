@@ -42,7 +42,7 @@ from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.storage import overview, store
 from fleet.controller.storage.db import Session, SessionFactory
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HISTOGRAM_START_S = 300.0

@@ -21,13 +21,9 @@ from fleet.controller.dashboard import charts
 from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.evaluate import StageCheck
 from fleet.controller.rollout.phase import RolloutPhase
-from fleet.controller.rollout.stats import (
-    GateResult,
-    LatencyHistogram,
-    merge_histograms,
-    quantile_ms,
-)
+from fleet.controller.rollout.stats import GateResult
 from fleet.controller.storage import overview
+from fleet.shared.latency import LatencyHistogram, merge_histograms, quantile_ms
 
 CHART_BUCKETS = 20
 REFRESH_S = 30

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet.controller.rollout.stats import LatencyHistogram, quantile_ms
 from fleet.controller.storage import events, series, store
 from fleet.controller.storage.db import DeviceRow, Session
 from fleet.controller.storage.series import ALL, Scope
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram, quantile_ms
 
 METRICS = (
     "latency_p50_ms",

@@ -60,9 +60,9 @@ from fleet.controller.rollout.stats import (
     agreement_gate,
     error_rate_gate,
     latency_gate,
-    merge_histograms,
     prediction_shift_gate,
 )
+from fleet.shared.latency import merge_histograms
 
 NAMES_IN_REASON = 20
 """At most this many device ids are spelled out in a reason; the full list is kept in the status."""

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from fleet.controller.rollout.stats import LatencyHistogram
+from fleet.shared.latency import LatencyHistogram
 
 
 class ShadowSums(BaseModel):

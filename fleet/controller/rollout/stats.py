@@ -113,10 +113,10 @@ bound is already over budget, inconclusive otherwise. It is a budget check, not 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.controller.rollout.phase import Verdict
 from fleet.controller.rollout.sequential import (
@@ -129,7 +129,7 @@ from fleet.controller.rollout.sequential import (
 )
 
 # Upper bounds (ms, inclusive) of the latency buckets agents report: one definition, the agent's.
-from fleet.shared.protocol import LATENCY_BOUNDS_MS
+from fleet.shared.latency import LatencyHistogram, quantile_ms
 
 
 class Gate(StrEnum):
@@ -362,91 +362,6 @@ def accuracy_gate(test: AccuracyTest, cohort: str) -> GateResult:
         p_value=test.p_value,
         log_e=test.log_e,
     )
-
-
-class LatencyHistogram(BaseModel):
-    """Inference latencies counted into buckets: ``counts[i]`` ≤ ``bounds_ms[i]``, the last is overflow."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    bounds_ms: tuple[float, ...] = Field(LATENCY_BOUNDS_MS, min_length=1)
-    counts: tuple[int, ...]
-
-    @model_validator(mode="after")
-    def _shape(self) -> LatencyHistogram:
-        if any(b <= a for a, b in zip(self.bounds_ms, self.bounds_ms[1:], strict=False)):
-            raise ValueError("bounds_ms: bucket bounds must be strictly increasing")
-        if self.bounds_ms[0] <= 0:
-            raise ValueError("bounds_ms: bucket bounds must be positive")
-        if len(self.counts) != len(self.bounds_ms) + 1:
-            raise ValueError(
-                f"counts: {len(self.counts)} counts for {len(self.bounds_ms)} bounds "
-                f"(need one per bound plus the overflow bucket)"
-            )
-        if any(c < 0 for c in self.counts):
-            raise ValueError("counts: must not be negative")
-        return self
-
-    @classmethod
-    def empty(cls, bounds_ms: tuple[float, ...] = LATENCY_BOUNDS_MS) -> LatencyHistogram:
-        """No samples, on ``bounds_ms``."""
-        return cls(bounds_ms=bounds_ms, counts=(0,) * (len(bounds_ms) + 1))
-
-    @classmethod
-    def of(
-        cls, latencies_ms: Iterable[float], bounds_ms: tuple[float, ...] = LATENCY_BOUNDS_MS
-    ) -> LatencyHistogram:
-        """The histogram of raw latencies (for agents, simulators and tests)."""
-        counts = [0] * (len(bounds_ms) + 1)
-        for value in latencies_ms:
-            counts[next((i for i, b in enumerate(bounds_ms) if value <= b), len(bounds_ms))] += 1
-        return cls(bounds_ms=bounds_ms, counts=tuple(counts))
-
-    @property
-    def total(self) -> int:
-        """Number of latencies counted."""
-        return sum(self.counts)
-
-
-def merge_histograms(histograms: Iterable[LatencyHistogram]) -> LatencyHistogram | None:
-    """The bucket-wise sum; None for no histograms. Different bounds raise ValueError."""
-    merged: LatencyHistogram | None = None
-    for h in histograms:
-        if merged is None:
-            merged = h
-            continue
-        if h.bounds_ms != merged.bounds_ms:
-            raise ValueError(f"bounds_ms: cannot merge {h.bounds_ms} into {merged.bounds_ms}")
-        merged = LatencyHistogram(
-            bounds_ms=merged.bounds_ms,
-            counts=tuple(a + b for a, b in zip(merged.counts, h.counts, strict=True)),
-        )
-    return merged
-
-
-def quantile_ms(histogram: LatencyHistogram, q: float) -> tuple[float, bool] | None:
-    """``(estimate, overflow)`` of quantile ``q``; None when empty.
-
-    Interpolates linearly inside the bucket holding the rank (the first bucket starts at 0). When the
-    rank falls in the overflow bucket the estimate is the last bound and ``overflow`` is True: the true
-    value is somewhere above it.
-    """
-    if not 0 < q <= 1:
-        raise ValueError(f"q: {q} is not in (0, 1]")
-    total = histogram.total
-    if total == 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, count in enumerate(histogram.counts):
-        if count and seen + count >= rank:
-            if i == len(histogram.bounds_ms):
-                return histogram.bounds_ms[-1], True
-            low = histogram.bounds_ms[i - 1] if i else 0.0
-            high = histogram.bounds_ms[i]
-            return low + (high - low) * (rank - seen) / count, False
-        seen += count
-    raise AssertionError("unreachable: the counts add up to total")  # pragma: no cover
 
 
 def latency_gate(

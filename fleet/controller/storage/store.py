@@ -44,7 +44,6 @@ from fleet.controller.rollout.observations import (
 )
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.rollout.policy import ShadowPolicy
-from fleet.controller.rollout.stats import LatencyHistogram, merge_histograms
 from fleet.controller.storage.db import (
     ArtifactRow,
     Base,
@@ -58,9 +57,9 @@ from fleet.controller.storage.db import (
 )
 from fleet.controller.storage.observe_tables import QuarantineRow
 from fleet.shared.admin_protocol import RolloutSummary
+from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram, merge_histograms
 from fleet.shared.protocol import (
     API_PREFIX,
-    LATENCY_BOUNDS_MS,
     Artifact,
     DesiredState,
     EnrolmentToken,
