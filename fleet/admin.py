@@ -115,6 +115,8 @@ class AdminClient:
     def playbook_runs(self) -> list[PlaybookRun]:
         return _PLAYBOOK_RUNS.validate_python(self._call("GET", "/playbook-runs"))
 
-    def enrolment_token(self, uses: int, ttl_s: int = 86_400) -> EnrolmentToken:
-        body = EnrolmentTokenRequest(uses=uses, ttl_s=ttl_s)
+    def enrolment_token(
+        self, uses: int, ttl_s: int = 86_400, hardware_class: str | None = None
+    ) -> EnrolmentToken:
+        body = EnrolmentTokenRequest(uses=uses, ttl_s=ttl_s, hardware_class=hardware_class)
         return EnrolmentToken.model_validate(self._call("POST", "/enrolment-tokens", body))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel
 
+from edgeloop.core import fleet_address
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.settings import Settings
 from fleet.admin import AdminClient
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from flows.run_summary import RunSummary
 
 DEVICES = 50
+DEMO = "edgeloop fleet demo"
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
 DRIFT_SHARE = 0.1
 REAL_AGENTS = 3
@@ -85,6 +87,7 @@ def demo_folder(settings: Settings) -> Path:
 def stop_demo_controller(settings: Settings) -> bool:
     """Stop a controller an earlier demo left running; True when there was one."""
     pidfile = demo_folder(settings) / "controller.pid"
+    fleet_address.forget(settings, DEMO)
     if not pidfile.is_file():
         return False
     pid = int(pidfile.read_text().split()[0])
@@ -292,6 +295,7 @@ def run_fleet_demo(
         simulated_fleet(settings, url, token, reference) as sim,
         real_agents(settings, url, token) as agents,
     ):
+        fleet_address.record(settings, url, token_file, DEMO)
         say(
             f"fleet controller {url}; {DEVICES} simulated devices ({CLASSES}) and "
             f"{REAL_AGENTS} real agent processes (host-cpu)"
@@ -348,6 +352,8 @@ def run_fleet_demo(
         ran = agents.versions()
         served = {a.device_id: a.served for a in agents.agents}
         say(f"real agents run {ran}; /predict calls served {served}")
+    if not keep_running:
+        fleet_address.forget(settings, DEMO)  # its controller stopped with the demo
     return {
         "admin_token_file": str(demo_folder(settings) / "admin-token"),
         "drift": drift.model_dump(mode="json") if drift is not None else None,

@@ -210,7 +210,11 @@ def rollout_flow(
         created = admin.create_rollout(request)
         rollout_id = created.rollout_id
         logger.info("rollout %s of %s v%s created (%s)", rollout_id, model, version, variants)
-        admin.command(rollout_id, "start")
+        try:
+            admin.command(rollout_id, "start")
+        except AdminError:  # nothing was targeted: leave no pending rollout behind
+            admin.command(rollout_id, "abort", "its start was refused")
+            raise
         final = follow(admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s)
         if final.phase == "succeeded":
             admin.set_baseline(model, version)  # devices enrolled from now on get it too

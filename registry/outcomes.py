@@ -64,6 +64,17 @@ def promote(client: MlflowClient, model: str, version: str) -> str:
     return why
 
 
+def restore_production(
+    client: MlflowClient, model: str, version: str | None, *, replacing: str
+) -> None:
+    """Put ``production`` back on ``version`` after ``replacing`` did not make it to the fleet; with
+    no ``version`` (a first release) the alias goes, if ``replacing`` still holds it."""
+    if version:
+        client.set_registered_model_alias(model, PRODUCTION, version)
+    elif production_version(client, model) == replacing:
+        client.delete_registered_model_alias(model, PRODUCTION)
+
+
 def production_version(client: MlflowClient, model: str) -> str | None:
     aliases = client.get_registered_model(model).aliases
     return str(aliases[PRODUCTION]) if PRODUCTION in aliases else None
@@ -94,10 +105,7 @@ def record_outcome(
     """Write a rollout's outcome on the version; anything but success moves ``production`` back."""
     _version(client, model, version)
     if outcome != "succeeded":
-        if stable_version:
-            client.set_registered_model_alias(model, PRODUCTION, stable_version)
-        elif production_version(client, model) == version:
-            client.delete_registered_model_alias(model, PRODUCTION)
+        restore_production(client, model, stable_version, replacing=version)
     client.set_model_version_tag(model, version, tag.ROLLOUT_STATUS, outcome)
     client.set_model_version_tag(model, version, tag.ROLLOUT_REASON, reason[:5000])
     _append_to_card(

@@ -12,6 +12,9 @@ from edgeloop.cli.common import console, err_console, guard, prepare
 from edgeloop.core.settings import Settings
 
 if TYPE_CHECKING:
+    from edgeloop.core.errors import EdgeloopError
+    from edgeloop.core.fleet_address import FleetAddress
+    from fleet.admin import AdminClient
     from fleet.shared.admin_protocol import RolloutDetail
     from flows.rollout import RolloutOutcome
     from flows.run_summary import RunSummary
@@ -22,13 +25,30 @@ rollout_app = typer.Typer(help="Rollouts on the fleet controller.")
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _admin_token() -> str:
-    from edgeloop.core.errors import ConfigError
-    from fleet.admin import admin_token_from_env
+def _connect(url: str | None = None) -> tuple[Settings, FleetAddress, AdminClient]:
+    """The settings, the controller's address and an admin client for it (see
+    ``edgeloop.core.fleet_address``)."""
+    from edgeloop.core import fleet_address
+    from fleet.admin import AdminClient
 
-    return admin_token_from_env(
-        ConfigError, hint="set EDGELOOP_FLEET_ADMIN_TOKEN to the controller's admin token"
-    )
+    settings = Settings()
+    address = fleet_address.resolve(settings, url)
+    return settings, address, AdminClient(address.url, fleet_address.admin_token(settings, address))
+
+
+def _admin_failure(exc: Exception, address: FleetAddress, hint: str = "") -> EdgeloopError:
+    """One error for a refused or unanswered admin call, naming the address and its source."""
+    from edgeloop.core.errors import EdgeloopError
+    from edgeloop.core.fleet_address import unreachable_hint
+
+    status = getattr(exc, "status", 0)
+    return EdgeloopError(str(exc), hint=unreachable_hint(address) if status == 0 else hint)
+
+
+URL_OPTION = typer.Option(
+    help="Controller URL (default: where `edgeloop fleet demo` or `edgeloop serve` records it, "
+    "else params.yaml).",
+)
 
 
 @fleet_app.command("serve")
@@ -161,15 +181,22 @@ def agent(ctx: typer.Context) -> None:
 def promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Version to promote to production.")],
+    url: Annotated[str | None, URL_OPTION] = None,
 ) -> None:
-    """Set alias production on a version and roll it out to the fleet, following it to the end."""
+    """Set alias production on a version and roll it out to the fleet, following it to the end.
+
+    All or nothing: when the rollout cannot start (no device enrolled, controller down), production
+    goes back to the version it was on and no rollout is left behind."""
 
     def go() -> None:
+        from edgeloop.core import fleet_address
+
         settings = Settings()
         prepare(settings)
-        token = _admin_token()
+        address = fleet_address.resolve(settings, url)
+        token = fleet_address.admin_token(settings, address)
         from edgeloop.cli.prefect_api import start_prefect_api
-        from registry.outcomes import production_version
+        from registry.outcomes import production_version, restore_production
         from registry.outcomes import promote as set_production
         from registry.tracking import connect
 
@@ -181,9 +208,14 @@ def promote(
         from flows.rollout import rollout_flow
 
         api.join()
-        result = rollout_flow(
-            model=name, version=version, stable_version=stable, admin_token=token, settings=settings
-        )
+        try:
+            result = rollout_flow(
+                model=name, version=version, stable_version=stable, admin_token=token,
+                settings=settings, rollout_overrides={"controller_url": address.url},
+            )  # fmt: skip
+        except Exception:
+            restore_production(client, name, stable, replacing=version)  # all or nothing
+            raise
         colour = "green" if result.outcome == "succeeded" else "red"
         console.print(
             f"rollout {result.rollout_id}: [{colour}]{result.outcome}[/] {escape(result.reason)}",
@@ -203,21 +235,23 @@ def promote(
 
 @fleet_app.command("pull-field-data")
 def fleet_pull_field_data(
-    url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+    url: Annotated[str | None, URL_OPTION] = None,
 ) -> None:
     """Write the fleet's new labelled field samples to data/field/ as a new DVC-tracked version."""
 
     def go() -> None:
         from pathlib import Path
 
+        from edgeloop.core import fleet_address
         from edgeloop.core.params import load_params
         from flows.field_data import pull, require_schema
 
         settings = Settings()
         params = load_params(settings.params_file)
+        address = fleet_address.resolve(settings, url)
         result = pull(
-            url or params.rollout.controller_url,
-            _admin_token(),
+            address.url,
+            fleet_address.admin_token(settings, address),
             model=params.model_name,
             schema=require_schema(settings.splits_dir),
             field_dir=Path(params.data.field_dir),
@@ -244,7 +278,7 @@ def rollout_status(
     rollout_id: Annotated[
         str | None, typer.Argument(help="A rollout id; all when left out.")
     ] = None,
-    url: Annotated[str | None, typer.Option(help="Controller URL (default: params.yaml).")] = None,
+    url: Annotated[str | None, URL_OPTION] = None,
     watch: Annotated[
         bool, typer.Option("--watch", help="Refresh until every shown rollout has ended.")
     ] = False,
@@ -260,14 +294,10 @@ def rollout_status(
         from rich.console import Group
         from rich.live import Live
 
-        from edgeloop.core.errors import EdgeloopError
-        from edgeloop.core.params import load_params
-        from fleet.admin import AdminClient, AdminError
+        from fleet.admin import AdminError
         from fleet.controller.rollout.phase import RolloutPhase
 
-        settings = Settings()
-        base = url or load_params(settings.params_file).rollout.controller_url
-        admin = AdminClient(base, _admin_token())
+        _, address, admin = _connect(url)
 
         def view() -> tuple[Group, bool]:
             ids = [rollout_id] if rollout_id else [r.rollout_id for r in admin.rollouts()]
@@ -286,13 +316,106 @@ def rollout_status(
                     shown, ended = view()
                     live.update(shown, refresh=True)
         except AdminError as exc:
-            raise EdgeloopError(
-                str(exc),
-                hint="check --url, EDGELOOP_FLEET_ADMIN_TOKEN and the rollout id "
-                "(`edgeloop rollout status` lists every rollout)",
+            raise _admin_failure(
+                exc, address, "check the rollout id (`edgeloop rollout status` lists every one)"
             ) from exc
         finally:
             admin.close()
+
+    guard(go)
+
+
+def _rollout_command(command: str, rollout_id: str, reason: str, url: str | None) -> None:
+    def go() -> None:
+        from fleet.admin import AdminError
+
+        _, address, admin = _connect(url)
+        try:
+            detail = admin.command(rollout_id, command, reason)
+        except AdminError as exc:
+            raise _admin_failure(
+                exc,
+                address,
+                f"`edgeloop rollout status {rollout_id}` shows where it stands and what it allows",
+            ) from exc
+        finally:
+            admin.close()
+        console.print(
+            f"rollout {detail.rollout_id}: {detail.phase} ({escape(detail.reason or '')})",
+            highlight=False,
+        )
+
+    guard(go)
+
+
+REASON_OPTION = typer.Option(help="Why, for the rollout's history.")
+
+
+@rollout_app.command("pause")
+def rollout_pause(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout id.")],
+    reason: Annotated[str, REASON_OPTION] = "paused by an operator",
+    url: Annotated[str | None, URL_OPTION] = None,
+) -> None:
+    """Hold a rollout in its stage: no promotion, no deadline; a failing gate still rolls back."""
+    _rollout_command("pause", rollout_id, reason, url)
+
+
+@rollout_app.command("resume")
+def rollout_resume(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout id.")],
+    url: Annotated[str | None, URL_OPTION] = None,
+) -> None:
+    """Resume a paused rollout; its stage's window starts again."""
+    _rollout_command("resume", rollout_id, "", url)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout id.")],
+    reason: Annotated[str, REASON_OPTION] = "aborted by an operator",
+    url: Annotated[str | None, URL_OPTION] = None,
+) -> None:
+    """Abort a rollout: every device it targeted goes back to the stable version."""
+    _rollout_command("abort", rollout_id, reason, url)
+
+
+@fleet_app.command("token")
+def fleet_token(
+    action: Annotated[str, typer.Argument(help="create")],
+    uses: Annotated[int, typer.Option(min=1, max=100_000, help="Devices it may enrol.")] = 1,
+    ttl: Annotated[
+        int, typer.Option(min=60, max=30 * 86_400, help="Seconds until it expires.")
+    ] = 86_400,
+    hardware_class: Annotated[
+        str | None, typer.Option("--class", help="Only devices of this hardware class.")
+    ] = None,
+    url: Annotated[str | None, URL_OPTION] = None,
+) -> None:
+    """Create an enrolment token for devices (`edgeloop fleet token create --uses 5`)."""
+
+    def go() -> None:
+        from edgeloop.core.errors import ConfigError
+        from fleet.admin import AdminError
+
+        if action != "create":
+            raise ConfigError(f"unknown action {action!r}", hint="edgeloop fleet token create")
+        _, address, admin = _connect(url)
+        try:
+            token = admin.enrolment_token(uses, ttl, hardware_class)
+        except AdminError as exc:
+            raise _admin_failure(exc, address) from exc
+        finally:
+            admin.close()
+        console.print(token.token, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"enrolment token for {token.uses} device(s) of "
+            f"{hardware_class or 'any class'}, until {token.expires_at:%Y-%m-%d %H:%M %Z}; on the "
+            f"device: EDGELOOP_AGENT_CONTROLLER_URL={address.url} "
+            "EDGELOOP_AGENT_ENROLMENT_TOKEN=<the token> edgeloop agent",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     guard(go)
 

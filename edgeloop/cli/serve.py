@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeloop.cli.common import console, guard, prepare
+from edgeloop.core import fleet_address
 from edgeloop.core.settings import Settings
 
 app = typer.Typer()
@@ -61,9 +62,9 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
         check_db_url(db_url)
         ensure_databases(db_url)
     env = _child_env(base, plan)
-    env["EDGELOOP_FLEET_ADMIN_TOKEN"] = secret(
-        "EDGELOOP_FLEET_ADMIN_TOKEN", home / "secrets" / "fleet-admin-token"
-    )
+    token_file = home / "secrets" / "fleet-admin-token"
+    env["EDGELOOP_FLEET_ADMIN_TOKEN"] = secret("EDGELOOP_FLEET_ADMIN_TOKEN", token_file)
+    fleet_address.record(base, plan.controller_url, token_file, "edgeloop serve")
     env["EDGELOOP_LISTENER_SECRET"] = secret(
         "EDGELOOP_LISTENER_SECRET", home / "secrets" / "listener-secret"
     )
@@ -106,6 +107,7 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
     finally:
         console.print("stopping every child…", highlight=False)
         supervisor.stop_all()
+        fleet_address.forget(base, "edgeloop serve")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     console.print("stopped", highlight=False)

@@ -5,6 +5,8 @@ in with `edgeloop register` (through the same gates), and one regressed v3 broug
 `edgeloop promote` makes v1 the fleet's baseline, rolls v2 out through staged canaries (it succeeds),
 then rolls out the regressed v3 (forced past its failed gates by the documented tag): the accuracy gate
 fails, every device goes back to v2, and the registry follows (production back on v2, tags, card).
+Last, a promotion to a controller with no device enrolled is refused and leaves nothing behind:
+production where it was, the rollout it created aborted.
 """
 
 from __future__ import annotations
@@ -110,6 +112,19 @@ def test_promote_first_release_success_then_automatic_rollback(
     assert _aliases(client)["production"] == "2"
     card = (project.root / "model-cards" / MODEL / "v3.md").read_text()
     assert "## Rollouts" in card and "rolled_back" in card
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with controller(project, empty) as url:  # no device enrolled: the start is refused
+        project.set_params(rollout={**FAST_POLICY, "controller_url": url})
+        refused = project.edgeloop("promote", MODEL, "1", EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "no enrolled device" in refused.stderr
+        assert _aliases(client)["production"] == "2"  # all or nothing: as it was
+        status = project.edgeloop(
+            "rollout", "status", "--url", url, EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN
+        )
+        assert status.returncode == 0 and "aborted" in status.stdout, status.stdout
 
 
 def _aliases(client: Any) -> dict[str, str]:
