@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -187,30 +189,22 @@ def models(
         from registry.tracking import connect
 
         rows = list_versions(connect(settings.tracking_uri), name)
-        table = Table(title=f"registered versions ({settings.tracking_uri})")
-        for column in (
-            "model",
-            "version",
-            "aliases",
-            "variant",
-            "gates",
-            "git commit",
-            "data hash",
-            "created",
-        ):
-            table.add_column(column)
-        for r in rows:
-            created = datetime.fromtimestamp(r.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-            table.add_row(
-                r.model,
-                r.version,
-                ", ".join(r.aliases) or "-",
-                r.tags.get(tag.VARIANT, "-"),
-                r.tags.get(tag.GATES, "-"),
-                r.tags.get(tag.GIT_COMMIT, "-")[:10],
-                r.tags.get(tag.DATA_HASH, "-")[:12],
-                created,
-            )
-        console.print(table if rows else "no registered versions yet: run `edgeloop run`")
+        tables = []
+        for model in sorted({r.model for r in rows}):
+            table = Table(title=f"{model} ({settings.tracking_uri})", box=box.SIMPLE_HEAD)
+            for column in ("version", "aliases", "rollout", "gates", "variant", "created"):
+                table.add_column(column, overflow="fold")  # wrapped at 80 columns, never cut
+            for r in (r for r in rows if r.model == model):
+                created = datetime.fromtimestamp(r.created_ms / 1000, UTC)
+                table.add_row(
+                    r.version,
+                    ", ".join(r.aliases) or "-",
+                    r.tags.get(tag.ROLLOUT_STATUS, "-"),
+                    r.tags.get(tag.GATES, "-"),
+                    r.tags.get(tag.VARIANT, "-"),
+                    created.strftime("%Y-%m-%d %H:%M"),
+                )
+            tables.append(table)
+        console.print(Group(*tables) if rows else "no registered versions yet: run `edgeloop run`")
 
     guard(go)

@@ -50,7 +50,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from fleet.agent.client import ControllerClient
-from fleet.agent.config import ENV_PREFIX, AgentConfig
+from fleet.agent.config import ENV_PREFIX, AgentConfig, settings_help
 from fleet.agent.errors import (
     AgentConfigError,
     AgentError,
@@ -864,11 +864,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit codes: 0 stopped, 2 bad settings, 3 refused by the controller (a person must act).
     """
-    parser = argparse.ArgumentParser(prog="edgeloop agent", description=__doc__.split("\n")[0])
-    parser.add_argument("--controller-url")
-    parser.add_argument("--state-dir", type=Path)
-    parser.add_argument("--device-id")
-    parser.add_argument("--hardware-class")
+    parser = argparse.ArgumentParser(
+        prog="edgeloop agent",
+        description=__doc__.split("\n")[0],
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--controller-url", help="EDGELOOP_AGENT_CONTROLLER_URL")
+    parser.add_argument("--state-dir", type=Path, help="EDGELOOP_AGENT_STATE_DIR")
+    parser.add_argument("--device-id", help="EDGELOOP_AGENT_DEVICE_ID")
+    parser.add_argument("--hardware-class", help="EDGELOOP_AGENT_HARDWARE_CLASS")
     parser.add_argument("--once", action="store_true", help="one iteration, then exit")
     parser.add_argument("--no-serve", action="store_true", help="no local /predict server")
     args = parser.parse_args(list(argv) if argv is not None else None)

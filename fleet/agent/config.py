@@ -42,39 +42,64 @@ class AgentConfig(BaseSettings):
 
     controller_url: str = Field("http://127.0.0.1:8700", description="the controller's base URL")
     state_dir: Path = Field(Path(".edgeloop/agent"), description="credential, models, outbox")
-    device_id: str = Field(default_factory=_default_device_id, pattern=NAME)
-    hardware_class: str = Field("host-cpu", pattern=NAME)
-    labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, max_length=16)
+    device_id: str = Field(
+        default_factory=_default_device_id,
+        pattern=NAME,
+        description="this device's id in the fleet",
+    )
+    hardware_class: str = Field(
+        "host-cpu", pattern=NAME, description="its hardware profile's name: the cohort it joins"
+    )
+    labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, max_length=16, description='a JSON object, e.g. {"site": "berlin"}'
+    )
     profile: str | None = Field(None, description="hardware profile name or YAML path")
-    profiles_dir: Path = Path("hardware-tests/profiles")
+    profiles_dir: Path = Field(
+        Path("hardware-tests/profiles"), description="where PROFILE names are looked up"
+    )
     ca_file: Path | None = Field(
         None, description="PEM CA bundle the controller's cert must chain to"
     )
     allow_insecure: bool = Field(False, description="plain HTTP to a host that is not loopback")
-    enrolment_token: SecretStr | None = None
+    enrolment_token: SecretStr | None = Field(
+        None, description="one-time token (`edgeloop fleet token create`), used at the first start"
+    )
     public_key_file: Path | None = Field(
         None, description="the fleet's ed25519 key, pinned; else the one given at enrolment"
     )
     golden_inputs: Path | None = Field(None, description=".npy rows for the smoke test")
-    expected_outputs: int = Field(10, ge=1)
-    long_poll_s: float = Field(LONG_POLL_MAX_S, gt=0, le=LONG_POLL_MAX_S)
-    request_timeout_s: float = Field(10.0, gt=0)
-    telemetry_batch: int = Field(100, ge=1, le=MAX_REPORTS_PER_BATCH)
-    buffer_max_reports: int = Field(10_000, ge=1)
-    buffer_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    expected_outputs: int = Field(10, ge=1, description="classes a model must score (smoke test)")
+    long_poll_s: float = Field(
+        LONG_POLL_MAX_S,
+        gt=0,
+        le=LONG_POLL_MAX_S,
+        description="longest wait for a change; telemetry goes out after each wait",
+    )
+    request_timeout_s: float = Field(10.0, gt=0, description="timeout of one controller call")
+    telemetry_batch: int = Field(
+        100, ge=1, le=MAX_REPORTS_PER_BATCH, description="reports sent per call"
+    )
+    buffer_max_reports: int = Field(
+        10_000, ge=1, description="reports kept on disk while offline (oldest dropped, counted)"
+    )
+    buffer_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="bytes those reports may take on disk"
+    )
     field_samples_max: int = Field(
         5000, ge=1, description="labelled field samples kept on disk while offline"
     )
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(60.0, gt=0)
+    backoff_initial_s: float = Field(1.0, gt=0, description="first wait after a failed call")
+    backoff_max_s: float = Field(60.0, gt=0, description="longest wait between failed calls")
     backoff_jitter: float = Field(
         0.2, ge=0, le=1, description="fraction of a back-off drawn at random"
     )
-    download_retries: int = Field(4, ge=0, le=20)
+    download_retries: int = Field(
+        4, ge=0, le=20, description="resumed attempts of one download before giving up"
+    )
     reject_retry_s: float = Field(
         300.0, ge=0, description="how long a rejected artifact is not fetched again"
     )
-    predict_host: str = "127.0.0.1"
+    predict_host: str = Field("127.0.0.1", description="address of the local /predict server")
     predict_port: int | None = Field(8701, ge=0, le=65535, description="None: no local server")
 
     @field_validator("labels", mode="before")
@@ -137,3 +162,20 @@ class AgentConfig(BaseSettings):
                 setting="backoff_max_s",
             )
         return config
+
+
+def settings_help() -> str:
+    """Every setting as ``EDGELOOP_AGENT_<NAME>``, its default and what it does (``--help``)."""
+    lines = ["settings (environment variables; the flags above override the first four):"]
+    for name, field in AgentConfig.model_fields.items():
+        default = field.get_default(call_default_factory=False)
+        if field.default_factory is not None:
+            shown = "the host name" if name == "device_id" else "{}"
+        elif default is None:
+            shown = "unset"
+        else:
+            shown = str(default)
+        lines.append(f"  {ENV_PREFIX}{name.upper()}  (default: {shown})")
+        if field.description:
+            lines.append(f"      {field.description}")
+    return "\n".join(lines)

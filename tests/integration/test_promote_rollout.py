@@ -112,6 +112,9 @@ def test_promote_first_release_success_then_automatic_rollback(
     assert _aliases(client)["production"] == "2"
     card = (project.root / "model-cards" / MODEL / "v3.md").read_text()
     assert "## Rollouts" in card and "rolled_back" in card
+    listed = project.edgeloop("models", COLUMNS="80")
+    assert listed.returncode == 0 and "rolled_back" in listed.stdout and "succeeded" in listed.stdout
+    assert "…" not in listed.stdout  # wrapped at 80 columns, never cut
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -99,3 +99,13 @@ def test_backoff_max_below_initial(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AgentConfigError, match=r"BACKOFF_MAX_S .* is below") as info:
         AgentConfig.from_env()
     assert info.value.setting == "backoff_max_s"
+
+
+def test_help_lists_every_setting_with_its_default_and_meaning() -> None:
+    from fleet.agent.config import settings_help
+
+    text = settings_help()
+    for name, field in AgentConfig.model_fields.items():
+        assert f"EDGELOOP_AGENT_{name.upper()}  (default: " in text
+        assert field.description, f"{name} has no description for --help"
+    assert "EDGELOOP_AGENT_PREDICT_PORT  (default: 8701)" in text
