@@ -208,13 +208,26 @@ def promote(
         from flows.rollout import rollout_flow
 
         api.join()
+        watcher = _LiveRollout(address.url, token, name, version)
         try:
-            result = rollout_flow(
-                model=name, version=version, stable_version=stable, admin_token=token,
-                settings=settings, rollout_overrides={"controller_url": address.url},
-            )  # fmt: skip
+            with watcher:
+                result = rollout_flow(
+                    model=name, version=version, stable_version=stable, admin_token=token,
+                    settings=settings, rollout_overrides={"controller_url": address.url},
+                )  # fmt: skip
+        except KeyboardInterrupt:
+            followed = watcher.rollout_id or "ID"
+            err_console.print(
+                f"stopped following; the rollout keeps running on {address.url}. Follow it with "
+                f"`edgeloop rollout status {followed} --watch`, stop it with `edgeloop rollout "
+                f"abort {followed}` (the registry learns its outcome from the next promotion)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
         except Exception:
-            restore_production(client, name, stable, replacing=version)  # all or nothing
+            if watcher.rollout_id is None:  # nothing started: all or nothing
+                restore_production(client, name, stable, replacing=version)
             raise
         colour = "green" if result.outcome == "succeeded" else "red"
         console.print(
@@ -231,6 +244,56 @@ def promote(
             raise typer.Exit(4)
 
     guard(go)
+
+
+class _LiveRollout:
+    """While a promotion's flow runs: the rollout's live table (``rollout status --watch``'s), read
+    from the controller every second in a thread of its own; ``rollout_id`` once it exists."""
+
+    def __init__(self, url: str, token: str, model: str, version: str) -> None:
+        import threading
+
+        self.url, self.token, self.model, self.version = url, token, model, version
+        self.rollout_id: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="live-rollout", daemon=True)
+
+    def __enter__(self) -> _LiveRollout:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        from rich.live import Live
+
+        from fleet.admin import AdminClient, AdminError
+
+        admin = AdminClient(self.url, self.token)
+        try:
+            with Live(console=console, auto_refresh=False, transient=False) as live:
+                while not self._stop.wait(1.0):
+                    try:
+                        if self.rollout_id is None:
+                            self.rollout_id = next(
+                                (
+                                    r.rollout_id
+                                    for r in reversed(admin.rollouts())
+                                    if r.model == self.model
+                                    and r.version == self.version
+                                    and r.phase
+                                    not in ("succeeded", "rolled_back", "failed", "aborted")
+                                ),
+                                None,
+                            )
+                        if self.rollout_id is not None:
+                            live.update(_status_table(admin.rollout(self.rollout_id)), refresh=True)
+                    except AdminError:
+                        continue  # the flow reports the controller's failures itself
+        finally:
+            admin.close()
 
 
 @fleet_app.command("pull-field-data")

@@ -96,6 +96,7 @@ def test_promote_first_release_success_then_automatic_rollback(
         assert "first release" in first.stdout
         second = project.edgeloop("promote", MODEL, "2", EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN)
         assert second.returncode == 0, second.stdout + second.stderr
+        assert "p95_latency" in second.stdout  # the live rollout table, as --watch shows it
         assert _aliases(client)["production"] == "2"
         assert client.get_model_version(MODEL, "2").tags["edgeloop.rollout.status"] == "succeeded"
         third = project.edgeloop("promote", MODEL, "3", EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN)
