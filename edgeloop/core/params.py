@@ -96,18 +96,17 @@ class CardParams(_Strict):
 
 class RolloutParams(_Strict):
     """How a promoted version reaches the fleet. Stages and gates are a ``fleet.controller.rollout.policy``;
-    cohorts are filled in from the hardware profiles in ``gates.profiles`` (their p95 budgets)."""
+    cohorts are filled in from the hardware profiles in ``gates.profiles`` (their p95 budgets).
+
+    The defaults fit fleets with or without labels and cohorts of any size (the controller's default
+    policy): canary devices compare with the stable model in shadow, and a stage needs p95 latency,
+    error rate and agreement; accuracy rolls back what it catches where labels arrive. Four stages of
+    10-minute bakes: at least 40 minutes."""
 
     controller_url: str = "http://127.0.0.1:8787"
     stages: list[dict[str, Any]] = Field(
         default_factory=lambda: [
-            {
-                "fraction": f,
-                "bake_s": 600,
-                "deadline_s": 3600,
-                "min_inferences": 200,
-                "min_feedback": 50,
-            }
+            {"fraction": f, "bake_s": 600, "deadline_s": 3600, "min_inferences": 200}
             for f in (0.05, 0.25, 0.5, 1.0)
         ]
     )
@@ -115,15 +114,17 @@ class RolloutParams(_Strict):
         default_factory=lambda: {
             "max_error_rate": 0.01,
             "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 200},
+            "agreement": {"max_disagreement": 0.05, "alpha": 0.05, "min_samples": 200},
         }
     )
     shadow: dict[str, Any] | None = Field(
-        None, description="shadow comparisons on canary devices (rate, cpu_budget, tolerance)"
+        default_factory=lambda: {"rate": 0.1, "cpu_budget": 0.25},
+        description="shadow comparisons on canary devices (rate, cpu_budget, tolerance); "
+        "null turns them off",
     )
     required_gates: list[str] | None = Field(
-        None,
-        description="gates every cohort must pass; default p95_latency, error_rate, accuracy. "
-        "A fleet without labels requires agreement instead of accuracy",
+        default_factory=lambda: ["p95_latency", "error_rate", "agreement"],
+        description="gates every cohort must pass; a fleet with labels may require accuracy too",
     )
     on_inconclusive: str = "fail"
     poll_s: float = Field(1.0, gt=0)

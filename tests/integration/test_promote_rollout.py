@@ -37,6 +37,8 @@ FAST_POLICY = {
         for f in (0.5, 1.0)
     ],
     "gates": {"max_error_rate": 0.05, "accuracy": {"delta": 0.05, "alpha": 0.05, "min_samples": 20}},
+    "shadow": None,
+    "required_gates": ["p95_latency", "error_rate", "accuracy"],  # a labelled fleet, judged on accuracy
     "poll_s": 0.5,
     "deadline_s": 240,
 }  # fmt: skip
@@ -114,7 +116,9 @@ def test_promote_first_release_success_then_automatic_rollback(
     card = (project.root / "model-cards" / MODEL / "v3.md").read_text()
     assert "## Rollouts" in card and "rolled_back" in card
     listed = project.edgeloop("models", COLUMNS="80")
-    assert listed.returncode == 0 and "rolled_back" in listed.stdout and "succeeded" in listed.stdout
+    assert (
+        listed.returncode == 0 and "rolled_back" in listed.stdout and "succeeded" in listed.stdout
+    )
     assert "…" not in listed.stdout  # wrapped at 80 columns, never cut
 
     empty = tmp_path / "empty"

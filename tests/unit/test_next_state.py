@@ -860,3 +860,17 @@ def test_each_ended_window_is_carried_floored_and_a_retry_starts_afresh() -> Non
     d.step()
     d.command("retry")
     assert d.status.evidence == ()
+
+
+def test_a_cohort_of_one_device_finishes_on_shadow_comparisons() -> None:
+    fleet = {"host-0": HOST, "edge-0": EDGE}  # every stage targets the whole of each cohort
+    status = new_status(**LABEL_FREE)
+    status, _ = start(status, obs(status, T0, fleet=fleet, labels=0), T0)
+    now = T0
+    for _ in range(3):
+        now += timedelta(seconds=61)
+        seen = obs(status, now, fleet=fleet, labels=0, shadow=compared(400, 0.0))
+        status, _ = next_state(status, seen, now)
+    assert status.phase is P.SUCCEEDED, status.reason
+    assert status.last_check is not None
+    assert all(c.stable_arm == "none" for c in status.last_check.cohorts)  # no stable device left

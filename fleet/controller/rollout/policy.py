@@ -268,17 +268,27 @@ DEFAULT_FRACTIONS = (0.05, 0.25, 0.5, 1.0)
 """The default stages: 5% → 25% → 50% → 100% of each cohort."""
 
 
+SHADOW_JUDGED: tuple[GateName, ...] = ("p95_latency", "error_rate", "agreement")
+"""What the default policy requires: judged without labels, on any cohort size."""
+
+
 def default_policy(budgets: Mapping[str, float]) -> RolloutPolicy:
     """A sensible production policy for cohorts given as ``{hardware class: p95 budget ms}``.
 
-    Each stage bakes 10 minutes and must have its data within an hour; later stages ask for more data.
-    Error rate ≤ 1%; canary accuracy not worse than stable by more than 2 points at alpha = 0.05, with at
-    least 200 labelled predictions on each arm.
+    Fits fleets with or without labels and cohorts of any size: devices running the canary compare it
+    with the stable model in shadow on 10% of their rows (at most 25% of their serving time), and each
+    cohort requires p95 latency, error rate ≤ 1% and disagreement with stable ≤ 5% (200 comparisons).
+    Accuracy (not worse than stable by more than 2 points) is judged wherever labels arrive and rolls
+    back a canary it catches, but its silence holds nothing. Each stage bakes 10 minutes and must have
+    its data within an hour: four stages take at least 40 minutes.
     """
-    minimums = ((200, 200), (500, 200), (1000, 300), (2000, 400))
+    inferences = (200, 500, 1000, 2000)
     return load_policy(
         {
-            "cohorts": {name: {"p95_latency_ms": budget} for name, budget in budgets.items()},
+            "cohorts": {
+                name: {"p95_latency_ms": budget, "required": list(SHADOW_JUDGED)}
+                for name, budget in budgets.items()
+            },
             "stages": [
                 {
                     "fraction": fraction,
@@ -286,17 +296,16 @@ def default_policy(budgets: Mapping[str, float]) -> RolloutPolicy:
                     "deadline_s": 3600,
                     "min_confirmed_devices": 1,
                     "min_confirmed_fraction": 0.8,
-                    "min_inferences": inferences,
-                    "min_feedback": feedback,
+                    "min_inferences": minimum,
                 }
-                for fraction, (inferences, feedback) in zip(
-                    DEFAULT_FRACTIONS, minimums, strict=True
-                )
+                for fraction, minimum in zip(DEFAULT_FRACTIONS, inferences, strict=True)
             ],
             "gates": {
                 "max_error_rate": 0.01,
                 "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 200},
+                "agreement": {"max_disagreement": 0.05, "alpha": 0.05, "min_samples": 200},
             },
+            "shadow": {"rate": 0.1, "cpu_budget": 0.25},
             "on_inconclusive": "fail",
             "rollback_timeout_s": 600,
         }
