@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -42,7 +43,15 @@ def _admin_failure(exc: Exception, address: FleetAddress, hint: str = "") -> Edg
     from edgeloop.core.fleet_address import unreachable_hint
 
     status = getattr(exc, "status", 0)
-    return EdgeloopError(str(exc), hint=unreachable_hint(address) if status == 0 else hint)
+    if status == 0:
+        hint = unreachable_hint(address)
+    elif status in (401, 403):
+        where = f" or the file {address.token_file}" if address.token_file else ""
+        hint = (
+            f"the admin token (EDGELOOP_FLEET_ADMIN_TOKEN{where}) is not the one of the "
+            f"controller at {address.url} ({address.source})"
+        )
+    return EdgeloopError(str(exc), hint=hint)
 
 
 URL_OPTION = typer.Option(
@@ -483,6 +492,21 @@ def fleet_token(
     guard(go)
 
 
+def gate_value(gate: str, value: float | None) -> str:
+    """A gate's measured value or limit as people read it: ms, percent, points."""
+    if value is None:
+        return "-"
+    if gate == "p95_latency":
+        return f"{value:.3g} ms"
+    if gate in ("error_rate", "agreement"):
+        return f"{value:.2%}"
+    if gate == "accuracy":
+        return f"{value * 100:+.1f} pts"
+    if gate == "prediction_shift":
+        return f"{value:.3f} TV"
+    return f"{value:.3g}"
+
+
 def _status_table(detail: RolloutDetail) -> Table:
     from fleet.controller.rollout.decide import RolloutStatus
 
@@ -496,29 +520,22 @@ def _status_table(detail: RolloutDetail) -> Table:
     if silent:
         caption += f"\nsilent devices ({len(silent)}): {', '.join(silent[:20])}"
         caption += " ..." if len(silent) > 20 else ""
-    table = Table(title=title, caption=escape(caption))
-    for column in (
-        "cohort",
-        "targeted",
-        "confirmed",
-        "inferences",
-        "feedback",
-        "gate",
-        "verdict",
-        "measured",
-        "threshold",
-    ):
-        table.add_column(column)
+    table = Table(title=title, caption=escape(caption), box=box.SIMPLE_HEAD)
+    for column in ("cohort", "devices", "data", "gate", "verdict", "measured", "limit"):
+        table.add_column(column, overflow="fold")  # wrapped at 80 columns, never cut
     check = status.last_check if status is not None else None
     for cohort in check.cohorts if check is not None else ():
+        data = (
+            f"{cohort.inferences}/{cohort.required_inferences} inferences, "
+            f"{cohort.feedback}/{cohort.required_feedback} labels"
+            + (f", {cohort.shadow_compared} compared" if cohort.shadow_compared else "")
+        )
+        devices = f"{cohort.confirmed}/{cohort.required_confirmed} of {cohort.targeted}"
         for i, gate in enumerate(cohort.gates):
             first = i == 0
             table.add_row(
-                cohort.hardware_class if first else "",
-                str(cohort.targeted) if first else "",
-                f"{cohort.confirmed}/{cohort.required_confirmed}" if first else "",
-                f"{cohort.inferences}/{cohort.required_inferences}" if first else "",
-                f"{cohort.feedback}/{cohort.required_feedback}" if first else "",
-                str(gate.gate), str(gate.verdict), str(gate.measured), str(gate.threshold),
+                cohort.hardware_class if first else "", devices if first else "",
+                data if first else "", str(gate.gate), str(gate.verdict),
+                gate_value(gate.gate, gate.measured), gate_value(gate.gate, gate.threshold),
             )  # fmt: skip
     return table

@@ -62,11 +62,10 @@ def test_status_shows_stage_cohort_devices_and_every_gate(
         assert rc == 0, err
         assert f"rollout {rollout_id}" in out and "progressing" in out and "stage 1/" in out
         row = next(line for line in out.splitlines() if CLS in line)
-        cells = [c.strip() for c in row.split("│") if c.strip()]
-        assert cells[:3] == [CLS, "1", "0/1"], cells  # 1 of 2 devices targeted, none confirmed
+        assert "0/1 of 1" in row, row  # 1 of 2 devices targeted, none confirmed
         for gate in ("p95_latency", "error_rate", "accuracy"):
             assert gate in out
-        assert "50.0" in out  # the p95 budget of the cohort, as threshold
+        assert "50 ms" in out  # the p95 budget of the cohort, as its limit
         rc, listed, err = run(project, controller)  # no id: every rollout
         assert rc == 0, err
         assert f"rollout {rollout_id}" in listed
