@@ -155,7 +155,10 @@ def _first_release(
 ) -> RolloutOutcome:
     """No stable version to compare against: the version becomes the fleet's baseline directly."""
     changed = admin.set_baseline(model, version).devices_changed
-    reason = f"first release of {model}: baseline for every device ({changed} targeted now)"
+    reason = (
+        f"first release of {model}: the baseline of every device, {changed} enrolled now "
+        "(devices that enrol later get it too)"
+    )
     record_outcome(
         client, model=model, version=version, stable_version=None, outcome="succeeded",
         reason=reason, causes=[], cards_dir=settings.model_cards_dir,

@@ -148,3 +148,13 @@ def test_series_api_refuses_an_unknown_metric(fleet: Fleet) -> None:
     r = fleet.client.get("/v1/series?model=churn&metric=error_rate", headers=ADMIN_HEADERS)
     assert r.status_code == 200 and r.json() == []
     assert fleet.client.get("/v1/series?model=churn&metric=error_rate").status_code == 401
+
+
+def test_a_tiny_move_of_a_very_steady_series_is_not_an_anomaly() -> None:
+    history = [0.10, 0.101, 0.099, 0.10, 0.102, 0.10, 0.098, 0.10, 0.101, 0.10]
+    strict = RobustZ(min_change=0.0)
+    assert strict.is_anomaly(history, 0.16)  # z is huge on a flat series...
+    sensible = RobustZ(min_change=1.0)
+    assert not sensible.is_anomaly(history, 0.16)  # ...but 0.06 ms is nothing to act on
+    assert sensible.is_anomaly(history, 1.5)
+    assert sensible.limit(history) == pytest.approx(1.10)

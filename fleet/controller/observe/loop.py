@@ -44,11 +44,13 @@ from fleet.controller.storage.observe_tables import AlertRow
 
 log = logging.getLogger(__name__)
 
-WATCHED: tuple[tuple[str, Direction], ...] = (
-    ("latency_p95_ms", "up"),
-    ("error_rate", "up"),
-    ("accuracy", "down"),
+WATCHED: tuple[tuple[str, Direction, str], ...] = (
+    ("latency_p95_ms", "up", "anomaly_min_latency_ms"),
+    ("error_rate", "up", "anomaly_min_rate"),
+    ("accuracy", "down", "anomaly_min_rate"),
 )
+"""Series watched for anomalies: the side that hurts, and the setting with the smallest change worth
+an alert."""
 DEVICE_KINDS = ("latency_regression", "error_burst")
 
 
@@ -72,6 +74,12 @@ class ObserveSettings(BaseSettings):
     anomaly_threshold: float = Field(3.5, gt=0, description="robust z beyond which a point alerts")
     anomaly_history: int = Field(24, ge=4, description="past windows an anomaly is judged against")
     anomaly_min_history: int = Field(8, ge=3)
+    anomaly_min_latency_ms: float = Field(
+        1.0, ge=0, description="smallest p95 rise (ms) over the median worth a latency alert"
+    )
+    anomaly_min_rate: float = Field(
+        0.01, ge=0, description="smallest move of error rate or accuracy (0.01 = 1 point)"
+    )
     max_new_alerts_per_scope: int = Field(3, ge=1)
     rate_window_s: float = Field(600.0, gt=0)
     alert_quiet_s: float = Field(600.0, gt=0, description="close an alert not seen for this long")
@@ -118,7 +126,7 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
             )
         )  # fmt: skip
     for scope, metrics in points.items():
-        for metric, direction in WATCHED:
+        for metric, direction, min_change in WATCHED:
             if metric not in metrics:
                 continue
             value = metrics[metric][0]
@@ -126,6 +134,7 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
                 threshold=settings.anomaly_threshold,
                 min_history=settings.anomaly_min_history,
                 direction=direction,
+                min_change=getattr(settings, min_change),
             )
             past = series.history(session, scope, metric, now, settings.anomaly_history)
             if not detector.is_anomaly(past, value):
