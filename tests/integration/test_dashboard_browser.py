@@ -6,6 +6,7 @@ its reason, and a device table whose pagination works. A screenshot is kept as a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,14 @@ def test_dashboard_in_a_real_browser(rolled_back_fleet: dict[str, Any], tmp_path
             assert "edge-small" in text and "fail" in text
             outcome = article.locator(".outcome").inner_text()
             assert "rolled back:" in outcome and "gate p95_latency failed on edge-small" in outcome
-            assert page.locator("svg[aria-label='p95 latency per version and class']").is_visible()
+            latency = page.locator("svg[aria-label='p95 latency per version and class']")
+            assert latency.is_visible()
+            y_ticks = latency.locator("text.y-tick").all_text_contents()
+            assert len(y_ticks) == 3 and y_ticks[0] == "0 ms" and y_ticks[-1].endswith(" ms")
+            x_ticks = latency.locator("text.x-tick").all_text_contents()
+            assert len(x_ticks) == 4 and all(re.match(r"^(now|-\d+ (s|min))$", t) for t in x_ticks)
+            health = page.locator("svg[aria-label='by health'] rect").first
+            assert health.get_attribute("fill") == "#16a34a"  # online is green
             page.screenshot(path=str(shot), full_page=True)
 
             page.click("a[href='/dashboard/devices']")

@@ -264,3 +264,26 @@ def test_agreement_in_shadow_is_charted_per_version_and_class() -> None:
     ((_, agreement),) = series.agreement["v3 host-cpu"]
     assert agreement == pytest.approx(0.9)
     assert set(series.latency) == {"v2 host-cpu", "v3 host-cpu"}
+
+
+def test_line_charts_have_labelled_axes_and_health_has_its_colours() -> None:
+    from fleet.controller.dashboard import charts
+
+    chart = charts.lines("p95", {"v2 host-cpu": [(-300.0, 1.0), (-10.0, 4.0)]}, " ms")
+    assert [t.label for t in chart.y_ticks] == ["0 ms", "2 ms", "4 ms"]
+    assert [t.label for t in chart.x_ticks] == ["-5 min", "-3 min", "-107 s", "-10 s"]
+    assert chart.y_ticks[0].at > chart.y_ticks[-1].at  # 0 at the bottom
+    bars = charts.bars("by health", {"online": 3, "quarantined": 1}, pages.HEALTH_COLOURS)
+    assert [b.colour for b in bars.bars] == ["#16a34a", "#dc2626"]
+
+
+def test_one_timestamp_format_and_folded_reasons() -> None:
+    from datetime import UTC, datetime
+
+    assert pages.cell("2026-12-07T03:14:15.123456+00:00") == "2026-12-07 03:14:15 UTC"
+    assert pages.cell(datetime(2026, 12, 7, 3, 14, 15, tzinfo=UTC)) == "2026-12-07 03:14:15 UTC"
+    assert pages.cell("not a time") == "not a time"
+    long = "gate agreement failed on host-cpu; " + "details " * 50
+    assert pages.summary(long) == "gate agreement failed on host-cpu;"
+    assert pages.summary("short") == "short"
+    assert pages.summary("x" * 500).endswith("…") and len(pages.summary("x" * 500)) == 160

@@ -8,10 +8,11 @@ them). This module turns the aggregates into what the templates show; the routes
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,17 +32,48 @@ ALERT_COLUMNS = ("kind", "scope", "value", "threshold", "reason", "occurrences",
 RUN_COLUMNS = ("playbook", "action", "status", "cause", "result", "attempts", "updated_at")
 
 
+HEALTH_COLOURS = {
+    overview.ONLINE: "#16a34a",
+    overview.OFFLINE: "#d97706",
+    overview.NEVER: "#6b7280",
+    overview.QUARANTINED: "#dc2626",
+}
+"""What each health looks like on the dashboard: green is fine, amber needs a look, red is not."""
+
+SUMMARY_CHARS = 160
+
+
 def when(at: datetime | None) -> str:
-    return "never" if at is None else at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    """The dashboard's one timestamp format."""
+    return "never" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cell(value: Any) -> str:
-    """One table cell's text: a mapping as sorted ``k=v`` pairs, a float to 4 significant digits."""
+    """One table cell's text: a mapping as sorted ``k=v`` pairs, a float to 4 significant digits,
+    a timestamp (or its ISO text) in :func:`when`'s format."""
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return when(value)
+    if isinstance(value, str) and _ISO.match(value):
+        try:
+            return when(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return value
     return "" if value is None else str(value)
+
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+
+
+def summary(reason: str) -> str:
+    """The first clause of a long reason (the rest is folded beneath it on the page)."""
+    first = re.split(r"(?<=[;.])\s", reason, maxsplit=1)[0]
+    if len(first) <= SUMMARY_CHARS:
+        return first
+    return first[: SUMMARY_CHARS - 1].rstrip() + "…"
 
 
 def rolled_back_reason(s: RolloutStatus) -> str | None:
@@ -63,7 +95,7 @@ _templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_templates.filters.update(when=when, cell=cell, fmt=format)
+_templates.filters.update(when=when, cell=cell, fmt=format, summary=summary)
 _templates.globals.update(
     rolled_back_reason=rolled_back_reason,
     gates_of=gates_of,
@@ -74,6 +106,7 @@ _templates.globals.update(
     WIDTH=charts.WIDTH,
     HEIGHT=charts.HEIGHT,
     PAD=charts.PAD,
+    LEFT=charts.LEFT,
 )
 
 
@@ -161,7 +194,7 @@ def _devices_panel(groups: Sequence[overview.DeviceGroup]) -> DevicesPanel:
         charts=[
             charts.bars("by version", dict(sorted(by_version.items()))),
             charts.bars("by hardware class", dict(sorted(by_class.items()))),
-            charts.bars("by health", {h: by_health[h] for h in overview.HEALTHS}),
+            charts.bars("by health", {h: by_health[h] for h in overview.HEALTHS}, HEALTH_COLOURS),
         ],
         rows=[
             GroupRow(cls, version, counts, urlencode({"hardware_class": cls}))
