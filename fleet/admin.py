@@ -19,6 +19,8 @@ from fleet.shared.admin_protocol import (
     Baseline,
     BaselineSet,
     PlaybookRun,
+    RetireRequest,
+    RetireResult,
     RolloutCommand,
     RolloutDetail,
     RolloutRequest,
@@ -93,6 +95,12 @@ class AdminClient:
         return BaselineSet.model_validate(
             self._call("PUT", f"/baselines/{model}", Baseline(version=version))
         )
+
+    def retire_devices(
+        self, device_ids: list[str], silent_for_s: float | None = None
+    ) -> RetireResult:
+        body = RetireRequest(device_ids=device_ids, silent_for_s=silent_for_s)
+        return RetireResult.model_validate(self._call("POST", "/devices/retire", body))
 
     def create_rollout(self, request: RolloutRequest) -> RolloutDetail:
         return RolloutDetail.model_validate(self._call("POST", "/rollouts", request))

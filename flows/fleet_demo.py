@@ -208,6 +208,15 @@ def real_agents(settings: Settings, url: str, admin_token: str) -> Iterator[Real
         yield agents
 
 
+def _retire(url: str, admin_token: str, device_ids: list[str]) -> list[str]:
+    """Retire the demo's devices (they stopped with it) on the controller that keeps running."""
+    admin = AdminClient(url, admin_token)
+    try:
+        return admin.retire_devices(device_ids).retired
+    finally:
+        admin.close()
+
+
 def _labels_sent(sim: Simulation) -> int:
     """Labelled predictions the simulated devices have produced so far (each becomes a field
     sample, sent or waiting in an outbox)."""
@@ -352,8 +361,15 @@ def run_fleet_demo(
         ran = agents.versions()
         served = {a.device_id: a.served for a in agents.agents}
         say(f"real agents run {ran}; /predict calls served {served}")
+        demo_devices = [*sim.result.devices, *(a.device_id for a in agents.agents)]
     if not keep_running:
         fleet_address.forget(settings, DEMO)  # its controller stopped with the demo
+    else:
+        retired = _retire(url, token, demo_devices)
+        say(
+            f"the demo's {len(retired)} devices stopped with it and were retired: a rollout "
+            "you start now targets only the devices you enrol"
+        )
     return {
         "admin_token_file": str(demo_folder(settings) / "admin-token"),
         "drift": drift.model_dump(mode="json") if drift is not None else None,

@@ -452,6 +452,41 @@ def rollout_abort(
     _rollout_command("abort", rollout_id, reason, url)
 
 
+@fleet_app.command("retire")
+def fleet_retire(
+    device_ids: Annotated[
+        list[str] | None, typer.Argument(help="Devices to take out of the fleet.")
+    ] = None,
+    silent_for: Annotated[
+        float | None,
+        typer.Option(min=0, help="Also every device not heard from for this many seconds."),
+    ] = None,
+    url: Annotated[str | None, URL_OPTION] = None,
+) -> None:
+    """Take devices out of the fleet: their credentials stop working and rollouts no longer count
+    or target them (their history stays on the dashboard)."""
+
+    def go() -> None:
+        from edgeloop.core.errors import ConfigError
+        from fleet.admin import AdminError
+
+        if not device_ids and silent_for is None:
+            raise ConfigError(
+                "no device to retire", hint="name device ids, or pass --silent-for SECONDS"
+            )
+        _, address, admin = _connect(url)
+        try:
+            result = admin.retire_devices(list(device_ids or []), silent_for)
+        except AdminError as exc:
+            raise _admin_failure(exc, address) from exc
+        finally:
+            admin.close()
+        shown = ", ".join(result.retired[:20]) + (" …" if len(result.retired) > 20 else "")
+        console.print(f"retired {len(result.retired)} device(s): {shown or '-'}", highlight=False)
+
+    guard(go)
+
+
 @fleet_app.command("token")
 def fleet_token(
     action: Annotated[str, typer.Argument(help="create")],

@@ -43,6 +43,18 @@ class Baseline(_Admin):
     version: str = Field(pattern=NAME)
 
 
+class RetireRequest(_Admin):
+    """Take devices out of the fleet: those named, and with ``silent_for_s`` every device not heard
+    from for that long. Their credentials stop working; rollouts no longer count or target them."""
+
+    device_ids: list[str] = Field(default_factory=list, max_length=100_000)
+    silent_for_s: float | None = Field(None, ge=0)
+
+
+class RetireResult(_Admin):
+    retired: list[str]
+
+
 class BaselineSet(_Admin):
     """The answer to setting a baseline: how many devices it retargeted now."""
 

@@ -482,3 +482,41 @@ def test_canary_devices_are_told_to_compare_with_stable_and_their_counts_are_sum
     assert canary_telemetry is not None
     summed = canary_telemetry.shadow_against("1")
     assert summed is not None and (summed.compared, summed.disagreed) == (200, 4)
+
+
+def test_retired_devices_lose_their_credential_and_leave_every_rollout(fleet: Fleet) -> None:
+    from fleet.controller.storage import store
+
+    fleet.clock.at(0)
+    credentials = {f"dev-{i}": fleet.enrol(f"dev-{i}") for i in range(3)}
+    fleet.clock.at(600)
+    for device_id in ("dev-0", "dev-1"):  # dev-2 never reports
+        r = fleet.client.post(
+            f"/v1/devices/{device_id}/telemetry",
+            json={"reports": [report(1, "1")]},
+            headers=auth(credentials[device_id]),
+        )
+        assert r.status_code == 200
+    body = {"device_ids": ["dev-0"], "silent_for_s": 300}
+    r = fleet.client.post("/v1/devices/retire", json=body, headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and r.json() == {"retired": ["dev-0", "dev-2"]}
+    again = fleet.client.post("/v1/devices/retire", json=body, headers=ADMIN_HEADERS)
+    assert again.json() == {"retired": []}
+    assert fleet.client.post("/v1/devices/retire", json=body).status_code == 401  # admin only
+    desired = fleet.client.get("/v1/devices/dev-0/desired", headers=auth(credentials["dev-0"]))
+    assert desired.status_code == 401  # at once, though its credential was cached
+    assert fleet.client.get(
+        "/v1/devices/dev-1/desired", headers=auth(credentials["dev-1"])
+    ).is_success
+    fleet.artifact("churn", "1")
+    fleet.artifact("churn", "2")
+    made = fleet.client.post(
+        "/v1/rollouts",
+        json={"model": "churn", "version": "2", "stable_version": "1", "policy": policy()},
+        headers=ADMIN_HEADERS,
+    )
+    rollout_id = made.json()["rollout_id"]
+    with fleet.app.state.sessions() as session:
+        status = store.status_of(store.load_rollout(session, rollout_id))
+        seen = [d.device_id for d in store.observations(session, status).devices]
+    assert seen == ["dev-1"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -82,6 +82,12 @@ class CredentialCache:
         self._entries.move_to_end(credential_hash)
         return entry[1]
 
+    def forget(self, device_ids: Iterable[str]) -> None:
+        """Drop the entries of ``device_ids`` (retired: their credentials must stop working now)."""
+        gone = set(device_ids)
+        for key in [k for k, (_, d) in self._entries.items() if d.device_id in gone]:
+            del self._entries[key]
+
     def put(self, credential_hash: str, device: DeviceIdentity) -> None:
         self._entries[credential_hash] = (time.monotonic(), device)
         self._entries.move_to_end(credential_hash)
@@ -96,6 +102,12 @@ def _credential_cache(request: Request) -> CredentialCache:
     if cache is None:
         cache = state.credential_cache = CredentialCache()
     return cache
+
+
+def forget_devices(request: Request, device_ids: Iterable[str]) -> None:
+    """This process stops accepting the credentials of ``device_ids`` at once (others within the
+    cache's ``ttl_s``)."""
+    _credential_cache(request).forget(device_ids)
 
 
 def _device_by_hash(request: Request, credential_hash: str) -> DeviceIdentity | None:

@@ -16,11 +16,24 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from fleet.controller.api.auth import Admin, CurrentDevice, DeviceIdentity, OwnDevice, SessionDep
+from fleet.controller.api.auth import (
+    Admin,
+    CurrentDevice,
+    DeviceIdentity,
+    OwnDevice,
+    SessionDep,
+    forget_devices,
+)
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
-from fleet.shared.admin_protocol import ArtifactRegistration, Baseline, BaselineSet
+from fleet.shared.admin_protocol import (
+    ArtifactRegistration,
+    Baseline,
+    BaselineSet,
+    RetireRequest,
+    RetireResult,
+)
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
     Artifact,
@@ -135,6 +148,17 @@ def register_artifact(
         signature=body.signature,
         now=request.app.state.clock(),
     )
+
+
+@router.post("/devices/retire", response_model=RetireResult, dependencies=[Admin])
+def retire(body: RetireRequest, request: Request, session: SessionDep) -> RetireResult:
+    """Take devices out of the fleet (a device that is gone for good, a simulation that ended)."""
+    retired = store.retire_devices(
+        session, body.device_ids, body.silent_for_s, request.app.state.clock()
+    )
+    session.commit()
+    forget_devices(request, retired)
+    return RetireResult(retired=retired)
 
 
 @router.put("/baselines/{model}", response_model=BaselineSet, dependencies=[Admin])

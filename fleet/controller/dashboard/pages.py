@@ -37,6 +37,7 @@ HEALTH_COLOURS = {
     overview.OFFLINE: "#d97706",
     overview.NEVER: "#6b7280",
     overview.QUARANTINED: "#dc2626",
+    overview.RETIRED: "#d1d5db",
 }
 """What each health looks like on the dashboard: green is fine, amber needs a look, red is not."""
 

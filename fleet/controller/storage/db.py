@@ -88,6 +88,9 @@ class DeviceRow(Base):
     credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """Set when an operator takes the device out of the fleet: its credential stops working and
+    no rollout counts or targets it; its history stays."""
 
 
 class TelemetryRow(Base):

@@ -35,12 +35,17 @@ NEVER = "never_seen"
 ONLINE = "online"
 OFFLINE = "offline"
 QUARANTINED = "quarantined"
-HEALTHS = (ONLINE, OFFLINE, NEVER, QUARANTINED)
+RETIRED = "retired"
+HEALTHS = (ONLINE, OFFLINE, NEVER, QUARANTINED, RETIRED)
 NO_VERSION = "none"
 """The version label of a device that has not reported yet."""
 
 
-def health(last_seen: datetime | None, now: datetime, quarantined: bool = False) -> str:
+def health(
+    last_seen: datetime | None, now: datetime, quarantined: bool = False, retired: bool = False
+) -> str:
+    if retired:
+        return RETIRED
     if quarantined:
         return QUARANTINED
     if last_seen is None:
@@ -71,6 +76,7 @@ def device_groups(session: Session, now: datetime) -> list[DeviceGroup]:
     latest = _latest_report_ids()
     online_since = now - timedelta(seconds=ONLINE_WITHIN_S)
     state = case(
+        (DeviceRow.retired_at.is_not(None), RETIRED),
         (DeviceRow.device_id.in_(select(QuarantineRow.device_id)), QUARANTINED),
         (DeviceRow.last_seen.is_(None), NEVER),
         (DeviceRow.last_seen >= online_since, ONLINE),
@@ -157,7 +163,7 @@ def device_page(
             running_version=running.get(d.device_id) or NO_VERSION,
             desired_version=desired.get(d.device_id) or NO_VERSION,
             last_seen=d.last_seen,
-            health=health(d.last_seen, now, d.device_id in quarantined),
+            health=health(d.last_seen, now, d.device_id in quarantined, d.retired_at is not None),
         )
         for d in devices
     ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
-from sqlalchemy import Executable, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Executable, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -157,8 +157,33 @@ def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
 def device_by_credential_hash(session: Session, credential_hash: str) -> DeviceRow | None:
     """The device whose credential hashes to ``credential_hash`` (see :func:`hash_secret`)."""
     return session.scalars(
-        select(DeviceRow).where(DeviceRow.credential_hash == credential_hash)
+        select(DeviceRow).where(
+            DeviceRow.credential_hash == credential_hash, DeviceRow.retired_at.is_(None)
+        )
     ).one_or_none()
+
+
+def retire_devices(
+    session: Session, device_ids: Iterable[str], silent_for_s: float | None, now: datetime
+) -> list[str]:
+    """Retire the devices named and, with ``silent_for_s``, every device not heard from for that
+    long (or never); returns the ids retired now (already retired ones are left as they are)."""
+    chosen: ColumnElement[bool] = DeviceRow.device_id.in_(list(device_ids))
+    if silent_for_s is not None:
+        cutoff = now - timedelta(seconds=silent_for_s)
+        chosen = or_(
+            chosen,
+            DeviceRow.last_seen.is_(None) & (DeviceRow.enrolled_at < cutoff),
+            DeviceRow.last_seen < cutoff,
+        )
+    rows = session.scalars(
+        select(DeviceRow)
+        .where(chosen, DeviceRow.retired_at.is_(None))
+        .order_by(DeviceRow.device_id)
+    ).all()
+    for row in rows:
+        row.retired_at = now
+    return [r.device_id for r in rows]
 
 
 def device(session: Session, device_id: str) -> DeviceRow | None:
@@ -523,7 +548,9 @@ def observations(
     del now
     classes = sorted(status.policy.cohorts)
     devices = session.scalars(
-        select(DeviceRow).where(DeviceRow.hardware_class.in_(classes)).order_by(DeviceRow.device_id)
+        select(DeviceRow)
+        .where(DeviceRow.hardware_class.in_(classes), DeviceRow.retired_at.is_(None))
+        .order_by(DeviceRow.device_id)
     ).all()
     ids = [d.device_id for d in devices]
     running = latest_versions(session, ids)
