@@ -1,13 +1,15 @@
-"""The fleet part of `make demo`: a real controller, 50 simulated devices, two rollouts.
+"""The fleet part of `make demo`: a real controller, 50 simulated devices and 3 real agents, two rollouts.
 
 After `edgeloop run` registered a candidate, this starts the fleet controller as its own process (as
-`edgeloop fleet serve` would), runs 50 simulated devices in two hardware classes against it, makes the
-candidate the fleet's first release, rolls a retrained copy out through staged canaries (it succeeds),
-then rolls out a deliberately regressed version (worse on the field data): its accuracy gate fails
-and the rollout is rolled back automatically, with the registry following. Last, 10% of the devices
-see drifted inputs: their on-device detectors report it, the controller raises an input-drift alert
-and runs its playbook. The controller stays up afterwards (``keep_running``) so the dashboard shows
-all of it; the next demo, or ``edgeloop fleet demo --stop``, stops it.
+`edgeloop fleet serve` would), runs 50 simulated devices in two hardware classes and three real
+`edgeloop agent` processes against it, makes the candidate the fleet's first release, then stops all
+labels: a retrained copy goes out through staged canaries judged by agreement with the stable model
+(compared in shadow on the devices) and succeeds, and a deliberately regressed version (wrong on 60%
+of inputs) is rolled back automatically on the agreement gate, with the registry following. Last, 20%
+of the devices see drifted inputs: their on-device detectors report it, the controller raises an
+input-drift alert and runs its playbook. The controller stays up afterwards (``keep_running``) with
+the demo's devices retired, so the dashboard shows all of it and a user's own devices start clean;
+the next demo, or ``edgeloop fleet demo --stop``, stops it.
 """
 
 from __future__ import annotations
@@ -52,16 +54,16 @@ if TYPE_CHECKING:
 DEVICES = 50
 DEMO = "edgeloop fleet demo"
 CLASSES = {"host-cpu": 0.7, "edge-small": 0.3}
-DRIFT_SHARE = 0.1
+DRIFT_SHARE = 0.2
 REAL_AGENTS = 3
-DETECTOR = DetectorPolicy(min_rows=2000)
-"""Devices judge input drift on 2,000 rows: the demo's devices resample a field split of under 200
+DETECTOR = DetectorPolicy(min_rows=1500)
+"""Devices judge input drift on 1,500 rows: the demo's devices resample a field split of under 200
 rows, whose own sampling error puts some 500-row windows above the PSI threshold with no drift at
-all (1.3% of windows in a measurement, none at 2,000 rows)."""
+all (1.3% of 500-row windows in a measurement, 0.3% at 1,000 rows, none of 300 at 2,000)."""
 """``edgeloop agent`` processes among the demo's devices (the rest are simulated)."""
 FEEDBACK_RATE = 0.6
 """Share of predictions whose label comes back, outside the label-free canaries."""
-DRIFT_WAIT_S = 120.0
+DRIFT_WAIT_S = 180.0
 DEMO_POLICY = {
     "stages": [
         {"fraction": f, "bake_s": 2, "deadline_s": 45, "min_confirmed_fraction": 0.8,
