@@ -136,7 +136,7 @@ def fleet_demo(
             colour = "green" if result.outcome == "succeeded" else "red"
             console.print(
                 f"  rollout of v{result.version}: [{colour}]{result.outcome}[/] "
-                f"{escape(result.reason)}",
+                f"{escape(headline(result))}",
                 highlight=False,
             )
             return result
@@ -240,12 +240,12 @@ def promote(
             raise
         colour = "green" if result.outcome == "succeeded" else "red"
         console.print(
-            f"rollout {result.rollout_id}: [{colour}]{result.outcome}[/] {escape(result.reason)}",
+            f"rollout {result.rollout_id}: [{colour}]{result.outcome}[/] {escape(headline(result))}",
             highlight=False,
         )
         if result.outcome != "succeeded":
             err_console.print(
-                f"[red]error:[/] {name} v{version} was not rolled out: {escape(result.reason)}; "
+                f"[red]error:[/] {name} v{version} was not rolled out: {escape(headline(result))}; "
                 f"production is back on v{result.stable_version}",
                 highlight=False,
                 soft_wrap=True,
@@ -525,6 +525,19 @@ def fleet_token(
         )
 
     guard(go)
+
+
+def headline(outcome: RolloutOutcome) -> str:
+    """One line for a rollout's outcome: the failed gates with their values against their limits,
+    else the first clause of the reason (`edgeloop rollout status` shows all of it)."""
+    if outcome.causes:
+        return "; ".join(
+            f"{c.gate} failed on {c.cohort}: {gate_value(c.gate, c.measured)} against "
+            f"{gate_value(c.gate, c.threshold)}"
+            for c in outcome.causes
+        )
+    first = outcome.reason.split("; ")[0]
+    return first if len(first) <= 160 else first[:159] + "…"
 
 
 def gate_value(gate: str, value: float | None) -> str:
