@@ -31,12 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from _common import machine_info, write_report
+from _common import machine_info, p50_results, p50_table, write_report
 from compression import run_stages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
-from rich.table import Table
 
 from fleet.agent.agent import NPY, PredictServer
 from fleet.agent.slots import Candidate, SlotManager
@@ -135,23 +134,16 @@ def main() -> None:
         connection.close()
         server.stop()
     load_after = os.getloadavg()
-    results = {
-        name: {
-            "p50_ms": float(np.median([r.p50_ms for r in stats])),
-            "p95_ms": float(np.median([r.p95_ms for r in stats])),
-            "rounds": [vars(r) for r in stats],
-        }
-        for name, stats in rounds.items()
-    }
-    bare = results["bare"]["p50_ms"]
-    table = Table(title=f"/predict overhead, {image.describe()}, {VARIANT}, 1 image per call")
-    for column in ("call", "p50 ms", "p95 ms", "p50 / bare"):
-        table.add_column(column)
-    for name, r in results.items():
-        r["ratio_vs_bare"] = r["p50_ms"] / bare
-        table.add_row(name, f"{r['p50_ms']:.4f}", f"{r['p95_ms']:.4f}", f"{r['ratio_vs_bare']:.2f}")
-    console.print(table)
-    ratio = results["agent-npy"]["ratio_vs_bare"]
+    results = p50_results(rounds, "bare")
+    console.print(
+        p50_table(
+            f"/predict overhead, {image.describe()}, {VARIANT}, 1 image per call",
+            "call",
+            results,
+            "bare",
+        )
+    )
+    ratio = results["agent-npy"]["p50_ratio"]
     verdict = "PASS" if ratio <= TARGET else "MISS"
     console.print(
         f"agent-npy p50 {ratio:.2f}x the bare call (target <= {TARGET}): {verdict}\n"

@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from _common import machine_info, write_report
+from _common import machine_info, p50_results, p50_table, write_report
 from compression import run_stages
 from predict_overhead import install, post
 from rich.console import Console
-from rich.table import Table
 
 from fleet.agent.agent import NPY, PredictServer
 from fleet.shared.modelspec import read_spec
@@ -101,24 +100,17 @@ def main() -> None:
         (canary,) = [r for r in slots.flush_telemetry() if r["version"] == "2"]
     shadow = canary.get("shadow", {})
     load_after = os.getloadavg()
-    results = {
-        name: {
-            "p50_ms": float(np.median([r.p50_ms for r in stats])),
-            "p95_ms": float(np.median([r.p95_ms for r in stats])),
-            "rounds": [vars(r) for r in stats],
-        }
-        for name, stats in rounds.items()
-    }
-    off = results["off"]["p50_ms"]
-    table = Table(title=f"/predict with shadow comparison, {image.describe()}, {VARIANT}")
-    for column in ("shadow", "p50 ms", "p95 ms", "p50 / off"):
-        table.add_column(column)
-    for name, r in results.items():
-        r["ratio_vs_off"] = r["p50_ms"] / off
-        table.add_row(name, f"{r['p50_ms']:.4f}", f"{r['p95_ms']:.4f}", f"{r['ratio_vs_off']:.3f}")
-    console.print(table)
+    results = p50_results(rounds, "off")
+    console.print(
+        p50_table(
+            f"/predict with shadow comparison, {image.describe()}, {VARIANT}",
+            "shadow",
+            results,
+            "off",
+        )
+    )
     name = f"shadow {args.rate:g}"
-    ratio = results[name]["ratio_vs_off"]
+    ratio = results[name]["p50_ratio"]
     verdict = "PASS" if ratio <= TARGET else "MISS"
     console.print(
         f"{name}: p50 {ratio:.3f}x off (target <= {TARGET}): {verdict}; rows compared in "

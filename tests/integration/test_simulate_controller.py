@@ -122,6 +122,38 @@ def test_simulated_fleet_rolls_out_and_rolls_back(controller: dict[str, Any]) ->
             sim.close()
 
 
+TERMINAL = {"succeeded", "rolled_back", "failed", "aborted"}
+
+
+def fleet_on_v1(
+    controller: dict[str, Any], field_x: np.ndarray, devices: int, seed: int
+) -> Simulation:
+    """``devices`` simulated devices that send no label, enrolled and all running version 1."""
+    sim = Simulation(
+        controller["base"], ADMIN, devices=devices, classes=CLASSES, field_x=field_x,
+        field_y=np.zeros(len(field_x), dtype=np.int64), feedback_rate=0.0,
+        report_interval_s=0.25, rows_per_report=50, seed=seed,
+    )  # fmt: skip
+    sim.run_sync(until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15)
+    target_all(controller["db_url"], list(sim.result.devices), "1")
+    sim.run_sync(until=lambda: sim.result.versions() == {"1": devices}, timeout_s=15)
+    assert sim.result.versions() == {"1": devices}
+    return sim
+
+
+def rollout_to_the_end(
+    sim: Simulation, client: httpx.Client, version: str, stable: str, policy: dict[str, Any]
+) -> dict[str, Any]:
+    """Start a rollout, run the fleet until it ends, and return its detail."""
+    rollout_id = rollout(client, version, stable, policy)
+
+    def detail() -> dict[str, Any]:
+        return dict(client.get(f"/v1/rollouts/{rollout_id}", headers=ADMIN_HEADERS).json())
+
+    sim.run_sync(until=lambda: detail()["phase"] in TERMINAL, timeout_s=60)
+    return detail()
+
+
 def test_a_fleet_without_labels_rolls_out_on_agreement_and_rolls_back_a_disagreeing_canary(
     controller: dict[str, Any],
 ) -> None:
@@ -138,34 +170,9 @@ def test_a_fleet_without_labels_rolls_out_on_agreement_and_rolls_back_a_disagree
             register(controller, client, "1", cls, v1)
             register(controller, client, "2", cls, v2)
             register(controller, client, "3", cls, v3_wrong)
-        sim = Simulation(
-            controller["base"],
-            ADMIN,
-            devices=12,
-            classes=CLASSES,
-            field_x=field_x,
-            field_y=np.zeros(len(field_x), dtype=np.int64),  # never sent: no feedback at all
-            feedback_rate=0.0,
-            report_interval_s=0.25,
-            rows_per_report=50,
-            seed=2,
-        )
+        sim = fleet_on_v1(controller, field_x, devices=12, seed=2)
         try:
-            ids = list(sim.result.devices)
-            result = sim.run_sync(
-                until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15
-            )
-            target_all(controller["db_url"], ids, "1")
-            result = sim.run_sync(until=lambda: result.versions() == {"1": 12}, timeout_s=15)
-
-            def detail(rollout_id: str) -> dict[str, Any]:
-                r = client.get(f"/v1/rollouts/{rollout_id}", headers=ADMIN_HEADERS)
-                return dict(r.json())
-
-            terminal = {"succeeded", "rolled_back", "failed", "aborted"}
-            r2 = rollout(client, "2", "1", policy)
-            sim.run_sync(until=lambda: detail(r2)["phase"] in terminal, timeout_s=60)
-            done = detail(r2)
+            done = rollout_to_the_end(sim, client, "2", "1", policy)
             assert done["phase"] == "succeeded", done["reason"]
             for cohort in done["status"]["last_check"]["cohorts"]:
                 gates = {g["gate"]: g for g in cohort["gates"]}
@@ -173,16 +180,13 @@ def test_a_fleet_without_labels_rolls_out_on_agreement_and_rolls_back_a_disagree
                 assert gates["accuracy"]["verdict"] == "inconclusive"
                 assert gates["agreement"]["verdict"] == "pass"
                 assert gates["agreement"]["samples"] >= 100
-            sim.run_sync(until=lambda: result.versions() == {"2": 12}, timeout_s=10)
+            sim.run_sync(until=lambda: sim.result.versions() == {"2": 12}, timeout_s=10)
 
-            r3 = rollout(client, "3", "2", policy)
-            sim.run_sync(until=lambda: detail(r3)["phase"] in terminal, timeout_s=60)
-            done = detail(r3)
+            done = rollout_to_the_end(sim, client, "3", "2", policy)
             assert done["phase"] == "rolled_back", done["reason"]
-            causes = {c["gate"] for c in done["status"]["causes"]}
-            assert causes == {"agreement"}, done["reason"]
-            sim.run_sync(until=lambda: result.versions() == {"2": 12}, timeout_s=10)
-            assert result.versions() == {"2": 12}
+            assert {c["gate"] for c in done["status"]["causes"]} == {"agreement"}, done["reason"]
+            sim.run_sync(until=lambda: sim.result.versions() == {"2": 12}, timeout_s=10)
+            assert sim.result.versions() == {"2": 12}
         finally:
             sim.close()
 
@@ -207,39 +211,13 @@ def test_a_regressor_rolls_out_on_agreement_within_its_tolerance_and_a_biased_on
             path.write_bytes(model.SerializeToString())
             for cls in CLASSES:
                 register(controller, client, version, cls, path)
-        sim = Simulation(
-            controller["base"],
-            ADMIN,
-            devices=8,
-            classes=CLASSES,
-            field_x=field_x,
-            field_y=np.zeros(len(field_x), dtype=np.int64),
-            feedback_rate=0.5,  # a regressor's labels are values: none is sent
-            report_interval_s=0.25,
-            rows_per_report=50,
-            seed=4,
-        )
+        sim = fleet_on_v1(controller, field_x, devices=8, seed=4)
+        sim.feedback_rate = 0.5  # a regressor's labels are values: none is sent all the same
         try:
-            ids = list(sim.result.devices)
-            result = sim.run_sync(
-                until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15
-            )
-            target_all(controller["db_url"], ids, "1")
-            result = sim.run_sync(until=lambda: result.versions() == {"1": 8}, timeout_s=15)
-
-            def phase(rollout_id: str) -> str:
-                r = client.get(f"/v1/rollouts/{rollout_id}", headers=ADMIN_HEADERS)
-                return str(r.json()["phase"])
-
-            terminal = {"succeeded", "rolled_back", "failed", "aborted"}
-            r2 = rollout(client, "2", "1", policy)
-            sim.run_sync(until=lambda: phase(r2) in terminal, timeout_s=60)
-            assert phase(r2) == "succeeded"
-            r3 = rollout(client, "3", "2", policy)
-            sim.run_sync(until=lambda: phase(r3) in terminal, timeout_s=60)
-            detail = client.get(f"/v1/rollouts/{r3}", headers=ADMIN_HEADERS).json()
-            assert detail["phase"] == "rolled_back", detail["reason"]
-            assert {c["gate"] for c in detail["status"]["causes"]} == {"agreement"}
-            assert sum(d.field_samples_sent for d in result.devices.values()) == 0
+            assert rollout_to_the_end(sim, client, "2", "1", policy)["phase"] == "succeeded"
+            done = rollout_to_the_end(sim, client, "3", "2", policy)
+            assert done["phase"] == "rolled_back", done["reason"]
+            assert {c["gate"] for c in done["status"]["causes"]} == {"agreement"}
+            assert sum(d.field_samples_sent for d in sim.result.devices.values()) == 0
         finally:
             sim.close()
