@@ -236,7 +236,7 @@ class Agent:
                     credentials.device_id,
                     credentials.credential,
                     self.status.revision,
-                    self.config.long_poll_s,
+                    min(self.config.long_poll_s, self.config.report_interval_s),
                 )
                 self._emit("desired", str(desired.revision))
                 self.status.revision = desired.revision

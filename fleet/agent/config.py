@@ -73,7 +73,13 @@ class AgentConfig(BaseSettings):
         LONG_POLL_MAX_S,
         gt=0,
         le=LONG_POLL_MAX_S,
-        description="longest wait for a change; telemetry goes out after each wait",
+        description="longest wait for a change of the desired state",
+    )
+    report_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=LONG_POLL_MAX_S,
+        description="telemetry goes out at least this often (a long-poll never waits longer)",
     )
     request_timeout_s: float = Field(10.0, gt=0, description="timeout of one controller call")
     telemetry_batch: int = Field(

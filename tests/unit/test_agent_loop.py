@@ -365,3 +365,19 @@ def test_predict_server_serves_the_active_model(on_v1: Device) -> None:
         server.stop()
     assert body["version"] == "v1" and len(body["predicted"]) == 2
     assert np.allclose(np.sum(body["probabilities"], axis=1), 1, atol=1e-3)
+
+
+def test_a_long_poll_never_outlasts_the_report_interval(
+    on_v1: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    desired = on_v1.agent.client.desired
+
+    def recording(device_id: str, credential: str, revision: int | None, wait: float) -> object:
+        waits.append(wait)
+        return desired(device_id, credential, revision, wait)
+
+    monkeypatch.setattr(on_v1.agent.client, "desired", recording)
+    assert on_v1.agent.config.long_poll_s == 30 and on_v1.agent.config.report_interval_s == 10
+    on_v1.agent.run_once()
+    assert waits == [10]  # telemetry goes out at least every 10 s, not every 30
