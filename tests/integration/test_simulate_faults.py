@@ -218,7 +218,8 @@ def test_input_drift_lowers_the_field_accuracy_the_controller_records(fleet: Fle
 
     # run until both groups have enough labelled predictions stored (a loaded machine is slower)
     fleet.sim.run_sync(
-        until=lambda: min(labelled(clean_ids)[1], labelled(drifted)[1]) > 50, timeout_s=30
+        until=lambda: min(labelled(clean_ids)[1], labelled(drifted)[1]) > 50,
+        timeout_s=SETTLE_TIMEOUT_S,
     )
     settle(fleet, 0.5)
 

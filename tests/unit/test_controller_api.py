@@ -520,3 +520,25 @@ def test_retired_devices_lose_their_credential_and_leave_every_rollout(fleet: Fl
         status = store.status_of(store.load_rollout(session, rollout_id))
         seen = [d.device_id for d in store.observations(session, status).devices]
     assert seen == ["dev-1"]
+
+
+def test_a_command_that_races_a_reconcile_pass_is_decided_again(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.controller.api import routes_rollouts
+    from fleet.controller.errors import ConcurrentUpdate
+
+    rollout_id, _ = _create_and_start(fleet)
+    real = routes_rollouts.apply_decision
+    raced: list[str] = []
+
+    def first_loses(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append("lost")
+            raise ConcurrentUpdate("changed by another pass", rollout_id=rollout_id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes_rollouts, "apply_decision", first_loses)
+    r = fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and r.json()["phase"] == "progressing", r.text
+    assert raced == ["lost"]

@@ -13,7 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, Request, status
 
 from fleet.controller.api.auth import Admin, SessionDep
-from fleet.controller.errors import PolicyError, RolloutConflict, RolloutInvalid
+from fleet.controller.errors import ConcurrentUpdate, PolicyError, RolloutConflict, RolloutInvalid
 from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.reconcile import apply_decision
 from fleet.controller.rollout.decide import (
@@ -164,6 +164,11 @@ def get_rollout(rollout_id: str, session: SessionDep) -> RolloutDetail:
     return detail(store.load_rollout(session, rollout_id))
 
 
+COMMAND_ATTEMPTS = 3
+"""An operator's command that loses the race with a reconcile pass is decided again on the saved
+status (a command refused by then is refused with its reason), not answered 409 for the race."""
+
+
 def run_command(
     session: Session,
     rollout_id: str,
@@ -185,8 +190,15 @@ def run_command(
             return resume(status_, now)
         return abort(status_, now, reason=reason or "aborted by an operator")
 
-    new, _ = apply_decision(session, rollout_id, decide, now, notifier)
-    return new
+    for attempt in range(COMMAND_ATTEMPTS):
+        try:
+            new, _ = apply_decision(session, rollout_id, decide, now, notifier)
+            return new
+        except ConcurrentUpdate:  # a reconcile pass saved first: decide again on what it saved
+            session.rollback()
+            if attempt == COMMAND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @router.post("/rollouts/{rollout_id}/{command}", response_model=RolloutDetail)
