@@ -279,6 +279,7 @@ class _LiveRollout:
         from rich.live import Live
 
         from fleet.admin import AdminClient, AdminError
+        from fleet.controller.rollout.phase import RolloutPhase
 
         admin = AdminClient(self.url, self.token)
         try:
@@ -292,8 +293,7 @@ class _LiveRollout:
                                     for r in reversed(admin.rollouts())
                                     if r.model == self.model
                                     and r.version == self.version
-                                    and r.phase
-                                    not in ("succeeded", "rolled_back", "failed", "aborted")
+                                    and not RolloutPhase(r.phase).is_terminal()
                                 ),
                                 None,
                             )

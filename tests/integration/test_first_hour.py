@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
-Project = object  # tests/integration/conftest.py: Project
+Project = Any  # tests/integration/conftest.py: Project
 MODEL = "digits-classifier"
 FAST = {
     "stages": [
@@ -70,29 +71,29 @@ def serving(port: int) -> str | None:
 
 def test_the_first_hour_through_the_cli(registered: Project, tmp_path: Path) -> None:
     project = registered
-    shutil.copy(REPO / "playbooks.yaml", project.root / "playbooks.yaml")  # type: ignore[attr-defined]
-    demo = project.edgeloop("fleet", "demo", timeout=1200)  # type: ignore[attr-defined]
+    shutil.copy(REPO / "playbooks.yaml", project.root / "playbooks.yaml")
+    demo = project.edgeloop("fleet", "demo", timeout=1200)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "were retired" in demo.stdout
     agent: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     try:
-        status = project.edgeloop("rollout", "status")  # type: ignore[attr-defined]
+        status = project.edgeloop("rollout", "status")
         assert status.returncode == 0, status.stderr
         assert "rolled_back" in status.stdout and "succeeded" in status.stdout
-        models = project.edgeloop("models")  # type: ignore[attr-defined]
+        models = project.edgeloop("models")
         assert models.returncode == 0 and "rolled_back" in models.stdout, models.stderr
-        client = project.client()  # type: ignore[attr-defined]
+        client = project.client()
         production = str(client.get_registered_model(MODEL).aliases["production"])
 
-        made = project.edgeloop("fleet", "token", "create", "--uses", "1")  # type: ignore[attr-defined]
+        made = project.edgeloop("fleet", "token", "create", "--uses", "1")
         assert made.returncode == 0, made.stderr
         token = made.stdout.strip()
         url = re.search(r"EDGELOOP_AGENT_CONTROLLER_URL=(\S+)", made.stderr)
         assert url is not None, made.stderr
         port = free_port()
         env = {
-            **project.env(),  # type: ignore[attr-defined]
+            **project.env(),
             "EDGELOOP_AGENT_CONTROLLER_URL": url.group(1),
             "EDGELOOP_AGENT_ENROLMENT_TOKEN": token,
             "EDGELOOP_AGENT_STATE_DIR": str(tmp_path / "my-device"),
@@ -102,17 +103,17 @@ def test_the_first_hour_through_the_cli(registered: Project, tmp_path: Path) -> 
         with (tmp_path / "agent.log").open("wb") as log:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "edgeloop.cli", "agent"],
-                cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT,  # type: ignore[attr-defined]
+                cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + 120
         while serving(port) != production and time.monotonic() < deadline:
             time.sleep(0.5)
         assert serving(port) == production, (tmp_path / "agent.log").read_text()[-3000:]
-        rows, _ = load_field(project.root / "data" / "splits" / "field.parquet")  # type: ignore[attr-defined]
+        rows, _ = load_field(project.root / "data" / "splits" / "field.parquet")
         threading.Thread(target=traffic, args=(port, rows, stop), daemon=True).start()
 
-        project.set_params(rollout=FAST)  # type: ignore[attr-defined]
-        promoted = project.edgeloop("promote", MODEL, "1")  # type: ignore[attr-defined]
+        project.set_params(rollout=FAST)
+        promoted = project.edgeloop("promote", MODEL, "1")
         assert promoted.returncode == 0, promoted.stdout[-3000:] + promoted.stderr[-3000:]
         assert "succeeded" in promoted.stdout and "agreement" in promoted.stdout
         assert serving(port) == "1"
@@ -122,4 +123,4 @@ def test_the_first_hour_through_the_cli(registered: Project, tmp_path: Path) -> 
         if agent is not None:
             agent.terminate()
             agent.wait(timeout=30)
-        project.edgeloop("fleet", "demo", "--stop")  # type: ignore[attr-defined]
+        project.edgeloop("fleet", "demo", "--stop")

@@ -85,6 +85,9 @@ CARRIED_GATES = (Gate.ACCURACY, Gate.AGREEMENT, Gate.ERROR_RATE)
 EVIDENCE_FLOOR = 0.1
 """An ended window's e-value is carried as ``max(E, EVIDENCE_FLOOR) / (1 + EVIDENCE_FLOOR)``."""
 
+MAX_LOG_E = 700.0
+"""Larger log e-values are carried as this: finite, so the status stays valid JSON."""
+
 
 class CarriedEvidence(BaseModel):
     """The summed log e-values of the ended windows of one gate on one cohort."""
@@ -107,7 +110,7 @@ def carry_evidence(
         for result in cohort.gates:
             if result.gate not in CARRIED_GATES or result.log_e is None:
                 continue
-            floored = math.log(max(math.exp(min(result.log_e, 700.0)), EVIDENCE_FLOOR))
+            floored = max(min(result.log_e, MAX_LOG_E), math.log(EVIDENCE_FLOOR))
             step = floored - math.log1p(EVIDENCE_FLOOR)
             before = sums.get((result.gate, result.cohort))
             sums[(result.gate, result.cohort)] = CarriedEvidence(
