@@ -36,11 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import math
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +81,8 @@ from fleet.simulate.faults import (
     parse_faults,
 )
 from fleet.simulate.sessions import SessionCache
+
+log = logging.getLogger(__name__)
 
 # --- results -------------------------------------------------------------------------------------
 
@@ -466,6 +470,20 @@ class _Device:
             self.result.field_samples_pending = len(self.disk.field_outbox)
 
 
+def _waiting_in(tasks: Sequence[asyncio.Task[None]]) -> str:
+    """Where the device tasks are suspended, counted by innermost function and line (a stall shows
+    as most of them at one place)."""
+    places: Counter[str] = Counter()
+    for task in tasks:
+        chain: list[str] = []
+        coro: Any = None if task.done() else task.get_coro()
+        while getattr(coro, "cr_frame", None) is not None:
+            chain.append(f"{coro.cr_frame.f_code.co_name}:{coro.cr_frame.f_lineno}")
+            coro = coro.cr_await  # down to the innermost coroutine
+        places[" < ".join(reversed(chain[-2:])) or "done"] += 1
+    return ", ".join(f"{n} at {place}" for place, n in places.most_common())
+
+
 def _corrupt(data: bytes, rng: np.random.Generator) -> bytes:
     """Flip a few bytes (at least one) of a download, as a bad link or a tampering proxy would."""
     out = bytearray(data)
@@ -651,6 +669,16 @@ class Simulation:
                     if duration_s is not None and elapsed >= duration_s:
                         break
                     if timeout_s is not None and elapsed >= timeout_s:
+                        if until is not None:
+                            log.warning(
+                                "the condition did not come true in %.0f s; device tasks wait in: %s; "
+                                "reports sent %d, acked %d, errors %d",
+                                timeout_s,
+                                _waiting_in(tasks),
+                                sum(d.result.reports_sent for d in self.devices),
+                                sum(d.result.reports_acked for d in self.devices),
+                                sum(d.result.errors for d in self.devices),
+                            )
                         break
                     failed = [t for t in tasks if t.done() and t.exception() is not None]
                     if failed:
