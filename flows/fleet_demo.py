@@ -43,12 +43,12 @@ from fleet.simulate import Simulation, make_regressed_variant
 from fleet.simulate.agents import RealAgents
 from fleet.simulate.faults import FaultPlan, FaultWindow
 from fleet.simulate.fleet import load_field
+from flows.rollout import RolloutOutcome
 from registry import tags as tag
 from registry.outcomes import production_version, promote
 from registry.tracking import connect
 
 if TYPE_CHECKING:
-    from flows.rollout import RolloutOutcome
     from flows.run_summary import RunSummary
 
 DEVICES = 50
@@ -276,6 +276,31 @@ def drift_and_remediate(sim: Simulation, url: str, token: str) -> DriftRemediati
     )
 
 
+class RealAgentRun(BaseModel):
+    """What the demo's real agent processes ended on."""
+
+    versions: dict[str, str | None]
+    """Each agent's version, from its own ``/healthz`` (None: nothing, or not running)."""
+    predict_calls_served: dict[str, int]
+
+
+class FleetDemoResult(BaseModel):
+    """What the fleet part of the demo did: its rollouts, the drift it caught, where the fleet ended."""
+
+    admin_token_file: str
+    controller: str
+    devices: int
+    classes: dict[str, float]
+    rollouts: list[RolloutOutcome]
+    labels_during_canaries: int
+    """Labels the simulated devices sent while the canaries were judged (0: judged by agreement)."""
+    drift: DriftRemediation | None
+    fleet_versions: dict[str, int]
+    """Simulated devices by version."""
+    real_agents: RealAgentRun
+    production: str | None
+
+
 def run_fleet_demo(
     settings: Settings,
     candidate: str,
@@ -284,7 +309,7 @@ def run_fleet_demo(
     say: Callable[[str], None],
     *,
     keep_running: bool = False,
-) -> dict[str, Any]:
+) -> FleetDemoResult:
     """Both rollouts, then drift; ``register(path, model)`` and ``rollout(...)`` are the flows."""
     from edgeloop.core.params import load_params
 
@@ -372,15 +397,15 @@ def run_fleet_demo(
             f"the demo's {len(retired)} devices stopped with it and were retired: a rollout "
             "you start now targets only the devices you enrol"
         )
-    return {
-        "admin_token_file": str(demo_folder(settings) / "admin-token"),
-        "drift": drift.model_dump(mode="json") if drift is not None else None,
-        "controller": url,
-        "devices": DEVICES,
-        "classes": CLASSES,
-        "rollouts": [o.model_dump(mode="json") for o in outcomes],
-        "labels_during_canaries": labels_during_canaries,
-        "fleet_versions": {str(k): v for k, v in fleet.items()},
-        "real_agents": {"versions": ran, "predict_calls_served": served},
-        "production": production_version(client, model),
-    }
+    return FleetDemoResult(
+        admin_token_file=str(demo_folder(settings) / "admin-token"),
+        controller=url,
+        devices=DEVICES,
+        classes=CLASSES,
+        rollouts=outcomes,
+        labels_during_canaries=labels_during_canaries,
+        drift=drift,
+        fleet_versions={str(k): v for k, v in fleet.items()},
+        real_agents=RealAgentRun(versions=ran, predict_calls_served=served),
+        production=production_version(client, model),
+    )

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from prefect import flow
+from pydantic import BaseModel, ConfigDict
 
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.placement_params import PlacementParams
@@ -83,8 +83,21 @@ def _log_placement(record: Placement, status: str, reason: str) -> None:
     )
 
 
+class PlacedRun(BaseModel):
+    """What a placed job came to: the version carrying its run key, and how it was placed (none
+    when a version with that run key already existed and nothing was trained)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    run_key: str
+    version: str
+    reused: bool
+    placement: Placement | None = None
+
+
 @flow(name="placed-retrain", log_prints=False, validate_parameters=False)
-def placed_retrain(settings: Settings | None = None) -> dict[str, Any]:
+def placed_retrain(settings: Settings | None = None) -> PlacedRun:
     """Place the training job, follow it, fail over; the flow run fails when no pool finishes it."""
     from flows.placement_pools import PrefectPools, ensure_training_deployments
 
@@ -93,10 +106,11 @@ def placed_retrain(settings: Settings | None = None) -> dict[str, Any]:
     placement = params.placement
     client = connect(settings.tracking_uri)
     key = job_run_key(settings, params)
-    summary: dict[str, Any] = {"model": params.model_name, "run_key": key}
     earlier = existing_version(client, params.model_name, key)
     if earlier is not None:
-        return {**summary, "version": str(earlier.version), "reused": True, "placement": None}
+        return PlacedRun(
+            model=params.model_name, run_key=key, version=str(earlier.version), reused=True
+        )
     ensure_training_deployments([p.name for p in placement.pools], placement.source)
     backend = PrefectPools({"settings": settings_for_workers(settings), "run_key": key})
     artifacts = settings.artifacts_dir if settings.uses_embedded_mlflow() else None
@@ -133,9 +147,10 @@ def placed_retrain(settings: Settings | None = None) -> dict[str, Any]:
             _log_placement(record, "failed", str(exc))
             raise
         _log_placement(record, "completed", f"trained on {record.pool}")
-    return {
-        **summary,
-        "version": str(version.version),
-        "reused": False,
-        "placement": record.as_dict(),
-    }
+    return PlacedRun(
+        model=params.model_name,
+        run_key=key,
+        version=str(version.version),
+        reused=False,
+        placement=record,
+    )

@@ -15,14 +15,16 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict
 
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from flows import stages
+from flows.run_summary import RunSummary
 from flows.workspace import Workspace
 from registry import tags as tag
 from registry.lineage import dvc_dir_hash
@@ -80,13 +82,13 @@ def current_data_hash(params: Params, settings: Settings) -> str:
         return dvc_dir_hash(ws.splits_dir)
 
 
-def _record(client: Any, model: str, markdown: str, result: str) -> None:
+def _record(client: MlflowClient, model: str, markdown: str, result: str) -> None:
     create_markdown_artifact(markdown=markdown, key="scheduled-retrain", description=result)
     if latest_version(client, model) is not None:
         client.set_registered_model_tag(model, tag.SCHEDULE_LAST_RESULT, result[:5000])
 
 
-def _promote_and_roll_out(client: Any, model: str, version: str) -> str:
+def _promote_and_roll_out(client: MlflowClient, model: str, version: str) -> str:
     from prefect.deployments import run_deployment
 
     from flows.deployments import ROLLOUT_DEPLOYMENT
@@ -103,8 +105,24 @@ def _promote_and_roll_out(client: Any, model: str, version: str) -> str:
     return str(getattr(run, "name", run))
 
 
+class ScheduledResult(BaseModel):
+    """What one scheduled run did: skipped (with the version it found current) or retrained."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    skipped: bool
+    reason: str
+    """Why it skipped, or what changed since the newest version."""
+    version: str | None
+    """The version it found current (skipped) or registered (retrained); None before the first."""
+    retrained: RunSummary | None = None
+    rollout_run: str | None = None
+    """The rollout flow run it started (``schedule.auto_promote`` and a new candidate)."""
+
+
 @flow(name="scheduled-retrain", log_prints=False, validate_parameters=False)
-def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
+def scheduled_retrain_flow(settings: Settings | None = None) -> ScheduledResult:
     """Retrain when the data or the training code changed since the last version; else skip."""
     from datetime import UTC, datetime
 
@@ -120,20 +138,30 @@ def scheduled_retrain_flow(settings: Settings | None = None) -> dict[str, Any]:
     code_hash = training_hash(params)
     why = change_reason(latest, current_data_hash(params, settings), code_hash)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    if why is None and latest is not None:
+    if why is None:
+        assert latest is not None  # change_reason names a reason while there is no version
         reason = f"data and training code unchanged since {model} v{latest.version}"
         logger.info("skipping the scheduled retrain: %s", reason)
         _record(
             client, model, f"# Scheduled retrain skipped\n\n{reason}", f"{now} skipped: {reason}"
         )
-        return {"skipped": True, "reason": reason, "model": model, "version": str(latest.version)}
+        return ScheduledResult(
+            model=model, skipped=True, reason=reason, version=str(latest.version)
+        )
     logger.info("retraining %s: %s", model, why)
     summary = retrain_flow(settings=settings)
     version = summary.version
     client.set_model_version_tag(model, version, tag.TRAINING_HASH, code_hash)
-    result: dict[str, Any] = {"skipped": False, "reason": why, **summary.model_dump(mode="json")}
+    rollout_run = None
     if params.schedule.auto_promote and CANDIDATE in summary.aliases:
-        result["rollout_run"] = _promote_and_roll_out(client, model, version)
+        rollout_run = _promote_and_roll_out(client, model, version)
     outcome = f"retrained: v{version} ({', '.join(summary.aliases) or 'no alias'})"
     _record(client, model, f"# Scheduled retrain\n\n{why}\n\n{outcome}", f"{now} {outcome}")
-    return result
+    return ScheduledResult(
+        model=model,
+        skipped=False,
+        reason=why,
+        version=version,
+        retrained=summary,
+        rollout_run=rollout_run,
+    )

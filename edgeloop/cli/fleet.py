@@ -152,16 +152,16 @@ def fleet_demo(
             lambda line: console.print(escape(line), highlight=False),
             keep_running=True,
         )
-        summary["fleet"] = fleet
+        summary["fleet"] = fleet.model_dump(mode="json")
         settings.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
         console.print(
-            f"fleet: {fleet['fleet_versions']} devices by version; production is "
-            f"v{fleet['production']}; summary in {settings.last_run_file}",
+            f"fleet: {fleet.fleet_versions} devices by version; production is "
+            f"v{fleet.production}; summary in {settings.last_run_file}",
             highlight=False,
         )
         console.print(
-            f"dashboard: {fleet['controller']}/dashboard (sign in with the token in "
-            f"{fleet['admin_token_file']}); the controller keeps running until "
+            f"dashboard: {fleet.controller}/dashboard (sign in with the token in "
+            f"{fleet.admin_token_file}); the controller keeps running until "
             "`edgeloop fleet demo --stop`",
             highlight=False,
             soft_wrap=True,

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from edgeloop.cli.common import console, guard, prepare
+from edgeloop.core.placement_params import TrainingPool
 from edgeloop.core.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.placement import PlacementDecision
 
 app = typer.Typer()
 
 
-def decision_table(decision: Any, pools: list[Any], title: str) -> Table:
+def decision_table(decision: PlacementDecision, pools: list[TrainingPool], title: str) -> Table:
     table = Table(title=title)
     for column in ("pool", "provider", "region", "cost/h", "residency", "accelerator", "", "why"):
         table.add_column(column)
@@ -75,32 +79,28 @@ def place(
         from registry.tracking import preflight
 
         preflight(settings.tracking_uri)
-        from flows.placement import PlacementDecision, PoolVerdict
         from flows.placement_flow import placed_retrain
 
         summary = placed_retrain(settings=settings)
-        record = summary["placement"]
+        record = summary.placement
         if record is None:
             console.print(
-                f"{summary['model']} v{summary['version']} already registered for run key "
-                f"{summary['run_key']}: nothing to train",
+                f"{summary.model} v{summary.version} already registered for run key "
+                f"{summary.run_key}: nothing to train",
                 highlight=False,
             )
             return
-        for i, raw in enumerate(record["decisions"], 1):
-            decision = PlacementDecision(raw["chosen"], [PoolVerdict(**v) for v in raw["pools"]])
+        for i, decision in enumerate(record.decisions, 1):
             console.print(decision_table(decision, placement.pools, f"placement decision {i}"))
         attempts = Table(title="attempts")
         for column in ("pool", "flow run", "outcome", "seconds", "reason"):
             attempts.add_column(column)
-        for a in record["attempts"]:
-            attempts.add_row(
-                a["pool"], a["run_id"], a["outcome"], f"{a['seconds']:.0f}", a["reason"]
-            )
+        for a in record.attempts:
+            attempts.add_row(a.pool, a.run_id, a.outcome, f"{a.seconds:.0f}", a.reason)
         console.print(attempts)
         console.print(
-            f"[bold]{summary['model']} v{summary['version']}[/] trained on pool {record['pool']} "
-            f"(run key {summary['run_key']})",
+            f"[bold]{summary.model} v{summary.version}[/] trained on pool {record.pool} "
+            f"(run key {summary.run_key})",
             highlight=False,
         )
 
