@@ -47,7 +47,13 @@ def serve(
 
 
 def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) -> None:
-    from edgeloop.cli.serve_plan import ServePlan, check_db_url, ensure_databases, secret
+    from edgeloop.cli.serve_plan import (
+        ServePlan,
+        check_db_url,
+        ensure_databases,
+        secret,
+        webhook_key,
+    )
     from edgeloop.cli.supervisor import Supervisor, SupervisorError
     from edgeloop.core.params import load_params
 
@@ -75,7 +81,7 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
     from edgeloop.cli.serve_plan import children
 
     supervisor = Supervisor(
-        children(plan, env, pools),
+        children(plan, env, pools, mlflow_key=webhook_key(plan)),
         on_event=lambda line: console.print(f"[yellow]{escape(line)}[/]", highlight=False),
     )
     stopping: list[int] = []

@@ -6,15 +6,19 @@ says it is, so the rollout flow finds it. State lives under the edgeloop home: S
 (``prefect-server.db``, ``mlflow-server.db``, ``fleet.db``) and served artifacts (``mlartifacts``).
 With ``db_url`` (``postgresql://user@host:port/NAME``) each server gets its own PostgreSQL database,
 ``NAME_prefect``, ``NAME_mlflow`` and ``NAME_fleet``, created when missing. The listener's webhook
-secret and the controller's admin token come from ``EDGELOOP_LISTENER_SECRET`` and
-``EDGELOOP_FLEET_ADMIN_TOKEN``, or are generated once into ``<home>/secrets/`` (mode 0600).
+secret, the controller's admin token and the key MLflow encrypts stored webhook secrets with come
+from ``EDGELOOP_LISTENER_SECRET``, ``EDGELOOP_FLEET_ADMIN_TOKEN`` and
+``MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY``, or are generated once into ``<home>/secrets/`` (mode 0600),
+so a stack stopped and started again reads what it stored.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -120,14 +124,22 @@ def ensure_databases(db_url: str) -> list[str]:
     return names
 
 
-def secret(env_name: str, path: Path) -> str:
-    """The variable's value, else the file's, else a new random secret written with mode 0600."""
+def fernet_key() -> str:
+    """A new key in the form ``cryptography.fernet.Fernet`` takes: 32 random bytes, url-safe base64."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret(
+    env_name: str, path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+) -> str:
+    """The variable's value, else the file's, else a new secret from ``make`` written with mode
+    0600."""
     if os.environ.get(env_name):
         return os.environ[env_name]
     if path.is_file():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    value = secrets.token_urlsafe(32)
+    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(value + "\n")
@@ -148,14 +160,29 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def children(plan: ServePlan, env: dict[str, str], pools: list[str]) -> list[ChildSpec]:
-    """The servers and one worker per pool; ``env`` goes to each (addresses, paths, secrets)."""
+WEBHOOK_KEY = "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"
+"""The key ``mlflow server`` encrypts webhook secrets with in its database. Unset, it makes up a
+new one per process, and a restarted server can no longer read the webhooks it stored."""
+
+
+def webhook_key(plan: ServePlan) -> str:
+    """``MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY``, else the key kept in ``<home>/secrets/``."""
+    return secret(WEBHOOK_KEY, plan.home / "secrets" / "mlflow-webhook-key", make=fernet_key)
+
+
+def children(
+    plan: ServePlan, env: dict[str, str], pools: list[str], *, mlflow_key: str = ""
+) -> list[ChildSpec]:
+    """The servers and one worker per pool; ``env`` goes to each (addresses, paths, secrets);
+    ``mlflow_key`` (:func:`webhook_key`) to the MLflow server alone."""
     controller = urlsplit(plan.controller_url)
     mlflow_env = (
         {"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https"}
         if plan.allow_loopback_webhooks
         else {}
     )
+    if mlflow_key:
+        mlflow_env[WEBHOOK_KEY] = mlflow_key
     # MLflow's job runner (about ten huey consumer processes) serves GenAI jobs edgeloop never
     # submits; webhooks are delivered without it. Off unless the operator turns it on.
     mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = os.environ.get(

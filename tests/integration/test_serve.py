@@ -1,5 +1,6 @@
 """`edgeloop serve` against real servers: every child healthy, a crashed child restarted, SIGTERM
-stops everything (no process left, checked by pid), on SQLite and on PostgreSQL."""
+stops everything (no process left, checked by pid), on SQLite and on PostgreSQL; a stack stopped
+and started again on the same home comes back, the MLflow webhook it made included."""
 
 from __future__ import annotations
 
@@ -86,6 +87,19 @@ def test_serve_on_sqlite_heals_a_crashed_child_and_stops_cleanly(project: Projec
             "the fleet controller was not restarted",
         )
         _sigterm_leaves_nothing(served)
+
+
+@pytest.mark.slow  # stops the stack and starts it again: stacks of its own
+def test_serve_stopped_and_started_again_reads_the_webhook_it_stored(project: Project) -> None:
+    from mlflow import MlflowClient
+
+    for start in ("first", "again"):
+        with edgeloop_serve(project, "--allow-loopback-webhooks") as served:
+            assert "MLflow webhook on alias changes" in served.output(), (start, served.output())
+            hooks = MlflowClient(tracking_uri=served.mlflow).list_webhooks()
+            assert served.listener + "/" in " ".join(h.url for h in hooks), start
+            _sigterm_leaves_nothing(served)
+    assert "MLflow refused the webhook" not in served.output()
 
 
 @pytest.mark.slow  # kills a child and stops the stack: a stack of its own

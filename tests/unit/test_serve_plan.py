@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.cli.serve_plan import ServePlan, check_db_url, children, secret
+from edgeloop.cli.serve_plan import (
+    WEBHOOK_KEY,
+    ServePlan,
+    check_db_url,
+    children,
+    secret,
+    webhook_key,
+)
 from edgeloop.core.errors import ConfigError
 
 
@@ -81,3 +88,23 @@ def test_one_worker_per_pool_and_the_controller_where_params_say(tmp_path: Path)
     assert {"worker edgeloop-ops", "worker hw-rpi4-arm64"} <= set(specs)
     argv = specs["fleet-controller"].argv
     assert argv[argv.index("--port") + 1] == "8787"
+
+
+def test_the_webhook_key_is_kept_and_goes_to_the_mlflow_server_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.fernet import Fernet
+
+    monkeypatch.delenv(WEBHOOK_KEY, raising=False)
+    p = plan(tmp_path)
+    key = webhook_key(p)
+    kept = tmp_path / "secrets" / "mlflow-webhook-key"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert webhook_key(p) == key  # a restarted stack decrypts what it stored
+    token = Fernet(key.encode()).encrypt(b"listener secret")  # the form mlflow server takes
+    assert Fernet(webhook_key(p).encode()).decrypt(token) == b"listener secret"
+    specs = children(p, {"SHARED": "1"}, ["hw-rpi4-arm64"], mlflow_key=key)
+    holders = [c.name for c in specs if WEBHOOK_KEY in c.env]
+    assert holders == ["mlflow-server"]
+    monkeypatch.setenv(WEBHOOK_KEY, "from-the-operator")
+    assert webhook_key(p) == "from-the-operator"
