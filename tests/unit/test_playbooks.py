@@ -23,6 +23,7 @@ from fleet.controller.observe import alerts
 from fleet.controller.observe.playbooks import actions as playbook_actions
 from fleet.controller.observe.playbooks import config as playbook_config
 from fleet.controller.observe.playbooks import runner as playbook_runner
+from fleet.controller.storage import playbook_runs as runs_table
 from fleet.controller.storage import store
 from fleet.controller.storage.observe_tables import AlertRow
 
@@ -365,6 +366,40 @@ def test_two_replicas_never_run_the_same_attempt(fleet: Fleet) -> None:
     for t in threads:
         t.join(30)
     assert len(calls) == 1
+
+
+def test_a_replica_that_reads_a_run_while_another_runs_it_leaves_it_until_the_lease_ends(
+    fleet: Fleet,
+) -> None:
+    """The interleaving behind the flaky two-replica test, made deterministic: replica A has
+    claimed the attempt and is inside the action when replica B reads the runs."""
+    open_alert(fleet)
+    books = [book("notify_webhook")]
+    calls: list[str] = []
+
+    def act(replica: str) -> Callable[..., str]:
+        return lambda _ctx, _action: calls.append(replica) or "done"
+
+    with fleet.app.state.sessions() as session:
+        playbook_runner.schedule(session, books, fleet.clock.at(0))
+    with fleet.app.state.sessions() as a, fleet.app.state.sessions() as b:
+        (run,) = runs_table.due_runs(a, fleet.clock.at(1))
+        assert runs_table.claim(a, run, fleet.clock.at(1))  # A now runs the action
+        assert run.status == "running" and run.attempts == 1
+        playbook_runner.execute_due(
+            b, books, fleet.clock.at(2), actions={"notify_webhook": act("B")}
+        )
+        assert calls == []  # leased to A: not due for B
+        assert runs_table.due_runs(b, fleet.clock.at(2)) == []
+        # A died inside the action: once its lease has run out, the next attempt is due
+        later = 2 + runs_table.CLAIM_LEASE_S
+        playbook_runner.execute_due(
+            b, books, fleet.clock.at(later), actions={"notify_webhook": act("B")}
+        )
+    assert calls == ["B"]
+    with fleet.app.state.sessions() as session:
+        (recorded,) = playbook_runner.list_playbook_runs(session)
+    assert (recorded["status"], recorded["attempts"]) == ("succeeded", 2)
 
 
 def test_a_controller_with_a_bad_playbooks_file_does_not_start(

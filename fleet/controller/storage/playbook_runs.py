@@ -9,7 +9,7 @@ When and what to run is ``observe.playbooks.runner``'s.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -50,28 +50,44 @@ def add_pending(session: Session, runs: Iterable[PendingRun], now: datetime) -> 
     return True
 
 
+CLAIM_LEASE_S = 300.0
+"""How long a claimed attempt is another replica's: an action that has not recorded its outcome by
+then (its process died inside it) is due again, as its next attempt."""
+
+
 def due_runs(session: Session, now: datetime) -> Sequence[PlaybookRunRow]:
-    """Pending runs whose next attempt is due, in the order they were scheduled."""
+    """Runs whose next attempt is due (pending, or claimed by a replica whose lease ran out), in
+    the order they were scheduled."""
     return session.scalars(
         select(PlaybookRunRow)
-        .where(PlaybookRunRow.status == "pending", PlaybookRunRow.next_attempt_at <= now)
+        .where(
+            PlaybookRunRow.status.in_(("pending", "running")),
+            PlaybookRunRow.next_attempt_at <= now,
+        )
         .order_by(PlaybookRunRow.id)
     ).all()
 
 
 def claim(session: Session, run: PlaybookRunRow, now: datetime) -> bool:
-    """Count one attempt, committed before the action runs (a process that dies inside the action
-    used its attempt), and only if nobody else counted it first: two replicas never run the same
-    attempt."""
+    """Count one attempt and mark it ``running`` under a lease of :data:`CLAIM_LEASE_S`, committed
+    before the action runs (a process that dies inside the action used its attempt), and only if
+    the run is still as this replica read it: one compare-and-set, so two replicas never run the
+    same attempt, and a replica that reads the run while another runs it finds it leased, not due."""
     seen = run.attempts
     claimed = session.execute(
         update(PlaybookRunRow)
         .where(
             PlaybookRunRow.id == run.id,
             PlaybookRunRow.attempts == seen,
-            PlaybookRunRow.status == "pending",
+            PlaybookRunRow.status.in_(("pending", "running")),
+            PlaybookRunRow.next_attempt_at <= now,
         )
-        .values(attempts=seen + 1, updated_at=now)
+        .values(
+            attempts=seen + 1,
+            status="running",
+            next_attempt_at=now + timedelta(seconds=CLAIM_LEASE_S),
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
