@@ -57,7 +57,10 @@ def verify_delivery(
         )
     delivery_id, timestamp, signature = (str(v) for v in values.values())
     expected = sign(secret, delivery_id, timestamp, payload)
-    if not any(hmac.compare_digest(expected, given) for given in signature.split()):
+    # as bytes: compare_digest refuses str with non-ASCII characters, which a header may carry
+    if not any(
+        hmac.compare_digest(expected.encode(), given.encode()) for given in signature.split()
+    ):
         raise WebhookRejected(
             401, f"bad {SIGNATURE_HEADER}: the webhook's secret differs from this listener's"
         )

@@ -87,12 +87,24 @@ class ServePlan:
         return url.replace("postgresql://", f"{driver.get(service, 'postgresql')}://", 1)
 
 
+PG_NAME_BYTES = 63
+"""PostgreSQL's longest identifier: a longer database name is cut short without an error, and the
+three services' names could end up the same."""
+
+
 def check_db_url(db_url: str) -> None:
     parts = urlsplit(db_url)
     if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
         raise ConfigError(
             f"--db-url {db_url!r} is not a PostgreSQL URL",
             hint="give postgresql://USER@HOST:PORT/NAME (leave it out for SQLite under the home)",
+        )
+    longest = max((database_name(db_url, s) for s in SERVICES), key=lambda n: len(n.encode()))
+    if len(longest.encode()) > PG_NAME_BYTES:
+        raise ConfigError(
+            f"--db-url's database name makes {longest!r}, longer than PostgreSQL's "
+            f"{PG_NAME_BYTES} bytes",
+            hint="give a shorter NAME in postgresql://USER@HOST:PORT/NAME",
         )
 
 
@@ -104,6 +116,7 @@ def database_name(db_url: str, service: str) -> str:
 def ensure_databases(db_url: str) -> list[str]:
     """Create the three databases of ``db_url`` that do not exist yet; returns their names."""
     import psycopg
+    from psycopg import sql
 
     parts = urlsplit(db_url.replace("postgres://", "postgresql://", 1))
     admin_url = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
@@ -120,7 +133,7 @@ def ensure_databases(db_url: str) -> list[str]:
         for name in names:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not found:
-                conn.execute(f'CREATE DATABASE "{name}"')
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return names
 
 

@@ -116,6 +116,28 @@ def test_serve_on_postgresql(project: Project, postgres_db: str) -> None:
         _sigterm_leaves_nothing(served)
 
 
+def test_database_names_are_identifiers_not_sql(postgres_db: str) -> None:
+    """A NAME with a quote and a statement in it becomes three databases of that exact name."""
+    import psycopg
+    from psycopg import sql
+
+    from edgeloop.cli.serve_plan import ensure_databases
+
+    server = postgres_db.rsplit("/", 1)[0]
+    name = 'e"; DROP DATABASE postgres; --'
+    try:
+        made = ensure_databases(f"{server}/{name}")
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            found = {r[0] for r in admin.execute("SELECT datname FROM pg_database")}
+            assert {f"{name}_{s}" for s in ("prefect", "mlflow", "fleet")} == set(made) <= found
+            assert "postgres" in found
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            for service in ("prefect", "mlflow", "fleet"):
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                admin.execute(drop.format(sql.Identifier(f"{name}_{service}")))
+
+
 def test_serve_refuses_a_db_url_that_is_not_postgresql(project: Project) -> None:
     result = project.edgeloop("serve", "--db-url", "mysql://root@127.0.0.1/edgeloop", timeout=60)
     assert result.returncode == 1

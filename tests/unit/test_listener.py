@@ -157,6 +157,16 @@ def test_bad_signature_over_http_is_401(tmp_path: Path) -> None:
     assert listener.http.get("/health").json() == {"status": "ok"}
 
 
+def test_a_signature_header_with_non_ascii_bytes_is_401_not_500(tmp_path: Path) -> None:
+    listener = Listener(tmp_path, fresh_registry(tmp_path, PASSED))
+    body = b'{"entity": "model_version_alias", "action": "created", "data": {}}'
+    hdrs = signed_headers(body, "d-1", NOW)
+    raw = [(k.encode(), v.encode()) for k, v in hdrs.items() if k != "X-MLflow-Signature"]
+    raw.append((b"X-MLflow-Signature", "v1,\u00e9t\u00e9".encode("latin-1")))
+    response = listener.http.post("/webhooks/mlflow", content=body, headers=raw)
+    assert response.status_code == 401 and "bad X-MLflow-Signature" in response.json()["detail"]
+
+
 def test_a_body_that_is_not_a_webhook_payload_is_400(tmp_path: Path) -> None:
     listener = Listener(tmp_path, fresh_registry(tmp_path, PASSED))
     body = b"[1, 2]"

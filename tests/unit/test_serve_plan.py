@@ -108,3 +108,9 @@ def test_the_webhook_key_is_kept_and_goes_to_the_mlflow_server_alone(
     assert holders == ["mlflow-server"]
     monkeypatch.setenv(WEBHOOK_KEY, "from-the-operator")
     assert webhook_key(p) == "from-the-operator"
+
+
+def test_a_database_name_postgresql_would_cut_short_is_refused() -> None:
+    check_db_url(f"postgresql://u@h:5432/{'n' * 54}")  # n…n_prefect: 62 bytes
+    with pytest.raises(ConfigError, match="longer than PostgreSQL's 63 bytes"):
+        check_db_url(f"postgresql://u@h:5432/{'n' * 56}")
