@@ -55,6 +55,7 @@ from fleet.agent.errors import (
     AgentConfigError,
     AgentError,
     ArtifactRejected,
+    BadResponse,
     ControllerCallFailed,
     ControllerUnreachable,
     Forbidden,
@@ -80,6 +81,7 @@ from fleet.shared.protocol import (
     EnrolResponse,
     FieldSample,
     FieldSampleBatch,
+    TelemetryAck,
     TelemetryBatch,
     TelemetryReport,
     values_prefix,
@@ -403,14 +405,43 @@ class Agent:
                 self.buffer.ack(invalid)
             if not reports:
                 continue
-            ack = self.client.send_telemetry(
-                credentials.device_id, credentials.credential, TelemetryBatch(reports=reports)
-            )
+            try:
+                ack = self.client.send_telemetry(
+                    credentials.device_id, credentials.credential, TelemetryBatch(reports=reports)
+                )
+            except BadResponse as exc:
+                if exc.status_code != 422:
+                    raise
+                ack = self._send_each(credentials, reports)
             acked = self.buffer.ack([*ack.accepted, *ack.duplicates])
             self.status.sent += len(ack.accepted)
             self._emit("send", str(len(reports)))
             if acked == 0:
                 return  # nothing moved; do not spin
+
+    def _send_each(self, credentials: Credentials, reports: list[TelemetryReport]) -> TelemetryAck:
+        """One report a request, after the controller refused a batch as invalid (422): a report
+        it refuses alone is counted and forgotten, like one that breaks the protocol here, so one
+        bad report cannot hold back the outbox behind it forever."""
+        accepted: list[int] = []
+        duplicates: list[int] = []
+        for report in reports:
+            try:
+                ack = self.client.send_telemetry(
+                    credentials.device_id, credentials.credential, TelemetryBatch(reports=[report])
+                )
+            except BadResponse as exc:
+                if exc.status_code != 422:
+                    raise
+                self.status.invalid_reports += 1
+                self.buffer.ack([report.seq])
+                log.error(
+                    "agent: the controller refused report %s, dropped: %s", report.seq, exc.detail
+                )
+                continue
+            accepted += ack.accepted
+            duplicates += ack.duplicates
+        return TelemetryAck(accepted=accepted, duplicates=duplicates)
 
     def _send_field_samples(self, credentials: Credentials) -> None:
         """Send the field-sample outbox in batches; forget a batch once the controller stored it."""

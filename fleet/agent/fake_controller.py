@@ -79,6 +79,9 @@ class FakeController:
     log: list[tuple[object, ...]] = field(default_factory=list)
     offline: bool = False
     fail_next: list[int] = field(default_factory=list)
+    refuse_seqs: set[int] = field(default_factory=set)
+    """Telemetry sequence numbers answered 422 with their whole batch, as a controller refuses a
+    report its database cannot hold."""
     _truncate: dict[str, int] = field(default_factory=dict)
 
     # --- what a test sets up ---------------------------------------------------------------------
@@ -210,6 +213,9 @@ class FakeController:
             return httpx.Response(422, json={"detail": json.loads(exc.json(include_url=False))})
         seqs = tuple(r.seq for r in batch.reports)
         self.log.append(("telemetry", device_id, seqs))
+        if self.refuse_seqs & set(seqs):
+            bad = sorted(self.refuse_seqs & set(seqs))
+            return httpx.Response(422, json={"detail": [{"msg": f"report {bad} refused"}]})
         accepted, duplicates = [], []
         for report in batch.reports:
             key = (device_id, report.buffer_id, report.seq)

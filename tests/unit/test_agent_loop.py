@@ -321,6 +321,35 @@ def test_offline_keeps_serving_and_buffering_then_sends_everything(
     assert len(fake.telemetry) == stored_before
 
 
+def test_a_report_the_controller_refuses_is_dropped_and_counted_not_resent_forever(
+    on_v1: Device,
+) -> None:
+    device, fake = on_v1, on_v1.fake
+    agent = device.agent
+    fake.offline = True
+    for _ in range(3):
+        agent.slots.predict(GOLDEN[:1])
+        agent.run_once()
+    fake.offline = False
+    pending = [r["seq"] for r in agent.buffer.pending()]
+    refused = pending[1]
+    fake.refuse_seqs = {refused}  # e.g. a value its database cannot hold: 422 for the batch
+    device.calls()
+
+    assert agent.run_once() == 0
+
+    stored = {r.seq for r in fake.reports(DEVICE)}
+    assert set(pending) - {refused} <= stored and refused not in stored
+    assert agent.status.invalid_reports == 1
+    assert agent.buffer.stats().pending == 0  # nothing left behind the refused report
+    sent = [c[2] for c in device.calls() if c[0] == "telemetry"]
+    assert sent[0] == (*pending, pending[-1] + 1)  # the batch, refused whole
+    assert sorted(s for (s,) in sent[1:]) == [*pending, pending[-1] + 1]  # then one by one
+    agent.slots.predict(GOLDEN[:1])
+    assert agent.run_once() == 0
+    assert [c[0] for c in device.calls()].count("telemetry") == 1  # the outbox flows again
+
+
 def test_a_refused_credential_is_not_answered_by_enrolling_again(
     on_v1: Device, key: Ed25519PrivateKey
 ) -> None:
