@@ -108,26 +108,43 @@ def create_enrolment_token(
     return EnrolmentToken(token=token, expires_at=expires_at, uses=request.uses)
 
 
-def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
-    """Spend one use of the token and enrol the device; returns the credential (shown once)."""
-    token = session.scalars(
-        select(EnrolmentTokenRow)
-        .where(EnrolmentTokenRow.token_hash == hash_secret(request.token))
-        .with_for_update()
-    ).one_or_none()
-    if (
-        token is None
-        or token.uses_left < 1
-        or token.expires_at <= now
-        or (token.hardware_class is not None and token.hardware_class != request.hardware_class)
-    ):
-        raise EnrolmentRefused("the enrolment token is not valid")
-    if session.get(DeviceRow, request.device_id) is not None:
-        raise DeviceAlreadyEnrolled(
-            f"device {request.device_id} is enrolled already", device_id=request.device_id
+def _spend_token(session: Session, request: EnrolRequest, now: datetime) -> bool:
+    """Take one use of the request's token, if it is valid for it, in one conditional UPDATE (the
+    database decides, so two concurrent enrolments cannot both take a token's last use, on SQLite
+    too, where ``SELECT ... FOR UPDATE`` locks nothing). The first statement of its transaction."""
+    spent = session.execute(
+        update(EnrolmentTokenRow)
+        .where(
+            EnrolmentTokenRow.token_hash == hash_secret(request.token),
+            EnrolmentTokenRow.uses_left >= 1,
+            EnrolmentTokenRow.expires_at > now,
+            or_(
+                EnrolmentTokenRow.hardware_class.is_(None),
+                EnrolmentTokenRow.hardware_class == request.hardware_class,
+            ),
         )
+        .values(uses_left=EnrolmentTokenRow.uses_left - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(spent, "rowcount", 0) == 1
+
+
+def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
+    """Spend one use of the token and enrol the device; returns the credential (shown once).
+
+    A refusal for a device id that is taken (409) spends the use too: a token cannot be used to
+    probe which device ids exist, or be tried again and again."""
+    session.rollback()  # the spend opens the transaction: no older snapshot to upgrade
+    if not _spend_token(session, request, now):
+        session.rollback()
+        raise EnrolmentRefused("the enrolment token is not valid")
+    taken = DeviceAlreadyEnrolled(
+        f"device {request.device_id} is enrolled already", device_id=request.device_id
+    )
+    if session.get(DeviceRow, request.device_id) is not None:
+        session.commit()
+        raise taken
     credential = secrets.token_urlsafe(32)
-    token.uses_left -= 1
     session.add(
         DeviceRow(
             device_id=request.device_id,
@@ -146,11 +163,11 @@ def enrol(session: Session, request: EnrolRequest, now: datetime) -> str:
         session.flush()
         baseline_for_new_device(session, request.device_id, now)
         session.commit()
-    except IntegrityError as exc:
+    except IntegrityError as exc:  # enrolled concurrently under the same id: a 409 as above
         session.rollback()
-        raise DeviceAlreadyEnrolled(
-            f"device {request.device_id} is enrolled already", device_id=request.device_id
-        ) from exc
+        _spend_token(session, request, now)
+        session.commit()
+        raise taken from exc
     return credential
 
 
