@@ -22,7 +22,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet.agent.errors import AgentConfigError
-from fleet.shared.protocol import LONG_POLL_MAX_S, MAX_REPORTS_PER_BATCH, NAME
+from fleet.shared.protocol import (
+    LONG_POLL_MAX_S,
+    MAX_REPORTS_PER_BATCH,
+    NAME,
+    LabelKey,
+    LabelValue,
+)
 
 ENV_PREFIX = "EDGELOOP_AGENT_"
 
@@ -50,7 +56,7 @@ class AgentConfig(BaseSettings):
     hardware_class: str = Field(
         "host-cpu", pattern=NAME, description="its hardware profile's name: the cohort it joins"
     )
-    labels: Annotated[dict[str, str], NoDecode] = Field(
+    labels: Annotated[dict[LabelKey, LabelValue], NoDecode] = Field(
         default_factory=dict, max_length=16, description='a JSON object, e.g. {"site": "berlin"}'
     )
     profile: str | None = Field(None, description="hardware profile name or YAML path")

@@ -107,6 +107,18 @@ def postgres_db() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def controller_on_each_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A controller process (uvicorn) on SQLite, then on PostgreSQL; yields its base URL."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from servers import uvicorn_controller, write_public_key
+
+    key = write_public_key(Ed25519PrivateKey.generate(), tmp_path / "k.pem")
+    db_url = request.getfixturevalue("postgres_db") if request.param == "postgresql" else None
+    with uvicorn_controller(tmp_path, key, db_url) as (base, _db_url):
+        yield base
+
+
 # Session servers, one per backend, started on first use and shared by every test (and every
 # pytest-xdist worker) that needs one (held.py). A test sharing one keeps to names of its own
 # (registered models, work pools, listeners) and filters what it reads back by them, so tests stay

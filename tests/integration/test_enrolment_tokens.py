@@ -5,25 +5,19 @@ for a device id that is taken spends the use too, so a token cannot probe device
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from servers import ADMIN_HEADERS, uvicorn_controller, write_public_key
+from servers import ADMIN_HEADERS
 
 pytestmark = pytest.mark.integration
 
 RACERS = 8
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def controller(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    key = write_public_key(Ed25519PrivateKey.generate(), tmp_path / "k.pem")
-    db_url = request.getfixturevalue("postgres_db") if request.param == "postgresql" else None
-    with uvicorn_controller(tmp_path, key, db_url) as (base, _db_url):
-        yield base
+@pytest.fixture
+def controller(controller_on_each_db: str) -> str:
+    return controller_on_each_db
 
 
 def token(base: str, uses: int = 1) -> str:

@@ -103,7 +103,8 @@ STATS = {"count": 20, "features": 2, "features_tracked": 2, "mean": [0.1, 0.2], 
 EVENT = {"kind": "input_drift", "value": 0.5, "threshold": 0.25, "window_s": 10, "feature": "f0"}
 GARBAGE = {
     "nan_mean": ({"input_stats": {**STATS, "mean": [float("nan"), 0.2]}}, "finite"),
-    "negative_count": ({"input_stats": {**STATS, "count": -3}}, "non-negative integer"),
+    "negative_count": ({"input_stats": {**STATS, "count": -3}}, "must be an integer in [0,"),
+    "huge_count": ({"input_stats": {**STATS, "count": 2**64}}, "must be an integer in [0,"),
     "wrong_lengths": ({"input_stats": {**STATS, "std": [1.0]}}, "lengths disagree"),
     "negative_std": ({"input_stats": {**STATS, "std": [1.0, -1.0]}}, "std must be non-negative"),
     "psi_out_of_range": ({"events": [{**EVENT, "value": 1e6}]}, "outside"),

@@ -74,7 +74,7 @@ def test_non_finite_features_are_refused(fleet: Fleet) -> None:
         content='{"samples": [{"model": "churn", "version": "1", "features": [NaN, 1.0]}]}',
         headers={"Authorization": f"Bearer {credential}", "Content-Type": "application/json"},
     )
-    assert r.status_code == 422 and "not finite" in r.text
+    assert r.status_code == 422 and "finite number" in r.text
 
 
 def test_empty_and_oversized_batches_are_refused(fleet: Fleet) -> None:

@@ -36,6 +36,7 @@ from fleet.shared.admin_protocol import (
 )
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
+    MAX_DB_INT,
     Artifact,
     DesiredState,
     EnrolmentToken,
@@ -77,7 +78,7 @@ def _read_desired(request: Request, device: DeviceIdentity) -> DesiredState:
 async def desired(
     request: Request,
     device: OwnDevice,
-    revision: Annotated[int | None, Query(ge=0)] = None,
+    revision: Annotated[int | None, Query(ge=0, le=MAX_DB_INT)] = None,
     wait: Annotated[float, Query(ge=0, le=3600)] = 0.0,
 ) -> DesiredState:
     """Answers at once when ``revision`` differs from the stored one, else when it changes or after

@@ -13,11 +13,12 @@ from fleet.controller.observe.aggregate import ALL, METRICS, fleet_series
 from fleet.controller.observe.alerts import list_alerts
 from fleet.controller.observe.playbooks.runner import list_playbook_runs
 from fleet.shared.admin_protocol import Alert, PlaybookRun, SeriesPoint
+from fleet.shared.protocol import MAX_DB_INT
 
 router = APIRouter(dependencies=[Admin])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
 
 
 @router.get("/alerts", response_model=list[Alert])

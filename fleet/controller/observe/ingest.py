@@ -15,10 +15,12 @@ from datetime import datetime
 from fleet.controller.storage import events as stored
 from fleet.controller.storage.db import Session
 from fleet.shared.drift import PSI_MAX
-from fleet.shared.protocol import TelemetryReport
+from fleet.shared.protocol import MAX_DB_INT, TelemetryReport
 
 PSI_KINDS = ("input_drift", "prediction_drift")
 COUNT_KEYS = ("count", "nonfinite_rows", "skipped_rows")
+MAX_TRACKED_FEATURES = 4096
+"""The most features a report's ``input_stats`` may describe (the agent tracks 256 by default)."""
 
 
 def _finite(values: Iterable[object]) -> bool:
@@ -32,12 +34,17 @@ def stats_problems(stats: dict[str, object]) -> list[str]:
     problems = []
     for key in COUNT_KEYS:
         value = stats.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            problems.append(f"input_stats.{key} must be a non-negative integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DB_INT:
+            problems.append(
+                f"input_stats.{key} must be an integer in [0, {MAX_DB_INT}], got {value!r}"
+            )
     mean, std = stats.get("mean", []), stats.get("std", [])
     if not isinstance(mean, list) or not isinstance(std, list):
         return [*problems, "input_stats.mean and .std must be lists"]
     tracked = stats.get("features_tracked", len(mean))
+    if len(mean) > MAX_TRACKED_FEATURES:
+        return [*problems, f"input_stats describes {len(mean)} features, at most "
+                f"{MAX_TRACKED_FEATURES}"]  # fmt: skip
     if not (len(mean) == len(std) == tracked):
         problems.append(
             f"input_stats lengths disagree: mean {len(mean)}, std {len(std)}, "
