@@ -26,8 +26,11 @@ def serve(
     db_url: Annotated[
         str | None,
         typer.Option(
-            help="PostgreSQL URL postgresql://USER@HOST:PORT/NAME: databases NAME_prefect, "
-            "NAME_mlflow and NAME_fleet (created when missing). Default: SQLite under the home."
+            envvar="EDGELOOP_DB_URL",
+            help="PostgreSQL URL postgresql://USER[:PASSWORD]@HOST:PORT/NAME: databases "
+            "NAME_prefect, NAME_mlflow and NAME_fleet (created when missing). Give a password "
+            "through EDGELOOP_DB_URL, not here: a command line is visible to every user of the "
+            "host. Default: SQLite under the home.",
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address the servers listen on.")] = "127.0.0.1",

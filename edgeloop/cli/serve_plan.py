@@ -214,12 +214,12 @@ def children(
         ChildSpec(
             name="mlflow-server",
             argv=_python(
-                "mlflow", "server", "--backend-store-uri", plan.database("mlflow"),
-                "--serve-artifacts", "--artifacts-destination",
+                "mlflow", "server", "--serve-artifacts", "--artifacts-destination",
                 (plan.home / "mlartifacts").resolve().as_uri(),
                 "--host", plan.host, "--port", str(plan.base_port + 1), "--workers", "1",
             ),
-            env={**env, **mlflow_env},
+            # the store URI (a database password in it) by environment, not on the command line
+            env={**env, **mlflow_env, "MLFLOW_BACKEND_STORE_URI": plan.database("mlflow")},
             log=plan.logs / "mlflow-server.log",
             health=lambda: http_ok(f"{plan.mlflow_url}/health"),
             url=plan.mlflow_url,

@@ -114,3 +114,12 @@ def test_a_database_name_postgresql_would_cut_short_is_refused() -> None:
     check_db_url(f"postgresql://u@h:5432/{'n' * 54}")  # n…n_prefect: 62 bytes
     with pytest.raises(ConfigError, match="longer than PostgreSQL's 63 bytes"):
         check_db_url(f"postgresql://u@h:5432/{'n' * 56}")
+
+
+def test_no_database_password_on_a_child_command_line(tmp_path: Path) -> None:
+    p = plan(tmp_path, db_url="postgresql://edgeloop:hunter2@db:5432/edgeloop")
+    specs = children(p, {}, ["hw-rpi4-arm64"])
+    assert not [c.name for c in specs if any("hunter2" in a for a in c.argv)]
+    mlflow = next(c for c in specs if c.name == "mlflow-server")
+    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == p.database("mlflow")
+    assert "hunter2" in p.database("mlflow")
