@@ -29,6 +29,11 @@ class FleetSettings(BaseSettings):
         "NORMAL is faster and survives a controller crash but not a power loss",
     )
     admin_token: str = Field("", description="bearer token of the admin endpoints; empty: refused")
+    metrics_token: str = Field(
+        "",
+        description="bearer token that may read /metrics and nothing else (a Prometheus scraper's "
+        "credentials_file); the admin token may read it too",
+    )
     public_key_path: Path = Field(
         Path(".edgeloop/keys/signing-ed25519.pub.pem"),
         description="the registry's ed25519 public key, handed to devices at enrolment",

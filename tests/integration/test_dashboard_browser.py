@@ -105,7 +105,9 @@ def test_dashboard_in_a_real_browser(rolled_back_fleet: dict[str, Any], tmp_path
     from playwright.sync_api import sync_playwright
 
     base, rollout_id = rolled_back_fleet["base"], rolled_back_fleet["rollout_id"]
-    metrics = httpx.get(f"{base}/metrics").text  # the same rollback, for Prometheus
+    metrics = httpx.get(
+        f"{base}/metrics", headers=ADMIN_HEADERS
+    ).text  # the same rollback, for Prometheus
     assert "edgeloop_rollouts_rolled_back_total 1.0" in metrics
     assert 'edgeloop_rollout_outcomes_total{model="digits",outcome="rolled_back"} 1.0' in metrics
     assert 'edgeloop_rollouts{phase="rolled_back"} 1.0' in metrics

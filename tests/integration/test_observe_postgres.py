@@ -70,10 +70,10 @@ def test_dashboard_metrics_and_field_samples_on_postgresql(
             'version="3"} 50.0'
         )
         deadline = time.monotonic() + 30  # counters take reports once they are SETTLE_S old
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=ADMIN).text
         while counted not in metrics and time.monotonic() < deadline:
             time.sleep(0.5)
-            metrics = client.get("/metrics").text
+            metrics = client.get("/metrics", headers=ADMIN).text
         assert counted in metrics
         assert "edgeloop_fleet_devices_online 2.0" in metrics
         pulled = client.get("/v1/field-samples", headers=ADMIN).json()

@@ -10,17 +10,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, policy, report
 
+SCRAPER = {"Authorization": "Bearer scraper-token-0123456789"}
+
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
+    with make_fleet(tmp_path, metrics_token="scraper-token-0123456789") as client:
         clock = client.app.state.clock  # type: ignore[attr-defined]
         assert isinstance(clock, Clock)
         yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def scrape(fleet: Fleet) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = fleet.client.get("/metrics")
+    r = fleet.client.get("/metrics", headers=SCRAPER)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -116,3 +118,13 @@ def test_metrics_count_open_alerts_and_playbook_runs(fleet: Fleet) -> None:
     assert m[("edgeloop_alerts_open", (("kind", "input_drift"),))] == 1
     runs = (("action", "pause_rollout"), ("status", "failed"))
     assert m[("edgeloop_playbook_runs", runs)] == 1
+
+
+def test_metrics_are_for_the_scraper_token_or_the_admin_token(fleet: Fleet) -> None:
+    assert fleet.client.get("/metrics").status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert fleet.client.get("/metrics", headers=wrong).status_code == 401
+    assert fleet.client.get("/metrics", headers=ADMIN_HEADERS).status_code == 200
+    assert fleet.client.get("/metrics", headers=SCRAPER).status_code == 200
+    # the scraper's token reads metrics and nothing else
+    assert fleet.client.get("/v1/rollouts", headers=SCRAPER).status_code == 401

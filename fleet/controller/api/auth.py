@@ -47,14 +47,22 @@ def _unauthorised(detail: str = "missing or invalid credentials") -> HTTPExcepti
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers=_CHALLENGE)
 
 
+def _presented(credentials: HTTPAuthorizationCredentials | None, *tokens: str) -> bool:
+    """Whether the bearer token is one of the configured ``tokens`` (an empty one matches none)."""
+    given = credentials.credentials.encode() if credentials is not None else b""
+    return bool(given) and any(t and hmac.compare_digest(given, t.encode()) for t in tokens)
+
+
 def require_admin(request: Request, credentials: Bearer) -> None:
     """The admin token from ``EDGELOOP_FLEET_ADMIN_TOKEN``; with none configured, nobody is admin."""
-    expected: str = request.app.state.settings.admin_token
-    if (
-        not expected
-        or credentials is None
-        or not hmac.compare_digest(credentials.credentials.encode(), expected.encode())
-    ):
+    if not _presented(credentials, request.app.state.settings.admin_token):
+        raise _unauthorised()
+
+
+def require_metrics_reader(request: Request, credentials: Bearer) -> None:
+    """``EDGELOOP_FLEET_METRICS_TOKEN`` (read /metrics, nothing else) or the admin token."""
+    settings = request.app.state.settings
+    if not _presented(credentials, settings.metrics_token, settings.admin_token):
         raise _unauthorised()
 
 
@@ -146,6 +154,7 @@ async def device_on_own_path(
 
 
 Admin = Depends(require_admin)
+MetricsReader = Depends(require_metrics_reader)
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentDevice = Annotated[DeviceIdentity, Depends(current_device)]
 OwnDevice = Annotated[DeviceIdentity, Depends(device_on_own_path)]

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleet.controller.api.auth import MetricsReader
 from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.storage import overview, store
@@ -257,9 +258,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[MetricsReader])
 async def metrics(request: Request) -> Response:
-    """The Prometheus text exposition (unauthenticated, like most exporters: counts, no secrets)."""
+    """The Prometheus text exposition, for the metrics token or the admin token: its labels carry
+    model names, versions and rollout ids, which are not for anyone who can reach the port."""
     registry: Any = request.app.state.metrics_registry
     body = await run_in_threadpool(generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE)
