@@ -20,6 +20,7 @@ from test_controller_builders import (
 
 from fleet.controller.api.app import create_app
 from fleet.controller.dashboard import pages
+from fleet.controller.dashboard.routes import MAX_LOGIN_BODY, SESSION_TTL_S
 from fleet.controller.storage import overview
 
 
@@ -53,6 +54,43 @@ def test_dashboard_needs_sign_in_and_sets_a_cookie_without_the_token(fleet: Flee
     assert page.headers["cache-control"] == "no-store"
     fleet.client.post("/dashboard/logout")
     assert fleet.client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_a_session_ends_at_sign_out_even_for_a_copied_cookie_and_after_its_ttl(
+    fleet: Fleet,
+) -> None:
+    def page_with(cookie: str) -> int:
+        fleet.client.cookies.clear()
+        fleet.client.cookies.set("edgeloop_dashboard", cookie, path="/dashboard")
+        return fleet.client.get("/dashboard", follow_redirects=False).status_code
+
+    fleet.clock.at(0)
+    assert sign_in(fleet.client) == 303
+    copied = fleet.client.cookies.get("edgeloop_dashboard")
+    assert copied and page_with(copied) == 200
+    fleet.client.post("/dashboard/logout", follow_redirects=False)
+    assert page_with(copied) == 303  # revoked, not only deleted from this browser
+
+    fleet.client.cookies.clear()
+    assert sign_in(fleet.client) == 303
+    fresh = fleet.client.cookies.get("edgeloop_dashboard")
+    assert fresh and page_with(fresh) == 200
+    fleet.clock.at(SESSION_TTL_S - 1)
+    assert page_with(fresh) == 200
+    fleet.clock.at(SESSION_TTL_S)
+    assert page_with(fresh) == 303  # expired
+    expires, session_id, mac = fresh.split(".")
+    forged = f"{int(expires) + 3600}.{session_id}.{mac}"  # a later expiry without the key
+    assert page_with(forged) == 303
+
+
+def test_a_sign_in_form_over_the_limit_is_refused_unread(fleet: Fleet) -> None:
+    r = fleet.client.post(
+        "/dashboard/login",
+        content="token=" + "x" * MAX_LOGIN_BODY,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413 and f"over {MAX_LOGIN_BODY} bytes" in r.text
 
 
 def test_wrong_token_is_refused_with_a_message(fleet: Fleet) -> None:

@@ -1,8 +1,10 @@
 """The fleet dashboard at ``/dashboard``: read-only HTML served by the controller, behind the admin token.
 
 Signing in: ``/dashboard/login`` takes the admin token (``EDGELOOP_FLEET_ADMIN_TOKEN``) in a form and
-sets an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` over HTTPS) holding an HMAC of the token,
-never the token itself; rotating the token signs every browser out. Scripts may send the token as a
+sets an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` over HTTPS) holding a session: its expiry
+(``SESSION_TTL_S``) and a random id, signed with an HMAC keyed by the token, never the token itself.
+Signing out revokes that session in this process, so a copy of the cookie is refused too; rotating
+the token signs every browser out. Scripts may send the token as a
 bearer header instead. With no admin token configured the dashboard is refused, like the admin API.
 The token never travels in a URL, so it stays out of access logs and browser history.
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+import threading
 from datetime import datetime, timedelta
 from typing import Annotated
 from urllib.parse import parse_qs
@@ -30,6 +34,9 @@ from fleet.controller.storage import overview
 from fleet.controller.storage.db import Session
 
 COOKIE = "edgeloop_dashboard"
+SESSION_TTL_S = 8 * 3600
+MAX_LOGIN_BODY = 4096
+"""Bytes of the sign-in form read at most: it holds one token; a larger body is refused unread."""
 CHART_WINDOW_S = 3600.0
 MAX_PAGE_SIZE = 500
 
@@ -50,12 +57,57 @@ def _html(body: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status_code, headers=HEADERS)
 
 
-def _cookie_value(token: str) -> str:
-    return hmac.new(token.encode(), b"edgeloop fleet dashboard", hashlib.sha256).hexdigest()
+def _signature(token: str, session: str) -> str:
+    message = f"edgeloop fleet dashboard {session}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _new_session(token: str, now: float) -> str:
+    """``EXPIRES.ID.SIGNATURE``: when it ends, which session, and the HMAC of both."""
+    session = f"{int(now + SESSION_TTL_S)}.{secrets.token_urlsafe(16)}"
+    return f"{session}.{_signature(token, session)}"
+
+
+class _Revoked:
+    """Sessions signed out in this process, kept until they would have expired anyway."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session_id: str, expires: float, now: float) -> None:
+        with self._lock:
+            self._until = {s: t for s, t in self._until.items() if t > now}
+            self._until[session_id] = expires
+
+    def __contains__(self, session_id: object) -> bool:
+        with self._lock:
+            return session_id in self._until
+
+
+def _session(request: Request, token: str) -> tuple[str, float] | None:
+    """The id and expiry of the request's cookie when it is a live session signed with ``token``."""
+    session, _, mac = request.cookies.get(COOKIE, "").rpartition(".")
+    expires, _, session_id = session.partition(".")
+    if not (mac and session_id and expires.isdigit()):
+        return None
+    if not hmac.compare_digest(mac.encode(), _signature(token, session).encode()):
+        return None
+    if request.app.state.clock().timestamp() >= int(expires) or session_id in _revoked(request):
+        return None
+    return session_id, float(expires)
+
+
+def _revoked(request: Request) -> _Revoked:
+    state = request.app.state
+    if not hasattr(state, "dashboard_revoked"):
+        state.dashboard_revoked = _Revoked()
+    revoked: _Revoked = state.dashboard_revoked
+    return revoked
 
 
 def signed_in(request: Request) -> bool:
-    """The admin token as a bearer header, or the cookie ``/dashboard/login`` set."""
+    """The admin token as a bearer header, or a live session ``/dashboard/login`` set."""
     expected: str = request.app.state.settings.admin_token
     if not expected:
         return False
@@ -64,8 +116,7 @@ def signed_in(request: Request) -> bool:
         bearer[7:].strip().encode(), expected.encode()
     ):
         return True
-    cookie = request.cookies.get(COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie.encode(), _cookie_value(expected).encode())
+    return _session(request, expected) is not None
 
 
 def _to_login() -> Response:
@@ -90,7 +141,10 @@ async def login(request: Request) -> Response:
     expected: str = request.app.state.settings.admin_token
     if not expected:
         return _html(pages.login(_NO_TOKEN), status_code=503)
-    form = parse_qs((await request.body()).decode(errors="replace"))
+    body = await _bounded_body(request, MAX_LOGIN_BODY)
+    if body is None:
+        return _html(pages.login(f"the form is over {MAX_LOGIN_BODY} bytes"), status_code=413)
+    form = parse_qs(body.decode(errors="replace"))
     given = (form.get("token") or [""])[0]
     if not hmac.compare_digest(given.encode(), expected.encode()):
         return _html(
@@ -100,7 +154,8 @@ async def login(request: Request) -> Response:
     response = RedirectResponse("/dashboard", status_code=303)
     response.set_cookie(
         COOKIE,
-        _cookie_value(expected),
+        _new_session(expected, request.app.state.clock().timestamp()),
+        max_age=SESSION_TTL_S,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -109,8 +164,25 @@ async def login(request: Request) -> Response:
     return response
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (read no further)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    expected: str = request.app.state.settings.admin_token
+    live = _session(request, expected) if expected else None
+    if live is not None:
+        _revoked(request).add(*live, now=request.app.state.clock().timestamp())
     response = _to_login()
     response.delete_cookie(COOKIE, path="/dashboard")
     return response
