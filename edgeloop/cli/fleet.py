@@ -550,6 +550,8 @@ def gate_value(gate: str, value: float | None) -> str:
         return f"{value:.2%}"
     if gate == "accuracy":
         return f"{value * 100:+.1f} pts"
+    if gate == "mae":
+        return f"{value:+.3g} MAE"  # the difference canary - stable, in the target's units
     if gate == "prediction_shift":
         return f"{value:.3f} TV"
     return f"{value:.3g}"

@@ -7,8 +7,9 @@ a device in the field, and it never dies of one (STYLE rule 5). Every error beco
 
 - offline (transport errors, 5xx): keep serving, keep buffering telemetry on disk (bounded; drops are
   counted by the buffer and carried by every later report), back off, send on reconnect;
-- a prediction whose ground-truth label comes back (``POST /label``) becomes a field sample (the row,
-  the prediction, the label, the version): kept in a second bounded outbox on disk and sent with the
+- a prediction whose ground truth comes back (``POST /label``: a class label, or a regressor's target
+  values) is counted in the telemetry of the version that made it (the accuracy or MAE gate); a
+  classifier's also becomes a field sample (the row, the prediction, the label, the version): kept in a second bounded outbox on disk and sent with the
   telemetry (``POST /v1/devices/{id}/field-samples``, the outbox's drop count in each batch), so the
   training side can pull labelled field data;
 - a rejected artifact (sha256, signature, load, smoke) is never served; the device stays on its model,
@@ -537,6 +538,8 @@ def field_sample_sink(buffer: TelemetryBuffer) -> Callable[[ArtifactRef, Feedbac
     row that is not finite is left out: the controller would refuse it)."""
 
     def keep(ref: ArtifactRef, pair: FeedbackPair) -> None:
+        if not isinstance(pair.predicted, int) or not isinstance(pair.label, int):
+            return  # a regressor's targets are not field samples (they carry class labels)
         if pair.inputs is None or not np.isfinite(pair.inputs).all():
             return
         sample = {
@@ -561,8 +564,10 @@ class PredictServer:
     """``POST /predict`` (``{"inputs": [[...], ...]}`` flat rows, ``{"inputs": {"NAME": nested
     arrays}}`` by input name, or one ``.npy`` tensor with ``Content-Type: application/x-npy``;
     a request that does not fit the model's contract gets 400 naming the input, the expected and
-    the received shape), ``POST /label``
-    (``{"prediction_id": ..., "label": n}``) and ``GET /healthz`` on a local port, in a thread.
+    the received shape), ``POST /label`` (``{"prediction_id": ..., "label": n}`` for a
+    classifier, ``{"prediction_id": ..., "target": x}`` or ``[x, ...]`` for a regressor; a value
+    that does not fit the prediction is a 400 naming what was expected) and ``GET /healthz`` on a
+    local port, in a thread.
 
     Why stdlib ``http.server``: the device's applications are on the same machine, the server must
     cost nothing to install, and every request goes straight to ``SlotManager.predict``, which reads
@@ -688,10 +693,21 @@ def _handler_for(
             self._reply(200, _answer(prediction, slots.active_spec))
 
         def _label(self, body: Any) -> None:
+            usage = (
+                'expected {"prediction_id": "...", "label": n} for a classifier or '
+                '{"prediction_id": "...", "target": x or [x, ...]} for a regressor'
+            )
+            if not isinstance(body, dict) or not isinstance(body.get("prediction_id"), str):
+                self._reply(400, {"detail": usage})
+                return
+            kinds = [k for k in ("label", "target") if k in body]
+            if len(kinds) != 1:
+                self._reply(400, {"detail": usage})
+                return
             try:
-                known = slots.record_label(str(body["prediction_id"]), int(body["label"]))
-            except (KeyError, TypeError, ValueError):
-                self._reply(400, {"detail": 'expected {"prediction_id": "...", "label": n}'})
+                known = slots.record_label(body["prediction_id"], body[kinds[0]])
+            except ValueError as exc:
+                self._reply(400, {"detail": f"{kinds[0]}: {exc}"})
                 return
             self._reply(200 if known else 404, {"recorded": known})
 

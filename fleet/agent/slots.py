@@ -308,7 +308,10 @@ class SlotManager:
             )
         self._offer_shadow(slot, features, probabilities, latency_ms)
         ids = tuple(uuid.uuid4().hex for _ in range(len(probabilities)))
-        if await_labels and probabilities.ndim == 2:
+        if await_labels and probabilities.ndim == 2 and slot.spec.task is Task.REGRESSION:
+            for pid, values in zip(ids, probabilities.tolist(), strict=True):
+                self._labels.expect(pid, slot.ref, tuple(values))
+        elif await_labels and probabilities.ndim == 2:
             keep = self._on_label is not None and features.ndim == 2
             keep = keep and 0 < features.shape[1] <= MAX_FEATURES
             for i, (pid, predicted) in enumerate(
@@ -395,9 +398,13 @@ class SlotManager:
         if budget is not None:
             budget.spent(busy_ms)
 
-    def record_label(self, prediction_id: str, label: int) -> bool:
-        """Pair a ground-truth label with an earlier prediction; the pair goes to the telemetry of
-        the version that predicted, even if it no longer serves. False for an unknown id."""
+    def record_label(self, prediction_id: str, label: object) -> bool:
+        """Pair a ground truth with an earlier prediction; the pair goes to the telemetry of the
+        version that predicted, even if it no longer serves. False for an unknown id.
+
+        ``label`` is a class index for a classifier, the target value (a number, or one per output)
+        for a regressor; one that does not fit the prediction raises ValueError naming what was
+        expected, and the prediction keeps waiting for its label."""
         resolved = self._labels.resolve(prediction_id, label)
         if resolved is None:
             return False

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -41,6 +42,7 @@ import numpy as np
 
 from fleet.agent.errors import ReportTooLarge, TelemetryError
 from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyRecorder
+from fleet.shared.protocol import MAX_ABS_ERROR, MAX_CLASS_INDEX
 from fleet.shared.shadow import ShadowTally
 
 RESERVED_KEYS = ("seq", "dropped_total", "buffer_id")
@@ -119,22 +121,70 @@ class InputStats:
         }
 
 
+Values = tuple[float, ...]
+"""A regressor's prediction, or the target values that came back for it, one per output."""
+
+
 @dataclass(frozen=True)
 class FeedbackPair:
-    """A prediction and its ground-truth label, for the field-accuracy gate; ``inputs`` (the row
-    that was scored, when kept) makes it a field sample for retraining and is not part of telemetry."""
+    """A prediction and its ground truth, for the field-quality gates: a classifier's predicted
+    class and true label (accuracy), or a regressor's predicted values and target values (MAE).
+    ``inputs`` (the row that was scored, when kept) makes a classifier's pair a field sample for
+    retraining and is not part of telemetry."""
 
     prediction_id: str
-    predicted: int
-    label: int
+    predicted: int | Values
+    label: int | Values
     inputs: np.ndarray | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def abs_error(self) -> float | None:
+        """A regressor's mean absolute error over its outputs; None for a classifier's pair."""
+        if isinstance(self.predicted, int) or isinstance(self.label, int):
+            return None
+        return math.fsum(abs(p - t) for p, t in zip(self.predicted, self.label, strict=True)) / len(
+            self.label
+        )
+
     def to_dict(self) -> dict[str, Any]:
+        """The wire form, a :class:`~fleet.shared.protocol.Feedback`."""
+        error = self.abs_error
+        if error is not None:
+            return {"prediction_id": self.prediction_id, "abs_error": error}
         return {
             "prediction_id": self.prediction_id,
             "predicted": self.predicted,
             "label": self.label,
         }
+
+
+def ground_truth(value: object, predicted: int | Values) -> int | Values:
+    """``value`` as the ground truth of a prediction ``predicted``: a class index for a classifier,
+    one finite number per output for a regressor (a bare number for a single output). Raises
+    ValueError naming what was expected."""
+    if isinstance(predicted, int):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= MAX_CLASS_INDEX
+        ):
+            raise ValueError(
+                f"a classifier's label is a class index (0 to {MAX_CLASS_INDEX}), not {value!r}"
+            )
+        return value
+    items = value if isinstance(value, list) else [value]
+    numbers = [
+        float(v)
+        for v in items
+        if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= MAX_ABS_ERROR / 2
+    ]
+    if len(numbers) != len(items) or len(numbers) != len(predicted):
+        raise ValueError(
+            f"a regressor's target is {len(predicted)} number(s) of at most {MAX_ABS_ERROR / 2:g} "
+            "in size, one per output, "
+            f"not {value!r}"
+        )
+    return tuple(numbers)
 
 
 class AwaitingLabels(Generic[K]):
@@ -150,13 +200,17 @@ class AwaitingLabels(Generic[K]):
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, tuple[K, int, np.ndarray | None]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[K, int | Values, np.ndarray | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
         self.unmatched = 0
 
     def expect(
-        self, prediction_id: str, key: K, predicted: int, inputs: np.ndarray | None = None
+        self,
+        prediction_id: str,
+        key: K,
+        predicted: int | Values,
+        inputs: np.ndarray | None = None,
     ) -> None:
         """Remember a prediction (and the row it scored, to send back as a field sample)."""
         with self._lock:
@@ -166,15 +220,20 @@ class AwaitingLabels(Generic[K]):
                 self._pending.popitem(last=False)
                 self.evicted += 1
 
-    def resolve(self, prediction_id: str, label: int) -> tuple[K, FeedbackPair] | None:
-        """The pair and its key, or None (and ``unmatched`` counted) for an id not waiting."""
+    def resolve(self, prediction_id: str, label: object) -> tuple[K, FeedbackPair] | None:
+        """The pair and its key, or None (and ``unmatched`` counted) for an id not waiting.
+
+        ``label`` is read by :func:`ground_truth`; one that does not fit the prediction raises
+        ValueError and the prediction keeps waiting."""
         with self._lock:
-            entry = self._pending.pop(prediction_id, None)
+            entry = self._pending.get(prediction_id)
             if entry is None:
                 self.unmatched += 1
                 return None
-        key, predicted, inputs = entry
-        return key, FeedbackPair(prediction_id, predicted, int(label), inputs)
+            key, predicted, inputs = entry
+            truth = ground_truth(label, predicted)
+            del self._pending[prediction_id]
+        return key, FeedbackPair(prediction_id, predicted, truth, inputs)
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -138,10 +138,33 @@ class DesiredState(_Wire):
 # --- telemetry -------------------------------------------------------------------------------
 
 
+MAX_CLASS_INDEX = 100_000
+"""The largest class index a label or a prediction may carry."""
+
+MAX_ABS_ERROR = 1e15
+"""The largest absolute error one regression feedback may carry."""
+
+
 class Feedback(_Wire):
-    prediction_id: str | None = None
-    predicted: int = Field(ge=0, le=100_000)
-    label: int = Field(ge=0, le=100_000)
+    """A labelled prediction: a classifier's ``predicted`` class and its true ``label``, or a
+    regressor's ``abs_error``, the absolute difference between its prediction and the target value
+    that came back (the mean over the outputs of a multi-output model)."""
+
+    prediction_id: str | None = Field(None, max_length=64)
+    predicted: int | None = Field(None, ge=0, le=MAX_CLASS_INDEX)
+    label: int | None = Field(None, ge=0, le=MAX_CLASS_INDEX)
+    abs_error: float | None = Field(None, ge=0, le=MAX_ABS_ERROR)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Feedback:
+        classified = self.predicted is not None and self.label is not None
+        if self.abs_error is not None and (self.predicted is not None or self.label is not None):
+            raise ValueError("feedback carries either predicted and label, or abs_error: not both")
+        if self.abs_error is None and not classified:
+            raise ValueError(
+                "feedback needs predicted and label (a classifier) or abs_error (a regressor)"
+            )
+        return self
 
 
 class DeviceEvent(_Wire):
@@ -270,8 +293,8 @@ class FieldSample(_Wire):
     model: str = Field(pattern=NAME)
     version: str = Field(pattern=NAME)
     features: list[float] = Field(min_length=1, max_length=MAX_FEATURES)
-    predicted: int | None = Field(None, ge=0, le=100_000)
-    label: int | None = Field(None, ge=0, le=100_000)
+    predicted: int | None = Field(None, ge=0, le=MAX_CLASS_INDEX)
+    label: int | None = Field(None, ge=0, le=MAX_CLASS_INDEX)
     drifted: bool = False
 
 

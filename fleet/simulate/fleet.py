@@ -18,7 +18,9 @@ releases a thousand long-polls in well under a second where httpx took many) and
   Each labelled row is also a field sample (the row as the device saw it, the prediction, the label,
   the version, whether drift was injected): kept in a second outbox of ``field_outbox_limit`` samples
   (the same drop rule) and posted to ``/v1/devices/{id}/field-samples`` after the telemetry. A
-  regressor's rows give no feedback and no field sample (their labels are values, not classes);
+  regressor's labelled rows send their target values (``field_y`` holds them, a row per sample or a
+  column per output), counted by the controller's MAE gate, and no field sample (field samples carry
+  classes);
 - when its desired state carries a shadow plan and the plan's stable version is on its disk, it also
   scores a sampled share of the rows with that version within the plan's CPU budget and reports the
   paired comparisons (:mod:`fleet.shared.shadow`), as the agent does.
@@ -343,12 +345,17 @@ class _Device:
         self.window.inputs.update(x)
         if self.detector is not None:
             self.detector.observe_inputs(x)
-        if spec.task is Task.REGRESSION:
-            return  # a regressor's labels are values: feedback and field samples carry classes
+        labelled = np.flatnonzero(self.rng.random(k) < sim.feedback_rate)
+        if spec.task is Task.REGRESSION:  # target values: feedback for the MAE gate, no samples
+            targets = sim.field_y[rows[labelled]].astype(float).reshape(len(labelled), -1)
+            for i, target in zip(labelled, targets, strict=True):
+                predicted = tuple(float(v) for v in scores[i])
+                truth = tuple(float(v) for v in target)
+                self.window.record_feedback(FeedbackPair(uuid.uuid4().hex[:16], predicted, truth))
+            return
         preds = scores.argmax(axis=1).astype(np.int64)
         if self.detector is not None:
             self.detector.observe_predictions(preds)
-        labelled = np.flatnonzero(self.rng.random(k) < sim.feedback_rate)
         for i in labelled:
             pair = FeedbackPair(uuid.uuid4().hex[:16], int(preds[i]), int(sim.field_y[rows[i]]))
             self.window.record_feedback(pair)
@@ -534,7 +541,8 @@ class Simulation:
         self.base = controller_url.rstrip("/")
         self.admin_token = admin_token
         self.field_x = np.asarray(field_x, dtype=np.float32)
-        self.field_y = np.asarray(field_y, dtype=np.int64)
+        y = np.asarray(field_y)
+        self.field_y = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y.astype(float)
         self.feedback_rate = feedback_rate
         self.latency_scale = dict(latency_scale or {})
         self.faults = faults or FaultPlan()

@@ -110,10 +110,12 @@ def roll_out_on_simulated_devices(
     field_x: np.ndarray,
     field_y: np.ndarray,
     devices: int = 6,
-) -> None:
+    policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``stable`` as version 1 on simulated host-cpu devices that score ``field_x`` (labelled by
-    ``field_y``), then ``canary`` as version 2 by a staged rollout, which must succeed and leave
-    every device on version 2."""
+    ``field_y``), then ``canary`` as version 2 by a staged rollout (``policy``, by default
+    :func:`two_stage_policy`), which must succeed and leave every device on version 2; the
+    rollout's detail."""
     from fleet.simulate import Simulation
 
     http = httpx.Client(base_url=base, timeout=30)
@@ -138,7 +140,7 @@ def roll_out_on_simulated_devices(
         target_all(db_url, list(result.devices), "1", model=model)
         sim.run_sync(until=lambda: result.versions() == {"1": devices}, timeout_s=20)
         assert result.versions() == {"1": devices}
-        policy = two_stage_policy({"host-cpu": 200})
+        policy = policy or two_stage_policy({"host-cpu": 200})
         body = {"model": model, "version": "2", "stable_version": "1", "policy": policy}
         r = http.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS)
         assert r.status_code == 201, r.text
@@ -153,16 +155,23 @@ def roll_out_on_simulated_devices(
         assert detail["phase"] == "succeeded", detail
         sim.run_sync(until=lambda: result.versions() == {"2": devices}, timeout_s=20)
         assert result.versions() == {"2": devices}
+        return dict(detail)
     finally:
         sim.close()
         http.close()
 
 
 def roll_out_workspace_variants(
-    tmp: Path, model: str, work: Path, stable: str, canary: str
-) -> None:
+    tmp: Path,
+    model: str,
+    work: Path,
+    stable: str,
+    canary: str,
+    policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Variants ``stable`` then ``canary`` of the loop's workspace ``work`` rolled out by a real
-    controller (its state in ``tmp``) to simulated devices whose traffic is the field split."""
+    controller (its state in ``tmp``) to simulated devices whose traffic is the field split; the
+    rollout's detail."""
     from flows.datasets import read_splits, xy
 
     _, splits = read_splits(work / "splits")
@@ -171,7 +180,7 @@ def roll_out_workspace_variants(
     server = tmp / "controller"
     server.mkdir()
     with uvicorn_controller(server, write_public_key(key, server / "k.pem")) as (base, db_url):
-        roll_out_on_simulated_devices(
+        return roll_out_on_simulated_devices(
             base,
             db_url,
             key,
@@ -180,4 +189,5 @@ def roll_out_workspace_variants(
             work / "variants" / f"{canary}.onnx",
             field_x,
             field_y,
+            policy=policy,
         )

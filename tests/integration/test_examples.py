@@ -1,6 +1,7 @@
 """The built-in example workloads as a user runs them: `edgeloop run --params
 examples/<name>/params.yaml` to a `candidate` (data checks, training, compression, hardware
-profiles, registration), then a simulated canary rollout of two of its variants."""
+profiles, registration), then a simulated canary rollout of two of its variants (the regressor's
+judged on the target values its devices send back)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_builders import roll_out_workspace_variants
+from fleet_builders import roll_out_workspace_variants, two_stage_policy
 
 from flows.datasets import read_splits, xy
 
@@ -54,7 +55,9 @@ def test_the_image_cnn_example_reaches_candidate_with_a_channel_pruned_variant_a
     roll_out_workspace_variants(tmp_path, "digits-cnn", work, "fp32", summary["chosen_variant"])
 
 
-def test_the_regression_example_reaches_candidate_gated_on_mae(project: Project) -> None:
+def test_the_regression_example_reaches_candidate_gated_on_mae_and_rolls_out_on_field_error(
+    project: Project, tmp_path: Path
+) -> None:
     work = run_example(project, "diabetes-regression")
     summary = json.loads((project.home / "last-run.json").read_text())
     assert summary["model"] == "diabetes-regression" and summary["aliases"] == ["candidate"]
@@ -73,3 +76,13 @@ def test_the_regression_example_reaches_candidate_gated_on_mae(project: Project)
     assert "plots/predicted-vs-true.png" in plots
     _, splits = read_splits(work / "splits")
     assert splits["test"]["label"].dtype.kind == "f"  # continuous targets kept as they are
+    # simulated devices send the field split's targets back: the MAE gate judges the canary
+    policy = two_stage_policy({"host-cpu": 200})
+    policy["cohorts"]["host-cpu"]["required"] = ["p95_latency", "error_rate", "mae"]
+    policy["gates"]["mae"] = {"max_increase": 5.0, "alpha": 0.05, "min_samples": 20}
+    detail = roll_out_workspace_variants(
+        tmp_path, "diabetes-regression", work, "fp32", summary["chosen_variant"], policy
+    )
+    (cohort,) = detail["status"]["last_check"]["cohorts"]
+    gates = {g["gate"]: g for g in cohort["gates"]}
+    assert gates["mae"]["verdict"] == "pass" and gates["mae"]["samples"] >= 20, gates["mae"]

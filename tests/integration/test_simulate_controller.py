@@ -126,12 +126,18 @@ TERMINAL = {"succeeded", "rolled_back", "failed", "aborted"}
 
 
 def fleet_on_v1(
-    controller: dict[str, Any], field_x: np.ndarray, devices: int, seed: int
+    controller: dict[str, Any],
+    field_x: np.ndarray,
+    devices: int,
+    seed: int,
+    field_y: np.ndarray | None = None,
 ) -> Simulation:
-    """``devices`` simulated devices that send no label, enrolled and all running version 1."""
+    """``devices`` simulated devices, enrolled and all running version 1; without ``field_y``
+    they send no label, with it they label half their predictions."""
     sim = Simulation(
         controller["base"], ADMIN, devices=devices, classes=CLASSES, field_x=field_x,
-        field_y=np.zeros(len(field_x), dtype=np.int64), feedback_rate=0.0,
+        field_y=np.zeros(len(field_x), dtype=np.int64) if field_y is None else field_y,
+        feedback_rate=0.0 if field_y is None else 0.5,
         report_interval_s=0.25, rows_per_report=50, seed=seed,
     )  # fmt: skip
     sim.run_sync(until=lambda: all(d.enrolled for d in sim.result.devices.values()), timeout_s=15)
@@ -191,33 +197,55 @@ def test_a_fleet_without_labels_rolls_out_on_agreement_and_rolls_back_a_disagree
             sim.close()
 
 
-def test_a_regressor_rolls_out_on_agreement_within_its_tolerance_and_a_biased_one_rolls_back(
+def test_a_regressor_is_judged_on_agreement_within_its_tolerance_and_on_its_field_error(
     controller: dict[str, Any],
 ) -> None:
+    """Devices send target values for half their predictions: a canary as good as stable succeeds
+    with the MAE gate required; one 1.0 off on every value agrees with stable within a tolerance of
+    2.0 and is rolled back on its field error alone; one 5.0 off is rolled back on agreement by a
+    policy that judges without targets."""
     tmp: Path = controller["tmp"]
     rng = np.random.default_rng(3)
     w = rng.normal(size=10)
     field_x = rng.normal(size=(2000, 10)).astype(np.float32)
+    field_y = field_x @ w + rng.normal(0, 0.5, size=len(field_x))  # stable's MAE about 0.4
     versions = {
         "1": regressor(w),
-        "2": regressor(w + rng.normal(0, 1e-3, size=w.shape)),  # within the tolerance
-        "3": regressor(w, bias=5.0),  # every value 5 off
+        "2": regressor(w + rng.normal(0, 1e-3, size=w.shape)),  # as good as stable
+        "3": regressor(w, bias=1.0),  # every value 1 off: the MAE about 1.1
+        "4": regressor(w, bias=5.0),  # every value 5 off
     }
     policy = label_free_policy({"host-cpu": 50, "edge-small": 50}, deadline_s=30)
-    policy["shadow"]["tolerance"] = 0.5
+    policy["shadow"]["tolerance"] = 2.0
+    policy["gates"]["mae"] = {"max_increase": 0.3, "alpha": 0.05, "min_samples": 50}
+    for cohort in policy["cohorts"].values():
+        cohort["required"] = [*cohort["required"], "mae"]
     with httpx.Client(base_url=controller["base"], timeout=30) as client:
         for version, model in versions.items():
             path = tmp / f"r{version}.onnx"
             path.write_bytes(model.SerializeToString())
             for cls in CLASSES:
                 register(controller, client, version, cls, path)
-        sim = fleet_on_v1(controller, field_x, devices=8, seed=4)
-        sim.feedback_rate = 0.5  # a regressor's labels are values: none is sent all the same
+        sim = fleet_on_v1(controller, field_x, devices=8, seed=4, field_y=field_y)
         try:
-            assert rollout_to_the_end(sim, client, "2", "1", policy)["phase"] == "succeeded"
+            done = rollout_to_the_end(sim, client, "2", "1", policy)
+            assert done["phase"] == "succeeded", done["reason"]
+            for cohort in done["status"]["last_check"]["cohorts"]:
+                gates = {g["gate"]: g for g in cohort["gates"]}
+                assert gates["mae"]["verdict"] == "pass" and gates["mae"]["samples"] >= 50
+                assert gates["accuracy"]["verdict"] == "inconclusive"  # no class labels
+            sim.run_sync(until=lambda: sim.result.versions() == {"2": 8}, timeout_s=10)
+
             done = rollout_to_the_end(sim, client, "3", "2", policy)
             assert done["phase"] == "rolled_back", done["reason"]
-            assert {c["gate"] for c in done["status"]["causes"]} == {"agreement"}
+            assert {c["gate"] for c in done["status"]["causes"]} == {"mae"}, done["reason"]
+            sim.run_sync(until=lambda: sim.result.versions() == {"2": 8}, timeout_s=10)
+
+            label_free = label_free_policy({"host-cpu": 50, "edge-small": 50}, deadline_s=30)
+            label_free["shadow"]["tolerance"] = 0.5  # judged as if no target came back
+            done = rollout_to_the_end(sim, client, "4", "2", label_free)
+            assert done["phase"] == "rolled_back", done["reason"]
+            assert {c["gate"] for c in done["status"]["causes"]} == {"agreement"}, done["reason"]
             assert sum(d.field_samples_sent for d in sim.result.devices.values()) == 0
         finally:
             sim.close()

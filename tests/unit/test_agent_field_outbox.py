@@ -87,9 +87,17 @@ def test_offline_samples_wait_on_disk_bounded_and_the_drops_are_reported(
 def test_a_sample_the_protocol_refuses_is_dropped_and_counted_not_blocking_the_rest(
     tmp_path: Path, key: Ed25519PrivateKey, label: int
 ) -> None:
+    """A label out of the protocol's range is refused where it comes in (the prediction keeps
+    waiting for a good one); a refused sample already in the outbox (kept by an earlier agent) is
+    dropped and counted, and the others still go."""
     device = serving_v1(tmp_path / "state", key)
     prediction = predict(device, GOLDEN[:2])
-    device.agent.slots.record_label(prediction.ids[0], label)
+    with pytest.raises(ValueError, match="class index"):
+        device.agent.slots.record_label(prediction.ids[0], label)
+    assert device.agent.field_buffer is not None
+    device.agent.field_buffer.append(
+        {"model": MODEL, "version": "v1", "features": [0.0] * 64, "predicted": 1, "label": label}
+    )
     device.agent.slots.record_label(prediction.ids[1], 3)
     assert device.agent.run_once() == 0
     assert [s.label for _, s, _ in device.fake.field_samples] == [3]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from builders import image_classifier, sign, two_inputs, with_contract
+from builders import image_classifier, regressor, sign, two_inputs, with_contract
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import ModelProto
 from test_agent_loop import DEVICE, MODEL, VARIANT, key, new_device, pem
@@ -190,3 +190,62 @@ def test_a_kept_alive_connection_serves_many_predictions(image_url: str) -> None
         answer.read()
     finally:
         connection.close()
+
+
+def test_labels_come_back_as_classes_for_a_classifier_and_as_target_values_for_a_regressor(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    """``POST /label`` takes a class index for a classifier and a target value (or one per output)
+    for a regressor; the regressor's pair goes out as its absolute error for the MAE gate. A value
+    that does not fit is a 400 naming what was expected, and the prediction keeps waiting."""
+    w = np.full(64, 0.5)  # the device's golden inputs have 64 features
+    for name, model in (("image", with_contract(image_classifier(), IMAGE)), ("reg", regressor(w))):
+        fake = FakeController(public_key_pem=pem(key))
+        device = new_device(tmp_path / name, key, fake)
+        device.agent.run_once()
+        data = model.SerializeToString()
+        fake.target(
+            DEVICE,
+            fake.publish(
+                MODEL, "v1", VARIANT, data,
+                sha256=hashlib.sha256(data).hexdigest(), signature=sign(key, VARIANT, data),
+            ),
+        )  # fmt: skip
+        assert device.agent.run_once() == 0
+        server = PredictServer(device.agent.slots).start()
+        host, port = server.address
+        base = f"http://{host}:{port}"
+        try:
+            if name == "image":
+                status, answer = post(f"{base}/predict", npy(IMAGES[:1]), NPY)
+                assert status == 200, answer
+                pid = answer["ids"][0]
+                status, body = post_json(f"{base}/label", {"prediction_id": pid, "target": [1.5]})
+                assert status == 400 and "class index" in body["detail"], body
+                status, body = post_json(f"{base}/label", {"prediction_id": pid, "label": 3})
+                assert status == 200, body
+                (report,) = [r for r in device.agent.slots.flush_telemetry() if r["feedback"]]
+                assert report["feedback"][0]["label"] == 3
+                continue
+            x = np.ones((2, 64), dtype=np.float32)
+            status, answer = post_json(f"{base}/predict", {"inputs": x.tolist()})
+            assert status == 200 and answer["values"] == [[32.0], [32.0]], answer
+            first, second = answer["ids"]
+            for bad, says in (
+                ({"prediction_id": first, "target": [1.0, 2.0]}, "1 number(s)"),
+                ({"prediction_id": first, "target": "high"}, "one per output"),
+                ({"prediction_id": first, "target": 1e300}, "in size"),
+                ({"prediction_id": first, "label": 3, "target": 3.0}, "for a regressor"),
+                ({"target": 3.0}, "prediction_id"),
+            ):
+                status, body = post_json(f"{base}/label", bad)
+                assert status == 400 and says in body["detail"], (bad, body)
+            assert post_json(f"{base}/label", {"prediction_id": first, "target": 29.0})[0] == 200
+            assert post_json(f"{base}/label", {"prediction_id": second, "target": [37]})[0] == 200
+            assert post_json(f"{base}/label", {"prediction_id": first, "target": 1.0})[0] == 404
+            (report,) = [r for r in device.agent.slots.flush_telemetry() if r["feedback"]]
+            errors = sorted(f["abs_error"] for f in report["feedback"])
+            assert errors == pytest.approx([3.0, 5.0])
+            assert all("label" not in f for f in report["feedback"])
+        finally:
+            server.stop()

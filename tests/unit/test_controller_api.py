@@ -484,6 +484,44 @@ def test_canary_devices_are_told_to_compare_with_stable_and_their_counts_are_sum
     assert summed is not None and (summed.compared, summed.disagreed) == (200, 4)
 
 
+def test_a_regressors_target_feedback_is_summed_for_the_mae_gate(fleet: Fleet) -> None:
+    """Feedback is a class pair or an absolute error, never both or neither; the errors of a
+    window's reports reach the observations as n, sum and sum of squares."""
+    from fleet.controller.storage import store
+
+    credential = fleet.enrol("dev-0")
+    fleet.artifact("churn", "1")
+    fleet.artifact("churn", "2")
+    body = {"model": "churn", "version": "2", "stable_version": "1", "policy": label_free_policy()}
+    rollout_id = fleet.client.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS).json()[
+        "rollout_id"
+    ]
+    assert fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS).is_success
+    url, headers = "/v1/devices/dev-0/telemetry", auth(credential)
+    for bad in (
+        {"abs_error": 1.0, "predicted": 1, "label": 1},
+        {"predicted": 1},
+        {"abs_error": -1.0},
+        {"abs_error": 1e16},
+        {},
+    ):
+        r = fleet.client.post(
+            url, json={"reports": [{**report(1, "2"), "feedback": [bad]}]}, headers=headers
+        )
+        assert r.status_code == 422, (bad, r.text)
+    errors = [{"abs_error": e} for e in (1.0, 2.0, 4.0)]
+    first = {**report(1, "2"), "feedback": errors[:2]}
+    second = {**report(2, "2"), "feedback": [*errors[2:], {"predicted": 1, "label": 2}]}
+    r = fleet.client.post(url, json={"reports": [first, second]}, headers=headers)
+    assert r.status_code == 200, r.text
+    with fleet.app.state.sessions() as session:
+        status = store.status_of(store.load_rollout(session, rollout_id))
+        telemetry = store.observations(session, status).by_id()["dev-0"].of_version("2")
+    assert telemetry is not None
+    assert telemetry.targets.model_dump() == {"n": 3, "total": 7.0, "squares": 21.0}
+    assert (telemetry.feedback_total, telemetry.labelled) == (1, 4)
+
+
 def test_retired_devices_lose_their_credential_and_leave_every_rollout(fleet: Fleet) -> None:
     from fleet.controller.storage import store
 

@@ -286,14 +286,17 @@ def _advance(
 def _baselines(status: RolloutStatus, check: StageCheck) -> tuple[StableBaseline, ...]:
     """Keep each cohort's stable arm when this stage measured one with enough labels."""
     kept = {b.hardware_class: b for b in status.baselines}
-    minimum = status.policy.gates.accuracy.min_samples
+    gates = status.policy.gates
     for cohort in check.cohorts:
         test = cohort.accuracy
-        if cohort.stable_arm == "window" and test.stable_total >= minimum:
+        labels = test.stable_total >= gates.accuracy.min_samples
+        targets = gates.mae is not None and cohort.stable_targets.n >= gates.mae.min_samples
+        if cohort.stable_arm == "window" and (labels or targets):
             kept[cohort.hardware_class] = StableBaseline(
                 hardware_class=cohort.hardware_class,
                 correct=test.stable_correct,
                 total=test.stable_total,
+                targets=cohort.stable_targets,
                 stage=status.stage,
             )
     return tuple(kept[name] for name in sorted(kept))

@@ -10,7 +10,7 @@ Who counts for what, per cohort:
 * **confirmed**: targeted devices whose latest report, received in the window, came FROM the canary;
 * **canary arm**: canary-version telemetry of targeted devices in the window (inferences, errors,
   latency, labelled feedback);
-* **stable arm** (accuracy only): stable-version labelled feedback from the cohort's devices in the same
+* **stable arm** (accuracy and MAE only): stable-version labelled feedback from the cohort's devices in the same
   window; when every device of the cohort is targeted (the last stage, or a tiny cohort) no device is
   left to run stable in the window, so the arm is the **baseline**: the stable arm the status kept from
   the last stage that measured one. Without either, the accuracy gate stays INCONCLUSIVE.
@@ -53,6 +53,7 @@ from fleet.controller.rollout.phase import Verdict, worst
 from fleet.controller.rollout.policy import RolloutPolicy
 from fleet.controller.rollout.stats import (
     AccuracyTest,
+    ErrorSums,
     Gate,
     GateResult,
     accuracy_gate,
@@ -60,6 +61,7 @@ from fleet.controller.rollout.stats import (
     agreement_gate,
     error_rate_gate,
     latency_gate,
+    mae_gate,
     prediction_shift_gate,
 )
 from fleet.shared.latency import merge_histograms
@@ -76,10 +78,13 @@ class StableBaseline(BaseModel):
     hardware_class: str
     correct: int = Field(ge=0)
     total: int = Field(ge=0)
+    targets: ErrorSums = Field(
+        default_factory=ErrorSums, description="a regressor's absolute errors on field targets"
+    )
     stage: int = Field(ge=0, description="the stage whose window measured it")
 
 
-CARRIED_GATES = (Gate.ACCURACY, Gate.AGREEMENT, Gate.ERROR_RATE)
+CARRIED_GATES = (Gate.ACCURACY, Gate.MAE, Gate.AGREEMENT, Gate.ERROR_RATE)
 """Gates whose evidence multiplies across stage windows."""
 
 EVIDENCE_FLOOR = 0.1
@@ -142,7 +147,7 @@ class CohortCheck(BaseModel):
     required_confirmed: int
     inferences: int
     required_inferences: int
-    feedback: int
+    feedback: int = Field(description="labelled canary predictions: class labels and target values")
     required_feedback: int
     stable_arm: str = Field(description="'window', 'baseline from stage N' or 'none'")
     shadow_compared: int = Field(0, description="rows the canary arm compared with stable")
@@ -156,6 +161,9 @@ class CohortCheck(BaseModel):
         ("p95_latency", "error_rate", "accuracy"), description="gates that must reach a verdict"
     )
     accuracy: AccuracyTest
+    stable_targets: ErrorSums = Field(
+        default_factory=ErrorSums, description="the stable arm's absolute errors (regressors)"
+    )
 
     @property
     def results(self) -> tuple[GateResult, ...]:
@@ -264,7 +272,9 @@ def _check_cohort(
     inferences = sum(t.inferences for t in canary_arm)
     errors = sum(t.errors for t in canary_arm)
     correct = sum(t.feedback_correct for t in canary_arm)
-    feedback = sum(t.feedback_total for t in canary_arm)
+    labels = sum(t.feedback_total for t in canary_arm)
+    feedback = sum(t.labelled for t in canary_arm)
+    canary_targets = _error_sums(t.targets for t in canary_arm)
     required = rules.required_confirmed(len(targeted))
     shadow = _shadow_sums(_canary_shadow(canary_arm, stable), stable)
 
@@ -312,15 +322,17 @@ def _check_cohort(
         ]
         stable_correct = sum(t.feedback_correct for t in on_stable)
         stable_total = sum(t.feedback_total for t in on_stable)
+        stable_targets = _error_sums(t.targets for t in on_stable)
         arm = "window"
     elif baseline is not None:
         stable_correct, stable_total = baseline.correct, baseline.total
+        stable_targets = baseline.targets
         arm = f"baseline from stage {baseline.stage + 1}"
     else:
-        stable_correct, stable_total, arm = 0, 0, "none"
+        stable_correct, stable_total, stable_targets, arm = 0, 0, ErrorSums(), "none"
     test = accuracy_test(
         canary_correct=correct,
-        canary_total=feedback,
+        canary_total=labels,
         stable_correct=stable_correct,
         stable_total=stable_total,
         delta=gates.accuracy.delta,
@@ -328,11 +340,27 @@ def _check_cohort(
         min_samples=gates.accuracy.min_samples,
         prior_log_e=prior.get((Gate.ACCURACY, cohort), 0.0),
     )
+    note = ""
     if arm != "window":
         note = "every device of the cohort is targeted, so stable is " + (
             f"the {arm}" if baseline is not None else "unmeasured (no earlier stage measured it)"
         )
         test = test.model_copy(update={"reason": f"{test.reason} ({note})"})
+    mae = (
+        mae_gate(
+            canary=canary_targets,
+            stable=stable_targets,
+            max_increase=gates.mae.max_increase,
+            alpha=gates.mae.alpha,
+            min_samples=gates.mae.min_samples,
+            cohort=cohort,
+            mixture_sd=gates.mae.mixture_sd,
+            prior_log_e=prior.get((Gate.MAE, cohort), 0.0),
+            note=note,
+        )
+        if gates.mae is not None
+        else None
+    )
 
     results = (
         latency_gate(
@@ -351,6 +379,7 @@ def _check_cohort(
             prior_log_e=prior.get((Gate.ERROR_RATE, cohort), 0.0),
         ),
         accuracy_gate(test, cohort),
+        *((mae,) if mae is not None else ()),
         *_shadow_gates(policy, cohort, shadow, prior),
     )
     return CohortCheck(
@@ -369,6 +398,7 @@ def _check_cohort(
         gates=results,
         required=policy.cohorts[cohort].required,
         accuracy=test,
+        stable_targets=stable_targets,
     )
 
 
@@ -376,6 +406,13 @@ def _canary_shadow(canary_arm: Iterable[VersionTelemetry], stable: str) -> Itera
     """The canary arm's shadow comparisons against ``stable`` (those against another version are
     from an earlier rollout and are left out)."""
     return (s for t in canary_arm if (s := t.shadow_against(stable)) is not None)
+
+
+def _error_sums(parts: Iterable[ErrorSums]) -> ErrorSums:
+    total = ErrorSums()
+    for part in parts:
+        total = total.plus(part)
+    return total
 
 
 def _shadow_sums(parts: Iterable[ShadowSums], stable: str) -> ShadowSums:
@@ -445,7 +482,7 @@ def _gaps(
             assert device is not None
             telemetry = device.of_version(canary)
             inferences = telemetry.inferences if telemetry is not None else 0
-            labelled = telemetry.feedback_total if telemetry is not None else 0
+            labelled = telemetry.labelled if telemetry is not None else 0
             if inferences < inference_share:
                 problem = f"{inferences} inferences, share {inference_share}"
             elif labelled < feedback_share:

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from fleet.controller.rollout.stats import ErrorSums
 from fleet.shared.latency import LatencyHistogram
 
 
@@ -68,9 +69,18 @@ class VersionTelemetry(BaseModel):
     latency: LatencyHistogram | None = None
     feedback_correct: int = Field(0, ge=0, description="labelled predictions that were right")
     feedback_total: int = Field(0, ge=0, description="predictions whose label arrived")
+    targets: ErrorSums = Field(
+        default_factory=ErrorSums,
+        description="a regressor's predictions whose target value arrived: their absolute errors",
+    )
     shadow: tuple[ShadowSums, ...] = Field(
         (), description="shadow comparisons, one entry per stable version compared against"
     )
+
+    @property
+    def labelled(self) -> int:
+        """Predictions whose ground truth arrived: class labels and target values."""
+        return self.feedback_total + self.targets.n
 
     def shadow_against(self, stable: str) -> ShadowSums | None:
         """The comparisons against ``stable``, if the device made any."""

@@ -9,7 +9,9 @@ the stable model in shadow.
 Gates and labels: a gate a cohort **requires** must reach a verdict for a stage to pass; any gate that
 FAILS rolls back, required or not. A fleet without labels requires ``p95_latency``, ``error_rate`` and
 ``agreement`` (shadow comparisons need no label); accuracy is still judged where feedback arrives and
-still rolls back a canary it catches, but its silence does not hold the rollout. It is data, not code, so it can be reviewed, stored in the rollout's status (a
+still rolls back a canary it catches, but its silence does not hold the rollout. A regressor's labels
+are target values: its quality gate is ``mae`` (the canary's mean absolute error against stable's),
+which a fleet sending targets may require in place of ``accuracy``. It is data, not code, so it can be reviewed, stored in the rollout's status (a
 restart judges by the policy the rollout started with, not by whatever the file says now) and validated
 before anything is targeted.
 
@@ -40,7 +42,7 @@ HardwareClass = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$"
 """A hardware class name, the same spelling as a hardware profile's ``name``."""
 
 
-GateName = Literal["p95_latency", "error_rate", "accuracy", "agreement", "prediction_shift"]
+GateName = Literal["p95_latency", "error_rate", "accuracy", "mae", "agreement", "prediction_shift"]
 """A gate a cohort may require (``fleet.controller.rollout.stats.Gate``, less the data minimums)."""
 
 LABELLED_GATES: tuple[GateName, ...] = ("p95_latency", "error_rate", "accuracy")
@@ -116,6 +118,28 @@ class AccuracyGate(BaseModel):
     min_samples: int = Field(ge=1, description="labelled feedback needed on EACH arm for a verdict")
 
 
+class MaeGate(BaseModel):
+    """Regressors: the canary's mean absolute error on field targets may not exceed stable's by more
+    than ``max_increase`` (one-sided sequential test, ``fleet.controller.rollout.stats``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_increase: float = Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="tolerated increase of the MAE, in the target's units",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="false-rollback rate of the whole rollout")
+    min_samples: int = Field(200, ge=1, description="labelled predictions needed on EACH arm")
+    mixture_sd: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the effect size the test is most sensitive to (target units); default "
+        "max_increase",
+    )
+
+
 class AgreementGate(BaseModel):
     """The canary may disagree with the stable model (run in shadow on the same inputs) on at most
     ``max_disagreement`` of the rows (sequential one-sided test)."""
@@ -163,6 +187,7 @@ class Gates(BaseModel):
         0.05, gt=0, lt=1, description="false-rollback rate of the error-rate test"
     )
     accuracy: AccuracyGate
+    mae: MaeGate | None = Field(None, description="regressors judged on field targets")
     agreement: AgreementGate | None = None
     prediction_shift: PredictionShiftGate | None = None
 
@@ -204,7 +229,12 @@ class RolloutPolicy(BaseModel):
         problems = []
         for name, cohort in self.cohorts.items():
             for gate in cohort.required:
-                if gate in SHADOW_GATES and getattr(self.gates, gate) is None:
+                if gate == "mae" and self.gates.mae is None:
+                    problems.append(
+                        f"cohorts.{name}.required: gate mae has no limits: add gates.mae "
+                        "(max_increase)"
+                    )
+                elif gate in SHADOW_GATES and getattr(self.gates, gate) is None:
                     problems.append(
                         f"cohorts.{name}.required: gate {gate} has no limits: add gates.{gate}"
                     )

@@ -1,4 +1,4 @@
-"""The gates' arithmetic: sequential tests on accuracy, error and disagreement rates and prediction shift; p95 latency.
+"""The gates' arithmetic: sequential tests on accuracy, absolute error, error and disagreement rates and prediction shift; p95 latency.
 
 Each gate is a pure function from counts to a :class:`GateResult`: a verdict, the measured value, the
 threshold it was held against and a reason a person can read. Keeping the statistics apart from the
@@ -55,6 +55,24 @@ arm's variance is taken at p = (x + 1/2)/(n + 1) instead (a Haldane-style correc
 runs the canary (the last stage), the stable arm is a baseline kept from an earlier window: that window's
 stable data is used twice, so the last stage's factor is an e-value given the past only approximately
 (``bench/false_rollbacks.py`` simulates this, and the rollout's false rollbacks stay under alpha).
+
+Absolute error (regressors)
+---------------------------
+A regressor's field feedback is a target value, and each labelled prediction gives its absolute error
+``|ŷ - y|`` (the mean over the outputs of a multi-output model). With ``m_c`` and ``m_s`` the mean
+absolute errors of the canary and the stable version on the same cohort and window, and ``δ`` the
+tolerated increase (in the target's units)::
+
+    H0: m_c - m_s ≤ δ      (the canary's MAE is not worse by more than δ)
+    H1: m_c - m_s > δ
+
+    θ̂ = ē_c - ē_s,   θ0 = δ,   V = s_c²/n_c + s_s²/n_s,   τ = mixture_sd (default δ)
+
+with ``ē`` an arm's mean absolute error and ``s²`` its sample variance, both from the sums the devices'
+reports add up (``n``, ``Σ e``, ``Σ e²``); the same one-sided mSPRT as accuracy, mirrored. An arm whose
+errors are all equal would add no variance: its ``s²`` is floored at ``(ē/√n)²`` (and at a tiny
+absolute value), so that ``V`` is never zero. As for accuracy, the normal approximation with a plug-in
+variance is asymptotic, and ``min_samples`` guards the first looks.
 
 Error rate and agreement
 ------------------------
@@ -145,6 +163,8 @@ class Gate(StrEnum):
     """Share of paired shadow comparisons on which canary and stable disagree, mSPRT against a bound."""
     PREDICTION_SHIFT = "prediction_shift"
     """Total variation distance between canary and stable predicted-class distributions, sequentially."""
+    MAE = "mae"
+    """Canary mean absolute error minus stable's on field targets (regressors), one-sided mSPRT against δ."""
     DATA = "data"
     """The stage's minimums: confirmed devices, inferences and labelled feedback (never FAIL by itself)."""
 
@@ -359,6 +379,129 @@ def accuracy_gate(test: AccuracyTest, cohort: str) -> GateResult:
         threshold=-test.delta,
         samples=min(test.canary_total, test.stable_total),
         reason=test.reason,
+        p_value=test.p_value,
+        log_e=test.log_e,
+    )
+
+
+class ErrorSums(BaseModel):
+    """A regressor arm's absolute errors on labelled predictions, summed: enough for a mean and a
+    variance, and additive across reports and devices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(0, ge=0, description="labelled predictions")
+    total: float = Field(0.0, ge=0, description="Σ |ŷ - y|")
+    squares: float = Field(0.0, ge=0, description="Σ |ŷ - y|²")
+
+    def plus(self, other: ErrorSums) -> ErrorSums:
+        return ErrorSums(
+            n=self.n + other.n,
+            total=self.total + other.total,
+            squares=self.squares + other.squares,
+        )
+
+    @property
+    def mean(self) -> float | None:
+        """The mean absolute error; None without a labelled prediction."""
+        return self.total / self.n if self.n else None
+
+    def variance_of_mean(self) -> float:
+        """``s²/n`` of the mean, with ``s²`` floored (see the module docstring); needs ``n ≥ 1``."""
+        mean = self.total / self.n
+        sample = (
+            max(0.0, (self.squares - self.n * mean * mean) / (self.n - 1)) if self.n > 1 else 0.0
+        )
+        floor = max(mean * mean / self.n, 1e-12)
+        return max(sample, floor) / self.n
+
+
+def mae_gate(
+    *,
+    canary: ErrorSums,
+    stable: ErrorSums,
+    max_increase: float,
+    alpha: float,
+    min_samples: int,
+    cohort: str,
+    mixture_sd: float | None = None,
+    prior_log_e: float = 0.0,
+    note: str = "",
+) -> GateResult:
+    """Is the canary's mean absolute error worse than stable's by more than ``max_increase``?
+
+    A one-sided mSPRT of ``H0: MAE_c - MAE_s ≤ max_increase`` (see the module docstring), with the
+    log e-values carried from the earlier windows (``prior_log_e``); INCONCLUSIVE until each arm has
+    ``min_samples`` labelled predictions, PASS otherwise unless it fails. ``note`` (where the stable
+    arm came from) ends the reason.
+    """
+    if not max_increase >= 0 or not math.isfinite(max_increase):
+        raise ValueError(f"max_increase: {max_increase} must be a finite number ≥ 0")
+    tau = mixture_sd if mixture_sd is not None else max_increase
+    _check_level(alpha, tau)
+    _check_prior(prior_log_e)
+    tail = f" ({note})" if note else ""
+
+    def result(
+        verdict: Verdict,
+        measured: float | None,
+        reason: str,
+        *,
+        p_value: float | None = None,
+        log_e: float | None = None,
+    ) -> GateResult:
+        return GateResult(
+            gate=Gate.MAE,
+            cohort=cohort,
+            verdict=verdict,
+            measured=measured,
+            threshold=max_increase,
+            samples=min(canary.n, stable.n),
+            reason=reason + tail,
+            p_value=p_value,
+            log_e=log_e,
+        )
+
+    short = "; ".join(
+        f"{arm} has {s.n} labelled predictions (need {min_samples})"
+        for arm, s in (("canary", canary), ("stable", stable))
+        if s.n < min_samples or s.n == 0
+    )
+    if canary.n == 0 or stable.n == 0:
+        return result(Verdict.INCONCLUSIVE, None, f"{cohort}: {short}")
+    mae_c, mae_s = canary.total / canary.n, stable.total / stable.n
+    variance = canary.variance_of_mean() + stable.variance_of_mean()
+    difference = mae_c - mae_s
+    if short:  # the window's e-process has a value to carry even before it may give a verdict
+        return result(
+            Verdict.INCONCLUSIVE,
+            None,
+            f"{cohort}: {short}",
+            log_e=log_e_value(difference, max_increase, variance, tau, "greater"),
+        )
+    test = one_sided_test(
+        estimate=difference,
+        null=max_increase,
+        variance=variance,
+        tau=tau,
+        alpha=alpha,
+        alternative="greater",
+        prior_log_e=prior_log_e,
+    )
+    summary = (
+        f"MAE canary {mae_c:.4g} (n={canary.n}) vs stable {mae_s:.4g} (n={stable.n}) on {cohort}, "
+        f"δ={max_increase:g}: {_evidence_text(test, tau)}"
+    )
+    if test.reject:
+        reason = f"{summary} ≤ alpha={alpha:g}: canary's error larger than stable's by more than δ"
+    else:
+        reason = (
+            f"{summary} > alpha={alpha:g}: no evidence the canary's error is larger by more than δ"
+        )
+    return result(
+        Verdict.FAIL if test.reject else Verdict.PASS,
+        difference,
+        reason,
         p_value=test.p_value,
         log_e=test.log_e,
     )

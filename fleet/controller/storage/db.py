@@ -116,6 +116,11 @@ class TelemetryRow(Base):
     latency: Mapped[dict[str, Any]] = mapped_column(JSON)
     feedback_correct: Mapped[int] = mapped_column(Integer)
     feedback_total: Mapped[int] = mapped_column(Integer)
+    targets: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """A regressor's labelled predictions (target values) in the report, and their absolute errors'
+    sum and sum of squares (the MAE gate)."""
+    abs_error_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    abs_error_squares: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     dropped_total: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import secrets
 import uuid
 from collections import defaultdict
@@ -44,6 +45,7 @@ from fleet.controller.rollout.observations import (
 )
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.rollout.policy import ShadowPolicy
+from fleet.controller.rollout.stats import ErrorSums
 from fleet.controller.storage.db import (
     ArtifactRow,
     Base,
@@ -517,6 +519,7 @@ def _telemetry_statements(dialect: str) -> tuple[Executable, Executable]:
 
 
 def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> dict[str, Any]:
+    errors = [f.abs_error for f in report.feedback if f.abs_error is not None]
     return {
         "device_id": device_id,
         "buffer_id": report.buffer_id,
@@ -533,8 +536,13 @@ def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> di
             "bounds_ms": list(report.latency_ms.bounds_ms),
             "counts": list(report.latency_ms.counts),
         },
-        "feedback_correct": sum(1 for f in report.feedback if f.predicted == f.label),
-        "feedback_total": len(report.feedback),
+        "feedback_correct": sum(
+            1 for f in report.feedback if f.predicted is not None and f.predicted == f.label
+        ),
+        "feedback_total": sum(1 for f in report.feedback if f.label is not None),
+        "targets": len(errors),
+        "abs_error_sum": math.fsum(errors),
+        "abs_error_squares": math.fsum(e * e for e in errors),
         "dropped_total": report.dropped_total,
         "received_at": now,
         "shadow": report.shadow.model_dump() if report.shadow is not None else None,
@@ -578,6 +586,7 @@ def observations(
             "errors": 0,
             "correct": 0,
             "total": 0,
+            "targets": ErrorSums(),
             "latency": [],
             "shadow": {},
         }
@@ -592,15 +601,25 @@ def observations(
                 TelemetryRow.latency,
                 TelemetryRow.feedback_correct,
                 TelemetryRow.feedback_total,
+                TelemetryRow.targets,
+                TelemetryRow.abs_error_sum,
+                TelemetryRow.abs_error_squares,
                 TelemetryRow.shadow,
             ).where(TelemetryRow.device_id.in_(ids), TelemetryRow.received_at >= window)
         ).all()
-        for device_id, version, inferences, errors, latency, correct, total, shadow in rows:
+        for (
+            device_id, version, inferences, errors, latency, correct, total,
+            targets, error_sum, error_squares, shadow,
+        ) in rows:  # fmt: skip
             entry = sums[(device_id, version)]
             entry["inferences"] += inferences
             entry["errors"] += errors
             entry["correct"] += correct
             entry["total"] += total
+            if targets:
+                entry["targets"] = entry["targets"].plus(
+                    ErrorSums(n=targets, total=error_sum, squares=error_squares)
+                )
             entry["latency"].append(
                 LatencyHistogram(
                     bounds_ms=tuple(latency["bounds_ms"]), counts=tuple(latency["counts"])
@@ -618,6 +637,7 @@ def observations(
                 latency=merge_histograms(entry["latency"]),
                 feedback_correct=entry["correct"],
                 feedback_total=entry["total"],
+                targets=entry["targets"],
                 shadow=tuple(entry["shadow"][k] for k in sorted(entry["shadow"])),
             )
         )
