@@ -42,7 +42,7 @@ from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ModelStore
 from fleet.shared.modelspec import read_spec
 from fleet.shared.runtime import LatencyStats, open_session, time_batch1
-from fleet.shared.signature import file_sha256, signed_message
+from fleet.shared.signature import ReleaseClaim, file_sha256
 from flows.datasets import read_splits, xy
 from flows.workspace import Workspace
 
@@ -60,10 +60,12 @@ def install(model: Path, state: Path, versions: tuple[str, ...] = ("1",)) -> Slo
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     sha = file_sha256(model)
-    signature = base64.b64encode(key.sign(signed_message(VARIANT, sha))).decode()
     slots = SlotManager(ModelStore(state), pem, None, 10)
-    for version in versions:
-        result = slots.install(Candidate("digits-cnn", version, VARIANT, model, sha, signature))
+    for release, version in enumerate(versions, start=1):
+        claim = ReleaseClaim("digits-cnn", version, VARIANT, sha, release)
+        signature = base64.b64encode(key.sign(claim.message())).decode()
+        candidate = Candidate("digits-cnn", version, VARIANT, model, sha, signature, release)
+        result = slots.install(candidate)
         if not result.ok:
             raise SystemExit(f"the agent refused the model: {result}")
     return slots

@@ -59,14 +59,18 @@ from typing import Any
 import aiohttp
 import httpx
 from _common import machine_info, write_report
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
 from fleet.shared.ports import free_port
+from fleet.shared.signature import ReleaseClaim, file_sha256
+from registry.signing import public_pem, sign_claim
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = "bench-admin-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+SIGNING_KEY = Ed25519PrivateKey.generate()
 CLS = "host-cpu"
 
 
@@ -97,7 +101,7 @@ class ControllerProcess:
             PYTHONPATH=str(REPO),
             EDGELOOP_FLEET_DB_URL=self.db_url,
             EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
-            EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(self.root / "missing.pem"),
+            EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(self._public_key()),
             EDGELOOP_FLEET_PORT=str(self.port),
             **self.env_extra,
         )
@@ -153,18 +157,27 @@ class ControllerProcess:
             raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:500]}")
         return r.json()
 
+    def _public_key(self) -> Path:
+        """The signing key of this run's registry (the controller checks every artifact)."""
+        path = self.root / "registry.pub.pem"
+        path.write_bytes(public_pem(SIGNING_KEY))
+        return path
+
     def register(self, model: str, version: str, path: Path) -> None:
         path.write_bytes(f"model {model} {version}".encode() * 64)
+        variant = f"{CLS}-int8"
+        claim = ReleaseClaim(model, version, variant, file_sha256(path), int(version))
         self.admin(
             "POST",
             "/v1/artifacts",
             json={
                 "model": model,
                 "version": version,
-                "variant": f"{CLS}-int8",
+                "variant": variant,
                 "hardware_class": CLS,
                 "path": str(path),
-                "signature": "c2lnbmF0dXJl",  # devices here do not verify; the controller needs one
+                "signature": sign_claim(SIGNING_KEY, claim),  # devices here do not verify
+                "release": claim.release,
             },
         )
 

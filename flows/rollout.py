@@ -25,6 +25,7 @@ from fleet.controller.rollout.policy import RolloutPolicy, load_policy
 from fleet.controller.rollout.stats import GateResult
 from fleet.shared.admin_protocol import ArtifactRegistration, RolloutDetail, RolloutRequest
 from fleet.shared.profile import load_profile
+from fleet.shared.signature import file_sha256
 from registry import tags as tag
 from registry.outcomes import record_outcome
 from registry.tracking import connect
@@ -74,10 +75,18 @@ def publish_variants(
         path = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=f"variants/{variant}.onnx", dst_path=str(folder)
         )
+        recorded, actual = tags.get(tag.variant_sha256(variant)), file_sha256(Path(path))
+        if actual != recorded:
+            raise RolloutError(
+                f"{model} v{version} variant {variant}: the artifact store holds a file with "
+                f"sha256 {actual}, the registry recorded {recorded}; nothing was published",
+                hint="the artifact store was changed after registration: do not deploy it; "
+                "register the model again",
+            )
         admin.register_artifact(
             ArtifactRegistration(
                 model=model, version=version, variant=variant, hardware_class=cls,
-                path=str(Path(path).resolve()), signature=signature,
+                path=str(Path(path).resolve()), signature=signature, release=int(version),
             )
         )  # fmt: skip
         chosen[cls] = variant

@@ -2,7 +2,11 @@
 
 A hardware runner checks what the registry holds, not what a build left on disk: given a model URI,
 this resolves the version's run, picks the variant the profile takes, downloads it with the golden
-set and the fp32 reference, and refuses a file whose sha256 is not the one in ``manifest.json``.
+set and the fp32 reference, and refuses a file whose sha256 is not the one the registry recorded:
+the version's ``edgeloop.variant.<name>.sha256`` tag, which registration wrote beside the signature.
+The ``manifest.json`` stored with the files is only trusted for a ``runs:/`` URI, which names no
+version: anyone who can write the artifact store can rewrite a file, its sidecars and the manifest
+together, but not the version's tags.
 
 The hardware-tests suite calls this as ``python -m registry.fetch`` in a child process, never by
 import: MLflow is not installed on small devices, and in the suite's process it would count against
@@ -68,14 +72,14 @@ class FetchedModel:
 
 def _resolve(
     client: MlflowClient, uri: str, variant: str | None, profile: str | None
-) -> tuple[str, str, str | None, str | None]:
-    """``(run_id, variant, model_name, version)`` for ``uri``."""
+) -> tuple[str, str, str | None, str | None, dict[str, str]]:
+    """``(run_id, variant, model_name, version, version tags)`` for ``uri``."""
     from mlflow.exceptions import MlflowException
 
     if match := _RUN.match(uri):
         if variant is not None and variant != match["variant"]:
             raise FetchError(f"{uri} names variant {match['variant']!r}, not {variant!r}")
-        return match["run_id"], match["variant"], None, None
+        return match["run_id"], match["variant"], None, None, {}
     alias, by_version = _ALIAS.match(uri), _VERSION.match(uri)
     if alias is None and by_version is None:
         raise FetchError(f"cannot fetch {uri!r}: not a model URI", hint=f"use {URI_FORMS}")
@@ -101,7 +105,7 @@ def _resolve(
         )
     if not mv.run_id:
         raise FetchError(f"{uri} (version {mv.version}) is not linked to a run")
-    return str(mv.run_id), str(chosen), str(mv.name), str(mv.version)
+    return str(mv.run_id), str(chosen), str(mv.name), str(mv.version), dict(tags)
 
 
 def _download(client: MlflowClient, run_id: str, path: str, dest: Path, uri: str) -> Path:
@@ -125,8 +129,9 @@ def _verified(
     if actual != entry["sha256"]:
         path.unlink(missing_ok=True)
         raise FetchError(
-            f"variant {entry['name']} of {uri} failed its sha256 check: the manifest says "
-            f"{entry['sha256']}, the downloaded file is {actual}",
+            f"variant {entry['name']} of {uri} failed its sha256 check: "
+            f"{entry.get('recorded_by', 'the manifest')} says {entry['sha256']}, the downloaded "
+            f"file is {actual}",
             hint="the artifact store holds a file the registry did not sign; do not deploy it",
         )
     return path
@@ -150,7 +155,7 @@ def fetch_for_profile(
         from mlflow import MlflowClient
 
         client = MlflowClient()
-    run_id, chosen, name, version = _resolve(client, model_uri, variant, profile)
+    run_id, chosen, name, version, tags = _resolve(client, model_uri, variant, profile)
     dest.mkdir(parents=True, exist_ok=True)
     manifest_path = _download(client, run_id, MANIFEST, dest, model_uri)
     try:
@@ -162,6 +167,20 @@ def fetch_for_profile(
             f"{model_uri} has no variant {chosen!r} (it has {sorted(entries)})",
             hint="pick one of those",
         )
+    if version is not None:  # the registry's record, not the files stored beside the variants
+        entries = {
+            n: {**e, "sha256": tags.get(tag.variant_sha256(n)), "recorded_by": "the version's tag"}
+            for n, e in entries.items()
+        }
+        unrecorded = [
+            n for n in (chosen, REFERENCE_VARIANT) if n in entries and not entries[n]["sha256"]
+        ]
+        if unrecorded:
+            raise FetchError(
+                f"{model_uri} (version {version}) has no sha256 recorded for variant "
+                f"{' or '.join(unrecorded)} (tag {tag.variant_sha256(unrecorded[0])})",
+                hint="register versions through edgeloop, which records every variant's sha256",
+            )
     model = _verified(client, run_id, entries[chosen], dest, model_uri)
     reference = None
     if REFERENCE_VARIANT in entries:

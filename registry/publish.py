@@ -1,9 +1,11 @@
 """Registration, all or nothing: a version with its lineage, signed variants and model card.
 
-Order matters. Everything that can fail on its own (signing, logging artifacts, logging the model)
-happens before the version exists. Once ``create_model_version`` has returned, any later failure
-deletes the version and its card again, so the registry never shows a half-registered version.
-``candidate`` moves last, and only when every gate passed.
+Order matters. Everything that can fail on its own (logging artifacts, logging the model) happens
+before the version exists. Once ``create_model_version`` has returned, any later failure deletes the
+version and its card again, so the registry never shows a half-registered version. The variants are
+signed once the version number is known, because a signature binds the model, the version and the
+release counter (the version number) as well as the file (``fleet.shared.signature``). ``candidate``
+moves last, and only when every gate passed.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from mlflow.types import Schema, TensorSpec
 from edgeloop.core.errors import RegistryError
 from fleet.shared.drift import DriftReference
 from fleet.shared.modelspec import ModelSpec
+from fleet.shared.signature import ReleaseClaim
 from registry import tags as tag
 from registry.modelcard import write_card
 from registry.run_key import existing_version
-from registry.signing import load_or_create_key, public_pem, sign_variant
+from registry.signing import load_or_create_key, public_pem, sign_claim
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -92,13 +95,31 @@ class Published:
     signatures: dict[str, str]
 
 
-def _log_variants(release: Release, keys_dir: Path) -> dict[str, str]:
-    """Sign every variant and log it with its sha256, signature and a manifest."""
+def _log_variants(release: Release) -> None:
+    """Log every variant file, the golden set and the drift reference (before the version exists)."""
+    for v in release.variants:
+        mlflow.log_artifact(str(v.path), artifact_path="variants")
+    if release.golden is not None:
+        mlflow.log_artifact(str(release.golden), artifact_path="golden")
+    if release.drift_reference is not None:
+        _log_drift_reference(release.drift_reference)
+
+
+def _sign_variants(release: Release, version: str, keys_dir: Path) -> dict[str, str]:
+    """Sign every variant as release ``version`` of the model and log the signatures beside the
+    variants: a ``.sha256`` and a ``.sig`` per variant, a manifest and the public key. The version's
+    signature tags are the registry's record; these files are a copy for people and tools."""
     key = load_or_create_key(keys_dir)
-    signatures = {v.name: sign_variant(key, v.name, v.sha256) for v in release.variants}
+    signatures = {
+        v.name: sign_claim(key, release_claim(release.model_name, version, v.name, v.sha256))
+        for v in release.variants
+    }
     manifest = {
         "model": release.model_name,
-        "signature_scheme": "ed25519 over 'edgeloop-variant-v1\\n<variant>\\n<sha256>'",
+        "version": version,
+        "release": int(version),
+        "signature_scheme": "ed25519 over 'edgeloop-release-v2\\n<model>\\n<version>\\n"
+        "<variant>\\n<sha256>\\n<release>'",
         "public_key": public_pem(key).decode(),
         "variants": [
             {
@@ -119,13 +140,15 @@ def _log_variants(release: Release, keys_dir: Path) -> dict[str, str]:
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (folder / "public-key.pem").write_bytes(public_pem(key))
         mlflow.log_artifacts(tmp, artifact_path="variants")
-    for v in release.variants:
-        mlflow.log_artifact(str(v.path), artifact_path="variants")
-    if release.golden is not None:
-        mlflow.log_artifact(str(release.golden), artifact_path="golden")
-    if release.drift_reference is not None:
-        _log_drift_reference(release.drift_reference)
     return signatures
+
+
+def release_claim(model: str, version: str, variant: str, sha256: str) -> ReleaseClaim:
+    """What the signature of ``variant`` of ``model`` ``version`` binds; the release counter is the
+    registry's version number, which only grows for a model."""
+    return ReleaseClaim(
+        model=model, version=version, variant=variant, sha256=sha256, release=int(version)
+    )
 
 
 def _log_drift_reference(reference: DriftReference) -> None:
@@ -148,7 +171,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
         )
 
 
-def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str]:
+def _version_tags(release: Release) -> dict[str, str]:
     tags = dict(release.tags)
     tags[tag.VARIANT] = release.chosen
     tags[tag.GATES] = "passed" if release.all_gates_passed else "failed"
@@ -156,7 +179,6 @@ def _version_tags(release: Release, signatures: dict[str, str]) -> dict[str, str
         tags[tag.gate(gate.name)] = "passed" if gate.passed else "failed"
     for v in release.variants:
         tags[tag.variant_sha256(v.name)] = v.sha256
-        tags[tag.variant_signature(v.name)] = signatures[v.name]
     for profile, result in release.hardware.items():
         tags[tag.hw_status(profile)] = str(result["status"])
         if result.get("variant"):
@@ -220,7 +242,7 @@ def publish(
     in_run = active is not None and active.info.run_id == release.run_id
     with nullcontext() if in_run else mlflow.start_run(run_id=release.run_id):
         try:
-            signatures = _log_variants(release, keys_dir)
+            _log_variants(release)
             chosen = release.variant(release.chosen)
             spec = _contract(chosen.path)
             release.card["contract"] = spec.model_dump(mode="json", exclude_defaults=True)
@@ -243,7 +265,7 @@ def publish(
             release.model_name,
             source=info.model_uri,
             run_id=release.run_id,
-            tags=_version_tags(release, signatures),
+            tags=_version_tags(release),
             model_id=info.model_id,
             description=f"chosen variant {release.chosen}; gates "
             f"{'passed' if release.all_gates_passed else 'failed'}",
@@ -255,6 +277,11 @@ def publish(
             return _published_from(client, release.model_name, first.version)
         written: list[Path] = []
         try:
+            signatures = _sign_variants(release, str(version.version), keys_dir)
+            for name, signature in signatures.items():
+                client.set_model_version_tag(
+                    release.model_name, version.version, tag.variant_signature(name), signature
+                )
             aliases = [CANDIDATE] if release.all_gates_passed else []
             card = dict(release.card)
             card.update(

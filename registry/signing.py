@@ -1,7 +1,8 @@
 """The registry's ed25519 signing key, generated on first use, and signatures for variants.
 
-The private key never leaves ``<home>/keys/`` (mode 0600); the public key is logged with every
-version so a device can verify what it downloads (``fleet.shared.signature``).
+The private key never leaves ``<home>/keys/`` (mode 0600) of the host that registers versions; the
+public key is logged with every version so a device can verify what it downloads
+(``fleet.shared.signature``: a signature binds model, version, variant, sha256 and release).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleet.shared.signature import signed_message
+from fleet.shared.signature import ReleaseClaim
 
 PRIVATE = "signing-ed25519.pem"
 PUBLIC = "signing-ed25519.pub.pem"
@@ -44,5 +45,6 @@ def public_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def sign_variant(key: Ed25519PrivateKey, variant: str, sha256_hex: str) -> str:
-    return base64.b64encode(key.sign(signed_message(variant, sha256_hex))).decode()
+def sign_claim(key: Ed25519PrivateKey, claim: ReleaseClaim) -> str:
+    """The base64 ed25519 signature of ``claim`` (``fleet.shared.signature``)."""
+    return base64.b64encode(key.sign(claim.message())).decode()

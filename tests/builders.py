@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
@@ -22,7 +23,7 @@ from fleet.shared.modelspec import (
     OutputSpec,
     Task,
 )
-from fleet.shared.signature import signed_message
+from fleet.shared.signature import ReleaseClaim
 
 FEATURES, CLASSES = 64, 10
 
@@ -62,10 +63,47 @@ def write_model(path: Path, weights: np.ndarray, *, softmax: bool = False) -> Pa
     return path
 
 
-def sign(key: Ed25519PrivateKey, variant: str, data: bytes) -> str:
-    """The base64 ed25519 signature of a variant's bytes, as the registry makes it."""
-    message = signed_message(variant, hashlib.sha256(data).hexdigest())
-    return base64.b64encode(key.sign(message)).decode()
+REGISTRY_KEY = Ed25519PrivateKey.generate()
+"""The registry's signing key of tests that need one without caring which; a controller checks
+the artifacts it is given against its public key (:func:`registry_key`)."""
+
+
+def registry_key(folder: Path) -> Path:
+    """:data:`REGISTRY_KEY`'s public key written into ``folder``, for a controller's settings."""
+    path = folder / "registry.pub.pem"
+    path.write_bytes(
+        REGISTRY_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return path
+
+
+def release_of(version: str) -> int:
+    """The release counter tests give ``version``: its digits ("v3" is 3), 1 without any."""
+    digits = "".join(c for c in version if c.isdigit())
+    return int(digits) if digits else 1
+
+
+def sign(
+    key: Ed25519PrivateKey,
+    variant: str,
+    data: bytes,
+    *,
+    model: str,
+    version: str,
+    release: int | None = None,
+) -> str:
+    """The base64 ed25519 signature of a variant's bytes as ``model`` ``version`` (release
+    :func:`release_of` the version unless given), as the registry makes it."""
+    claim = ReleaseClaim(
+        model=model,
+        version=version,
+        variant=variant,
+        sha256=hashlib.sha256(data).hexdigest(),
+        release=release_of(version) if release is None else release,
+    )
+    return base64.b64encode(key.sign(claim.message())).decode()
 
 
 def make_serving_model_raise(slots: Any, monkeypatch: Any) -> None:

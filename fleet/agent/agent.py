@@ -40,6 +40,7 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -77,6 +78,7 @@ from fleet.shared.latency import LatencyHistogram, p95_ms
 from fleet.shared.modelspec import ModelSpec
 from fleet.shared.protocol import (
     MAX_FIELD_SAMPLES_PER_BATCH,
+    MAX_REFUSALS,
     Artifact,
     DesiredState,
     EnrolResponse,
@@ -224,6 +226,7 @@ class Agent:
         self._refused_token: str | None = None
         self._rejected: dict[tuple[ArtifactRef, str], float] = {}
         self._fell_back: dict[ArtifactRef, float] = {}  # left by a local fallback, and when
+        self._refusals: deque[dict[str, str]] = deque(maxlen=MAX_REFUSALS)  # for the next report
 
     # --- one iteration ---------------------------------------------------------------------------
 
@@ -312,6 +315,11 @@ class Agent:
         ref = ArtifactRef(artifact.model, artifact.version, artifact.variant)
         if self.slots.active == ref:
             return
+        if not desired.rollback:  # refused before any download, and not kept as a bad download
+            older = self.slots.refuse_older(ref, artifact.release)
+            if older is not None:
+                self._record(older.outcome.value, ref, older.rejection, None)
+                return
         key = (ref, artifact.sha256)
         rejected_at = self._rejected.get(key, self._fell_back.get(ref))
         if rejected_at is not None and self._clock() - rejected_at < self.config.reject_retry_s:
@@ -319,7 +327,7 @@ class Agent:
         if self._on_disk(ref, artifact.sha256):
             self._emit("activate", ref.version)
             try:
-                result = self.slots.activate(ref)
+                result = self.slots.activate(ref, allow_older=desired.rollback)
             except NotStored:  # pruned between the check and now: fetch it
                 result = None
             if result is not None:
@@ -329,7 +337,7 @@ class Agent:
         self._emit("download", ref.version)
         self.client.download(artifact, dest, credentials.credential)
         try:
-            result = self.slots.install(_candidate(artifact, dest))
+            result = self.slots.install(_candidate(artifact, dest), allow_older=desired.rollback)
         finally:
             dest.unlink(missing_ok=True)
         self._record(result.outcome.value, ref, result.rejection, key)
@@ -339,11 +347,21 @@ class Agent:
         outcome: str,
         ref: ArtifactRef,
         rejection: ArtifactRejected | None,
-        key: tuple[ArtifactRef, str],
+        key: tuple[ArtifactRef, str] | None,
     ) -> None:
+        """``key``: the download a rejection keeps away for ``reject_retry_s`` (None: none)."""
         self._emit("install", ref.version, outcome)
         if rejection is not None:
-            self._rejected[key] = self._clock()
+            self._refusals.append(
+                {
+                    "version": ref.version,
+                    "variant": ref.variant,
+                    "reason": rejection.reason.value,
+                    "detail": rejection.message[:500],
+                }
+            )
+            if key is not None:
+                self._rejected[key] = self._clock()
             self.status.last_rejection = rejection.message
             self._emit("reject", ref.version, rejection.reason.value)
             log.warning("agent: %s; still serving %s", rejection.message, self.slots.active)
@@ -362,6 +380,9 @@ class Agent:
             for report in self.slots.flush_telemetry():
                 if report.get("running") and self.detector is not None:
                     report["events"] = self._detect(self.detector, report)
+                if report.get("running") and self._refusals:  # the controller hears at once
+                    report["refusals"] = list(self._refusals)
+                    self._refusals.clear()
                 self.buffer.append(report)
         except TelemetryError as exc:
             log.error("agent: a telemetry report could not be buffered: %s", exc)
@@ -530,6 +551,7 @@ def _candidate(artifact: Artifact, path: Path) -> Candidate:
         path=path,
         sha256=artifact.sha256,
         signature=artifact.signature,
+        release=artifact.release,
     )
 
 

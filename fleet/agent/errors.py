@@ -57,7 +57,9 @@ class RejectReason(StrEnum):
     SHA256 = "sha256"
     """The bytes on disk are not the bytes the controller announced (tampered or truncated)."""
     SIGNATURE = "signature"
-    """The fleet key did not sign this file under this variant's name."""
+    """The fleet key did not sign this file as this model, version, variant and release."""
+    RELEASE = "release"
+    """An older release than the one serving, and not the controller's rollback path."""
     LOAD = "load"
     """onnxruntime could not open the file as a model with this device's settings."""
     SMOKE = "smoke"
@@ -68,6 +70,7 @@ class RejectReason(StrEnum):
         return {
             RejectReason.SHA256: "sha256 mismatch",
             RejectReason.SIGNATURE: "invalid signature",
+            RejectReason.RELEASE: "older release",
             RejectReason.LOAD: "load failed",
             RejectReason.SMOKE: "smoke test failed",
         }[self]

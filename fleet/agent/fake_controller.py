@@ -95,7 +95,15 @@ class FakeController:
         return token
 
     def publish(
-        self, model: str, version: str, variant: str, data: bytes, *, sha256: str, signature: str
+        self,
+        model: str,
+        version: str,
+        variant: str,
+        data: bytes,
+        *,
+        sha256: str,
+        signature: str,
+        release: int = 1,
     ) -> Artifact:
         """Make ``data`` downloadable and return the artifact a desired state names."""
         url = f"{_ARTIFACTS}{model}/{version}/{variant}"
@@ -106,20 +114,28 @@ class FakeController:
             variant=variant,
             sha256=sha256,
             signature=signature,
+            release=release,
             size_bytes=len(data),
             url=url,
         )
 
     def target(
-        self, device_id: str, artifact: Artifact | None, rollout_id: str | None = None
+        self,
+        device_id: str,
+        artifact: Artifact | None,
+        rollout_id: str | None = None,
+        *,
+        rollback: bool = False,
     ) -> int:
-        """Point ``device_id`` at ``artifact``; returns the new revision."""
+        """Point ``device_id`` at ``artifact`` (``rollback``: as the controller's rollback path
+        does); returns the new revision."""
         device = self.devices[device_id]
         device.desired = DesiredState(
             device_id=device_id,
             revision=device.desired.revision + 1,
             artifact=artifact,
             rollout_id=rollout_id,
+            rollback=rollback,
         )
         return device.desired.revision
 

@@ -2,9 +2,12 @@
 
 A new model reaches the active slot only through one fixed sequence, each step a gate:
 
+0. release: a candidate of a lower release counter than the model serving is refused unless the
+   caller says the controller's rollback path asks for it (``allow_older``): an old, validly signed
+   release cannot be slipped in as an update;
 1. verify: copy the download into the store, check its sha256 against what the controller
    announced, then its ed25519 signature against the fleet key (:func:`verify_variant`, which also
-   binds the variant's name);
+   binds the model, the version, the variant's name and the release counter);
 2. load: open a NEW onnxruntime session (the second slot) while the active one keeps serving;
 3. smoke: run the golden inputs through the model's contract (``fleet.shared.modelspec``, stored in
    the file); its scored output must be ``(n, width)`` with no NaN or Inf, probabilities where the
@@ -65,7 +68,7 @@ from fleet.shared.modelspec import ModelSpec, ModelSpecError, Task, read_spec
 from fleet.shared.protocol import MAX_FEATURES, ShadowPlan
 from fleet.shared.runtime import open_session
 from fleet.shared.shadow import ShadowBudget, sample_rows
-from fleet.shared.signature import file_sha256, verify_variant
+from fleet.shared.signature import ReleaseClaim, file_sha256, verify_variant
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,7 @@ class Candidate:
     path: Path
     sha256: str
     signature: str
+    release: int
 
     @property
     def ref(self) -> ArtifactRef:
@@ -180,6 +184,7 @@ class _Slot:
     sha256: str
     session: Session
     spec: ModelSpec
+    release: int
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,12 @@ class _ShadowJob:
     features: np.ndarray
     scores: np.ndarray
     plan: ShadowPlan
+
+
+def _claim(ref: ArtifactRef, sha256: str, release: int) -> ReleaseClaim:
+    return ReleaseClaim(
+        model=ref.model, version=ref.version, variant=ref.variant, sha256=sha256, release=release
+    )
 
 
 def _holds(slot: _Slot | None, ref: ArtifactRef, sha256: str) -> bool:
@@ -457,12 +468,13 @@ class SlotManager:
 
     # --- changing what serves --------------------------------------------------------------------
 
-    def install(self, candidate: Candidate) -> InstallResult:
+    def install(self, candidate: Candidate, *, allow_older: bool = False) -> InstallResult:
         """Verify, load into the second slot, smoke-test, then swap; see the module docstring.
 
         Returns the outcome; a rejection is returned, not raised (a corrupted download is an
         everyday event for the agent loop). Raises :class:`StoreError` only when the state directory
-        itself fails, in which case nothing changed either.
+        itself fails, in which case nothing changed either. ``allow_older``: the controller's
+        rollback path asks for this candidate, so a lower release than the serving one is taken.
         """
         ref = candidate.ref
         sha256 = candidate.sha256.lower()
@@ -470,6 +482,9 @@ class SlotManager:
             with self._change_lock:
                 if _holds(self._active, ref, sha256):
                     return InstallResult(ref, InstallOutcome.ALREADY_ACTIVE, active=ref)
+                older = self._older_than_serving(ref, candidate.release, allow_older)
+                if older is not None:
+                    return older
                 if _holds(self._previous, ref, sha256):
                     self._swap_back()
                     return InstallResult(ref, InstallOutcome.REUSED_PREVIOUS, active=ref)
@@ -496,16 +511,19 @@ class SlotManager:
                         RejectReason.SHA256,
                         f"expected {candidate.sha256}, the file has {staged.sha256}",
                     )
+                claim = _claim(ref, staged.sha256, candidate.release)
                 if not verify_variant(
-                    self._public_key_pem, ref.variant, staged.path, candidate.signature
+                    self._public_key_pem, claim, staged.path, candidate.signature
                 ):
                     self.store.discard(staged)
                     return self._rejected(
                         ref,
                         RejectReason.SIGNATURE,
-                        f"the fleet key did not sign this file as variant {ref.variant!r}",
+                        f"the fleet key did not sign this file as {claim.describe()}",
                     )
-                stored = self.store.commit(staged, signature=candidate.signature)
+                stored = self.store.commit(
+                    staged, signature=candidate.signature, release=candidate.release
+                )
             except BaseException:
                 self.store.discard(staged)
                 raise
@@ -522,14 +540,18 @@ class SlotManager:
                 log.warning("could not prune the model store: %s", exc)
             return InstallResult(ref, InstallOutcome.INSTALLED, active=ref)
 
-    def activate(self, ref: ArtifactRef) -> InstallResult:
+    def activate(self, ref: ArtifactRef, *, allow_older: bool = False) -> InstallResult:
         """Serve ``ref`` from what the device already has: the active slot, the previous slot, or
         the store (verified, loaded and smoke-tested again). Raises :class:`NotStored` when the
-        device does not have it; then the agent loop downloads it and calls :meth:`install`."""
+        device does not have it; then the agent loop downloads it and calls :meth:`install`.
+        ``allow_older`` as for :meth:`install`."""
         with self._change_lock:
             if self._active is not None and self._active.ref == ref:
                 return InstallResult(ref, InstallOutcome.ALREADY_ACTIVE, active=ref)
             if self._previous is not None and self._previous.ref == ref:
+                older = self._older_than_serving(ref, self._previous.release, allow_older)
+                if older is not None:
+                    return older
                 self._swap_back()
                 return InstallResult(ref, InstallOutcome.REUSED_PREVIOUS, active=ref)
         stored = self.store.get(ref)
@@ -541,7 +563,31 @@ class SlotManager:
                 path=stored.path,
                 sha256=stored.sha256,
                 signature=stored.signature,
-            )
+                release=stored.release,
+            ),
+            allow_older=allow_older,
+        )
+
+    def refuse_older(self, ref: ArtifactRef, release: int) -> InstallResult | None:
+        """The rejection of ``ref`` at ``release`` when it is older than the serving release of
+        its model (checked before a download; the install checks again)."""
+        with self._change_lock:
+            return self._older_than_serving(ref, release, allow_older=False)
+
+    def _older_than_serving(
+        self, ref: ArtifactRef, release: int, allow_older: bool
+    ) -> InstallResult | None:
+        """The rejection of a lower release of the serving model, unless ``allow_older``."""
+        active = self._active
+        if allow_older or active is None or active.ref.model != ref.model:
+            return None
+        if release >= active.release:
+            return None
+        return self._rejected(
+            ref,
+            RejectReason.RELEASE,
+            f"release {release} is older than release {active.release} ({active.ref}) serving, "
+            "and the controller did not ask for it as a rollback",
         )
 
     def rollback_local(self) -> ArtifactRef:
@@ -614,9 +660,12 @@ class SlotManager:
                 RejectReason.SHA256,
                 f"the manifest says {stored.sha256}, the file has {actual}",
             )
-        if not verify_variant(self._public_key_pem, ref.variant, stored.path, stored.signature):
+        claim = _claim(ref, stored.sha256, stored.release)
+        if not verify_variant(self._public_key_pem, claim, stored.path, stored.signature):
             raise self._rejection(
-                ref, RejectReason.SIGNATURE, f"the stored signature does not verify for {ref}"
+                ref,
+                RejectReason.SIGNATURE,
+                f"the stored signature does not verify for {claim.describe()}",
             )
 
     # --- the steps -------------------------------------------------------------------------------
@@ -643,7 +692,9 @@ class SlotManager:
         problem = self._smoke_problem(spec, output, len(golden))
         if problem:
             raise self._rejection(ref, RejectReason.SMOKE, problem)
-        return _Slot(ref=ref, sha256=stored.sha256, session=session, spec=spec)
+        return _Slot(
+            ref=ref, sha256=stored.sha256, session=session, spec=spec, release=stored.release
+        )
 
     @staticmethod
     def _synthesise(spec: ModelSpec) -> np.ndarray:

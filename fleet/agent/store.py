@@ -88,6 +88,9 @@ class StoredArtifact:
     signature: str
     size: int
     stored_at: float
+    release: int = 0
+    """The release counter the signature binds; 0 in a manifest written before there was one (its
+    signature does not verify, so such a model is downloaded again)."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ class ModelStore:
             staged.path.unlink()
         self._remove_empty_dirs(staged.ref)
 
-    def commit(self, staged: StagedArtifact, *, signature: str) -> StoredArtifact:
+    def commit(self, staged: StagedArtifact, *, signature: str, release: int) -> StoredArtifact:
         """Move verified staged bytes to their final name, then write the manifest that makes them count."""
         ref = staged.ref
         stored = StoredArtifact(
@@ -228,11 +231,13 @@ class ModelStore:
             signature=signature,
             size=staged.size,
             stored_at=self._clock(),
+            release=release,
         )
         manifest = {
             **ref.to_dict(),
             "sha256": stored.sha256,
             "signature": stored.signature,
+            "release": stored.release,
             "size": stored.size,
             "stored_at": stored.stored_at,
         }
@@ -290,6 +295,7 @@ class ModelStore:
                 signature=str(raw["signature"]),
                 size=int(raw["size"]),
                 stored_at=float(raw["stored_at"]),
+                release=int(raw.get("release", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"the manifest {manifest} is incomplete: {exc!r}") from exc

@@ -35,13 +35,17 @@ class Targeted:
     rollout_id: str | None
     artifacts: Mapping[str, Artifact] = field(default_factory=dict)
     """The signed variant of ``version`` by hardware class (a class without one gets no artifact)."""
+    rollback: bool = False
+    """``version`` is the way back to the known-good version (``store.is_rollback``)."""
 
     def desired(self, device_id: str, hardware_class: str, revision: int) -> DesiredState:
+        artifact = self.artifacts.get(hardware_class)
         return DesiredState(
             device_id=device_id,
             revision=revision,
-            artifact=self.artifacts.get(hardware_class),
+            artifact=artifact,
             rollout_id=self.rollout_id,
+            rollback=self.rollback and artifact is not None,
         )
 
 

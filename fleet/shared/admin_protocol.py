@@ -10,7 +10,7 @@ library, like the rest of ``fleet.shared``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -34,6 +34,11 @@ class ArtifactRegistration(_Admin):
     hardware_class: str = Field(pattern=NAME)
     path: str = Field(min_length=1)
     signature: str | None = Field(None, description="base64 ed25519; unsigned variants never ship")
+    release: int = Field(
+        ge=1,
+        le=2**63 - 1,
+        description="the release counter the signature binds (the registry's version number)",
+    )
 
 
 class Baseline(_Admin):
@@ -43,12 +48,19 @@ class Baseline(_Admin):
     version: str = Field(pattern=NAME)
 
 
+MAX_SILENT_S = 100 * 366 * 86_400.0
+"""A century: longer than any device has been silent, short enough that ``now - silent_for_s`` is a
+date (a larger one used to be a 500: OverflowError in the controller)."""
+
+
 class RetireRequest(_Admin):
     """Take devices out of the fleet: those named, and with ``silent_for_s`` every device not heard
     from for that long. Their credentials stop working; rollouts no longer count or target them."""
 
-    device_ids: list[str] = Field(default_factory=list, max_length=100_000)
-    silent_for_s: float | None = Field(None, ge=0)
+    device_ids: list[Annotated[str, Field(pattern=NAME)]] = Field(
+        default_factory=list, max_length=100_000
+    )
+    silent_for_s: float | None = Field(None, ge=0, le=MAX_SILENT_S)
 
 
 class RetireResult(_Admin):

@@ -27,6 +27,9 @@ MAX_FIELD_BATCH_VALUES = 1_048_576
 """Values in one batch of field samples, all samples together (4 MiB as float32): a batch is
 bounded by its size, not only by its number of samples (:func:`values_prefix`)."""
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+TEXT = r"^[^\x00]*$"
+"""Free text: anything but the NUL character, which no PostgreSQL text column holds (a string with
+one is a 422 here, on either database, not a 500 from PostgreSQL)."""
 
 
 MAX_DB_INT = 2**63 - 1
@@ -34,7 +37,7 @@ MAX_DB_INT = 2**63 - 1
 not a 500 from the database."""
 
 LabelKey = Annotated[str, Field(pattern=NAME)]
-LabelValue = Annotated[str, Field(min_length=1, max_length=128)]
+LabelValue = Annotated[str, Field(min_length=1, max_length=128, pattern=TEXT)]
 
 
 class _Wire(BaseModel):
@@ -102,6 +105,9 @@ class Artifact(_Wire):
     variant: str = Field(pattern=NAME)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     signature: str = Field(min_length=1, description="base64 ed25519, see fleet.shared.signature")
+    release: int = Field(
+        ge=1, le=MAX_DB_INT, description="the release counter; a device does not go below it"
+    )
     size_bytes: int = Field(ge=1)
     url: str = Field(description="path under /v1/artifacts, or a signed object-store URL")
 
@@ -133,6 +139,11 @@ class DesiredState(_Wire):
     artifact: Artifact | None = None
     rollout_id: str | None = None
     shadow: ShadowPlan | None = None
+    rollback: bool = Field(
+        False,
+        description="the controller's rollback path asks for this artifact: the one case in "
+        "which a device takes a lower release than the one it runs",
+    )
 
 
 # --- telemetry -------------------------------------------------------------------------------
@@ -178,7 +189,7 @@ class DeviceEvent(_Wire):
     value: float
     threshold: float
     window_s: float
-    feature: str | None = Field(None, max_length=128)
+    feature: str | None = Field(None, max_length=128, pattern=TEXT)
     action: Literal["none", "fallback"] = "none"
 
 
@@ -230,16 +241,32 @@ class ShadowReport(_Wire):
         return out
 
 
+MAX_REFUSALS = 16
+"""Refused artifacts one report may name."""
+
+
+class ArtifactRefusal(_Wire):
+    """An artifact the controller asked the device to run and the device refused: the bytes, the
+    signature or the release did not check out, or the model did not load or pass its smoke test.
+    The device keeps its model and says so in its next report, so the rollout fails at once with
+    the reason instead of waiting for the device's silence."""
+
+    version: str = Field(pattern=NAME)
+    variant: str = Field(pattern=NAME)
+    reason: Literal["sha256", "signature", "release", "load", "smoke"]
+    detail: str = Field("", max_length=500, pattern=TEXT)
+
+
 class TelemetryReport(_Wire):
     """One window of one version on one device; ``(buffer_id, seq)`` makes it idempotent."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     seq: int = Field(ge=1, le=MAX_DB_INT)
-    buffer_id: str = Field(min_length=1, max_length=64)
-    model: str = Field("", max_length=128)
+    buffer_id: str = Field(min_length=1, max_length=64, pattern=TEXT)
+    model: str = Field("", max_length=128, pattern=TEXT)
     version: str = Field(pattern=NAME)
-    variant: str = Field("", max_length=128)
+    variant: str = Field("", max_length=128, pattern=TEXT)
     running: bool = True
     window_start: float = Field(ge=0)
     window_end: float = Field(ge=0)
@@ -254,6 +281,7 @@ class TelemetryReport(_Wire):
     input_stats: dict[str, object] = Field(default_factory=dict)
     events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
     shadow: ShadowReport | None = None
+    refusals: list[ArtifactRefusal] = Field(default_factory=list, max_length=MAX_REFUSALS)
 
     @property
     def served_rows(self) -> int:

@@ -61,6 +61,7 @@ from fleet.shared.protocol import (
     ENROLMENT_TOKENS_PATH,
     LONG_POLL_MAX_S,
     MAX_FIELD_SAMPLES_PER_BATCH,
+    MAX_REFUSALS,
     MAX_REPORTS_PER_BATCH,
     Artifact,
     DesiredState,
@@ -73,7 +74,7 @@ from fleet.shared.protocol import (
     values_prefix,
 )
 from fleet.shared.shadow import ShadowBudget, sample_rows
-from fleet.shared.signature import verify_variant
+from fleet.shared.signature import ReleaseClaim, verify_variant
 from fleet.simulate.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -164,6 +165,7 @@ class _Device:
         self.revision: int | None = None
         self.shadow: ShadowPlan | None = None
         self.budget: ShadowBudget | None = None
+        self.refusals: list[dict[str, str]] = []  # refused artifacts, for the next report
         self.window = TelemetryWindow()
         self.retry_at = 0.0
         ref = self.sim.drift_reference
@@ -270,6 +272,10 @@ class _Device:
         active = self.disk.active
         if active is not None and active.version == want.version and active.sha256 == want.sha256:
             return True
+        older = active is not None and active.model == want.model and want.release < active.release
+        if older and not state.rollback:  # as the agent: no older release but a rollback
+            self._refuse(want, "release", "older than the release serving")
+            return False
         kept = self.disk.models.get(want.version)
         if kept is not None and kept.sha256 == want.sha256:
             self.result.activations_from_disk += 1
@@ -292,15 +298,22 @@ class _Device:
         if self.fault("corrupt"):
             data = _corrupt(data, self.rng)
         if hashlib.sha256(data).hexdigest() != want.sha256:
-            self.result.rejections += 1
+            self._refuse(want, "sha256", "the download is not the announced bytes")
             return False
         path = self.sim.store_bytes(want.sha256, data)
         if not self.sim.verified(self.disk.public_key_pem, want, path):
-            self.result.rejections += 1
+            self._refuse(want, "signature", "the fleet key did not sign this release")
             return False
         self.disk.models[want.version] = want
         self._set_active(want)
         return True
+
+    def _refuse(self, want: Artifact, reason: str, detail: str) -> None:
+        """Count a refused artifact and name it in the next running report."""
+        self.result.rejections += 1
+        self.refusals.append(
+            {"version": want.version, "variant": want.variant, "reason": reason, "detail": detail}
+        )
 
     # serving and telemetry ---------------------------------------------------------------------
 
@@ -432,6 +445,9 @@ class _Device:
         self.result.reports_dropped = self.disk.dropped
         if self.detector is not None:
             report["events"] = [e.to_dict() for e in self.detector.take_events()]
+        if running and self.refusals:  # as the agent: the controller hears at once
+            report["refusals"] = self.refusals[-MAX_REFUSALS:]
+            self.refusals = []
         self.disk.next_seq += 1
         self.disk.outbox.append(report)
         self.result.reports_pending = len(self.disk.outbox)
@@ -575,7 +591,7 @@ class Simulation:
         self._mark_faults()
         self.token = ""
         self._t0: float | None = None
-        self._verified: dict[tuple[bytes, str, str, str], bool] = {}
+        self._verified: dict[tuple[bytes, ReleaseClaim, str], bool] = {}
         self._http: aiohttp.ClientSession | None = None
 
     # shared services ----------------------------------------------------------------------------
@@ -620,11 +636,18 @@ class Simulation:
         return path
 
     def verified(self, key: bytes, artifact: Artifact, path: Path) -> bool:
-        """``verify_variant`` once per (key, variant, sha256, signature): the bytes are the same."""
-        cache_key = (key, artifact.variant, artifact.sha256, artifact.signature)
+        """``verify_variant`` once per (key, release claim, signature): the bytes are the same."""
+        claim = ReleaseClaim(
+            model=artifact.model,
+            version=artifact.version,
+            variant=artifact.variant,
+            sha256=artifact.sha256,
+            release=artifact.release,
+        )
+        cache_key = (key, claim, artifact.signature)
         if cache_key not in self._verified:
             try:
-                ok = bool(key) and verify_variant(key, artifact.variant, path, artifact.signature)
+                ok = bool(key) and verify_variant(key, claim, path, artifact.signature)
             except ValueError:
                 ok = False
             self._verified[cache_key] = ok

@@ -3,18 +3,17 @@ pointing devices at a version the way a first deployment does (models: ``builder
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from builders import release_of, sign
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
 from fleet.controller.storage import db, store
-from fleet.shared.signature import file_sha256, signed_message
 
 
 def register(
@@ -27,7 +26,7 @@ def register(
 ) -> None:
     """Register ``path`` as the signed variant of ``model`` ``version`` for class ``cls``."""
     variant = f"{cls}-fp32"
-    signature = base64.b64encode(key.sign(signed_message(variant, file_sha256(path))))
+    signature = sign(key, variant, path.read_bytes(), model=model, version=version)
     r = client.post(
         "/v1/artifacts",
         json={
@@ -36,7 +35,8 @@ def register(
             "variant": variant,
             "hardware_class": cls,
             "path": str(path),
-            "signature": signature.decode(),
+            "signature": signature,
+            "release": release_of(version),
         },
         headers=ADMIN_HEADERS,
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from builders import release_of
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -186,6 +187,7 @@ class Controller:
             "hardware_class": cls,
             "path": str(path),
             "signature": signature,
+            "release": release_of(version),
         }
         r = self.admin("POST", "/v1/artifacts", json=body)
         assert r.status_code == 200, r.text

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from servers import Controller, policy, wait_until, write_public_key
+from servers import ADMIN_HEADERS, Controller, policy, wait_until, write_public_key
 
 from fleet.agent.agent import Agent
 from fleet.agent.client import ControllerClient
@@ -171,7 +171,9 @@ def desired_versions(ctl: Controller, credentials: dict[str, str]) -> dict[str, 
 def start_rollout(ctl: Controller, model: str, cls: str, key: Ed25519PrivateKey, **kw: Any) -> str:
     for version in ("1", "2"):
         data = model_bytes(int(version))
-        ctl.register(model, version, cls, data, sign(key, f"{cls}-int8", data))
+        ctl.register(
+            model, version, cls, data, sign(key, f"{cls}-int8", data, model=model, version=version)
+        )
     r = ctl.rollout(model, "2", cls, **kw)
     assert r.status_code == 201, r.text
     rollout_id = str(r.json()["rollout_id"])
@@ -188,8 +190,16 @@ def test_device_endpoints_refuse_missing_wrong_and_foreign_credentials(
     cls = "auth-cpu"
     a, b = controller.enrol("auth-a", cls), controller.enrol("auth-b", cls)
     data = model_bytes(1)
-    controller.register("authm", "1", cls, data, sign(key, f"{cls}-int8", data))
-    controller.register("authm", "1", "other-cpu", data, sign(key, "other-cpu-int8", data))
+    controller.register(
+        "authm", "1", cls, data, sign(key, f"{cls}-int8", data, model="authm", version="1")
+    )
+    controller.register(
+        "authm",
+        "1",
+        "other-cpu",
+        data,
+        sign(key, "other-cpu-int8", data, model="authm", version="1"),
+    )
     batch = {"reports": [report(1, "1")]}
     endpoints: list[tuple[str, str, dict[str, Any]]] = []
     for device in ("auth-a", "no-such-device"):
@@ -252,10 +262,27 @@ def test_tampered_artifact_is_rejected_and_the_device_keeps_its_model(
 ) -> None:
     cls, model, variant = "tamper-cpu", "tamperm", "tamper-cpu-int8"
     good_v1 = model_bytes(1)
-    controller.register(model, "1", cls, good_v1, sign(key, variant, good_v1))
+    controller.register(
+        model, "1", cls, good_v1, sign(key, variant, good_v1, model=model, version="1")
+    )
     v2 = model_bytes(2)
-    tampered = v2[:-1] + bytes([v2[-1] ^ 1])  # signed before the flip; the controller's sha256
-    controller.register(model, "2", cls, tampered, sign(key, variant, v2))  # matches the bytes
+    tampered = v2[:-1] + bytes([v2[-1] ^ 1])  # signed before the flip
+    path = controller.root / f"{model}-2-{cls}.onnx"
+    path.write_bytes(tampered)
+    body = {
+        "model": model, "version": "2", "variant": variant, "hardware_class": cls,
+        "path": str(path), "signature": sign(key, variant, v2, model=model, version="2"),
+        "release": 2,
+    }  # fmt: skip
+    refused = httpx.post(
+        f"{controller.base}/v1/artifacts", json=body, headers=ADMIN_HEADERS, timeout=30
+    )
+    assert refused.status_code == 422, refused.text  # the controller checks what it is handed
+    assert "the signature does not verify for tamperm version 2" in refused.text
+    assert controller.rollout(model, "2", cls).status_code != 201  # nothing was stored
+    # registered as signed, then rewritten on the controller's disk: the device catches it
+    controller.register(model, "2", cls, v2, sign(key, variant, v2, model=model, version="2"))
+    path.write_bytes(tampered)
     # the device was provisioned with v1 (it is on disk and serving)
     events: list[tuple[str, ...]] = []
     public_pem = controller.public_key.read_bytes()
@@ -269,7 +296,8 @@ def test_tampered_artifact_is_rejected_and_the_device_keeps_its_model(
             variant,
             factory,
             hashlib.sha256(good_v1).hexdigest(),
-            sign(key, variant, good_v1),
+            sign(key, variant, good_v1, model=model, version="1"),
+            1,
         )
     )
     assert installed.ok
@@ -294,7 +322,7 @@ def test_tampered_artifact_is_rejected_and_the_device_keeps_its_model(
     controller.command(r.json()["rollout_id"], "start")
     agent.run_once()
     assert slots.active is not None and slots.active.version == "1"
-    assert agent.status.last_rejection and "signature" in agent.status.last_rejection
+    assert agent.status.last_rejection and "sha256" in agent.status.last_rejection
     assert ("download", "2") in events
     assert any(e[:2] == ("reject", "2") for e in events), events
     assert slots.predict(GOLDEN[:1]).ref.version == "1"  # still serving its model
@@ -307,13 +335,16 @@ def test_truncated_download_resumes_with_range(
     cls = "dl-cpu"
     credential = controller.enrol("dl-0", cls)
     data = os.urandom(300_000)
-    controller.register("dlm", "1", cls, data, sign(key, f"{cls}-int8", data))
+    controller.register(
+        "dlm", "1", cls, data, sign(key, f"{cls}-int8", data, model="dlm", version="1")
+    )
     artifact = Artifact(
         model="dlm",
         version="1",
         variant=f"{cls}-int8",
         sha256=hashlib.sha256(data).hexdigest(),
         signature="unused",
+        release=1,
         size_bytes=len(data),
         url=f"/v1/artifacts/dlm/1/{cls}-int8",
     )
@@ -407,7 +438,9 @@ def test_rollout_refusals_name_the_reason_and_a_second_one_needs_supersede(
     cls, model = "refuse-cpu", "refusem"
     for version in ("1", "3", "4"):
         data = model_bytes(int(version))
-        controller.register(model, version, cls, data, sign(key, f"{cls}-int8", data))
+        controller.register(
+            model, version, cls, data, sign(key, f"{cls}-int8", data, model=model, version=version)
+        )
     controller.register(model, "2", cls, model_bytes(2), None)  # never signed
     r = controller.rollout(model, "2", cls)
     assert r.status_code == 422, r.text

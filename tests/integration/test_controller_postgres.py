@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from builders import REGISTRY_KEY, registry_key, release_of, sign
 from fastapi.testclient import TestClient
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller
 
@@ -69,7 +70,10 @@ def register(client: httpx.Client | TestClient, tmp: Path, version: str) -> None
             "variant": "host-cpu-int8",
             "hardware_class": "host-cpu",
             "path": str(path),
-            "signature": "c2ln",
+            "signature": sign(
+                REGISTRY_KEY, "host-cpu-int8", path.read_bytes(), model="churn", version=version
+            ),
+            "release": release_of(version),
         },
         headers=ADMIN_HEADERS,
     )
@@ -89,7 +93,12 @@ def test_migrate_enrol_telemetry_and_reconcile_on_postgres(
     postgres_db: str, tmp_path: Path
 ) -> None:
     now = [T0]
-    settings = FleetSettings(db_url=postgres_db, admin_token=ADMIN, reconcile_enabled=False)
+    settings = FleetSettings(
+        db_url=postgres_db,
+        admin_token=ADMIN,
+        reconcile_enabled=False,
+        public_key_path=registry_key(tmp_path),
+    )
     with TestClient(create_app(settings, clock=lambda: now[0])) as client:
         devices = {d: enrol(client, d) for d in ("pg-0", "pg-1")}
         r = client.post(
@@ -135,7 +144,7 @@ def test_migrate_enrol_telemetry_and_reconcile_on_postgres(
 
 def test_uvicorn_process_enrols_and_long_polls(tmp_path: Path) -> None:
     with (
-        uvicorn_controller(tmp_path, tmp_path / "no-key.pem") as (base, _),
+        uvicorn_controller(tmp_path, registry_key(tmp_path)) as (base, _),
         httpx.Client(base_url=base, timeout=30) as client,
     ):
         headers = enrol(client, "http-0")

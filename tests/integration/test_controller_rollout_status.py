@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from builders import REGISTRY_KEY, sign
 from conftest import Project
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servers import ADMIN, Controller, policy, wait_until, write_public_key
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ CLS = "status-cpu"
 @pytest.fixture(scope="module")
 def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
     root = tmp_path_factory.mktemp("status-controller")
-    key = write_public_key(Ed25519PrivateKey.generate(), root / "k.pem")
+    key = write_public_key(REGISTRY_KEY, root / "k.pem")
     ctl = Controller(root, f"sqlite:///{root / 'fleet.db'}", key).start()
     for i in range(2):
         ctl.enrol(f"status-{i}", CLS)
@@ -33,7 +33,9 @@ def create(ctl: Controller, model: str) -> str:
     """A pending rollout of ``model`` 2 over 1 (a model per test: a rollout blocks its model)."""
     for version in ("1", "2"):
         # the controller serves what it is given; these devices never download
-        ctl.register(model, version, CLS, f"model {version}".encode(), "c2lnbmF0dXJl")
+        data = f"model {version}".encode()
+        signature = sign(REGISTRY_KEY, f"{CLS}-int8", data, model=model, version=version)
+        ctl.register(model, version, CLS, data, signature)
     r = ctl.rollout(model, "2", CLS, policy=policy(CLS, bake_s=600, deadline_s=900))
     assert r.status_code == 201, r.text
     return str(r.json()["rollout_id"])

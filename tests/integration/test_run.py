@@ -16,7 +16,7 @@ import pytest
 import yaml
 from training_params import FAST_PARAMS, TRAINED_PARAMS
 
-from fleet.shared.signature import verify_variant
+from fleet.shared.signature import ReleaseClaim, verify_variant
 
 pytestmark = pytest.mark.integration
 
@@ -85,12 +85,22 @@ def test_variants_are_logged_hashed_and_signed(trained: Trained, tmp_path: Path)
     manifest = json.loads((local / "manifest.json").read_text())
     public_key = manifest["public_key"].encode()
     assert (proj.home / "keys" / "signing-ed25519.pem").stat().st_mode & 0o777 == 0o600
+    assert (manifest["model"], manifest["version"], manifest["release"]) == (
+        "digits-classifier",
+        "1",
+        1,
+    )
     for entry in manifest["variants"]:
         path = local / entry["file"]
-        assert verify_variant(public_key, entry["name"], path, entry["signature"])
+        claim = ReleaseClaim("digits-classifier", "1", entry["name"], entry["sha256"], 1)
+        recorded = version.tags[f"edgeloop.variant.{entry['name']}.signature"]
+        assert recorded == entry["signature"]  # the version's tag is the registry's record
+        assert verify_variant(public_key, claim, path, recorded)
         assert version.tags[f"edgeloop.variant.{entry['name']}.sha256"] == entry["sha256"]
         forged = base64.b64encode(b"\0" * 64).decode()
-        assert not verify_variant(public_key, entry["name"], path, forged)
+        assert not verify_variant(public_key, claim, path, forged)
+        as_v2 = ReleaseClaim("digits-classifier", "2", entry["name"], entry["sha256"], 2)
+        assert not verify_variant(public_key, as_v2, path, recorded)
 
 
 def test_model_card_is_written_and_logged(trained: Trained) -> None:

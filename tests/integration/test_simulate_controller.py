@@ -6,6 +6,7 @@ the agreement gate (shadow comparisons on the devices). Faults: test_simulate_fa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,5 +248,38 @@ def test_a_regressor_is_judged_on_agreement_within_its_tolerance_and_on_its_fiel
             assert done["phase"] == "rolled_back", done["reason"]
             assert {c["gate"] for c in done["status"]["causes"]} == {"agreement"}, done["reason"]
             assert sum(d.field_samples_sent for d in sim.result.devices.values()) == 0
+        finally:
+            sim.close()
+
+
+def test_a_canary_its_devices_refuse_is_rolled_back_at_once_naming_the_refusal(
+    controller: dict[str, Any],
+) -> None:
+    """v2's file is rewritten on the controller's disk after it was registered (signed and
+    checked): every device refuses the bytes it downloads, says so in its next report, and the
+    rollout is rolled back on the artifact gate within seconds, not at the stage's deadline."""
+    tmp: Path = controller["tmp"]
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(64, 10))
+    field_x = rng.integers(0, 17, size=(1000, 64)).astype(np.float32)
+    v1 = write_model(tmp / "a1.onnx", w)
+    v2 = write_model(tmp / "a2.onnx", w + rng.normal(0, 1e-3, size=w.shape))
+    policy = label_free_policy({"host-cpu": 50, "edge-small": 50}, deadline_s=60)
+    with httpx.Client(base_url=controller["base"], timeout=30) as client:
+        for cls in CLASSES:
+            register(controller, client, "1", cls, v1)
+            register(controller, client, "2", cls, v2)
+        write_model(v2, w * 2)  # after registration: not the bytes the registry signed
+        sim = fleet_on_v1(controller, field_x, devices=6, seed=6)
+        try:
+            done = rollout_to_the_end(sim, client, "2", "1", policy)
+            assert done["phase"] == "rolled_back", done["reason"]
+            causes = done["status"]["causes"]
+            assert {c["gate"] for c in causes} == {"artifact"}, done["reason"]
+            assert "refused 2's artifact" in causes[0]["reason"] and "sha256" in causes[0]["reason"]
+            started, ended = done["status"]["history"][1]["at"], done["status"]["history"][-1]["at"]
+            took = datetime.fromisoformat(ended) - datetime.fromisoformat(started)
+            assert took.total_seconds() < 30, took  # not the 60 s deadline
+            assert sim.result.versions() == {"1": 6}
         finally:
             sim.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import model_bytes, sign
+from builders import model_bytes, release_of, sign
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -54,12 +54,13 @@ def publish(
     """Sign ``version``'s model; ``tamper`` flips a byte after signing (the sha256 still matches
     what is served, so only the signature catches it)."""
     data = model_bytes(int(version.lstrip("v")))
-    signature = sign(key, VARIANT, data)
+    signature = sign(key, VARIANT, data, model=MODEL, version=version)
     if tamper:
         data = data[:-1] + bytes([data[-1] ^ 1])
     return fake.publish(
-        MODEL, version, VARIANT, data, sha256=hashlib.sha256(data).hexdigest(), signature=signature
-    )
+        MODEL, version, VARIANT, data, sha256=hashlib.sha256(data).hexdigest(),
+        signature=signature, release=release_of(version),
+    )  # fmt: skip
 
 
 @dataclass
@@ -244,6 +245,10 @@ def test_tampered_artifact_is_rejected_and_the_device_keeps_its_model(
     assert device.agent.slots.active == ref("v1")
     assert device.agent.slots.predict(GOLDEN[:1]).ref == ref("v1")
     assert "invalid signature" in (device.agent.status.last_rejection or "")
+    # the controller hears of it in the next report, once: the rollout need not wait it out
+    refusals = [r for report in fake.reports(DEVICE) for r in report.refusals]
+    assert [(r.version, r.variant, r.reason) for r in refusals] == [("v2", VARIANT, "signature")]
+    assert "did not sign this file as digits version v2" in refusals[0].detail
     assert device.agent.slots.store.versions(MODEL) == ["v1"]
     assert {r.version for r in fake.reports(DEVICE)} == {"v1"}
 
@@ -272,7 +277,7 @@ def test_rollback_to_the_stable_version_on_disk_needs_no_download(
     device.agent.run_once()
     device.calls(), device.steps()
 
-    revision = fake.target(DEVICE, stable, rollout_id="rolled-back")
+    revision = fake.target(DEVICE, stable, rollout_id="rolled-back", rollback=True)
     assert device.agent.run_once() == 0
 
     assert device.steps() == [
@@ -284,6 +289,30 @@ def test_rollback_to_the_stable_version_on_disk_needs_no_download(
     ]
     assert [c[0] for c in device.calls()] == ["desired", "telemetry"]  # no download
     assert (device.agent.slots.active, device.agent.slots.previous) == (ref("v1"), ref("v2"))
+
+
+def test_an_older_release_is_refused_unless_the_controller_rolls_back(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    """A desired state that points a device on release 2 at release 1 without the rollback flag (a
+    stale or confused controller, a replayed answer) is refused and the device stays on release 2;
+    the same artifact as the controller's rollback path is taken at once."""
+    device, fake = on_v1, on_v1.fake
+    stable = publish(fake, key, "v1")
+    fake.target(DEVICE, publish(fake, key, "v2"))
+    device.agent.run_once()
+    device.calls(), device.steps()
+
+    revision = fake.target(DEVICE, stable)
+    assert device.agent.run_once() == 0
+    assert ("reject", "v1", "older release") in device.steps()
+    assert device.agent.slots.active == ref("v2")
+    assert "release 1 is older than release 2" in (device.agent.status.last_rejection or "")
+
+    revision = fake.target(DEVICE, stable, rollback=True)
+    assert device.agent.run_once() == 0
+    assert ("install", "v1", "reused_previous") in device.steps(), revision
+    assert device.agent.slots.active == ref("v1")
 
 
 def test_offline_keeps_serving_and_buffering_then_sends_everything(

@@ -55,7 +55,7 @@ def serving(tmp_path: Path, key: Ed25519PrivateKey, model: ModelProto) -> Iterat
         VARIANT,
         data,
         sha256=hashlib.sha256(data).hexdigest(),
-        signature=sign(key, VARIANT, data),
+        signature=sign(key, VARIANT, data, model=MODEL, version="v1"),
     )
     fake.target(DEVICE, artifact)
     assert device.agent.run_once() == 0 and device.agent.slots.active is not None
@@ -208,7 +208,8 @@ def test_labels_come_back_as_classes_for_a_classifier_and_as_target_values_for_a
             DEVICE,
             fake.publish(
                 MODEL, "v1", VARIANT, data,
-                sha256=hashlib.sha256(data).hexdigest(), signature=sign(key, VARIANT, data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                signature=sign(key, VARIANT, data, model=MODEL, version="v1"),
             ),
         )  # fmt: skip
         assert device.agent.run_once() == 0

@@ -11,10 +11,11 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from builders import make_serving_model_raise
+from builders import make_serving_model_raise, release_of
 from builders import sign as sign_bytes
 from builders import write_model as tiny_model_file
 from cryptography.hazmat.primitives import serialization
@@ -61,8 +62,8 @@ def write_model(path: Path, *, seed: int = 0, outputs: int = CLASSES, nan: bool 
     return tiny_model_file(path, weights, softmax=True)
 
 
-def sign(key: Ed25519PrivateKey, variant: str, path: Path) -> str:
-    return sign_bytes(key, variant, path.read_bytes())
+def sign(key: Ed25519PrivateKey, variant: str, path: Path, version: str) -> str:
+    return sign_bytes(key, variant, path.read_bytes(), model=MODEL, version=version)
 
 
 def new_candidate(
@@ -92,7 +93,8 @@ def new_candidate(
         variant=variant,
         path=path,
         sha256=file_sha256(path),
-        signature=sign(key, signed_as or variant, path),
+        signature=sign(key, signed_as or variant, path, version),
+        release=release_of(version),
     )
 
 
@@ -253,6 +255,35 @@ def test_signature_for_another_variant_is_rejected(
     assert_rejected_and_still_on_v1(manager, result, RejectReason.SIGNATURE)
 
 
+@pytest.mark.parametrize(
+    ("signed", "detail"),
+    [
+        ({"model": "other-model"}, "a file signed for another model"),
+        ({"version": "v7"}, "a file signed as another version"),
+        ({"release": 9}, "a file signed under another release counter"),
+    ],
+)
+def test_a_signature_binds_model_version_and_release(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    on_v1: tuple[SlotManager, list[Event]],
+    signed: dict[str, Any],
+    detail: str,
+) -> None:
+    """A valid signature of these very bytes, made for another model, version or release, is
+    refused: a signed file cannot be served as something it was not released as."""
+    manager, log = on_v1
+    candidate = new_candidate(tmp_path / "dl", key, "v2")
+    claim = {"model": MODEL, "version": "v2", **signed}
+    forged = sign_bytes(key, VARIANT, candidate.path.read_bytes(), **claim)
+    result = manager.install(dataclasses.replace(candidate, signature=forged))
+    assert log == [("verify", "v2"), ("reject", "v2", "invalid signature")], detail
+    assert_rejected_and_still_on_v1(manager, result, RejectReason.SIGNATURE)
+    assert result.rejection is not None and "digits version v2 variant int8 (release 2)" in str(
+        result.rejection.message
+    )
+
+
 def test_signed_garbage_fails_to_load(
     tmp_path: Path, key: Ed25519PrivateKey, on_v1: tuple[SlotManager, list[Event]]
 ) -> None:
@@ -394,9 +425,15 @@ def test_installing_the_previous_model_swaps_it_back_at_once(
     manager, log = on_v1
     v1 = new_candidate(tmp_path / "dl", key, "v1")
     manager.install(new_candidate(tmp_path / "dl", key, "v2"))
-    result = manager.install(v1)
+    refused = manager.install(v1)  # release 1 under release 2: only as the controller's rollback
+    assert refused.outcome is InstallOutcome.REJECTED and refused.rejection is not None
+    assert refused.rejection.reason is RejectReason.RELEASE
+    assert "release 1 is older than release 2" in refused.rejection.message
+    assert manager.active == ref("v2")
+    log.clear()
+    result = manager.install(v1, allow_older=True)
     assert result.outcome is InstallOutcome.REUSED_PREVIOUS
-    assert log == [*installed("v2"), ("rollback", "v1")]
+    assert log == [("rollback", "v1")]
     assert manager.active == ref("v1")
 
 
@@ -409,8 +446,8 @@ def test_activate_from_disk_verifies_again(
     log.clear()
     assert manager.store.versions(MODEL) == ["v1", "v2", "v3"]  # v1 is on disk, in no slot
 
-    assert manager.activate(ref("v2")).outcome is InstallOutcome.REUSED_PREVIOUS
-    result = manager.activate(ref("v1"))
+    assert manager.activate(ref("v2"), allow_older=True).outcome is InstallOutcome.REUSED_PREVIOUS
+    result = manager.activate(ref("v1"), allow_older=True)
 
     assert result.outcome is InstallOutcome.INSTALLED
     assert log == [("rollback", "v2"), *installed("v1")]
@@ -445,7 +482,7 @@ def test_store_leaves_no_debris_and_refuses_unsafe_names(tmp_path: Path) -> None
     store.discard(staged)
     assert not list((tmp_path / "state" / "models").rglob("*"))
     # A crash between the model file and its manifest leaves debris that counts as absent.
-    stored = store.commit(store.stage(ref("v2"), source), signature="sig")
+    stored = store.commit(store.stage(ref("v2"), source), signature="sig", release=2)
     stored.path.with_suffix(".json").unlink()
     assert not store.has(ref("v2"))
     store.prune()
@@ -454,7 +491,7 @@ def test_store_leaves_no_debris_and_refuses_unsafe_names(tmp_path: Path) -> None
         with pytest.raises(UnsafeName):
             ArtifactRef(MODEL, bad, VARIANT)
     with pytest.raises(UnsafeName) as raised:
-        _ = Candidate(MODEL, "v1", "../../x", source, "0" * 64, "").ref
+        _ = Candidate(MODEL, "v1", "../../x", source, "0" * 64, "", 1).ref
     assert raised.value.field == "variant"
 
 

@@ -158,3 +158,23 @@ def test_a_tiny_move_of_a_very_steady_series_is_not_an_anomaly() -> None:
     assert not sensible.is_anomaly(history, 0.16)  # ...but 0.06 ms is nothing to act on
     assert sensible.is_anomaly(history, 1.5)
     assert sensible.limit(history) == pytest.approx(1.10)
+
+
+def test_series_refusals_are_documented_and_a_nul_character_is_422(fleet: Fleet) -> None:
+    """The unknown-metric refusal is ``{"detail": str}`` and the document says so (it used to list
+    only FastAPI's validation error); NUL in a query, which no PostgreSQL text column holds, is a
+    422 on either database (it was a 500 on PostgreSQL)."""
+    from test_controller_api import assert_as_documented
+
+    doc = fleet.client.get("/openapi.json").json()
+    r = fleet.client.get("/v1/series?model=churn&metric=vibes", headers=ADMIN_HEADERS)
+    assert r.status_code == 422
+    assert_as_documented(doc, "/v1/series", "get", r)
+    for query in ("model=a%00b", "model=churn&version=a%00b", "model=churn&class=a%00b",
+                  "model=churn&label=site%3Da%00b"):  # fmt: skip
+        r = fleet.client.get(f"/v1/series?metric=error_rate&{query}", headers=ADMIN_HEADERS)
+        assert r.status_code == 422, (query, r.text)
+        assert_as_documented(doc, "/v1/series", "get", r)
+    r = fleet.client.get("/v1/series?model=churn&metric=error_rate&label=site%3Dberlin",
+                         headers=ADMIN_HEADERS)  # fmt: skip
+    assert r.status_code == 200 and r.json() == []

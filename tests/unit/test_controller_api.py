@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import REGISTRY_KEY, sign
 from test_controller_builders import (
     ADMIN_HEADERS,
     Clock,
@@ -80,6 +81,7 @@ def test_enrol_gives_a_credential_that_reads_desired_state(fleet: Fleet) -> None
         "artifact": None,
         "rollout_id": None,
         "shadow": None,
+        "rollback": False,
     }
 
 
@@ -340,6 +342,65 @@ def test_rollout_create_status_and_commands(fleet: Fleet) -> None:
     assert fleet.client.post("/v1/rollouts/nope/start", headers=ADMIN_HEADERS).status_code == 404
 
 
+def test_an_artifact_is_stored_only_when_its_signature_binds_its_names_and_release(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The controller checks what it is handed against the registry's public key: a file signed
+    as another model, version, variant or release, or rewritten after signing, is a 422 and
+    nothing is stored; without a key to check with it refuses signed artifacts (409)."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"model bytes" * 50)
+    good = {
+        "model": "churn", "version": "3", "variant": "host-cpu-int8",
+        "hardware_class": "host-cpu", "path": str(path), "release": 3,
+        "signature": sign(REGISTRY_KEY, "host-cpu-int8", path.read_bytes(), model="churn", version="3"),
+    }  # fmt: skip
+    for changes in ({"model": "faces"}, {"version": "4"}, {"variant": "fp32"}, {"release": 2}):
+        r = fleet.client.post("/v1/artifacts", json={**good, **changes}, headers=ADMIN_HEADERS)
+        assert r.status_code == 422, (changes, r.text)
+        assert "the signature does not verify" in r.json()["detail"], changes
+    path.write_bytes(b"model bytez" * 50)
+    r = fleet.client.post("/v1/artifacts", json=good, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "nothing was stored" in r.json()["detail"]
+    from fleet.controller.storage.db import ArtifactRow
+
+    with fleet.app.state.sessions() as session:
+        assert session.query(ArtifactRow).count() == 0
+    path.write_bytes(b"model bytes" * 50)
+    r = fleet.client.post("/v1/artifacts", json=good, headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and r.json()["release"] == 3, r.text
+
+    (tmp_path / "keyless").mkdir()
+    keyless = make_fleet(tmp_path / "keyless", public_key_path=tmp_path / "none.pem")
+    r = keyless.post("/v1/artifacts", json=good, headers=ADMIN_HEADERS)
+    assert r.status_code == 409 and "EDGELOOP_FLEET_PUBLIC_KEY_PATH" in r.json()["detail"]
+
+
+def test_the_way_back_to_the_stable_version_is_marked_a_rollback(fleet: Fleet) -> None:
+    """Devices take a lower release only on the controller's rollback path: the desired state of
+    a canary device says ``rollback`` once an aborted rollout sends it back to stable."""
+    from fleet.controller.reconcile import reconcile_once
+
+    rollout_id, credentials = _create_and_start(fleet, devices=4)
+    assert fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS).is_success
+
+    def desired() -> dict[str, dict[str, Any]]:
+        return {
+            d: fleet.client.get(f"/v1/devices/{d}/desired", headers=auth(c)).json()
+            for d, c in credentials.items()
+        }
+
+    canaries = [d for d, s in desired().items() if (s["artifact"] or {}).get("version") == "2"]
+    assert canaries and all(not desired()[d]["rollback"] for d in canaries)
+    fleet.client.post(f"/v1/rollouts/{rollout_id}/abort", headers=ADMIN_HEADERS)
+    with fleet.app.state.sessions() as session:
+        reconcile_once(session, rollout_id, fleet.clock())
+    back = desired()
+    for device in canaries:
+        assert back[device]["artifact"]["version"] == "1" and back[device]["rollback"], back[device]
+        assert back[device]["artifact"]["release"] == 1
+
+
 def test_a_second_rollout_is_refused_unless_superseding(fleet: Fleet) -> None:
     first, _ = _create_and_start(fleet)
     fleet.artifact("churn", "3")
@@ -580,3 +641,105 @@ def test_a_command_that_races_a_reconcile_pass_is_decided_again(
     r = fleet.client.post(f"/v1/rollouts/{rollout_id}/start", headers=ADMIN_HEADERS)
     assert r.status_code == 200 and r.json()["phase"] == "progressing", r.text
     assert raced == ["lost"]
+
+
+# --- every answer as the OpenAPI document lists it (tests/integration/test_api_fuzz.py) ---------
+
+
+def assert_as_documented(doc: dict[str, Any], path: str, method: str, r: Any) -> None:
+    """``r`` has a status the OpenAPI document ``doc`` lists for ``method path``, and a JSON body
+    that conforms to the schema it lists for that status."""
+    import jsonschema
+
+    answers = doc["paths"][path][method]["responses"]
+    assert str(r.status_code) in answers, (method, path, r.status_code, sorted(answers))
+    schema = answers[str(r.status_code)]["content"]["application/json"]["schema"]
+    jsonschema.validate(r.json(), {**schema, "components": doc["components"]})
+
+
+def test_a_body_that_is_not_utf8_is_a_documented_400(fleet: Fleet) -> None:
+    doc = fleet.client.get("/openapi.json").json()
+    headers = {**ADMIN_HEADERS, "Content-Type": "application/json"}
+    r = fleet.client.post("/v1/enrolment-tokens", content=b'{"uses": "\xff"}', headers=headers)
+    assert r.status_code == 400  # FastAPI's "There was an error parsing the body"
+    assert_as_documented(doc, "/v1/enrolment-tokens", "post", r)
+
+
+def test_a_missing_or_unknown_credential_is_a_documented_401(fleet: Fleet) -> None:
+    doc = fleet.client.get("/openapi.json").json()
+    for method, path in (
+        ("get", "/v1/rollouts"),
+        ("post", "/v1/devices/retire"),
+        ("get", "/v1/devices/{device_id}/desired"),
+        ("post", "/v1/devices/{device_id}/telemetry"),
+    ):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = fleet.client.request(method, path.format(device_id="dev-1"), headers=headers)
+            assert r.status_code == 401
+            assert_as_documented(doc, path, method, r)
+
+
+def test_rollout_refusals_are_documented_with_the_bodies_they_have(fleet: Fleet) -> None:
+    doc = fleet.client.get("/openapi.json").json()
+    r = fleet.client.get("/v1/rollouts/churn-0123456789", headers=ADMIN_HEADERS)
+    assert r.status_code == 404
+    assert_as_documented(doc, "/v1/rollouts/{rollout_id}", "get", r)
+    r = fleet.client.post("/v1/rollouts/churn-0123456789/start", headers=ADMIN_HEADERS)
+    assert r.status_code == 404
+    assert_as_documented(doc, "/v1/rollouts/{rollout_id}/{command}", "post", r)
+    no_stable = {"model": "churn", "version": "2", "policy": policy()}
+    r = fleet.client.post("/v1/rollouts", json=no_stable, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str) and r.json()["reason"]
+    assert_as_documented(doc, "/v1/rollouts", "post", r)
+    r = fleet.client.post("/v1/rollouts", json={"model": "churn"}, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and isinstance(r.json()["detail"], list)  # does not parse
+    assert_as_documented(doc, "/v1/rollouts", "post", r)
+    _create_and_start(fleet)
+    again = {"model": "churn", "version": "2", "stable_version": "1", "policy": policy()}
+    r = fleet.client.post("/v1/rollouts", json=again, headers=ADMIN_HEADERS)
+    assert r.status_code == 409
+    assert_as_documented(doc, "/v1/rollouts", "post", r)
+
+
+def test_a_nul_character_is_a_422_not_a_database_error(fleet: Fleet) -> None:
+    """No PostgreSQL text column holds NUL: each of these was a 500 there (the fuzz test on
+    PostgreSQL); on SQLite the same requests were stored or answered 404."""
+    doc = fleet.client.get("/openapi.json").json()
+    credential = fleet.enrol("dev-1")
+    for method, template, path in (
+        ("get", "/v1/rollouts/{rollout_id}", "/v1/rollouts/a%00b"),
+        ("post", "/v1/rollouts/{rollout_id}/{command}", "/v1/rollouts/a%00b/abort"),
+        ("put", "/v1/baselines/{model}", "/v1/baselines/a%00b"),
+    ):
+        r = fleet.client.request(method, path, json={"version": "1"}, headers=ADMIN_HEADERS)
+        assert r.status_code == 422, (path, r.text)
+        assert_as_documented(doc, template, method, r)
+    r = fleet.client.post(
+        "/v1/devices/retire", json={"device_ids": ["a\x00b"]}, headers=ADMIN_HEADERS
+    )
+    assert r.status_code == 422 and "device_ids" in r.text
+    event = {"kind": "input_drift", "value": 1.0, "threshold": 0.5, "window_s": 5}
+    for change in (
+        {"buffer_id": "a\x00b"},
+        {"model": "a\x00b"},
+        {"variant": "a\x00b"},
+        {"events": [{**event, "feature": "a\x00b"}]},
+    ):
+        r = fleet.client.post(
+            "/v1/devices/dev-1/telemetry",
+            json={"reports": [{**report(1, "1"), **change}]},
+            headers=auth(credential),
+        )
+        assert r.status_code == 422, (change, r.text)
+    body = {"token": fleet.token(), "device_id": "dev-2", "hardware_class": "host-cpu"}
+    r = fleet.client.post("/v1/enrol", json={**body, "labels": {"site": "a\x00b"}})
+    assert r.status_code == 422 and "labels" in r.text
+
+
+def test_retiring_by_a_silence_longer_than_a_century_is_422(fleet: Fleet) -> None:
+    # before: OverflowError computing the cutoff, a 500
+    body = {"silent_for_s": 5.5e307}
+    r = fleet.client.post("/v1/devices/retire", json=body, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "silent_for_s" in r.text
+    body = {"silent_for_s": 100 * 365 * 86_400}
+    assert fleet.client.post("/v1/devices/retire", json=body, headers=ADMIN_HEADERS).is_success

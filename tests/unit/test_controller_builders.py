@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from builders import REGISTRY_KEY, registry_key, release_of, sign
 from fastapi.testclient import TestClient
 
 from fleet.controller.api.app import create_app
@@ -14,6 +15,8 @@ from fleet.controller.settings import FleetSettings
 from fleet.shared.latency import LATENCY_BOUNDS_MS, LatencyHistogram
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
 ADMIN = "admin-secret-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -66,15 +69,18 @@ class Fleet:
     ) -> dict[str, Any]:
         path = self.tmp / f"{model}-{version}-{hardware_class}.onnx"
         path.write_bytes(f"model {model} {version} {hardware_class}".encode() * 100)
+        variant = f"{hardware_class}-int8"
+        signature = sign(REGISTRY_KEY, variant, path.read_bytes(), model=model, version=version)
         r = self.client.post(
             "/v1/artifacts",
             json={
                 "model": model,
                 "version": version,
-                "variant": f"{hardware_class}-int8",
+                "variant": variant,
                 "hardware_class": hardware_class,
                 "path": str(path),
-                "signature": "c2lnbmF0dXJl" if signed else None,
+                "signature": signature if signed else None,
+                "release": release_of(version),
             },
             headers=ADMIN_HEADERS,
         )
@@ -83,11 +89,11 @@ class Fleet:
 
 
 def settings(tmp: Path, **changes: Any) -> FleetSettings:
+    changes.setdefault("public_key_path", registry_key(tmp))
     return FleetSettings(
         db_url=f"sqlite:///{tmp / 'fleet.db'}",
         admin_token=ADMIN,
         reconcile_enabled=False,
-        public_key_path=tmp / "missing.pem",
         long_poll_recheck_s=0.2,
         **changes,
     )

@@ -94,3 +94,21 @@ def test_listing_needs_the_admin_token_and_a_sane_page(fleet: Fleet) -> None:
     r = fleet.client.get("/v1/field-samples?limit=100000", headers=ADMIN_HEADERS)
     assert r.status_code == 422 and "limit" in r.text
     assert fleet.client.get("/v1/field-samples?since=-1", headers=ADMIN_HEADERS).status_code == 422
+
+
+def test_a_cursor_no_database_column_holds_is_422_and_403_is_documented(fleet: Fleet) -> None:
+    """``since`` above 2^63-1 was a 500 (OverflowError on SQLite, an out-of-range bigint on
+    PostgreSQL); a device posting for another gets the 403 the document lists."""
+    from test_controller_api import assert_as_documented
+
+    r = fleet.client.get(f"/v1/field-samples?since={2**63}", headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "since" in r.text
+    since = 2**63 - 1
+    r = fleet.client.get(f"/v1/field-samples?since={since}", headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and r.json() == {"samples": [], "next_since": since}
+    doc = fleet.client.get("/openapi.json").json()
+    credential = fleet.enrol("dev-a")
+    fleet.enrol("dev-b")
+    r = post(fleet, "dev-b", credential, [sample(1)])
+    assert r.status_code == 403
+    assert_as_documented(doc, "/v1/devices/{device_id}/field-samples", "post", r)

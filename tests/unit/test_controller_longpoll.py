@@ -15,6 +15,7 @@ ARTIFACT = Artifact(
     variant="host-cpu-int8",
     sha256="0" * 64,
     signature="c2ln",
+    release=2,
     size_bytes=10,
     url="/v1/artifacts/churn/2/host-cpu-int8",
 )

@@ -69,14 +69,19 @@ def log_version(
     golden: bool = True,
     tamper: str | None = None,
 ) -> tuple[str, str]:
-    """Log a run laid out like registry.publish's and register it; ``tamper`` lies in the manifest."""
+    """Log a run laid out like registry.publish's and register it, each variant's sha256 recorded
+    in the version's tags; ``tamper`` rewrites that variant in the artifact store after it was
+    recorded, and its manifest entry with it (the tags are left alone)."""
     folder.mkdir(parents=True)
     run_id = client.create_run(experiment).info.run_id
     entries = []
+    tags = dict(tags)
     for i, name in enumerate(variants):
         path = tiny_model(folder / f"{name}.onnx", scale=float(i + 1))
-        digest = "0" * 64 if name == tamper else sha256(path)
-        entries.append({"name": name, "file": path.name, "sha256": digest})
+        tags[f"edgeloop.variant.{name}.sha256"] = sha256(path)
+        if name == tamper:
+            tiny_model(path, scale=99.0)
+        entries.append({"name": name, "file": path.name, "sha256": sha256(path)})
         client.log_artifact(run_id, str(path), "variants")
     (folder / "manifest.json").write_text(json.dumps({"model": "digits", "variants": entries}))
     client.log_artifact(run_id, str(folder / "manifest.json"), "variants")
@@ -178,7 +183,10 @@ def test_sha256_mismatch_is_refused_and_the_file_removed(
         fetch(registry, "models:/digits@tampered", tmp_path)
     message = str(caught.value)
     assert "variant int8-dynamic of models:/digits@tampered failed its sha256 check" in message
-    assert f"the manifest says {'0' * 64}" in message
+    recorded = registry.client.get_model_version_by_alias("digits", "tampered").tags[
+        "edgeloop.variant.int8-dynamic.sha256"
+    ]
+    assert f"the version's tag says {recorded}" in message  # not the rewritten manifest
     assert not (tmp_path / "int8-dynamic.onnx").exists()
 
 

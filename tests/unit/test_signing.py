@@ -11,8 +11,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.shared.signature import file_sha256, signed_message, verify_variant
-from registry.signing import PRIVATE, PUBLIC, load_or_create_key, public_pem, sign_variant
+from fleet.shared.signature import ReleaseClaim, file_sha256, verify_claim, verify_variant
+from registry.signing import PRIVATE, PUBLIC, load_or_create_key, public_pem, sign_claim
+
+
+def claim_of(path: Path, variant: str = "int8-static", **changes: object) -> ReleaseClaim:
+    fields: dict[str, object] = {
+        "model": "digits", "version": "3", "variant": variant, "sha256": file_sha256(path),
+        "release": 3, **changes,
+    }  # fmt: skip
+    return ReleaseClaim(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,10 @@ def test_non_ed25519_key_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_signed_message_layout() -> None:
-    assert signed_message("int8-static", "ab12") == b"edgeloop-variant-v1\nint8-static\nab12"
+    claim = ReleaseClaim(model="digits", version="3", variant="int8", sha256="ab12", release=3)
+    assert claim.message() == b"edgeloop-release-v2\ndigits\n3\nint8\nab12\n3"
+    with pytest.raises(ValueError, match="newline"):
+        ReleaseClaim(model="a\nb", version="3", variant="x", sha256="ab", release=3).message()
 
 
 def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
@@ -69,21 +80,25 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
 def test_round_trip_tamper_and_wrong_name(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     path = tmp_path / "int8-static.onnx"
     path.write_bytes(b"model bytes")
-    signature = sign_variant(key, "int8-static", file_sha256(path))
+    claim = claim_of(path)
+    signature = sign_claim(key, claim)
     assert len(base64.b64decode(signature)) == 64
     pem = public_pem(key)
-    assert verify_variant(pem, "int8-static", path, signature) is True
-    # The same file served under another variant's name is rejected.
-    assert verify_variant(pem, "fp32", path, signature) is False
+    assert verify_variant(pem, claim, path, signature) is True
+    # The same bytes claimed as anything else they were not signed as are rejected: another
+    # variant's name, another model (a cross-model swap), another version, another release.
+    for changes in ({"variant": "fp32"}, {"model": "faces"}, {"version": "4"}, {"release": 4}):
+        assert verify_variant(pem, claim_of(path, **changes), path, signature) is False, changes
     # A different key does not verify.
     other = public_pem(Ed25519PrivateKey.generate())
-    assert verify_variant(other, "int8-static", path, signature) is False
+    assert verify_variant(other, claim, path, signature) is False
     # Garbage instead of a signature is a plain "no".
-    assert verify_variant(pem, "int8-static", path, "!!not-base64!!") is False
-    assert verify_variant(pem, "int8-static", path, base64.b64encode(b"x" * 64).decode()) is False
-    # One changed byte in the file.
+    assert verify_variant(pem, claim, path, "!!not-base64!!") is False
+    assert verify_variant(pem, claim, path, base64.b64encode(b"x" * 64).decode()) is False
+    # One changed byte in the file: the claim's sha256 no longer matches, whatever it says.
     path.write_bytes(b"model bytez")
-    assert verify_variant(pem, "int8-static", path, signature) is False
+    assert verify_variant(pem, claim, path, signature) is False
+    assert verify_claim(pem, claim, signature) is True  # the claim itself is still signed
 
 
 def test_non_ed25519_public_key_raises(tmp_path: Path) -> None:
@@ -95,7 +110,7 @@ def test_non_ed25519_public_key_raises(tmp_path: Path) -> None:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     with pytest.raises(ValueError, match="not an ed25519 key"):
-        verify_variant(pem, "fp32", path, "AAAA")
+        verify_claim(pem, claim_of(path), "AAAA")
 
 
 @settings(
@@ -107,9 +122,10 @@ def test_random_files_verify_and_any_flip_breaks_it(
 ) -> None:
     path = tmp_path_factory.mktemp("variant") / "fp32.onnx"
     path.write_bytes(data)
-    signature = sign_variant(key, "fp32", file_sha256(path))
+    claim = claim_of(path, "fp32")
+    signature = sign_claim(key, claim)
     pem = public_pem(key)
-    assert verify_variant(pem, "fp32", path, signature)
+    assert verify_variant(pem, claim, path, signature)
     if data:
         index = flip % len(data)
         tampered = bytearray(data)
@@ -117,4 +133,4 @@ def test_random_files_verify_and_any_flip_breaks_it(
         path.write_bytes(bytes(tampered))
     else:
         path.write_bytes(b"\x00")
-    assert not verify_variant(pem, "fp32", path, signature)
+    assert not verify_variant(pem, claim, path, signature)

@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller import reconcile as loop
 from fleet.controller.api import metrics
+from fleet.controller.api.responses import add_implied_errors
 from fleet.controller.api.routes_devices import router as devices_router
 from fleet.controller.api.routes_field import router as field_router
 from fleet.controller.api.routes_observe import router as observe_router
@@ -69,6 +72,35 @@ def _error_response(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=code, headers=headers)
 
 
+async def _no_nul_in_the_path(request: Request) -> None:
+    """A path parameter with a NUL character is a 422 on either database: no PostgreSQL text column
+    holds one, so it used to be a 500 there (``GET /v1/rollouts/a%00b``, ``PUT /v1/baselines/a%00b``).
+    Strings in bodies and queries are refused by their models' patterns (``fleet.shared.protocol``)."""
+    bad = [name for name, value in request.path_params.items() if "\x00" in str(value)]
+    if bad:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", name),
+                    "msg": "must not contain a NUL character",
+                    "input": request.path_params[name],
+                }
+                for name in bad
+            ]
+        )
+
+
+class ControllerApp(FastAPI):
+    """FastAPI whose OpenAPI document also lists the errors each route answers by its shape
+    (``fleet.controller.api.responses``): every answer the controller gives is documented."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = add_implied_errors(super().openapi())
+        return self.openapi_schema
+
+
 def create_app(
     settings: FleetSettings | None = None, *, clock: Callable[[], datetime] = utc_now
 ) -> FastAPI:
@@ -103,11 +135,12 @@ def create_app(
                     await task
             engine.dispose()
 
-    app = FastAPI(
+    app = ControllerApp(
         title="edgeloop fleet controller",
         version="1",
         lifespan=lifespan,
         openapi_url="/openapi.json",
+        dependencies=[Depends(_no_nul_in_the_path)],
     )
     app.state.settings = settings
     app.state.engine = engine

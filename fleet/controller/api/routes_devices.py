@@ -24,6 +24,7 @@ from fleet.controller.api.auth import (
     SessionDep,
     forget_devices,
 )
+from fleet.controller.api.responses import errors
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
@@ -46,6 +47,7 @@ from fleet.shared.protocol import (
     TelemetryAck,
     TelemetryBatch,
 )
+from fleet.shared.signature import ReleaseClaim, file_sha256, verify_claim
 
 router = APIRouter()
 
@@ -57,7 +59,7 @@ def create_enrolment_token(
     return store.create_enrolment_token(session, body, request.app.state.clock())
 
 
-@router.post("/enrol", response_model=EnrolResponse)
+@router.post("/enrol", response_model=EnrolResponse, responses=errors(401, 409))
 def enrol(body: EnrolRequest, request: Request, session: SessionDep) -> EnrolResponse:
     credential = store.enrol(session, body, request.app.state.clock())
     return EnrolResponse(
@@ -74,7 +76,7 @@ def _read_desired(request: Request, device: DeviceIdentity) -> DesiredState:
         return store.desired_state(session, row)
 
 
-@router.get("/devices/{device_id}/desired", response_model=DesiredState)
+@router.get("/devices/{device_id}/desired", response_model=DesiredState, responses=errors(403))
 async def desired(
     request: Request,
     device: OwnDevice,
@@ -102,7 +104,12 @@ async def desired(
 @router.get(
     "/artifacts/{model}/{version}/{variant}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 304: {}, 206: {}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        304: {},
+        206: {},
+        **errors(404),
+    },
 )
 def artifact(
     model: str,
@@ -132,13 +139,20 @@ def artifact(
     return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
 
-@router.post("/artifacts", response_model=Artifact | None, dependencies=[Admin])
+@router.post(
+    "/artifacts",
+    response_model=Artifact | None,
+    dependencies=[Admin],
+    responses=errors(409, 422),
+)
 def register_artifact(
     body: ArtifactRegistration, request: Request, session: SessionDep
 ) -> Artifact | None:
     path = Path(body.path)
     if not path.is_file():
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"no file at {path}")
+    if body.signature is not None:
+        _check_signature(body, path, request.app.state.settings.public_key_pem())
     return store.register_artifact(
         session,
         model=body.model,
@@ -147,8 +161,39 @@ def register_artifact(
         hardware_class=body.hardware_class,
         path=path,
         signature=body.signature,
+        release=body.release,
         now=request.app.state.clock(),
     )
+
+
+def _check_signature(body: ArtifactRegistration, path: Path, public_key_pem: str) -> None:
+    """Refuse (422, nothing stored) a signed artifact whose bytes or names the fleet key did not
+    sign: the controller checks what it is handed, so a file rewritten in the artifact store is
+    never advertised to a device."""
+    if not public_key_pem:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail="the controller has no registry public key to check signatures with: "
+            "set EDGELOOP_FLEET_PUBLIC_KEY_PATH (the registry's signing-ed25519.pub.pem)",
+        )
+    claim = ReleaseClaim(
+        model=body.model,
+        version=body.version,
+        variant=body.variant,
+        sha256=file_sha256(path),
+        release=body.release,
+    )
+    try:
+        valid = verify_claim(public_key_pem.encode(), claim, body.signature or "")
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"registry public key: {exc}") from exc
+    if not valid:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"the signature does not verify for {claim.describe()} with sha256 "
+            f"{claim.sha256}: the file, its names or its release are not what the registry "
+            "signed; nothing was stored",
+        )
 
 
 @router.post("/devices/retire", response_model=RetireResult, dependencies=[Admin])
@@ -170,7 +215,9 @@ def put_baseline(model: str, body: Baseline, request: Request, session: SessionD
     return BaselineSet(model=model, version=body.version, devices_changed=len(changed))
 
 
-@router.post("/devices/{device_id}/telemetry", response_model=TelemetryAck)
+@router.post(
+    "/devices/{device_id}/telemetry", response_model=TelemetryAck, responses=errors(403, 422)
+)
 def telemetry(body: TelemetryBatch, request: Request, device: OwnDevice) -> TelemetryAck:
     """Idempotent per (device, buffer_id, seq); duplicates and any order are fine.
 

@@ -12,16 +12,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from fleet.controller.api.auth import Admin, OwnDevice, SessionDep
+from fleet.controller.api.responses import errors
 from fleet.controller.storage import field_samples
 from fleet.shared.admin_protocol import FieldSamplePage, StoredSample
-from fleet.shared.protocol import FieldSampleAck, FieldSampleBatch
+from fleet.shared.protocol import MAX_DB_INT, FieldSampleAck, FieldSampleBatch
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 MAX_PAGE = 5000
 
 
-@router.post("/devices/{device_id}/field-samples", response_model=FieldSampleAck)
+@router.post(
+    "/devices/{device_id}/field-samples", response_model=FieldSampleAck, responses=errors(403)
+)
 def add_field_samples(
     body: FieldSampleBatch, request: Request, device: OwnDevice, session: SessionDep
 ) -> FieldSampleAck:
@@ -39,7 +42,7 @@ def add_field_samples(
 @router.get("/field-samples", response_model=FieldSamplePage, dependencies=[Admin])
 def list_field_samples(
     session: SessionDep,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
     labelled_only: bool = True,
 ) -> FieldSamplePage:

@@ -9,16 +9,18 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AwareDatetime
 
 from fleet.controller.api.auth import Admin, SessionDep
+from fleet.controller.api.responses import errors
 from fleet.controller.observe.aggregate import ALL, METRICS, fleet_series
 from fleet.controller.observe.alerts import list_alerts
 from fleet.controller.observe.playbooks.runner import list_playbook_runs
 from fleet.shared.admin_protocol import Alert, PlaybookRun, SeriesPoint
-from fleet.shared.protocol import MAX_DB_INT
+from fleet.shared.protocol import MAX_DB_INT, NAME, TEXT
 
 router = APIRouter(dependencies=[Admin])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT)]
+Name = Annotated[str, Query(pattern=NAME)]
 
 
 @router.get("/alerts", response_model=list[Alert])
@@ -40,14 +42,14 @@ def get_playbook_runs(
     return list_playbook_runs(session, limit=limit, offset=offset)
 
 
-@router.get("/series", response_model=list[SeriesPoint])
+@router.get("/series", response_model=list[SeriesPoint], responses=errors(422))
 def get_series(
     session: SessionDep,
-    model: str,
+    model: Name,
     metric: str,
-    version: str | None = None,
-    hardware_class: Annotated[str | None, Query(alias="class")] = None,
-    label: str = ALL,
+    version: Name | None = None,
+    hardware_class: Annotated[str | None, Query(alias="class", pattern=NAME)] = None,
+    label: Annotated[str, Query(pattern=TEXT)] = ALL,
     since: AwareDatetime | None = None,
     limit: Limit = 1000,
 ) -> list[dict[str, Any]]:

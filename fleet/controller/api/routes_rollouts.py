@@ -8,11 +8,12 @@ outbox, then act. A refused command (``RolloutCommandError``) becomes 409 in ``a
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Request, status
 
 from fleet.controller.api.auth import Admin, SessionDep
+from fleet.controller.api.responses import errors
 from fleet.controller.errors import ConcurrentUpdate, PolicyError, RolloutConflict, RolloutInvalid
 from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.reconcile import apply_decision
@@ -42,6 +43,9 @@ from fleet.shared.profile import ProfileError
 router = APIRouter(dependencies=[Admin])
 
 Command = Literal["start", "pause", "resume", "abort", "retry"]
+RolloutId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=256)]
+"""``<model>-<10 hex digits>`` (``store.new_rollout_id``); anything else names no rollout, and a NUL
+character, which no PostgreSQL text column holds, is a 422 here instead of a 500 there."""
 
 
 def detail(row: RolloutRow) -> RolloutDetail:
@@ -145,7 +149,12 @@ def create_rollout(
     return row
 
 
-@router.post("/rollouts", response_model=RolloutDetail, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/rollouts",
+    response_model=RolloutDetail,
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(409, 422),
+)
 def post_rollout(body: RolloutRequest, request: Request, session: SessionDep) -> RolloutDetail:
     state = request.app.state
     row = create_rollout(
@@ -159,8 +168,8 @@ def get_rollouts(session: SessionDep) -> list[RolloutSummary]:
     return [store.summary(r) for r in store.list_rollouts(session)]
 
 
-@router.get("/rollouts/{rollout_id}", response_model=RolloutDetail)
-def get_rollout(rollout_id: str, session: SessionDep) -> RolloutDetail:
+@router.get("/rollouts/{rollout_id}", response_model=RolloutDetail, responses=errors(404))
+def get_rollout(rollout_id: RolloutId, session: SessionDep) -> RolloutDetail:
     return detail(store.load_rollout(session, rollout_id))
 
 
@@ -201,9 +210,11 @@ def run_command(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@router.post("/rollouts/{rollout_id}/{command}", response_model=RolloutDetail)
+@router.post(
+    "/rollouts/{rollout_id}/{command}", response_model=RolloutDetail, responses=errors(404, 409)
+)
 def post_command(
-    rollout_id: str,
+    rollout_id: RolloutId,
     command: Command,
     request: Request,
     session: SessionDep,

@@ -46,6 +46,7 @@ from fleet.controller.rollout.assignment import Assignment
 from fleet.controller.rollout.observations import (
     DeviceObservation,
     Observations,
+    Refusal,
     ShadowSums,
     VersionTelemetry,
 )
@@ -67,6 +68,9 @@ from fleet.controller.rollout.stats import (
 from fleet.shared.latency import merge_histograms
 
 NAMES_IN_REASON = 20
+
+SHA256_REFUSALS_TO_FAIL = 3
+"""sha256 refusals of the canary by one device, in one window, that fail the artifact gate."""
 """At most this many device ids are spelled out in a reason; the full list is kept in the status."""
 
 
@@ -363,6 +367,7 @@ def _check_cohort(
     )
 
     results = (
+        _artifact_gate(targeted, devices, canary=canary, cohort=cohort),
         latency_gate(
             merge_histograms(t.latency for t in canary_arm if t.latency is not None),
             budget_ms=policy.cohorts[cohort].p95_latency_ms,
@@ -406,6 +411,50 @@ def _canary_shadow(canary_arm: Iterable[VersionTelemetry], stable: str) -> Itera
     """The canary arm's shadow comparisons against ``stable`` (those against another version are
     from an earlier rollout and are left out)."""
     return (s for t in canary_arm if (s := t.shadow_against(stable)) is not None)
+
+
+def _artifact_gate(
+    targeted: tuple[str, ...], devices: dict[str, DeviceObservation], *, canary: str, cohort: str
+) -> GateResult:
+    """FAIL as soon as a targeted device reports refusing the canary's artifact: a file that does
+    not check out on a device is not waited out until the stage's deadline.
+
+    A bad signature, an older release, a model that does not load or fails its smoke test fail at
+    the first report; a sha256 mismatch only when one device reports it
+    :data:`SHA256_REFUSALS_TO_FAIL` times, since a download can also be damaged on its way (the
+    device then fetches it again)."""
+    counts: dict[tuple[str, str], int] = {}
+    by_device: dict[str, Refusal] = {}
+    for device_id in targeted:
+        for r in devices[device_id].refused if device_id in devices else ():
+            if r.version != canary:
+                continue
+            counts[(device_id, r.reason)] = counts.get((device_id, r.reason), 0) + 1
+            if r.reason != "sha256" or counts[(device_id, r.reason)] >= SHA256_REFUSALS_TO_FAIL:
+                by_device[device_id] = r
+    if not by_device:
+        return GateResult(
+            gate=Gate.ARTIFACT,
+            cohort=cohort,
+            verdict=Verdict.PASS,
+            measured=0.0,
+            threshold=0.0,
+            samples=len(targeted),
+            reason=f"no device of {cohort} refused {canary}'s artifact",
+        )
+    named = "; ".join(
+        f"{device_id}: {r.reason} ({r.detail})" if r.detail else f"{device_id}: {r.reason}"
+        for device_id, r in list(by_device.items())[:NAMES_IN_REASON]
+    )
+    return GateResult(
+        gate=Gate.ARTIFACT,
+        cohort=cohort,
+        verdict=Verdict.FAIL,
+        measured=float(len(by_device)),
+        threshold=0.0,
+        samples=len(targeted),
+        reason=f"{len(by_device)} device(s) of {cohort} refused {canary}'s artifact: {named}",
+    )
 
 
 def _error_sums(parts: Iterable[ErrorSums]) -> ErrorSums:

@@ -98,6 +98,18 @@ class VersionTelemetry(BaseModel):
         return self
 
 
+class Refusal(BaseModel):
+    """An artifact the device refused to serve (``ArtifactRefusal`` on the wire), from a report in
+    the window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    variant: str
+    reason: str
+    detail: str = ""
+
+
 class DeviceObservation(BaseModel):
     """One enrolled device as the controller knows it now."""
 
@@ -113,6 +125,9 @@ class DeviceObservation(BaseModel):
     )
     telemetry: tuple[VersionTelemetry, ...] = Field(
         (), description="per version, what it reported inside the window"
+    )
+    refused: tuple[Refusal, ...] = Field(
+        (), description="artifacts it reported refusing inside the window"
     )
 
     @model_validator(mode="after")

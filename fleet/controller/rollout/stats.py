@@ -165,6 +165,8 @@ class Gate(StrEnum):
     """Total variation distance between canary and stable predicted-class distributions, sequentially."""
     MAE = "mae"
     """Canary mean absolute error minus stable's on field targets (regressors), one-sided mSPRT against δ."""
+    ARTIFACT = "artifact"
+    """Targeted devices that refused the canary's artifact (sha256, signature, release, load, smoke)."""
     DATA = "data"
     """The stage's minimums: confirmed devices, inferences and labelled feedback (never FAIL by itself)."""
 

@@ -124,6 +124,8 @@ class TelemetryRow(Base):
     dropped_total: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    refusals: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    """Artifacts the device refused (``ArtifactRefusal``), when it reported any."""
 
 
 class DesiredStateRow(Base):
@@ -158,6 +160,8 @@ class ArtifactRow(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    release: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
+    """The release counter the signature binds (``fleet.shared.signature``)."""
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -40,6 +40,7 @@ from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.observations import (
     DeviceObservation,
     Observations,
+    Refusal,
     ShadowSums,
     VersionTelemetry,
 )
@@ -244,6 +245,40 @@ def desired_state(session: Session, device: DeviceRow) -> DesiredState:
         artifact=artifact,
         rollout_id=row.rollout_id,
         shadow=shadow,
+        rollback=artifact is not None
+        and is_rollback(session, artifact.model, artifact.version, row.rollout_id),
+    )
+
+
+def is_rollback(session: Session, model: str, version: str, rollout_id: str | None) -> bool:
+    """Whether pointing a device at ``version`` is a way back the controller sanctions: a rollout's
+    stable version, the canary of a rollout an operator started to an older release than its
+    stable one, or outside a rollout the model's baseline. Only then may a device take a lower
+    release than the one it runs (``fleet.shared.signature``): a desired state that names an older
+    release on any other path (replayed, or from a confused replica) is refused on the device."""
+    if rollout_id is None:
+        return baseline_version(session, model) == version
+    rollout = session.get(RolloutRow, rollout_id)
+    if rollout is None:
+        return False
+    stable, canary = rollout.status.get("stable_version"), rollout.status.get("canary_version")
+    if version == stable:
+        return True
+    if version != canary or stable is None:
+        return False
+    canary_release = _release(session, model, version)
+    stable_release = _release(session, model, stable)
+    if canary_release is None or stable_release is None:
+        return False
+    return canary_release < stable_release
+
+
+def _release(session: Session, model: str, version: str) -> int | None:
+    """The release counter of ``model`` ``version`` (its variants share it), if registered."""
+    return session.scalar(
+        select(func.max(ArtifactRow.release)).where(
+            ArtifactRow.model == model, ArtifactRow.version == version
+        )
     )
 
 
@@ -336,7 +371,13 @@ def targeted(session: Session, model: str, version: str, rollout_id: str | None)
     signed = {
         c: _artifact(r) for c, r in artifacts_of(session, model, version).items() if r.signature
     }
-    return Targeted(model=model, version=version, rollout_id=rollout_id, artifacts=signed)
+    return Targeted(
+        model=model,
+        version=version,
+        rollout_id=rollout_id,
+        artifacts=signed,
+        rollback=is_rollback(session, model, version, rollout_id),
+    )
 
 
 def baseline_version(session: Session, model: str) -> str | None:
@@ -409,6 +450,7 @@ def register_artifact(
     hardware_class: str,
     path: Path,
     signature: str | None,
+    release: int,
     now: datetime,
 ) -> Artifact | None:
     """Record (or replace) the variant file of a version for a hardware class; hashes the file."""
@@ -417,7 +459,7 @@ def register_artifact(
     if row is None:
         row = ArtifactRow(model=model, version=version, hardware_class=hardware_class)
         session.add(row)
-    row.variant, row.path, row.signature = variant, str(path), signature
+    row.variant, row.path, row.signature, row.release = variant, str(path), signature, release
     row.sha256, row.size_bytes, row.created_at = file_sha256(path), path.stat().st_size, now
     session.commit()
     return _artifact(row) if signature else None
@@ -453,6 +495,7 @@ def _artifact(row: ArtifactRow) -> Artifact:
         variant=row.variant,
         sha256=row.sha256,
         signature=row.signature,
+        release=row.release,
         size_bytes=row.size_bytes,
         url=f"{API_PREFIX}/artifacts/{row.model}/{row.version}/{row.variant}",
     )
@@ -546,6 +589,7 @@ def _telemetry_row(device_id: str, report: TelemetryReport, now: datetime) -> di
         "dropped_total": report.dropped_total,
         "received_at": now,
         "shadow": report.shadow.model_dump() if report.shadow is not None else None,
+        "refusals": [r.model_dump() for r in report.refusals] or None,
     }
 
 
@@ -591,6 +635,7 @@ def observations(
             "shadow": {},
         }
     )
+    refused: dict[str, list[Refusal]] = defaultdict(list)
     if window is not None and ids:
         rows = session.execute(
             select(
@@ -605,12 +650,15 @@ def observations(
                 TelemetryRow.abs_error_sum,
                 TelemetryRow.abs_error_squares,
                 TelemetryRow.shadow,
+                TelemetryRow.refusals,
             ).where(TelemetryRow.device_id.in_(ids), TelemetryRow.received_at >= window)
         ).all()
         for (
             device_id, version, inferences, errors, latency, correct, total,
-            targets, error_sum, error_squares, shadow,
+            targets, error_sum, error_squares, shadow, refusals,
         ) in rows:  # fmt: skip
+            for refusal in refusals or ():
+                refused[device_id].append(Refusal.model_validate(refusal))
             entry = sums[(device_id, version)]
             entry["inferences"] += inferences
             entry["errors"] += errors
@@ -654,6 +702,7 @@ def observations(
                 last_seen=seen.get(d.device_id, (None, None))[0],
                 running_version=seen.get(d.device_id, (None, None))[1],
                 telemetry=tuple(per_device.get(d.device_id, ())),
+                refused=tuple(refused.get(d.device_id, ())),
             )
             for d in devices
         ),
