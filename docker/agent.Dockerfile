@@ -6,6 +6,8 @@
 #
 # Run the agent on a device (host network: the controller and its local /predict on loopback):
 #   docker run -d --network host -v edgeloop-agent:/var/lib/edgeloop \
+#     -v /etc/edgeloop/registry.pub.pem:/etc/edgeloop/registry.pub.pem:ro \
+#     -e EDGELOOP_AGENT_PUBLIC_KEY_FILE=/etc/edgeloop/registry.pub.pem \
 #     -e EDGELOOP_AGENT_CONTROLLER_URL=https://fleet.example:8700 -e EDGELOOP_AGENT_ENROLMENT_TOKEN=... \
 #     -e EDGELOOP_AGENT_HARDWARE_CLASS=edge-small edgeloop-agent
 #

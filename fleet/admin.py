@@ -7,7 +7,9 @@ Used by the rollout flow and the CLI. Devices never hold the admin token and use
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -42,6 +44,22 @@ class AdminError(RuntimeError):
 
 
 ADMIN_TOKEN_ENV = "EDGELOOP_FLEET_ADMIN_TOKEN"
+
+
+@contextlib.contextmanager
+def admin_token_in_env(token: str) -> Iterator[None]:
+    """``EDGELOOP_FLEET_ADMIN_TOKEN`` set to ``token`` for the duration (restored after): how a
+    caller hands the token to a flow it runs in-process. A flow parameter would be stored, in plain
+    text, by the Prefect API (and shown by its UI) for anyone who can reach it."""
+    before = os.environ.get(ADMIN_TOKEN_ENV)
+    os.environ[ADMIN_TOKEN_ENV] = token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ADMIN_TOKEN_ENV, None)
+        else:
+            os.environ[ADMIN_TOKEN_ENV] = before
 
 
 def admin_token_from_env(error: type[EdgeloopError], hint: str) -> str:

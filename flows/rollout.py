@@ -183,15 +183,15 @@ def rollout_flow(
     model: str,
     version: str,
     stable_version: str | None = None,
-    admin_token: str | None = None,
     settings: Settings | None = None,
     rollout_overrides: dict[str, Any] | None = None,
 ) -> RolloutOutcome:
     """Publish, create, start and follow one rollout; record its outcome in the registry.
 
     ``rollout_overrides`` replaces fields of params.yaml's ``rollout`` section (the demo's fast stages).
-    Without ``admin_token`` the token comes from ``EDGELOOP_FLEET_ADMIN_TOKEN`` where the flow runs
-    (a deployment's worker), so it never travels as a flow-run parameter.
+    The admin token comes from ``EDGELOOP_FLEET_ADMIN_TOKEN`` where the flow runs (a deployment's
+    worker; an in-process caller sets it with ``fleet.admin.admin_token_in_env``): it is never a
+    flow-run parameter, which the Prefect API would store in plain text.
     """
     settings = settings or Settings()
     params = load_params(settings.params_file)
@@ -201,8 +201,7 @@ def rollout_flow(
     client = connect(settings.tracking_uri)
     admin = AdminClient(
         params.rollout.controller_url,
-        admin_token
-        or admin_token_from_env(
+        admin_token_from_env(
             RolloutError,
             hint="set EDGELOOP_FLEET_ADMIN_TOKEN where the rollout flow runs (the ops pool's worker)",
         ),

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgeloop.cli.common import console, err_console, guard, prepare
 from edgeloop.core.settings import Settings
+from fleet.admin import admin_token_in_env
 
 if TYPE_CHECKING:
     from edgeloop.core.errors import EdgeloopError
@@ -127,12 +128,13 @@ def fleet_demo(
                 model_path=path, model_name=model, dataset=summary_dataset, settings=settings
             )
 
-        def rollout(*, url: str, **kwargs: Any) -> RolloutOutcome:
-            result = rollout_flow(
-                settings=settings,
-                rollout_overrides={**DEMO_POLICY, "controller_url": url},
-                **kwargs,
-            )
+        def rollout(*, url: str, admin_token: str, **kwargs: Any) -> RolloutOutcome:
+            with admin_token_in_env(admin_token):
+                result = rollout_flow(
+                    settings=settings,
+                    rollout_overrides={**DEMO_POLICY, "controller_url": url},
+                    **kwargs,
+                )
             colour = "green" if result.outcome == "succeeded" else "red"
             console.print(
                 f"  rollout of v{result.version}: [{colour}]{result.outcome}[/] "
@@ -219,10 +221,10 @@ def promote(
         api.join()
         watcher = _LiveRollout(address.url, token, name, version)
         try:
-            with watcher:
+            with watcher, admin_token_in_env(token):
                 result = rollout_flow(
-                    model=name, version=version, stable_version=stable, admin_token=token,
-                    settings=settings, rollout_overrides={"controller_url": address.url},
+                    model=name, version=version, stable_version=stable, settings=settings,
+                    rollout_overrides={"controller_url": address.url},
                 )  # fmt: skip
         except KeyboardInterrupt:
             followed = watcher.rollout_id or "ID"
@@ -507,7 +509,7 @@ def fleet_token(
 
         if action != "create":
             raise ConfigError(f"unknown action {action!r}", hint="edgeloop fleet token create")
-        _, address, admin = _connect(url)
+        settings, address, admin = _connect(url)
         try:
             token = admin.enrolment_token(uses, ttl, hardware_class)
         except AdminError as exc:
@@ -519,7 +521,9 @@ def fleet_token(
             f"enrolment token for {token.uses} device(s) of "
             f"{hardware_class or 'any class'}, until {token.expires_at:%Y-%m-%d %H:%M %Z}; on the "
             f"device: EDGELOOP_AGENT_CONTROLLER_URL={address.url} "
-            "EDGELOOP_AGENT_ENROLMENT_TOKEN=<the token> edgeloop agent",
+            "EDGELOOP_AGENT_ENROLMENT_TOKEN=<the token> edgeloop agent (a device not on this "
+            "machine also pins the registry's key: EDGELOOP_AGENT_PUBLIC_KEY_FILE=<a copy of "
+            f"{settings.keys_dir / 'signing-ed25519.pub.pem'}>)",
             highlight=False,
             soft_wrap=True,
         )

@@ -182,6 +182,8 @@ class AgentStatus:
     failures: int = 0
     sent: int = 0
     invalid_reports: int = 0
+    out_of_scope_reports: int = 0
+    """Reports the controller did not take: of a version this device was not told to run."""
     field_samples_sent: int = 0
     invalid_field_samples: int = 0
     history: list[str] = field(default_factory=list)
@@ -435,8 +437,13 @@ class Agent:
                 if exc.status_code != 422:
                     raise
                 ack = self._send_each(credentials, reports)
-            acked = self.buffer.ack([*ack.accepted, *ack.duplicates])
+            acked = self.buffer.ack([*ack.accepted, *ack.duplicates, *ack.refused])
             self.status.sent += len(ack.accepted)
+            if ack.refused:  # of a version it was not told to run: sending them again is no use
+                self.status.out_of_scope_reports += len(ack.refused)
+                log.error(
+                    "agent: the controller did not take reports %s: out of scope", ack.refused
+                )
             self._emit("send", str(len(reports)))
             if acked == 0:
                 return  # nothing moved; do not spin
@@ -447,6 +454,7 @@ class Agent:
         bad report cannot hold back the outbox behind it forever."""
         accepted: list[int] = []
         duplicates: list[int] = []
+        refused: list[int] = []
         for report in reports:
             try:
                 ack = self.client.send_telemetry(
@@ -463,7 +471,8 @@ class Agent:
                 continue
             accepted += ack.accepted
             duplicates += ack.duplicates
-        return TelemetryAck(accepted=accepted, duplicates=duplicates)
+            refused += ack.refused
+        return TelemetryAck(accepted=accepted, duplicates=duplicates, refused=refused)
 
     def _send_field_samples(self, credentials: Credentials) -> None:
         """Send the field-sample outbox in batches; forget a batch once the controller stored it."""

@@ -17,11 +17,13 @@ import json
 import socket
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet.agent.errors import AgentConfigError
+from fleet.shared.net import is_loopback
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
     MAX_REPORTS_PER_BATCH,
@@ -71,7 +73,9 @@ class AgentConfig(BaseSettings):
         None, description="one-time token (`edgeloop fleet token create`), used at the first start"
     )
     public_key_file: Path | None = Field(
-        None, description="the fleet's ed25519 key, pinned; else the one given at enrolment"
+        None,
+        description="the registry's ed25519 public key, pinned at provisioning; required unless "
+        "the controller is on loopback (development), where the one given at enrolment is used",
     )
     golden_inputs: Path | None = Field(None, description=".npy rows for the smoke test")
     expected_outputs: int = Field(10, ge=1, description="classes a model must score (smoke test)")
@@ -167,6 +171,14 @@ class AgentConfig(BaseSettings):
                 for e in exc.errors()
             )
             raise AgentConfigError(f"invalid agent settings: {problems}", setting=setting) from exc
+        host = urlsplit(config.controller_url).hostname or ""
+        if config.public_key_file is None and not is_loopback(host):
+            raise AgentConfigError(
+                f"{ENV_PREFIX}PUBLIC_KEY_FILE is not set: a device outside loopback development "
+                "pins the registry's public key at provisioning (the registry's "
+                "signing-ed25519.pub.pem) instead of trusting the one the controller hands it",
+                setting="public_key_file",
+            )
         if config.backoff_max_s < config.backoff_initial_s:
             raise AgentConfigError(
                 f"{ENV_PREFIX}BACKOFF_MAX_S ({config.backoff_max_s}) is below "

@@ -82,6 +82,9 @@ class FakeController:
     refuse_seqs: set[int] = field(default_factory=set)
     """Telemetry sequence numbers answered 422 with their whole batch, as a controller refuses a
     report its database cannot hold."""
+    out_of_scope_versions: set[str] = field(default_factory=set)
+    """Reports of these versions are acknowledged as ``refused`` (not stored), as the controller
+    answers reports of a version the device was not told to run."""
     _truncate: dict[str, int] = field(default_factory=dict)
 
     # --- what a test sets up ---------------------------------------------------------------------
@@ -232,15 +235,17 @@ class FakeController:
         if self.refuse_seqs & set(seqs):
             bad = sorted(self.refuse_seqs & set(seqs))
             return httpx.Response(422, json={"detail": [{"msg": f"report {bad} refused"}]})
-        accepted, duplicates = [], []
+        accepted, duplicates, out_of_scope = [], [], []
         for report in batch.reports:
             key = (device_id, report.buffer_id, report.seq)
-            if key in self.telemetry:
+            if report.version in self.out_of_scope_versions:
+                out_of_scope.append(report.seq)
+            elif key in self.telemetry:
                 duplicates.append(report.seq)
             else:
                 self.telemetry[key] = report
                 accepted.append(report.seq)
-        ack = TelemetryAck(accepted=accepted, duplicates=duplicates)
+        ack = TelemetryAck(accepted=accepted, duplicates=duplicates, refused=out_of_scope)
         return httpx.Response(200, content=ack.model_dump_json())
 
     def _field_samples(self, request: httpx.Request, device_id: str) -> httpx.Response:

@@ -309,6 +309,11 @@ class TelemetryAck(_Wire):
 
     accepted: list[int]
     duplicates: list[int]
+    refused: list[int] = Field(
+        default_factory=list,
+        description="reports of a model or version the device was not told to run (nor ran "
+        "before): not stored; sending them again changes nothing",
+    )
 
 
 # --- field samples ---------------------------------------------------------------------------

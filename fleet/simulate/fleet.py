@@ -467,7 +467,7 @@ class _Device:
             except (TimeoutError, aiohttp.ClientError):
                 self.result.errors += 1
                 return
-            done = set(ack.accepted) | set(ack.duplicates)
+            done = set(ack.accepted) | set(ack.duplicates) | set(ack.refused)
             self.result.reports_acked += len(done)
             self.disk.outbox = [r for r in self.disk.outbox if r["seq"] not in done]
             self.result.reports_pending = len(self.disk.outbox)

@@ -7,6 +7,7 @@ port or token is typed that a command did not print."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -118,6 +119,15 @@ def test_the_first_hour_through_the_cli(registered: Project, tmp_path: Path) -> 
         assert "succeeded" in promoted.stdout and "agreement" in promoted.stdout
         assert serving(port) == "1"
         assert str(client.get_registered_model(MODEL).aliases["production"]) == "1"
+        # The admin token never became a flow-run parameter, which the Prefect API stores and shows
+        admin_token = (project.home / "fleet-demo" / "admin-token").read_text().strip()
+        runs = httpx.post(
+            f"{project.extra_env['PREFECT_API_URL']}/flow_runs/filter",
+            json={"flow_runs": {"name": {"like_": ""}}, "limit": 200, "sort": "START_TIME_DESC"},
+            timeout=30,
+        ).json()
+        rollouts = [r for r in runs if "stable_version" in r["parameters"]]
+        assert rollouts and all(admin_token not in json.dumps(r["parameters"]) for r in rollouts)
     finally:
         stop.set()
         if agent is not None:

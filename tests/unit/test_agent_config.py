@@ -40,8 +40,10 @@ def test_reads_each_setting_from_its_variable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("EDGELOOP_AGENT_ENROLMENT_TOKEN", "s3cret")
     monkeypatch.setenv("EDGELOOP_AGENT_TELEMETRY_BATCH", "25")
     monkeypatch.setenv("EDGELOOP_AGENT_ALLOW_INSECURE", "true")
+    monkeypatch.setenv("EDGELOOP_AGENT_PUBLIC_KEY_FILE", "/etc/edgeloop/registry.pub.pem")
     config = AgentConfig.from_env()
     assert config.controller_url == "https://fleet.example:8700"
+    assert config.public_key_file == Path("/etc/edgeloop/registry.pub.pem")
     assert config.device_id == "cam-7"
     assert config.labels == {"site": "north"}
     assert config.enrolment_token is not None
@@ -49,6 +51,19 @@ def test_reads_each_setting_from_its_variable(monkeypatch: pytest.MonkeyPatch) -
     assert "s3cret" not in repr(config)
     assert config.telemetry_batch == 25
     assert config.allow_insecure is True
+
+
+def test_outside_loopback_the_registry_key_must_be_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that would trust whatever key the controller hands it at enrolment is refused to
+    start, unless the controller is on this machine (development)."""
+    monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", "https://fleet.example:8700")
+    with pytest.raises(AgentConfigError) as refused:
+        AgentConfig.from_env()
+    assert refused.value.setting == "public_key_file"
+    assert "EDGELOOP_AGENT_PUBLIC_KEY_FILE is not set" in str(refused.value)
+    for loopback in ("http://127.0.0.1:8700", "http://localhost:8700", "http://[::1]:8700"):
+        monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", loopback)
+        assert AgentConfig.from_env().public_key_file is None
 
 
 def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

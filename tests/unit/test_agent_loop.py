@@ -315,6 +315,23 @@ def test_an_older_release_is_refused_unless_the_controller_rolls_back(
     assert device.agent.slots.active == ref("v1")
 
 
+def test_reports_the_controller_calls_out_of_scope_are_forgotten_and_counted(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    """A report the controller acknowledges as ``refused`` (a version the device was not told to
+    run) is never sent again: the outbox moves on, and the status counts it."""
+    device, fake = on_v1, on_v1.fake
+    fake.out_of_scope_versions = {"v1"}
+    device.agent.slots.predict(GOLDEN[:2])
+    assert device.agent.run_once() == 0
+    assert device.agent.status.out_of_scope_reports >= 1
+    assert device.agent.buffer.stats().pending == 0
+    sent = len([c for c in fake.log if c[0] == "telemetry"])
+    assert device.agent.run_once() == 0
+    resent = [c for c in fake.log[sent:] if c[0] == "telemetry"]
+    assert all(len(c[2]) <= 1 for c in resent)  # only the new window's report, not the old ones
+
+
 def test_offline_keeps_serving_and_buffering_then_sends_everything(
     on_v1: Device, key: Ed25519PrivateKey
 ) -> None:

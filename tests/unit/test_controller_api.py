@@ -261,18 +261,21 @@ def test_telemetry_is_idempotent_and_accepts_any_order(fleet: Fleet) -> None:
     url = "/v1/devices/dev-1/telemetry"
     batch = {"reports": [report(3, "1"), report(1, "1")]}
     first = fleet.client.post(url, json=batch, headers=auth(credential))
-    assert first.status_code == 200 and first.json() == {"accepted": [3, 1], "duplicates": []}
+    assert first.status_code == 200
+    assert first.json() == {"accepted": [3, 1], "duplicates": [], "refused": []}
     again = fleet.client.post(url, json=batch, headers=auth(credential))
-    assert again.json() == {"accepted": [], "duplicates": [3, 1]}
+    assert again.json() == {"accepted": [], "duplicates": [3, 1], "refused": []}
     mixed = {"reports": [report(2, "1"), report(3, "1"), report(2, "1")]}
     assert fleet.client.post(url, json=mixed, headers=auth(credential)).json() == {
         "accepted": [2],
         "duplicates": [3, 2],
+        "refused": [],
     }
     other_buffer = {"reports": [report(1, "1", buffer_id="buf-2")]}
     assert fleet.client.post(url, json=other_buffer, headers=auth(credential)).json() == {
         "accepted": [1],
         "duplicates": [],
+        "refused": [],
     }
 
 
@@ -401,6 +404,47 @@ def test_the_way_back_to_the_stable_version_is_marked_a_rollback(fleet: Fleet) -
         assert back[device]["artifact"]["release"] == 1
 
 
+def test_a_device_reports_only_for_what_it_was_told_to_run(fleet: Fleet) -> None:
+    """Device-scoped telemetry: reports of the model and version a device is told to run, or the
+    version it was told to run before (late labels), are stored; a report naming any other version
+    or model is acknowledged as refused, not stored, and counted against the device."""
+    from fleet.controller.storage import store
+    from fleet.controller.storage.db import TelemetryRow
+    from fleet.controller.storage.observe_tables import RejectedReportsRow
+
+    credential = fleet.enrol("dev-0")
+    url, headers = "/v1/devices/dev-0/telemetry", auth(credential)
+    before = {"reports": [report(1, "0")]}  # never targeted: it may report what it runs
+    assert fleet.client.post(url, json=before, headers=headers).json()["accepted"] == [1]
+    for version in ("1", "2"):
+        fleet.artifact("churn", version)
+        with fleet.app.state.sessions() as session:
+            store.target_devices(
+                session, ["dev-0"], model="churn", version=version, rollout_id=None,
+                now=fleet.clock(),
+            )  # fmt: skip
+            session.commit()
+    batch = {
+        "reports": [
+            {**report(2, "2"), "model": "churn"},
+            {**report(3, "1"), "model": "churn", "running": False},  # the one it ran before
+            {**report(4, "7"), "model": "churn"},  # not told to run v7 (any more)
+            {**report(5, "2"), "model": "faces"},  # nor another model
+            report(6, "2"),  # an agent that does not name its model
+        ]
+    }
+    ack = fleet.client.post(url, json=batch, headers=headers).json()
+    assert ack == {"accepted": [2, 3, 6], "duplicates": [], "refused": [4, 5]}, ack
+    again = fleet.client.post(url, json=batch, headers=headers).json()
+    assert again == {"accepted": [], "duplicates": [2, 3, 6], "refused": [4, 5]}
+    with fleet.app.state.sessions() as session:
+        stored = session.query(TelemetryRow.seq).filter(TelemetryRow.device_id == "dev-0").all()
+        assert sorted(s for (s,) in stored) == [1, 2, 3, 6]
+        rejected = session.get(RejectedReportsRow, "dev-0")
+        assert rejected is not None and rejected.count == 2
+        assert "not told to run" in rejected.last_reason
+
+
 def test_a_second_rollout_is_refused_unless_superseding(fleet: Fleet) -> None:
     first, _ = _create_and_start(fleet)
     fleet.artifact("churn", "3")
@@ -510,6 +554,8 @@ def test_canary_devices_are_told_to_compare_with_stable_and_their_counts_are_sum
     credentials = {f"dev-{i}": fleet.enrol(f"dev-{i}") for i in range(2)}
     fleet.artifact("churn", "1")
     fleet.artifact("churn", "2")
+    baseline = {"version": "1"}  # the devices run v1 before the rollout
+    assert fleet.client.put("/v1/baselines/churn", json=baseline, headers=ADMIN_HEADERS).is_success
     body = {"model": "churn", "version": "2", "stable_version": "1", "policy": label_free_policy()}
     rollout_id = fleet.client.post("/v1/rollouts", json=body, headers=ADMIN_HEADERS).json()[
         "rollout_id"

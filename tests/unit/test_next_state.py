@@ -29,6 +29,7 @@ from fleet.controller.rollout.evaluate import (
     EVIDENCE_FLOOR,
     CarriedEvidence,
     carry_evidence,
+    device_weights,
 )
 from fleet.controller.rollout.observations import (
     DeviceObservation,
@@ -379,6 +380,39 @@ def test_clearly_worse_accuracy_rolls_back_with_its_p_value() -> None:
     assert cause.measured == pytest.approx(0.70 - 0.95)
     assert cause.threshold == -0.02
     assert "p=" in new.reason and "canary 70.00%" in new.reason
+
+
+def test_one_device_flooding_wrong_labels_does_not_sway_the_accuracy_gate() -> None:
+    """Of ten canary devices, one reports 20,000 labels all wrong (lying, or broken). It counts
+    for at most DEVICE_WEIGHT_CAP times the median of the arm's other devices, and a gate fails
+    only on evidence that holds without any one device: the healthy canary is not rolled back, and
+    the reason names the device. A canary that is worse on every device still fails."""
+    big = {f"host-{i:02d}": HOST for i in range(40)} | {f"edge-{i}": EDGE for i in range(4)}
+    status = new_status()
+    status, _ = start(status, obs(status, T0, fleet=big), T0)
+    now = T0 + timedelta(seconds=10)
+    healthy = obs(status, now, fleet=big)
+    canaries = [d for d in status.targeted if big[d] == HOST]
+    assert len(canaries) == 10
+    flooded = tuple(
+        d.model_copy(update={"telemetry": (telemetry(CANARY, labels=20_000, accuracy=0.0),)})
+        if d.device_id == canaries[0]
+        else d
+        for d in healthy.devices
+    )
+    new, _ = next_state(status, healthy.model_copy(update={"devices": flooded}), now)
+    assert new.phase is P.PROGRESSING, new.reason
+    assert new.last_check is not None
+    host = next(c for c in new.last_check.cohorts if c.hardware_class == HOST)
+    accuracy = next(g for g in host.gates if g.gate is Gate.ACCURACY)
+    assert accuracy.verdict is Verdict.PASS and f"without {canaries[0]}" in accuracy.reason
+    assert host.accuracy.canary_total == 9 * 100
+    worse = obs(status, now, fleet=big, canary_accuracy=0.70)
+    new, _ = next_state(status, worse, now)
+    assert new.phase is P.ROLLING_BACK and Gate.ACCURACY in {c.gate for c in new.causes}
+    assert device_weights([100, 100, 20_000], floor=0) == [1.0, 1.0, 300 / 20_000]
+    assert device_weights([500], floor=0) == [1.0]  # a device alone is its arm
+    assert device_weights([0, 0, 300], floor=200) == [1.0, 1.0, 200 / 300]
 
 
 def test_too_few_labels_waits_then_fails_at_the_deadline_naming_devices() -> None:

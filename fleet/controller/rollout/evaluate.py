@@ -37,8 +37,11 @@ does not carry over; it spends ``policy.stage_alpha(alpha)`` per window.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -51,7 +54,7 @@ from fleet.controller.rollout.observations import (
     VersionTelemetry,
 )
 from fleet.controller.rollout.phase import Verdict, worst
-from fleet.controller.rollout.policy import RolloutPolicy
+from fleet.controller.rollout.policy import Gates, RolloutPolicy
 from fleet.controller.rollout.stats import (
     AccuracyTest,
     ErrorSums,
@@ -68,6 +71,10 @@ from fleet.controller.rollout.stats import (
 from fleet.shared.latency import merge_histograms
 
 NAMES_IN_REASON = 20
+
+DEVICE_WEIGHT_CAP = 3.0
+"""In a gate, a device counts for at most this many times the median of its arm's other devices
+(:func:`device_weights`)."""
 
 SHA256_REFUSALS_TO_FAIL = 3
 """sha256 refusals of the canary by one device, in one window, that fail the artifact gate."""
@@ -273,14 +280,12 @@ def _check_cohort(
     on_canary = [devices[d].of_version(canary) for d in targeted if d in devices]
     canary_arm = [t for t in on_canary if t is not None]
     confirmed = [d for d in targeted if d in devices and devices[d].reports(canary, window_start)]
-    inferences = sum(t.inferences for t in canary_arm)
-    errors = sum(t.errors for t in canary_arm)
-    correct = sum(t.feedback_correct for t in canary_arm)
-    labels = sum(t.feedback_total for t in canary_arm)
-    feedback = sum(t.labelled for t in canary_arm)
-    canary_targets = _error_sums(t.targets for t in canary_arm)
+    inferences, _ = _counts(
+        [(t.inferences, t.errors) for t in canary_arm], floor=rules.min_inferences
+    )
+    feedback = _labels(canary_arm, gates.accuracy.min_samples)[0] + _targets(canary_arm, gates).n
     required = rules.required_confirmed(len(targeted))
-    shadow = _shadow_sums(_canary_shadow(canary_arm, stable), stable)
+    shadow = _shadow(canary_arm, stable, gates)
 
     short_inferences = inferences < rules.min_inferences
     short_feedback = feedback < rules.min_feedback
@@ -318,53 +323,30 @@ def _check_cohort(
     everyone_targeted = all(
         d.device_id in is_targeted for d in devices.values() if d.hardware_class == cohort
     )
+    canary_ids = [d for d in targeted if d in devices and devices[d].of_version(canary)]
+    stable_arm: list[tuple[str, VersionTelemetry]] | None = None
     if not everyone_targeted:
-        on_stable = [
-            t
+        stable_arm = [
+            (d.device_id, t)
             for d in devices.values()
             if d.hardware_class == cohort and (t := d.of_version(stable)) is not None
         ]
-        stable_correct = sum(t.feedback_correct for t in on_stable)
-        stable_total = sum(t.feedback_total for t in on_stable)
-        stable_targets = _error_sums(t.targets for t in on_stable)
         arm = "window"
     elif baseline is not None:
-        stable_correct, stable_total = baseline.correct, baseline.total
-        stable_targets = baseline.targets
         arm = f"baseline from stage {baseline.stage + 1}"
     else:
-        stable_correct, stable_total, stable_targets, arm = 0, 0, ErrorSums(), "none"
-    test = accuracy_test(
-        canary_correct=correct,
-        canary_total=labels,
-        stable_correct=stable_correct,
-        stable_total=stable_total,
-        delta=gates.accuracy.delta,
-        alpha=gates.accuracy.alpha,
-        min_samples=gates.accuracy.min_samples,
-        prior_log_e=prior.get((Gate.ACCURACY, cohort), 0.0),
-    )
+        arm = "none"
     note = ""
     if arm != "window":
         note = "every device of the cohort is targeted, so stable is " + (
             f"the {arm}" if baseline is not None else "unmeasured (no earlier stage measured it)"
         )
-        test = test.model_copy(update={"reason": f"{test.reason} ({note})"})
-    mae = (
-        mae_gate(
-            canary=canary_targets,
-            stable=stable_targets,
-            max_increase=gates.mae.max_increase,
-            alpha=gates.mae.alpha,
-            min_samples=gates.mae.min_samples,
-            cohort=cohort,
-            mixture_sd=gates.mae.mixture_sd,
-            prior_log_e=prior.get((Gate.MAE, cohort), 0.0),
-            note=note,
-        )
-        if gates.mae is not None
-        else None
-    )
+    judge = _Judge(policy=policy, cohort=cohort, stable=stable, baseline=baseline, prior=prior,
+                   note=note, min_inferences=rules.min_inferences)  # fmt: skip
+    canary_pairs = list(zip(canary_ids, canary_arm, strict=True))
+    judged = judge(canary_pairs, stable_arm)
+    judged = _without_any_one_device(judge, judged, canary_pairs, stable_arm)
+    test, stable_targets = judged.accuracy, judged.stable_targets
 
     results = (
         _artifact_gate(targeted, devices, canary=canary, cohort=cohort),
@@ -374,18 +356,7 @@ def _check_cohort(
             min_samples=rules.min_inferences,
             cohort=cohort,
         ),
-        error_rate_gate(
-            errors=errors,
-            inferences=inferences,
-            max_rate=gates.max_error_rate,
-            min_samples=rules.min_inferences,
-            cohort=cohort,
-            alpha=gates.error_alpha,
-            prior_log_e=prior.get((Gate.ERROR_RATE, cohort), 0.0),
-        ),
-        accuracy_gate(test, cohort),
-        *((mae,) if mae is not None else ()),
-        *_shadow_gates(policy, cohort, shadow, prior),
+        *judged.gates,
     )
     return CohortCheck(
         hardware_class=cohort,
@@ -407,10 +378,152 @@ def _check_cohort(
     )
 
 
-def _canary_shadow(canary_arm: Iterable[VersionTelemetry], stable: str) -> Iterable[ShadowSums]:
-    """The canary arm's shadow comparisons against ``stable`` (those against another version are
-    from an earlier rollout and are left out)."""
-    return (s for t in canary_arm if (s := t.shadow_against(stable)) is not None)
+Arm = list[tuple[str, VersionTelemetry]]
+"""An arm's telemetry, device by device: ``(device id, what it reported of the version)``."""
+
+SUSPECTS = 3
+"""Devices of each arm whose removal is tried when a gate fails (:func:`_without_any_one_device`)."""
+
+
+class _Judged(NamedTuple):
+    """The sequential gates of one cohort from one choice of devices."""
+
+    accuracy: AccuracyTest
+    gates: tuple[GateResult, ...]
+    """error rate, accuracy, MAE (when set), agreement and prediction shift (when set)"""
+    stable_targets: ErrorSums
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """The cohort's sequential gates from a canary arm and a stable arm (or the baseline)."""
+
+    policy: RolloutPolicy
+    cohort: str
+    stable: str
+    baseline: StableBaseline | None
+    prior: dict[tuple[Gate, str], float]
+    note: str
+    min_inferences: int
+
+    def __call__(self, canary: Arm, stable_arm: Arm | None) -> _Judged:
+        gates, cohort, prior = self.policy.gates, self.cohort, self.prior
+        canary_arm = [t for _, t in canary]
+        inferences, errors = _counts(
+            [(t.inferences, t.errors) for t in canary_arm], floor=self.min_inferences
+        )
+        labels, correct = _labels(canary_arm, gates.accuracy.min_samples)
+        if stable_arm is not None:
+            on_stable = [t for _, t in stable_arm]
+            stable_total, stable_correct = _labels(on_stable, gates.accuracy.min_samples)
+            stable_targets = _targets(on_stable, gates)
+        elif self.baseline is not None:
+            stable_total, stable_correct = self.baseline.total, self.baseline.correct
+            stable_targets = self.baseline.targets
+        else:
+            stable_total, stable_correct, stable_targets = 0, 0, ErrorSums()
+        test = accuracy_test(
+            canary_correct=correct,
+            canary_total=labels,
+            stable_correct=stable_correct,
+            stable_total=stable_total,
+            delta=gates.accuracy.delta,
+            alpha=gates.accuracy.alpha,
+            min_samples=gates.accuracy.min_samples,
+            prior_log_e=prior.get((Gate.ACCURACY, cohort), 0.0),
+        )
+        if self.note:
+            test = test.model_copy(update={"reason": f"{test.reason} ({self.note})"})
+        mae = (
+            mae_gate(
+                canary=_targets(canary_arm, gates),
+                stable=stable_targets,
+                max_increase=gates.mae.max_increase,
+                alpha=gates.mae.alpha,
+                min_samples=gates.mae.min_samples,
+                cohort=cohort,
+                mixture_sd=gates.mae.mixture_sd,
+                prior_log_e=prior.get((Gate.MAE, cohort), 0.0),
+                note=self.note,
+            )
+            if gates.mae is not None
+            else None
+        )
+        error = error_rate_gate(
+            errors=errors,
+            inferences=inferences,
+            max_rate=gates.max_error_rate,
+            min_samples=self.min_inferences,
+            cohort=cohort,
+            alpha=gates.error_alpha,
+            prior_log_e=prior.get((Gate.ERROR_RATE, cohort), 0.0),
+        )
+        shadow = _shadow(canary_arm, self.stable, gates)
+        return _Judged(
+            accuracy=test,
+            gates=(
+                error,
+                accuracy_gate(test, cohort),
+                *((mae,) if mae is not None else ()),
+                *_shadow_gates(self.policy, cohort, shadow, prior),
+            ),
+            stable_targets=stable_targets,
+        )
+
+
+def _suspects(arm: Arm, weight: Callable[[VersionTelemetry], float]) -> list[tuple[str, int]]:
+    ranked = sorted(range(len(arm)), key=lambda i: -weight(arm[i][1]))
+    return [(arm[i][0], i) for i in ranked[:SUSPECTS]]
+
+
+def _without_any_one_device(
+    judge: _Judge, judged: _Judged, canary: Arm, stable_arm: Arm | None
+) -> _Judged:
+    """A gate fails only on evidence that holds without any single device: when one FAILS, it is
+    judged again without each of the devices most likely to carry it alone (those that report
+    the most errors, wrong labels, disagreements and absolute error on the canary, and the most
+    labels on stable), and the most lenient of those verdicts is kept, its reason naming the
+    device. So one device, lying or broken, cannot roll a canary back on its own, however much
+    it reports; a canary that is really worse fails without any one of its devices as well.
+    An arm of one device is its own evidence (a cohort of one device has no other)."""
+    failed = {g.gate for g in judged.gates if g.verdict is Verdict.FAIL}
+    devices_with_data = len(canary) + len(stable_arm or [])
+    if not failed or devices_with_data < 2:
+        return judged
+    tries: list[tuple[str, _Judged]] = []
+    for device_id, i in _suspects(
+        canary,
+        lambda t: (
+            t.errors
+            + (t.feedback_total - t.feedback_correct)
+            + sum(s.disagreed for s in t.shadow)
+            + t.targets.total
+        ),
+    ):
+        if len(canary) > 1:
+            tries.append((device_id, judge(canary[:i] + canary[i + 1 :], stable_arm)))
+    for device_id, i in _suspects(stable_arm or [], lambda t: t.labelled):
+        assert stable_arm is not None
+        tries.append((device_id, judge(canary, stable_arm[:i] + stable_arm[i + 1 :])))
+    gates = list(judged.gates)
+    accuracy = judged.accuracy
+    for n, result in enumerate(gates):
+        if result.gate not in failed:
+            continue
+        for device_id, other in tries:
+            alternative = next(g for g in other.gates if g.gate is result.gate)
+            if alternative.verdict is Verdict.FAIL:
+                continue
+            gates[n] = alternative.model_copy(
+                update={
+                    "reason": f"{alternative.reason} (without {device_id}: with it counted the "
+                    "gate fails, on that one device's reports alone)"
+                }
+            )
+            if result.gate is Gate.ACCURACY:
+                accuracy = other.accuracy
+            break
+    return judged._replace(gates=tuple(gates), accuracy=accuracy)
 
 
 def _artifact_gate(
@@ -457,18 +570,59 @@ def _artifact_gate(
     )
 
 
-def _error_sums(parts: Iterable[ErrorSums]) -> ErrorSums:
+def device_weights(sizes: list[int], floor: float) -> list[float]:
+    """How much of each device's counts an arm takes: all of it, unless the device reports more
+    than :data:`DEVICE_WEIGHT_CAP` times the median of the arm's other devices (and more than
+    ``floor``, the gate's own minimum); then its counts are scaled down to that, its rates kept.
+    So one device, lying or broken, cannot outweigh the rest of its arm in a gate: not with a
+    flood of made-up labels, nor by drowning the others' errors in inferences of its own."""
+    weights = []
+    for i, size in enumerate(sizes):
+        others = sizes[:i] + sizes[i + 1 :]
+        cap = max(DEVICE_WEIGHT_CAP * statistics.median(others), floor) if others else size
+        weights.append(1.0 if size <= cap else cap / size)
+    return weights
+
+
+def _counts(parts: list[tuple[int, int]], floor: float) -> tuple[int, int]:
+    """``(n, k)`` summed over devices with :func:`device_weights` on ``n`` (``k`` is part of ``n``:
+    errors of inferences, correct of labelled, disagreed of compared)."""
+    weights = device_weights([n for n, _ in parts], floor)
+    n = sum(math.floor(p[0] * w) for p, w in zip(parts, weights, strict=True))
+    k = sum(math.floor(p[1] * w) for p, w in zip(parts, weights, strict=True))
+    return n, k
+
+
+def _labels(arm: list[VersionTelemetry], floor: float) -> tuple[int, int]:
+    """Labelled predictions and the right ones, each device's weight capped."""
+    return _counts([(t.feedback_total, t.feedback_correct) for t in arm], floor)
+
+
+def _targets(arm: list[VersionTelemetry], gates: Gates) -> ErrorSums:
+    """A regressor arm's absolute errors, each device's weight capped."""
+    floor = gates.mae.min_samples if gates.mae is not None else 0
+    weights = device_weights([t.targets.n for t in arm], floor)
     total = ErrorSums()
-    for part in parts:
+    for t, w in zip(arm, weights, strict=True):
+        part = t.targets
+        if w < 1:
+            n = math.floor(part.n * w)
+            part = ErrorSums(n=n, total=part.total * n / part.n, squares=part.squares * n / part.n)
         total = total.plus(part)
     return total
 
 
-def _shadow_sums(parts: Iterable[ShadowSums], stable: str) -> ShadowSums:
+def _shadow(arm: list[VersionTelemetry], stable: str, gates: Gates) -> ShadowSums:
+    """The arm's comparisons against ``stable`` (those against another version are from an
+    earlier rollout), each device's weight capped in compared and disagreed; the predicted-class
+    counts are summed as reported."""
+    parts = [s for t in arm if (s := t.shadow_against(stable)) is not None]
+    floor = gates.agreement.min_samples if gates.agreement is not None else 0
+    compared, disagreed = _counts([(s.compared, s.disagreed) for s in parts], floor)
     total = ShadowSums(against=stable)
     for part in parts:
         total = total.plus(part)
-    return total
+    return total.model_copy(update={"compared": compared, "disagreed": disagreed})
 
 
 def _shadow_gates(

@@ -136,6 +136,8 @@ class DesiredStateRow(Base):
     revision: Mapped[int] = mapped_column(BigInteger)
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The version it was told to run before ``version``: its reports are still accepted."""
     rollout_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

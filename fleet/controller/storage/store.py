@@ -16,13 +16,13 @@ import math
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Executable, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Executable, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,6 +47,7 @@ from fleet.controller.rollout.observations import (
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.rollout.policy import ShadowPolicy
 from fleet.controller.rollout.stats import ErrorSums
+from fleet.controller.storage import events
 from fleet.controller.storage.db import (
     ArtifactRow,
     Base,
@@ -355,6 +356,10 @@ def retarget(
             .values(
                 revision=row.revision + 1,
                 model=model,
+                previous_version=case(
+                    (row.version.is_distinct_from(version), row.version),
+                    else_=row.previous_version,
+                ),
                 version=version,
                 rollout_id=rollout_id,
                 updated_at=now,
@@ -522,9 +527,22 @@ def ingest_telemetry(
     statements and one commit whatever its size. Both statements are built once per dialect, so a
     request reuses their compiled SQL instead of compiling a statement shaped by its batch.
     """
+    in_scope = _scope(session, device.device_id)
+    refused = [r.seq for r in reports if not in_scope(r)]
+    if refused:
+        events.count_rejection(
+            session,
+            device.device_id,
+            [
+                f"reports {refused}: a model or version this device was not told to run "
+                "(nor ran before): not stored"
+            ],
+            now,
+        )
     first: dict[tuple[str, int], TelemetryReport] = {}
     for report in reports:
-        first.setdefault((report.buffer_id, report.seq), report)
+        if in_scope(report):
+            first.setdefault((report.buffer_id, report.seq), report)
     insert, touch = _telemetry_statements(session.get_bind().dialect.name)
     connection = session.connection()
     stored: set[tuple[str, int]] = set()
@@ -539,9 +557,31 @@ def ingest_telemetry(
         key = (report.buffer_id, report.seq)
         if key in stored and first.get(key) is report:
             accepted.append(report.seq)
-        else:
+        elif in_scope(report):
             duplicates.append(report.seq)
-    return TelemetryAck(accepted=accepted, duplicates=duplicates)
+    return TelemetryAck(accepted=accepted, duplicates=duplicates, refused=refused)
+
+
+def _scope(session: Session, device_id: str) -> Callable[[TelemetryReport], bool]:
+    """Which reports ``device_id`` may send: those of the model and version it is told to run, of
+    the version it was told to run before, or of the version it last reported running (late labels
+    for the model it replaced, whichever way it got there). A device that was never targeted may
+    report what it runs. So one device cannot put numbers into a version or model it does not run:
+    not into another model's alerts, not into a rollout's arms."""
+    row = session.execute(
+        select(
+            DesiredStateRow.model, DesiredStateRow.version, DesiredStateRow.previous_version
+        ).where(DesiredStateRow.device_id == device_id)
+    ).first()
+    if row is None or row.version is None:
+        return lambda _report: True
+    ran = latest_versions(session, [device_id]).get(device_id)
+    allowed = {row.version, row.previous_version, ran}
+
+    def in_scope(report: TelemetryReport) -> bool:
+        return report.version in allowed and report.model in ("", row.model)
+
+    return in_scope
 
 
 @functools.cache
