@@ -35,6 +35,7 @@ information, go to ``.edgeloop/bench/compression.json`` under the current direct
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -133,6 +134,11 @@ def identity_model(path: Path, n_features: int) -> Path:
     return path
 
 
+def _run(session: Any, spec: Any, wanted: list[str], row: np.ndarray) -> Any:
+    """One call of ``session`` on ``row``, fed by the model's contract."""
+    return session.run(wanted, spec.feed(row))
+
+
 def measure(
     params: Any, ws: Workspace, warmup: int, runs: int, rounds: int
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], int]:
@@ -160,7 +166,7 @@ def measure(
         spec = read_spec(session)
         wanted = [spec.scored.name]
         # Each row is fed by the model's contract (reshaped to an image, cast to uint8, ...).
-        calls[name] = lambda row, s=session, c=spec, w=wanted: s.run(w, c.feed(row))
+        calls[name] = functools.partial(_run, session, spec, wanted)
         paths[name] = path
         quality[name] = metric.of(predict(session, x_test, spec), y_test)
     floor = open_session(str(identity_model(ws.work_dir / "identity.onnx", x_test.shape[1])))

@@ -32,9 +32,13 @@ def test_a_mixed_batch_is_stored_once_and_acknowledged_in_order(postgres_db: str
             assert r.status_code == 200, r.text
             return dict(r.json())
 
-        assert send([1, 2, 3, 4, 5]) == {"accepted": [1, 2, 3, 4, 5], "duplicates": []}
-        assert send([3, 6, 6, 7, 1]) == {"accepted": [6, 7], "duplicates": [3, 6, 1]}
-        assert send([7, 6]) == {"accepted": [], "duplicates": [7, 6]}
+        assert send([1, 2, 3, 4, 5]) == {
+            "accepted": [1, 2, 3, 4, 5],
+            "duplicates": [],
+            "refused": [],
+        }
+        assert send([3, 6, 6, 7, 1]) == {"accepted": [6, 7], "duplicates": [3, 6, 1], "refused": []}
+        assert send([7, 6]) == {"accepted": [], "duplicates": [7, 6], "refused": []}
         r = client.post(url, json={"reports": [report(8, "1")]}, headers=other)
         assert r.status_code == 403
         with client.app.state.sessions() as session:  # type: ignore[attr-defined]

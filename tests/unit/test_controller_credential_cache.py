@@ -78,7 +78,11 @@ def test_a_cached_credential_changes_no_answer(fleet: Fleet) -> None:
     first = fleet.client.post(path.format("dev-1"), json=body, headers=bearer(mine))
     assert first.status_code == 200 and first.json()["accepted"] == [1]
     again = fleet.client.post(path.format("dev-1"), json=body, headers=bearer(mine))
-    assert again.status_code == 200 and again.json() == {"accepted": [], "duplicates": [1]}
+    assert again.status_code == 200 and again.json() == {
+        "accepted": [],
+        "duplicates": [1],
+        "refused": [],
+    }
     assert (
         fleet.client.post(path.format("dev-2"), json=body, headers=bearer(mine)).status_code == 403
     )

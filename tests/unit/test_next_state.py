@@ -34,6 +34,7 @@ from fleet.controller.rollout.evaluate import (
 from fleet.controller.rollout.observations import (
     DeviceObservation,
     Observations,
+    Refusal,
     ShadowSums,
     VersionTelemetry,
 )
@@ -413,6 +414,40 @@ def test_one_device_flooding_wrong_labels_does_not_sway_the_accuracy_gate() -> N
     assert device_weights([100, 100, 20_000], floor=0) == [1.0, 1.0, 300 / 20_000]
     assert device_weights([500], floor=0) == [1.0]  # a device alone is its arm
     assert device_weights([0, 0, 300], floor=200) == [1.0, 1.0, 200 / 300]
+
+
+def test_a_refused_artifact_rolls_back_once_two_devices_refuse_it() -> None:
+    """A device that refuses the canary's artifact says so; with two or more devices targeted in
+    its cohort one refusal is shown and waits for a second (one device does not decide a gate),
+    and a second rolls the canary back at once, naming both."""
+    big = {f"host-{i}": HOST for i in range(8)} | {f"edge-{i}": EDGE for i in range(4)}
+    status = new_status()
+    status, _ = start(status, obs(status, T0, fleet=big), T0)
+    now = T0 + timedelta(seconds=5)
+    hosts = [d for d in status.targeted if big[d] == HOST]
+    assert len(hosts) == 2
+    refusal = Refusal(version=CANARY, variant="int8", reason="signature", detail="not signed")
+
+    def refusing(ids: list[str]) -> Observations:
+        seen = obs(status, now, fleet=big, on_stable=hosts)
+        return seen.model_copy(
+            update={
+                "devices": tuple(
+                    d.model_copy(update={"refused": (refusal,)}) if d.device_id in ids else d
+                    for d in seen.devices
+                )
+            }
+        )
+
+    new, _ = next_state(status, refusing(hosts[:1]), now)
+    assert new.phase is P.PROGRESSING and new.last_check is not None
+    host = next(c for c in new.last_check.cohorts if c.hardware_class == HOST)
+    artifact = next(g for g in host.gates if g.gate is Gate.ARTIFACT)
+    assert artifact.verdict is Verdict.PASS and "waiting for a second" in artifact.reason
+    new, _ = next_state(status, refusing(hosts), now)
+    assert new.phase is P.ROLLING_BACK
+    (cause,) = [c for c in new.causes if c.gate is Gate.ARTIFACT]
+    assert all(h in cause.reason for h in hosts) and "signature (not signed)" in cause.reason
 
 
 def test_too_few_labels_waits_then_fails_at_the_deadline_naming_devices() -> None:

@@ -532,10 +532,12 @@ def _artifact_gate(
     """FAIL as soon as a targeted device reports refusing the canary's artifact: a file that does
     not check out on a device is not waited out until the stage's deadline.
 
-    A bad signature, an older release, a model that does not load or fails its smoke test fail at
+    A bad signature, an older release, a model that does not load or fails its smoke test count at
     the first report; a sha256 mismatch only when one device reports it
     :data:`SHA256_REFUSALS_TO_FAIL` times, since a download can also be damaged on its way (the
-    device then fetches it again)."""
+    device then fetches it again). As for every gate, one device does not decide it alone: with
+    two or more devices targeted, two must refuse (a bad artifact is refused by every device that
+    fetches it; a single refusal is shown, and waits for a second)."""
     counts: dict[tuple[str, str], int] = {}
     by_device: dict[str, Refusal] = {}
     for device_id in targeted:
@@ -545,13 +547,14 @@ def _artifact_gate(
             counts[(device_id, r.reason)] = counts.get((device_id, r.reason), 0) + 1
             if r.reason != "sha256" or counts[(device_id, r.reason)] >= SHA256_REFUSALS_TO_FAIL:
                 by_device[device_id] = r
+    needed = min(2, len(targeted))
     if not by_device:
         return GateResult(
             gate=Gate.ARTIFACT,
             cohort=cohort,
             verdict=Verdict.PASS,
             measured=0.0,
-            threshold=0.0,
+            threshold=float(needed),
             samples=len(targeted),
             reason=f"no device of {cohort} refused {canary}'s artifact",
         )
@@ -559,14 +562,15 @@ def _artifact_gate(
         f"{device_id}: {r.reason} ({r.detail})" if r.detail else f"{device_id}: {r.reason}"
         for device_id, r in list(by_device.items())[:NAMES_IN_REASON]
     )
+    refused = f"{len(by_device)} device(s) of {cohort} refused {canary}'s artifact: {named}"
     return GateResult(
         gate=Gate.ARTIFACT,
         cohort=cohort,
-        verdict=Verdict.FAIL,
+        verdict=Verdict.FAIL if len(by_device) >= needed else Verdict.PASS,
         measured=float(len(by_device)),
-        threshold=0.0,
+        threshold=float(needed),
         samples=len(targeted),
-        reason=f"{len(by_device)} device(s) of {cohort} refused {canary}'s artifact: {named}",
+        reason=refused if len(by_device) >= needed else f"{refused} (waiting for a second)",
     )
 
 
