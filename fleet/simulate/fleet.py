@@ -322,8 +322,9 @@ class _Device:
         await asyncio.sleep(float(self.rng.uniform(0, interval)))  # spread the reports
         while True:
             if not self.down() and self.disk.active is not None:
-                await self.infer()
-                self._flush(running=True)
+                if self.sim.serving:
+                    await self.infer()
+                    self._flush(running=True)
                 if not self.offline():
                     await self.send()
             await asyncio.sleep(interval)
@@ -560,6 +561,9 @@ class Simulation:
         y = np.asarray(field_y)
         self.field_y = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y.astype(float)
         self.feedback_rate = feedback_rate
+        self.serving = True
+        """False: the devices serve no traffic and write no reports, but still send their outboxes
+        (a test drains them without new reports arriving all the time)."""
         self.latency_scale = dict(latency_scale or {})
         self.faults = faults or FaultPlan()
         self.drift_reference = drift_reference

@@ -96,12 +96,18 @@ machine running the rest of the suite beside it 20 s was not always enough (a fl
 
 
 def settle(fleet: Fleet, seconds: float) -> None:
-    """Run through the faults, then until every device has sent its outbox."""
+    """Run through the faults, then until every device has sent its outbox, with traffic paused:
+    a device writing a report every 0.2 s is nearly always between writing one and sending it, so
+    under the suite's load the outboxes were never all empty at once (a flake)."""
     fleet.sim.run_sync(duration_s=seconds)
-    done = fleet.sim.run_sync(
-        until=lambda: all(d.reports_pending == 0 for d in fleet.sim.result.devices.values()),
-        timeout_s=SETTLE_TIMEOUT_S,
-    )
+    fleet.sim.serving = False
+    try:
+        done = fleet.sim.run_sync(
+            until=lambda: all(d.reports_pending == 0 for d in fleet.sim.result.devices.values()),
+            timeout_s=SETTLE_TIMEOUT_S,
+        )
+    finally:
+        fleet.sim.serving = True
     assert all(d.reports_pending == 0 for d in done.devices.values())
 
 
