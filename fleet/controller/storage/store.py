@@ -575,11 +575,17 @@ def _scope(session: Session, device_id: str) -> Callable[[TelemetryReport], bool
     ).first()
     if row is None or row.version is None:
         return lambda _report: True
-    ran = latest_versions(session, [device_id]).get(device_id)
-    allowed = {row.version, row.previous_version, ran}
+    told = {row.version, row.previous_version}
+    ran: list[str | None] = []  # read once, and only for a report of neither version
 
     def in_scope(report: TelemetryReport) -> bool:
-        return report.version in allowed and report.model in ("", row.model)
+        if report.model not in ("", row.model):
+            return False
+        if report.version in told:
+            return True
+        if not ran:
+            ran.append(latest_versions(session, [device_id]).get(device_id))
+        return report.version == ran[0]
 
     return in_scope
 
