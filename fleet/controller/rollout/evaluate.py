@@ -275,51 +275,11 @@ def _check_cohort(
     prior: dict[tuple[Gate, str], float],
 ) -> CohortCheck:
     rules = policy.stage(stage)
-    gates = policy.gates
     is_targeted = set(targeted)
     on_canary = [devices[d].of_version(canary) for d in targeted if d in devices]
     canary_arm = [t for t in on_canary if t is not None]
     confirmed = [d for d in targeted if d in devices and devices[d].reports(canary, window_start)]
-    inferences, _ = _counts(
-        [(t.inferences, t.errors) for t in canary_arm], floor=rules.min_inferences
-    )
-    feedback = _labels(canary_arm, gates.accuracy.min_samples)[0] + _targets(canary_arm, gates).n
     required = rules.required_confirmed(len(targeted))
-    shadow = _shadow(canary_arm, stable, gates)
-
-    short_inferences = inferences < rules.min_inferences
-    short_feedback = feedback < rules.min_feedback
-    gaps = tuple(
-        _gaps(
-            targeted,
-            devices,
-            canary=canary,
-            stable=stable,
-            window_start=window_start,
-            min_inferences=rules.min_inferences if short_inferences else None,
-            min_feedback=rules.min_feedback if short_feedback else None,
-        )
-    )
-    data_ok = len(confirmed) >= required and not short_inferences and not short_feedback
-    data_reason = (
-        f"{cohort}: {len(confirmed)}/{len(targeted)} targeted devices confirmed on {canary} "
-        f"(need {required}), {inferences} inferences (need {rules.min_inferences}), "
-        f"{feedback} labelled (need {rules.min_feedback})"
-    )
-    if policy.shadow is not None:
-        data_reason += f", {shadow.compared} compared in shadow with {stable}"
-    if gaps:
-        data_reason += f"; short: {describe_gaps(gaps)}"
-    data = GateResult(
-        gate=Gate.DATA,
-        cohort=cohort,
-        verdict=Verdict.PASS if data_ok else Verdict.INCONCLUSIVE,
-        measured=float(len(confirmed)),
-        threshold=float(required),
-        samples=inferences,
-        reason=data_reason,
-    )
-
     everyone_targeted = all(
         d.device_id in is_targeted for d in devices.values() if d.hardware_class == cohort
     )
@@ -344,8 +304,43 @@ def _check_cohort(
     judge = _Judge(policy=policy, cohort=cohort, stable=stable, baseline=baseline, prior=prior,
                    note=note, min_inferences=rules.min_inferences)  # fmt: skip
     canary_pairs = list(zip(canary_ids, canary_arm, strict=True))
-    judged = judge(canary_pairs, stable_arm)
-    judged = _without_any_one_device(judge, judged, canary_pairs, stable_arm)
+    everyone = judge(canary_pairs, stable_arm)
+    inferences, feedback = everyone.inferences, everyone.labelled
+
+    short_inferences = inferences < rules.min_inferences
+    short_feedback = feedback < rules.min_feedback
+    gaps = tuple(
+        _gaps(
+            targeted,
+            devices,
+            canary=canary,
+            stable=stable,
+            window_start=window_start,
+            min_inferences=rules.min_inferences if short_inferences else None,
+            min_feedback=rules.min_feedback if short_feedback else None,
+        )
+    )
+    data_ok = len(confirmed) >= required and not short_inferences and not short_feedback
+    data_reason = (
+        f"{cohort}: {len(confirmed)}/{len(targeted)} targeted devices confirmed on {canary} "
+        f"(need {required}), {inferences} inferences (need {rules.min_inferences}), "
+        f"{feedback} labelled (need {rules.min_feedback})"
+    )
+    if policy.shadow is not None:
+        data_reason += f", {everyone.compared} compared in shadow with {stable}"
+    if gaps:
+        data_reason += f"; short: {describe_gaps(gaps)}"
+    data = GateResult(
+        gate=Gate.DATA,
+        cohort=cohort,
+        verdict=Verdict.PASS if data_ok else Verdict.INCONCLUSIVE,
+        measured=float(len(confirmed)),
+        threshold=float(required),
+        samples=inferences,
+        reason=data_reason,
+    )
+
+    judged = _without_any_one_device(judge, everyone, canary_pairs, stable_arm)
     test, stable_targets = judged.accuracy, judged.stable_targets
 
     results = (
@@ -368,7 +363,7 @@ def _check_cohort(
         feedback=feedback,
         required_feedback=rules.min_feedback,
         stable_arm=arm,
-        shadow_compared=shadow.compared,
+        shadow_compared=everyone.compared,
         gaps=gaps,
         data=data,
         gates=results,
@@ -392,6 +387,10 @@ class _Judged(NamedTuple):
     gates: tuple[GateResult, ...]
     """error rate, accuracy, MAE (when set), agreement and prediction shift (when set)"""
     stable_targets: ErrorSums
+    inferences: int
+    """the canary arm's inferences, labelled predictions and shadow comparisons, as counted"""
+    labelled: int
+    compared: int
 
 
 @dataclass(frozen=True)
@@ -413,6 +412,7 @@ class _Judge:
             [(t.inferences, t.errors) for t in canary_arm], floor=self.min_inferences
         )
         labels, correct = _labels(canary_arm, gates.accuracy.min_samples)
+        canary_targets = _targets(canary_arm, gates)
         if stable_arm is not None:
             on_stable = [t for _, t in stable_arm]
             stable_total, stable_correct = _labels(on_stable, gates.accuracy.min_samples)
@@ -436,7 +436,7 @@ class _Judge:
             test = test.model_copy(update={"reason": f"{test.reason} ({self.note})"})
         mae = (
             mae_gate(
-                canary=_targets(canary_arm, gates),
+                canary=canary_targets,
                 stable=stable_targets,
                 max_increase=gates.mae.max_increase,
                 alpha=gates.mae.alpha,
@@ -468,6 +468,9 @@ class _Judge:
                 *_shadow_gates(self.policy, cohort, shadow, prior),
             ),
             stable_targets=stable_targets,
+            inferences=inferences,
+            labelled=labels + canary_targets.n,
+            compared=shadow.compared,
         )
 
 
