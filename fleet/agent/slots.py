@@ -6,7 +6,7 @@ A new model reaches the active slot only through one fixed sequence, each step a
    caller says the controller's rollback path asks for it (``allow_older``): an old, validly signed
    release cannot be slipped in as an update;
 1. verify: copy the download into the store, check its sha256 against what the controller
-   announced, then its ed25519 signature against the fleet key (:func:`verify_variant`, which also
+   announced, then its ed25519 signature against the fleet key (:func:`verify_claim`, which also
    binds the model, the version, the variant's name and the release counter);
 2. load: open a NEW onnxruntime session (the second slot) while the active one keeps serving;
 3. smoke: run the golden inputs through the model's contract (``fleet.shared.modelspec``, stored in
@@ -68,7 +68,7 @@ from fleet.shared.modelspec import ModelSpec, ModelSpecError, Task, read_spec
 from fleet.shared.protocol import MAX_FEATURES, ShadowPlan
 from fleet.shared.runtime import open_session
 from fleet.shared.shadow import ShadowBudget, sample_rows
-from fleet.shared.signature import ReleaseClaim, file_sha256, verify_variant
+from fleet.shared.signature import ReleaseClaim, file_sha256, verify_claim
 
 log = logging.getLogger(__name__)
 
@@ -511,10 +511,8 @@ class SlotManager:
                         RejectReason.SHA256,
                         f"expected {candidate.sha256}, the file has {staged.sha256}",
                     )
-                claim = _claim(ref, staged.sha256, candidate.release)
-                if not verify_variant(
-                    self._public_key_pem, claim, staged.path, candidate.signature
-                ):
+                claim = _claim(ref, staged.sha256, candidate.release)  # of the bytes just hashed
+                if not verify_claim(self._public_key_pem, claim, candidate.signature):
                     self.store.discard(staged)
                     return self._rejected(
                         ref,
@@ -660,8 +658,8 @@ class SlotManager:
                 RejectReason.SHA256,
                 f"the manifest says {stored.sha256}, the file has {actual}",
             )
-        claim = _claim(ref, stored.sha256, stored.release)
-        if not verify_variant(self._public_key_pem, claim, stored.path, stored.signature):
+        claim = _claim(ref, stored.sha256, stored.release)  # its bytes were hashed just above
+        if not verify_claim(self._public_key_pem, claim, stored.signature):
             raise self._rejection(
                 ref,
                 RejectReason.SIGNATURE,

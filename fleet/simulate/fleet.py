@@ -7,7 +7,7 @@ releases a thousand long-polls in well under a second where httpx took many) and
 - enrols with the fleet's enrolment token and keeps its credential and the fleet public key on "disk";
 - long-polls its desired state; on a new artifact it activates a copy it already has on disk at once
   (a rollback needs no download), else downloads it, checks the sha256 and the ed25519 signature with
-  :func:`fleet.shared.signature.verify_variant`, and only then switches; a rejected download leaves it
+  :func:`fleet.shared.signature.verify_claim`, and only then switches; a rejected download leaves it
   on its model and is retried after a back-off;
 - every ``report_interval_s`` it scores ``rows_per_report`` rows of the field split through the shared
   session in one call, records each row's latency (the measured per-row time times its class's factor)
@@ -74,7 +74,7 @@ from fleet.shared.protocol import (
     values_prefix,
 )
 from fleet.shared.shadow import ShadowBudget, sample_rows
-from fleet.shared.signature import ReleaseClaim, verify_variant
+from fleet.shared.signature import ReleaseClaim, verify_claim
 from fleet.simulate.faults import (
     FAULT_KINDS,
     FaultPlan,
@@ -300,8 +300,8 @@ class _Device:
         if hashlib.sha256(data).hexdigest() != want.sha256:
             self._refuse(want, "sha256", "the download is not the announced bytes")
             return False
-        path = self.sim.store_bytes(want.sha256, data)
-        if not self.sim.verified(self.disk.public_key_pem, want, path):
+        self.sim.store_bytes(want.sha256, data)
+        if not self.sim.verified(self.disk.public_key_pem, want):
             self._refuse(want, "signature", "the fleet key did not sign this release")
             return False
         self.disk.models[want.version] = want
@@ -639,8 +639,9 @@ class Simulation:
             part.replace(path)
         return path
 
-    def verified(self, key: bytes, artifact: Artifact, path: Path) -> bool:
-        """``verify_variant`` once per (key, release claim, signature): the bytes are the same."""
+    def verified(self, key: bytes, artifact: Artifact) -> bool:
+        """``verify_claim`` once per (key, release claim, signature); the caller has checked that
+        the downloaded bytes hash to ``artifact.sha256``."""
         claim = ReleaseClaim(
             model=artifact.model,
             version=artifact.version,
@@ -651,7 +652,7 @@ class Simulation:
         cache_key = (key, claim, artifact.signature)
         if cache_key not in self._verified:
             try:
-                ok = bool(key) and verify_variant(key, claim, path, artifact.signature)
+                ok = bool(key) and verify_claim(key, claim, artifact.signature)
             except ValueError:
                 ok = False
             self._verified[cache_key] = ok
