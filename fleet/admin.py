@@ -2,7 +2,8 @@
 and enrolment tokens, each answer a model of ``fleet.shared.admin_protocol``.
 
 Used by the rollout flow and the CLI. Devices never hold the admin token and use
-``fleet.agent.client`` instead.
+``fleet.agent.client`` instead. An artifact is registered by uploading its bytes (streamed from a
+local file) with the signed release claim: the controller never reads a path of the caller's.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -31,8 +34,14 @@ from fleet.shared.admin_protocol import (
 from fleet.shared.protocol import API_PREFIX, Artifact, EnrolmentToken, EnrolmentTokenRequest
 
 _ROLLOUTS = TypeAdapter(list[RolloutSummary])
+UPLOAD_CHUNK = 1 << 20
 _ALERTS = TypeAdapter(list[Alert])
 _PLAYBOOK_RUNS = TypeAdapter(list[PlaybookRun])
+
+
+def _chunks(fh: BinaryIO) -> Iterator[bytes]:
+    while data := fh.read(UPLOAD_CHUNK):
+        yield data
 
 
 class AdminError(RuntimeError):
@@ -89,8 +98,11 @@ class AdminClient:
     def _call(self, method: str, path: str, body: BaseModel | None = None) -> object:
         """The answer's JSON (``None`` for an empty body); ``AdminError`` on no answer or a 4xx/5xx."""
         payload = body.model_dump(mode="json") if body is not None else None
+        return self._send(method, path, json=payload)
+
+    def _send(self, method: str, path: str, **request: Any) -> object:
         try:
-            response = self._http.request(method, path, json=payload)
+            response = self._http.request(method, path, **request)
         except httpx.HTTPError as exc:
             raise AdminError(f"fleet controller unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
@@ -104,9 +116,22 @@ class AdminClient:
             )
         return response.json() if response.content else None
 
-    def register_artifact(self, registration: ArtifactRegistration) -> Artifact | None:
-        """The device-facing artifact, or ``None`` when the controller will not ship it (unsigned)."""
-        found = self._call("POST", "/artifacts", registration)
+    def register_artifact(
+        self, registration: ArtifactRegistration, content: Path | None = None
+    ) -> Artifact | None:
+        """Upload ``content`` (a local file, streamed: never read whole) as the variant the claim
+        describes, or with ``content=None`` have the controller fetch ``registration.source``; the
+        device-facing artifact, or ``None`` when the controller will not ship it (unsigned)."""
+        params = registration.model_dump(mode="json", exclude_none=True)
+        if content is None:
+            found = self._send("POST", "/artifacts", params=params)
+        else:
+            with content.open("rb") as fh:
+                found = self._send(
+                    "POST", "/artifacts", params=params, content=_chunks(fh),
+                    headers={"Content-Type": "application/octet-stream",
+                             "Content-Length": str(content.stat().st_size)},
+                )  # fmt: skip
         return None if found is None else Artifact.model_validate(found)
 
     def set_baseline(self, model: str, version: str) -> BaselineSet:

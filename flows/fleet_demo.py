@@ -113,7 +113,8 @@ def stop_demo_controller(settings: Settings) -> bool:
 def controller_process(
     settings: Settings, admin_token: str, *, keep_running: bool = False
 ) -> Iterator[str]:
-    """The controller in its own process on a fresh SQLite database; yields its URL.
+    """The controller in its own process on a fresh SQLite database, its artifact store beside it;
+    yields its URL.
 
     With ``keep_running`` it outlives the demo (its own process group, pid in ``controller.pid``).
     """
@@ -125,6 +126,7 @@ def controller_process(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
     env.update(
         EDGELOOP_FLEET_DB_URL=f"sqlite:///{(folder / 'fleet.db').resolve()}",
+        EDGELOOP_FLEET_ARTIFACT_DIR=str((folder / "artifact-store").resolve()),
         EDGELOOP_FLEET_ADMIN_TOKEN=admin_token,
         EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(
             (settings.keys_dir / "signing-ed25519.pub.pem").resolve()

@@ -8,6 +8,7 @@ the registry (``registry.outcomes``): a rolled-back version loses ``production``
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,42 +55,46 @@ class RolloutOutcome(BaseModel):
 
 
 def publish_variants(
-    client: Any, admin: AdminClient, model: str, version: str, classes: list[str], dest: Path
+    client: Any, admin: AdminClient, model: str, version: str, classes: list[str]
 ) -> dict[str, str]:
-    """Register the signed variant each class takes with the controller; ``{class: variant}``."""
+    """Upload the signed variant each class takes to the controller; ``{class: variant}``.
+
+    Each variant is downloaded from the registry into a temporary folder, checked against the
+    sha256 the registry recorded, and streamed to the controller with its signed claim: the
+    controller stores it by content and checks the digest and the signature again."""
     import mlflow
 
-    tags = client.get_model_version(model, version).tags
-    run_id = client.get_model_version(model, version).run_id
+    found = client.get_model_version(model, version)
+    tags, run_id = found.tags, found.run_id
     chosen: dict[str, str] = {}
-    for cls in classes:
-        variant = tags.get(tag.hw_variant(cls)) or tags.get(tag.VARIANT)
-        signature = tags.get(tag.variant_signature(variant)) if variant else None
-        if not variant or not signature:
-            raise RolloutError(
-                f"{model} v{version} has no signed variant for hardware class {cls!r}",
-                hint="register it through `edgeloop run` / `edgeloop register`, which sign every variant",
+    with tempfile.TemporaryDirectory(prefix="edgeloop-publish-") as tmp:
+        for cls in classes:
+            variant = tags.get(tag.hw_variant(cls)) or tags.get(tag.VARIANT)
+            signature = tags.get(tag.variant_signature(variant)) if variant else None
+            if not variant or not signature:
+                raise RolloutError(
+                    f"{model} v{version} has no signed variant for hardware class {cls!r}",
+                    hint="register it through `edgeloop run` / `edgeloop register`, which sign every variant",
+                )
+            path = Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=f"variants/{variant}.onnx", dst_path=tmp
+                )
             )
-        folder = dest / model / version
-        folder.mkdir(parents=True, exist_ok=True)
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"variants/{variant}.onnx", dst_path=str(folder)
-        )
-        recorded, actual = tags.get(tag.variant_sha256(variant)), file_sha256(Path(path))
-        if actual != recorded:
-            raise RolloutError(
-                f"{model} v{version} variant {variant}: the artifact store holds a file with "
-                f"sha256 {actual}, the registry recorded {recorded}; nothing was published",
-                hint="the artifact store was changed after registration: do not deploy it; "
-                "register the model again",
-            )
-        admin.register_artifact(
-            ArtifactRegistration(
+            recorded, actual = tags.get(tag.variant_sha256(variant)), file_sha256(path)
+            if actual != recorded:
+                raise RolloutError(
+                    f"{model} v{version} variant {variant}: the artifact store holds a file with "
+                    f"sha256 {actual}, the registry recorded {recorded}; nothing was published",
+                    hint="the artifact store was changed after registration: do not deploy it; "
+                    "register the model again",
+                )
+            claim = ArtifactRegistration(
                 model=model, version=version, variant=variant, hardware_class=cls,
-                path=str(Path(path).resolve()), signature=signature, release=int(version),
-            )
-        )  # fmt: skip
-        chosen[cls] = variant
+                sha256=actual, signature=signature, release=int(version),
+            )  # fmt: skip
+            admin.register_artifact(claim, path)
+            chosen[cls] = variant
     return chosen
 
 
@@ -208,12 +213,11 @@ def rollout_flow(
     )
     logger = get_run_logger()
     try:
-        dest = settings.home / "fleet-artifacts"
         classes = params.gates.profiles
-        variants = publish_variants(client, admin, model, version, classes, dest)
+        variants = publish_variants(client, admin, model, version, classes)
         if not stable_version:
             return _first_release(client, admin, settings, model, version)
-        publish_variants(client, admin, model, stable_version, classes, dest)
+        publish_variants(client, admin, model, stable_version, classes)
         request = RolloutRequest(
             model=model, version=version, stable_version=stable_version,
             policy=policy_for(params, settings).model_dump(mode="json"), supersede=False,

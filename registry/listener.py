@@ -7,6 +7,7 @@
 - 200 ``started`` (with the flow run id), ``refused`` (alias put back, reason tagged), ``current``,
   ``duplicate`` or ``ignored`` (another event or alias);
 - 400 a body that is not an MLflow webhook payload; 401 bad signature or stale timestamp; 409 replay;
+- 413 a body over ``EDGELOOP_LISTENER_MAX_BODY_BYTES``, refused before it is read (nothing recorded);
 - 404 the model or version is not in the registry (nothing started);
 - 502 the rollout could not be started (the delivery id is forgotten, so MLflow's retry is accepted).
 
@@ -28,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from edgeloop.core.errors import RegistryError
+from fleet.shared.body_limit import BodyLimit, LimitBodySize
 from registry.promotion_config import ListenerSettings, Trigger
 from registry.promotion_guard import handle_production
 from registry.publish import PRODUCTION
@@ -53,6 +55,8 @@ def create_listener_app(
     store = settings.open_store(home)
     app = FastAPI(title="edgeloop promotion listener", docs_url=None, redoc_url=None)
     app.state.store = store
+    hint = "an MLflow webhook payload is far smaller; raise EDGELOOP_LISTENER_MAX_BODY_BYTES if not"
+    app.add_middleware(LimitBodySize, limits=[BodyLimit(settings.max_body_bytes, hint=hint)])
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from edgeloop.core.errors import RegistryError
 from registry import tags as tag
 from registry.modelcard import render_markdown
+from registry.promotion_authority import PromotionAuthority, forced
 from registry.publish import PRODUCTION
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def _version(client: MlflowClient, model: str, version: str) -> ModelVersion:
 def promotable(client: MlflowClient, model: str, version: str) -> tuple[bool, str]:
     """Whether ``version`` may become ``production``, and why (or why not)."""
     tags = _version(client, model, version).tags
-    if tags.get(tag.PROMOTE_FORCE, "").lower() == "true":
+    if forced(PromotionAuthority(), tags):
         return True, f"forced by tag {tag.PROMOTE_FORCE}"
     hardware = {
         profile: v for k, v in tags.items() if (profile := tag.hw_status_profile(k)) is not None

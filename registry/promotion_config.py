@@ -12,7 +12,9 @@ Read from ``EDGELOOP_LISTENER_*``:
   deployment (to check the wiring from MLflow without touching the fleet);
 - ``MODELS``: the models the poller watches (JSON list; default every registered model);
 - ``INTERVAL_S``: the poller's interval (default 10 s);
-- ``TLS_CERTFILE`` / ``TLS_KEYFILE``: serve HTTPS (MLflow delivers to https outside tests).
+- ``TLS_CERTFILE`` / ``TLS_KEYFILE``: serve HTTPS (MLflow delivers to https outside tests);
+- ``MAX_BODY_BYTES``: the largest delivery the listener reads (default 1 MiB; an MLflow payload is
+  well under a kilobyte); a larger one is a 413, refused before it is read.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgeloop.core.errors import ConfigError
+from fleet.shared.body_limit import MiB
 from registry.promotion_store import PromotionStore
 from registry.webhook_auth import DEFAULT_TOLERANCE_S
 
@@ -45,6 +48,7 @@ class ListenerSettings(BaseSettings):
     interval_s: float = 10.0
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    max_body_bytes: int = Field(1 * MiB, ge=1024)
 
     def require_secret(self) -> str:
         if self.secret is None or not self.secret.get_secret_value():

@@ -3,11 +3,13 @@
 1. One alias change is handled once: the version is claimed in the promotion store first.
 2. A version the fleet already runs (its rollout succeeded and no newer one did; e.g. the alias moved
    back by a rollback) starts nothing.
-3. A version without passing hardware results (:func:`registry.outcomes.promotable`) is refused:
+3. ``production`` set by someone who is not a promoter (when promoters are configured,
+   :mod:`registry.promotion_authority`) is refused the same way as below.
+4. A version without passing hardware results (:func:`registry.outcomes.promotable`) is refused:
    ``production`` goes back to the stable version (deleted when there is none) and the version gets
    the tag ``edgeloop.promote.refused`` with the reason. The operator forces a promotion with the tag
    ``edgeloop.promote.force=true`` on the version.
-4. Otherwise the trigger starts the rollout of the version, from the stable version.
+5. Otherwise the trigger starts the rollout of the version, from the stable version.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from registry import tags as tag
 from registry.outcomes import production_version, promotable, stable_version
+from registry.promotion_authority import PromotionAuthority, check_promoter
 from registry.promotion_config import Trigger
 from registry.promotion_store import PromotionStore
 from registry.publish import PRODUCTION
@@ -86,9 +89,14 @@ def _decide_and_start(
 ) -> PromotionOutcome:
     ok, why = promotable(client, model, version)  # RegistryError for an unknown model or version
     stable = stable_version(client, model, exclude=version)
-    own_status = client.get_model_version(model, version).tags.get(tag.ROLLOUT_STATUS)
-    if own_status == "succeeded" and (stable is None or int(stable) < int(version)):
+    tags = client.get_model_version(model, version).tags
+    if tags.get(tag.ROLLOUT_STATUS) == "succeeded" and (
+        stable is None or int(stable) < int(version)
+    ):
         return PromotionOutcome("current", model, version, "the fleet already runs it", stable)
+    not_a_promoter = check_promoter(PromotionAuthority(), tags, clock())
+    if not_a_promoter is not None:
+        ok, why = False, not_a_promoter
     if not ok:
         refuse(client, store, model, version, why, stable, clock)
         return PromotionOutcome("refused", model, version, why, stable)

@@ -56,6 +56,10 @@ MODEL_CARD = "edgeloop.model_card"
 PROMOTE_FORCE = "edgeloop.promote.force"
 """``true`` promotes a version that did not pass everything (recorded on its card)."""
 PROMOTE_REFUSED = "edgeloop.promote.refused"
+# Who set ``production`` on the version, and who set the force tag: JSON ``{"user", "at"}``, written
+# by the MLflow server's promotion authority (``registry.mlflow_app``) alone, never by a client.
+PROMOTED_BY = "edgeloop.promote.by"
+FORCED_BY = "edgeloop.promote.force.by"
 """Why ``production`` was moved back off the version."""
 ROLLOUT_STATUS = "edgeloop.rollout.status"
 """How the version's last rollout ended: succeeded, rolled_back, failed or aborted."""

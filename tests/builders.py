@@ -106,6 +106,35 @@ def sign(
     return base64.b64encode(key.sign(claim.message())).decode()
 
 
+def claim(
+    key: Ed25519PrivateKey | None,
+    variant: str,
+    data: bytes,
+    *,
+    model: str,
+    version: str,
+    hardware_class: str,
+    release: int | None = None,
+) -> dict[str, str | int]:
+    """The query of ``POST /v1/artifacts`` that registers ``data`` (sent as the body) as ``variant``
+    of ``model`` ``version`` for ``hardware_class``: its sha256 and, unless ``key`` is None, the
+    registry's signature (:func:`sign`)."""
+    release = release_of(version) if release is None else release
+    params: dict[str, str | int] = {
+        "model": model,
+        "version": version,
+        "variant": variant,
+        "hardware_class": hardware_class,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "release": release,
+    }
+    if key is not None:
+        params["signature"] = sign(
+            key, variant, data, model=model, version=version, release=release
+        )
+    return params
+
+
 def make_serving_model_raise(slots: Any, monkeypatch: Any) -> None:
     """The serving onnxruntime session of ``slots`` (a ``SlotManager``) raises on every call, as a
     model that fails at run time does; requests that do not fit its contract are refused before."""

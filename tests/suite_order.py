@@ -28,6 +28,7 @@ LONGEST_FIRST = (
     "integration/test_webhook_promotion.py",
     "integration/test_field_data.py",
     "integration/test_drift_playbook.py",
+    "integration/test_forged_reports.py",
     "integration/test_controller_faults.py",
     "integration/test_simulate_controller.py",
     "flows/test_hardware.py",

@@ -51,7 +51,10 @@ def serve(
 
 def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) -> None:
     from edgeloop.cli.serve_plan import (
+        ADMIN_TOKEN,
+        LISTENER_SECRET,
         ServePlan,
+        ServeSecrets,
         check_db_url,
         ensure_databases,
         secret,
@@ -72,11 +75,13 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
         ensure_databases(db_url)
     env = _child_env(base, plan)
     token_file = home / "secrets" / "fleet-admin-token"
-    env["EDGELOOP_FLEET_ADMIN_TOKEN"] = secret("EDGELOOP_FLEET_ADMIN_TOKEN", token_file)
-    fleet_address.record(base, plan.controller_url, token_file, "edgeloop serve")
-    env["EDGELOOP_LISTENER_SECRET"] = secret(
-        "EDGELOOP_LISTENER_SECRET", home / "secrets" / "listener-secret"
+    held = ServeSecrets(
+        admin_token=secret(ADMIN_TOKEN, token_file),
+        listener_secret=secret(LISTENER_SECRET, home / "secrets" / "listener-secret"),
+        mlflow_key=webhook_key(plan),
+        keys_dir=base.keys_dir.resolve(),
     )
+    fleet_address.record(base, plan.controller_url, token_file, "edgeloop serve")
     os.environ.update(env)  # this process creates the deployments and the webhook
     settings = Settings()
     prepare(settings)
@@ -84,7 +89,7 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
     from edgeloop.cli.serve_plan import children
 
     supervisor = Supervisor(
-        children(plan, env, pools, mlflow_key=webhook_key(plan)),
+        children(plan, env, pools, held),
         on_event=lambda line: console.print(f"[yellow]{escape(line)}[/]", highlight=False),
     )
     stopping: list[int] = []
@@ -105,7 +110,7 @@ def _serve(db_url: str | None, host: str, base_port: int, loopback_hooks: bool) 
         supervisor.start_all()
         supervisor.wait_healthy(timeout_s=HEALTHY_WITHIN_S)
         ready_s = time.monotonic() - started
-        webhook = _webhook(plan, env["EDGELOOP_LISTENER_SECRET"])
+        webhook = _webhook(plan, held.listener_secret)
         console.print(_table(supervisor, ready_s))
         console.print(webhook, highlight=False)
         _write_state(plan, supervisor, ready_s)
@@ -132,7 +137,8 @@ def _child_env(base: Settings, plan: Any) -> dict[str, str]:
         "EDGELOOP_DATA_DIR": str(base.data_dir.resolve()),
         "EDGELOOP_PROFILES_DIR": str(base.profiles_dir.resolve()),
         "EDGELOOP_HARDWARE_TESTS_DIR": str(base.hardware_tests_dir.resolve()),
-        "EDGELOOP_FLEET_PUBLIC_KEY_PATH": str(home / "keys" / "signing-ed25519.pub.pem"),
+        "EDGELOOP_FLEET_PUBLIC_KEY_PATH": str(base.keys_dir.resolve() / "signing-ed25519.pub.pem"),
+        "EDGELOOP_FLEET_ARTIFACT_DIR": str(home / "artifact-store"),
         "MLFLOW_TRACKING_URI": plan.mlflow_url,
         "EDGELOOP_MLFLOW_TRACKING_URI": plan.mlflow_url,
         "PREFECT_API_URL": plan.prefect_api_url,

@@ -183,19 +183,60 @@ def webhook_key(plan: ServePlan) -> str:
     return secret(WEBHOOK_KEY, plan.home / "secrets" / "mlflow-webhook-key", make=fernet_key)
 
 
+ADMIN_TOKEN = "EDGELOOP_FLEET_ADMIN_TOKEN"
+LISTENER_SECRET = "EDGELOOP_LISTENER_SECRET"
+SIGNING_KEYS = "EDGELOOP_SIGNING_KEYS_DIR"
+SECRETS = frozenset(
+    {
+        ADMIN_TOKEN,
+        LISTENER_SECRET,
+        WEBHOOK_KEY,
+        SIGNING_KEYS,
+        "EDGELOOP_FLEET_METRICS_TOKEN",
+        "EDGELOOP_DB_URL",
+    }
+)
+"""What no child inherits from `edgeloop serve`'s environment: each is handed, by
+:func:`children`, to the one child that uses it."""
+
+
+@dataclass(frozen=True)
+class ServeSecrets:
+    """The secrets `edgeloop serve` holds, and who gets each: the admin token the controller
+    checks and the ops worker's rollout flow sends; the webhook secret the listener checks; the key
+    MLflow encrypts stored webhook secrets with; the signing keys' folder to the ops worker alone,
+    whose flows register (and sign) versions. The Prefect server and the hardware pools' workers
+    get none, so a flaw in one of them reads none."""
+
+    admin_token: str
+    listener_secret: str
+    mlflow_key: str
+    keys_dir: Path
+
+
+def _given(**secrets: str) -> tuple[dict[str, str], frozenset[str]]:
+    """A child's secrets in its ``env``, and ``withheld``: these secrets and no other."""
+    return secrets, SECRETS - secrets.keys()
+
+
 def children(
-    plan: ServePlan, env: dict[str, str], pools: list[str], *, mlflow_key: str = ""
+    plan: ServePlan, env: dict[str, str], pools: list[str], secrets: ServeSecrets
 ) -> list[ChildSpec]:
-    """The servers and one worker per pool; ``env`` goes to each (addresses, paths, secrets);
-    ``mlflow_key`` (:func:`webhook_key`) to the MLflow server alone."""
+    """The servers and one worker per pool; ``env`` (addresses and paths, no secret) goes to each,
+    each of ``secrets`` to the child that needs it (:class:`ServeSecrets`)."""
     controller = urlsplit(plan.controller_url)
     mlflow_env = (
         {"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https"}
         if plan.allow_loopback_webhooks
         else {}
     )
-    if mlflow_key:
-        mlflow_env[WEBHOOK_KEY] = mlflow_key
+    assert not SECRETS & env.keys(), "a secret in the environment every child gets"
+    metrics = {"EDGELOOP_FLEET_METRICS_TOKEN": os.environ.get("EDGELOOP_FLEET_METRICS_TOKEN", "")}
+    mlflow = _given(**{WEBHOOK_KEY: secrets.mlflow_key})
+    fleet = _given(**{ADMIN_TOKEN: secrets.admin_token}, **metrics)
+    listener = _given(**{LISTENER_SECRET: secrets.listener_secret})
+    ops = _given(**{ADMIN_TOKEN: secrets.admin_token, SIGNING_KEYS: str(secrets.keys_dir)})
+    nothing = _given()
     # MLflow's job runner (about ten huey consumer processes) serves GenAI jobs edgeloop never
     # submits; webhooks are delivered without it. Off unless the operator turns it on.
     mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = os.environ.get(
@@ -207,6 +248,7 @@ def children(
             argv=_python("prefect", "server", "start", "--host", plan.host, "--port", str(plan.base_port)),
             env={**env, "PREFECT_HOME": str((plan.home / "prefect-server").resolve()),
                  "PREFECT_API_DATABASE_CONNECTION_URL": plan.database("prefect")},
+            withheld=SECRETS,
             log=plan.logs / "prefect-server.log",
             health=lambda: http_ok(f"{plan.prefect_api_url}/health"),
             url=plan.prefect_url,
@@ -219,7 +261,8 @@ def children(
                 "--host", plan.host, "--port", str(plan.base_port + 1), "--workers", "1",
             ),
             # the store URI (a database password in it) by environment, not on the command line
-            env={**env, **mlflow_env, "MLFLOW_BACKEND_STORE_URI": plan.database("mlflow")},
+            env={**env, **mlflow_env, **mlflow[0], "MLFLOW_BACKEND_STORE_URI": plan.database("mlflow")},
+            withheld=mlflow[1],
             log=plan.logs / "mlflow-server.log",
             health=lambda: http_ok(f"{plan.mlflow_url}/health"),
             url=plan.mlflow_url,
@@ -228,7 +271,8 @@ def children(
             name="fleet-controller",
             argv=_python("edgeloop.cli", "fleet", "serve", "--host", controller.hostname or plan.host,
                          "--port", str(controller.port or 8787)),
-            env={**env, "EDGELOOP_FLEET_DB_URL": plan.database("fleet")},
+            env={**env, **fleet[0], "EDGELOOP_FLEET_DB_URL": plan.database("fleet")},
+            withheld=fleet[1],
             log=plan.logs / "fleet-controller.log",
             health=lambda: http_ok(f"{plan.controller_url}/v1/health"),
             url=plan.controller_url,
@@ -239,7 +283,8 @@ def children(
             name="promotion-listener",
             argv=_python("edgeloop.cli", "listener", "serve", "--host", plan.host,
                          "--port", str(plan.base_port + 2)),
-            env=env,
+            env={**env, **listener[0]},
+            withheld=listener[1],
             log=plan.logs / "promotion-listener.log",
             health=lambda: http_ok(f"{plan.listener_url}/health"),
             url=plan.webhook_url,
@@ -250,6 +295,7 @@ def children(
     from flows.pool import OPS_POOL
 
     for pool in [OPS_POOL, *pools]:
+        given = ops if pool == OPS_POOL else nothing
         specs.append(
             ChildSpec(
                 name=f"worker {pool}",
@@ -257,9 +303,11 @@ def children(
                 # Poll for work every second (Prefect's default is 10 s): a promotion waits on it.
                 env={
                     **env,
+                    **given[0],
                     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",
                     "PREFECT_WORKER_QUERY_SECONDS": "1",
                 },
+                withheld=given[1],
                 log=plan.logs / f"worker-{pool}.log",
                 health=lambda pool=pool: pool_has_live_worker(plan.prefect_api_url, pool),  # type: ignore[misc]
                 url=f"pool {pool}",

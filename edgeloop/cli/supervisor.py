@@ -40,6 +40,9 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     url: str = ""
+    withheld: frozenset[str] = frozenset()
+    """Variables of this process's environment the child does not inherit (secrets it has no use
+    for); ``env`` may still give it one of them."""
 
 
 @dataclass
@@ -114,7 +117,10 @@ class Supervisor:
             try:
                 child.proc = subprocess.Popen(
                     spec.argv,
-                    env={**os.environ, **spec.env},
+                    env={
+                        **{k: v for k, v in os.environ.items() if k not in spec.withheld},
+                        **spec.env,
+                    },
                     cwd=spec.cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

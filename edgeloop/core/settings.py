@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("EDGELOOP_PREFECT_API_URL", "PREFECT_API_URL"),
     )
+    signing_keys_dir: Path | None = Field(
+        default=None,
+        description="Where the registry's ed25519 signing key lives: on the host that registers "
+        "versions, never on a serving host. Default: <home>/keys.",
+    )
 
     @cached_property
     def tracking_uri(self) -> str:
@@ -51,7 +56,7 @@ class Settings(BaseSettings):
 
     @property
     def keys_dir(self) -> Path:
-        return self.home / "keys"
+        return self.signing_keys_dir or self.home / "keys"
 
     @property
     def work_dir(self) -> Path:

@@ -68,11 +68,13 @@ from fleet.agent.errors import (
     StoreError,
     TelemetryError,
     Unauthorized,
+    UntrustedController,
 )
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import RESERVED_KEYS, FeedbackPair, TelemetryBuffer
 from fleet.shared.backoff import backoff_delay
+from fleet.shared.body_limit import too_large_detail
 from fleet.shared.drift import DeviceDetector, DriftReference, local_action
 from fleet.shared.latency import LatencyHistogram, p95_ms
 from fleet.shared.modelspec import ModelSpec
@@ -162,12 +164,14 @@ class AgentPhase(StrEnum):
     """The controller could not be reached; serving and buffering go on, retried after a back-off."""
     UNAUTHORIZED = "unauthorized"
     """The token or credential was refused; a person must act (the agent does not re-enrol itself)."""
+    UNTRUSTED = "untrusted"
+    """The controller's TLS certificate does not verify against the pinned CA; a person must act."""
     FAILING = "failing"
     """Something else went wrong (a bad answer, a disk error); retried after a back-off."""
 
     def needs_person(self) -> bool:
         """Whether waiting will not fix it."""
-        return self is AgentPhase.UNAUTHORIZED
+        return self in (AgentPhase.UNAUTHORIZED, AgentPhase.UNTRUSTED)
 
 
 @dataclass
@@ -523,6 +527,8 @@ class Agent:
                     f"fresh {ENV_PREFIX}ENROLMENT_TOKEN"
                 )
             self._set(AgentPhase.UNAUTHORIZED, message)
+        elif isinstance(exc, UntrustedController):
+            self._set(AgentPhase.UNTRUSTED, exc.message)
         elif isinstance(exc, ControllerUnreachable):
             self._set(AgentPhase.OFFLINE, exc.message)
         else:
@@ -666,7 +672,9 @@ def _handler_for(
                 length = -1
             if length < 0 or length > MAX_PREDICT_BODY:
                 self.close_connection = True
-                self._reply(413, {"detail": f"a body must be 0 to {MAX_PREDICT_BODY} bytes"})
+                hint = "send fewer rows per request"
+                detail = too_large_detail(MAX_PREDICT_BODY, f"POST {self.path}", hint)
+                self._reply(413, {"detail": detail})
                 return None
             return self.rfile.read(length)
 
@@ -940,7 +948,8 @@ def _session_factory(config: AgentConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until SIGINT/SIGTERM; settings from ``EDGELOOP_AGENT_*`` and the flags.
 
-    Exit codes: 0 stopped, 2 bad settings, 3 refused by the controller (a person must act).
+    Exit codes: 0 stopped, 2 bad settings, 3 refused by the controller or refusing it (its
+    certificate does not verify against the pinned CA): a person must act.
     """
     parser = argparse.ArgumentParser(
         prog="edgeloop agent",
@@ -973,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentConfigError as exc:
         log.error("%s", exc.message)
         return 2
-    except (Unauthorized, Forbidden) as exc:
+    except (Unauthorized, Forbidden, UntrustedController) as exc:
         log.error("%s", exc.message)
         return 3
     server = None

@@ -7,14 +7,18 @@ the protocol"), with the httpx error kept as the cause (STYLE rule 8). The agent
 what each means for the device; it never sees an httpx exception or an unparsed body.
 
 Transport security is decided here too, once: HTTPS verifies the controller against a pinned CA
-bundle (``verify=<path>``); plain HTTP is refused unless the controller is on loopback or
-``allow_insecure=True`` is said out loud, because a device credential or a model sent in the clear can
-be read or replaced on the way. A test passes an ``httpx.MockTransport`` (see
+bundle (``verify=<path>``), and against that bundle alone (the system's trust store is not loaded:
+a certificate any public CA issued for the name does not pass); a certificate that fails is
+:class:`UntrustedController`, never "offline". Plain HTTP is refused unless the controller is on
+loopback or ``allow_insecure=True`` is said out loud, because a device credential or a model sent in
+the clear can be read or replaced on the way. A test passes an ``httpx.MockTransport`` (see
 :mod:`fleet.agent.fake_controller`) through the constructor (STYLE rule 9).
 
 Downloads resume: a partial file is continued with ``Range: bytes=<size>-`` and appended on a 206;
 a 200 starts it over. The final size is checked against the announced one; the sha256 and the
-signature are checked by ``SlotManager`` before anything serves.
+signature are checked by ``SlotManager`` before anything serves. Redirects are followed nowhere but
+in a download, where a controller with an object store may send the device to a presigned URL: one
+hop, vetted like the controller's own URL, without the credential (``fleet.agent.download``).
 
 The routes below (paths, the ``Authorization: Bearer`` header, the long-poll query parameters) are
 not in ``fleet.shared.protocol`` yet; they are named once here so that they change in one place.
@@ -33,6 +37,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from fleet.agent.config import ENV_PREFIX
 from fleet.agent.download import download_resumable, file_size
 from fleet.agent.errors import (
     AgentConfigError,
@@ -43,6 +48,7 @@ from fleet.agent.errors import (
     Forbidden,
     InsecureTransport,
     Unauthorized,
+    UntrustedController,
 )
 from fleet.shared.net import is_loopback
 from fleet.shared.protocol import (
@@ -71,6 +77,29 @@ M = TypeVar("M", bound=BaseModel)
 
 def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
+
+
+def pinned_context(ca: Path) -> ssl.SSLContext:
+    """A TLS context that trusts the CA bundle at ``ca`` and nothing else (``create_default_context``
+    loads the system's store only when given no CA), verifying the certificate and the host name."""
+    if not ca.is_file():
+        raise AgentConfigError(f"the CA bundle {ca} does not exist", setting="ca_file")
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError as exc:
+        raise AgentConfigError(
+            f"the CA bundle {ca} holds no usable PEM certificate: {exc}", setting="ca_file"
+        ) from exc
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a transport error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def check_transport(url: httpx.URL, *, allow_insecure: bool) -> None:
@@ -117,14 +146,8 @@ class ControllerClient:
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
         self._sleep = sleep
-        ssl_verify: ssl.SSLContext | bool
-        if isinstance(verify, bool):
-            ssl_verify = verify
-        else:
-            ca = Path(verify)
-            if not ca.is_file():
-                raise AgentConfigError(f"the CA bundle {ca} does not exist", setting="ca_file")
-            ssl_verify = ssl.create_default_context(cafile=str(ca))
+        self._ca = None if isinstance(verify, bool) else Path(verify)
+        ssl_verify = verify if isinstance(verify, bool) else pinned_context(Path(verify))
         self._http = httpx.Client(
             base_url=self.base_url,
             transport=transport,
@@ -225,6 +248,7 @@ class ControllerClient:
                 backoff_s=self._backoff_s,
                 backoff_max_s=self._backoff_max_s,
                 sleep=self._sleep,
+                redirect=lambda target: self._redirect_headers(target, credential),
             )
         except BadResponse as exc:
             raise DownloadFailed(
@@ -242,6 +266,14 @@ class ControllerClient:
         check_transport(url, allow_insecure=self._allow_insecure)
         return url
 
+    def _redirect_headers(self, target: httpx.URL, credential: str) -> dict[str, str]:
+        """Where a download's redirect may go (the same transport rules as the controller: no
+        plain HTTP off loopback unless allowed) and what goes with it: the credential only to the
+        controller itself, never to an object store's presigned URL. The hop goes through this
+        client, so with a pinned CA bundle the object store's certificate must chain to it too."""
+        check_transport(target, allow_insecure=self._allow_insecure)
+        return bearer(credential) if self._same_origin(target) else {}
+
     def _same_origin(self, url: httpx.URL) -> bool:
         """The credential goes only to the controller, never to an object store's signed URL."""
         base = self.base_url
@@ -249,10 +281,21 @@ class ControllerClient:
 
     @contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
-        """httpx's transport errors become :class:`ControllerUnreachable`, cause kept."""
+        """httpx's transport errors become :class:`ControllerUnreachable`, cause kept; a certificate
+        that fails verification becomes :class:`UntrustedController`."""
         try:
             yield
         except httpx.TransportError as exc:
+            failed = _certificate_error(exc)
+            if failed is not None:
+                trusted = f"the pinned CA {self._ca}" if self._ca else "the default trust store"
+                why = getattr(failed, "verify_message", None) or str(failed)
+                raise UntrustedController(
+                    f"{what}: refusing the controller at {self.base_url}: its TLS certificate does "
+                    f"not verify against {trusted} ({why}); nothing was sent. Give this device "
+                    f"the controller's CA as {ENV_PREFIX}CA_FILE, or find out who answers in the "
+                    "controller's name"
+                ) from exc
             raise ControllerUnreachable(
                 f"{what}: the controller at {self.base_url} is unreachable ({type(exc).__name__}: "
                 f"{exc})"

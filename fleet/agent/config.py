@@ -9,6 +9,12 @@ hour later.
 
 The enrolment token is a secret that is needed once: after enrolment the device keeps its own
 credential (mode 0600) in ``state_dir`` and never needs the token again.
+
+Outside loopback development a device pins what it trusts at provisioning: the registry's public key
+(``public_key_file``), and for an ``https`` controller the controller's CA (``ca_file``), which the
+client then trusts alone. Without them the device would trust whatever key the controller hands it,
+and any certificate the system's trust store accepts for the controller's name; it refuses to start
+instead. Plain ``http`` off loopback is refused by the client unless ``allow_insecure`` is set.
 """
 
 from __future__ import annotations
@@ -66,7 +72,9 @@ class AgentConfig(BaseSettings):
         Path("hardware-tests/profiles"), description="where PROFILE names are looked up"
     )
     ca_file: Path | None = Field(
-        None, description="PEM CA bundle the controller's cert must chain to"
+        None,
+        description="PEM CA bundle the controller's cert must chain to, trusted alone (not the "
+        "system's store); required for an https controller unless it is on loopback (development)",
     )
     allow_insecure: bool = Field(False, description="plain HTTP to a host that is not loopback")
     enrolment_token: SecretStr | None = Field(
@@ -178,6 +186,14 @@ class AgentConfig(BaseSettings):
                 "pins the registry's public key at provisioning (the registry's "
                 "signing-ed25519.pub.pem) instead of trusting the one the controller hands it",
                 setting="public_key_file",
+            )
+        scheme = urlsplit(config.controller_url).scheme
+        if scheme == "https" and config.ca_file is None and not is_loopback(host):
+            raise AgentConfigError(
+                f"{ENV_PREFIX}CA_FILE is not set: a device outside loopback development pins the "
+                f"controller's CA at provisioning (the CA that issued {host}'s certificate) "
+                "instead of trusting any certificate the system's trust store accepts",
+                setting="ca_file",
             )
         if config.backoff_max_s < config.backoff_initial_s:
             raise AgentConfigError(

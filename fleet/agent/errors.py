@@ -18,6 +18,7 @@ Hierarchy::
     │   └── InsecureTransport    plain HTTP to a host that is not loopback, without ``allow_insecure``
     └── ControllerCallFailed     talking to the controller failed (client); ``status_code`` when it answered
         ├── ControllerUnreachable  offline: a transport error, a timeout or a 5xx; retried later
+        ├── UntrustedController  its TLS certificate fails verification against the pinned CA; a person must act
         ├── Unauthorized         401: enrolment token or device credential refused; never retried silently
         ├── Forbidden            403: a valid credential used for another device or resource
         ├── BadResponse          an answer that does not parse against ``fleet.shared.protocol``, or a status
@@ -188,6 +189,15 @@ class ControllerUnreachable(ControllerCallFailed):
 
     The device is offline as far as the agent is concerned: it keeps serving, buffers telemetry and
     tries again after a back-off. The transport error, if any, is the ``__cause__``.
+    """
+
+
+class UntrustedController(ControllerCallFailed):
+    """Raised by ``ControllerClient`` when the controller's TLS certificate does not verify against
+    the CA the device pinned (``ca_file``): a wrong CA file, or someone else answering in its name.
+
+    Not "offline": nothing was sent (the handshake failed before any request), and waiting will not
+    fix it, so the agent refuses to enrol (exit 3) and an enrolled agent's status says so.
     """
 
 

@@ -8,7 +8,8 @@ desired state with a revision, artifacts served with HTTP ranges, idempotent tel
 (buffer, seq). It records every request as a tuple in :attr:`FakeController.log` so a test asserts
 the exact sequence of calls (STYLE rule 12).
 
-Faults a test can switch on: :attr:`offline` (every request is a connection error), a truncated first
+Faults a test can switch on: :attr:`offline` (every request is a connection error), :attr:`untrusted`
+(every TLS handshake fails certificate verification, as with a certificate from another CA), a truncated first
 download of an artifact (:meth:`truncate_next_download`), status codes to answer next
 (:attr:`fail_next`), and revoking a device's credential (:meth:`revoke`).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -78,6 +80,7 @@ class FakeController:
     """(device, sample, the batch's ``dropped_total``) in the order received."""
     log: list[tuple[object, ...]] = field(default_factory=list)
     offline: bool = False
+    untrusted: bool = False
     fail_next: list[int] = field(default_factory=list)
     refuse_seqs: set[int] = field(default_factory=set)
     """Telemetry sequence numbers answered 422 with their whole batch, as a controller refuses a
@@ -158,6 +161,14 @@ class FakeController:
         if self.offline:
             self.log.append(("offline", request.method, request.url.path))
             raise httpx.ConnectError("connection refused (fake offline)", request=request)
+        if self.untrusted:
+            self.log.append(("untrusted", request.method, request.url.path))
+            failed = ssl.SSLCertVerificationError(1, "certificate verify failed (fake)")
+            failed.verify_message = "unable to get local issuer certificate"
+            try:
+                raise failed
+            except ssl.SSLCertVerificationError as exc:  # chained as httpcore chains it
+                raise httpx.ConnectError(str(exc), request=request) from exc
         if self.fail_next:
             code = self.fail_next.pop(0)
             self.log.append(("fail", request.method, request.url.path, code))

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fleet.shared.protocol import NAME, FieldSample
 
+SHA256 = r"^[0-9a-f]{64}$"
+
 
 class _Admin(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,19 +27,32 @@ class _Admin(BaseModel):
 
 
 class ArtifactRegistration(_Admin):
-    """Record a variant file (already on the controller's disk) for one hardware class; the answer is
-    the device-facing ``fleet.shared.protocol.Artifact`` (``None`` for an unsigned variant)."""
+    """The release claim of one variant for one hardware class, sent as the query of
+    ``POST /v1/artifacts`` with the file's bytes as the (streamed) request body, or with ``source``,
+    a URL the controller fetches them from. Never a path: the controller holds artifacts in its own
+    store, by content. It refuses (422, nothing stored) bytes whose sha256 is not ``sha256`` and a
+    ``signature`` that does not verify for the claim; the answer is the device-facing
+    ``fleet.shared.protocol.Artifact`` (``None`` for an unsigned variant, which never ships)."""
 
     model: str = Field(pattern=NAME)
     version: str = Field(pattern=NAME)
     variant: str = Field(pattern=NAME)
     hardware_class: str = Field(pattern=NAME)
-    path: str = Field(min_length=1)
-    signature: str | None = Field(None, description="base64 ed25519; unsigned variants never ship")
+    sha256: str = Field(pattern=SHA256, description="hex sha256 of the bytes, as signed")
+    signature: str | None = Field(
+        None, max_length=200, description="base64 ed25519; unsigned variants never ship"
+    )
     release: int = Field(
         ge=1,
         le=2**63 - 1,
         description="the release counter the signature binds (the registry's version number)",
+    )
+    source: str | None = Field(
+        None,
+        max_length=2000,
+        pattern=r"^https?://",
+        description="an http(s) URL the controller fetches the bytes from (only from the origins "
+        "in its EDGELOOP_FLEET_ARTIFACT_SOURCE_ORIGINS), instead of a request body",
     )
 
 

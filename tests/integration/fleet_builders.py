@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from builders import release_of, sign
+from builders import claim
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
 
@@ -24,22 +24,10 @@ def register(
     path: Path,
     model: str = "digits",
 ) -> None:
-    """Register ``path`` as the signed variant of ``model`` ``version`` for class ``cls``."""
-    variant = f"{cls}-fp32"
-    signature = sign(key, variant, path.read_bytes(), model=model, version=version)
-    r = client.post(
-        "/v1/artifacts",
-        json={
-            "model": model,
-            "version": version,
-            "variant": variant,
-            "hardware_class": cls,
-            "path": str(path),
-            "signature": signature,
-            "release": release_of(version),
-        },
-        headers=ADMIN_HEADERS,
-    )
+    """Upload ``path`` as the signed variant of ``model`` ``version`` for class ``cls``."""
+    data = path.read_bytes()
+    query = claim(key, f"{cls}-fp32", data, model=model, version=version, hardware_class=cls)
+    r = client.post("/v1/artifacts", params=query, content=data, headers=ADMIN_HEADERS)
     assert r.status_code == 200, r.text
 
 

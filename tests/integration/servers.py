@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from builders import release_of
+from builders import claim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -99,6 +99,8 @@ class Controller:
     tls: tuple[Path, Path, Path] | None = None  # cert, key, ca
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    """More ``EDGELOOP_FLEET_*`` (or ``AWS_*``) settings of the process."""
 
     @property
     def base(self) -> str:
@@ -115,7 +117,9 @@ class Controller:
             EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(self.public_key),
             EDGELOOP_FLEET_HOST="127.0.0.1",
             EDGELOOP_FLEET_PORT=str(self.port),
+            EDGELOOP_FLEET_ARTIFACT_DIR=str(self.artifact_dir),
         )
+        env.update(self.env)
         if self.tls:
             env.update(
                 EDGELOOP_FLEET_TLS_CERTFILE=str(self.tls[0]),
@@ -178,19 +182,18 @@ class Controller:
     def register(
         self, model: str, version: str, cls: str, data: bytes, signature: str | None
     ) -> None:
-        path = self.root / f"{model}-{version}-{cls}.onnx"
-        path.write_bytes(data)
-        body = {
-            "model": model,
-            "version": version,
-            "variant": f"{cls}-int8",
-            "hardware_class": cls,
-            "path": str(path),
-            "signature": signature,
-            "release": release_of(version),
-        }
-        r = self.admin("POST", "/v1/artifacts", json=body)
+        """Upload ``data`` as the ``<cls>-int8`` variant of ``model`` ``version`` (signed when
+        ``signature`` is given)."""
+        query = claim(None, f"{cls}-int8", data, model=model, version=version, hardware_class=cls)
+        if signature is not None:
+            query["signature"] = signature
+        r = self.admin("POST", "/v1/artifacts", params=query, content=data)
         assert r.status_code == 200, r.text
+
+    @property
+    def artifact_dir(self) -> Path:
+        """The controller's local artifact store (``EDGELOOP_FLEET_ARTIFACT_DIR``)."""
+        return self.root / "artifact-store"
 
     def rollout(self, model: str, version: str, cls: str, **extra: Any) -> httpx.Response:
         body = {"model": model, "version": version, "stable_version": "1", **extra}
@@ -247,6 +250,7 @@ def uvicorn_controller(
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP_", "PREFECT_"))}
     environ.update(
         EDGELOOP_FLEET_DB_URL=db_url,
+        EDGELOOP_FLEET_ARTIFACT_DIR=str(root / "artifact-store"),
         EDGELOOP_FLEET_ADMIN_TOKEN=ADMIN,
         EDGELOOP_FLEET_PUBLIC_KEY_PATH=str(public_key),
         EDGELOOP_FLEET_RECONCILE_S="0.2",
@@ -310,10 +314,10 @@ def prefect_server(folder: Path, db_url: str | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def mlflow_server(folder: Path, backend: str, **env: str) -> Iterator[str]:
+def mlflow_server(folder: Path, backend: str, *args: str, **env: str) -> Iterator[str]:
     """`mlflow server` (served artifacts in ``folder``) on the SQLAlchemy URL ``backend``; yields
     its URL. MLflow's job runner (about ten huey consumer processes) is off: no test submits a
-    job. ``env`` adds settings."""
+    job. ``args`` add options, ``env`` settings."""
     folder.mkdir(parents=True, exist_ok=True)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     environ.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **env)
@@ -323,7 +327,7 @@ def mlflow_server(folder: Path, backend: str, **env: str) -> Iterator[str]:
             [
                 sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
                 "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *args,
             ],
             env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

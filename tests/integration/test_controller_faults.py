@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from builders import model_bytes, sign
+from builders import claim, model_bytes, sign
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,10 +38,10 @@ from fleet.agent.client import ControllerClient
 from fleet.agent.config import AgentConfig
 from fleet.agent.errors import (
     ControllerCallFailed,
-    ControllerUnreachable,
     Forbidden,
     InsecureTransport,
     Unauthorized,
+    UntrustedController,
 )
 from fleet.agent.slots import Candidate, SlotManager
 from fleet.agent.store import ModelStore
@@ -267,22 +267,20 @@ def test_tampered_artifact_is_rejected_and_the_device_keeps_its_model(
     )
     v2 = model_bytes(2)
     tampered = v2[:-1] + bytes([v2[-1] ^ 1])  # signed before the flip
-    path = controller.root / f"{model}-2-{cls}.onnx"
-    path.write_bytes(tampered)
-    body = {
-        "model": model, "version": "2", "variant": variant, "hardware_class": cls,
-        "path": str(path), "signature": sign(key, variant, v2, model=model, version="2"),
-        "release": 2,
-    }  # fmt: skip
-    refused = httpx.post(
-        f"{controller.base}/v1/artifacts", json=body, headers=ADMIN_HEADERS, timeout=30
-    )
-    assert refused.status_code == 422, refused.text  # the controller checks what it is handed
+    signed_v2 = claim(key, variant, v2, model=model, version="2", hardware_class=cls)
+    for query in (signed_v2, {**signed_v2, "sha256": hashlib.sha256(tampered).hexdigest()}):
+        refused = httpx.post(
+            f"{controller.base}/v1/artifacts", params=query, content=tampered,
+            headers=ADMIN_HEADERS, timeout=30,
+        )  # fmt: skip
+        assert refused.status_code == 422, refused.text  # the controller checks what it is handed
+        assert "nothing was stored" in refused.text
     assert "the signature does not verify for tamperm version 2" in refused.text
     assert controller.rollout(model, "2", cls).status_code != 201  # nothing was stored
-    # registered as signed, then rewritten on the controller's disk: the device catches it
+    # registered as signed, then rewritten in the controller's store: the device catches it
     controller.register(model, "2", cls, v2, sign(key, variant, v2, model=model, version="2"))
-    path.write_bytes(tampered)
+    sha = hashlib.sha256(v2).hexdigest()
+    (controller.artifact_dir / sha[:2] / sha).write_bytes(tampered)
     # the device was provisioned with v1 (it is on disk and serving)
     events: list[tuple[str, ...]] = []
     public_pem = controller.public_key.read_bytes()
@@ -661,7 +659,7 @@ def test_tls_with_a_pinned_ca_and_plain_http_refused_off_loopback(
             assert client.desired("tls-0", enrolled.credential, None, 0).revision == 0
         with (
             ControllerClient(ctl.base, verify=other_pem) as client,
-            pytest.raises(ControllerUnreachable, match="CERTIFICATE_VERIFY_FAILED"),
+            pytest.raises(UntrustedController, match="does not verify against the pinned CA"),
         ):
             client.desired("tls-0", enrolled.credential, None, 0)
         with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port gets nowhere

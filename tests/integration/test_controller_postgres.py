@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import REGISTRY_KEY, registry_key, release_of, sign
+from builders import REGISTRY_KEY, claim, registry_key
 from fastapi.testclient import TestClient
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller
 
@@ -60,23 +60,12 @@ def report(seq: int, version: str) -> dict[str, Any]:
 
 
 def register(client: httpx.Client | TestClient, tmp: Path, version: str) -> None:
-    path = tmp / f"v{version}.onnx"
-    path.write_bytes(b"onnx" * 256 + version.encode())
-    r = client.post(
-        "/v1/artifacts",
-        json={
-            "model": "churn",
-            "version": version,
-            "variant": "host-cpu-int8",
-            "hardware_class": "host-cpu",
-            "path": str(path),
-            "signature": sign(
-                REGISTRY_KEY, "host-cpu-int8", path.read_bytes(), model="churn", version=version
-            ),
-            "release": release_of(version),
-        },
-        headers=ADMIN_HEADERS,
-    )
+    data = b"onnx" * 256 + version.encode()
+    query = claim(
+        REGISTRY_KEY, "host-cpu-int8", data, model="churn", version=version,
+        hardware_class="host-cpu",
+    )  # fmt: skip
+    r = client.post("/v1/artifacts", params=query, content=data, headers=ADMIN_HEADERS)
     assert r.status_code == 200, r.text
 
 
@@ -98,6 +87,7 @@ def test_migrate_enrol_telemetry_and_reconcile_on_postgres(
         admin_token=ADMIN,
         reconcile_enabled=False,
         public_key_path=registry_key(tmp_path),
+        artifact_dir=tmp_path / "artifact-store",
     )
     with TestClient(create_app(settings, clock=lambda: now[0])) as client:
         devices = {d: enrol(client, d) for d in ("pg-0", "pg-1")}

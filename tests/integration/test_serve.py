@@ -46,6 +46,33 @@ def _assert_all_healthy(served: Served) -> None:
     }  # fmt: skip
 
 
+# Which secret (by its file under <home>/secrets/) each child may hold in its environment.
+MAY_HOLD = {
+    "prefect-server": set(),
+    "mlflow-server": {"mlflow-webhook-key"},
+    "fleet-controller": {"fleet-admin-token"},
+    "promotion-listener": {"listener-secret"},
+    "worker edgeloop-ops": {"fleet-admin-token"},
+}
+
+
+def _assert_no_secret_where_it_leaks(served: Served, project: Project) -> None:
+    """No secret on any command line (what `ps` shows every user), in serve.json or in a log;
+    in a child's environment only where that child uses it."""
+    held = {f.name: f.read_text().strip() for f in (project.home / "secrets").iterdir()}
+    assert set(held) == {"fleet-admin-token", "listener-secret", "mlflow-webhook-key"}
+    for proc in [psutil.Process(served.proc.pid), *psutil.Process(served.proc.pid).children(True)]:
+        line = " ".join(proc.cmdline())
+        assert not [n for n, v in held.items() if v in line], line
+    assert not [n for n, v in held.items() if v in (project.home / "serve.json").read_text()]
+    for log in (project.home / "logs").iterdir():
+        assert not [n for n, v in held.items() if v in log.read_text(errors="replace")], log
+    for name, child in served.state["children"].items():
+        environ = psutil.Process(child["pid"]).environ()
+        found = {n for n, v in held.items() if v in environ.values()}
+        assert found == MAY_HOLD.get(name, set()), name
+
+
 def _sigterm_leaves_nothing(served: Served) -> None:
     pids = served.descendants()
     assert len(pids) >= 5
@@ -76,6 +103,7 @@ def test_serve_on_sqlite_heals_a_crashed_child_and_stops_cleanly(project: Projec
         assert (project.home / "mlflow-server.db").is_file()
         secret = project.home / "secrets" / "listener-secret"
         assert secret.stat().st_mode & 0o777 == 0o600
+        _assert_no_secret_where_it_leaks(served, project)
         crashed = served.state["children"]["fleet-controller"]["pid"]
         os.kill(crashed, signal.SIGKILL)
         _wait(

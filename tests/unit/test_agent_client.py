@@ -6,19 +6,22 @@ The fake is passed in through the constructor (STYLE rule 9); each test asserts 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from fleet.agent.client import ControllerClient
+from fleet.agent.client import ControllerClient, pinned_context
 from fleet.agent.errors import (
+    AgentConfigError,
     BadResponse,
     ControllerUnreachable,
     DownloadFailed,
     Forbidden,
     InsecureTransport,
     Unauthorized,
+    UntrustedController,
 )
 from fleet.agent.fake_controller import FakeController
 from fleet.shared.latency import LatencyHistogram
@@ -124,6 +127,78 @@ def test_plain_http_only_to_loopback() -> None:
     ControllerClient("https://controller.example").close()
 
 
+def a_ca_pem(path: Path, name: str = "edgeloop unit CA") -> Path:
+    """A self-signed CA certificate in PEM at ``path``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_a_pinned_ca_is_the_only_ca_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ca_file`` replaces the trust store: the context holds that one CA and no other, whatever
+    the environment points OpenSSL at, and still checks the certificate and the host name."""
+    import ssl
+
+    import certifi
+
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    monkeypatch.setenv("SSL_CERT_DIR", str(Path(certifi.where()).parent))
+    context = pinned_context(a_ca_pem(tmp_path / "ca.pem"))
+    assert context.cert_store_stats()["x509_ca"] == 1
+    (only,) = context.get_ca_certs()
+    assert only["subject"] == ((("commonName", "edgeloop unit CA"),),)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    # the stores it replaces hold many: this is what "not the system store" rules out
+    assert ssl.create_default_context(cafile=certifi.where()).cert_store_stats()["x509_ca"] > 1
+    with pytest.raises(AgentConfigError, match="does not exist") as missing:
+        ControllerClient("https://controller.example", verify=tmp_path / "nope.pem")
+    assert missing.value.setting == "ca_file"
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(AgentConfigError, match="no usable PEM certificate"):
+        ControllerClient("https://controller.example", verify=tmp_path / "junk.pem")
+
+
+def test_a_certificate_that_fails_verification_is_untrusted_not_offline(tmp_path: Path) -> None:
+    """Not retried as "offline": nothing was sent, and waiting will not make the certificate
+    verify; the message names the pinned CA and the setting to fix."""
+    fake = FakeController(public_key_pem="PEM")
+    ca = a_ca_pem(tmp_path / "ca.pem")
+    client = ControllerClient(
+        "https://127.0.0.1:8700", transport=fake.transport(), verify=ca, backoff_s=0.01
+    )
+    fake.untrusted = True
+    with pytest.raises(UntrustedController) as refused:
+        client.enrol(fake.issue_token(), "dev-1", "host-cpu")
+    assert not isinstance(refused.value, ControllerUnreachable)
+    message = refused.value.message
+    assert f"does not verify against the pinned CA {ca}" in message
+    assert "unable to get local issuer certificate" in message
+    assert "EDGELOOP_AGENT_CA_FILE" in message and "nothing was sent" in message
+    assert fake.devices == {}
+
+
 def test_long_poll_read_timeout_covers_the_wait() -> None:
     seen: list[object] = []
 
@@ -222,3 +297,93 @@ def test_download_of_a_missing_artifact_fails_at_once(tmp_path: Path) -> None:
     assert failed.value.status_code == 404 and slept == []
     with pytest.raises(Unauthorized):
         client.download(artifact(fake), tmp_path / "y", "wrong" * 5)
+
+
+# --- a download redirected to an object store ----------------------------------------------------
+
+OBJECTS = "https://objects.example"
+
+
+def object_store_behind(
+    fake: FakeController, seen: list[tuple[str, str | None, str | None]], *, location: str = OBJECTS
+) -> httpx.MockTransport:
+    """The fake controller, whose artifact downloads answer 307 to a presigned-looking URL under
+    ``location``, and that object store, which serves ranges and records (path, Authorization,
+    Range) of every request it gets; the first request it gets breaks off after 3000 bytes."""
+    broken = [True]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == httpx.URL(location).host:
+            seen.append(
+                (
+                    request.url.path,
+                    request.headers.get("authorization"),
+                    request.headers.get("range"),
+                )
+            )
+            data = fake.artifacts[request.url.path]
+            start = int((request.headers.get("range") or "bytes=0-")[6:-1])
+            if broken.pop() if broken else False:
+                return httpx.Response(
+                    200, headers={"Content-Length": str(len(data))}, stream=BrokenBody(data[:3000])
+                )
+            if start:
+                return httpx.Response(
+                    206,
+                    headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"},
+                    content=data[start:],
+                )
+            return httpx.Response(200, content=data)
+        answer = fake.handle(request)
+        if request.url.path.startswith("/v1/artifacts/") and answer.status_code < 300:
+            signed = f"{location}{request.url.path}?X-Amz-Signature=abc"
+            return httpx.Response(307, headers={"Location": signed})
+        return answer
+
+    return httpx.MockTransport(handle)
+
+
+class BrokenBody(httpx.SyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._data
+        raise httpx.ReadError("connection reset by peer (test)")
+
+
+def test_a_download_follows_the_redirect_to_an_object_store_and_resumes_there(
+    tmp_path: Path,
+) -> None:
+    """The controller answers with a presigned URL: the agent follows that one hop without its
+    credential, and after a dropped link asks the controller again and resumes with Range."""
+    fake = FakeController(public_key_pem="PEM")
+    seen: list[tuple[str, str | None, str | None]] = []
+    client = ControllerClient(URL, transport=object_store_behind(fake, seen), sleep=lambda _: None)
+    credential = enrolled(fake, client)
+    art = artifact(fake)
+    fake.log.clear()
+    dest = client.download(art, tmp_path / "v2.part", credential)
+    assert dest.read_bytes() == DATA
+    assert seen == [(art.url, None, None), (art.url, None, "bytes=3000-")]  # never the credential
+    assert fake.log == [("download", "v2", None), ("download", "v2", "bytes=3000-")]
+
+
+def test_a_redirect_to_plain_http_off_loopback_is_refused(tmp_path: Path) -> None:
+    fake = FakeController(public_key_pem="PEM")
+    seen: list[tuple[str, str | None, str | None]] = []
+    transport = object_store_behind(fake, seen, location="http://objects.example")
+    client = ControllerClient(URL, transport=transport, sleep=lambda _: None)
+    credential = enrolled(fake, client)
+    with pytest.raises(InsecureTransport):
+        client.download(artifact(fake), tmp_path / "v2.part", credential)
+    assert seen == []
+
+
+def test_other_calls_follow_no_redirect() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(307, headers={"Location": f"{OBJECTS}/elsewhere"})
+
+    client = ControllerClient(URL, transport=httpx.MockTransport(handle))
+    with pytest.raises(BadResponse):
+        client.desired("dev-1", "c" * 20, None, 0)

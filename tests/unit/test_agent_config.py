@@ -41,9 +41,11 @@ def test_reads_each_setting_from_its_variable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("EDGELOOP_AGENT_TELEMETRY_BATCH", "25")
     monkeypatch.setenv("EDGELOOP_AGENT_ALLOW_INSECURE", "true")
     monkeypatch.setenv("EDGELOOP_AGENT_PUBLIC_KEY_FILE", "/etc/edgeloop/registry.pub.pem")
+    monkeypatch.setenv("EDGELOOP_AGENT_CA_FILE", "/etc/edgeloop/controller-ca.pem")
     config = AgentConfig.from_env()
     assert config.controller_url == "https://fleet.example:8700"
     assert config.public_key_file == Path("/etc/edgeloop/registry.pub.pem")
+    assert config.ca_file == Path("/etc/edgeloop/controller-ca.pem")
     assert config.device_id == "cam-7"
     assert config.labels == {"site": "north"}
     assert config.enrolment_token is not None
@@ -64,6 +66,32 @@ def test_outside_loopback_the_registry_key_must_be_pinned(monkeypatch: pytest.Mo
     for loopback in ("http://127.0.0.1:8700", "http://localhost:8700", "http://[::1]:8700"):
         monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", loopback)
         assert AgentConfig.from_env().public_key_file is None
+
+
+def test_outside_loopback_an_https_controller_needs_its_ca_pinned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device that would take any certificate the system's trust store accepts for the
+    controller's name is refused to start, unless the controller is on this machine; plain http off
+    loopback is the client's refusal (``allow_insecure``), not this one."""
+    monkeypatch.setenv("EDGELOOP_AGENT_PUBLIC_KEY_FILE", "/etc/edgeloop/registry.pub.pem")
+    for remote in ("https://fleet.example:8700", "https://10.0.0.5:8700", "HTTPS://fleet.example"):
+        monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", remote)
+        with pytest.raises(AgentConfigError) as refused:
+            AgentConfig.from_env()
+        assert refused.value.setting == "ca_file"
+        assert str(refused.value).startswith("EDGELOOP_AGENT_CA_FILE is not set: ")
+        assert "fleet.example" in str(refused.value) or "10.0.0.5" in str(refused.value)
+        # allow_insecure is about plain http: it does not let https go unpinned
+        with pytest.raises(AgentConfigError, match="CA_FILE is not set"):
+            AgentConfig.from_env(allow_insecure=True)
+        pinned = AgentConfig.from_env(ca_file=Path("/etc/edgeloop/controller-ca.pem"))
+        assert pinned.ca_file == Path("/etc/edgeloop/controller-ca.pem")
+    for loopback in ("https://127.0.0.1:8700", "https://localhost:8700", "https://[::1]:8700"):
+        monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", loopback)
+        assert AgentConfig.from_env().ca_file is None  # development: the system store will do
+    monkeypatch.setenv("EDGELOOP_AGENT_CONTROLLER_URL", "http://fleet.example:8700")
+    assert AgentConfig.from_env(allow_insecure=True).ca_file is None
 
 
 def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

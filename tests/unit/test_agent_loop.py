@@ -411,6 +411,24 @@ def test_a_refused_credential_is_not_answered_by_enrolling_again(
     assert device.agent.slots.predict(GOLDEN[:1]).ref == ref("v1")  # still serving
 
 
+def test_a_controller_whose_certificate_stops_verifying_is_untrusted_not_offline(
+    on_v1: Device,
+) -> None:
+    """Someone else answering in the controller's name (or a CA the device was not given): the
+    agent keeps serving, says so, and waits as for any refusal a person must act on."""
+    device, fake = on_v1, on_v1.fake
+    fake.untrusted = True
+    assert device.agent.run_once() == device.agent.config.backoff_max_s
+    status = device.agent.status
+    assert status.phase is AgentPhase.UNTRUSTED and status.phase.needs_person()
+    assert "TLS certificate does not verify" in status.message
+    assert device.calls() == [("untrusted", "GET", f"/v1/devices/{DEVICE}/desired")]
+    assert device.agent.slots.predict(GOLDEN[:1]).ref == ref("v1")  # still serving
+    fake.untrusted = False
+    assert device.agent.run_once() == 0
+    assert device.agent.status.phase is AgentPhase.ONLINE
+
+
 def test_a_used_enrolment_token_is_sent_once(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     fake = FakeController(public_key_pem=pem(key))
     token = fake.issue_token()

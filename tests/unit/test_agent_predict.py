@@ -152,6 +152,8 @@ def test_a_body_above_the_limit_is_refused_unread(image_url: str) -> None:
         urllib.request.urlopen(request, timeout=10)
     with refused.value:
         assert refused.value.code == 413
+        detail = json.loads(refused.value.read())["detail"]
+    assert f"over {MAX_PREDICT_BODY} bytes" in detail and "fewer rows" in detail
 
 
 def test_two_inputs_by_name_or_as_one_row(two_url: str) -> None:

@@ -1,5 +1,6 @@
 """fleet.controller.observe.anomaly: the median/MAD robust z-score, with properties; and the observation
-pass raising an anomaly alert (with its reason) per scope, including a site label."""
+pass raising an anomaly alert (with its reason) per scope, including a site label, only when enough
+distinct devices stand behind the series (one device alone, lying or broken, raises none)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ def test_a_latency_step_raises_an_anomaly_alert_with_its_reason(fleet: Fleet) ->
         },
     )
     headers = {"Authorization": f"Bearer {r.json()['credential']}"}
-    settings = ObserveSettings(window_s=10, anomaly_min_history=8, playbooks_path=fleet.tmp / "x")
+    settings = ObserveSettings(
+        window_s=10, anomaly_min_history=8, playbooks_path=fleet.tmp / "x", alert_min_devices=1
+    )
     raised = []
     for i in range(12):
         fleet.clock.at(10 * i + 5)
@@ -109,7 +112,7 @@ def test_old_observations_are_pruned_and_alerts_kept(fleet: Fleet) -> None:
     fleet.clock.at(5)
     assert fleet.client.post("/v1/devices/dev-1/telemetry", json=body, headers=headers).is_success
     settings = ObserveSettings(
-        window_s=10, retention_s=60, playbooks_path=fleet.tmp / "x", drift_min_devices=1
+        window_s=10, retention_s=60, playbooks_path=fleet.tmp / "x", alert_min_devices=1
     )
     with fleet.app.state.sessions() as session:
         (alert,) = detect(session, fleet.clock.at(10), settings)
@@ -140,6 +143,45 @@ def test_one_device_reporting_drift_raises_no_alert_two_do(fleet: Fleet) -> None
     assert drift(5, ["dev-0"], 1) == []  # one device of two: its noise, or its lie
     (alert,) = drift(25, ["dev-0", "dev-1"], 2)
     assert "on 2/2 devices" in alert.reason
+
+
+def test_one_device_alone_raises_no_series_alert_two_do(fleet: Fleet) -> None:
+    """The same distinct-device minimum as input drift (``alert_min_devices``): a series standing on
+    one device's reports raises nothing, however far it moves; with a second device it does. And a
+    device counts for a series only with numbers in it: one device sending labelled feedback beside
+    another that sends none is still one device behind the accuracy."""
+    settings = ObserveSettings(window_s=10, anomaly_min_history=8, playbooks_path=fleet.tmp / "x")
+    credentials = {d: fleet.enrol(d) for d in ("dev-0", "dev-1", "dev-2")}
+
+    def window(i: int, reports: dict[str, dict[str, object]]) -> list[AlertRow]:
+        fleet.clock.at(10 * i + 5)
+        for device_id, body in reports.items():
+            headers = {"Authorization": f"Bearer {credentials[device_id]}"}
+            r = fleet.client.post(
+                f"/v1/devices/{device_id}/telemetry", json={"reports": [body]}, headers=headers
+            )
+            assert r.is_success and r.json()["accepted"] == [i + 1], r.text
+        with fleet.app.state.sessions() as session:
+            return detect(session, fleet.clock.at(10 * i + 10), settings)
+
+    steady = {
+        "dev-0": lambda i: report(i + 1, "7", latency_ms=2.0 + 0.1 * (i % 3), correct=95),
+        "dev-2": lambda i: report(i + 1, "9", latency_ms=2.0 + 0.1 * (i % 3), labels=0),
+        "dev-1": lambda i: report(i + 1, "9", latency_ms=2.0 + 0.1 * (i % 3), correct=95),
+    }
+    for i in range(10):
+        assert window(i, {d: make(i) for d, make in steady.items()}) == []
+    # dev-0 alone on version 7: its latency jumps 20x and its accuracy falls to nothing
+    forged = report(11, "7", latency_ms=40.0, errors=150, correct=0)
+    # dev-1 is the only device labelling version 9 (dev-2 reports no feedback): accuracy falls
+    lone_label = report(11, "9", latency_ms=2.0, correct=0)
+    quiet = report(11, "9", latency_ms=2.0, labels=0)
+    assert window(10, {"dev-0": forged, "dev-1": lone_label, "dev-2": quiet}) == []
+    # dev-1 and dev-2 together on version 9: two devices behind the latency step
+    step = {d: report(12, "9", latency_ms=40.0, labels=0) for d in ("dev-1", "dev-2")}
+    raised = window(11, step)
+    assert {(a.kind, a.scope["version"]) for a in raised} == {("latency_p95_ms_anomaly", "9")}
+    assert "2 devices" in raised[0].reason
 
 
 def test_series_api_refuses_an_unknown_metric(fleet: Fleet) -> None:

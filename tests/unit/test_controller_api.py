@@ -3,15 +3,18 @@ rollout creation and commands."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import REGISTRY_KEY, sign
+from builders import REGISTRY_KEY, claim
 from test_controller_builders import (
     ADMIN_HEADERS,
     Clock,
@@ -235,7 +238,7 @@ def test_artifact_etag_range_and_not_modified(fleet: Fleet) -> None:
     credential = fleet.enrol("dev-1")
     info = fleet.artifact("churn", "1")
     url = f"/v1/artifacts/churn/1/{info['variant']}"
-    data = info["path"].read_bytes()
+    data = info["data"]
     sha = info["body"]["sha256"]
 
     full = fleet.client.get(url, headers=auth(credential))
@@ -348,35 +351,151 @@ def test_rollout_create_status_and_commands(fleet: Fleet) -> None:
 def test_an_artifact_is_stored_only_when_its_signature_binds_its_names_and_release(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    """The controller checks what it is handed against the registry's public key: a file signed
-    as another model, version, variant or release, or rewritten after signing, is a 422 and
-    nothing is stored; without a key to check with it refuses signed artifacts (409)."""
-    path = tmp_path / "m.onnx"
-    path.write_bytes(b"model bytes" * 50)
-    good = {
-        "model": "churn", "version": "3", "variant": "host-cpu-int8",
-        "hardware_class": "host-cpu", "path": str(path), "release": 3,
-        "signature": sign(REGISTRY_KEY, "host-cpu-int8", path.read_bytes(), model="churn", version="3"),
-    }  # fmt: skip
+    """The controller checks what it is handed against the registry's public key: bytes signed
+    as another model, version, variant or release, or changed after signing, are a 422 and
+    nothing is stored (no row, no file in the store); without a key to check with it refuses
+    signed artifacts (409)."""
+    data = b"model bytes" * 50
+    good = claim(
+        REGISTRY_KEY, "host-cpu-int8", data, model="churn", version="3", hardware_class="host-cpu"
+    )
+
+    def upload(query: dict[str, Any], body: bytes = data) -> Any:
+        return fleet.client.post("/v1/artifacts", params=query, content=body, headers=ADMIN_HEADERS)
+
     for changes in ({"model": "faces"}, {"version": "4"}, {"variant": "fp32"}, {"release": 2}):
-        r = fleet.client.post("/v1/artifacts", json={**good, **changes}, headers=ADMIN_HEADERS)
+        r = upload({**good, **changes})
         assert r.status_code == 422, (changes, r.text)
         assert "the signature does not verify" in r.json()["detail"], changes
-    path.write_bytes(b"model bytez" * 50)
-    r = fleet.client.post("/v1/artifacts", json=good, headers=ADMIN_HEADERS)
+    tampered = b"model bytez" * 50
+    r = upload(good, tampered)  # the claim's sha256 is the signed file's, the bytes another's
     assert r.status_code == 422 and "nothing was stored" in r.json()["detail"]
+    assert f"have sha256 {hashlib.sha256(tampered).hexdigest()}" in r.json()["detail"]
+    r = upload({**good, "sha256": hashlib.sha256(tampered).hexdigest()}, tampered)
+    assert r.status_code == 422 and "the signature does not verify" in r.json()["detail"]
     from fleet.controller.storage.db import ArtifactRow
 
     with fleet.app.state.sessions() as session:
         assert session.query(ArtifactRow).count() == 0
-    path.write_bytes(b"model bytes" * 50)
-    r = fleet.client.post("/v1/artifacts", json=good, headers=ADMIN_HEADERS)
+    store = tmp_path / "artifact-store"
+    assert [p for p in store.rglob("*") if p.is_file()] == []  # not even a temporary file
+    r = upload(good)
     assert r.status_code == 200 and r.json()["release"] == 3, r.text
+    assert r.json()["sha256"] == good["sha256"] and r.json()["size_bytes"] == len(data)
+    stored = store / str(good["sha256"])[:2] / str(good["sha256"])
+    assert stored.read_bytes() == data
+    assert [p for p in store.rglob("*") if p.is_file()] == [stored]
 
     (tmp_path / "keyless").mkdir()
     keyless = make_fleet(tmp_path / "keyless", public_key_path=tmp_path / "none.pem")
-    r = keyless.post("/v1/artifacts", json=good, headers=ADMIN_HEADERS)
+    r = keyless.post("/v1/artifacts", params=good, content=data, headers=ADMIN_HEADERS)
     assert r.status_code == 409 and "EDGELOOP_FLEET_PUBLIC_KEY_PATH" in r.json()["detail"]
+
+
+def test_an_artifact_registration_takes_no_host_path(fleet: Fleet) -> None:
+    """The old form (a JSON body naming a file on the controller's disk) is gone: a ``path`` is
+    an unknown parameter, and a JSON body is just bytes that do not hash to the claim."""
+    data = b"x" * 100
+    good = claim(
+        REGISTRY_KEY, "host-cpu-int8", data, model="churn", version="1", hardware_class="host-cpu"
+    )
+    r = fleet.client.post(
+        "/v1/artifacts", params={**good, "path": "/etc/passwd"}, content=data, headers=ADMIN_HEADERS
+    )
+    assert r.status_code == 422 and "path" in r.text
+    r = fleet.client.post(
+        "/v1/artifacts", json={**good, "path": "/etc/passwd"}, headers=ADMIN_HEADERS
+    )
+    assert r.status_code == 422
+
+
+def test_a_source_url_is_fetched_only_from_an_allowed_origin(fleet: Fleet) -> None:
+    """``source`` instead of a body: refused unless the operator listed its origin, and never
+    together with a body."""
+    data = b"y" * 100
+    query = {
+        **claim(
+            REGISTRY_KEY, "host-cpu-int8", data, model="churn", version="1",
+            hardware_class="host-cpu",
+        ),
+        "source": "http://169.254.169.254/latest/meta-data/",
+    }  # fmt: skip
+    r = fleet.client.post("/v1/artifacts", params=query, headers=ADMIN_HEADERS)
+    assert r.status_code == 422, r.text
+    assert "does not fetch from http://169.254.169.254" in r.json()["detail"]
+    r = fleet.client.post("/v1/artifacts", params=query, content=data, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "not both" in r.json()["detail"]
+    bad = {**query, "source": "http://q\u00ef\U000fbb80\x1b"}  # found by the API fuzz test: a 500
+    r = fleet.client.post("/v1/artifacts", params=bad, headers=ADMIN_HEADERS)
+    assert r.status_code == 422 and "not a URL" in r.json()["detail"], r.text
+
+
+@contextmanager
+def http_files(files: dict[str, bytes]) -> Iterator[str]:
+    """A plain HTTP server on loopback serving ``files`` by path, and 302 for ``/moved``; its
+    origin."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/model.onnx")
+                self.end_headers()
+                return
+            data = files.get(self.path)
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            self.wfile.write(data or b"")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_a_source_on_an_allowed_origin_is_fetched_and_checked_like_an_upload(
+    tmp_path: Path,
+) -> None:
+    data = b"served model" * 100
+    files = {"/model.onnx": data, "/tampered.onnx": data[:-1] + b"!", "/big.onnx": b"b" * 5000}
+    with (
+        http_files(files) as origin,
+        make_fleet(
+            tmp_path, artifact_source_origins=[origin], artifact_upload_max_body_bytes=4096
+        ) as fleet,
+    ):
+        query = claim(
+            REGISTRY_KEY, "host-cpu-int8", data, model="churn", version="1",
+            hardware_class="host-cpu",
+        )  # fmt: skip
+
+        def register(path: str) -> Any:
+            return fleet.post(
+                "/v1/artifacts", params={**query, "source": f"{origin}{path}"},
+                headers=ADMIN_HEADERS,
+            )  # fmt: skip
+
+        for path, why in (
+            ("/tampered.onnx", "nothing was stored"),
+            ("/moved", "answered 302"),  # no redirect: it could leave the allowed origins
+            ("/missing.onnx", "answered 404"),
+            ("/big.onnx", "more than 4096 bytes"),
+        ):
+            r = register(path)
+            assert r.status_code == 422 and why in r.json()["detail"], (path, r.text)
+        assert [p for p in (tmp_path / "artifact-store").rglob("*") if p.is_file()] == []
+        r = register("/model.onnx")
+        assert r.status_code == 200 and r.json()["size_bytes"] == len(data), r.text
+        sha = str(query["sha256"])
+        assert (tmp_path / "artifact-store" / sha[:2] / sha).read_bytes() == data
 
 
 def test_the_way_back_to_the_stable_version_is_marked_a_rollback(fleet: Fleet) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from builders import REGISTRY_KEY, registry_key, release_of, sign
+from builders import REGISTRY_KEY, claim, registry_key
 from fastapi.testclient import TestClient
 
 from fleet.controller.api.app import create_app
@@ -67,29 +67,20 @@ class Fleet:
     def artifact(
         self, model: str, version: str, hardware_class: str = "host-cpu", signed: bool = True
     ) -> dict[str, Any]:
-        path = self.tmp / f"{model}-{version}-{hardware_class}.onnx"
-        path.write_bytes(f"model {model} {version} {hardware_class}".encode() * 100)
+        data = f"model {model} {version} {hardware_class}".encode() * 100
         variant = f"{hardware_class}-int8"
-        signature = sign(REGISTRY_KEY, variant, path.read_bytes(), model=model, version=version)
-        r = self.client.post(
-            "/v1/artifacts",
-            json={
-                "model": model,
-                "version": version,
-                "variant": variant,
-                "hardware_class": hardware_class,
-                "path": str(path),
-                "signature": signature if signed else None,
-                "release": release_of(version),
-            },
-            headers=ADMIN_HEADERS,
-        )
+        query = claim(
+            REGISTRY_KEY if signed else None, variant, data, model=model, version=version,
+            hardware_class=hardware_class,
+        )  # fmt: skip
+        r = self.client.post("/v1/artifacts", params=query, content=data, headers=ADMIN_HEADERS)
         assert r.status_code == 200, r.text
-        return {"path": path, "variant": f"{hardware_class}-int8", "body": r.json()}
+        return {"data": data, "variant": variant, "body": r.json()}
 
 
 def settings(tmp: Path, **changes: Any) -> FleetSettings:
     changes.setdefault("public_key_path", registry_key(tmp))
+    changes.setdefault("artifact_dir", tmp / "artifact-store")
     return FleetSettings(
         db_url=f"sqlite:///{tmp / 'fleet.db'}",
         admin_token=ADMIN,

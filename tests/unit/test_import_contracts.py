@@ -73,6 +73,17 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
             "from sqlalchemy import select",
             "Only the controller's storage runs SQL",
         ),
+        (
+            "fleet/controller/artifacts/local.py",
+            "import fleet.controller.storage.store",
+            "The controller by concern",
+        ),
+        (
+            "fleet/controller/artifacts/s3.py",
+            "import sqlalchemy",
+            "Only the controller's storage runs SQL",
+        ),
+        ("fleet/shared/signature.py", "import boto3", "Device code installs on a small device"),
     ],
 )
 def test_a_file_that_crosses_a_line_breaks_its_contract(

@@ -1,6 +1,8 @@
 """fleet.controller.observe.playbooks: config as data (each bad file refused with its reason), never twice per
-alert, retry with exponential backoff then give up, each run recorded with its cause; the actions
-against the API's database and fake HTTP endpoints."""
+alert, retry with exponential backoff then give up, each run recorded with its cause; a playbook's
+fleet actions rate-limited per model (counted in the database, so across replicas), the runs past the
+limit recorded as limited and shown; the actions against the API's database and fake HTTP
+endpoints."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from fleet.controller.storage import store
 from fleet.controller.storage.observe_tables import AlertRow
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -133,6 +136,21 @@ def test_bad_playbooks_are_refused_with_the_reason(raw: object, message: str) ->
         playbook_config.load_playbooks(raw)
 
 
+def test_the_rate_limit_has_a_safe_default_and_refuses_nonsense() -> None:
+    loaded = book("pause_rollout")
+    assert (loaded.max_runs_per_model, loaded.rate_window_s) == (3, 3600)
+    for bad in ({"max_runs_per_model": 0}, {"rate_window_s": 0}, {"max_runs_per_model": "many"}):
+        with pytest.raises(PolicyError, match=next(iter(bad))):
+            book("pause_rollout", **bad)
+    (shipped,) = [
+        p
+        for p in playbook_config.load_playbooks_file(REPO / "playbooks.yaml")
+        if p.name == "input-drift"
+    ]
+    assert {a.action for a in shipped.actions} <= playbook_config.FLEET_ACTIONS
+    assert shipped.max_runs_per_model <= 3
+
+
 def test_a_playbooks_file_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "playbooks.yaml"
     path.write_text("playbooks: [unclosed\n")
@@ -197,6 +215,139 @@ def test_a_trigger_matches_kind_scope_and_threshold(fleet: Fleet) -> None:
     high = book("notify_webhook", trigger={"kind": "input_drift", "threshold": 5.0})
     assert run(fleet, [high], 0, fake) == []
     assert run(fleet, [book("notify_webhook")], 0, fake) == [("succeeded", 1)]
+
+
+# --- the rate limit per model ------------------------------------------------------------------
+
+
+def invented(fleet: Fleet, versions: range, at: float = 0, model: str = "churn") -> list[int]:
+    """One open alert per version, as devices inventing versions raise them."""
+    return [open_alert(fleet, at, {**SCOPE, "model": model, "version": f"v{v}"}) for v in versions]
+
+
+def runs_by_alert(fleet: Fleet) -> dict[int, dict[str, tuple[str, str]]]:
+    """``{alert_id: {action: (status, result)}}`` as the API lists them."""
+    r = fleet.client.get("/v1/playbook-runs?limit=1000", headers=ADMIN_HEADERS)
+    assert r.status_code == 200, r.text
+    out: dict[int, dict[str, tuple[str, str]]] = {}
+    for run_ in r.json():
+        out.setdefault(run_["alert_id"], {})[run_["action"]] = (run_["status"], run_["result"])
+    return out
+
+
+def test_a_playbook_acts_on_at_most_n_alerts_of_a_model_per_window(fleet: Fleet) -> None:
+    """Five invented versions of one model: the fleet action runs for the first two, the other
+    three are recorded as limited with the reason and never performed; the webhook (it only tells a
+    person) goes out for all five; another model has its own count; after the window, it acts
+    again."""
+    books = [book("pause_rollout", "notify_webhook", max_runs_per_model=2, rate_window_s=100)]
+    churn = invented(fleet, range(5))
+    other = invented(fleet, range(1), model="other")
+    paused, notified = Recorder(), Recorder()
+    with fleet.app.state.sessions() as session:
+        assert playbook_runner.schedule(session, books, fleet.clock.at(1)) == 12
+        playbook_runner.execute_due(
+            session, books, fleet.clock.at(1),
+            actions={"pause_rollout": paused, "notify_webhook": notified},
+        )  # fmt: skip
+    assert (paused.calls, notified.calls) == (3, 6)
+    runs = runs_by_alert(fleet)
+    for alert_id in churn[:2] + other:
+        assert runs[alert_id]["pause_rollout"] == ("succeeded", f"done for alert {alert_id}")
+    for alert_id in churn[2:]:
+        status, result = runs[alert_id]["pause_rollout"]
+        assert status == "limited"
+        assert result == (
+            "limited: playbook drift already acted on 2 alerts of model churn within 100 s "
+            "(max_runs_per_model 2); not performed"
+        )
+        assert runs[alert_id]["notify_webhook"][0] == "succeeded"
+    page = fleet.client.get("/dashboard", headers=ADMIN_HEADERS).text
+    assert page[page.index("id='playbooks'") :].count("limited: playbook drift") == 3
+    with fleet.app.state.sessions() as session:  # limited runs are never due
+        playbook_runner.execute_due(
+            session, books, fleet.clock.at(1000), actions={"pause_rollout": paused}
+        )
+    assert paused.calls == 3
+    # the window has passed: the next invented version is acted on, then the limit holds again
+    later = invented(fleet, range(5, 8), at=150)
+    with fleet.app.state.sessions() as session:
+        playbook_runner.schedule(session, books, fleet.clock.at(150))
+    runs = runs_by_alert(fleet)
+    assert [runs[a]["pause_rollout"][0] for a in later] == ["pending", "pending", "limited"]
+
+
+def test_the_rate_limit_is_counted_in_the_database_across_replicas(fleet: Fleet) -> None:
+    """Each replica schedules with its own session and nothing in memory: what one acted on counts
+    for the other; and replicas scheduling the same flood at the same time still act on at most
+    ``max_runs_per_model`` alerts of the model between them."""
+    books = [book("pause_rollout", max_runs_per_model=2)]
+    first = invented(fleet, range(1))
+    with fleet.app.state.sessions() as replica_a:
+        assert playbook_runner.schedule(replica_a, books, fleet.clock.at(1)) == 1
+    flood = invented(fleet, range(1, 9), at=2)
+    started = threading.Barrier(4)
+
+    def replica() -> None:
+        with fleet.app.state.sessions() as session:
+            started.wait()
+            for at in (
+                3,
+                4,
+                5,
+            ):  # a replica whose batch lost to another's schedules on its next pass
+                playbook_runner.schedule(session, books, fleet.clock.at(at))
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    runs = runs_by_alert(fleet)
+    assert sorted(runs) == sorted(first + flood)  # every alert recorded, once per action
+    acted = [a for a in first + flood if runs[a]["pause_rollout"][0] == "pending"]
+    assert acted == [first[0], flood[0]]  # the oldest alerts, and no more than two
+    assert all(runs[a]["pause_rollout"][0] == "limited" for a in flood[1:])
+
+
+def test_the_migration_gives_earlier_runs_their_alerts_model(tmp_path: Path) -> None:
+    """Runs recorded before the rate limit existed count towards it: migration 0011 takes each
+    run's model from its alert's scope."""
+    import importlib
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from fleet.controller.storage import db
+
+    migration = importlib.import_module(
+        "fleet.controller.storage.migrations.versions.0011_playbook_rate_limit"
+    )
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, migration.down_revision)
+        connection.execute(
+            text(
+                "INSERT INTO alerts (id, kind, scope_key, scope, value, threshold, reason, status, "
+                "occurrences, suppressed, opened_at, last_seen_at) VALUES (7, 'input_drift', "
+                '\'model=churn\', \'{"model": "churn", "version": "9"}\', 1, 0.2, \'r\', '
+                "'open', 1, 0, '2024-01-01 00:00:00', '2024-01-01 00:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO playbook_runs (playbook, alert_id, action, cause, status, result, "
+                "attempts, created_at, updated_at) VALUES ('drift', 7, 'pause_rollout', 'c', "
+                "'succeeded', 'paused', 1, '2024-01-01 00:00:00', '2024-01-01 00:00:00')"
+            )
+        )
+        command.upgrade(config, "head")
+        assert connection.execute(text("SELECT model FROM playbook_runs")).scalar_one() == "churn"
+    engine.dispose()
 
 
 # --- the actions -------------------------------------------------------------------------------

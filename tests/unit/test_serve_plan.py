@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from edgeloop.cli.serve_plan import (
+    ADMIN_TOKEN,
+    LISTENER_SECRET,
+    SECRETS,
+    SIGNING_KEYS,
     WEBHOOK_KEY,
     ServePlan,
+    ServeSecrets,
     check_db_url,
     children,
     secret,
@@ -22,6 +27,27 @@ def plan(tmp_path: Path, **kw: object) -> ServePlan:
         home=tmp_path, host="127.0.0.1", base_port=4200,
         controller_url="http://127.0.0.1:8787", **kw,  # type: ignore[arg-type]
     )  # fmt: skip
+
+
+def held(tmp_path: Path, mlflow_key: str = "fernet-key") -> ServeSecrets:
+    return ServeSecrets("admin-token", "listener-secret", mlflow_key, tmp_path / "keys")
+
+
+def test_each_secret_goes_to_the_children_that_use_it_and_no_other(tmp_path: Path) -> None:
+    specs = {c.name: c for c in children(plan(tmp_path), {}, ["hw-rpi4-arm64"], held(tmp_path))}
+    holders = {name: sorted(k for k in SECRETS if spec.env.get(k)) for name, spec in specs.items()}
+    assert holders == {
+        "prefect-server": [],
+        "mlflow-server": [WEBHOOK_KEY],
+        "fleet-controller": [ADMIN_TOKEN],
+        "promotion-listener": [LISTENER_SECRET],
+        "worker edgeloop-ops": [ADMIN_TOKEN, SIGNING_KEYS],  # its flows roll out and register
+        "worker hw-rpi4-arm64": [],
+    }
+    for spec in specs.values():  # what serve's own environment holds is not inherited either
+        assert spec.withheld == SECRETS - spec.env.keys(), spec.name
+    with pytest.raises(AssertionError, match="a secret in the environment every child gets"):
+        children(plan(tmp_path), {ADMIN_TOKEN: "x"}, [], held(tmp_path))
 
 
 def test_sqlite_stores_live_under_the_home(tmp_path: Path) -> None:
@@ -62,7 +88,7 @@ def test_secret_prefers_the_variable_then_the_file_else_makes_one_private(
 
 def test_loopback_webhook_settings_only_when_asked(tmp_path: Path) -> None:
     def mlflow_env(p: ServePlan) -> dict[str, str]:
-        return next(c.env for c in children(p, {}, []) if c.name == "mlflow-server")
+        return next(c.env for c in children(p, {}, [], held(tmp_path)) if c.name == "mlflow-server")
 
     assert "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS" not in mlflow_env(plan(tmp_path))
     allowed = plan(tmp_path, allow_loopback_webhooks=True)
@@ -74,7 +100,9 @@ def test_mlflow_job_runner_is_off_unless_the_operator_turns_it_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def job_execution() -> str:
-        spec = next(c for c in children(plan(tmp_path), {}, []) if c.name == "mlflow-server")
+        spec = next(
+            c for c in children(plan(tmp_path), {}, [], held(tmp_path)) if c.name == "mlflow-server"
+        )
         return spec.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
 
     monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
@@ -84,7 +112,7 @@ def test_mlflow_job_runner_is_off_unless_the_operator_turns_it_on(
 
 
 def test_one_worker_per_pool_and_the_controller_where_params_say(tmp_path: Path) -> None:
-    specs = {c.name: c for c in children(plan(tmp_path), {}, ["hw-rpi4-arm64"])}
+    specs = {c.name: c for c in children(plan(tmp_path), {}, ["hw-rpi4-arm64"], held(tmp_path))}
     assert {"worker edgeloop-ops", "worker hw-rpi4-arm64"} <= set(specs)
     argv = specs["fleet-controller"].argv
     assert argv[argv.index("--port") + 1] == "8787"
@@ -103,7 +131,7 @@ def test_the_webhook_key_is_kept_and_goes_to_the_mlflow_server_alone(
     assert webhook_key(p) == key  # a restarted stack decrypts what it stored
     token = Fernet(key.encode()).encrypt(b"listener secret")  # the form mlflow server takes
     assert Fernet(webhook_key(p).encode()).decrypt(token) == b"listener secret"
-    specs = children(p, {"SHARED": "1"}, ["hw-rpi4-arm64"], mlflow_key=key)
+    specs = children(p, {"SHARED": "1"}, ["hw-rpi4-arm64"], held(tmp_path, key))
     holders = [c.name for c in specs if WEBHOOK_KEY in c.env]
     assert holders == ["mlflow-server"]
     monkeypatch.setenv(WEBHOOK_KEY, "from-the-operator")
@@ -118,7 +146,7 @@ def test_a_database_name_postgresql_would_cut_short_is_refused() -> None:
 
 def test_no_database_password_on_a_child_command_line(tmp_path: Path) -> None:
     p = plan(tmp_path, db_url="postgresql://edgeloop:hunter2@db:5432/edgeloop")
-    specs = children(p, {}, ["hw-rpi4-arm64"])
+    specs = children(p, {}, ["hw-rpi4-arm64"], held(tmp_path))
     assert not [c.name for c in specs if any("hunter2" in a for a in c.argv)]
     mlflow = next(c for c in specs if c.name == "mlflow-server")
     assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == p.database("mlflow")

@@ -127,3 +127,17 @@ def test_missing_command_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(SupervisorError, match=r"cannot start ghost"):
         Supervisor([missing]).start_all()
+
+
+def test_a_withheld_variable_is_not_inherited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGELOOP_TEST_SECRET", "s3cret")
+    monkeypatch.setenv("EDGELOOP_TEST_PLAIN", "plain")
+    code = "import os\nprint(os.environ.get('EDGELOOP_TEST_SECRET'), os.environ.get('EDGELOOP_TEST_PLAIN'))"
+    child = spec(tmp_path, "reader", code)
+    child.withheld = frozenset({"EDGELOOP_TEST_SECRET"})
+    sup = Supervisor([child])
+    sup.start_all()
+    _wait_exit(sup, "reader")
+    assert child.log.read_text().split() == ["None", "plain"]

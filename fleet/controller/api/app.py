@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.controller import reconcile as loop
 from fleet.controller.api import metrics
+from fleet.controller.api.body_limits import controller_limits
 from fleet.controller.api.responses import add_implied_errors
 from fleet.controller.api.routes_devices import router as devices_router
 from fleet.controller.api.routes_field import router as field_router
@@ -41,6 +42,7 @@ from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.observe import loop as observe
 from fleet.controller.settings import FleetSettings
 from fleet.controller.storage import db
+from fleet.shared.body_limit import LimitBodySize
 from fleet.shared.protocol import API_PREFIX
 
 
@@ -148,6 +150,8 @@ def create_app(
     app.state.notifier = notifier
     app.state.clock = clock
     app.add_exception_handler(ControllerError, _error_response)
+    # before anything reads a body: a 300 MB one is a 413, never in memory (body_limits)
+    app.add_middleware(LimitBodySize, limits=controller_limits(settings))
 
     @app.get(f"{API_PREFIX}/health")
     def health() -> dict[str, str]:

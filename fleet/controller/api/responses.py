@@ -8,8 +8,8 @@ and ``hint``, from a store error in ``app`` (:class:`ErrorDetail`). A route list
 handler makes with ``responses=errors(404, 409, ...)``; a 422 it can answer either way is
 ``errors(422)``. The answers that follow from how a route is built are added to every route by
 :func:`add_implied_errors`: a JSON body that is not UTF-8 is a 400 (FastAPI's "There was an error
-parsing the body"), and a route behind the bearer scheme (the admin token or a device credential)
-answers 401.
+parsing the body"), a body over the route's size limit a 413 (``body_limits``, before it is read),
+and a route behind the bearer scheme (the admin token or a device credential) answers 401.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ _WHY = {
     403: "A device credential on another device's path",
     404: "Nothing by that name",
     409: "Refused in the current state (see detail and reason)",
+    413: "The body is over this route's size limit (the detail names it): refused before it "
+    "was read, nothing stored",
     422: "The request does not parse, or the controller refuses its values (see detail)",
+    503: "The artifact store did not answer or refused the controller; nothing was stored",
 }
 
 
@@ -69,18 +72,25 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 _REF = "#/components/schemas/ErrorDetail"
+_BODY_METHODS = ("post", "put", "patch")
 
 
 def add_implied_errors(openapi: dict[str, Any]) -> dict[str, Any]:
     """Add to each operation of the ``openapi`` document the errors that follow from its shape (400
-    with a request body, 401 behind a security scheme) where the route does not list them itself."""
+    with a request body, 401 behind a security scheme, 413 with a body or a method that sends one:
+    a route that reads its body itself declares none) where the route does not list them itself."""
     implied = False
     for path_item in openapi.get("paths", {}).values():
-        for operation in path_item.values():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            for code, applies in ((400, "requestBody"), (401, "security")):
-                if applies in operation and str(code) not in operation["responses"]:
+            sends_body = "requestBody" in operation or method in _BODY_METHODS
+            for code, applies in (
+                (400, "requestBody" in operation),
+                (401, "security" in operation),
+                (413, sends_body),
+            ):
+                if applies and str(code) not in operation["responses"]:
                     implied = True
                     operation["responses"][str(code)] = {
                         "description": _WHY[code],

@@ -2,34 +2,32 @@
 
 Requests and answers are the models of ``fleet.shared.protocol``, the contract shared with the agent. Handlers
 are thin: they authenticate (``auth``), call ``store`` with the app's clock, and translate the store's
-typed errors into HTTP statuses in ``app``.
+typed errors into HTTP statuses in ``app``. The artifact routes (registration and download) are in
+``routes_artifacts``, included in this router.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.api.auth import (
     Admin,
-    CurrentDevice,
     DeviceIdentity,
     OwnDevice,
     SessionDep,
     forget_devices,
 )
 from fleet.controller.api.responses import errors
+from fleet.controller.api.routes_artifacts import router as artifacts_router
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
 from fleet.shared.admin_protocol import (
-    ArtifactRegistration,
     Baseline,
     BaselineSet,
     RetireRequest,
@@ -38,7 +36,6 @@ from fleet.shared.admin_protocol import (
 from fleet.shared.protocol import (
     LONG_POLL_MAX_S,
     MAX_DB_INT,
-    Artifact,
     DesiredState,
     EnrolmentToken,
     EnrolmentTokenRequest,
@@ -47,9 +44,9 @@ from fleet.shared.protocol import (
     TelemetryAck,
     TelemetryBatch,
 )
-from fleet.shared.signature import ReleaseClaim, file_sha256, verify_claim
 
 router = APIRouter()
+router.include_router(artifacts_router)
 
 
 @router.post("/enrolment-tokens", response_model=EnrolmentToken, dependencies=[Admin])
@@ -99,101 +96,6 @@ async def desired(
                 return current
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout=min(remaining, recheck))
-
-
-@router.get(
-    "/artifacts/{model}/{version}/{variant}",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {}}},
-        304: {},
-        206: {},
-        **errors(404),
-    },
-)
-def artifact(
-    model: str,
-    version: str,
-    variant: str,
-    request: Request,
-    device: CurrentDevice,
-) -> Response:
-    """The variant file, for devices of its hardware class: ``ETag`` is the quoted sha256, ``Range``
-    resumes a download (206), ``If-None-Match`` answers 304. The database session closes before
-    the file is sent: a slow download must not hold one of the pool's connections (50 devices
-    fetching a new version at once exhausted the pool and timed out every other request)."""
-    with request.app.state.sessions() as session:
-        row = store.artifact_row(session, model, version, variant, device.hardware_class)
-        if row is not None:
-            session.expunge(row)
-    if row is None or not row.signature:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such artifact")
-    etag = f'"{row.sha256}"'
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0"}
-    candidates = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
-    if etag in candidates or "*" in candidates:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    path = Path(row.path)
-    if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such artifact")
-    return FileResponse(path, media_type="application/octet-stream", headers=headers)
-
-
-@router.post(
-    "/artifacts",
-    response_model=Artifact | None,
-    dependencies=[Admin],
-    responses=errors(409, 422),
-)
-def register_artifact(
-    body: ArtifactRegistration, request: Request, session: SessionDep
-) -> Artifact | None:
-    path = Path(body.path)
-    if not path.is_file():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"no file at {path}")
-    if body.signature is not None:
-        _check_signature(body, path, request.app.state.settings.public_key_pem())
-    return store.register_artifact(
-        session,
-        model=body.model,
-        version=body.version,
-        variant=body.variant,
-        hardware_class=body.hardware_class,
-        path=path,
-        signature=body.signature,
-        release=body.release,
-        now=request.app.state.clock(),
-    )
-
-
-def _check_signature(body: ArtifactRegistration, path: Path, public_key_pem: str) -> None:
-    """Refuse (422, nothing stored) a signed artifact whose bytes or names the fleet key did not
-    sign: the controller checks what it is handed, so a file rewritten in the artifact store is
-    never advertised to a device."""
-    if not public_key_pem:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail="the controller has no registry public key to check signatures with: "
-            "set EDGELOOP_FLEET_PUBLIC_KEY_PATH (the registry's signing-ed25519.pub.pem)",
-        )
-    claim = ReleaseClaim(
-        model=body.model,
-        version=body.version,
-        variant=body.variant,
-        sha256=file_sha256(path),
-        release=body.release,
-    )
-    try:
-        valid = verify_claim(public_key_pem.encode(), claim, body.signature or "")
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"registry public key: {exc}") from exc
-    if not valid:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"the signature does not verify for {claim.describe()} with sha256 "
-            f"{claim.sha256}: the file, its names or its release are not what the registry "
-            "signed; nothing was stored",
-        )
 
 
 @router.post("/devices/retire", response_model=RetireResult, dependencies=[Admin])

@@ -11,6 +11,11 @@ enrolment). For each window ``[end - window_s, end)`` and scope the series are:
 - ``drift_psi``: the largest input-drift PSI a device of the scope reported (0 when none did);
 - ``drift_devices``: the share of the scope's reporting devices that reported input drift.
 
+Each point keeps how many distinct devices its value stands on: those that reported inferences for
+the error rate, labelled feedback for accuracy, latencies for the percentiles, and every reporting
+device for the drift series. An alert on a series needs enough of them (``loop``), so a device that
+alone sends feedback cannot pass its numbers off as a scope's of several devices.
+
 Points are upserted by ``(scope, metric, window_end)``, so running a window twice is harmless.
 """
 
@@ -46,6 +51,9 @@ class _Sums:
     correct: int = 0
     labelled: int = 0
     latency_counts: list[int] = field(default_factory=list)
+    inferring: set[str] = field(default_factory=set)
+    labelling: set[str] = field(default_factory=set)
+    timing: set[str] = field(default_factory=set)
     drifted: set[str] = field(default_factory=set)
     psi: float = 0.0
 
@@ -99,8 +107,14 @@ def aggregate_window(
             s.errors += errors
             s.correct += correct
             s.labelled += labelled
+            if inferences:
+                s.inferring.add(device_id)
+            if labelled:
+                s.labelling.add(device_id)
             if tuple(latency["bounds_ms"]) == LATENCY_BOUNDS_MS:  # the one layout ingest accepts
                 counts = latency["counts"]
+                if any(counts):
+                    s.timing.add(device_id)
                 s.latency_counts = (
                     [a + b for a, b in zip(s.latency_counts, counts, strict=True)]
                     if s.latency_counts
@@ -123,9 +137,9 @@ def aggregate_window(
             "drift_devices": (len(s.drifted) / n, n, len(s.drifted)),
         }
         if s.inferences:
-            metrics["error_rate"] = (s.errors / s.inferences, n, s.inferences)
+            metrics["error_rate"] = (s.errors / s.inferences, len(s.inferring), s.inferences)
         if s.labelled:
-            metrics["accuracy"] = (s.correct / s.labelled, n, s.labelled)
+            metrics["accuracy"] = (s.correct / s.labelled, len(s.labelling), s.labelled)
         merged = (
             LatencyHistogram(bounds_ms=LATENCY_BOUNDS_MS, counts=tuple(s.latency_counts))
             if s.latency_counts
@@ -138,7 +152,7 @@ def aggregate_window(
         ):
             found = quantile_ms(merged, q) if merged is not None else None
             if found is not None and merged is not None:
-                metrics[metric] = (found[0], n, merged.total)
+                metrics[metric] = (found[0], len(s.timing), merged.total)
         points[scope] = metrics
         series.upsert_points(session, scope, end, metrics)
     findings = [

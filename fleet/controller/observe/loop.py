@@ -14,6 +14,11 @@ closes alerts quiet for ``alert_quiet_s``, deletes raw observations older than `
 then schedules and executes the matching playbooks. Each
 step commits; a failing pass is logged and the next one tries again.
 
+A fleet alert (input drift, a series anomaly) needs ``alert_min_devices`` distinct devices behind it:
+a device's reports are its own word, so one device, broken or lying, never raises one alone (nor,
+through it, a playbook acting on the fleet). The per-device alerts are about the reporting device
+itself.
+
 Settings come from ``EDGELOOP_FLEET_OBSERVE_*`` variables (:class:`ObserveSettings`).
 """
 
@@ -62,11 +67,11 @@ class ObserveSettings(BaseSettings):
     enabled: bool = Field(True, description="run the observation pass in the background")
     period_s: float = Field(5.0, gt=0, description="how often the pass runs")
     window_s: float = Field(30.0, gt=0, description="the window each pass aggregates")
-    drift_min_devices: int = Field(
+    alert_min_devices: int = Field(
         2,
         ge=1,
-        description="devices reporting drift before an alert: one device's noise (or one "
-        "device lying) never raises one",
+        description="distinct devices behind a fleet alert (reporting input drift, or in the "
+        "window of an anomalous series): one device's noise (or one device lying) never raises one",
     )
     drift_min_fraction: float = Field(
         0.05, ge=0, le=1, description="and at least this share of the scope's devices"
@@ -112,7 +117,7 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
     raised: list[AlertRow | None] = []
     for f in findings:
         fraction = len(f.drifted) / max(1, f.devices)
-        if len(f.drifted) < settings.drift_min_devices or fraction < settings.drift_min_fraction:
+        if len(f.drifted) < settings.alert_min_devices or fraction < settings.drift_min_fraction:
             continue
         reason = (
             f"input drift on feature {f.feature}: PSI {f.psi:.2f} > {f.threshold:.2f} "
@@ -129,7 +134,9 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
         for metric, direction, min_change in WATCHED:
             if metric not in metrics:
                 continue
-            value = metrics[metric][0]
+            value, devices, _samples = metrics[metric]
+            if devices < settings.alert_min_devices:
+                continue
             detector = RobustZ(
                 threshold=settings.anomaly_threshold,
                 min_history=settings.anomaly_min_history,
@@ -144,7 +151,7 @@ def detect(session: Session, now: datetime, settings: ObserveSettings) -> list[A
             side = "above" if direction == "up" else "below"
             reason = (
                 f"{metric} {value:.4g} is {side} its robust limit {limit:.4g} (median/MAD over "
-                f"{len(past)} windows, z {detector.score(past, value):.1f}) for "
+                f"{len(past)} windows, z {detector.score(past, value):.1f}, {devices} devices) for "
                 f"{scope.model} {scope.version} on {scope.hardware_class}"
                 + (f" {scope.label}" if scope.label != aggregate.ALL else "")
             )

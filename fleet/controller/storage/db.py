@@ -152,14 +152,14 @@ class BaselineRow(Base):
 
 
 class ArtifactRow(Base):
-    """The variant file of one version for one hardware class."""
+    """The variant of one version for one hardware class; its bytes are in the artifact store
+    (``fleet.controller.artifacts``) under ``sha256``."""
 
     __tablename__ = "artifacts"
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     version: Mapped[str] = mapped_column(String(128), primary_key=True)
     hardware_class: Mapped[str] = mapped_column(String(128), primary_key=True)
     variant: Mapped[str] = mapped_column(String(128))
-    path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text, nullable=True)
     release: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")

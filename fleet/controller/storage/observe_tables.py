@@ -107,17 +107,22 @@ class AlertRow(Base):
 
 
 class PlaybookRunRow(Base):
-    """One action of one playbook for one alert; the unique key makes it run once per alert."""
+    """One action of one playbook for one alert; the unique key makes it run once per alert.
+    ``status``: pending, running, succeeded, skipped (nothing to act on), failed, or limited (held
+    back by the playbook's rate limit per model; ``result`` says why)."""
 
     __tablename__ = "playbook_runs"
     __table_args__ = (
         UniqueConstraint("playbook", "alert_id", "action", name="uq_playbook_run"),
         Index("ix_playbook_runs_due", "status", "next_attempt_at"),
+        Index("ix_playbook_runs_rate", "playbook", "model", "created_at"),
     )
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     playbook: Mapped[str] = mapped_column(String(128))
     alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
     action: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    """The alert's model: what a playbook's rate limit counts per (migration 0011)."""
     cause: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     result: Mapped[str] = mapped_column(Text)

@@ -3,13 +3,17 @@ and outcome.
 
 The row is unique on the three, so scheduling twice (a replica, a restart, the next pass) adds
 nothing; an attempt is claimed with a conditional update, so two replicas never run the same one.
+Each row also keeps the alert's model, so a playbook's rate limit per model is counted here, in the
+database every replica shares (:func:`alerts_acted_on`), never in one process's memory. A run the
+limit held back is stored as ``limited`` with the reason, never due.
 When and what to run is ``observe.playbooks.runner``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -17,8 +21,19 @@ from sqlalchemy.orm import Session
 
 from fleet.controller.storage.observe_tables import PlaybookRunRow
 
-PendingRun = tuple[str, int, str, str]
-"""``(playbook, alert_id, action, cause)`` of a run to schedule."""
+LIMITED = "limited"
+"""The status of a run the playbook's rate limit held back: recorded, never performed."""
+
+
+class PendingRun(NamedTuple):
+    """A run to schedule; ``limited`` is the reason when the rate limit holds it back."""
+
+    playbook: str
+    alert_id: int
+    action: str
+    cause: str
+    model: str = ""
+    limited: str | None = None
 
 
 def known_runs(session: Session) -> set[tuple[str, int, str]]:
@@ -31,14 +46,38 @@ def known_runs(session: Session) -> set[tuple[str, int, str]]:
     }
 
 
+def alerts_acted_on(
+    session: Session, playbook: str, model: str, actions: Collection[str], since: datetime
+) -> set[int]:
+    """The alerts of ``model`` for which ``playbook`` scheduled one of ``actions`` (not held back
+    by its rate limit) at or after ``since``."""
+    return set(
+        session.scalars(
+            select(PlaybookRunRow.alert_id)
+            .where(
+                PlaybookRunRow.playbook == playbook,
+                PlaybookRunRow.model == model,
+                PlaybookRunRow.action.in_(sorted(actions)),
+                PlaybookRunRow.status != LIMITED,
+                PlaybookRunRow.created_at >= since,
+            )
+            .distinct()
+        )
+    )
+
+
 def add_pending(session: Session, runs: Iterable[PendingRun], now: datetime) -> bool:
-    """Record ``runs`` as pending, due now, in one commit; False (and nothing recorded) when another
-    replica recorded one of them first."""
-    for playbook, alert_id, action, cause in runs:
+    """Record ``runs`` in one commit: pending and due now, or ``limited`` with the reason and never
+    due; False (and nothing recorded) when another replica recorded one of them first. That one
+    commit is what keeps the rate limit across replicas: two replicas deciding on the same alert
+    write the same row, so only the one that counted every run before it lands."""
+    for run in runs:
         session.add(
             PlaybookRunRow(
-                playbook=playbook, alert_id=alert_id, action=action, cause=cause[:2000],
-                status="pending", result="", attempts=0, next_attempt_at=now,
+                playbook=run.playbook, alert_id=run.alert_id, action=run.action,
+                model=run.model, cause=run.cause[:2000],
+                status=LIMITED if run.limited else "pending", result=(run.limited or "")[:2000],
+                attempts=0, next_attempt_at=None if run.limited else now,
                 created_at=now, updated_at=now,
             )
         )  # fmt: skip

@@ -18,7 +18,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
@@ -73,7 +72,6 @@ from fleet.shared.protocol import (
     TelemetryAck,
     TelemetryReport,
 )
-from fleet.shared.signature import file_sha256
 
 ACTIONS: TypeAdapter[list[Action]] = TypeAdapter(list[Action])
 ACTION: TypeAdapter[Action] = TypeAdapter(Action)
@@ -453,19 +451,20 @@ def register_artifact(
     version: str,
     variant: str,
     hardware_class: str,
-    path: Path,
+    sha256: str,
+    size_bytes: int,
     signature: str | None,
     release: int,
     now: datetime,
 ) -> Artifact | None:
-    """Record (or replace) the variant file of a version for a hardware class; hashes the file."""
-    path = Path(path).resolve()
+    """Record (or replace) the variant of a version for a hardware class: the bytes are already in
+    the artifact store under ``sha256`` (``fleet.controller.artifacts``), checked by the API."""
     row = session.get(ArtifactRow, (model, version, hardware_class))
     if row is None:
         row = ArtifactRow(model=model, version=version, hardware_class=hardware_class)
         session.add(row)
-    row.variant, row.path, row.signature, row.release = variant, str(path), signature, release
-    row.sha256, row.size_bytes, row.created_at = file_sha256(path), path.stat().st_size, now
+    row.variant, row.signature, row.release = variant, signature, release
+    row.sha256, row.size_bytes, row.created_at = sha256, size_bytes, now
     session.commit()
     return _artifact(row) if signature else None
 

@@ -1,5 +1,11 @@
-"""Playbooks' configuration: the schema of ``playbooks.yaml`` (trigger, actions, retries) and its
-loading, with :class:`~fleet.controller.errors.PolicyError` naming what is wrong."""
+"""Playbooks' configuration: the schema of ``playbooks.yaml`` (trigger, actions, retries, rate limit)
+and its loading, with :class:`~fleet.controller.errors.PolicyError` naming what is wrong.
+
+The rate limit exists because an alert's scope is only as honest as the devices behind it: devices
+inventing versions open one alert per invented version, and a playbook acting once per alert would
+pause the model's rollouts and open a retraining run for each. So a playbook acts on the fleet for
+at most ``max_runs_per_model`` alerts of one model per ``rate_window_s``; the runner records the
+runs beyond that as ``limited``, with the reason, instead of performing them."""
 
 from __future__ import annotations
 
@@ -16,6 +22,11 @@ from fleet.controller.storage.observe_tables import AlertRow
 ActionName = Literal[
     "pause_rollout", "rollback_cohort", "quarantine_device", "open_retrain", "notify_webhook"
 ]
+FLEET_ACTIONS: frozenset[str] = frozenset(
+    ("pause_rollout", "rollback_cohort", "quarantine_device", "open_retrain")
+)
+"""The actions that change the fleet or start work on its behalf, held back by a playbook's rate
+limit; ``notify_webhook`` only tells a person, and is never limited."""
 
 
 class _Config(BaseModel):
@@ -50,6 +61,14 @@ class Playbook(_Config):
     actions: list[PlaybookAction] = Field(min_length=1)
     max_attempts: int = Field(3, ge=1, le=20)
     backoff_s: float = Field(5.0, ge=0)
+    max_runs_per_model: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="alerts of one model this playbook's fleet actions act on per rate_window_s; "
+        "a run beyond it is recorded as limited, not performed",
+    )
+    rate_window_s: float = Field(3600.0, gt=0, le=30 * 86_400)
 
 
 class Playbooks(_Config):
