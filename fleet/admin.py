@@ -31,12 +31,19 @@ from fleet.shared.admin_protocol import (
     RolloutRequest,
     RolloutSummary,
 )
-from fleet.shared.protocol import API_PREFIX, Artifact, EnrolmentToken, EnrolmentTokenRequest
+from fleet.shared.protocol import (
+    API_PREFIX,
+    Artifact,
+    EnrolmentToken,
+    EnrolmentTokenInfo,
+    EnrolmentTokenRequest,
+)
 
 _ROLLOUTS = TypeAdapter(list[RolloutSummary])
 UPLOAD_CHUNK = 1 << 20
 _ALERTS = TypeAdapter(list[Alert])
 _PLAYBOOK_RUNS = TypeAdapter(list[PlaybookRun])
+_TOKENS = TypeAdapter(list[EnrolmentTokenInfo])
 
 
 def _chunks(fh: BinaryIO) -> Iterator[bytes]:
@@ -167,7 +174,22 @@ class AdminClient:
         return _PLAYBOOK_RUNS.validate_python(self._call("GET", "/playbook-runs"))
 
     def enrolment_token(
-        self, uses: int, ttl_s: int = 86_400, hardware_class: str | None = None
+        self,
+        uses: int,
+        ttl_s: int = 86_400,
+        hardware_class: str | None = None,
+        *,
+        device_id: str | None = None,
+        device_prefix: str | None = None,
     ) -> EnrolmentToken:
-        body = EnrolmentTokenRequest(uses=uses, ttl_s=ttl_s, hardware_class=hardware_class)
+        body = EnrolmentTokenRequest(
+            uses=uses, ttl_s=ttl_s, hardware_class=hardware_class, device_id=device_id,
+            device_prefix=device_prefix,
+        )  # fmt: skip
         return EnrolmentToken.model_validate(self._call("POST", "/enrolment-tokens", body))
+
+    def enrolment_tokens(self) -> list[EnrolmentTokenInfo]:
+        return _TOKENS.validate_python(self._call("GET", "/enrolment-tokens"))
+
+    def revoke_enrolment_token(self, token_id: int) -> None:
+        self._call("DELETE", f"/enrolment-tokens/{token_id}")

@@ -491,7 +491,8 @@ def fleet_retire(
 
 @fleet_app.command("token")
 def fleet_token(
-    action: Annotated[str, typer.Argument(help="create")],
+    action: Annotated[str, typer.Argument(help="create | list | revoke")],
+    token_id: Annotated[int | None, typer.Argument(help="revoke: the token's id")] = None,
     uses: Annotated[int, typer.Option(min=1, max=100_000, help="Devices it may enrol.")] = 1,
     ttl: Annotated[
         int, typer.Option(min=60, max=30 * 86_400, help="Seconds until it expires.")
@@ -499,26 +500,53 @@ def fleet_token(
     hardware_class: Annotated[
         str | None, typer.Option("--class", help="Only devices of this hardware class.")
     ] = None,
+    device_id: Annotated[
+        str | None, typer.Option(help="Only the device of this id (one use).")
+    ] = None,
+    device_prefix: Annotated[
+        str | None, typer.Option(help="Only device ids that begin with this.")
+    ] = None,
     url: Annotated[str | None, URL_OPTION] = None,
 ) -> None:
-    """Create an enrolment token for devices (`edgeloop fleet token create --uses 5`)."""
+    """Enrolment tokens: `create --uses 5 [--device-prefix cam-]`, `list`, `revoke ID`."""
 
     def go() -> None:
         from edgeloop.core.errors import ConfigError
         from fleet.admin import AdminError
 
-        if action != "create":
-            raise ConfigError(f"unknown action {action!r}", hint="edgeloop fleet token create")
+        if action not in {"create", "list", "revoke"} or (action == "revoke") != (
+            token_id is not None
+        ):
+            raise ConfigError(
+                f"unknown action {action!r}" if action not in {"create", "list", "revoke"}
+                else "revoke takes the token's id (and only revoke does)",
+                hint="edgeloop fleet token create | list | revoke ID",
+            )  # fmt: skip
         settings, address, admin = _connect(url)
         try:
-            token = admin.enrolment_token(uses, ttl, hardware_class)
+            if action == "list":
+                _print_tokens(admin.enrolment_tokens())
+                return
+            if action == "revoke":
+                assert token_id is not None
+                admin.revoke_enrolment_token(token_id)
+                console.print(f"revoked enrolment token {token_id}", highlight=False)
+                return
+            token = admin.enrolment_token(
+                uses, ttl, hardware_class, device_id=device_id, device_prefix=device_prefix
+            )
         except AdminError as exc:
             raise _admin_failure(exc, address) from exc
         finally:
             admin.close()
         console.print(token.token, highlight=False, soft_wrap=True)
+        bound = (
+            f"device {device_id}" if device_id
+            else f"{token.uses} device(s) with ids {device_prefix}*" if device_prefix
+            else f"{token.uses} device(s)"
+        )  # fmt: skip
         err_console.print(
-            f"enrolment token for {token.uses} device(s) of "
+            f"enrolment token {token.token_id} for {bound} of "
             f"{hardware_class or 'any class'}, until {token.expires_at:%Y-%m-%d %H:%M %Z}; on the "
             f"device: EDGELOOP_AGENT_CONTROLLER_URL={address.url} "
             "EDGELOOP_AGENT_ENROLMENT_TOKEN=<the token> edgeloop agent (a device not on this "
@@ -529,6 +557,18 @@ def fleet_token(
         )
 
     guard(go)
+
+
+def _print_tokens(tokens: list[Any]) -> None:
+    table = Table(title=f"{len(tokens)} enrolment token(s) that can still enrol")
+    for column in ("id", "uses left", "expires", "class", "device id", "id prefix"):
+        table.add_column(column)
+    for t in tokens:
+        table.add_row(
+            str(t.token_id), str(t.uses_left), f"{t.expires_at:%Y-%m-%d %H:%M %Z}",
+            t.hardware_class or "any", t.device_id or "-", t.device_prefix or "-",
+        )  # fmt: skip
+    console.print(table)
 
 
 def headline(outcome: RolloutOutcome) -> str:

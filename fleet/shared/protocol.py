@@ -64,17 +64,44 @@ def field_samples_path(device_id: str) -> str:
 
 
 class EnrolmentTokenRequest(_Wire):
-    """Admin: a one-time token for ``uses`` devices, valid for ``ttl_s`` seconds."""
+    """Admin: a one-time token for ``uses`` devices, valid for ``ttl_s`` seconds; bound, with
+    ``device_id``, to the one device of that id, or with ``device_prefix`` to ids that begin so (a
+    device does not choose an id outside what its token allows)."""
 
     uses: int = Field(1, ge=1, le=100_000)
     ttl_s: int = Field(86_400, ge=60, le=30 * 86_400)
     hardware_class: str | None = Field(None, pattern=NAME, description="restrict to one class")
+    device_id: str | None = Field(None, pattern=NAME, description="only this device id (uses 1)")
+    device_prefix: str | None = Field(
+        None, pattern=NAME, max_length=64, description="only device ids that begin with it"
+    )
+
+    @model_validator(mode="after")
+    def _one_binding(self) -> EnrolmentTokenRequest:
+        if self.device_id is not None and (self.device_prefix is not None or self.uses != 1):
+            raise ValueError(
+                "a token bound to a device_id enrols that one device: uses 1, no prefix"
+            )
+        return self
 
 
 class EnrolmentToken(_Wire):
     token: str
     expires_at: AwareDatetime
     uses: int
+    token_id: int = Field(description="names the token to list or revoke it (never the token)")
+
+
+class EnrolmentTokenInfo(_Wire):
+    """Admin: a token that can still enrol a device, without the token itself."""
+
+    token_id: int
+    uses_left: int
+    expires_at: AwareDatetime
+    created_at: AwareDatetime
+    hardware_class: str | None
+    device_id: str | None
+    device_prefix: str | None
 
 
 class EnrolRequest(_Wire):

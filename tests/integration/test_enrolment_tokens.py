@@ -59,3 +59,18 @@ def test_a_taken_device_id_spends_the_use(controller: str) -> None:
     once = token(controller)
     assert enrol(controller, once, "taken") == 409
     assert enrol(controller, once, "free") == 401  # the 409 spent it
+
+
+def test_a_prefix_bound_token_compares_the_prefix_as_written(controller: str) -> None:
+    """On either database: ``_`` and ``%`` are no wildcards, and only ids that begin with the
+    prefix enrol."""
+    r = httpx.post(
+        f"{controller}/v1/enrolment-tokens",
+        json={"uses": 5, "device_prefix": "cam_"},
+        headers=ADMIN_HEADERS,
+    )
+    assert r.status_code == 200, r.text
+    secret = str(r.json()["token"])
+    for refused in ["camX1", "cam", "site-cam_1", "CAM_1"]:
+        assert enrol(controller, secret, refused) == 401, refused
+    assert enrol(controller, secret, "cam_1") == 200

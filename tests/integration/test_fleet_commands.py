@@ -53,6 +53,24 @@ def test_commands_find_the_recorded_controller_and_token(tmp_path: Path) -> None
         third = {"token": token, "device_id": "dev-2", "hardware_class": "host-cpu"}
         assert client.post("/v1/enrol", json=third).status_code != 200  # two uses only
 
+        made = edgeloop(home, "fleet", "token", "create", "--uses", "3", "--device-prefix", "cam-")
+        assert made.returncode == 0, made.stderr
+        prefixed = {"token": made.stdout.strip(), "hardware_class": "host-cpu"}
+        assert (
+            client.post("/v1/enrol", json={**prefixed, "device_id": "kiosk-1"}).status_code == 401
+        )
+        assert client.post("/v1/enrol", json={**prefixed, "device_id": "cam-1"}).status_code == 200
+        listed = edgeloop(home, "fleet", "token", "list")
+        assert listed.returncode == 0 and "cam-" in listed.stdout, listed.stderr
+        [live] = client.get("/v1/enrolment-tokens", headers=ADMIN_HEADERS).json()
+        assert live["uses_left"] == 2  # the refused id spent no use: it never matched the token
+        revoked = edgeloop(home, "fleet", "token", "revoke", str(live["token_id"]))
+        assert revoked.returncode == 0, revoked.stderr
+        assert client.post("/v1/enrol", json={**prefixed, "device_id": "cam-2"}).status_code == 401
+        assert client.get("/v1/enrolment-tokens", headers=ADMIN_HEADERS).json() == []
+        unknown = edgeloop(home, "fleet", "token", "revoke", "424242")
+        assert unknown.returncode == 1 and "no enrolment token 424242" in unknown.stderr
+
         for version in ("1", "2"):
             register(client, key, version, "host-cpu", tmp_path / "k.pem")
         policy = two_stage_policy({"host-cpu": 50})

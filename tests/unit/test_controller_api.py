@@ -112,6 +112,52 @@ def test_enrol_refuses_bad_used_up_expired_and_wrong_class_tokens(fleet: Fleet) 
     assert fleet.client.post("/v1/enrol", json={**body, "token": edge_only}).status_code == 401
 
 
+def _create_token(fleet: Fleet, **body: object) -> dict[str, object]:
+    r = fleet.client.post("/v1/enrolment-tokens", json=body, headers=ADMIN_HEADERS)
+    assert r.status_code == 200, r.text
+    created: dict[str, object] = r.json()
+    return created
+
+
+def test_a_token_bound_to_an_id_or_a_prefix_enrols_no_other_id(fleet: Fleet) -> None:
+    enrol = {"hardware_class": "host-cpu"}
+    bound = _create_token(fleet, device_id="cam-7")["token"]
+    r = fleet.client.post("/v1/enrol", json={**enrol, "token": bound, "device_id": "cam-8"})
+    assert r.status_code == 401
+    assert (
+        fleet.client.post(
+            "/v1/enrol", json={**enrol, "token": bound, "device_id": "cam-7"}
+        ).status_code
+        == 200
+    )
+    # "_" is not a wildcard: a prefix is compared as it is written
+    prefixed = _create_token(fleet, uses=5, device_prefix="kiosk_")["token"]
+    for refused in ["kioskX1", "kiosk", "k", "gateway-kiosk_1"]:
+        r = fleet.client.post("/v1/enrol", json={**enrol, "token": prefixed, "device_id": refused})
+        assert r.status_code == 401, refused
+    r = fleet.client.post("/v1/enrol", json={**enrol, "token": prefixed, "device_id": "kiosk_1"})
+    assert r.status_code == 200
+    listed = fleet.client.get("/v1/enrolment-tokens", headers=ADMIN_HEADERS).json()
+    assert [(t["device_prefix"], t["uses_left"]) for t in listed] == [("kiosk_", 4)]
+    for body in [{"device_id": "a", "uses": 2}, {"device_id": "a", "device_prefix": "a"}]:
+        r = fleet.client.post("/v1/enrolment-tokens", json=body, headers=ADMIN_HEADERS)
+        assert r.status_code == 422, body
+
+
+def test_a_revoked_token_enrols_nobody_and_is_no_longer_listed(fleet: Fleet) -> None:
+    created = _create_token(fleet, uses=3)
+    listed = fleet.client.get("/v1/enrolment-tokens", headers=ADMIN_HEADERS).json()
+    assert [t["token_id"] for t in listed] == [created["token_id"]]
+    assert "token" not in listed[0]
+    url = f"/v1/enrolment-tokens/{created['token_id']}"
+    assert fleet.client.delete(url).status_code == 401  # the admin's call alone
+    assert fleet.client.delete(url, headers=ADMIN_HEADERS).status_code == 204
+    body = {"token": created["token"], "device_id": "dev-1", "hardware_class": "host-cpu"}
+    assert fleet.client.post("/v1/enrol", json=body).status_code == 401
+    assert fleet.client.get("/v1/enrolment-tokens", headers=ADMIN_HEADERS).json() == []
+    assert fleet.client.delete("/v1/enrolment-tokens/999", headers=ADMIN_HEADERS).status_code == 404
+
+
 def test_enrol_twice_with_the_same_id_is_a_conflict(fleet: Fleet) -> None:
     fleet.enrol("dev-1")
     r = fleet.client.post(

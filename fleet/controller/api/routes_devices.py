@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.api.auth import (
@@ -38,6 +38,7 @@ from fleet.shared.protocol import (
     MAX_DB_INT,
     DesiredState,
     EnrolmentToken,
+    EnrolmentTokenInfo,
     EnrolmentTokenRequest,
     EnrolRequest,
     EnrolResponse,
@@ -54,6 +55,27 @@ def create_enrolment_token(
     body: EnrolmentTokenRequest, request: Request, session: SessionDep
 ) -> EnrolmentToken:
     return store.create_enrolment_token(session, body, request.app.state.clock())
+
+
+@router.get("/enrolment-tokens", response_model=list[EnrolmentTokenInfo], dependencies=[Admin])
+def list_enrolment_tokens(request: Request, session: SessionDep) -> list[EnrolmentTokenInfo]:
+    """Tokens that can still enrol a device (never the tokens themselves)."""
+    return store.live_enrolment_tokens(session, request.app.state.clock())
+
+
+@router.delete(
+    "/enrolment-tokens/{token_id}",
+    status_code=204,
+    dependencies=[Admin],
+    responses=errors(404),
+)
+def revoke_enrolment_token(
+    token_id: Annotated[int, Path(ge=1, le=MAX_DB_INT)], session: SessionDep
+) -> Response:
+    """Revoke a token: no device enrols with it any more (those enrolled stay; retire them)."""
+    if not store.revoke_enrolment_token(session, token_id):
+        raise HTTPException(404, f"no enrolment token {token_id}")
+    return Response(status_code=204)
 
 
 @router.post("/enrol", response_model=EnrolResponse, responses=errors(401, 409))

@@ -76,6 +76,8 @@ class EnrolmentTokenRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     hardware_class: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    device_prefix: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class DeviceRow(Base):

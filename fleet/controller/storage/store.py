@@ -21,7 +21,17 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Executable, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -66,6 +76,7 @@ from fleet.shared.protocol import (
     Artifact,
     DesiredState,
     EnrolmentToken,
+    EnrolmentTokenInfo,
     EnrolmentTokenRequest,
     EnrolRequest,
     ShadowPlan,
@@ -97,17 +108,45 @@ def create_enrolment_token(
 ) -> EnrolmentToken:
     token = secrets.token_urlsafe(32)
     expires_at = now + timedelta(seconds=request.ttl_s)
-    session.add(
-        EnrolmentTokenRow(
-            token_hash=hash_secret(token),
-            uses_left=request.uses,
-            expires_at=expires_at,
-            hardware_class=request.hardware_class,
-            created_at=now,
-        )
+    row = EnrolmentTokenRow(
+        token_hash=hash_secret(token),
+        uses_left=request.uses,
+        expires_at=expires_at,
+        hardware_class=request.hardware_class,
+        created_at=now,
+        device_id=request.device_id,
+        device_prefix=request.device_prefix,
     )
+    session.add(row)
     session.commit()
-    return EnrolmentToken(token=token, expires_at=expires_at, uses=request.uses)
+    return EnrolmentToken(token=token, expires_at=expires_at, uses=request.uses, token_id=row.id)
+
+
+def live_enrolment_tokens(session: Session, now: datetime) -> list[EnrolmentTokenInfo]:
+    """Tokens that can still enrol a device (uses left, not expired), oldest first."""
+    rows = session.scalars(
+        select(EnrolmentTokenRow)
+        .where(EnrolmentTokenRow.uses_left >= 1, EnrolmentTokenRow.expires_at > now)
+        .order_by(EnrolmentTokenRow.id)
+    ).all()
+    return [
+        EnrolmentTokenInfo(
+            token_id=r.id, uses_left=r.uses_left, expires_at=r.expires_at,
+            created_at=r.created_at, hardware_class=r.hardware_class, device_id=r.device_id,
+            device_prefix=r.device_prefix,
+        )
+        for r in rows
+    ]  # fmt: skip
+
+
+def revoke_enrolment_token(session: Session, token_id: int) -> bool:
+    """Spend every use of the token left; False when there is no such token."""
+    row = session.get(EnrolmentTokenRow, token_id)
+    if row is None:
+        return False
+    row.uses_left = 0
+    session.commit()
+    return True
 
 
 def _spend_token(session: Session, request: EnrolRequest, now: datetime) -> bool:
@@ -123,6 +162,17 @@ def _spend_token(session: Session, request: EnrolRequest, now: datetime) -> bool
             or_(
                 EnrolmentTokenRow.hardware_class.is_(None),
                 EnrolmentTokenRow.hardware_class == request.hardware_class,
+            ),
+            or_(
+                EnrolmentTokenRow.device_id.is_(None),
+                EnrolmentTokenRow.device_id == request.device_id,
+            ),
+            or_(  # no LIKE: "_" in an id is a LIKE wildcard
+                EnrolmentTokenRow.device_prefix.is_(None),
+                func.substr(
+                    literal(request.device_id), 1, func.length(EnrolmentTokenRow.device_prefix)
+                )
+                == EnrolmentTokenRow.device_prefix,
             ),
         )
         .values(uses_left=EnrolmentTokenRow.uses_left - 1)
