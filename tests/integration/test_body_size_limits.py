@@ -145,6 +145,33 @@ def test_a_300_mb_body_without_a_credential_is_refused_by_the_default_limit(
     assert httpx.get(f"{base}/v1/health").status_code == 200
 
 
+@pytest.mark.parametrize("who", ["nobody", "another device"])
+def test_a_large_body_route_checks_the_credential_before_reading_the_body(
+    controller: tuple[str, Path], who: str
+) -> None:
+    """A 90 MB telemetry batch (under the telemetry limit) and a 300 MB upload, without a valid
+    credential or with another device's: refused before the body is read (early_auth)."""
+    base, _log = controller
+    token = httpx.post(f"{base}/v1/enrolment-tokens", json={"uses": 1}, headers=ADMIN_HEADERS)
+    device_id = f"d-early-{who.replace(' ', '-')}"
+    body = {"token": token.json()["token"], "device_id": device_id, "hardware_class": "host-cpu"}
+    credential = httpx.post(f"{base}/v1/enrol", json=body).json()["credential"]
+    bearer = {"Authorization": f"Bearer {credential if who != 'nobody' else 'x' * 43}"}
+    victim = "d-declared" if who != "nobody" else device_id
+    head = json.dumps({"reports": [report(1)]})[:-2].encode()
+    for url, size, refused in [
+        (f"{base}/v1/devices/{victim}/telemetry", 90_000_000, 403 if who != "nobody" else 401),
+        (f"{base}/v1/artifacts?model=m&version=1&variant=v", HUGE, 401),
+    ]:
+        sent = Sent()
+        headers = {**bearer, "Content-Type": "application/json"}
+        answer, took = post(url, padded(head, b"]}", size, sent), headers, size)
+        assert answer.status_code == refused, (url, answer.text[:300])
+        assert answer.headers["connection"] == "close"
+        assert sent.bytes < BUFFERS and took < 30, (url, sent.bytes, took)
+    assert httpx.get(f"{base}/v1/health").status_code == 200
+
+
 def test_a_route_that_takes_no_body_answers_without_reading_a_300_mb_one(
     controller: tuple[str, Path],
 ) -> None:

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from fleet.controller import reconcile as loop
 from fleet.controller.api import metrics
 from fleet.controller.api.body_limits import controller_limits
+from fleet.controller.api.early_auth import CredentialBeforeBody
 from fleet.controller.api.responses import add_implied_errors
 from fleet.controller.api.routes_devices import router as devices_router
 from fleet.controller.api.routes_field import router as field_router
@@ -150,8 +151,10 @@ def create_app(
     app.state.notifier = notifier
     app.state.clock = clock
     app.add_exception_handler(ControllerError, _error_response)
-    # before anything reads a body: a 300 MB one is a 413, never in memory (body_limits)
+    # before anything reads a body: a 300 MB one is a 413, never in memory (body_limits); and,
+    # added last so it runs first, who is asking before a large body is read (early_auth)
     app.add_middleware(LimitBodySize, limits=controller_limits(settings))
+    app.add_middleware(CredentialBeforeBody)
 
     @app.get(f"{API_PREFIX}/health")
     def health() -> dict[str, str]:

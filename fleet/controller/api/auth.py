@@ -126,20 +126,36 @@ def _device_by_hash(request: Request, credential_hash: str) -> DeviceIdentity | 
         return DeviceIdentity(device_id=row.device_id, hardware_class=row.hardware_class)
 
 
-async def current_device(request: Request, credentials: Bearer) -> DeviceIdentity:
-    """The device whose credential is presented, or 401. A credential verified recently is answered
+async def device_for(request: Request, credential: str) -> DeviceIdentity | None:
+    """The device whose credential this is, or None. A credential verified recently is answered
     from :class:`CredentialCache` on the event loop; any other goes to the database on a worker
     thread."""
-    if credentials is None or not credentials.credentials:
-        raise _unauthorised()
-    credential_hash = store.hash_secret(credentials.credentials)
+    if not credential:
+        return None
+    credential_hash = store.hash_secret(credential)
     cache = _credential_cache(request)
     device = cache.get(credential_hash)
     if device is None:
         device = await run_in_threadpool(_device_by_hash, request, credential_hash)
         if device is None:
-            raise _unauthorised()
+            return None
         cache.put(credential_hash, device)
+    return device
+
+
+def is_admin(request: Request, token: str) -> bool:
+    return (
+        bool(token)
+        and hmac.compare_digest(token.encode(), request.app.state.settings.admin_token.encode())
+        and bool(request.app.state.settings.admin_token)
+    )
+
+
+async def current_device(request: Request, credentials: Bearer) -> DeviceIdentity:
+    """The device whose credential is presented, or 401."""
+    device = await device_for(request, credentials.credentials if credentials else "")
+    if device is None:
+        raise _unauthorised()
     return device
 
 
