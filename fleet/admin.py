@@ -23,6 +23,7 @@ from fleet.shared.admin_protocol import (
     ArtifactRegistration,
     Baseline,
     BaselineSet,
+    OutcomePage,
     PlaybookRun,
     RetireRequest,
     RetireResult,
@@ -166,6 +167,16 @@ class AdminClient:
 
     def rollouts(self) -> list[RolloutSummary]:
         return _ROLLOUTS.validate_python(self._call("GET", "/rollouts"))
+
+    def outcomes(
+        self, after: int = 0, limit: int = 100, rollout_id: str | None = None
+    ) -> OutcomePage:
+        """Rollout outcomes with feed ids above ``after``, oldest first (the registry follower's
+        feed), of one rollout if ``rollout_id``; pass ``page.last`` as the next ``after``."""
+        params: dict[str, str | int] = {"after": after, "limit": limit}
+        if rollout_id is not None:
+            params["rollout_id"] = rollout_id
+        return OutcomePage.model_validate(self._send("GET", "/outcomes", params=params))
 
     def alerts(self, status: str = "open") -> list[Alert]:
         return _ALERTS.validate_python(self._call("GET", f"/alerts?status={status}"))

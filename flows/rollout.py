@@ -3,7 +3,9 @@
 It publishes the version's signed variant for each hardware class to the fleet controller (the one
 each hardware profile chose), creates the rollout with the policy from params.yaml, starts it, follows
 it to a terminal phase while publishing progress as Prefect artifacts, and writes the outcome back to
-the registry (``registry.outcomes``): a rolled-back version loses ``production`` again.
+the registry (``registry.outcomes``): a rolled-back version loses ``production`` again. The
+registry follower (``registry.follower``) writes the same outcome from the controller's feed, also
+when this flow is killed; the flow writes the reason the controller recorded, so the two agree.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from fleet.admin import AdminClient, AdminError, admin_token_from_env
 from fleet.controller.rollout.decide import RolloutStatus, Transition
 from fleet.controller.rollout.policy import RolloutPolicy, load_policy
 from fleet.controller.rollout.stats import GateResult
-from fleet.shared.admin_protocol import ArtifactRegistration, RolloutDetail, RolloutRequest
+from fleet.shared.admin_protocol import (
+    ArtifactRegistration,
+    OutcomeEntry,
+    RolloutDetail,
+    RolloutRequest,
+)
 from fleet.shared.profile import load_profile
 from fleet.shared.signature import file_sha256
 from registry import tags as tag
@@ -183,6 +190,19 @@ def _first_release(
     )  # fmt: skip
 
 
+def recorded_outcome(admin: AdminClient, rollout_id: str, attempt: int) -> OutcomeEntry | None:
+    """The outcome the controller recorded for ``attempt`` of the rollout (its outcome feed, which
+    the registry follower writes to MLflow); None from a controller without the feed."""
+    try:
+        page = admin.outcomes(rollout_id=rollout_id, limit=1000)
+    except AdminError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    mine = [o for o in page.outcomes if o.attempt == attempt]
+    return mine[-1] if mine else None
+
+
 @flow(name="rollout", log_prints=False, validate_parameters=False)
 def rollout_flow(
     model: str,
@@ -231,6 +251,8 @@ def rollout_flow(
             admin.command(rollout_id, "abort", "its start was refused")
             raise
         final = follow(admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s)
+        attempt = RolloutStatus.model_validate(final.status).attempt
+        recorded = recorded_outcome(admin, rollout_id, attempt)
         if final.phase == "succeeded":
             admin.set_baseline(model, version)  # devices enrolled from now on get it too
     except AdminError as exc:
@@ -243,6 +265,8 @@ def rollout_flow(
     outcome = final.phase
     why = "; ".join(f"{c.gate} gate failed on {c.cohort}: {c.reason}" for c in status.causes)
     reason = why or final.reason or outcome
+    if recorded is not None:  # the registry follower writes the same: either may write first
+        outcome, reason = recorded.status, recorded.reason
     causes = [c.model_dump(mode="json") for c in status.causes]
     record_outcome(
         client, model=model, version=version, stable_version=status.stable_version or None,

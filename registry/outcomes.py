@@ -91,6 +91,15 @@ def stable_version(client: MlflowClient, model: str, *, exclude: str | None = No
     return str(max(succeeded)) if succeeded else None
 
 
+MAX_REASON = 5000
+"""The longest ``edgeloop.rollout.reason`` written; a longer reason is cut."""
+
+
+def outcome_tags(outcome: str, reason: str) -> dict[str, str]:
+    """The tags a rollout's outcome leaves on its version, in the order they are written."""
+    return {tag.ROLLOUT_STATUS: outcome, tag.ROLLOUT_REASON: reason[:MAX_REASON]}
+
+
 def record_outcome(
     client: MlflowClient,
     *,
@@ -107,8 +116,8 @@ def record_outcome(
     _version(client, model, version)
     if outcome != "succeeded":
         restore_production(client, model, stable_version, replacing=version)
-    client.set_model_version_tag(model, version, tag.ROLLOUT_STATUS, outcome)
-    client.set_model_version_tag(model, version, tag.ROLLOUT_REASON, reason[:5000])
+    for key, value in outcome_tags(outcome, reason).items():
+        client.set_model_version_tag(model, version, key, value)
     _append_to_card(
         cards_dir,
         model,

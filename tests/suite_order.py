@@ -25,6 +25,7 @@ LONGEST_FIRST = (
     "integration/test_dvc.py",
     "integration/test_production_profile.py",
     "integration/test_serve.py",
+    "integration/test_registry_follower.py",
     "integration/test_webhook_promotion.py",
     "integration/test_field_data.py",
     "integration/test_drift_playbook.py",

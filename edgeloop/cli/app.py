@@ -16,6 +16,7 @@ from edgeloop.cli import image as cli_image
 from edgeloop.cli import listener as cli_listener
 from edgeloop.cli import loop as cli_loop
 from edgeloop.cli import place as cli_place
+from edgeloop.cli import registry as cli_registry
 from edgeloop.cli import serve as cli_serve
 from edgeloop.cli.common import State
 
@@ -34,6 +35,7 @@ app.add_typer(cli_fleet.fleet_app, name="fleet")
 app.add_typer(cli_fleet.rollout_app, name="rollout")
 app.add_typer(cli_image.image_app, name="image")
 app.add_typer(cli_listener.listener_app, name="listener")
+app.add_typer(cli_registry.registry_app, name="registry")
 
 
 @app.callback()

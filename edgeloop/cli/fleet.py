@@ -231,7 +231,8 @@ def promote(
             err_console.print(
                 f"stopped following; the rollout keeps running on {address.url}. Follow it with "
                 f"`edgeloop rollout status {followed} --watch`, stop it with `edgeloop rollout "
-                f"abort {followed}` (the registry learns its outcome from the next promotion)",
+                f"abort {followed}` (the registry follower, `edgeloop registry follow`, writes its "
+                "outcome to the registry)",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -45,7 +45,8 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run Prefect, MLflow, the fleet controller, the promotion listener and the workers until stopped."""
+    """Run Prefect, MLflow, the fleet controller, the promotion listener, the registry follower
+    and the workers until stopped."""
     guard(lambda: _serve(db_url, host, base_port, allow_loopback_webhooks))
 
 

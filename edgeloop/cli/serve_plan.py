@@ -203,7 +203,7 @@ SECRETS = frozenset(
 @dataclass(frozen=True)
 class ServeSecrets:
     """The secrets `edgeloop serve` holds, and who gets each: the admin token the controller
-    checks and the ops worker's rollout flow sends; the webhook secret the listener checks; the key
+    checks and the ops worker's rollout flow and the registry follower send; the webhook secret the listener checks; the key
     MLflow encrypts stored webhook secrets with; the signing keys' folder to the ops worker alone,
     whose flows register (and sign) versions. The Prefect server and the hardware pools' workers
     get none, so a flaw in one of them reads none."""
@@ -212,6 +212,20 @@ class ServeSecrets:
     listener_secret: str
     mlflow_key: str
     keys_dir: Path
+
+
+FOLLOW_INTERVAL_S = 2.0
+"""How often the registry follower reads the controller's outcome feed."""
+FOLLOWER_HEALTHY_S = 60.0
+"""The follower is healthy while its last pass through the feed, with MLflow and the controller
+reachable, is at most this old."""
+
+
+def follower_caught_up(home: Path) -> bool:
+    """The registry follower's health: it reached the end of the outcome feed lately."""
+    from registry.follower import healthy, store_path
+
+    return healthy(store_path(home), FOLLOWER_HEALTHY_S)
 
 
 def _given(**secrets: str) -> tuple[dict[str, str], frozenset[str]]:
@@ -288,6 +302,19 @@ def children(
             log=plan.logs / "promotion-listener.log",
             health=lambda: http_ok(f"{plan.listener_url}/health"),
             url=plan.webhook_url,
+        )
+    )  # fmt: skip
+    follower = _given(**{ADMIN_TOKEN: secrets.admin_token})
+    specs.append(
+        ChildSpec(
+            name="registry-follower",
+            argv=_python("edgeloop.cli", "registry", "follow", "--url", plan.controller_url,
+                         "--interval", str(FOLLOW_INTERVAL_S)),
+            env={**env, **follower[0]},
+            withheld=follower[1],
+            log=plan.logs / "registry-follower.log",
+            health=lambda: follower_caught_up(plan.home),
+            url=f"outcomes of {plan.controller_url}",
         )
     )  # fmt: skip
     # Imported here: flows.pool imports Prefect, which reads its settings once, and `edgeloop

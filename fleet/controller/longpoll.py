@@ -10,8 +10,10 @@ one per device, so re-targeting a thousand devices costs one hop into the loop.
 change (model, version, rollout and the signed variant of every hardware class): a woken long-poll
 answers without touching the database. ``notify`` only wakes; the waiter then reads the database.
 
-It only covers this process; other replicas' changes are seen by re-reading the database every
-``long_poll_recheck_s``, so correctness never depends on the notifier, only latency does.
+It only covers this process. On PostgreSQL other replicas' changes arrive by ``LISTEN``
+(``storage.replicas.ChangeListener`` calls ``notify``); and every long-poll still re-reads the
+database every ``long_poll_recheck_s``, so correctness never depends on the notifier, only latency
+does.
 """
 
 from __future__ import annotations
@@ -106,6 +108,13 @@ class ChangeNotifier:
     def notify(self, device_ids: Iterable[str]) -> None:
         """Wake the waiters of these devices; they read their new state from the database."""
         self._broadcast({d: None for d in device_ids})
+
+    def notify_all(self) -> None:
+        """Wake every waiter to read the database (changes may have been missed, e.g. while the
+        listener for other replicas' changes was disconnected)."""
+        with self._lock:
+            devices = list(self._waiters)
+        self.notify(devices)
 
     def publish(self, targeted: Targeted, revisions: Mapping[str, int]) -> None:
         """Wake the waiters of these devices with their new state: ``targeted`` at ``revisions``."""

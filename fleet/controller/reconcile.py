@@ -8,6 +8,10 @@ then performs them. Actions are idempotent, so doing one twice is harmless.
 Inside the loop an error becomes status, not an exception that kills the loop (STYLE rule 5): a pass
 that fails records ``last_error`` on the rollout and returns; the next pass tries again. Losing an
 optimistic-lock race to another replica is not an error at all: that replica made the transition.
+
+With several replicas on one database the background pass runs on the leader only
+(``storage.replicas``); operators' commands run on whichever replica they reach, so each outbox
+action is still claimed in the transaction of its effect, and done once whoever performs it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from fleet.controller.rollout.actions import Action, TargetDevices
 from fleet.controller.rollout.decide import Decision, RolloutStatus, next_state
 from fleet.controller.storage import store
 from fleet.controller.storage.db import Session, SessionFactory
+from fleet.controller.storage.replicas import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +48,23 @@ class PassResult:
 def perform_pending(
     session: Session, rollout_id: str, now: datetime, notifier: ChangeNotifier | None = None
 ) -> list[Action]:
-    """Perform the outbox of a rollout in order; each is marked done in the same commit as its effect.
+    """Perform the outbox of a rollout in order; each is claimed in the same commit as its effect.
 
     ``TargetDevices`` moves the desired state (and wakes long-polls after the commit, handing them
     their new state). ``RecordOutcome``
     and ``Notify`` are for the registry follower and people: they are logged and marked done here;
-    the rows stay in the outbox as the record.
+    the rows stay in the outbox as the record. An action another performer (a replica, a command
+    racing the pass) claimed first is skipped: it was, or is being, done once.
     """
     row = store.load_rollout(session, rollout_id)
     model = store.status_of(row).model
+    outbox = [(p.id, p.action) for p in store.pending_actions(session, rollout_id)]
     performed: list[Action] = []
-    for pending in store.pending_actions(session, rollout_id):
-        action = store.ACTION.validate_python(pending.action)
+    for action_id, stored in outbox:
+        session.rollback()  # the claim opens the transaction of the action's effect
+        if not store.claim_action(session, action_id, now):
+            continue
+        action = store.ACTION.validate_python(stored)
         changed: dict[str, int] = {}
         version = None
         if isinstance(action, TargetDevices):
@@ -69,7 +79,6 @@ def perform_pending(
             )
         else:
             log.info("rollout %s: %s %s", rollout_id, action.kind, action.model_dump(mode="json"))
-        store.mark_done(pending, now)
         session.commit()
         if version and changed and notifier is not None:  # one broadcast, answered from it
             notifier.publish(store.targeted(session, model, version, rollout_id), changed)
@@ -134,8 +143,12 @@ def reconcile_all(
     sessions: SessionFactory,
     now: datetime,
     notifier: ChangeNotifier | None = None,
+    leader: Leadership | None = None,
 ) -> list[PassResult]:
-    """A pass over every rollout that has work, each in its own session."""
+    """A pass over every rollout that has work, each in its own session; nothing unless this
+    replica leads (``leader``: one replica at a time runs the pass, ``storage.replicas``)."""
+    if leader is not None and not leader.leading():
+        return []
     with sessions() as session:
         ids = store.active_rollout_ids(session)
     results = []
@@ -150,11 +163,12 @@ async def run_forever(
     clock: Callable[[], datetime],
     period_s: float,
     notifier: ChangeNotifier | None = None,
+    leader: Leadership | None = None,
 ) -> None:
     """The app's background task: ``reconcile_all`` every ``period_s`` until cancelled."""
     while True:
         try:
-            await run_in_threadpool(reconcile_all, sessions, clock(), notifier)
+            await run_in_threadpool(reconcile_all, sessions, clock(), notifier, leader)
         except Exception:  # e.g. the database is down: try again next period
             log.exception("reconcile pass failed")
         await asyncio.sleep(period_s)

@@ -70,7 +70,10 @@ class FleetSettings(BaseSettings):
     reconcile_s: float = Field(1.0, gt=0, description="period of the background reconcile pass")
     reconcile_enabled: bool = Field(True, description="run the reconcile pass in the background")
     long_poll_recheck_s: float = Field(
-        1.0, gt=0, description="long-polls re-read the database this often (other replicas)"
+        1.0,
+        gt=0,
+        description="long-polls re-read the database this often: the fallback when a change by "
+        "another replica was not heard (PostgreSQL's NOTIFY wakes them at once)",
     )
     default_p95_budget_ms: dict[str, float] = Field(
         default_factory=lambda: {"host-cpu": 50.0, "edge-small": 200.0},

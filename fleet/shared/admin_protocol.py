@@ -10,7 +10,7 @@ library, like the rest of ``fleet.shared``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -137,6 +137,46 @@ class RolloutDetail(RolloutSummary):
 
     status: dict[str, Any]
     last_error: str | None = None
+
+
+# --- rollout outcomes --------------------------------------------------------------------------
+
+OutcomeStatus = Literal["succeeded", "rolled_back", "aborted", "failed"]
+"""How a rollout attempt ended, as the registry records it (``edgeloop.rollout.status``)."""
+
+
+class OutcomeEntry(_Admin):
+    """One entry of the outcome feed (``GET /v1/outcomes``): how one attempt of a rollout ended.
+
+    ``succeeded``: ``version`` is what the fleet runs. Otherwise the fleet went back to (or stayed
+    on) ``stable_version``: ``rolled_back`` a gate failed, ``failed`` no verdict for lack of data,
+    ``aborted`` an operator (or a superseding rollout) stopped it. ``at`` is when the controller
+    decided it. ``id`` is the feed position, increasing and without gaps, the follower's cursor.
+    """
+
+    id: int = Field(ge=1)
+    rollout_id: str
+    attempt: int = Field(ge=1)
+    model: str
+    version: str
+    stable_version: str
+    status: OutcomeStatus
+    reason: str
+    at: datetime
+
+
+class OutcomePage(_Admin):
+    """``GET /v1/outcomes?after=&limit=``: outcomes with ids above ``after``, oldest first."""
+
+    outcomes: list[OutcomeEntry]
+    last: int = Field(
+        ge=0, description="the id of the last entry (``after`` when none): the next ``after``"
+    )
+    head: int = Field(
+        ge=0,
+        description="the highest id in the feed; below a reader's cursor, the reader is "
+        "following another (or a reset) controller database",
+    )
 
 
 # --- field samples -----------------------------------------------------------------------------

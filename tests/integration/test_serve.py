@@ -42,7 +42,7 @@ def _assert_all_healthy(served: Served) -> None:
     assert scheduled["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
     assert set(served.state["children"]) == {
         "prefect-server", "mlflow-server", "fleet-controller", "promotion-listener",
-        "worker edgeloop-ops",
+        "registry-follower", "worker edgeloop-ops",
     }  # fmt: skip
 
 
@@ -52,6 +52,7 @@ MAY_HOLD = {
     "mlflow-server": {"mlflow-webhook-key"},
     "fleet-controller": {"fleet-admin-token"},
     "promotion-listener": {"listener-secret"},
+    "registry-follower": {"fleet-admin-token"},
     "worker edgeloop-ops": {"fleet-admin-token"},
 }
 

@@ -84,6 +84,11 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
             "Only the controller's storage runs SQL",
         ),
         ("fleet/shared/signature.py", "import boto3", "Device code installs on a small device"),
+        (
+            "fleet/controller/storage/outcomes.py",
+            "import mlflow",
+            "The controller never talks to the registry",
+        ),
     ],
 )
 def test_a_file_that_crosses_a_line_breaks_its_contract(

@@ -63,3 +63,34 @@ def test_other_refusals_of_the_abort_are_raised() -> None:
 
     with pytest.raises(AdminError, match="unreachable"):
         rollout_mod.follow(Down(["paused"]), "r1", poll_s=0, deadline_s=0)  # type: ignore[arg-type]
+
+
+def test_the_flow_takes_the_outcome_the_controller_recorded_for_its_attempt() -> None:
+    """The flow writes what the registry follower writes: the controller's record of the attempt
+    (a controller without the outcome feed answers 404: the flow falls back to its own reason)."""
+    from fleet.shared.admin_protocol import OutcomeEntry, OutcomePage
+
+    def entry(id: int, attempt: int, status: str) -> OutcomeEntry:
+        return OutcomeEntry(
+            id=id, rollout_id="r1", attempt=attempt, model="m", version="2", stable_version="1",
+            status=status, reason=f"attempt {attempt}", at=datetime.now(UTC),
+        )  # fmt: skip
+
+    class Feed:
+        def __init__(self, status: int = 0) -> None:
+            self.status = status
+
+        def outcomes(
+            self, after: int = 0, limit: int = 100, rollout_id: str | None = None
+        ) -> OutcomePage:
+            if self.status:
+                raise AdminError("refused", status=self.status)
+            found = [entry(3, 1, "rolled_back"), entry(9, 2, "succeeded")]
+            return OutcomePage(outcomes=found, last=9, head=9)
+
+    found = rollout_mod.recorded_outcome(Feed(), "r1", 2)  # type: ignore[arg-type]
+    assert found is not None and (found.status, found.reason) == ("succeeded", "attempt 2")
+    assert rollout_mod.recorded_outcome(Feed(), "r1", 3) is None  # type: ignore[arg-type]
+    assert rollout_mod.recorded_outcome(Feed(404), "r1", 1) is None  # type: ignore[arg-type]
+    with pytest.raises(AdminError):
+        rollout_mod.recorded_outcome(Feed(503), "r1", 1)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def test_each_secret_goes_to_the_children_that_use_it_and_no_other(tmp_path: Pat
         "mlflow-server": [WEBHOOK_KEY],
         "fleet-controller": [ADMIN_TOKEN],
         "promotion-listener": [LISTENER_SECRET],
+        "registry-follower": [ADMIN_TOKEN],  # it reads the controller's outcome feed
         "worker edgeloop-ops": [ADMIN_TOKEN, SIGNING_KEYS],  # its flows roll out and register
         "worker hw-rpi4-arm64": [],
     }
@@ -151,3 +153,25 @@ def test_no_database_password_on_a_child_command_line(tmp_path: Path) -> None:
     mlflow = next(c for c in specs if c.name == "mlflow-server")
     assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == p.database("mlflow")
     assert "hunter2" in p.database("mlflow")
+
+
+def test_the_registry_follower_follows_the_controller_and_is_healthy_once_caught_up(
+    tmp_path: Path,
+) -> None:
+    from edgeloop.cli.serve_plan import FOLLOWER_HEALTHY_S
+    from registry.follower import FollowerStore, store_path
+
+    specs = {c.name: c for c in children(plan(tmp_path), {}, [], held(tmp_path))}
+    follower = specs["registry-follower"]
+    assert follower.argv[-6:] == [
+        "registry", "follow", "--url", "http://127.0.0.1:8787", "--interval", "2.0",
+    ]  # fmt: skip
+    assert not follower.health()  # not started: no store yet
+    store = FollowerStore(store_path(tmp_path))
+    assert not follower.health()  # started, never through the feed (MLflow or controller down)
+    store.caught_up(time.time())
+    assert follower.health()
+    store.failed("ConnectError: MLflow is down", time.time() + 1)
+    assert not follower.health()
+    store.caught_up(time.time() - FOLLOWER_HEALTHY_S - 5)
+    assert not follower.health()  # stuck for longer than it may be

@@ -1,7 +1,9 @@
 """The fleet controller's FastAPI application: ``create_app(settings) -> FastAPI``.
 
 The factory wires the pieces and owns their lifetimes: the engine (migrated to head at start, Alembic
-with a Config built in code), the long-poll notifier, the clock and the background reconcile task. It
+with a Config built in code), the long-poll notifier, the clock and the background reconcile task;
+and for replicas (``storage.replicas``) the leadership the background passes run under, the
+listener that wakes long-polls for other replicas' changes, and SQLite's one-process lock. It
 is also where the store's typed errors become HTTP statuses, so routes stay thin and the store stays
 free of HTTP. Run it with ``uvicorn --factory fleet.controller.api.app:app_from_env``.
 """
@@ -27,6 +29,7 @@ from fleet.controller.api.responses import add_implied_errors
 from fleet.controller.api.routes_devices import router as devices_router
 from fleet.controller.api.routes_field import router as field_router
 from fleet.controller.api.routes_observe import router as observe_router
+from fleet.controller.api.routes_outcomes import router as outcomes_router
 from fleet.controller.api.routes_rollouts import router as rollouts_router
 from fleet.controller.dashboard.routes import router as dashboard_router
 from fleet.controller.errors import (
@@ -42,7 +45,7 @@ from fleet.controller.errors import (
 from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.observe import loop as observe
 from fleet.controller.settings import FleetSettings
-from fleet.controller.storage import db
+from fleet.controller.storage import db, replicas
 from fleet.shared.body_limit import LimitBodySize
 from fleet.shared.protocol import API_PREFIX
 
@@ -111,24 +114,26 @@ def create_app(
     settings = settings or FleetSettings()
     observing = observe.configure()  # a bad playbooks file stops the start here, with its reason
     engine = db.make_engine(settings.db_url, sqlite_synchronous=settings.sqlite_synchronous)
-    sessions = db.make_sessionmaker(engine)
+    replica = replicas.new_replica_id()
+    sessions = db.make_sessionmaker(engine, replica=replica)
     notifier = ChangeNotifier()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.migrate_on_start:
-            await run_in_threadpool(db.migrate, engine)
-        task = None
-        if settings.reconcile_enabled:
-            task = asyncio.create_task(
-                loop.run_forever(sessions, clock, settings.reconcile_s, notifier)
-            )
-        observer = (
-            observe.start(sessions, clock, notifier, observing)
-            if settings.reconcile_enabled
-            else None
-        )
+        # SQLite: one controller process per file; a second one stops here, saying so
+        release_sqlite = replicas.hold_sqlite(settings.db_url)
+        leader = listening = task = observer = None
         try:
+            if settings.migrate_on_start:
+                await run_in_threadpool(db.migrate, engine)
+            # PostgreSQL: other replicas' changes wake this one's long-polls
+            listening = replicas.listener(engine, replica, notifier.notify, notifier.notify_all)
+            if settings.reconcile_enabled:  # the passes run on the one replica that leads
+                leader = replicas.leadership(engine)
+                task = asyncio.create_task(
+                    loop.run_forever(sessions, clock, settings.reconcile_s, notifier, leader)
+                )
+                observer = observe.start(sessions, clock, notifier, observing, leader)
             yield
         finally:
             await observe.stop(observer)
@@ -136,7 +141,12 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if listening is not None:
+                await run_in_threadpool(listening.stop)
+            if leader is not None:
+                await run_in_threadpool(leader.close)
             engine.dispose()
+            release_sqlite()
 
     app = ControllerApp(
         title="edgeloop fleet controller",
@@ -162,6 +172,7 @@ def create_app(
 
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(rollouts_router, prefix=API_PREFIX)
+    app.include_router(outcomes_router, prefix=API_PREFIX)
     app.include_router(field_router, prefix=API_PREFIX)
     app.include_router(observe_router, prefix=API_PREFIX)
     metrics.install(app)

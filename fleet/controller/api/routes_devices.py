@@ -104,7 +104,8 @@ async def desired(
 ) -> DesiredState:
     """Answers at once when ``revision`` differs from the stored one, else when it changes or after
     ``min(wait, 30)`` s. Changes made in this process wake the poll at once; changes made by another
-    replica are seen by re-reading the database every ``long_poll_recheck_s``."""
+    replica too on PostgreSQL (``LISTEN``, ``storage.replicas``), and in any case by re-reading the
+    database every ``long_poll_recheck_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, LONG_POLL_MAX_S)
     recheck: float = request.app.state.settings.long_poll_recheck_s

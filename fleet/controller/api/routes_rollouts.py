@@ -144,9 +144,7 @@ def create_rollout(
         policy=policy,
         now=now,
     )
-    row = store.insert_rollout(session, status_, now)
-    session.commit()
-    return row
+    return store.insert_rollout(session, status_, now)  # 409 when another replica won the race
 
 
 @router.post(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from fleet.controller.errors import ControllerError
 from fleet.controller.settings import FleetSettings
+from fleet.controller.storage import replicas
 from fleet.shared.net import is_loopback  # one rule on both sides of the socket
 
 
@@ -43,14 +44,21 @@ def serve(settings: FleetSettings) -> None:
     from fleet.controller.api.app import create_app
 
     check_serving(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-        log_level="warning",
-    )
+    app = create_app(settings)  # a bad playbooks file stops here, before any file is made
+    # a second process on one SQLite file: refused here, with the reason and no traceback (the
+    # app's start takes the same lock, for a controller run under uvicorn directly)
+    release = replicas.hold_sqlite(settings.db_url)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+            ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+            log_level="warning",
+        )
+    finally:
+        release()
 
 
 if __name__ == "__main__":  # pragma: no cover - a process entry point

@@ -46,6 +46,7 @@ from fleet.controller.observe.playbooks import runner as playbook_runner
 from fleet.controller.storage import events, series, store
 from fleet.controller.storage.db import Session, SessionFactory
 from fleet.controller.storage.observe_tables import AlertRow
+from fleet.controller.storage.replicas import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +244,19 @@ async def run_forever(
     clock: Callable[[], datetime],
     observer: Observer,
     notifier: ChangeNotifier | None = None,
+    leader: Leadership | None = None,
 ) -> None:
     settings, books = observer.settings, observer.books
+
+    def observe_if_leading(now: datetime) -> None:
+        # One replica observes: two would fold the same window twice (the loser's pass fails on
+        # the series' unique key) and could open the same alert twice (found, then added).
+        if leader is None or leader.leading():
+            observe_once(sessions, now, settings, books, notifier)
+
     while True:
         try:
-            await run_in_threadpool(observe_once, sessions, clock(), settings, books, notifier)
+            await run_in_threadpool(observe_if_leading, clock())
         except Exception:  # the database may be down: try again next period
             log.exception("observation pass failed")
         await asyncio.sleep(settings.period_s)
@@ -258,11 +267,12 @@ def start(
     clock: Callable[[], datetime],
     notifier: ChangeNotifier,
     observer: Observer,
+    leader: Leadership | None = None,
 ) -> asyncio.Task[None] | None:
-    """The app's observation task (None when disabled)."""
+    """The app's observation task (None when disabled); it observes while ``leader`` leads."""
     if not observer.settings.enabled:
         return None
-    return asyncio.create_task(run_forever(sessions, clock, observer, notifier))
+    return asyncio.create_task(run_forever(sessions, clock, observer, notifier, leader))
 
 
 async def stop(task: asyncio.Task[None] | None) -> None:

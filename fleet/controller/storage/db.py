@@ -30,6 +30,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -170,10 +171,28 @@ class ArtifactRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+OPEN_ROLLOUT = "phase IN ('pending', 'progressing', 'paused')"
+"""The phases of :data:`ONE_OPEN_ROLLOUT`: a rollout in one of them moves devices forward."""
+ONE_OPEN_ROLLOUT = "uq_rollouts_one_open_per_model"
+"""The partial unique index that lets one rollout per model be open (migration 0013)."""
+
+
 class RolloutRow(Base):
-    """A rollout: its persisted ``RolloutStatus`` (JSON) and a version for optimistic locking."""
+    """A rollout: its persisted ``RolloutStatus`` (JSON) and a version for optimistic locking.
+
+    At most one rollout per model is pending, progressing or paused: the database enforces it
+    (:data:`ONE_OPEN_ROLLOUT`), so two replicas creating one at the same moment cannot both win."""
 
     __tablename__ = "rollouts"
+    __table_args__ = (
+        Index(
+            ONE_OPEN_ROLLOUT,
+            "model",
+            unique=True,
+            postgresql_where=text(OPEN_ROLLOUT),
+            sqlite_where=text(OPEN_ROLLOUT),
+        ),
+    )
     rollout_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), index=True)
     phase: Mapped[str] = mapped_column(String(32), index=True)
@@ -245,8 +264,16 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, replica: str | None = None) -> sessionmaker:
+    """Sessions over ``engine``; ``replica`` names the app in the desired-state notifications its
+    sessions send (``replicas``), so its own listener can skip them."""
+    return sessionmaker(engine, expire_on_commit=False, info={"replica": replica or ""})
+
+
+MIGRATION_LOCK = 0x6564_6765_6C6F_6F70
+"""Advisory lock key of the migrations on PostgreSQL ("edgeloop"): held to the end of the
+migrating transaction, so of several replicas started at once one migrates and the others wait,
+then find the schema at head."""
 
 
 def migrate(url_or_engine: str | Engine) -> None:
@@ -258,6 +285,8 @@ def migrate(url_or_engine: str | Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas starting together migrate in turn
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     if isinstance(url_or_engine, str):
@@ -265,3 +294,4 @@ def migrate(url_or_engine: str | Engine) -> None:
 
 
 from fleet.controller.storage import observe_tables as _observe_tables  # noqa: E402, F401  (register tables)
+from fleet.controller.storage import outcomes as _outcomes  # noqa: E402, F401  (register tables)

@@ -41,10 +41,11 @@ from fleet.controller.errors import (
     ConcurrentUpdate,
     DeviceAlreadyEnrolled,
     EnrolmentRefused,
+    RolloutConflict,
     RolloutNotFound,
 )
 from fleet.controller.longpoll import Targeted
-from fleet.controller.rollout.actions import Action
+from fleet.controller.rollout.actions import Action, RecordOutcome
 from fleet.controller.rollout.decide import RolloutStatus
 from fleet.controller.rollout.observations import (
     DeviceObservation,
@@ -56,7 +57,7 @@ from fleet.controller.rollout.observations import (
 from fleet.controller.rollout.phase import RolloutPhase
 from fleet.controller.rollout.policy import ShadowPolicy
 from fleet.controller.rollout.stats import ErrorSums
-from fleet.controller.storage import events
+from fleet.controller.storage import events, outcomes, replicas
 from fleet.controller.storage.db import (
     ArtifactRow,
     Base,
@@ -93,6 +94,8 @@ OPEN_PHASES = (
     RolloutPhase.ROLLING_BACK,
 )
 """Phases in which a rollout blocks another one of the same model."""
+OPENING_PHASES = ("pending", "progressing", "paused")
+"""The phases of the partial unique index ``db.ONE_OPEN_ROLLOUT``: one rollout per model among them."""
 
 
 def hash_secret(secret: str) -> str:
@@ -416,7 +419,19 @@ def retarget(
             .execution_options(synchronize_session=False)
         )
         changed.update((d, r) for d, r in session.execute(statement))
+    announce(session, list(changed))
     return {d: changed[d] for d in ids if d in changed}
+
+
+def announce(session: Session, device_ids: list[str]) -> None:
+    """Tell the other replicas these devices' desired state changed: ``NOTIFY`` in this transaction,
+    delivered when it commits (PostgreSQL; a SQLite database has one process, which publishes to
+    its own long-polls). See ``replicas``."""
+    if not device_ids or session.get_bind().dialect.name != "postgresql":
+        return
+    replica = str(session.info.get("replica", ""))
+    for payload in replicas.notify_payloads(replica, device_ids):
+        session.execute(select(func.pg_notify(replicas.CHANNEL, payload)))
 
 
 def targeted(session: Session, model: str, version: str, rollout_id: str | None) -> Targeted:
@@ -852,6 +867,10 @@ def new_rollout_id(model: str) -> str:
 
 
 def insert_rollout(session: Session, status: RolloutStatus, now: datetime) -> RolloutRow:
+    """Add the new rollout and commit it; :class:`RolloutConflict` when another rollout of the model
+    is open. The API checks that first with a clear message, but between its read and this insert
+    another replica (or request) may have created one: the partial unique index
+    (``db.ONE_OPEN_ROLLOUT``) decides, and the loser gets the same kind of answer, a 409."""
     row = RolloutRow(
         rollout_id=status.rollout_id,
         model=status.model,
@@ -861,7 +880,29 @@ def insert_rollout(session: Session, status: RolloutStatus, now: datetime) -> Ro
         updated_at=now,
     )
     session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        conflict = _open_rollout_conflict(session, status.model, but=status.rollout_id)
+        if conflict is None:
+            raise
+        raise conflict from exc
     return row
+
+
+def _open_rollout_conflict(session: Session, model: str, *, but: str) -> RolloutConflict | None:
+    """The refusal for a rollout of ``model`` that lost to another open one (None: no other one is
+    open, so the integrity error was something else). Read after the losing transaction ended."""
+    others = [r for r in open_rollouts(session, model) if r.rollout_id != but]
+    session.rollback()
+    if not others:
+        return None
+    names = ", ".join(f"{r.rollout_id} ({r.phase})" for r in others)
+    reason = f"another rollout of {model} is active: {names}"
+    return RolloutConflict(
+        reason, reason=reason, hint="wait for it, abort it, or ask to supersede it"
+    )
 
 
 def load_rollout(session: Session, rollout_id: str, *, lock: bool = False) -> RolloutRow:
@@ -908,13 +949,17 @@ def save_decision(
     """Persist the new status and its actions (the outbox) in one transaction, before any is done.
 
     The row's version column turns a concurrent update by another replica into
-    :class:`ConcurrentUpdate` instead of a lost write.
+    :class:`ConcurrentUpdate` instead of a lost write. A ``RecordOutcome`` also goes into the
+    outcome feed (:mod:`~fleet.controller.storage.outcomes`) in this transaction; two writers
+    taking the same feed id is a :class:`ConcurrentUpdate` as well.
     """
     row.status = new.model_dump(mode="json")
     row.phase = str(new.phase)
     row.updated_at = now
     row.last_error = None
     for position, action in enumerate(actions):
+        if isinstance(action, RecordOutcome):  # the feed the registry follower reads, same commit
+            outcomes.record(session, action, now)
         session.add(
             RolloutActionRow(
                 rollout_id=row.rollout_id,
@@ -931,6 +976,11 @@ def save_decision(
         session.commit()
     except (StaleDataError, IntegrityError) as exc:
         session.rollback()
+        if isinstance(exc, IntegrityError) and new.phase.value in OPENING_PHASES:
+            # a retry of an ended rollout while another one of the model is open
+            conflict = _open_rollout_conflict(session, new.model, but=row.rollout_id)
+            if conflict is not None:
+                raise conflict from exc
         raise ConcurrentUpdate(
             f"rollout {row.rollout_id} was changed by another pass", rollout_id=row.rollout_id
         ) from exc
@@ -946,10 +996,19 @@ def pending_actions(session: Session, rollout_id: str) -> list[RolloutActionRow]
     )
 
 
-def mark_done(pending: RolloutActionRow, now: datetime) -> None:
-    """Mark one outbox action performed; the caller commits it with the action's effect."""
-    pending.done = True
-    pending.done_at = now
+def claim_action(session: Session, action_id: int, now: datetime) -> bool:
+    """Take one outbox action to perform it: marks it done in one conditional UPDATE, so of two
+    performers (replicas, a command and the reconcile pass) exactly one gets it, the other False;
+    the caller does the action's effect in this same transaction and commits both together (a
+    failure rolls the claim back with the effect: the action stays pending). The first statement
+    of its transaction (SQLite cannot turn an older read into a write)."""
+    claimed = session.execute(
+        update(RolloutActionRow)
+        .where(RolloutActionRow.id == action_id, RolloutActionRow.done.is_(False))
+        .values(done=True, done_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(claimed, "rowcount", 0) == 1
 
 
 def record_error(session: Session, rollout_id: str, message: str) -> None:
