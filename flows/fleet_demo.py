@@ -14,6 +14,7 @@ the next demo, or ``edgeloop fleet demo --stop``, stops it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -105,7 +106,8 @@ def stop_demo_controller(settings: Settings) -> bool:
         except ProcessLookupError:
             return True
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may end between the last look and now
+        os.killpg(pid, signal.SIGKILL)
     return True
 
 
