@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import (
     Column,
@@ -48,8 +48,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    event,
     insert,
     select,
     update,
@@ -59,6 +57,7 @@ from edgeloop.core.errors import RegistryError
 from fleet.shared.admin_protocol import OutcomeEntry, OutcomePage
 from fleet.shared.backoff import backoff_delay
 from registry.outcomes import outcome_tags, production_version, restore_production
+from registry.promotion_store import immediate_sqlite_engine
 from registry.publish import PRODUCTION
 
 if TYPE_CHECKING:
@@ -178,18 +177,8 @@ class FollowerStore:
     each feed id at most once, and the cursor only ever moves forward."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-
-        @event.listens_for(self.engine, "connect")
-        def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(self.engine, "begin")
-        def _write_lock_up_front(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # read-then-write without a lost update
-
+        self.engine = immediate_sqlite_engine(path)
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             if conn.execute(select(state_table.c.id)).first() is None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     Column,
+    Engine,
     Float,
     Integer,
     MetaData,
@@ -80,21 +81,28 @@ class Trigger:
     at: float
 
 
+def immediate_sqlite_engine(path: Path) -> Engine:
+    """A SQLite engine whose transactions take the write lock at BEGIN (``BEGIN IMMEDIATE``), so a
+    read-then-write across threads or processes loses no update; the file's folder is made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _write_lock_up_front(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
 class PromotionStore:
     """The listener's and the poller's shared memory; safe across threads and processes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-
-        @event.listens_for(self.engine, "connect")
-        def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(self.engine, "begin")
-        def _write_lock_up_front(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # read-then-write without a lost update
-
+        self.engine = immediate_sqlite_engine(path)
         metadata.create_all(self.engine)
 
     def remember_delivery(self, delivery_id: str, now: float, keep_s: float) -> bool:
