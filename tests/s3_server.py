@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,13 @@ CREDENTIALS = {
 class S3Server:
     endpoint_url: str
     bucket: str
+    pid: int = 0
+    """moto's process (the leader of its own process group)."""
+
+    def stop(self) -> None:
+        """Stop the server as an outage does: every connection to it is refused from now on."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def client(self) -> Any:
         """A boto3 client of the server, with :data:`CREDENTIALS`."""
@@ -89,7 +96,7 @@ def moto_s3(log_dir: Path) -> Iterator[S3Server]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"moto server not up: {log.read_text()[-3000:]}")
             time.sleep(0.2)
-        server = S3Server(endpoint, f"edgeloop-{uuid.uuid4().hex[:8]}")
+        server = S3Server(endpoint, f"edgeloop-{uuid.uuid4().hex[:8]}", proc.pid)
         server.client().create_bucket(Bucket=server.bucket)
         yield server
     finally:

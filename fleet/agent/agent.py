@@ -60,6 +60,7 @@ from fleet.agent.errors import (
     BadResponse,
     ControllerCallFailed,
     ControllerUnreachable,
+    DownloadFailed,
     Forbidden,
     InferenceFailed,
     InvalidInput,
@@ -241,6 +242,7 @@ class Agent:
         wait before the next iteration (0 after a successful long-poll, a back-off after a failure).
         Never raises for a controller, model or disk problem: those become :attr:`status`."""
         online = False
+        download_failed: DownloadFailed | None = None
         try:
             credentials = self._enrolled()
             if credentials is not None:
@@ -252,7 +254,10 @@ class Agent:
                 )
                 self._emit("desired", str(desired.revision))
                 self.status.revision = desired.revision
-                self._converge(desired, credentials)
+                try:
+                    self._converge(desired, credentials)
+                except DownloadFailed as exc:  # the controller answered: still send the reports
+                    download_failed = exc
                 online = True
         except ControllerCallFailed as exc:
             self._failed(exc)
@@ -267,6 +272,9 @@ class Agent:
                 online = False
                 self._failed(exc)
         self.status.active = self.slots.active
+        if online and download_failed is not None:
+            self._failed(download_failed)  # the old model serves; the download waits a back-off
+            return self._backoff()
         if online:
             self.status.failures = 0
             if self.status.phase is not AgentPhase.ONLINE:

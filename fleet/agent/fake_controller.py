@@ -88,6 +88,9 @@ class FakeController:
     out_of_scope_versions: set[str] = field(default_factory=set)
     """Reports of these versions are acknowledged as ``refused`` (not stored), as the controller
     answers reports of a version the device was not told to run."""
+    store_unavailable: bool = False
+    """Artifact downloads are answered 503, as a controller whose artifact store is unreachable
+    answers them; every other call works."""
     _truncate: dict[str, int] = field(default_factory=dict)
 
     # --- what a test sets up ---------------------------------------------------------------------
@@ -183,6 +186,9 @@ class FakeController:
         if request.method == "POST" and (match := _FIELD_SAMPLES.match(path)):
             return self._field_samples(request, match.group(1))
         if request.method == "GET" and path.startswith(_ARTIFACTS):
+            if self.store_unavailable:
+                self.log.append(("unavailable", path))
+                return httpx.Response(503, json={"detail": "the artifact store is unreachable"})
             return self._artifact(request, path)
         return httpx.Response(404, json={"detail": f"no route {request.method} {path}"})
 

@@ -332,6 +332,34 @@ def test_reports_the_controller_calls_out_of_scope_are_forgotten_and_counted(
     assert all(len(c[2]) <= 1 for c in resent)  # only the new window's report, not the old ones
 
 
+def test_a_download_the_controller_cannot_serve_keeps_the_model_and_the_reports_flowing(
+    on_v1: Device, key: Ed25519PrivateKey
+) -> None:
+    """The controller answers, but its artifact store does not: the device keeps serving v1 and
+    keeps reporting (a rollout must see it, not a silent device), and tries the download again
+    after a growing back-off instead of at every long-poll."""
+    device, fake = on_v1, on_v1.fake
+    agent = device.agent
+    fake.store_unavailable = True
+    fake.target(DEVICE, publish(fake, key, "v2"))
+    delays = []
+    for _ in range(2):
+        agent.slots.predict(GOLDEN[:1])
+        delays.append(agent.run_once())
+    assert delays == [1.0, 2.0]
+    assert agent.status.phase is AgentPhase.FAILING
+    assert "v2" in agent.status.message and "503" in agent.status.message
+    calls = [c[0] for c in device.calls()]
+    assert calls.count("telemetry") == 2 and "unavailable" in calls
+    assert agent.buffer.stats().pending == 0
+    assert {r.version for r in fake.reports(DEVICE)} == {"v1"}
+    assert agent.slots.active == ref("v1")
+
+    fake.store_unavailable = False
+    assert agent.run_once() == 0
+    assert agent.slots.active == ref("v2") and agent.status.phase is AgentPhase.ONLINE
+
+
 def test_offline_keeps_serving_and_buffering_then_sends_everything(
     on_v1: Device, key: Ed25519PrivateKey
 ) -> None:

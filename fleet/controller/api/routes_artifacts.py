@@ -119,6 +119,14 @@ def artifact(
     except ArtifactMissing as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such artifact") from exc
     except ArtifactStoreUnavailable as exc:
+        with request.app.state.sessions() as session:
+            store.record_download_error(
+                session,
+                device.device_id,
+                f"{version}/{variant}: {exc.message}",
+                request.app.state.clock(),
+            )
+            session.commit()
         raise _unavailable(exc) from exc
     headers["Content-Length"] = str(stop - start)
     if part is None:

@@ -710,15 +710,19 @@ def device_problem(
     """
     if device.reports(canary, since):
         return None
-    if device.last_seen is None:
-        return "never reported"
-    if device.last_seen < since:
-        return f"silent since {device.last_seen.isoformat()}"
     running = device.running_version
-    if running is None:
-        return f"reports no version, not {canary}"
-    label = " (stable)" if running == stable and stable != canary else ""
-    return f"reports {running}{label}, not {canary}"
+    if device.last_seen is None:
+        problem = "never reported"
+    elif device.last_seen < since:
+        problem = f"silent since {device.last_seen.isoformat()}"
+    elif running is None:
+        problem = f"reports no version, not {canary}"
+    else:
+        label = " (stable)" if running == stable and stable != canary else ""
+        problem = f"reports {running}{label}, not {canary}"
+    if device.download_error:
+        problem += f"; the controller could not serve its download: {device.download_error}"
+    return problem
 
 
 def describe_gaps(gaps: tuple[DeviceGap, ...], limit: int = NAMES_IN_REASON) -> str:

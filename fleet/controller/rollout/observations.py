@@ -129,6 +129,11 @@ class DeviceObservation(BaseModel):
     refused: tuple[Refusal, ...] = Field(
         (), description="artifacts it reported refusing inside the window"
     )
+    download_error: str | None = Field(
+        None,
+        description="why the controller last failed to serve it an artifact inside the window "
+        "(its artifact store unreachable, say); None when it did not fail",
+    )
 
     @model_validator(mode="after")
     def _one_entry_per_version(self) -> DeviceObservation:

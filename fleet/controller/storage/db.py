@@ -94,6 +94,9 @@ class DeviceRow(Base):
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """Set when an operator takes the device out of the fleet: its credential stops working and
     no rollout counts or targets it; its history stays."""
+    download_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    """The controller's last failure to serve this device an artifact (its store unreachable)."""
+    download_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TelemetryRow(Base):

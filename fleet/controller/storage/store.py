@@ -235,6 +235,16 @@ def device_by_credential_hash(session: Session, credential_hash: str) -> DeviceR
     ).one_or_none()
 
 
+def record_download_error(session: Session, device_id: str, error: str, now: datetime) -> None:
+    """Remember that the controller could not serve ``device_id`` an artifact, and why: a stage
+    that ends without a verdict names it (``DeviceObservation.download_error``)."""
+    session.execute(
+        update(DeviceRow)
+        .where(DeviceRow.device_id == device_id)
+        .values(download_error=error[:500], download_error_at=now)
+    )
+
+
 def retire_devices(
     session: Session, device_ids: Iterable[str], silent_for_s: float | None, now: datetime
 ) -> list[str]:
@@ -718,6 +728,14 @@ def latest_versions(session: Session, device_ids: list[str]) -> dict[str, str]:
     return {device_id: version for device_id, version in rows}
 
 
+def _download_error(device: DeviceRow, window: datetime | None) -> str | None:
+    """The device's last failed download, when it happened inside the window."""
+    at = device.download_error_at
+    if window is None or at is None or at < window:
+        return None
+    return device.download_error
+
+
 def observations(
     session: Session, status: RolloutStatus, now: datetime | None = None
 ) -> Observations:
@@ -813,6 +831,7 @@ def observations(
                 running_version=seen.get(d.device_id, (None, None))[1],
                 telemetry=tuple(per_device.get(d.device_id, ())),
                 refused=tuple(refused.get(d.device_id, ())),
+                download_error=_download_error(d, window),
             )
             for d in devices
         ),
