@@ -19,6 +19,7 @@ from pathlib import Path
 import held
 import pytest
 import yaml
+from tolerant_profiles import load_tolerant_profiles
 from training_params import TRAINED_PARAMS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ class Project:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             COLUMNS="200",
             EDGELOOP_HARDWARE_TESTS_DIR=str(REPO / "hardware-tests"),
-            EDGELOOP_PROFILES_DIR=str(REPO / "hardware-tests" / "profiles"),
+            EDGELOOP_PROFILES_DIR=str(load_tolerant_profiles()),
         )
         env.update(self.extra_env)
         return env

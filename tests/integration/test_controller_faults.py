@@ -210,13 +210,16 @@ def test_device_endpoints_refuse_missing_wrong_and_foreign_credentials(
     endpoints.append(("GET", f"/v1/artifacts/authm/1/{cls}-int8", {}))
     for method, path, kwargs in endpoints:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {a}"}):
-            r = httpx.request(method, controller.base + path, headers=headers, **kwargs)
+            r = httpx.request(method, controller.base + path, headers=headers, **kwargs, timeout=30)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json() == NO_CREDENTIALS, (path, r.text)  # same answer: existence not leaked
             assert r.headers["www-authenticate"] == "Bearer"
     # a device's credential is no admin token
     r = httpx.post(
-        f"{controller.base}/v1/enrolment-tokens", headers={"Authorization": f"Bearer {a}"}, json={}
+        f"{controller.base}/v1/enrolment-tokens",
+        headers={"Authorization": f"Bearer {a}"},
+        json={},
+        timeout=30,
     )
     assert r.status_code == 401
     # a's credential on b's paths (and on a path that does not exist): 403, the same body, nothing of b
@@ -231,6 +234,7 @@ def test_device_endpoints_refuse_missing_wrong_and_foreign_credentials(
                 f"{controller.base}/v1/devices/{device}/{suffix}",
                 headers={"Authorization": f"Bearer {a}"},
                 **kwargs,
+                timeout=30,
             )
             assert r.status_code == 403, r.text
             assert r.json() == {"detail": "not this device's resource"}
@@ -238,10 +242,12 @@ def test_device_endpoints_refuse_missing_wrong_and_foreign_credentials(
     own = httpx.get(
         f"{controller.base}/v1/artifacts/authm/1/other-cpu-int8",
         headers={"Authorization": f"Bearer {a}"},
+        timeout=30,
     )
     missing = httpx.get(
         f"{controller.base}/v1/artifacts/authm/9/other-cpu-int8",
         headers={"Authorization": f"Bearer {a}"},
+        timeout=30,
     )
     assert own.status_code == missing.status_code == 404 and own.json() == missing.json()
     # the agent's client turns these into typed errors
@@ -361,10 +367,14 @@ def test_truncated_download_resumes_with_range(
     assert ranges == ["bytes=123456-"]
     # and the controller answers ranges and ETags itself
     headers = {"Authorization": f"Bearer {credential}"}
-    r = httpx.get(controller.base + artifact.url, headers={**headers, "Range": "bytes=1000-"})
+    r = httpx.get(
+        controller.base + artifact.url, headers={**headers, "Range": "bytes=1000-"}, timeout=30
+    )
     assert r.status_code == 206 and r.content == data[1000:]
     etag = r.headers["etag"]
-    r = httpx.get(controller.base + artifact.url, headers={**headers, "If-None-Match": etag})
+    r = httpx.get(
+        controller.base + artifact.url, headers={**headers, "If-None-Match": etag}, timeout=30
+    )
     assert r.status_code == 304
 
 
@@ -411,12 +421,17 @@ def test_duplicate_and_out_of_order_telemetry_is_idempotent_and_absurd_values_ar
     headers = {"Authorization": f"Bearer {credential}"}
     for seq, change in enumerate(absurd, start=100):
         body = {"reports": [report(seq, "1") | change]}
-        r = httpx.post(url, json=body, headers=headers)
+        r = httpx.post(url, json=body, headers=headers, timeout=30)
         assert r.status_code == 422, (change, r.text)
-    r = httpx.post(url, json={"reports": [report(i, "1") for i in range(1, 502)]}, headers=headers)
+    r = httpx.post(
+        url, json={"reports": [report(i, "1") for i in range(1, 502)]}, headers=headers, timeout=30
+    )
     assert r.status_code == 422
     r = httpx.post(
-        url, content=b"{not json", headers={**headers, "Content-Type": "application/json"}
+        url,
+        content=b"{not json",
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=30,
     )
     assert r.status_code == 422
     rows = sqlite_count(

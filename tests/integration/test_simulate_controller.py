@@ -5,6 +5,7 @@ the agreement gate (shadow comparisons on the devices). Faults: test_simulate_fa
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -255,9 +256,10 @@ def test_a_regressor_is_judged_on_agreement_within_its_tolerance_and_on_its_fiel
 def test_a_canary_its_devices_refuse_is_rolled_back_at_once_naming_the_refusal(
     controller: dict[str, Any],
 ) -> None:
-    """v2's file is rewritten on the controller's disk after it was registered (signed and
-    checked): every device refuses the bytes it downloads, says so in its next report, and the
-    rollout is rolled back on the artifact gate within seconds, not at the stage's deadline."""
+    """v2's object is rewritten in the controller's artifact store after it was registered
+    (signed and checked): every device refuses the bytes it downloads, says so in its next report,
+    and the rollout is rolled back on the artifact gate within seconds, not at the stage's
+    deadline."""
     tmp: Path = controller["tmp"]
     rng = np.random.default_rng(5)
     w = rng.normal(size=(64, 10))
@@ -269,7 +271,10 @@ def test_a_canary_its_devices_refuse_is_rolled_back_at_once_naming_the_refusal(
         for cls in CLASSES:
             register(controller, client, "1", cls, v1)
             register(controller, client, "2", cls, v2)
-        write_model(v2, w * 2)  # after registration: not the bytes the registry signed
+        digest = hashlib.sha256(v2.read_bytes()).hexdigest()
+        stored = tmp / "artifact-store" / digest[:2] / digest
+        assert stored.is_file(), f"v2 is not at {stored}"
+        stored.write_bytes(write_model(tmp / "tampered.onnx", w * 2).read_bytes())
         sim = fleet_on_v1(controller, field_x, devices=6, seed=6)
         try:
             done = rollout_to_the_end(sim, client, "2", "1", policy)
