@@ -446,7 +446,7 @@ class Agent:
                     credentials.device_id, credentials.credential, TelemetryBatch(reports=reports)
                 )
             except BadResponse as exc:
-                if exc.status_code != 422:
+                if exc.status_code not in (413, 422):  # too large or invalid: one at a time
                     raise
                 ack = self._send_each(credentials, reports)
             acked = self.buffer.ack([*ack.accepted, *ack.duplicates, *ack.refused])
@@ -473,7 +473,7 @@ class Agent:
                     credentials.device_id, credentials.credential, TelemetryBatch(reports=[report])
                 )
             except BadResponse as exc:
-                if exc.status_code != 422:
+                if exc.status_code not in (413, 422):
                     raise
                 self.status.invalid_reports += 1
                 self.buffer.ack([report.seq])

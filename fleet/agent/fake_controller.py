@@ -88,6 +88,8 @@ class FakeController:
     out_of_scope_versions: set[str] = field(default_factory=set)
     """Reports of these versions are acknowledged as ``refused`` (not stored), as the controller
     answers reports of a version the device was not told to run."""
+    max_body_bytes: int | None = None
+    """Telemetry bodies longer than this are answered 413, as a controller's body limit does."""
     store_unavailable: bool = False
     """Artifact downloads are answered 503, as a controller whose artifact store is unreachable
     answers them; every other call works."""
@@ -242,6 +244,9 @@ class FakeController:
         if refused is not None:
             self.log.append(("telemetry", device_id, ()))
             return refused
+        if self.max_body_bytes is not None and len(request.content) > self.max_body_bytes:
+            self.log.append(("too-large", device_id, len(request.content)))
+            return httpx.Response(413, json={"detail": "request body too large"})
         try:
             batch = TelemetryBatch.model_validate_json(request.content)
         except ValidationError as exc:

@@ -27,7 +27,7 @@ from fleet.agent.fake_controller import FakeController
 from fleet.agent.slots import SlotManager
 from fleet.agent.store import ArtifactRef, ModelStore
 from fleet.agent.telemetry import TelemetryBuffer
-from fleet.shared.protocol import Artifact, TelemetryBatch
+from fleet.shared.protocol import Artifact, TelemetryBatch, TelemetryReport
 
 FEATURES, CLASSES = 64, 10
 MODEL, VARIANT, DEVICE = "digits", "int8", "dev-1"
@@ -422,6 +422,45 @@ def test_a_report_the_controller_refuses_is_dropped_and_counted_not_resent_forev
     agent.slots.predict(GOLDEN[:1])
     assert agent.run_once() == 0
     assert [c[0] for c in device.calls()].count("telemetry") == 1  # the outbox flows again
+
+
+def test_a_batch_the_controller_finds_too_large_is_sent_one_report_at_a_time(
+    on_v1: Device,
+) -> None:
+    """413 for the batch (a controller with a smaller body limit than the agent's outbox):
+    each report goes alone and none is lost; one that is too large alone is dropped and counted,
+    so it cannot hold the outbox behind it."""
+    device, fake = on_v1, on_v1.fake
+    agent = device.agent
+    fake.offline = True
+    for _ in range(3):
+        agent.slots.predict(GOLDEN[:1])
+        agent.run_once()
+    fake.offline = False
+    pending = [r["seq"] for r in agent.buffer.pending()]
+    one = len(TelemetryBatch(reports=[fake_report(agent)]).model_dump_json())
+    fake.max_body_bytes = one * 2  # a batch of four is too large, one report is not
+    device.calls()
+
+    assert agent.run_once() == 0
+
+    assert {r.seq for r in fake.reports(DEVICE)} >= set(pending)
+    assert agent.status.invalid_reports == 0 and agent.buffer.stats().pending == 0
+    calls = device.calls()
+    assert calls[1][0] == "too-large"
+    assert sorted(c[2][0] for c in calls if c[0] == "telemetry") == [*pending, pending[-1] + 1]
+
+    fake.max_body_bytes = 10  # nothing fits: dropped and counted, never resent
+    agent.slots.predict(GOLDEN[:1])
+    assert agent.run_once() == 0
+    assert agent.status.invalid_reports == 1 and agent.buffer.stats().pending == 0
+
+
+def fake_report(agent: Agent) -> TelemetryReport:
+    """One of the agent's reports as the controller would parse it (to size a body limit)."""
+    [raw] = agent.buffer.pending(1) or [None]
+    assert raw is not None
+    return TelemetryReport.model_validate(raw)
 
 
 def test_a_refused_credential_is_not_answered_by_enrolling_again(
