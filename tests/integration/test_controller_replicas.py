@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from builders import model_bytes, sign
@@ -38,7 +39,10 @@ def log_of(ctl: Controller) -> str:
 
 
 def leads(ctl: Controller) -> bool:
-    return LEADS in log_of(ctl)
+    """What the replica's health says, and its log agrees."""
+    said = httpx.get(f"{ctl.base}/v1/health", timeout=10).json()["leader"]
+    assert said == (LEADS in log_of(ctl)) or not said, (said, log_of(ctl)[-2000:])
+    return bool(said)
 
 
 def replicas(

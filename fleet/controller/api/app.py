@@ -129,7 +129,7 @@ def create_app(
             # PostgreSQL: other replicas' changes wake this one's long-polls
             listening = replicas.listener(engine, replica, notifier.notify, notifier.notify_all)
             if settings.reconcile_enabled:  # the passes run on the one replica that leads
-                leader = replicas.leadership(engine)
+                leader = app.state.leader = replicas.leadership(engine)
                 task = asyncio.create_task(
                     loop.run_forever(sessions, clock, settings.reconcile_s, notifier, leader)
                 )
@@ -166,9 +166,14 @@ def create_app(
     app.add_middleware(LimitBodySize, limits=controller_limits(settings))
     app.add_middleware(CredentialBeforeBody)
 
+    app.state.leader = None
+
     @app.get(f"{API_PREFIX}/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, str | bool]:
+        """``leader``: whether this replica runs the background passes (reconcile, observe) now;
+        on SQLite the one process always does, unless its passes are turned off."""
+        leader: replicas.Leadership | None = app.state.leader
+        return {"status": "ok", "leader": leader is not None and leader.held}
 
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(rollouts_router, prefix=API_PREFIX)

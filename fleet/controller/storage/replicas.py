@@ -68,6 +68,11 @@ class Leadership(Protocol):
 
     def leading(self) -> bool: ...
 
+    @property
+    def held(self) -> bool:
+        """The answer of the last :meth:`leading`, without asking again (health, metrics)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -75,6 +80,10 @@ class Alone:
     """The one process on a SQLite database (:func:`hold_sqlite`): always the leader."""
 
     def leading(self) -> bool:
+        return True
+
+    @property
+    def held(self) -> bool:
         return True
 
     def close(self) -> None:
@@ -108,6 +117,10 @@ class AdvisoryLeader:
         self._lock = threading.Lock()
         self._connection: Any = None
         self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def leading(self) -> bool:
         with self._lock:
