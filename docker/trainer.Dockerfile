@@ -1,7 +1,8 @@
 # The trainer image: the platform stack (torch, Prefect, MLflow, Great Expectations) and the flow
 # code, running a Prefect worker on one training pool. `edgeloop place` submits the placed training
-# flow to the pool; the worker runs it here, with the code under /opt/edgeloop (set
-# `placement.source: /opt/edgeloop` in params.yaml so deployments point there).
+# flow to the pool; the worker imports it from the edgeloop installed here (the deployment names it
+# by module path: `placement.source` unset), and gets the parameters with the flow run and the
+# training data from the platform's DVC remote (EDGELOOP_DVC_REMOTE, flows/data_remote.py).
 #
 # Build from the repository root:
 #   docker build -f docker/trainer.Dockerfile -t edgeloop-trainer:0.1.0 .
@@ -16,6 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PREFECT_HOME=/var/lib/edgeloop/prefect \
     EDGELOOP_HOME=/var/lib/edgeloop \
+    EDGELOOP_HARDWARE_TESTS_DIR=/opt/edgeloop/hardware-tests \
+    EDGELOOP_PROFILES_DIR=/opt/edgeloop/hardware-tests/profiles \
+    EDGELOOP_MODEL_CARDS_DIR=/var/lib/edgeloop/model-cards \
     EDGELOOP_POOL=train-aws-eu
 
 WORKDIR /opt/edgeloop

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import yaml
 from prefect import flow
 from pydantic import BaseModel, ConfigDict
 
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.placement_params import PlacementParams
 from edgeloop.core.settings import Settings
+from flows.data_remote import fetch_field_data, share_field_data
 from flows.placement import Placement, PlacementError, run_placed
 from flows.retrain import retrain
 from flows.workspace import Workspace
@@ -28,44 +31,70 @@ from registry.run_key import existing_version, run_key
 from registry.tracking import connect, ensure_experiment
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-PATHS = ("home", "params_file", "data_dir", "model_cards_dir", "profiles_dir", "hardware_tests_dir")
+PATHS = ("home", "model_cards_dir", "profiles_dir", "hardware_tests_dir")
 
 
 def settings_for_workers(settings: Settings) -> dict[str, str]:
-    """The driver's settings as absolute paths, so a worker elsewhere in the tree uses the same."""
-    values = {name: str(Path(getattr(settings, name)).resolve()) for name in PATHS}
-    values["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri or ""  # empty: embedded store
+    """What a worker takes from the driver's settings: the MLflow tracking URI, and with the
+    embedded store (a file under the driver's home, so its workers share this host) the driver's
+    folders as absolute paths. With an MLflow server a worker may run anywhere and its own
+    environment says where its folders are. The parameters and the data never travel as paths:
+    they go with the flow run and through the DVC remote (:mod:`flows.data_remote`)."""
+    values = {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri or ""}  # empty: embedded store
+    if settings.uses_embedded_mlflow():
+        values.update({name: str(Path(getattr(settings, name)).resolve()) for name in PATHS})
     return values
 
 
 def job_run_key(settings: Settings, params: Params) -> str:
     """Data (DVC hash of the splits, or the loader when none exist yet), parameters, code.
 
-    Where the job runs is not what it produces: the ``placement`` section stays out of the key.
+    Where the job runs is not what it produces: the ``placement`` section, and where the hardware
+    runners find their code (``gates.runner_source``), stay out of the key.
     """
     splits = settings.splits_dir
     data = dvc_dir_hash(splits) if splits.is_dir() else f"loader {params.data.loader}"
-    job = params.model_copy(update={"placement": PlacementParams()})
+    gates = params.gates.model_copy(update={"runner_source": None})
+    job = params.model_copy(update={"placement": PlacementParams(), "gates": gates})
     state = git_state(CHECKOUT)
     return run_key(data, job.digest(), state.commit + ("+dirty" if state.dirty else ""))
 
 
 @flow(name="placed-training", log_prints=True, validate_parameters=False)
-def placed_training(settings: dict[str, str], run_key: str, pool: str) -> str:
-    """Train and register once for ``run_key`` on this pool's worker; return the version."""
+def placed_training(
+    settings: dict[str, str],
+    run_key: str,
+    pool: str,
+    params: dict[str, Any],
+    data: dict[str, Any] | None = None,
+) -> str:
+    """Train and register once for ``run_key`` on this pool's worker; return the version.
+
+    ``params`` is the driver's params.yaml, ``data`` the field data it shared through the DVC
+    remote (:func:`flows.data_remote.share_field_data`): nothing is read from the driver's disk."""
     resolved = Settings(**settings)  # type: ignore[arg-type]
-    params = load_params(resolved.params_file)
-    earlier = existing_version(connect(resolved.tracking_uri), params.model_name, run_key)
+    job = Params.model_validate(params)
+    earlier = existing_version(connect(resolved.tracking_uri), job.model_name, run_key)
     if earlier is not None:
         print(f"run key {run_key} is already registered as v{earlier.version}")
         return str(earlier.version)
     root = resolved.work_dir / "placed" / pool
+    if data is not None:
+        field = fetch_field_data(data, root / "field")
+        print(
+            f"{len(data['pointers'])} field-data file(s) pulled from the DVC remote {data['remote']}"
+        )
+        job = job.model_copy(update={"data": job.data.model_copy(update={"field_dir": str(field)})})
+    root.mkdir(parents=True, exist_ok=True)
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    resolved = resolved.model_copy(update={"params_file": params_file})
     summary = retrain(
         resolved,
         tags={tag.RUN_KEY: run_key, tag.PLACEMENT_POOL: pool},
         ws=Workspace(root / "splits", root),
     )
-    print(f"{params.model_name} v{summary.version} registered from pool {pool}")
+    print(f"{job.model_name} v{summary.version} registered from pool {pool}")
     return summary.version
 
 
@@ -112,7 +141,14 @@ def placed_retrain(settings: Settings | None = None) -> PlacedRun:
             model=params.model_name, run_key=key, version=str(earlier.version), reused=True
         )
     ensure_training_deployments([p.name for p in placement.pools], placement.source)
-    backend = PrefectPools({"settings": settings_for_workers(settings), "run_key": key})
+    backend = PrefectPools(
+        {
+            "settings": settings_for_workers(settings),
+            "run_key": key,
+            "params": params.model_dump(mode="json"),
+            "data": share_field_data(settings, params),
+        }
+    )
     artifacts = settings.artifacts_dir if settings.uses_embedded_mlflow() else None
     experiment = ensure_experiment(client, params.model_name, artifacts)
     record = Placement()

@@ -1,7 +1,8 @@
 """Training pools on Prefect: a deployment of the training flow per pool, worker health, runs.
 
 Each training pool gets a deployment ``placed-training/<pool>`` of :func:`flows.placement_flow.
-placed_training`, created from source the way :mod:`flows.pool` deploys the hardware flow. A pool is
+placed_training`, made the way :mod:`flows.pool` deploys the hardware flow: its code from
+``placement.source``, by default the worker's own installed edgeloop (the trainer image). A pool is
 live when it is not paused and one of its workers sent a heartbeat within three of its heartbeat
 intervals (Prefect's own rule for marking a worker offline, computed here so no server loop lags).
 """
@@ -14,12 +15,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from flows.placement import PoolHealth, RunState
-from flows.pool import deploy_from_source, ensure_process_pools
+from flows.pool import deploy_flow, ensure_process_pools
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun, Worker
 
 FLOW_NAME = "placed-training"
+TRAINING_FLOW = "flows.placement_flow.placed_training"
 MISSED_HEARTBEATS = 3
 DEFAULT_HEARTBEAT_S = 30
 
@@ -63,11 +65,10 @@ def pool_health(pools: Sequence[str]) -> dict[str, PoolHealth]:
 
 
 def ensure_training_deployments(pools: Sequence[str], source: str | None) -> None:
-    """Create each pool (process type) and its deployment of the training flow, if missing."""
+    """Create each pool (process type) and its deployment of the training flow, if missing; the
+    flow's code comes from ``source`` (``placement.source``)."""
     ensure_process_pools(pools)
-    deploy_from_source(
-        "flows/placement_flow.py:placed_training", [(name, name) for name in pools], source
-    )
+    deploy_flow(TRAINING_FLOW, [(name, name) for name in pools], source)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from flows.datasets import read_splits, xy
 from flows.model_contract import ContractOverrides
 from flows.onnxfile import check_model_file
 from flows.plots import confusion_matrix, loss_curve, predicted_vs_true
-from flows.pool import PoolRunner
+from flows.pool import PoolRunner, log_suite
 from flows.progress import stage
 from flows.quality import metric_of
 from flows.run_summary import RunSummary, VariantSummary
@@ -143,10 +143,13 @@ def hardware_task(
 ) -> dict[str, ProfileChoice]:
     with stage("hardware") as note:
         profiles = validation.load_profiles(settings, params.gates.profiles)
-        if any(p.runner == "pool" for p in profiles):
-            # Runners elsewhere fetch the variants and golden set from the MLflow run.
+        pooled = [p for p in profiles if p.runner == "pool"]
+        suite = ""
+        if pooled:
+            # Runners elsewhere fetch the variants, the golden set and the suite from the MLflow run.
             mlflow.log_artifacts(str(ws.variants_dir), artifact_path="variants")
             mlflow.log_artifact(str(ws.golden), artifact_path="golden")
+            suite = log_suite(settings.hardware_tests_dir, pooled)
         runners: dict[str, validation.Runner] = {
             "local": validation.LocalRunner(settings, ws),
             "pool": PoolRunner(
@@ -154,6 +157,8 @@ def hardware_task(
                 run_id=run_id,
                 deadline_s=params.gates.runner_deadline_s,
                 server=bool(settings.prefect_api_url),
+                suite_sha256=suite,
+                source=params.gates.runner_source,
             ),
         }
         choices = validation.validate(profiles, evaluation, runners)

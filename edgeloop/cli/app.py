@@ -1,7 +1,7 @@
 """The `edgeloop` command: parses arguments and calls into the packages.
 
-Each group of commands lives in its own module (``loop``, ``hardware``); this one assembles
-them and holds the global options.
+Each group of commands lives in its own module (``loop``, ``hardware``, ``runner``, ...); this
+one assembles them and holds the global options.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from edgeloop.cli import listener as cli_listener
 from edgeloop.cli import loop as cli_loop
 from edgeloop.cli import place as cli_place
 from edgeloop.cli import registry as cli_registry
+from edgeloop.cli import runner as cli_runner
 from edgeloop.cli import serve as cli_serve
 from edgeloop.cli.common import State
 
@@ -30,7 +31,7 @@ app.registered_commands += cli_hardware.app.registered_commands
 app.registered_commands += cli_fleet.app.registered_commands
 app.registered_commands += cli_place.app.registered_commands
 app.registered_commands += cli_serve.app.registered_commands
-app.add_typer(cli_hardware.runner_app, name="runner")
+app.add_typer(cli_runner.runner_app, name="runner")
 app.add_typer(cli_fleet.fleet_app, name="fleet")
 app.add_typer(cli_fleet.rollout_app, name="rollout")
 app.add_typer(cli_image.image_app, name="image")

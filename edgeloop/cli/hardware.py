@@ -1,10 +1,7 @@
-"""`edgeloop validate` and `edgeloop runner start`: hardware validation outside the loop."""
+"""`edgeloop validate`: hardware validation of a registered version, outside the loop."""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -40,42 +37,5 @@ def validate(
         console.print(f"  reports: {result.junit_path}, {result.report_path}", highlight=False)
         if not result.passed:
             raise typer.Exit(3)
-
-    guard(go)
-
-
-runner_app = typer.Typer(help="Hardware runners: Prefect workers on the pools hw-<profile>.")
-
-
-@runner_app.command("start")
-def runner_start(
-    profile: Annotated[str, typer.Option("--profile", help="The hardware profile this device is.")],
-) -> None:
-    """Start a Prefect worker on pool hw-<profile> (this process becomes the worker)."""
-
-    def go() -> None:
-        from edgeloop.core.errors import ConfigError
-
-        settings = Settings()
-        prepare(settings)
-        if not settings.prefect_api_url:
-            raise ConfigError(
-                "a hardware runner needs a Prefect server",
-                hint="start one with `prefect server start` and set PREFECT_API_URL",
-            )
-        check_profiles(settings, [profile])
-        from flows.pool import ensure_deployment, pool_name
-
-        ensure_deployment(profile)
-        prefect = str(Path(sys.executable).with_name("prefect"))
-        os.environ.setdefault("EDGELOOP_PROFILES_DIR", str(settings.profiles_dir.resolve()))
-        os.environ.setdefault(
-            "EDGELOOP_HARDWARE_TESTS_DIR", str(settings.hardware_tests_dir.resolve())
-        )
-        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"  # a worker's log is its UI
-        console.print(f"runner for {profile}: worker on pool {pool_name(profile)}", highlight=False)
-        os.execv(
-            prefect, [prefect, "worker", "start", "--pool", pool_name(profile), "--type", "process"]
-        )
 
     guard(go)

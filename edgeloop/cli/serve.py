@@ -167,7 +167,7 @@ def _deploy(params: Any, pools: list[str]) -> None:
 
     names = ensure_ops_deployments(params.schedule)
     for pool in pools:
-        names.append(ensure_deployment(pool.removeprefix("hw-")))
+        names.append(ensure_deployment(pool.removeprefix("hw-"), params.gates.runner_source))
     console.print(f"deployments: {', '.join(names)}", highlight=False)
 
 

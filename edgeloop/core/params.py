@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeloop.core.errors import ConfigError
+from edgeloop.core.flow_source import FlowSource
 from edgeloop.core.placement_params import PlacementParams
 from edgeloop.core.schedule_params import ScheduleParams
 
@@ -79,6 +80,7 @@ class GateParams(_Strict):
     runner_deadline_s: float = Field(
         600, gt=0, description="how long a pool profile may stay silent"
     )
+    runner_source: FlowSource = None  # where the workers of the pools hw-<profile> find the flow
 
 
 class CardParams(_Strict):

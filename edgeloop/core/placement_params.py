@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgeloop.core.flow_source import FlowSource
+
 POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -52,9 +54,7 @@ class PlacementParams(_Strict):
     )
     constraints: PlacementConstraints = Field(default_factory=PlacementConstraints)
     poll_s: float = Field(2.0, gt=0, description="how often a placed run and its pool are checked")
-    source: str | None = Field(
-        None, description="where the pools' workers find the flow code; none: this checkout"
-    )
+    source: FlowSource = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> PlacementParams:

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("EDGELOOP_PREFECT_API_URL", "PREFECT_API_URL"),
     )
+    dvc_remote: str | None = Field(
+        default=None,
+        description="The DVC remote training data goes through to training workers: a directory, "
+        "or s3://bucket/prefix (S3-compatible with dvc_remote_endpoint_url; credentials from the "
+        "usual AWS variables, never a setting). Default: <home>/dvc-remote.",
+    )
+    dvc_remote_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible server (MinIO, Ceph, ...); none: AWS itself."
+    )
     signing_keys_dir: Path | None = Field(
         default=None,
         description="Where the registry's ed25519 signing key lives: on the host that registers "
@@ -49,6 +58,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "mlartifacts"
+
+    @property
+    def data_remote(self) -> str:
+        """The DVC remote's URL: ``dvc_remote``, or a directory under the home."""
+        return self.dvc_remote or str((self.home / "dvc-remote").resolve())
 
     @property
     def prefect_home(self) -> Path:

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+"""A profile's name, which also names its work pool ``hw-<name>``."""
 AUTO = "auto"
 """``variant: auto``: the build picks the smallest variant that meets this profile's budgets."""
 
@@ -54,7 +56,7 @@ class HardwareProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     arch: str = Field(
         "x86_64", pattern=r"^[a-z0-9_]+$", description="platform.machine() of the target"

@@ -89,6 +89,8 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
             "import mlflow",
             "The controller never talks to the registry",
         ),
+        ("flows/runner_flow.py", "import torch", "A hardware runner installs the runner extra"),
+        ("edgeloop/cli/runner.py", "import flows.retrain", "A hardware runner installs the runner"),
     ],
 )
 def test_a_file_that_crosses_a_line_breaks_its_contract(
