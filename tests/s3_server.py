@@ -40,6 +40,16 @@ class S3Server:
     pid: int = 0
     """moto's process (the leader of its own process group)."""
 
+    def controller_env(self, prefix: str = "edgeloop/artifacts/") -> dict[str, str]:
+        """A controller's settings for its artifact store in this bucket (and the credentials)."""
+        return {
+            **CREDENTIALS,
+            "EDGELOOP_FLEET_ARTIFACT_STORE": "s3",
+            "EDGELOOP_FLEET_S3_BUCKET": self.bucket,
+            "EDGELOOP_FLEET_S3_PREFIX": prefix,
+            "EDGELOOP_FLEET_S3_ENDPOINT_URL": self.endpoint_url,
+        }
+
     def stop(self) -> None:
         """Stop the server as an outage does: every connection to it is refused from now on."""
         with suppress(ProcessLookupError):

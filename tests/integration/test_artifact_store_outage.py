@@ -20,7 +20,7 @@ import pytest
 from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_builders import label_free_policy, register
-from s3_server import CREDENTIALS, moto_s3
+from s3_server import moto_s3
 from servers import ADMIN, ADMIN_HEADERS, Controller, write_public_key
 
 from fleet.admin import AdminClient
@@ -47,12 +47,7 @@ def test_a_rollout_whose_store_goes_away_fails_naming_it_and_devices_keep_their_
             tmp_path,
             f"sqlite:///{tmp_path / 'fleet.db'}",
             write_public_key(key, tmp_path / "k.pem"),
-            env={
-                **CREDENTIALS,
-                "EDGELOOP_FLEET_ARTIFACT_STORE": "s3",
-                "EDGELOOP_FLEET_S3_BUCKET": s3.bucket,
-                "EDGELOOP_FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
-            },
+            env=s3.controller_env(),
         ).start()
         try:
             with (

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from builders import sign
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from s3_server import CREDENTIALS, S3Server, moto_s3
+from s3_server import S3Server, moto_s3
 from servers import Controller, write_public_key
 
 from fleet.admin import AdminClient, AdminError
@@ -49,14 +49,7 @@ def s3_controller(root: Path, s3: S3Server, **env: str) -> Iterator[Controller]:
         root,
         f"sqlite:///{root / 'fleet.db'}",
         write_public_key(KEY, root / "k.pem"),
-        env={
-            **CREDENTIALS,
-            "EDGELOOP_FLEET_ARTIFACT_STORE": "s3",
-            "EDGELOOP_FLEET_S3_BUCKET": s3.bucket,
-            "EDGELOOP_FLEET_S3_PREFIX": PREFIX,
-            "EDGELOOP_FLEET_S3_ENDPOINT_URL": s3.endpoint_url,
-            **env,
-        },
+        env={**s3.controller_env(PREFIX), **env},
     )
     ctl.start()
     yield ctl

@@ -395,17 +395,23 @@ def test_offline_keeps_serving_and_buffering_then_sends_everything(
     assert len(fake.telemetry) == stored_before
 
 
+def buffered_offline(device: Device, windows: int) -> list[int]:
+    """Serve a prediction in each of ``windows`` loop turns with the controller away, then bring
+    it back; the seqs of the reports the outbox holds."""
+    device.fake.offline = True
+    for _ in range(windows):
+        device.agent.slots.predict(GOLDEN[:1])
+        device.agent.run_once()
+    device.fake.offline = False
+    return [r["seq"] for r in device.agent.buffer.pending()]
+
+
 def test_a_report_the_controller_refuses_is_dropped_and_counted_not_resent_forever(
     on_v1: Device,
 ) -> None:
     device, fake = on_v1, on_v1.fake
     agent = device.agent
-    fake.offline = True
-    for _ in range(3):
-        agent.slots.predict(GOLDEN[:1])
-        agent.run_once()
-    fake.offline = False
-    pending = [r["seq"] for r in agent.buffer.pending()]
+    pending = buffered_offline(device, 3)
     refused = pending[1]
     fake.refuse_seqs = {refused}  # e.g. a value its database cannot hold: 422 for the batch
     device.calls()
@@ -432,12 +438,7 @@ def test_a_batch_the_controller_finds_too_large_is_sent_one_report_at_a_time(
     so it cannot hold the outbox behind it."""
     device, fake = on_v1, on_v1.fake
     agent = device.agent
-    fake.offline = True
-    for _ in range(3):
-        agent.slots.predict(GOLDEN[:1])
-        agent.run_once()
-    fake.offline = False
-    pending = [r["seq"] for r in agent.buffer.pending()]
+    pending = buffered_offline(device, 3)
     one = len(TelemetryBatch(reports=[fake_report(agent)]).model_dump_json())
     fake.max_body_bytes = one * 2  # a batch of four is too large, one report is not
     device.calls()
