@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import machine_info, write_report
+from _common import (
+    ADMIN,
+    ControllerProcess,
+    free_port,
+    latency_counts,
+    machine_info,
+    write_report,
+)
 from rich.console import Console
 from rich.table import Table
-from rollback_reaction import ADMIN, ControllerProcess, free_port, latency_counts
 from sqlalchemy import insert
 
 from fleet.controller.storage import db
