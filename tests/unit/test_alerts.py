@@ -4,26 +4,16 @@ telemetry ingest (refused with 422 and counted per device), over the API's migra
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, report
+from test_controller_builders import ADMIN_HEADERS, Fleet, report
 
 from fleet.controller.observe import alerts
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage.observe_tables import DeviceEventRow, InputStatsRow
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def raise_one(fleet: Fleet, at: float, kind: str = "input_drift", **rules: Any) -> int | None:

@@ -4,13 +4,10 @@ distinct devices stand behind the series (one device alone, lying or broken, rai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, report
+from test_controller_builders import ADMIN_HEADERS, Fleet, report
 
 from fleet.controller.observe.aggregate import fleet_series
 from fleet.controller.observe.anomaly import MAD_TO_SIGMA, RobustZ
@@ -58,14 +55,6 @@ def test_an_outlier_in_the_history_does_not_move_the_limit_much() -> None:
 
 
 # --- in the observation pass -------------------------------------------------------------------
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def test_a_latency_step_raises_an_anomaly_alert_with_its_reason(fleet: Fleet) -> None:

@@ -17,7 +17,6 @@ import pytest
 from builders import REGISTRY_KEY, claim
 from test_controller_builders import (
     ADMIN_HEADERS,
-    Clock,
     Fleet,
     make_fleet,
     policy,
@@ -29,14 +28,6 @@ from fleet.controller.storage.db import Base, make_engine
 from fleet.shared.profile import load_profile
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def auth(credential: str) -> dict[str, str]:

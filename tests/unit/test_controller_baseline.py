@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
+from test_controller_builders import ADMIN_HEADERS, Fleet
 
 
 def desired(fleet: Fleet, device: str, credential: str) -> dict[str, object]:

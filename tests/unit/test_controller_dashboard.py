@@ -3,7 +3,6 @@ device table, and each bad input answered with one clear message."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,7 @@ from fastapi.testclient import TestClient
 from test_controller_builders import (
     ADMIN,
     ADMIN_HEADERS,
-    Clock,
     Fleet,
-    make_fleet,
     report,
     settings,
 )
@@ -22,14 +19,6 @@ from fleet.controller.api.app import create_app
 from fleet.controller.dashboard import pages
 from fleet.controller.dashboard.routes import MAX_LOGIN_BODY, SESSION_TTL_S
 from fleet.controller.storage import overview
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def sign_in(client: TestClient, token: str = ADMIN) -> int:

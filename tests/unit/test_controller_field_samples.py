@@ -3,23 +3,12 @@ the store stays bounded per device, the admin pages by id; each bad input gets a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
+from test_controller_builders import ADMIN_HEADERS, Fleet
 
 from fleet.controller.storage import field_samples
 from fleet.shared.protocol import MAX_FEATURES
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def sample(i: int, label: int | None = 1, **extra: Any) -> dict[str, Any]:

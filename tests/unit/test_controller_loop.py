@@ -3,25 +3,13 @@ synthetic telemetry on a fake clock: one to SUCCEEDED, one rolled back on a late
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, policy, report
+from test_controller_builders import ADMIN_HEADERS, Fleet, policy, report
 
 from fleet.controller.reconcile import reconcile_all, reconcile_once
 from fleet.controller.rollout.actions import Notify, RecordOutcome, TargetDevices
 from fleet.controller.storage import store
 
 DEVICES = [f"dev-{i}" for i in range(4)]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 class Devices:

@@ -3,25 +3,15 @@ a tmp SQLite with a fake clock; written in the transaction of the decision, ids 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, policy
+from test_controller_builders import ADMIN_HEADERS, Fleet, policy
 
 from fleet.controller.rollout.actions import RecordOutcome
 from fleet.controller.storage import outcomes
 from fleet.shared.admin_protocol import OutcomePage
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def feed(fleet: Fleet, **params: Any) -> OutcomePage:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet
+from test_controller_builders import ADMIN_HEADERS, Fleet, make_fleet
 from test_controller_loop import DEVICES, Devices, start_rollout
 from typer.testing import CliRunner
 
@@ -31,14 +31,6 @@ from fleet.controller.storage.observe_tables import AlertRow
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def book(*actions: str, **extra: Any) -> playbook_config.Playbook:

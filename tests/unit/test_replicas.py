@@ -10,24 +10,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_controller_builders import ADMIN_HEADERS, Clock, Fleet, make_fleet, policy
+from test_controller_builders import ADMIN_HEADERS, Fleet, policy
 
 from fleet.controller.errors import RolloutConflict
 from fleet.controller.rollout.decide import new_rollout
 from fleet.controller.rollout.policy import load_policy
 from fleet.controller.storage import replicas, store
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with make_fleet(tmp_path) as client:
-        clock = client.app.state.clock  # type: ignore[attr-defined]
-        assert isinstance(clock, Clock)
-        yield Fleet(client=client, clock=clock, tmp=tmp_path)
 
 
 def _create(fleet: Fleet, version: str) -> str:
