@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +144,46 @@ def _progress(detail: RolloutDetail) -> str:
     return "\n".join(lines)
 
 
-def follow(admin: AdminClient, rollout_id: str, poll_s: float, deadline_s: float) -> RolloutDetail:
-    """Poll until the rollout is terminal; publish each change as a Prefect artifact."""
+UNREACHABLE_S = 120.0
+"""How long :func:`follow` goes on when the controller gives no answer: a replica behind a load
+balancer may die mid-request and another take over, and a restarted controller comes back."""
+
+
+def _transient(exc: AdminError) -> bool:
+    """No answer at all, or a proxy's word that no replica answered: worth asking again."""
+    return exc.status == 0 or exc.status in (502, 503, 504)
+
+
+def follow(
+    admin: AdminClient,
+    rollout_id: str,
+    poll_s: float,
+    deadline_s: float,
+    *,
+    unreachable_s: float = UNREACHABLE_S,
+    warn: Callable[[str], None] = lambda _message: None,
+) -> RolloutDetail:
+    """Poll until the rollout is terminal; publish each change as a Prefect artifact.
+
+    A read that gets no answer is tried again each ``poll_s`` (and ``warn``-ed) for up to
+    ``unreachable_s`` seconds in a row; then, and on any refusal, the ``AdminError`` is raised. The
+    rollout goes on on the controller either way: this only follows it."""
     started = time.monotonic()
     seen: tuple[str, str] | None = None
     aborted = False
+    failing_since: float | None = None
     while True:
-        detail = admin.rollout(rollout_id)
+        try:
+            detail = admin.rollout(rollout_id)
+        except AdminError as exc:
+            now = time.monotonic()
+            failing_since = failing_since if failing_since is not None else now
+            if not _transient(exc) or now - failing_since > unreachable_s:
+                raise
+            warn(f"no answer from the controller for {now - failing_since:.0f} s ({exc}); again")
+            time.sleep(poll_s)
+            continue
+        failing_since = None
         key = (detail.phase, detail.stage)
         if key != seen:
             seen = key
@@ -250,7 +284,10 @@ def rollout_flow(
         except AdminError:  # nothing was targeted: leave no pending rollout behind
             admin.command(rollout_id, "abort", "its start was refused")
             raise
-        final = follow(admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s)
+        final = follow(
+            admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s,
+            warn=logger.warning,
+        )  # fmt: skip
         attempt = RolloutStatus.model_validate(final.status).attempt
         recorded = recorded_outcome(admin, rollout_id, attempt)
         if final.phase == "succeeded":

@@ -75,6 +75,7 @@ class RealAgents:
     controller_urls: Mapping[int, str] = field(default_factory=dict)
     agents: list[AgentProcess] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _quiet: threading.Event = field(default_factory=threading.Event)
     _traffic: threading.Thread | None = None
 
     def __enter__(self) -> RealAgents:
@@ -152,6 +153,12 @@ class RealAgents:
                 process.wait(timeout=10)
         self.agents[index].process = None
 
+    def process_ids(self) -> list[int]:
+        """The process ids of the agents running now."""
+        return [
+            a.process.pid for a in self.agents if a.process is not None and a.process.poll() is None
+        ]
+
     # --- what they run -----------------------------------------------------------------------------
 
     def versions(self) -> dict[str, str | None]:
@@ -180,11 +187,21 @@ class RealAgents:
 
     # --- traffic -----------------------------------------------------------------------------------
 
+    def hold_traffic(self) -> None:
+        """No more rows to any agent until :meth:`resume_traffic`: the agents serve and report
+        nothing new, so no rollout gate can reach a verdict meanwhile."""
+        self._quiet.set()
+
+    def resume_traffic(self) -> None:
+        self._quiet.clear()
+
     def _send_traffic(self) -> None:
         rng = np.random.default_rng(11)
         with httpx.Client(timeout=5) as client:
             while not self._stop.is_set():
                 for agent in self.agents:
+                    if self._quiet.is_set():
+                        break
                     if agent.process is None or agent.process.poll() is not None:
                         continue
                     rows = self.field_x[rng.integers(0, len(self.field_x), size=self.rows)]

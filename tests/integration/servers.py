@@ -287,7 +287,7 @@ def uvicorn_controller(
 
 @contextmanager
 def prefect_server(folder: Path, db_url: str | None = None) -> Iterator[str]:
-    """`prefect server start` with its home in ``folder``, on SQLite or on PostgreSQL ``db_url``;
+    """`prefect server start` with its home and working directory in ``folder``, on SQLite or on PostgreSQL ``db_url``;
     yields its API URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
@@ -304,7 +304,7 @@ def prefect_server(folder: Path, db_url: str | None = None) -> Iterator[str]:
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             wait_healthy(proc, f"http://127.0.0.1:{port}/api/health", log_path, timeout=180)
@@ -315,7 +315,7 @@ def prefect_server(folder: Path, db_url: str | None = None) -> Iterator[str]:
 
 @contextmanager
 def mlflow_server(folder: Path, backend: str, *args: str, **env: str) -> Iterator[str]:
-    """`mlflow server` (served artifacts in ``folder``) on the SQLAlchemy URL ``backend``; yields
+    """`mlflow server` (working directory and served artifacts in ``folder``) on the SQLAlchemy URL ``backend``; yields
     its URL. MLflow's job runner (about ten huey consumer processes) is off: no test submits a
     job. ``args`` add options, ``env`` settings."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,7 @@ def mlflow_server(folder: Path, backend: str, *args: str, **env: str) -> Iterato
                 "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts",
                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *args,
             ],
-            env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=folder, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:

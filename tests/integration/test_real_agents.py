@@ -18,7 +18,7 @@ from builders import write_model
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_builders import label_free_policy, register
 from servers import ADMIN, ADMIN_HEADERS, uvicorn_controller, write_public_key
-from slow_link import SlowLink
+from tcp_proxy import SlowLink
 
 from fleet.admin import AdminClient
 from fleet.simulate import make_regressed_variant

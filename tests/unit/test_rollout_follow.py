@@ -94,3 +94,40 @@ def test_the_flow_takes_the_outcome_the_controller_recorded_for_its_attempt() ->
     assert rollout_mod.recorded_outcome(Feed(404), "r1", 1) is None  # type: ignore[arg-type]
     with pytest.raises(AdminError):
         rollout_mod.recorded_outcome(Feed(503), "r1", 1)  # type: ignore[arg-type]
+
+
+class Flaky(FakeAdmin):
+    """No answer on the polls listed in ``down`` (a replica dying behind a load balancer)."""
+
+    def __init__(self, phases: list[str], down: set[int], status: int = 0) -> None:
+        super().__init__(phases)
+        self.down, self.status, self.calls = down, status, 0
+
+    def rollout(self, rollout_id: str) -> RolloutDetail:
+        self.calls += 1
+        if self.calls in self.down:
+            raise AdminError("fleet controller unreachable: ConnectError", status=self.status)
+        return super().rollout(rollout_id)
+
+
+@pytest.mark.parametrize("status", [0, 502, 503, 504])
+def test_a_controller_that_gives_no_answer_for_a_while_is_asked_again(status: int) -> None:
+    warned: list[str] = []
+    admin = Flaky(["progressing", "rolling_back", "rolled_back"], {2, 3}, status)
+    final = rollout_mod.follow(admin, "r1", poll_s=0, deadline_s=60, warn=warned.append)  # type: ignore[arg-type]
+    assert final.phase == "rolled_back" and admin.calls == 5
+    assert len(warned) == 2 and "no answer from the controller" in warned[0]
+
+
+def test_no_answer_for_longer_than_allowed_is_raised() -> None:
+    admin = Flaky(["progressing"], set(range(2, 100)))
+    with pytest.raises(AdminError, match="unreachable"):
+        rollout_mod.follow(admin, "r1", poll_s=0.01, deadline_s=60, unreachable_s=0.05)  # type: ignore[arg-type]
+    assert 3 <= admin.calls < 99
+
+
+def test_a_refusal_is_raised_at_once() -> None:
+    admin = Flaky(["progressing"], {2}, status=404)
+    with pytest.raises(AdminError):
+        rollout_mod.follow(admin, "r1", poll_s=0, deadline_s=60)  # type: ignore[arg-type]
+    assert admin.calls == 2
