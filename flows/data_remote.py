@@ -3,8 +3,8 @@ the build host's files.
 
 The remote is ``EDGELOOP_DVC_REMOTE`` (``Settings.data_remote``): by default a directory under the
 platform's home (``.edgeloop/dvc-remote``), or ``s3://bucket/prefix`` on an S3-compatible server
-(``EDGELOOP_DVC_REMOTE_ENDPOINT_URL``; the ``dvc-s3`` plugin and the usual AWS credentials on
-both sides). The project's DVC repository knows it as the remote ``edgeloop``, written to
+(``EDGELOOP_DVC_REMOTE_ENDPOINT_URL``; the usual AWS credentials on both sides, and DVC's S3
+plugin ``dvc-s3``, which the ``platform`` extra installs). The project's DVC repository knows it as the remote ``edgeloop``, written to
 ``.dvc/config.local`` (this machine's, never committed).
 
 The driver (:func:`share_field_data`) pushes the DVC-tracked files the job trains on (the pulled

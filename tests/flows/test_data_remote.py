@@ -70,3 +70,35 @@ def test_a_pointer_of_another_name_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(DataRemoteError, match="not a field-data pointer"):
         fetch_field_data(shared, tmp_path / "field")
     assert not (tmp_path / "escape.dvc").exists()
+
+
+def test_a_worker_pulls_from_an_s3_compatible_remote(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remote in a bucket of a real S3-speaking server (moto's standalone server, from the dev
+    extra; see tests/s3_server.py), through DVC's S3 plugin on both sides, the credentials in the
+    standard AWS variables as an operator hands them over."""
+    from s3_server import CREDENTIALS, moto_s3
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    with moto_s3(tmp_path) as s3:
+        settings = Settings(
+            home=project / ".edgeloop",
+            dvc_remote=f"s3://{s3.bucket}/training-data",
+            dvc_remote_endpoint_url=s3.endpoint_url,
+        )
+        shared = share_field_data(settings, field_params())
+        assert shared is not None and shared["remote"] == f"s3://{s3.bucket}/training-data"
+        stored = s3.keys()
+        assert stored and all(k.startswith("training-data/") for k in stored), stored
+        assert not (project / ".edgeloop" / "dvc-remote").exists()  # nothing on the local disk
+        worker = tmp_path / "worker" / "field"
+        fetch_field_data(shared, worker)
+        assert (worker / CSV).read_text() == (project / "data" / "field" / CSV).read_text()
+
+        s3.stop()  # the remote unreachable: one clear error, no half-written file
+        elsewhere = tmp_path / "another-worker" / "field"
+        with pytest.raises(DataRemoteError, match="dvc pull"):
+            fetch_field_data(shared, elsewhere)
+        assert not (elsewhere / CSV).exists()
