@@ -1,8 +1,8 @@
 """Scheduled retraining: retrain only when the data or the training code changed since the last version.
 
 The check costs one ingest (no training): the freshly ingested splits are hashed the way DVC hashes
-them (``edgeloop.data.hash``) and the training code is fingerprinted (the ``flows`` package's source
-plus the params sections that shape a model: ``edgeloop.training.hash``). Both are compared with the
+them (``edgeloop.data.hash``) and the training code is fingerprinted (the modules that shape a
+model, not every file of ``flows``, plus the params sections that do: ``edgeloop.training.hash``). Both are compared with the
 tags of the model's newest version. Unchanged: the skip and its reason are recorded (a Prefect
 artifact and the registered model's ``edgeloop.schedule.last_result`` tag) and nothing is trained.
 Changed: the retrain flow runs; with ``schedule.auto_promote`` a new candidate becomes ``production``
@@ -12,6 +12,7 @@ and the rollout deployment starts.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -34,16 +35,43 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-CODE_ROOT = Path(__file__).resolve().parent  # the flows package: every stage the model goes through
+CODE_ROOT = Path(__file__).resolve().parent  # the flows package
+SHAPING_CODE = (
+    "datasets", "field_data", "stages", "models", "plugins", "train", "prune", "compress",
+    "model_contract", "quality",
+)  # fmt: skip
+"""The modules of ``flows`` whose code shapes a model: loading, splitting and merging the data, the
+builders, training, pruning, export and quantisation, and the choice of variant. Orchestration,
+checks, hardware validation, registration and rollout are left out: editing them retrains nothing."""
 SHAPING = ("model_name", "seed", "data", "training", "compress", "gates")
 
 
+def plugin_files(params: Params) -> list[tuple[str, Path]]:
+    """The source files of the user's own loader and builder (``package.module:function`` in
+    params.yaml), by module name: they shape the model like the built-in ones."""
+    found = []
+    for ref in (params.data.loader, params.training.builder):
+        module, sep, _ = ref.partition(":")
+        if not sep or not module or module.startswith("."):
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None  # training reports the unknown plugin; the hash does without it
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            found.append((module, Path(spec.origin)))
+    return found
+
+
 def training_hash(params: Params, code_root: Path = CODE_ROOT) -> str:
-    """sha256 over the training code's files and the params sections that shape a model."""
+    """sha256 over the code that shapes a model (:data:`SHAPING_CODE` under ``code_root``, and the
+    user's plugin modules) and the params sections that do (:data:`SHAPING`)."""
     digest = hashlib.sha256()
-    for path in sorted(code_root.rglob("*.py")):
-        digest.update(path.relative_to(code_root).as_posix().encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    files = [(f"{name}.py", code_root / f"{name}.py") for name in SHAPING_CODE]
+    for label, path in [*files, *plugin_files(params)]:
+        if path.is_file():
+            digest.update(label.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
     shaping = {k: v for k, v in params.model_dump(mode="json").items() if k in SHAPING}
     digest.update(json.dumps(shaping, sort_keys=True).encode())
     return digest.hexdigest()

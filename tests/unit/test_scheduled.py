@@ -70,6 +70,42 @@ def test_training_hash_follows_code_and_shaping_params_only(tmp_path: Path) -> N
     assert training_hash(params, tmp_path) != base
 
 
+def test_code_that_does_not_shape_the_model_retrains_nothing(tmp_path: Path) -> None:
+    (tmp_path / "compress.py").write_text("OPSET = 18\n")
+    params = Params()
+    base = training_hash(params, tmp_path)
+    (tmp_path / "rollout.py").write_text("POLL_S = 1\n")  # the rollout flow, edited
+    (tmp_path / "hardware.py").write_text("SUITE = 'x'\n")
+    assert training_hash(params, tmp_path) == base
+    (tmp_path / "compress.py").write_text("OPSET = 17\n")
+    assert training_hash(params, tmp_path) != base
+
+
+def test_every_shaping_module_exists_and_the_orchestration_is_left_out() -> None:
+    import flows.scheduled as scheduled
+
+    for name in scheduled.SHAPING_CODE:
+        assert (scheduled.CODE_ROOT / f"{name}.py").is_file(), name
+    assert not {"rollout", "scheduled", "release", "hardware", "deployments"} & set(
+        scheduled.SHAPING_CODE
+    )
+
+
+def test_a_users_own_builder_module_is_part_of_the_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "site"
+    package.mkdir()
+    (package / "my_nets.py").write_text("def build(**kw):\n    return None\n")
+    monkeypatch.syspath_prepend(str(package))
+    params = Params.model_validate({"training": {"builder": "my_nets:build"}})
+    base = training_hash(params, tmp_path)
+    (package / "my_nets.py").write_text("def build(**kw):\n    return 1\n")
+    assert training_hash(params, tmp_path) != base
+    missing = Params.model_validate({"training": {"builder": "no_such_module_here:build"}})
+    assert training_hash(missing, tmp_path)  # training reports it; the hash does without
+
+
 class PromotingClient:
     """Enough of MlflowClient for registry.outcomes.promote: one passing version, production on v1."""
 
