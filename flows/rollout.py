@@ -32,6 +32,7 @@ from fleet.shared.admin_protocol import (
     OutcomeEntry,
     RolloutDetail,
     RolloutRequest,
+    RolloutSummary,
 )
 from fleet.shared.profile import load_profile
 from fleet.shared.signature import file_sha256
@@ -224,6 +225,23 @@ def _first_release(
     )  # fmt: skip
 
 
+def same_active_rollout(
+    admin: AdminClient, model: str, version: str, stable_version: str
+) -> RolloutSummary | None:
+    """The controller's active rollout of ``version`` over ``stable_version``, if there is one: a
+    second path that was told of the same promotion follows it instead of failing on the refusal
+    (the controller keeps one active rollout per model). Another version's rollout is not this."""
+    for found in admin.rollouts():
+        if (
+            found.model == model
+            and found.version == version
+            and found.stable_version == stable_version
+            and found.phase not in TERMINAL
+        ):
+            return found
+    return None
+
+
 def recorded_outcome(admin: AdminClient, rollout_id: str, attempt: int) -> OutcomeEntry | None:
     """The outcome the controller recorded for ``attempt`` of the rollout (its outcome feed, which
     the registry follower writes to MLflow); None from a controller without the feed."""
@@ -276,14 +294,22 @@ def rollout_flow(
             model=model, version=version, stable_version=stable_version,
             policy=policy_for(params, settings).model_dump(mode="json"), supersede=False,
         )  # fmt: skip
-        created = admin.create_rollout(request)
-        rollout_id = created.rollout_id
-        logger.info("rollout %s of %s v%s created (%s)", rollout_id, model, version, variants)
         try:
-            admin.command(rollout_id, "start")
-        except AdminError:  # nothing was targeted: leave no pending rollout behind
-            admin.command(rollout_id, "abort", "its start was refused")
-            raise
+            created = admin.create_rollout(request)
+        except AdminError as exc:
+            joined = same_active_rollout(admin, model, version, stable_version)
+            if exc.status != 409 or joined is None:
+                raise
+            rollout_id = joined.rollout_id  # this very promotion, started by another path
+            logger.warning("following rollout %s, which another path created", rollout_id)
+        else:
+            rollout_id = created.rollout_id
+            logger.info("rollout %s of %s v%s created (%s)", rollout_id, model, version, variants)
+            try:
+                admin.command(rollout_id, "start")
+            except AdminError:  # nothing was targeted: leave no pending rollout behind
+                admin.command(rollout_id, "abort", "its start was refused")
+                raise
         final = follow(
             admin, rollout_id, params.rollout.poll_s, params.rollout.deadline_s,
             warn=logger.warning,

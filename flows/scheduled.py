@@ -123,7 +123,7 @@ def _promote_and_roll_out(client: MlflowClient, model: str, version: str) -> str
     from registry.outcomes import production_version, promote
 
     stable = production_version(client, model)
-    promote(client, model, version)
+    promote(client, model, version, rollout_by="auto-promotion (scheduled-retrain)")
     run = run_deployment(
         ROLLOUT_DEPLOYMENT,
         parameters={"model": model, "version": version, "stable_version": stable},

@@ -94,7 +94,8 @@ def promotion_hook() -> Any:
         return _refuse(f"the tag {key} is written by the MLflow server alone")
     moves_production = call == _ALIAS and params.get("alias") == PRODUCTION
     forces = call == _SET_TAG and key == tag.PROMOTE_FORCE
-    if not (moves_production or forces):
+    claims = call == _SET_TAG and key == tag.PROMOTE_ROLLOUT  # it silences the listener
+    if not (moves_production or forces or claims):
         return None
     authority = PromotionAuthority()
     if not authority.configured:
@@ -102,9 +103,12 @@ def promotion_hook() -> Any:
     user = request.authorization.username if request.authorization else ""
     if not user or not authority.allows(user, _roles(user)):
         log.warning("refused %s by %r on %s", call, user, params.get("name"))
+        what = (
+            "move production" if moves_production else "force a promotion" if forces
+            else "claim a rollout"
+        )  # fmt: skip
         return _refuse(
-            f"{user or 'an anonymous user'} may not "
-            f"{'move production' if moves_production else 'force a promotion'}: promoters are "
+            f"{user or 'an anonymous user'} may not {what}: promoters are "
             f"{authority.named()} (EDGELOOP_PROMOTION_USERS / _ROLES of the MLflow server)"
         )
     name, version = str(params.get("name", "")), str(params.get("version", ""))

@@ -9,6 +9,8 @@ gets a line in its rollout history. A succeeded rollout records success the same
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edgeloop.core.errors import RegistryError
 from registry import tags as tag
 from registry.modelcard import render_markdown
-from registry.promotion_authority import PromotionAuthority, forced
+from registry.promotion_authority import PromotionAuthority, forced, record
 from registry.publish import PRODUCTION
 
 if TYPE_CHECKING:
@@ -53,13 +55,28 @@ def promotable(client: MlflowClient, model: str, version: str) -> tuple[bool, st
     return True, "every gate and hardware profile passed"
 
 
-def promote(client: MlflowClient, model: str, version: str) -> str:
-    """Set ``production`` on ``version`` if it may be promoted; returns the reason."""
+def promote(
+    client: MlflowClient,
+    model: str,
+    version: str,
+    *,
+    rollout_by: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """Set ``production`` on ``version`` if it may be promoted; returns the reason.
+
+    ``rollout_by`` names a caller that starts the rollout itself: the version records it
+    (:data:`registry.tags.PROMOTE_ROLLOUT`) before the alias moves, so the listener and the poller,
+    which see the move, leave the rollout to it."""
     ok, why = promotable(client, model, version)
     if not ok:
         raise RegistryError(
             f"{model} v{version} cannot be promoted: {why}",
             hint=f"fix the version, or set tag {tag.PROMOTE_FORCE}=true to force it (recorded)",
+        )
+    if rollout_by is not None:
+        client.set_model_version_tag(
+            model, version, tag.PROMOTE_ROLLOUT, record(rollout_by, clock())
         )
     client.set_registered_model_alias(model, PRODUCTION, version)
     return why

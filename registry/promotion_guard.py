@@ -9,7 +9,10 @@
    ``production`` goes back to the stable version (deleted when there is none) and the version gets
    the tag ``edgeloop.promote.refused`` with the reason. The operator forces a promotion with the tag
    ``edgeloop.promote.force=true`` on the version.
-5. Otherwise the trigger starts the rollout of the version, from the stable version.
+5. A promotion whose promoter starts the rollout itself (`edgeloop promote`, auto-promotion: a fresh
+   ``edgeloop.promote.rollout`` record on the version, written before the alias moved) starts nothing
+   more: one promotion, one rollout, whichever path moved the alias.
+6. Otherwise the trigger starts the rollout of the version, from the stable version.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from registry import tags as tag
 from registry.outcomes import production_version, promotable, stable_version
-from registry.promotion_authority import PromotionAuthority, check_promoter
+from registry.promotion_authority import PromotionAuthority, check_promoter, recorded_user
 from registry.promotion_config import Trigger
 from registry.promotion_store import PromotionStore
 from registry.publish import PRODUCTION
@@ -37,7 +40,7 @@ log = logging.getLogger("edgeloop.promotion")
 class PromotionOutcome:
     """What :func:`handle_production` did about one alias change, and why."""
 
-    status: str  # started | refused | current | duplicate
+    status: str  # started | refused | current | duplicate | claimed
     model: str
     version: str
     reason: str
@@ -100,6 +103,11 @@ def _decide_and_start(
     if not ok:
         refuse(client, store, model, version, why, stable, clock)
         return PromotionOutcome("refused", model, version, why, stable)
+    starter = recorded_user(tags, tag.PROMOTE_ROLLOUT, clock())
+    if starter is not None:
+        return PromotionOutcome(
+            "claimed", model, version, f"{starter} starts its rollout itself", stable
+        )
     run_id = trigger(model, version, stable)
     return PromotionOutcome("started", model, version, why, stable, run_id)
 

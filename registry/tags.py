@@ -12,7 +12,7 @@ Where each key lives:
   ``DATA_HASH``, ``PARAMS_HASH``, ``DATASET``, ``RUN_KEY``, ``DATA_CHECK``, ``PLACEMENT_*``
 - on a registered version: ``VARIANT``, ``GATES``, :func:`gate`, :func:`variant_sha256`,
   :func:`variant_signature`, :func:`hw_status` and the other ``hw_*``, ``MODEL_CARD``,
-  ``TRAINING_HASH``, ``PROMOTE_FORCE``, ``PROMOTE_REFUSED``, ``ROLLOUT_STATUS``, ``ROLLOUT_REASON``
+  ``TRAINING_HASH``, ``PROMOTE_FORCE``, ``PROMOTE_REFUSED``, ``PROMOTE_ROLLOUT``, ``ROLLOUT_STATUS``, ``ROLLOUT_REASON``
 - on a hardware-validation run: ``MODEL``, ``MODEL_VERSION``, ``PROFILE``, ``VARIANT``, ``HW_STATUS``
 - on a registered model: ``SCHEDULE_LAST_RESULT``
 """
@@ -56,11 +56,16 @@ MODEL_CARD = "edgeloop.model_card"
 PROMOTE_FORCE = "edgeloop.promote.force"
 """``true`` promotes a version that did not pass everything (recorded on its card)."""
 PROMOTE_REFUSED = "edgeloop.promote.refused"
+"""Why ``production`` was moved back off the version."""
 # Who set ``production`` on the version, and who set the force tag: JSON ``{"user", "at"}``, written
 # by the MLflow server's promotion authority (``registry.mlflow_app``) alone, never by a client.
 PROMOTED_BY = "edgeloop.promote.by"
 FORCED_BY = "edgeloop.promote.force.by"
-"""Why ``production`` was moved back off the version."""
+PROMOTE_ROLLOUT = "edgeloop.promote.rollout"
+"""Written by a promoter that starts the rollout itself (`edgeloop promote`, auto-promotion) just
+before it moves ``production``: JSON ``{"user", "at"}`` naming it. The listener and the poller start
+nothing for a fresh one (``registry.promotion_guard``): one promotion, one rollout. With promoters
+configured, only a promoter may set it (``registry.mlflow_app``)."""
 ROLLOUT_STATUS = "edgeloop.rollout.status"
 """How the version's last rollout ended: succeeded, rolled_back, failed or aborted."""
 ROLLOUT_REASON = "edgeloop.rollout.reason"

@@ -213,7 +213,7 @@ def promote(
 
         client = connect(settings.tracking_uri)
         stable = production_version(client, name)
-        why = set_production(client, name, version)
+        why = set_production(client, name, version, rollout_by="edgeloop promote")
         console.print(f"{name} v{version} is production ({why}); rolling out…", highlight=False)
         api = start_prefect_api()
         from flows.rollout import rollout_flow

@@ -110,3 +110,59 @@ def test_a_failed_start_is_retried_on_the_next_pass(tmp_path: Path) -> None:
     trigger.fail = False
     [outcome] = poll_once(client, store, trigger)
     assert outcome.status == "started" and trigger.calls == [(MODEL, "1", None)]
+
+
+def test_a_promotion_whose_promoter_starts_the_rollout_starts_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """`edgeloop promote` and auto-promotion record that they start the rollout before the alias
+    moves: the poller and the webhook, which both see the move, leave it to them."""
+    from registry.outcomes import promote
+
+    client, store = setup(tmp_path, SUCCEEDED, PASSED)
+    client.set_registered_model_alias(MODEL, "production", "1")
+    trigger = Recorder()
+    poll_once(client, store, trigger)
+    promote(client, MODEL, "2", rollout_by="edgeloop promote")
+    [outcome] = poll_once(client, store, trigger)
+    assert (outcome.status, outcome.reason) == (
+        "claimed",
+        "edgeloop promote starts its rollout itself",
+    )
+    again = handle_production(client, store, trigger, MODEL, "2", source="webhook")
+    assert again.status == "duplicate"
+    assert trigger.calls == [] and production(client) == "2"
+
+
+def test_a_stale_or_forged_rollout_record_does_not_silence_the_trigger(tmp_path: Path) -> None:
+    """A record from an earlier promotion of the version (older than the freshness window), or one
+    that is not a record at all, is no claim: the alias change starts the rollout as usual."""
+    from registry.promotion_authority import RECORD_FRESH_S, record
+
+    client, store = setup(tmp_path, SUCCEEDED, PASSED, PASSED)
+    client.set_registered_model_alias(MODEL, "production", "1")
+    trigger = Recorder()
+    poll_once(client, store, trigger)
+    stale = record("edgeloop promote", time.time() - RECORD_FRESH_S - 60)
+    client.set_model_version_tag(MODEL, "2", tag.PROMOTE_ROLLOUT, stale)
+    client.set_registered_model_alias(MODEL, "production", "2")
+    [outcome] = poll_once(client, store, trigger)
+    assert outcome.status == "started"
+    client.set_model_version_tag(MODEL, "3", tag.PROMOTE_ROLLOUT, "me, honestly")
+    client.set_registered_model_alias(MODEL, "production", "3")
+    [outcome] = poll_once(client, store, trigger)
+    assert outcome.status == "started"
+    assert trigger.calls == [(MODEL, "2", "1"), (MODEL, "3", "1")]
+
+
+def test_a_claim_does_not_let_a_version_without_results_through(tmp_path: Path) -> None:
+    client, store = setup(tmp_path, SUCCEEDED, {})
+    client.set_registered_model_alias(MODEL, "production", "1")
+    trigger = Recorder()
+    poll_once(client, store, trigger)
+    from registry.promotion_authority import record
+
+    client.set_model_version_tag(MODEL, "2", tag.PROMOTE_ROLLOUT, record("me", time.time()))
+    client.set_registered_model_alias(MODEL, "production", "2")
+    [outcome] = poll_once(client, store, trigger)
+    assert outcome.status == "refused" and production(client) == "1"

@@ -131,3 +131,29 @@ def test_a_refusal_is_raised_at_once() -> None:
     with pytest.raises(AdminError):
         rollout_mod.follow(admin, "r1", poll_s=0, deadline_s=60)  # type: ignore[arg-type]
     assert admin.calls == 2
+
+
+def test_a_second_path_told_of_the_same_promotion_finds_the_rollout_to_follow() -> None:
+    from fleet.shared.admin_protocol import RolloutSummary
+
+    def summary(rollout_id: str, version: str, stable: str, phase: str) -> RolloutSummary:
+        return RolloutSummary(
+            rollout_id=rollout_id, model="m", version=version, stable_version=stable,
+            phase=phase, stage="", reason=None, updated_at=datetime.now(UTC),
+        )  # fmt: skip
+
+    class Listing:
+        def __init__(self, *found: RolloutSummary) -> None:
+            self.found = list(found)
+
+        def rollouts(self) -> list[RolloutSummary]:
+            return self.found
+
+    same = summary("r2", "3", "2", "progressing")
+    admin = Listing(summary("r1", "3", "2", "rolled_back"), same)
+    assert rollout_mod.same_active_rollout(admin, "m", "3", "2") == same  # type: ignore[arg-type]
+    # another version's rollout, or this version over another stable one, is not this promotion
+    other = Listing(summary("r3", "4", "2", "progressing"), summary("r4", "3", "1", "pending"))
+    assert rollout_mod.same_active_rollout(other, "m", "3", "2") is None  # type: ignore[arg-type]
+    ended = Listing(summary("r1", "3", "2", "succeeded"))
+    assert rollout_mod.same_active_rollout(ended, "m", "3", "2") is None  # type: ignore[arg-type]

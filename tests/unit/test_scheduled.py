@@ -111,6 +111,7 @@ class PromotingClient:
 
     def __init__(self) -> None:
         self.aliases = {"production": "1"}
+        self.calls: list[tuple[str, str]] = []
 
     def get_model_version(self, model: str, version: str) -> SimpleNamespace:
         tags = {"edgeloop.hw.host-cpu.status": "passed", "edgeloop.gates": "passed"}
@@ -120,7 +121,11 @@ class PromotingClient:
         return SimpleNamespace(aliases=dict(self.aliases))
 
     def set_registered_model_alias(self, model: str, alias: str, version: str) -> None:
+        self.calls.append(("alias", alias))
         self.aliases[alias] = version
+
+    def set_model_version_tag(self, model: str, version: str, key: str, value: str) -> None:
+        self.calls.append(("tag", key))
 
 
 def test_auto_promote_sets_production_and_starts_the_rollout_deployment(
@@ -141,3 +146,6 @@ def test_auto_promote_sets_production_and_starts_the_rollout_deployment(
     assert _promote_and_roll_out(client, "m", "2") == "brisk-otter"
     assert client.aliases["production"] == "2"
     assert started == [("rollout/promoted", {"model": "m", "version": "2", "stable_version": "1"})]
+    # it starts the rollout itself, and says so before the alias moves: the listener and the
+    # poller, which see the move, start no second one
+    assert client.calls == [("tag", "edgeloop.promote.rollout"), ("alias", "production")]
