@@ -44,6 +44,8 @@ class PullResult:
     skipped_other_models: int
     since: int
     last_id: int
+    unlabelled: int = 0
+    """Samples of the model in the pulled range that carry no label (not written)."""
 
 
 def last_pulled_id(field_dir: Path) -> int:
@@ -102,6 +104,7 @@ def pull(
     ) as client:
         fetched = _pages(client, since)
     ours = [s for s in fetched if s.model == model and s.label is not None]
+    unlabelled = sum(1 for s in fetched if s.model == model and s.label is None)
     wrong = [s.id for s in ours if len(s.features) != schema.n_features]
     if wrong:
         raise FieldDataError(
@@ -111,7 +114,7 @@ def pull(
         )
     last = fetched[-1].id if fetched else since
     if not ours:
-        return PullResult(None, 0, len(fetched), since, last)
+        return PullResult(None, 0, len(fetched) - unlabelled, since, last, unlabelled)
     frame = pd.DataFrame([s.features for s in ours], columns=list(schema.feature_names))
     frame[LABEL] = [s.label for s in ours]
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
@@ -124,7 +127,8 @@ def pull(
         except BaseException:
             path.unlink()  # nothing half-done: the next pull starts from the same id
             raise
-    return PullResult(path, len(ours), len(fetched) - len(ours), since, last)
+    skipped = len(fetched) - len(ours) - unlabelled
+    return PullResult(path, len(ours), skipped, since, last, unlabelled)
 
 
 def track(path: Path) -> None:

@@ -154,12 +154,13 @@ def register(
     hardware: dict[str, ProfileChoice],
     gate_results: list[ReleaseGateResult],
     source: str,
+    lineage: dict[str, str] | None = None,
 ) -> Published:
     import numpy as np
 
     schema = json.loads((ws.splits_dir / "schema.json").read_text())
     data_report = json.loads(ws.data_report.read_text())
-    tags = lineage_tags(settings, params, ws, source)
+    tags = {**lineage_tags(settings, params, ws, source), **(lineage or {})}
     variants = [
         VariantRecord(
             name=r["name"],

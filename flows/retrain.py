@@ -196,8 +196,10 @@ def _loop(
     imported: Path | None,
     contract: ContractOverrides | None = None,
     tags: dict[str, str] | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> RunSummary:
-    """Run every stage inside one MLflow run; data-check failures mark the run and register nothing."""
+    """Run every stage inside one MLflow run; data-check failures mark the run and register nothing.
+    ``tags`` go on the run; ``lineage`` on the run, the version and its card's lineage."""
     client = connect(settings.tracking_uri)
     artifacts = settings.artifacts_dir if settings.uses_embedded_mlflow() else None
     experiment = ensure_experiment(client, model_name, artifacts)
@@ -207,7 +209,7 @@ def _loop(
         experiment_id=experiment, run_name=f"{source}-{started:%Y%m%d-%H%M%S}"
     ) as run:
         mlflow.log_params(_flatten("", params.model_dump(mode="json")))
-        mlflow.set_tags({tag.SOURCE: source, **(tags or {})})
+        mlflow.set_tags({tag.SOURCE: source, **(tags or {}), **(lineage or {})})
         ingest_task(params, ws)
         try:
             validate_task(params, ws)
@@ -237,6 +239,7 @@ def _loop(
             hardware=hardware,
             gate_results=gate_results,
             source=source,
+            lineage=lineage,
         )
     return RunSummary(
         model=published.model_name,
@@ -259,24 +262,39 @@ def _loop(
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=False)
-def retrain_flow(settings: Settings | None = None, own_workspace: bool = False) -> RunSummary:
+def retrain_flow(
+    settings: Settings | None = None,
+    own_workspace: bool = False,
+    params: Params | None = None,
+    lineage: dict[str, str] | None = None,
+) -> RunSummary:
     """Data checks → train → compress → evaluate → hardware → register; ``own_workspace``: in a
-    work folder named for the model (another params file than the project's)."""
+    work folder named for the model (another params file than the project's). ``params`` replaces
+    the params file's (a fleet-triggered retrain turns ``data.include_field`` on); ``lineage``
+    goes on the version (which alert and field data led to it)."""
     settings = settings or Settings()
     if not own_workspace:
-        return retrain(settings)
-    name = load_params(settings.params_file).model_name
+        return retrain(settings, params=params, lineage=lineage)
+    name = (params or load_params(settings.params_file)).model_name
     root = settings.work_dir / "models" / name
-    return retrain(settings, ws=Workspace(root / "splits", root))
+    return retrain(settings, ws=Workspace(root / "splits", root), params=params, lineage=lineage)
 
 
 def retrain(
-    settings: Settings, tags: dict[str, str] | None = None, ws: Workspace | None = None
+    settings: Settings,
+    tags: dict[str, str] | None = None,
+    ws: Workspace | None = None,
+    *,
+    params: Params | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> RunSummary:
     """The loop on the configured data and model; ``tags`` go on the MLflow run (e.g. a run key)."""
-    params = load_params(settings.params_file)
+    params = params or load_params(settings.params_file)
     ws = ws or Workspace(settings.splits_dir, settings.work_dir)
-    return _loop(settings, params, ws, model_name=params.model_name, imported=None, tags=tags)
+    return _loop(
+        settings, params, ws, model_name=params.model_name, imported=None, tags=tags,
+        lineage=lineage,
+    )  # fmt: skip
 
 
 @flow(name="register-model", log_prints=False, validate_parameters=False)

@@ -16,7 +16,7 @@ import importlib.util
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -24,7 +24,10 @@ from pydantic import BaseModel, ConfigDict
 
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
+from fleet.shared.admin_protocol import Alert
 from flows import stages
+from flows.fleet_trigger import lineage as fleet_lineage
+from flows.fleet_trigger import pull_for_alert, with_field_data
 from flows.run_summary import RunSummary
 from flows.workspace import Workspace
 from registry import tags as tag
@@ -150,8 +153,14 @@ class ScheduledResult(BaseModel):
 
 
 @flow(name="scheduled-retrain", log_prints=False, validate_parameters=False)
-def scheduled_retrain_flow(settings: Settings | None = None) -> ScheduledResult:
-    """Retrain when the data or the training code changed since the last version; else skip."""
+def scheduled_retrain_flow(
+    settings: Settings | None = None, alert: dict[str, Any] | None = None
+) -> ScheduledResult:
+    """Retrain when the data or the training code changed since the last version; else skip.
+
+    ``alert`` (an ``Alert`` of the fleet controller, from its ``open_retrain`` playbook action):
+    first pull the field data behind it and train with it (:mod:`flows.fleet_trigger`); the
+    version records the alert and the field data's version."""
     from datetime import UTC, datetime
 
     from flows.retrain import retrain_flow
@@ -162,13 +171,26 @@ def scheduled_retrain_flow(settings: Settings | None = None) -> ScheduledResult:
     logger = get_run_logger()
     client = connect(settings.tracking_uri)
     model = params.model_name
+    asked = Alert.model_validate(alert) if alert is not None else None
+    lineage: dict[str, str] | None = None
+    because = ""
+    if asked is not None:  # the fleet asked: its field data first, then the usual check
+        pulled = pull_for_alert(settings, params)
+        params = with_field_data(params)
+        lineage = fleet_lineage(asked, pulled)
+        because = f"alert {asked.id} ({asked.kind}): {pulled.describe()}"
+        logger.info("retrain asked by %s", because)
     latest = latest_version(client, model)
     code_hash = training_hash(params)
     why = change_reason(latest, current_data_hash(params, settings), code_hash)
     now = datetime.now(UTC).isoformat(timespec="seconds")
+    if why is not None and because:
+        why = f"{because}; {why}"
     if why is None:
         assert latest is not None  # change_reason names a reason while there is no version
         reason = f"data and training code unchanged since {model} v{latest.version}"
+        if because:
+            reason = f"{because}; nothing new to train on: {reason}"
         logger.info("skipping the scheduled retrain: %s", reason)
         _record(
             client, model, f"# Scheduled retrain skipped\n\n{reason}", f"{now} skipped: {reason}"
@@ -177,7 +199,7 @@ def scheduled_retrain_flow(settings: Settings | None = None) -> ScheduledResult:
             model=model, skipped=True, reason=reason, version=str(latest.version)
         )
     logger.info("retraining %s: %s", model, why)
-    summary = retrain_flow(settings=settings)
+    summary = retrain_flow(settings=settings, params=params, lineage=lineage)
     version = summary.version
     client.set_model_version_tag(model, version, tag.TRAINING_HASH, code_hash)
     rollout_run = None

@@ -37,6 +37,13 @@ RUN_KEY = "edgeloop.run_key"
 """Makes registration idempotent: one version per key (:mod:`registry.run_key`)."""
 DATA_CHECK = "edgeloop.data_check"
 """``failed`` when the data checks stopped the run."""
+TRIGGER_ALERT = "edgeloop.trigger.alert"
+"""The fleet alert whose playbook started the retrain that made the version: JSON ``{"id", "kind",
+"scope", "reason"}`` (:mod:`flows.fleet_trigger`)."""
+FIELD_DATA_VERSION = "edgeloop.field_data.version"
+"""The version of the pulled field data the version trained on (a digest of the DVC pointers)."""
+FIELD_DATA_PULLED = "edgeloop.field_data.pulled"
+"""What the retrain's pull brought: labelled samples, the file, the unlabelled ones left out."""
 TRAINING_HASH = "edgeloop.training.hash"
 """The fingerprint of the training code and the params that shape a model (:mod:`flows.scheduled`)."""
 

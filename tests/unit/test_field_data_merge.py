@@ -95,3 +95,20 @@ def test_the_file_names_carry_the_cursor(tmp_path: Path) -> None:
     assert result.samples == 1 and result.skipped_other_models == 1
     assert result.path is not None and result.path.name.endswith("-1-4.csv")
     assert last_pulled_id(tmp_path) == 4
+
+
+def test_samples_without_a_label_are_counted_not_written(tmp_path: Path) -> None:
+    samples = [
+        {"id": 1, "model": "toy", "features": [1.0, 2.0], "label": None},
+        {"id": 2, "model": "toy", "features": [3.0, 4.0], "label": 0},
+        {"id": 3, "model": "toy", "features": [5.0, 6.0], "label": None},
+        {"id": 4, "model": "other", "features": [1.0, 2.0], "label": None},
+    ]
+    result = pull("http://c", "t", model="toy", schema=SCHEMA, field_dir=tmp_path,
+                  dvc=False, transport=fake_controller(samples))  # fmt: skip
+    assert (result.samples, result.unlabelled, result.skipped_other_models) == (1, 2, 1)
+    assert result.path is not None and len(read_field_rows(tmp_path, SCHEMA)) == 1
+    only_unlabelled = [{"id": 5, "model": "toy", "features": [1.0, 2.0], "label": None}]
+    result = pull("http://c", "t", model="toy", schema=SCHEMA, field_dir=tmp_path / "next",
+                  dvc=False, transport=fake_controller(only_unlabelled))  # fmt: skip
+    assert (result.path, result.samples, result.unlabelled) == (None, 0, 1)

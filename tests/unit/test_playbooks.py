@@ -6,6 +6,7 @@ endpoints."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from fleet.controller.observe.playbooks import runner as playbook_runner
 from fleet.controller.storage import playbook_runs as runs_table
 from fleet.controller.storage import store
 from fleet.controller.storage.observe_tables import AlertRow
+from fleet.shared.admin_protocol import Alert
 
 SCOPE = {"model": "churn", "version": "2", "class": "host-cpu"}
 REPO = Path(__file__).resolve().parents[2]
@@ -355,13 +357,12 @@ def context(
 def retrain_context(
     fleet: Fleet, session: Any, alert_id: int, prefect: Callable[[httpx.Request], httpx.Response]
 ) -> playbook_actions.ActionContext:
-    """A context whose Prefect client answers with ``prefect`` and whose field data goes to tmp."""
+    """A context whose Prefect client answers with ``prefect``."""
     transport = httpx.MockTransport(prefect)
     return context(
         fleet, session, alert_id,
         prefect_api_url="http://prefect.test/api",
         prefect=lambda url: playbook_actions.prefect_client(url, {"transport": transport}),
-        field_dir=fleet.tmp / "field",
     )  # fmt: skip
 
 
@@ -418,34 +419,82 @@ def test_open_retrain_without_prefect_is_skipped(fleet: Fleet) -> None:
         assert playbook_actions.open_retrain(ctx, action).startswith("skipped: no Prefect API")
 
 
-def test_open_retrain_creates_a_flow_run_with_the_field_data(fleet: Fleet) -> None:
-    """Through Prefect's own client (``get_client``), against a fake Prefect API."""
-    seen: list[httpx.Request] = []
-    deployment_id, run_id, flow_id = (str(uuid.uuid4()) for _ in range(3))
+def fake_prefect(
+    deployment_id: str, flow_id: str, active: list[dict[str, Any]], seen: list[httpx.Request]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """Enough of Prefect's API for ``open_retrain``: the deployment, its runs not ended
+    (``active``), a run's update and a new run."""
+    run_id = str(uuid.uuid4())
 
     def prefect(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/csrf-token":  # the client asks once; this API has none
             return httpx.Response(422, json={"detail": "CSRF protection is disabled."})
         seen.append(request)
+        path = request.url.path
         if request.method == "GET":
-            assert request.url.path == "/api/deployments/name/scheduled-retrain/scheduled"
+            assert path == "/api/deployments/name/scheduled-retrain/scheduled"
             return httpx.Response(
                 200, json={"id": deployment_id, "name": "scheduled", "flow_id": flow_id}
             )
-        assert request.url.path == f"/api/deployments/{deployment_id}/create_flow_run"
+        if path == "/api/flow_runs/filter":
+            return httpx.Response(200, json=active)
+        if request.method == "PATCH":
+            return httpx.Response(204)
+        assert path == f"/api/deployments/{deployment_id}/create_flow_run"
         return httpx.Response(
             201,
             json={"id": run_id, "name": "r", "flow_id": flow_id, "deployment_id": deployment_id},
         )
 
+    return prefect
+
+
+def test_open_retrain_starts_the_retrain_with_the_alert(fleet: Fleet) -> None:
+    """Through Prefect's own client (``get_client``), against a fake Prefect API: the run's
+    parameter ``alert`` is the alert itself; no path of the controller's disk travels."""
+    seen: list[httpx.Request] = []
+    deployment_id, flow_id = str(uuid.uuid4()), str(uuid.uuid4())
+    alert_id = open_alert(fleet)
+    action = playbook_config.PlaybookAction(action="open_retrain", parameters={"x": 1})
+    with fleet.app.state.sessions() as session:
+        ctx = retrain_context(
+            fleet, session, alert_id, fake_prefect(deployment_id, flow_id, [], seen)
+        )
+        result = playbook_actions.open_retrain(ctx, action)
+    assert result.startswith("flow run ") and result.endswith(
+        f"of scheduled-retrain/scheduled for alert {alert_id}"
+    )
+    created = json.loads(seen[-1].content)
+    assert created["parameters"]["x"] == 1
+    alert = Alert.model_validate(created["parameters"]["alert"])
+    assert alert.id == alert_id and alert.kind
+    assert f"edgeloop.alert.{alert_id}" in created["tags"]
+    assert "job_variables" not in created or not created["job_variables"]
+
+
+def test_a_second_alert_joins_the_retrain_already_under_way(fleet: Fleet) -> None:
+    seen: list[httpx.Request] = []
+    deployment_id, flow_id, running_id = (str(uuid.uuid4()) for _ in range(3))
+    running = {
+        "id": running_id, "name": "r", "flow_id": flow_id, "deployment_id": deployment_id,
+        "tags": ["edgeloop.playbook", "edgeloop.alert.1"],
+        "state": {"type": "RUNNING", "name": "Running"},
+    }  # fmt: skip
     alert_id = open_alert(fleet)
     action = playbook_config.PlaybookAction(action="open_retrain")
     with fleet.app.state.sessions() as session:
-        ctx = retrain_context(fleet, session, alert_id, prefect)
-        result = playbook_actions.open_retrain(ctx, action)
-    assert result.startswith(f"flow run {run_id} of scheduled-retrain/scheduled")
-    field = fleet.tmp / "field" / f"alert-{alert_id}.json"
-    assert field.is_file() and str(field) in seen[1].content.decode()
+        prefect = fake_prefect(deployment_id, flow_id, [running], seen)
+        result = playbook_actions.open_retrain(
+            retrain_context(fleet, session, alert_id, prefect), action
+        )
+    assert (
+        result
+        == f"attached to flow run {running_id} of scheduled-retrain/scheduled (Running): one retrain"
+    )
+    assert not [r for r in seen if r.url.path.endswith("/create_flow_run")]
+    [patch] = [r for r in seen if r.method == "PATCH"]
+    assert patch.url.path == f"/api/flow_runs/{running_id}"
+    assert f"edgeloop.alert.{alert_id}" in json.loads(patch.content)["tags"]
 
 
 def test_open_retrain_raises_when_prefect_refuses(fleet: Fleet) -> None:

@@ -90,7 +90,6 @@ class ObserveSettings(BaseSettings):
     rate_window_s: float = Field(600.0, gt=0)
     alert_quiet_s: float = Field(600.0, gt=0, description="close an alert not seen for this long")
     playbooks_path: Path = Field(Path("playbooks.yaml"), description="missing file: no playbooks")
-    field_dir: Path = Field(Path(".edgeloop/field-data"), description="open_retrain writes here")
     retention_s: float = Field(
         7 * 86_400, gt=0, description="device events, input statistics and series kept this long"
     )
@@ -210,9 +209,7 @@ def observe_once(
         scheduled = playbook_runner.schedule(session, books, now)
 
         def context(s: Session, alert: AlertRow, at: datetime) -> playbook_actions.ActionContext:
-            return playbook_actions.ActionContext(
-                s, alert, at, notifier=notifier, field_dir=settings.field_dir
-            )
+            return playbook_actions.ActionContext(s, alert, at, notifier=notifier)
 
         runs = playbook_runner.execute_due(
             session, books, now, actions=actions or playbook_actions.ACTIONS, context=context

@@ -98,24 +98,3 @@ def drift_events_between(
             DeviceEventRow.received_at < end,
         )
     ).all()
-
-
-def drifted_field_data(
-    session: Session, scope: dict[str, str]
-) -> tuple[dict[str, DeviceEventRow], list[InputStatsRow]]:
-    """The input-drift events of a scope's model version, one per device (the last read), and the
-    input statistics of those devices (at most 10,000 of each)."""
-    events = select(DeviceEventRow).where(DeviceEventRow.kind == "input_drift")
-    stats = select(InputStatsRow)
-    for column_e, column_s, key in (
-        (DeviceEventRow.model, InputStatsRow.model, "model"),
-        (DeviceEventRow.version, InputStatsRow.version, "version"),
-    ):
-        if scope.get(key):
-            events, stats = (
-                events.where(column_e == scope[key]),
-                stats.where(column_s == scope[key]),
-            )
-    drifted = {e.device_id: e for e in session.scalars(events.limit(10_000))}
-    rows = session.scalars(stats.where(InputStatsRow.device_id.in_(list(drifted))).limit(10_000))
-    return drifted, list(rows)

@@ -7,12 +7,10 @@ runner retries it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -23,9 +21,10 @@ from fleet.controller.observe.alerts import alert_dict
 from fleet.controller.observe.playbooks.config import PlaybookAction
 from fleet.controller.rollout.decide import abort, pause
 from fleet.controller.rollout.phase import RolloutPhase
-from fleet.controller.storage import events, store
+from fleet.controller.storage import store
 from fleet.controller.storage.db import Session
 from fleet.controller.storage.observe_tables import AlertRow
+from fleet.shared.admin_protocol import Alert
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -59,7 +58,6 @@ class ActionContext:
     http: Callable[[], httpx.Client] = httpx.Client
     prefect_api_url: str | None = field(default_factory=lambda: os.environ.get("PREFECT_API_URL"))
     prefect: Callable[[str], SyncPrefectClient] = prefect_client
-    field_dir: Path = Path(".edgeloop/field-data")
 
 
 ActionFn = Callable[[ActionContext, PlaybookAction], str]
@@ -127,39 +125,50 @@ def quarantine_device(ctx: ActionContext, _action: PlaybookAction) -> str:
     return f"quarantined {device_id} on {model} {version or '(no baseline)'}"
 
 
-def write_field_data(ctx: ActionContext) -> Path:
-    """The drifted field data of the alert's scope (its model version's device events and input
-    statistics) as one JSON file; returns its path."""
-    drifted, rows = events.drifted_field_data(ctx.session, ctx.alert.scope)
-    data = {
-        "alert": alert_dict(ctx.alert),
-        "events": [
-            {"device": e.device_id, "feature": e.feature, "psi": e.value} for e in drifted.values()
-        ],
-        "input_stats": [{"device": r.device_id, "version": r.version, **r.stats} for r in rows],
-    }
-    ctx.field_dir.mkdir(parents=True, exist_ok=True)
-    path = (ctx.field_dir / f"alert-{ctx.alert.id}.json").resolve()
-    path.write_text(json.dumps(data, indent=1))
-    return path
+def _active_retrain(client: SyncPrefectClient, deployment_id: Any) -> Any:
+    """A run of the retrain deployment that has not ended (scheduled, pending or running), if any."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+    found = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)),
+        ),
+        limit=1,
+    )
+    return found[0] if found else None
 
 
 def open_retrain(ctx: ActionContext, action: PlaybookAction) -> str:
+    """Start the retrain deployment with the alert as its parameter ``alert`` (the run pulls the
+    field data behind it from this controller: ``flows.fleet_trigger``); a retrain that is already
+    under way gets the alert attached (a flow-run tag) instead of a second run."""
     if not ctx.prefect_api_url:
         return "skipped: no Prefect API (PREFECT_API_URL is not set)"
-    path = write_field_data(ctx)
     name = f"{RETRAIN_FLOW}/{action.deployment}"
+    alert = Alert.model_validate(alert_dict(ctx.alert)).model_dump(mode="json")
+    marker = f"edgeloop.alert.{ctx.alert.id}"  # a Prefect flow-run tag, not an MLflow tag
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     try:
         with ctx.prefect(ctx.prefect_api_url) as client:
             deployment = client.read_deployment_by_name(name)
+            running = _active_retrain(client, deployment.id)
+            if running is not None:
+                client.update_flow_run(running.id, tags=sorted({*running.tags, marker}))
+                state = running.state.name if running.state else "scheduled"
+                return f"attached to flow run {running.id} of {name} ({state}): one retrain"
             run = client.create_flow_run_from_deployment(
                 deployment.id,
-                parameters=dict(action.parameters),
-                # Prefect flow-run tags (seen in Prefect's UI), not MLflow registry tags
-                tags=["edgeloop.playbook", f"edgeloop.alert.{ctx.alert.id}"],
-                job_variables={"env": {"EDGELOOP_FIELD_DATA": str(path)}},
+                parameters={**action.parameters, "alert": alert},
+                tags=["edgeloop.playbook", marker],
             )
     except ObjectNotFound as exc:
         raise PlaybookActionFailed(
@@ -167,7 +176,7 @@ def open_retrain(ctx: ActionContext, action: PlaybookAction) -> str:
         ) from exc
     except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
         raise PlaybookActionFailed(f"Prefect API {ctx.prefect_api_url}: {exc}") from exc
-    return f"flow run {run.id} of {name}; field data {path}"
+    return f"flow run {run.id} of {name} for alert {ctx.alert.id}"
 
 
 def notify_webhook(ctx: ActionContext, action: PlaybookAction) -> str:
