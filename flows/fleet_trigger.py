@@ -17,12 +17,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from edgeloop.core import fleet_address
 from edgeloop.core.params import Params
 from edgeloop.core.settings import Settings
 from fleet.shared.admin_protocol import Alert
+from flows.datasets import LABEL
 from flows.field_data import pull, require_schema
 from registry import tags as tag
 
@@ -64,19 +67,26 @@ def field_data_version(field_dir: Path) -> tuple[str, int]:
     return (f"fd-{digest.hexdigest()[:16]}" if pointers else "none"), len(pointers)
 
 
+def field_dir(settings: Settings, params: Params) -> Path:
+    """``data.field_dir`` where the project is: relative to the params file's folder, not to the
+    working directory (a served flow run works in the source checkout)."""
+    folder = Path(params.data.field_dir)
+    return folder if folder.is_absolute() else settings.params_file.resolve().parent / folder
+
+
 def pull_for_alert(settings: Settings, params: Params) -> PulledFieldData:
     """Pull the model's labelled field samples stored since the last pull (DVC-tracked); raises
     ``FieldDataError`` when the controller cannot be asked."""
     address = fleet_address.resolve(settings, None)
-    field_dir = Path(params.data.field_dir)
+    folder = field_dir(settings, params)
     result = pull(
         address.url,
         fleet_address.admin_token(settings, address),
         model=params.model_name,
         schema=require_schema(settings.splits_dir),
-        field_dir=field_dir,
+        field_dir=folder,
     )
-    version, files = field_data_version(field_dir)
+    version, files = field_data_version(folder)
     return PulledFieldData(
         new_file=result.path.name if result.path else None,
         labelled=result.samples,
@@ -86,11 +96,25 @@ def pull_for_alert(settings: Settings, params: Params) -> PulledFieldData:
     )
 
 
-def with_field_data(params: Params) -> Params:
-    """``params`` with ``data.include_field`` on: the pulled samples join the train split."""
-    return params.model_copy(
-        update={"data": params.data.model_copy(update={"include_field": True})}
-    )
+def pulled_rows(
+    settings: Settings, params: Params, pulled: PulledFieldData
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows this pull brought (features, labels), or None when it brought none."""
+    if pulled.new_file is None:
+        return None
+    schema = require_schema(settings.splits_dir)
+    frame = pd.read_csv(field_dir(settings, params) / pulled.new_file)
+    features = frame[list(schema.feature_names)].to_numpy(dtype=np.float32)
+    return features, frame[LABEL].to_numpy()
+
+
+def with_field_data(params: Params, folder: Path | None = None) -> Params:
+    """``params`` with ``data.include_field`` on (the pulled samples join the train split), and
+    ``data.field_dir`` set to ``folder`` when given."""
+    data: dict[str, object] = {"include_field": True}
+    if folder is not None:
+        data["field_dir"] = str(folder)
+    return params.model_copy(update={"data": params.data.model_copy(update=data)})
 
 
 def lineage(alert: Alert, pulled: PulledFieldData) -> dict[str, str]:

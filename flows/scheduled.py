@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from fleet.shared.admin_protocol import Alert
-from flows import stages
+from flows import champion, stages
+from flows.fleet_trigger import field_dir, pull_for_alert, pulled_rows, with_field_data
 from flows.fleet_trigger import lineage as fleet_lineage
-from flows.fleet_trigger import pull_for_alert, with_field_data
 from flows.run_summary import RunSummary
 from flows.workspace import Workspace
 from registry import tags as tag
@@ -174,15 +174,18 @@ def scheduled_retrain_flow(
     asked = Alert.model_validate(alert) if alert is not None else None
     lineage: dict[str, str] | None = None
     because = ""
+    trains = params
+    pulled = None
     if asked is not None:  # the fleet asked: its field data first, then the usual check
         pulled = pull_for_alert(settings, params)
-        params = with_field_data(params)
+        params = with_field_data(params)  # as params.yaml would say it: the hash's view
+        trains = with_field_data(params, field_dir(settings, params))  # wherever this runs
         lineage = fleet_lineage(asked, pulled)
         because = f"alert {asked.id} ({asked.kind}): {pulled.describe()}"
         logger.info("retrain asked by %s", because)
     latest = latest_version(client, model)
     code_hash = training_hash(params)
-    why = change_reason(latest, current_data_hash(params, settings), code_hash)
+    why = change_reason(latest, current_data_hash(trains, settings), code_hash)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if why is not None and because:
         why = f"{because}; {why}"
@@ -199,13 +202,27 @@ def scheduled_retrain_flow(
             model=model, skipped=True, reason=reason, version=str(latest.version)
         )
     logger.info("retraining %s: %s", model, why)
-    summary = retrain_flow(settings=settings, params=params, lineage=lineage)
+    summary = retrain_flow(settings=settings, params=trains, lineage=lineage)
     version = summary.version
     client.set_model_version_tag(model, version, tag.TRAINING_HASH, code_hash)
     rollout_run = None
-    if params.schedule.auto_promote and CANDIDATE in summary.aliases:
-        rollout_run = _promote_and_roll_out(client, model, version)
     outcome = f"retrained: v{version} ({', '.join(summary.aliases) or 'no alias'})"
+    mode = params.schedule.auto_promote
+    if mode != "never" and CANDIDATE in summary.aliases:
+        from registry.outcomes import production_version
+
+        stable = production_version(client, model)
+        verdict = None
+        if mode == "if_better" and stable is not None:
+            rows = pulled_rows(settings, trains, pulled) if pulled is not None else None
+            verdict = champion.compare(client, model, version, stable, rows)
+            champion.record(client, model, verdict, settings.model_cards_dir)
+            logger.info("%s", verdict.reason())
+            outcome = f"{outcome}; {verdict.reason()}"
+        if verdict is None or verdict.passed:
+            rollout_run = _promote_and_roll_out(client, model, version)
+        else:
+            outcome = f"{outcome}; not promoted (auto_promote: if_better)"
     _record(client, model, f"# Scheduled retrain\n\n{why}\n\n{outcome}", f"{now} {outcome}")
     return ScheduledResult(
         model=model,

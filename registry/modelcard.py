@@ -116,6 +116,15 @@ def render_markdown(card: dict[str, Any]) -> str:
         ["gate", "passed", "measured", "threshold"],
         [[g["name"], g["passed"], g["measured"], g["threshold"]] for g in card["gates"]],
     )
+    if card.get("comparison"):
+        comparison = card["comparison"]
+        verdict = "passed" if comparison["passed"] else "failed"
+        lines += ["", f"## Against production v{comparison['production']}", ""]
+        lines += [f"Gate `{comparison['gate']}` {verdict}: {comparison['reason']}.", ""]
+        lines += _table(
+            ["measured on", f"this version ({comparison['metric']})", "production"],
+            [[k, m["candidate"], m["production"]] for k, m in comparison["measured"].items()],
+        )
     if card.get("rollouts"):
         lines += ["", "## Rollouts", ""]
         lines += _table(
@@ -138,3 +147,16 @@ def write_card(card: dict[str, Any], cards_dir: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
     md_path.write_text(render_markdown(card))
     return md_path, json_path
+
+
+def update_card(cards_dir: Path, model: str, version: str, key: str, value: Any) -> bool:
+    """Set ``key`` of a version's card to ``value`` and render it again; False when the card was
+    written elsewhere (another checkout): the version's tags carry the same."""
+    json_path = cards_dir / model / f"v{version}.json"
+    if not json_path.is_file():
+        return False
+    card = json.loads(json_path.read_text())
+    card[key] = value
+    json_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    json_path.with_suffix(".md").write_text(render_markdown(card))
+    return True

@@ -44,6 +44,9 @@ FIELD_DATA_VERSION = "edgeloop.field_data.version"
 """The version of the pulled field data the version trained on (a digest of the DVC pointers)."""
 FIELD_DATA_PULLED = "edgeloop.field_data.pulled"
 """What the retrain's pull brought: labelled samples, the file, the unlabelled ones left out."""
+CHAMPION = "edgeloop.champion"
+"""A retrained candidate against production (``auto_promote: if_better``, :mod:`flows.champion`):
+JSON of the production version, the metric and each measure's two numbers."""
 TRAINING_HASH = "edgeloop.training.hash"
 """The fingerprint of the training code and the params that shape a model (:mod:`flows.scheduled`)."""
 

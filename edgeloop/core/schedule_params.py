@@ -6,6 +6,7 @@ use), so a typo fails at once instead of when the deployment is created.
 
 from __future__ import annotations
 
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,9 +20,20 @@ class ScheduleParams(BaseModel):
     enabled: bool = Field(True, description="create the deployment with an active schedule")
     cron: str = Field("0 3 * * *", description="five-field cron expression")
     timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
-    auto_promote: bool = Field(
-        False, description="promote a new candidate to production, which starts a rollout"
+    auto_promote: Literal["never", "if_better", "always"] = Field(
+        "never",
+        description="what a new candidate of the scheduled or fleet-triggered retrain does: "
+        "never (stays candidate), if_better (becomes production, which starts a rollout, only "
+        "when it beats production on the test split and on the field data that triggered it: "
+        "flows/champion.py), always (becomes production); true and false mean always and never",
     )
+
+    @field_validator("auto_promote", mode="before")
+    @classmethod
+    def _booleans(cls, value: object) -> object:
+        if isinstance(value, bool):  # the older spelling
+            return "always" if value else "never"
+        return value
 
     @field_validator("cron")
     @classmethod

@@ -42,7 +42,9 @@ class FaultPlan:
       memory and keeping its disk (credential, downloaded models, the active model, its outbox).
     - ``slow``: latency multiplied by ``slow_factor`` inside the window.
     - ``corrupt``: downloads inside the window arrive with flipped bytes (the device must reject them).
-    - ``drift``: inputs shifted by ``drift_shift`` and noised by ``drift_noise`` (in feature units).
+    - ``drift``: inputs shifted by ``drift_shift`` and noised by ``drift_noise`` (in feature units),
+      then clipped to ``drift_clip`` when given (a sensor saturates at its range: drifted inputs
+      that stay valid for the model's input contract).
     """
 
     offline: FaultWindow | None = None
@@ -53,6 +55,7 @@ class FaultPlan:
     slow_factor: float = 5.0
     drift_shift: float = 1.0
     drift_noise: float = 1.0
+    drift_clip: tuple[float, float] | None = None
 
     def window(self, kind: str) -> FaultWindow | None:
         if kind not in FAULT_KINDS:

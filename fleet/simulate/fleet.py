@@ -339,6 +339,8 @@ class _Device:
         if self.fault("drift"):
             x += sim.faults.drift_shift
             x += self.rng.normal(0, sim.faults.drift_noise, x.shape).astype(np.float32)
+            if sim.faults.drift_clip is not None:
+                np.clip(x, *sim.faults.drift_clip, out=x)
         try:
             scores, batch_ms, spec = await sim.sessions.predict(
                 active.sha256, sim.model_path(active), x

@@ -24,7 +24,7 @@ def _params_with(tmp_path: Path, **schedule: object) -> Path:
 
 def test_repository_params_have_a_valid_schedule() -> None:
     schedule = load_params(REPO / "params.yaml").schedule
-    assert schedule.cron == "0 3 * * *" and schedule.auto_promote is False
+    assert schedule.cron == "0 3 * * *" and schedule.auto_promote == "never"
 
 
 def test_invalid_cron_expression_names_the_field_and_the_value(tmp_path: Path) -> None:
