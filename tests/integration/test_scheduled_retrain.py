@@ -86,7 +86,8 @@ def test_scheduled_run_trains_then_skips_with_the_reason(project: Project) -> No
             assert tags["edgeloop.rollout.status"] == "succeeded", tags
             time.sleep(3)  # six passes of the poller after it
             runs = rollout_runs(served)
-            assert [r["parameters"]["version"] for r in runs] == ["2"], runs
+            said = poller_log.read_text()
+            assert [r["parameters"]["version"] for r in runs] == ["2"], (runs, said)
             assert store.triggered() == []  # neither the listener nor the poller started one
             assert store.seen(MODEL) == "2"  # seen, and handled by the one who claimed it
 
