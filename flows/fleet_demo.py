@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -187,15 +186,8 @@ def simulated_fleet(
         feedback_rate=FEEDBACK_RATE, report_interval_s=0.5, rows_per_report=40, seed=7,
         faults=later, drift_reference=reference, detector_policy=DETECTOR,
     )  # fmt: skip
-    stop = threading.Event()
-    thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
-    thread.start()
-    try:
+    with sim.in_background():
         yield sim
-    finally:
-        stop.set()
-        thread.join(timeout=40)
-        sim.close()
 
 
 @contextmanager

@@ -42,10 +42,12 @@ import logging
 import math
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -737,6 +739,22 @@ class Simulation:
 
     def run_sync(self, **kwargs: Any) -> SimulationResult:
         return asyncio.run(self.run(**kwargs))
+
+    @contextmanager
+    def in_background(self, join_s: float = 40) -> Iterator[Simulation]:
+        """Run in a thread of its own until the block ends; then stop, wait up to ``join_s``
+        seconds for the devices' last calls, and close."""
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=lambda: self.run_sync(until=stop.is_set), name="simulation", daemon=True
+        )
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(timeout=join_s)
+            self.close()
 
     def close(self) -> None:
         self.sessions.close()

@@ -35,6 +35,18 @@ class Served:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
+    def flow_runs(self, flow: str) -> list[dict[str, Any]]:
+        """Every run of the flow named ``flow`` on the stack's Prefect server (its API's JSON)."""
+        import httpx
+
+        found = httpx.post(
+            f"{self.prefect}/api/flow_runs/filter",
+            json={"flows": {"name": {"any_": [flow]}}},
+            timeout=30,
+        )
+        assert found.status_code == 200, found.text
+        return list(found.json())
+
 
 def _bindable(port: int) -> bool:
     with socket.socket() as s:

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from serve_process import Served, edgeloop_serve
 from servers import stop_group, wait_until
@@ -85,7 +84,7 @@ def test_scheduled_run_trains_then_skips_with_the_reason(project: Project) -> No
             )  # fmt: skip
             assert tags["edgeloop.rollout.status"] == "succeeded", tags
             time.sleep(3)  # six passes of the poller after it
-            runs = rollout_runs(served)
+            runs = served.flow_runs("rollout")
             said = poller_log.read_text()
             assert [r["parameters"]["version"] for r in runs] == ["2"], (runs, said)
             assert store.triggered() == []  # neither the listener nor the poller started one
@@ -108,14 +107,3 @@ def alias_poller(project: Project, served: Served) -> Iterator[Path]:
         assert proc.poll() is None, log_path.read_text()
     finally:
         stop_group(proc)
-
-
-def rollout_runs(served: Served) -> list[dict[str, Any]]:
-    """Every run of the rollout flow on the stack's Prefect server."""
-    found = httpx.post(
-        f"{served.prefect}/api/flow_runs/filter",
-        json={"flows": {"name": {"any_": ["rollout"]}}},
-        timeout=30,
-    )
-    assert found.status_code == 200, found.text
-    return list(found.json())
