@@ -89,6 +89,57 @@ passes), and its devices were the slow tail (p95 3.82 s). The leader's reconcile
 0.13-0.14 s/s before the devices connect with 1,000 devices in the rollout, 0.22-0.29 s/s with 2,000
 and 0.53 s/s with 10,000: the rollout's status, which every long-poll answer loads, is 79 KB, 155 KB
 and 756 KB. docs/scale.md turns these into replicas per fleet size.
+
+The answer made cheap. Where the 17 ms went (``bench/profile_desired.py``: 10,000 devices, the read
+in process on PostgreSQL, 756 KB of rollout status): 15.3 ms per read (p50, load average 1.2); under
+cProfile, of 3.7 s for 200 reads, 1.6 s decoded JSON (the rollout's status) and nearly all the rest
+was SQLAlchemy's ORM and psycopg for six statements a read (device, desired state, artifact,
+rollout, the release counters of two versions). Now the read is one Core statement (device, desired
+state, signed variant, the rollout's ``row_version`` and the baseline, joined;
+``store.desired_states``) and what it needs of the rollout (shadow plan, rollback flag) is kept per
+(rollout, ``row_version``, fingerprint of the model's artifacts), so the status is decoded once per
+save of the rollout row per process: 1.06 ms per read (p50, load 2.6). Then a poll that presents the
+revision its replica last knew to be current parks without a read (the ``NOTIFY`` listener and this
+process's own changes keep that knowledge; nothing is answered from it), the reads of the polls of
+one turn of the event loop share one worker thread and one statement per 500 devices, a replica
+woken by ``NOTIFY`` reads the woken devices' states in one batch and hands each poll its answer, and
+an answer published by the replica that made the change carries the shadow plan. Served
+(``bench/served_answer_cpu.py``, 5,000 devices, PostgreSQL, one controller, the code before and
+after in one sitting, load average 16.3 and 13.0 with other work): an answer at once 4.57 → 0.66 ms
+of controller CPU (50 requests in flight, their reads batched), a held poll answered at its time-out
+4.67 → 0.96 ms (one read instead of two), ``/v1/health`` 0.39 and 0.43 ms; with steps 1 and 2 below
+only, 4.56 → 1.74 ms and 5.02 → 1.92 ms (load 13.4 and 12.4). Same host, PostgreSQL, recheck 30 s,
+``--settle-s 40`` (15 for the first row); "step" says which of those changes the run had (1: the
+one-statement read and the batched ``NOTIFY`` wake-up; 2: and no read before parking; 3: and the
+batched reads):
+
+| replicas x devices | step | abort answered | every device received v1 (p50, p95) | every v1 report acked | KiB / device | controller CPU while parked (answers/s) | load average |
+| ------------------ | ---- | -------------- | ----------------------------------- | --------------------- | ------------ | --------------------------------------- | ------------ |
+| 1 x 1,000          | 1    | 2.22 s         | 0.84 s (0.64 s, 0.83 s)             | 3.90 s                | 42.0         | 0.121 s/s (no time-out yet)             | 4.8 → 4.6    |
+| 1 x 1,000          | 2    | 3.64 s         | 0.45 s (0.30 s, 0.44 s)             | 4.07 s                | 43.4         | 0.209 s/s (25.0), 0.141 before          | 3.2 → 5.6    |
+| 1 x 1,000          | 3    | 1.59 s         | **0.37 s** (0.30 s, 0.37 s)         | 2.73 s                | 40.7         | 0.185 s/s (25.0), 0.137 before          | 5.5 → 2.5    |
+| 2 x 10,000         | 1    | 54.5 s         | 61.9 s (53.0 s, 59.3 s)             | 815 of 9,683          | 50.4         | 0.409 + 0.634 s/s (279.9)               | 4.3 → 16.0   |
+| 2 x 10,000         | 2    | 24.0 s         | 57.6 s (26.1 s, 29.8 s)             | 5,223 of 9,900        | 51.8         | 0.580 + 0.418 s/s (267.5)               | 2.6 → 14.6   |
+| 2 x 10,000         | 3    | 24.1 s         | 57.5 s (14.1 s, 55.9 s)             | 5,982 of 9,900        | 45.5         | 0.511 + 0.254 s/s (306.7)               | 5.0 → 10.5   |
+
+The 10,000-device rows ran with ``--enrol db --connect-timeout 300`` (240 for step 1). Step 1 had
+9,580 of 10,000 polls parked after 240 s (3,048 before these changes); step 2 had all of them after
+250 s and step 3 after 96.7 s. A held poll's answer at its time-out now costs (0.185 - 0.137) / 25.0
+= 1.9 ms of controller CPU at 1,000 devices and (0.511 + 0.254 - 0.360 - 0.004) / 306.7 = 1.3 ms at
+10,000 (17 ms before), with 0.69 and 0.93 database transactions per answer (4.1 before). The
+1,000-device target (≤ 2 s) holds at 0.37 s. The 10,000-device target (≤ 5 s over 2 replicas) is
+still missed on this host, by the reaction's CPU, not the parked fleet's: from the abort to the end
+the replicas spent 30.8 + 26.2 CPU-seconds (the second one, woken by ``NOTIFY``, 26.2 s for its
+4,950 devices: 5.3 ms per device, 9.1 ms before, answer, telemetry request and reconnections
+included), on 2 cores shared with the 4 client processes (27.2 CPU-s over the run) and PostgreSQL
+(0.0015 s/s while parked: not the bottleneck). 9,900 answers alone at 1.3 ms are 13 CPU-seconds,
+6.4 s on two whole cores; the telemetry request each device sends on receiving v1 (2.25 ms each in
+``bench/telemetry_ingest.py``, 22 CPU-s for 9,900) and the leader's passes (0.36 s/s with 10,000
+devices in the rollout, before any device connects) run at the same time. The tail (p95 55.9 s
+against p50 14.1 s) is requests that failed in that burst (3,589 retried: server disconnects,
+connection resets, telemetry bodies that could not be written) and then waited out the client's
+back-off of up to 10 s. The abort's own answer (24 s) queues behind the same burst on the event loop
+of the replica that took it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from fleet.controller.api.body_limits import controller_limits
 from fleet.controller.api.early_auth import CredentialBeforeBody
 from fleet.controller.api.responses import add_implied_errors
 from fleet.controller.api.routes_devices import router as devices_router
+from fleet.controller.api.routes_devices import wake_from_database
 from fleet.controller.api.routes_field import router as field_router
 from fleet.controller.api.routes_observe import router as observe_router
 from fleet.controller.api.routes_outcomes import router as outcomes_router
@@ -127,7 +128,11 @@ def create_app(
             if settings.migrate_on_start:
                 await run_in_threadpool(db.migrate, engine)
             # PostgreSQL: other replicas' changes wake this one's long-polls
-            listening = replicas.listener(engine, replica, notifier.notify, notifier.notify_all)
+            listening = replicas.listener(
+                engine, replica, wake_from_database(sessions, notifier), notifier.notify_all
+            )
+            if listening is not None:  # another replica's change is known here only through it
+                notifier.trusted = listening.listening.is_set
             if settings.reconcile_enabled:  # the passes run on the one replica that leads
                 leader = app.state.leader = replicas.leadership(engine)
                 task = asyncio.create_task(

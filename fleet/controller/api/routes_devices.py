@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import weakref
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
@@ -17,16 +20,17 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.controller.api.auth import (
     Admin,
-    DeviceIdentity,
     OwnDevice,
     SessionDep,
     forget_devices,
 )
 from fleet.controller.api.responses import errors
 from fleet.controller.api.routes_artifacts import router as artifacts_router
+from fleet.controller.longpoll import ChangeNotifier
 from fleet.controller.observe import ingest as observe_ingest
 from fleet.controller.storage import events as stored_events
 from fleet.controller.storage import store
+from fleet.controller.storage.db import Session, SessionFactory
 from fleet.shared.admin_protocol import (
     Baseline,
     BaselineSet,
@@ -46,6 +50,7 @@ from fleet.shared.protocol import (
     TelemetryBatch,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 router.include_router(artifacts_router)
 
@@ -88,11 +93,101 @@ def enrol(body: EnrolRequest, request: Request, session: SessionDep) -> EnrolRes
     )
 
 
-def _read_desired(request: Request, device: DeviceIdentity) -> DesiredState:
-    with request.app.state.sessions() as session:
-        row = store.device(session, device.device_id)
-        assert row is not None
-        return store.desired_state(session, row)
+def _read_states(
+    sessions: SessionFactory[Session], device_ids: list[str]
+) -> dict[str, DesiredState]:
+    """One session, one statement per 500 devices (``store.desired_states``)."""
+    with sessions() as session:
+        return store.desired_states(session, device_ids)
+
+
+class DesiredReader:
+    """The desired-state reads of the long-polls on one event loop, batched: every poll that asks
+    in the same turn of the loop (a burst of time-outs, the first polls of a fleet) shares one
+    worker thread, one session and one statement per 500 devices, instead of a thread hop, a
+    pooled connection and a query each. A read starts after every request of its batch was made, so
+    no answer is older than what was committed before its poll asked; each state read is
+    remembered in the notifier (``ChangeNotifier.remember``) with a token taken before the read."""
+
+    def __init__(self, sessions: SessionFactory[Session], notifier: ChangeNotifier) -> None:
+        self._sessions = sessions
+        self._notifier = notifier
+        self._pending: dict[str, list[asyncio.Future[DesiredState]]] = {}
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def read(self, device_id: str) -> DesiredState:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[DesiredState] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)  # after the other polls of this turn have asked
+        self._pending.setdefault(device_id, []).append(answer)
+        return await answer
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        task = asyncio.ensure_future(self._read(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _read(self, batch: dict[str, list[asyncio.Future[DesiredState]]]) -> None:
+        token = self._notifier.token()
+        try:
+            states = await run_in_threadpool(_read_states, self._sessions, list(batch))
+        except Exception as exc:
+            for waiting in batch.values():
+                for answer in waiting:
+                    if not answer.done():
+                        answer.set_exception(exc)
+            return
+        for device_id, waiting in batch.items():
+            state = states.get(device_id) or DesiredState(device_id=device_id, revision=0)
+            self._notifier.remember(state, token)
+            for answer in waiting:
+                if not answer.done():
+                    answer.set_result(state)
+
+
+def _reader(request: Request) -> DesiredReader:
+    """The app's reader for the running loop, made on first use."""
+    state = request.app.state
+    readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DesiredReader] | None
+    readers = getattr(state, "desired_readers", None)
+    if readers is None:
+        readers = weakref.WeakKeyDictionary()
+        state.desired_readers = readers
+    loop = asyncio.get_running_loop()
+    reader = readers.get(loop)
+    if reader is None:
+        reader = readers[loop] = DesiredReader(state.sessions, state.notifier)
+    return reader
+
+
+def wake_from_database(
+    sessions: SessionFactory[Session], notifier: ChangeNotifier
+) -> Callable[[list[str]], None]:
+    """What another replica's change does here (``replicas.ChangeListener``, in its thread): read
+    the new states of the devices named whose long-poll this process holds, 500 a statement, and
+    hand each its answer; forget the current revision of the others, so that their next poll reads.
+    The read starts after the change committed (``NOTIFY`` is delivered on commit), so no answer is
+    older than it. Reading fails: the waiters are woken to read for themselves, as before."""
+
+    def wake(device_ids: list[str]) -> None:
+        held = notifier.held(device_ids)
+        wanted = set(held)
+        notifier.notify(d for d in device_ids if d not in wanted)  # no long-poll here: forget
+        if not held:
+            return
+        try:
+            with sessions() as session:
+                states = store.desired_states(session, held)
+        except Exception:
+            log.warning("could not read the desired states of %d woken devices", len(held))
+            notifier.notify(held)
+            return
+        notifier.deliver(states.values())
+        notifier.notify(d for d in held if d not in states)  # not enrolled: as before
+
+    return wake
 
 
 @router.get("/devices/{device_id}/desired", response_model=DesiredState, responses=errors(403))
@@ -105,17 +200,32 @@ async def desired(
     """Answers at once when ``revision`` differs from the stored one, else when it changes or after
     ``min(wait, 30)`` s. Changes made in this process wake the poll at once; changes made by another
     replica too on PostgreSQL (``LISTEN``, ``storage.replicas``), and in any case by re-reading the
-    database every ``long_poll_recheck_s``."""
+    database every ``long_poll_recheck_s``.
+
+    Every answer is read from the database (``DesiredReader``: the polls of one turn of the loop
+    in one statement) or handed over by the change that woke the poll, never taken from memory. A
+    poll that presents the revision this process last knew to be current parks without reading
+    (``ChangeNotifier.current``): most polls are a device asking again after its last answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, LONG_POLL_MAX_S)
     recheck: float = request.app.state.settings.long_poll_recheck_s
-    with request.app.state.notifier.subscribe(device.device_id) as waiter:
+    notifier: ChangeNotifier = request.app.state.notifier
+    with notifier.subscribe(device.device_id) as waiter:
+        unread = notifier.current(device.device_id, revision)  # after subscribe: no change missed
         while True:
             published = waiter.desired(device.hardware_class)  # a woken poll needs no query
             waiter.clear()
-            current = published or await run_in_threadpool(_read_desired, request, device)
             remaining = deadline - loop.time()
-            if revision is None or current.revision != revision or remaining <= 0:
+            if published is not None:
+                current = published
+            elif unread and remaining > 0:
+                current = None  # parks; a change wakes it, the time-out or a re-check reads
+            else:
+                current = await _reader(request).read(device.device_id)
+            unread = False
+            if current is not None and (
+                revision is None or current.revision != revision or remaining <= 0
+            ):
                 return current
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout=min(remaining, recheck))
