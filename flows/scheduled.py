@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from edgeloop.core.params import Params, load_params
 from edgeloop.core.settings import Settings
 from fleet.shared.admin_protocol import Alert
-from flows import champion, stages
+from flows import approval, champion, stages
 from flows.fleet_trigger import field_dir, pull_for_alert, pulled_rows, with_field_data
 from flows.fleet_trigger import lineage as fleet_lineage
 from flows.run_summary import RunSummary
@@ -219,10 +219,25 @@ def scheduled_retrain_flow(
             champion.record(client, model, verdict, settings.model_cards_dir)
             logger.info("%s", verdict.reason())
             outcome = f"{outcome}; {verdict.reason()}"
-        if verdict is None or verdict.passed:
-            rollout_run = _promote_and_roll_out(client, model, version)
-        else:
+        promote = verdict is None or verdict.passed
+        if not promote:
             outcome = f"{outcome}; not promoted (auto_promote: if_better)"
+        elif params.schedule.approval:
+            what = verdict.reason() if verdict else f"auto_promote: {mode}; production v{stable}"
+            said = approval.ask(
+                client, model, version, f"{why}\n\n{outcome}\n\n{what}",
+                timeout_s=params.schedule.approval_timeout_s,
+            )  # fmt: skip
+            promote = said is not None and said.approve
+            heard = (
+                "no answer within the approval timeout"
+                if said is None
+                else f"{'approved' if said.approve else 'rejected'} by a person"
+                + (f": {said.note}" if said.note else "")
+            )
+            outcome = f"{outcome}; {heard}"
+        if promote:
+            rollout_run = _promote_and_roll_out(client, model, version)
     _record(client, model, f"# Scheduled retrain\n\n{why}\n\n{outcome}", f"{now} {outcome}")
     return ScheduledResult(
         model=model,

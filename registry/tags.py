@@ -44,6 +44,9 @@ FIELD_DATA_VERSION = "edgeloop.field_data.version"
 """The version of the pulled field data the version trained on (a digest of the DVC pointers)."""
 FIELD_DATA_PULLED = "edgeloop.field_data.pulled"
 """What the retrain's pull brought: labelled samples, the file, the unlabelled ones left out."""
+PROMOTE_WAITING = "edgeloop.promote.waiting"
+"""A retrain paused for a person's answer about the version (``schedule.approval``,
+:mod:`flows.approval`): JSON ``{"flow_run_id", "since"}``; removed once answered or timed out."""
 CHAMPION = "edgeloop.champion"
 """A retrained candidate against production (``auto_promote: if_better``, :mod:`flows.champion`):
 JSON of the production version, the metric and each measure's two numbers."""

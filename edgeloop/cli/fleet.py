@@ -258,6 +258,40 @@ def promote(
     guard(go)
 
 
+@app.command()
+def approve(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version a retrain waits about.")],
+    reject: Annotated[
+        bool, typer.Option("--reject", help="Refuse: the candidate is not promoted.")
+    ] = False,
+    note: Annotated[str, typer.Option(help="Why, recorded with the answer.")] = "",
+) -> None:
+    """Answer a retrain paused for a person (schedule.approval): promote the version, or not.
+
+    The run waiting is found on the version (tag edgeloop.promote.waiting); Prefect's API is
+    PREFECT_API_URL (the server `edgeloop serve` runs)."""
+
+    def go() -> None:
+        settings = Settings()
+        prepare(settings)
+        if not settings.prefect_api_url:
+            from edgeloop.core.errors import ConfigError
+
+            raise ConfigError(
+                "no Prefect server to answer: PREFECT_API_URL is not set",
+                hint="set it to the server the retrain runs on, e.g. http://127.0.0.1:4200/api",
+            )
+        from flows.approval import answer
+        from registry.tracking import connect
+
+        run_id = answer(connect(settings.tracking_uri), name, version, not reject, note)
+        said = "rejected" if reject else "approved"
+        console.print(f"{name} v{version} {said}; flow run {run_id} goes on", highlight=False)
+
+    guard(go)
+
+
 class _LiveRollout:
     """While a promotion's flow runs: the rollout's live table (``rollout status --watch``'s), read
     from the controller every second in a thread of its own; ``rollout_id`` once it exists."""

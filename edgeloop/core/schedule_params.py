@@ -28,6 +28,15 @@ class ScheduleParams(BaseModel):
         "flows/champion.py), always (becomes production); true and false mean always and never",
     )
 
+    approval: bool = Field(
+        False,
+        description="a person approves each promotion auto_promote would make: the retrain "
+        "pauses until answered in the Prefect UI or with `edgeloop approve` (flows/approval.py)",
+    )
+    approval_timeout_s: int = Field(
+        86_400, gt=0, description="no answer within this long: the candidate is not promoted"
+    )
+
     @field_validator("auto_promote", mode="before")
     @classmethod
     def _booleans(cls, value: object) -> object:
