@@ -95,7 +95,8 @@ def test_run_registers_on_an_authenticated_mlflow_server_on_postgresql_and_only_
             MLFLOW_TRACKING_USERNAME="edgeloop",
             MLFLOW_TRACKING_PASSWORD=passwords["edgeloop"],
         )
-        project.set_params(model_name=model, training={"epochs": 5}, **FAST_PARAMS)
+        host_cpu = {"profiles": ["host-cpu"]}  # the one profile whose verdict this test reads
+        project.set_params(model_name=model, training={"epochs": 5}, gates=host_cpu, **FAST_PARAMS)
         result = project.edgeloop("run")
         assert result.returncode == 0, result.stdout + result.stderr
         summary = json.loads((project.home / "last-run.json").read_text())

@@ -42,6 +42,9 @@ FAST_POLICY = {
     "poll_s": 0.5,
     "deadline_s": 240,
 }  # fmt: skip
+POLL_WAIT_S = 2.0
+"""How long a simulated device's long poll waits (a change answers it at once): the controller's
+SIGTERM waits out the polls it holds, 30 s at the devices' default."""
 
 
 @contextmanager
@@ -148,6 +151,7 @@ def controller_and_fleet(project: Project, tmp_path: Path) -> Iterator[str]:
         sim = Simulation(
             url, ADMIN, devices=20, classes={"host-cpu": 0.6, "edge-small": 0.4},
             field_x=x, field_y=y, feedback_rate=0.6, report_interval_s=0.5, seed=1,
+            poll_wait_s=POLL_WAIT_S,
         )  # fmt: skip
         thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
         thread.start()

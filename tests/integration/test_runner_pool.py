@@ -16,6 +16,7 @@ import pytest
 import yaml
 from servers import stop_group
 from tolerant_profiles import load_tolerant_profiles
+from training_params import FAST_PARAMS
 
 pytestmark = pytest.mark.integration
 
@@ -33,32 +34,42 @@ def pool_profile(folder: Path, name: str) -> None:
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(profile))
 
 
+@pytest.fixture
+def project(bare_project: Project, prefect_postgresql: str) -> Project:
+    """A project on the session's Prefect server on PostgreSQL (pools hw-pool-cpu and hw-ghost are
+    this test's), and on no other: not the SQLite one the shared ``project`` fixture starts."""
+    bare_project.extra_env["PREFECT_API_URL"] = prefect_postgresql
+    return bare_project
+
+
 def test_pool_profile_runs_on_a_worker_and_a_silent_pool_is_unavailable(
-    project: Project, prefect_postgresql: str, tmp_path: Path
+    project: Project, tmp_path: Path
 ) -> None:
-    prefect_api = (
-        prefect_postgresql  # the session's server; pools hw-pool-cpu and hw-ghost are ours
-    )
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     pool_profile(profiles, "pool-cpu")
     pool_profile(profiles, "ghost")
-    project.extra_env.update(PREFECT_API_URL=prefect_api, EDGELOOP_PROFILES_DIR=str(profiles))
+    project.extra_env.update(EDGELOOP_PROFILES_DIR=str(profiles))
     project.set_params(
         training={"epochs": 3},
-        compress={"prune_finetune_epochs": 1},
-        gates={"profiles": ["pool-cpu", "ghost"], "runner_deadline_s": 45},
+        **FAST_PARAMS,
+        gates={"profiles": ["pool-cpu", "ghost"], "runner_deadline_s": 35},
     )
     worker_log = tmp_path / "worker.log"
+    # The worker asks for flow runs every second, not every 10 s (Prefect's default, which a flow
+    # run of pool-cpu would wait out for each variant it tries), as `edgeloop serve`'s workers do.
+    env = {**project.env(), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     with worker_log.open("w") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "edgeloop.cli", "runner", "start", "--profile", "pool-cpu"],
-            cwd=project.root, env=project.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             result = project.edgeloop("run", timeout=900)
         finally:
-            stop_group(worker)
+            # the run is over: a worker that hangs in its shutdown (it sometimes does) gets 5 s,
+            # not 30, before SIGKILL; its stopping is not under test
+            stop_group(worker, timeout=5)
     output = result.stdout + result.stderr
     assert result.returncode == 3, output + worker_log.read_text()[-3000:]
     version = project.client().get_model_version("digits-classifier", "1")

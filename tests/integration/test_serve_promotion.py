@@ -72,6 +72,7 @@ def devices(project: Project, url: str, token: str) -> Iterator[None]:
     sim = Simulation(
         url, token, devices=6, classes={"host-cpu": 0.5, "edge-small": 0.5},
         field_x=x, field_y=y, feedback_rate=0.5, report_interval_s=0.5, seed=1,
+        poll_wait_s=2.0,  # a change answers a poll at once; a stopping controller waits them out
     )  # fmt: skip
     thread = threading.Thread(target=lambda: sim.run_sync(until=stop.is_set), daemon=True)
     thread.start()
