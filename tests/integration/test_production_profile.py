@@ -123,6 +123,11 @@ def test_run_registers_on_an_authenticated_mlflow_server_on_postgresql_and_only_
                 lambda: client.set_model_version_tag(model, v, tag.PROMOTE_FORCE, "true")
             )
             assert "may not force a promotion" in said, said
+            claim = json.dumps({"user": "mallory", "at": time.time()})  # it silences the listener
+            said = _refused(
+                lambda: client.set_model_version_tag(model, v, tag.PROMOTE_ROLLOUT, claim)
+            )
+            assert "may not claim a rollout" in said, said
             forged = json.dumps({"user": "alice", "at": time.time()})
             said = _refused(lambda: client.set_model_version_tag(model, v, tag.PROMOTED_BY, forged))
             assert "written by the MLflow server alone" in said, said
