@@ -68,7 +68,7 @@ def _metric(client: MlflowClient, run_id: str | None) -> tuple[QualityMetric, fl
     return None
 
 
-def _field_score(
+def score_on_rows(
     client: MlflowClient, model: str, version: str, metric: QualityMetric, rows: Any
 ) -> float:
     """The version's chosen variant, as the fleet runs it, scored on the field rows."""
@@ -103,8 +103,8 @@ def compare(
         measured["test"] = {"candidate": ours[1], "production": theirs[1]}
     if field_rows is not None and len(field_rows[1]):
         measured["field"] = {
-            "candidate": _field_score(client, model, candidate, metric, field_rows),
-            "production": _field_score(client, model, production, metric, field_rows),
+            "candidate": score_on_rows(client, model, candidate, metric, field_rows),
+            "production": score_on_rows(client, model, production, metric, field_rows),
         }
     return Comparison(candidate, production, metric.key, measured)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 LONGEST_FIRST = (
+    "integration/test_many_hosts.py",
     "integration/test_serve_promotion.py",
+    "integration/test_closed_loop.py",
     "integration/test_run.py",
     "integration/test_placement_failover.py",
     "integration/test_first_hour.py",
@@ -27,6 +29,7 @@ LONGEST_FIRST = (
     "integration/test_serve.py",
     "integration/test_registry_follower.py",
     "integration/test_webhook_promotion.py",
+    "integration/test_approval.py",
     "integration/test_field_data.py",
     "integration/test_drift_playbook.py",
     "integration/test_forged_reports.py",
