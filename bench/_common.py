@@ -133,6 +133,28 @@ ADMIN = "bench-admin-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 SIGNING_KEY = Ed25519PrivateKey.generate()
 CLS = "host-cpu"
+
+
+def held_rollout(model: str, shadow: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body of ``POST /v1/rollouts`` for v2 over v1 of ``model`` that stays in its first stage
+    for the whole benchmark (99% of the devices, an hour's bake, two hours' deadline)."""
+    stage = {
+        "fraction": 0.99, "bake_s": 3600, "deadline_s": 7200, "min_confirmed_devices": 1,
+        "min_confirmed_fraction": 0.5, "min_inferences": 1, "min_feedback": 0,
+    }  # fmt: skip
+    policy: dict[str, Any] = {
+        "cohorts": {CLS: {"p95_latency_ms": 50}},
+        "stages": [stage, {**stage, "fraction": 1.0}],
+        "gates": {
+            "max_error_rate": 0.05,
+            "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
+        },
+    }
+    if shadow is not None:
+        policy["shadow"] = shadow
+    return {"model": model, "version": "2", "stable_version": "1", "policy": policy}
+
+
 VARIANT = f"{CLS}-int8"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import ADMIN, ADMIN_HEADERS, CLS, SIGNING_KEY, VARIANT, scratch_database, seed_devices
+from _common import (
+    ADMIN,
+    ADMIN_HEADERS,
+    CLS,
+    SIGNING_KEY,
+    VARIANT,
+    held_rollout,
+    scratch_database,
+    seed_devices,
+)
 from fastapi.testclient import TestClient
 
 from fleet.controller.api.routes_devices import _read_states
@@ -96,27 +105,9 @@ def main() -> None:
             model = f"bench{os.getpid()}"
             _register(client, model, "1")
             _register(client, model, "2")
-            stage = {
-                "fraction": 0.99,
-                "bake_s": 3600,
-                "deadline_s": 7200,
-                "min_confirmed_devices": 1,
-                "min_confirmed_fraction": 0.5,
-                "min_inferences": 1,
-                "min_feedback": 0,
-            }
-            policy = {
-                "cohorts": {CLS: {"p95_latency_ms": 50}},
-                "stages": [stage, {**stage, "fraction": 1.0}],
-                "gates": {
-                    "max_error_rate": 0.05,
-                    "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
-                },
-                "shadow": {"rate": 0.1},
-            }
             r = client.post(
                 "/v1/rollouts",
-                json={"model": model, "version": "2", "stable_version": "1", "policy": policy},
+                json=held_rollout(model, shadow={"rate": 0.1}),
                 headers=ADMIN_HEADERS,
             )
             r.raise_for_status()

@@ -162,9 +162,9 @@ import aiohttp
 import httpx
 from _common import (
     ADMIN_HEADERS,
-    CLS,
     ControllerProcess,
     enrol_all,
+    held_rollout,
     latency_counts,
     load_average,
     machine_info,
@@ -585,28 +585,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model = f"bench{os.getpid()}"
             ctl.register(model, "1")
             ctl.register(model, "2")
-            stage = {
-                "fraction": 0.99,
-                "bake_s": 3600,
-                "deadline_s": 7200,
-                "min_confirmed_devices": 1,
-                "min_confirmed_fraction": 0.5,
-                "min_inferences": 1,
-                "min_feedback": 0,
-            }
-            policy = {
-                "cohorts": {CLS: {"p95_latency_ms": 50}},
-                "stages": [stage, {**stage, "fraction": 1.0}],
-                "gates": {
-                    "max_error_rate": 0.05,
-                    "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
-                },
-            }
-            rollout = ctl.admin(
-                "POST",
-                "/v1/rollouts",
-                json={"model": model, "version": "2", "stable_version": "1", "policy": policy},
-            )
+            rollout = ctl.admin("POST", "/v1/rollouts", json=held_rollout(model))
             ctl.admin("POST", f"/v1/rollouts/{rollout['rollout_id']}/start")
             result = measure(controllers, creds, rollout["rollout_id"], args, db_url)
             result["enrol_s"] = enrol_s

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import aiohttp
 from _common import (
-    CLS,
     ControllerProcess,
     free_port,
+    held_rollout,
     load_average,
     raise_nofile,
     scratch_database,
@@ -73,19 +73,7 @@ def main() -> None:
             model = f"bench{os.getpid()}"
             ctl.register(model, "1")
             ctl.register(model, "2")
-            stage = {
-                "fraction": 0.99, "bake_s": 3600, "deadline_s": 7200, "min_confirmed_devices": 1,
-                "min_confirmed_fraction": 0.5, "min_inferences": 1, "min_feedback": 0,
-            }  # fmt: skip
-            policy = {
-                "cohorts": {CLS: {"p95_latency_ms": 50}},
-                "stages": [stage, {**stage, "fraction": 1.0}],
-                "gates": {
-                    "max_error_rate": 0.05,
-                    "accuracy": {"delta": 0.02, "alpha": 0.05, "min_samples": 50},
-                },
-            }
-            body = {"model": model, "version": "2", "stable_version": "1", "policy": policy}
+            body = held_rollout(model)
             rollout = ctl.admin("POST", "/v1/rollouts", json=body)
             ctl.admin("POST", f"/v1/rollouts/{rollout['rollout_id']}/start")
             devices = sorted(creds.items())
@@ -99,10 +87,10 @@ def main() -> None:
 
             asyncio.run(_drive(ctl.base, desired_urls(len(devices)), args.concurrency))  # warm
             rows = []
-            for name, urls in (
-                ("health", [("/v1/health", {}, {})] * args.n),
-                ("desired", desired_urls(args.n)),
-            ):
+            health: list[tuple[str, dict[str, str], dict[str, str]]] = [
+                ("/v1/health", {}, {})
+            ] * args.n
+            for name, urls in (("health", health), ("desired", desired_urls(args.n))):
                 cpu = ctl.cpu_seconds()
                 wall = asyncio.run(_drive(ctl.base, urls, args.concurrency))
                 used = ctl.cpu_seconds() - cpu

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import (
     ColumnElement,
     Executable,
+    Row,
     Select,
     bindparam,
     case,
@@ -474,16 +475,7 @@ def _desired_chunk(session: Session, device_ids: list[str]) -> dict[str, Desired
             continue
         artifact = None
         if row.signature and row.model is not None and row.version is not None:
-            artifact = Artifact(
-                model=row.model,
-                version=row.version,
-                variant=row.variant,
-                sha256=row.sha256,
-                signature=row.signature,
-                release=row.release,
-                size_bytes=row.size_bytes,
-                url=f"{API_PREFIX}/artifacts/{row.model}/{row.version}/{row.variant}",
-            )
+            artifact = _artifact(row)
         shadow, rollback = None, False
         if artifact is not None and row.rollout_id is None:
             rollback = row.baseline == artifact.version
@@ -758,7 +750,9 @@ def artifacts_of(session: Session, model: str, version: str) -> dict[str, Artifa
     return {r.hardware_class: r for r in rows}
 
 
-def _artifact(row: ArtifactRow) -> Artifact:
+def _artifact(row: ArtifactRow | Row[Any]) -> Artifact:
+    """The device protocol's artifact of a stored one (an ``ArtifactRow``, or a row of a query
+    that selects its columns by the same names); it must be signed."""
     assert row.signature
     return Artifact(
         model=row.model,
