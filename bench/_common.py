@@ -135,6 +135,29 @@ SIGNING_KEY = Ed25519PrivateKey.generate()
 CLS = "host-cpu"
 
 
+def signed_upload(
+    model: str, version: str, data: bytes | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """The query of ``POST /v1/artifacts`` for a variant of ``model`` ``version`` for :data:`CLS`,
+    signed with this run's key, and its bytes (a few KiB of filler unless ``data`` is given)."""
+    import hashlib
+
+    if data is None:
+        data = f"model {model} {version}".encode() * 64
+    sha256 = hashlib.sha256(data).hexdigest()
+    claim = ReleaseClaim(model, version, VARIANT, sha256, int(version))
+    params = {
+        "model": model,
+        "version": version,
+        "variant": VARIANT,
+        "hardware_class": CLS,
+        "sha256": sha256,
+        "signature": sign_claim(SIGNING_KEY, claim),
+        "release": claim.release,
+    }
+    return params, data
+
+
 def held_rollout(model: str, shadow: dict[str, Any] | None = None) -> dict[str, Any]:
     """The body of ``POST /v1/rollouts`` for v2 over v1 of ``model`` that stays in its first stage
     for the whole benchmark (99% of the devices, an hour's bake, two hours' deadline)."""
@@ -282,21 +305,7 @@ class ControllerProcess:
     def register(self, model: str, version: str, data: bytes | None = None) -> dict[str, Any]:
         """Upload a signed variant of ``model`` ``version`` for :data:`CLS` (a few KiB of filler
         unless ``data`` is given); the controller checks the signature against this run's key."""
-        import hashlib
-
-        if data is None:
-            data = f"model {model} {version}".encode() * 64
-        sha256 = hashlib.sha256(data).hexdigest()
-        claim = ReleaseClaim(model, version, VARIANT, sha256, int(version))
-        params = {
-            "model": model,
-            "version": version,
-            "variant": VARIANT,
-            "hardware_class": CLS,
-            "sha256": sha256,
-            "signature": sign_claim(SIGNING_KEY, claim),
-            "release": claim.release,
-        }
+        params, data = signed_upload(model, version, data)
         headers = {"Content-Type": "application/octet-stream"}
         answer: dict[str, Any] = self.admin(
             "POST", "/v1/artifacts", params=params, content=data, headers=headers

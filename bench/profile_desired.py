@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import hashlib
 import io
 import os
 import pstats
@@ -34,35 +33,22 @@ import httpx
 from _common import (
     ADMIN,
     ADMIN_HEADERS,
-    CLS,
     SIGNING_KEY,
-    VARIANT,
     held_rollout,
     scratch_database,
     seed_devices,
+    signed_upload,
 )
 from fastapi.testclient import TestClient
 
 from fleet.controller.api.routes_devices import _read_states
 from fleet.controller.reconcile import reconcile_all
 from fleet.controller.settings import FleetSettings
-from fleet.shared.signature import ReleaseClaim
-from registry.signing import public_pem, sign_claim
+from registry.signing import public_pem
 
 
 def _register(client: TestClient, model: str, version: str) -> None:
-    data = f"model {model} {version}".encode() * 64
-    sha256 = hashlib.sha256(data).hexdigest()
-    claim = ReleaseClaim(model, version, VARIANT, sha256, int(version))
-    params = {
-        "model": model,
-        "version": version,
-        "variant": VARIANT,
-        "hardware_class": CLS,
-        "sha256": sha256,
-        "signature": sign_claim(SIGNING_KEY, claim),
-        "release": claim.release,
-    }
+    params, data = signed_upload(model, version)
     headers = {**ADMIN_HEADERS, "Content-Type": "application/octet-stream"}
     r = client.post("/v1/artifacts", params=params, content=data, headers=headers)
     r.raise_for_status()

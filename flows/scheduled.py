@@ -35,6 +35,7 @@ from registry.lineage import dvc_dir_hash
 from registry.publish import CANDIDATE
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
@@ -136,6 +137,41 @@ def _promote_and_roll_out(client: MlflowClient, model: str, version: str) -> str
     return str(getattr(run, "name", run))
 
 
+def _auto_promote(
+    client: MlflowClient,
+    settings: Settings,
+    params: Params,
+    version: str,
+    rows: tuple[np.ndarray, np.ndarray] | None,
+    why: str,
+) -> tuple[str | None, str]:
+    """What ``schedule.auto_promote`` (and ``approval``) make of a new candidate: the rollout
+    run started (None: not promoted) and what to add to the run's result, and why."""
+    from registry.outcomes import production_version
+
+    model, mode = params.model_name, params.schedule.auto_promote
+    stable = production_version(client, model)
+    said = ""
+    if mode == "if_better" and stable is not None:
+        verdict = champion.compare(client, model, version, stable, rows)
+        champion.record(client, model, verdict, settings.model_cards_dir)
+        said = f"; {verdict.reason()}"
+        if not verdict.passed:
+            return None, f"{said}; not promoted (auto_promote: if_better)"
+    if params.schedule.approval:
+        answer = approval.ask(
+            client, model, version, f"{why}\n\nauto_promote: {mode}; production v{stable}{said}",
+            timeout_s=params.schedule.approval_timeout_s,
+        )  # fmt: skip
+        if answer is None:
+            return None, f"{said}; no answer within the approval timeout"
+        note = f": {answer.note}" if answer.note else ""
+        said = f"{said}; {'approved' if answer.approve else 'rejected'} by a person{note}"
+        if not answer.approve:
+            return None, said
+    return _promote_and_roll_out(client, model, version), said
+
+
 class ScheduledResult(BaseModel):
     """What one scheduled run did: skipped (with the version it found current) or retrained."""
 
@@ -205,39 +241,12 @@ def scheduled_retrain_flow(
     summary = retrain_flow(settings=settings, params=trains, lineage=lineage)
     version = summary.version
     client.set_model_version_tag(model, version, tag.TRAINING_HASH, code_hash)
-    rollout_run = None
     outcome = f"retrained: v{version} ({', '.join(summary.aliases) or 'no alias'})"
-    mode = params.schedule.auto_promote
-    if mode != "never" and CANDIDATE in summary.aliases:
-        from registry.outcomes import production_version
-
-        stable = production_version(client, model)
-        verdict = None
-        if mode == "if_better" and stable is not None:
-            rows = pulled_rows(settings, trains, pulled) if pulled is not None else None
-            verdict = champion.compare(client, model, version, stable, rows)
-            champion.record(client, model, verdict, settings.model_cards_dir)
-            logger.info("%s", verdict.reason())
-            outcome = f"{outcome}; {verdict.reason()}"
-        promote = verdict is None or verdict.passed
-        if not promote:
-            outcome = f"{outcome}; not promoted (auto_promote: if_better)"
-        elif params.schedule.approval:
-            what = verdict.reason() if verdict else f"auto_promote: {mode}; production v{stable}"
-            said = approval.ask(
-                client, model, version, f"{why}\n\n{outcome}\n\n{what}",
-                timeout_s=params.schedule.approval_timeout_s,
-            )  # fmt: skip
-            promote = said is not None and said.approve
-            heard = (
-                "no answer within the approval timeout"
-                if said is None
-                else f"{'approved' if said.approve else 'rejected'} by a person"
-                + (f": {said.note}" if said.note else "")
-            )
-            outcome = f"{outcome}; {heard}"
-        if promote:
-            rollout_run = _promote_and_roll_out(client, model, version)
+    rollout_run = None
+    if params.schedule.auto_promote != "never" and CANDIDATE in summary.aliases:
+        rows = pulled_rows(settings, trains, pulled) if pulled is not None else None
+        rollout_run, said = _auto_promote(client, settings, params, version, rows, why)
+        outcome = f"{outcome}{said}"
     _record(client, model, f"# Scheduled retrain\n\n{why}\n\n{outcome}", f"{now} {outcome}")
     return ScheduledResult(
         model=model,

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.errors import ConfigError, EdgeloopError
 from edgeloop.core.settings import Settings
 
 console = Console()
@@ -41,6 +41,16 @@ def prepare(settings: Settings) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def require_prefect_api(settings: Settings, what: str) -> str:
+    """The Prefect API's URL; a ConfigError saying that ``what`` needs one when none is set."""
+    if not settings.prefect_api_url:
+        raise ConfigError(
+            f"{what} needs a Prefect server: PREFECT_API_URL is not set",
+            hint="set PREFECT_API_URL to the platform's Prefect API (`edgeloop serve` prints it)",
+        )
+    return settings.prefect_api_url
 
 
 def guard(action: Callable[[], T]) -> T:

@@ -9,7 +9,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from edgeloop.cli.common import console, err_console, guard, prepare
+from edgeloop.cli.common import console, err_console, guard, prepare, require_prefect_api
 from edgeloop.core.settings import Settings
 from fleet.admin import admin_token_in_env
 
@@ -275,13 +275,7 @@ def approve(
     def go() -> None:
         settings = Settings()
         prepare(settings)
-        if not settings.prefect_api_url:
-            from edgeloop.core.errors import ConfigError
-
-            raise ConfigError(
-                "no Prefect server to answer: PREFECT_API_URL is not set",
-                hint="set it to the server the retrain runs on, e.g. http://127.0.0.1:4200/api",
-            )
+        require_prefect_api(settings, "answering a paused retrain")
         from flows.approval import answer
         from registry.tracking import connect
 

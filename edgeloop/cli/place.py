@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from edgeloop.cli.common import console, guard, prepare
+from edgeloop.cli.common import console, guard, prepare, require_prefect_api
 from edgeloop.core.placement_params import TrainingPool
 from edgeloop.core.settings import Settings
 
@@ -51,17 +51,12 @@ def place(
     """Train on the cheapest live pool of params.yaml `placement`, failing over when it fails."""
 
     def go() -> None:
-        from edgeloop.core.errors import ConfigError
         from edgeloop.core.params import load_params
 
         settings = Settings()
         prepare(settings)
         params = load_params(settings.params_file)
-        if not settings.prefect_api_url:
-            raise ConfigError(
-                "training placement needs a Prefect server with workers on the training pools",
-                hint="start one with `prefect server start` and set PREFECT_API_URL",
-            )
+        require_prefect_api(settings, "training placement")
         placement = params.placement
         if dry_run:
             from flows.placement import PlacementError, place

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from edgeloop.cli.common import console, guard, prepare
+from edgeloop.cli.common import console, guard, prepare, require_prefect_api
 from edgeloop.core.settings import Settings
 
 runner_app = typer.Typer(help="Hardware runners: Prefect workers on the pools hw-<profile>.")
@@ -34,11 +34,7 @@ def runner_start(
 
         settings = Settings()
         prepare(settings)
-        if not settings.prefect_api_url:
-            raise ConfigError(
-                "a hardware runner needs a Prefect server",
-                hint="set PREFECT_API_URL to the platform's Prefect API (`edgeloop serve` prints it)",
-            )
+        require_prefect_api(settings, "a hardware runner")
         from fleet.shared.profile import NAME_PATTERN
 
         if not re.fullmatch(NAME_PATTERN, profile):
